@@ -1,0 +1,48 @@
+"""The only package that knows bytes: messages, codec, envelope and framing."""
+
+from nanomesh.wire.codec import pack_message_obj, pack_messages, unpack_messages
+from nanomesh.wire.envelope import (
+    FRAME_PREFIX_LEN,
+    MAX_DATAGRAM,
+    MAX_DATAGRAM_IN,
+    MAX_FRAME,
+    PROTOCOL_MAX,
+    PROTOCOL_MIN,
+    PROTOCOL_VERSION,
+    Keyring,
+    frame,
+    frame_length,
+    generate_key,
+    open_envelope,
+    seal,
+)
+from nanomesh.wire.messages import (
+    Ack,
+    Address,
+    Alive,
+    DatagramMessage,
+    Dead,
+    IndirectPing,
+    MemberDigest,
+    MemberState,
+    Message,
+    MessageType,
+    Nack,
+    Ping,
+    ProfileRecord,
+    ProfileReply,
+    ProfileRequest,
+    PushPull,
+    PushPullReply,
+    StreamMessage,
+    Suspect,
+)
+
+__all__ = [
+    "FRAME_PREFIX_LEN", "MAX_DATAGRAM", "MAX_DATAGRAM_IN", "MAX_FRAME", "PROTOCOL_MAX",
+    "PROTOCOL_MIN", "PROTOCOL_VERSION", "Ack", "Address", "Alive", "DatagramMessage", "Dead",
+    "IndirectPing", "Keyring", "MemberDigest", "MemberState", "Message", "MessageType", "Nack",
+    "Ping", "ProfileRecord", "ProfileReply", "ProfileRequest", "PushPull", "PushPullReply",
+    "StreamMessage", "Suspect", "frame", "frame_length", "generate_key", "open_envelope",
+    "pack_message_obj", "pack_messages", "seal", "unpack_messages",
+]

@@ -1,0 +1,191 @@
+"""The outer layer of every packet: header, protocol version, size limits and
+authenticated encryption with the cluster keyring.
+
+Layout (all integers big-endian)::
+
+    b"NM" | version: u8 | flags: u8 | body
+    body  = msgpack compound                       (flags & ENCRYPTED == 0)
+          = nonce[12] | AES-GCM(compound, aad=header)  (flags & ENCRYPTED)
+
+A stream (TCP) carries the same envelopes, each prefixed with a u32 length.
+
+Encryption is AES-GCM with a 16-, 24- or 32-byte key, as in memberlist/Serf.
+The keyring holds several keys: we always seal with the *primary* key and try
+every key to open, so a new key can be installed everywhere, made primary
+everywhere, and only then the old one removed — a rotation without downtime.
+A peer with a keyring refuses plaintext; a peer without one refuses
+ciphertext: a peer without the cluster key is never admitted.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import struct
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from nanomesh.errors import ConfigError, RemoteProtocolError
+from nanomesh.wire.codec import pack_messages, unpack_messages
+from nanomesh.wire.messages import Message
+
+MAGIC = b"NM"
+PROTOCOL_VERSION = 1
+"""The version this build speaks."""
+PROTOCOL_MIN = 1
+PROTOCOL_MAX = 1
+"""Versions this build accepts from peers. Widen MAX when adding optional
+fields; raise MIN only when dropping support for an old encoding."""
+
+FLAG_ENCRYPTED = 0x01
+HEADER_LEN = 4
+NONCE_LEN = 12
+TAG_LEN = 16
+
+MAX_DATAGRAM = 1400
+"""Largest datagram we send, in bytes (memberlist's UDPBufferSize): fits a
+1500-byte Ethernet MTU with IP/UDP headers and leaves room for tunnels."""
+MAX_DATAGRAM_IN = 65_507
+"""Largest datagram we accept: anything UDP can carry. Peers running a newer
+version may send larger packets; we must not drop them for that alone."""
+MAX_FRAME = 8 * 1024 * 1024
+"""Largest stream frame, in bytes. A push-pull of 5,000 members is ~300 KB and
+a profile a few KB; 8 MiB bounds what a hostile peer can make us buffer."""
+
+VALID_KEY_LENGTHS = (16, 24, 32)
+ENVELOPE_OVERHEAD = 4 + 12 + 16 + 3
+"""Bytes an envelope adds around its messages at most: header, nonce, GCM tag
+and the msgpack array header of the compound."""
+_FRAME_LEN = struct.Struct(">I")
+
+
+class Keyring:
+    """The cluster keys. Empty means the mesh runs unencrypted."""
+
+    def __init__(self, keys: Iterable[bytes] = ()) -> None:
+        self._keys: list[bytes] = []
+        for key in keys:
+            self.add(key)
+
+    def add(self, key: bytes) -> None:
+        """Install a key (not primary unless it is the first)."""
+        if len(key) not in VALID_KEY_LENGTHS:
+            raise ConfigError(f"a cluster key must be 16, 24 or 32 bytes, not {len(key)}")
+        if key not in self._keys:
+            self._keys.append(key)
+
+    def use(self, key: bytes) -> None:
+        """Make an installed key the primary (the one we encrypt with)."""
+        if key not in self._keys:
+            raise ConfigError("cannot make a key primary before it is installed")
+        self._keys.remove(key)
+        self._keys.insert(0, key)
+
+    def remove(self, key: bytes) -> None:
+        if self._keys and self._keys[0] == key:
+            raise ConfigError("cannot remove the primary key; make another key primary first")
+        self._keys.remove(key)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._keys)
+
+    @property
+    def keys(self) -> Sequence[bytes]:
+        return tuple(self._keys)
+
+    @classmethod
+    def from_file(cls, path: Path) -> Keyring:
+        """One base64 key per line, primary first; '#' starts a comment."""
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read key file {path}: {exc.strerror}") from None
+        keys: list[bytes] = []
+        for lineno, line in enumerate(text.splitlines(), 1):
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            try:
+                keys.append(base64.b64decode(line, validate=True))
+            except ValueError:
+                raise ConfigError(f"{path}:{lineno}: not a base64 key") from None
+        if not keys:
+            raise ConfigError(f"key file {path} holds no key")
+        try:
+            return cls(keys)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+
+
+def generate_key() -> str:
+    """A new random AES-256 cluster key, base64 as key files hold it."""
+    return base64.b64encode(os.urandom(32)).decode()
+
+
+def _header(flags: int) -> bytes:
+    return MAGIC + bytes((PROTOCOL_VERSION, flags))
+
+
+def seal(messages: Sequence[Message], keyring: Keyring) -> bytes:
+    """Encode and (with a keyring) encrypt a compound of messages."""
+    body = pack_messages(messages)
+    if not keyring.enabled:
+        return _header(0) + body
+    header = _header(FLAG_ENCRYPTED)
+    nonce = os.urandom(NONCE_LEN)
+    return header + nonce + AESGCM(keyring.keys[0]).encrypt(nonce, body, header)
+
+
+def open_envelope(data: bytes, keyring: Keyring, limit: int = MAX_DATAGRAM_IN) -> list[Message]:
+    """Check, decrypt and decode one envelope; raise RemoteProtocolError."""
+    if len(data) > limit:
+        raise RemoteProtocolError("oversized", f"{len(data)} > {limit} bytes")
+    if len(data) < HEADER_LEN or data[:2] != MAGIC:
+        raise RemoteProtocolError("malformed", "bad magic")
+    version, flags = data[2], data[3]
+    if not PROTOCOL_MIN <= version <= PROTOCOL_MAX:
+        raise RemoteProtocolError("version", f"protocol {version} not in "
+                                  f"{PROTOCOL_MIN}..{PROTOCOL_MAX}")
+    encrypted = bool(flags & FLAG_ENCRYPTED)
+    if encrypted != keyring.enabled:
+        raise RemoteProtocolError(
+            "decrypt", "encrypted packet but no keyring" if encrypted
+            else "plaintext packet refused: this mesh requires the cluster key")
+    body = data[HEADER_LEN:]
+    if encrypted:
+        body = _decrypt(data[:HEADER_LEN], body, keyring)
+    return unpack_messages(body)
+
+
+def _decrypt(header: bytes, body: bytes, keyring: Keyring) -> bytes:
+    if len(body) < NONCE_LEN + TAG_LEN:
+        raise RemoteProtocolError("decrypt", "ciphertext too short")
+    nonce, ciphertext = body[:NONCE_LEN], body[NONCE_LEN:]
+    for key in keyring.keys:
+        try:
+            return AESGCM(key).decrypt(nonce, ciphertext, header)
+        except InvalidTag:
+            continue
+    raise RemoteProtocolError("decrypt", "no installed key authenticates this packet")
+
+
+def frame(envelope: bytes) -> bytes:
+    """Length-prefix an envelope for a stream."""
+    if len(envelope) > MAX_FRAME:
+        raise ValueError(f"frame of {len(envelope)} bytes exceeds MAX_FRAME")
+    return _FRAME_LEN.pack(len(envelope)) + envelope
+
+
+def frame_length(prefix: bytes) -> int:
+    """Decode a u32 frame prefix, refusing oversized frames before reading them."""
+    (length,) = _FRAME_LEN.unpack(prefix)
+    if length > MAX_FRAME:
+        raise RemoteProtocolError("oversized", f"frame of {length} bytes")
+    return int(length)
+
+
+FRAME_PREFIX_LEN = _FRAME_LEN.size
