@@ -13,6 +13,7 @@ experiments use it to measure convergence at thousands of peers.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import random
@@ -245,7 +246,8 @@ class Simulator:
         for _ in range(copies):
             if self.rng.random() < self.network.drop:
                 continue
-            self._at(self.now + self._delay(), lambda m=msgs: self._deliver(dst, src.addr, m))
+            deliver = functools.partial(self._deliver, dst, src.addr, msgs)
+            self._at(self.now + self._delay(), deliver)
 
     def _deliver(self, dst: _Node, from_addr: Address, msgs: Sequence[Message]) -> None:
         if not dst.up or self.by_addr.get(dst.addr) is not dst:

@@ -1,0 +1,5 @@
+import sys
+
+from nanomesh.cli import main
+
+sys.exit(main())

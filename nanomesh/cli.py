@@ -1,0 +1,277 @@
+"""The `nanomesh` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from nanomesh import __version__
+from nanomesh.errors import ConfigError, NanomeshError
+
+DESCRIPTION = """\
+nanomesh: a peer-to-peer service mesh for local edge/IoT clusters.
+
+Every device runs the same peer daemon (`nanomesh peer run`). Peers discover
+their own capabilities, find each other by gossip (SWIM + Lifeguard), and
+share their capability profiles. Try a local mesh: `nanomesh lab up -n 3`.
+"""
+
+PEER_HELP = ("peer API to ask, IP[:PORT] (default: $NANOMESH_PEER, else the first peer "
+             "of a running lab, else 127.0.0.1:7947)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    try:
+        result: int = args.func(args)
+        return result
+    except NanomeshError as exc:
+        print(f"nanomesh: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nanomesh", description=DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"nanomesh {__version__}")
+    sub = p.add_subparsers(metavar="COMMAND")
+
+    peer = sub.add_parser("peer", help="run the peer daemon").add_subparsers(metavar="ACTION")
+    run = peer.add_parser("run", help="run a peer in the foreground (logs to stderr)",
+                          description="Run a peer in the foreground. Logs go to stderr; "
+                          "SIGINT/SIGTERM leave the mesh gracefully and exit.")
+    run.add_argument("--name", help="peer name, unique in the mesh (default: host name)")
+    run.add_argument("--bind", metavar="IP[:PORT]",
+                     help="gossip address, UDP and TCP (default 127.0.0.1:7946)")
+    run.add_argument("--join", metavar="IP[:PORT]", action="append",
+                     help="seed peer to join through; repeatable. Retried until one answers")
+    run.add_argument("--data-dir", type=Path, metavar="DIR",
+                     help="state directory (default /var/lib/nanomesh/NAME as root, "
+                     "else ~/.local/share/nanomesh/NAME)")
+    run.add_argument("--config", type=Path, metavar="FILE",
+                     help="peer config TOML (see peers/*.toml); flags override it")
+    run.add_argument("--key-file", type=Path, metavar="FILE",
+                     help="cluster keyring: base64 keys, one per line, primary first. "
+                     "Without it gossip is unencrypted")
+    run.add_argument("--api-port", type=int, metavar="PORT", help="HTTP API port (default 7947)")
+    run.add_argument("--gossip-preset", choices=["lan", "local", "memberlist-lan"],
+                     help="timing preset (default lan; see nanomesh/gossip/config.py)")
+    run.add_argument("--log-level", default=os.environ.get("NANOMESH_LOG_LEVEL", "INFO"),
+                     choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    run.set_defaults(func=_peer_run)
+
+    members = sub.add_parser("members", help="list the mesh as a peer sees it")
+    members.add_argument("--peer", metavar="IP[:PORT]", help=PEER_HELP)
+    members.add_argument("--json", action="store_true", help="print the JSON array")
+    members.set_defaults(func=_members)
+
+    profile = sub.add_parser("profile", help="show a peer's capability profile")
+    profile.add_argument("--peer", metavar="IP[:PORT]", help=PEER_HELP)
+    profile.add_argument("--json", action="store_true", help="print JSON")
+    profile.set_defaults(func=_profile)
+
+    keygen = sub.add_parser("keygen", help="print a new random cluster key (base64)")
+    keygen.set_defaults(func=lambda _: print(_generate_key()) or 0)
+
+    lab = sub.add_parser("lab", help="a local mesh of peer processes on loopback addresses"
+                         ).add_subparsers(metavar="ACTION")
+    lab_up = lab.add_parser("up", help="start N peers on 127.0.0.2.. joined into one mesh")
+    lab_up.add_argument("-n", type=int, default=3, help="number of peers (default 3)")
+    lab_up.add_argument("--dir", type=Path, help="lab directory (default $NANOMESH_LAB_DIR, "
+                        "else ~/.local/state/nanomesh/lab)")
+    lab_up.add_argument("--preset", default="local", choices=["lan", "local", "memberlist-lan"],
+                        help="gossip timing preset (default local)")
+    lab_up.add_argument("--no-encrypt", action="store_true",
+                        help="run without a cluster key (default: generate one)")
+    lab_up.set_defaults(func=_lab_up)
+    for action, func, text in (("status", _lab_status, "show the lab's peers"),
+                               ("down", _lab_down, "stop every lab peer (graceful leave)")):
+        cmd = lab.add_parser(action, help=text)
+        cmd.add_argument("--dir", type=Path, help="lab directory")
+        cmd.set_defaults(func=func)
+    return p
+
+
+def _generate_key() -> str:
+    from nanomesh.wire import generate_key
+    return generate_key()
+
+
+# ------------------------------------------------------------------ peer run
+
+
+def _peer_run(args: argparse.Namespace) -> int:
+    import trio
+
+    from nanomesh.config import build_config
+    from nanomesh.daemon.peer import PeerDaemon
+    from nanomesh.daemon.profile import ProfileSource
+    from nanomesh.wire import Keyring
+
+    config = build_config(config_file=args.config, name=args.name, bind=args.bind,
+                          join=args.join, data_dir=args.data_dir, key_file=args.key_file,
+                          api_port=args.api_port, gossip_preset=args.gossip_preset)
+    logging.basicConfig(
+        level=args.log_level, stream=sys.stderr,
+        format=f"%(asctime)s {config.name} %(levelname)s %(name)s: %(message)s")
+    keyring = Keyring.from_file(config.key_file) if config.key_file else Keyring()
+    if not keyring.enabled:
+        logging.getLogger("nanomesh.peer").warning(
+            "no --key-file: gossip is NOT encrypted or authenticated")
+    daemon = PeerDaemon(config, keyring, ProfileSource(config))
+    try:
+        trio.run(daemon.run)
+    except OSError as exc:
+        raise ConfigError(f"cannot start peer on {config.bind[0]}: {exc.strerror or exc}"
+                          ) from None
+    return 0
+
+
+# ------------------------------------------------------------------ queries
+
+
+def _default_peer() -> str:
+    from nanomesh import lab
+    from nanomesh.config import DEFAULT_API_PORT
+
+    env = os.environ.get("NANOMESH_PEER")
+    if env:
+        return env
+    for p in lab.load_state(lab.default_dir()):
+        if lab.alive(p.pid):
+            return p.api
+    return f"127.0.0.1:{DEFAULT_API_PORT}"
+
+
+def _peer_api(text: str | None) -> str:
+    from nanomesh.config import DEFAULT_API_PORT, parse_address
+
+    host, port = parse_address(text or _default_peer(), DEFAULT_API_PORT, "--peer")
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _members(args: argparse.Namespace) -> int:
+    from nanomesh.apiclient import get_json
+
+    members = get_json(_peer_api(args.peer), "/v1/members")
+    if args.json:
+        print(json.dumps(members, indent=2, sort_keys=True))
+        return 0
+    rows: list[tuple[str, ...]] = [
+        ("NAME", "ADDRESS", "STATE", "INC", "CPU", "MEM MB (free/total)", "POWER", "DEVICES")]
+    rows += [(m["name"], m["address"], m["state"], str(m["incarnation"]),
+              *_profile_summary(m.get("profile"))) for m in members]
+    _print_table(rows)
+    return 0
+
+
+def _profile_summary(p: dict[str, Any] | None) -> tuple[str, str, str, str]:
+    if not p:
+        return ("-", "-", "-", "(profile not yet pulled)")
+    cpu, mem, power = p.get("cpu", {}), p.get("memory", {}), p.get("power", {})
+    cores = f"{cpu.get('cores', '?')}x{cpu.get('arch', '?')}"
+    memory = f"{mem.get('available_mb', '?')}/{mem.get('total_mb', '?')}"
+    source = power.get("source", "?")
+    if power.get("battery_percent") is not None:
+        source += f" {power['battery_percent']:.0f}%"
+    devices = ",".join(f"{d.get('type')}" for d in p.get("devices", [])) or "-"
+    return (cores, memory, source, devices)
+
+
+def _print_table(rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from nanomesh.apiclient import get_json
+
+    me = get_json(_peer_api(args.peer), "/v1/self")
+    if args.json:
+        print(json.dumps(me["profile"], indent=2, sort_keys=True))
+        return 0
+    print(f"{me['name']} at {me['address']} (incarnation {me['incarnation']}, "
+          f"profile version {me['profile_version']})")
+    _print_nested(me["profile"] or {}, indent=2)
+    return 0
+
+
+def _print_nested(value: Any, indent: int) -> None:
+    pad = " " * indent
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(v, dict | list) and v:
+                print(f"{pad}{k}:")
+                _print_nested(v, indent + 2)
+            else:
+                print(f"{pad}{k}: {json.dumps(v) if not isinstance(v, str) else v}")
+    elif isinstance(value, list):
+        for item in value:
+            if isinstance(item, dict):
+                print(f"{pad}- " + ", ".join(f"{k}={v}" for k, v in item.items()))
+            else:
+                print(f"{pad}- {item}")
+
+
+# ------------------------------------------------------------------ lab
+
+
+def _lab_dir(args: argparse.Namespace) -> Path:
+    from nanomesh import lab
+    return Path(args.dir) if args.dir else lab.default_dir()
+
+
+def _lab_up(args: argparse.Namespace) -> int:
+    from nanomesh import lab
+
+    lab_dir = _lab_dir(args)
+    peers = lab.up(args.n, lab_dir, preset=args.preset, encrypt=not args.no_encrypt)
+    print(f"mesh of {len(peers)} peers is up:")
+    for p in peers:
+        print(f"  {p.name}  gossip {p.ip}:{p.gossip_port}  api http://{p.api}  pid {p.pid}  "
+              f"log {p.log}")
+    print("\ntry:\n  nanomesh members\n  nanomesh profile --peer " + peers[-1].api +
+          f"\n  curl http://{peers[0].api}/v1/health\n  nanomesh lab status\n"
+          "  nanomesh lab down")
+    return 0
+
+
+def _lab_status(args: argparse.Namespace) -> int:
+    from nanomesh import lab
+
+    rows = lab.status(_lab_dir(args))
+    if not rows:
+        print(f"no lab in {_lab_dir(args)}")
+        return 1
+    table: list[tuple[str, ...]] = [("NAME", "PID", "PROCESS", "API", "MEMBERS")]
+    for r in rows:
+        seen = ", ".join(f"{n} {s}" for s, n in r["members"].items()) if r["members"] else (
+            r.get("error", "-"))
+        table.append((r["name"], str(r["pid"]), r["process"], r["api"], seen))
+    _print_table(table)
+    return 0
+
+
+def _lab_down(args: argparse.Namespace) -> int:
+    from nanomesh import lab
+
+    stopped = lab.down(_lab_dir(args))
+    print(f"stopped {stopped} peers")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""Peer configuration: a TOML file (``peers/*.toml``) merged with command-line
+flags, validated in one place before anything starts.
+
+```toml
+[peer]
+name = "room-pd1"                  # default: the host name
+bind = "192.168.1.20:7946"         # gossip address (UDP and TCP)
+api_port = 7947                    # HTTP JSON API, same IP
+join = ["192.168.1.10"]            # seeds; default port 7946
+data_dir = "/var/lib/nanomesh"
+key_file = "/etc/nanomesh/cluster.key"
+profile_refresh = 5.0              # seconds between live-load samples
+labels = { room = "meeting-1" }
+
+[gossip]
+preset = "lan"                     # lan | local | memberlist-lan
+probe_interval = 0.2               # any GossipConfig field overrides the preset
+
+[[devices]]
+type = "pir"
+pin = 4
+```
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from nanomesh.errors import ConfigError
+from nanomesh.gossip.config import GossipConfig, preset
+from nanomesh.wire import Address
+
+DEFAULT_GOSSIP_PORT = 7946
+"""UDP and TCP port for gossip, as memberlist/Serf/Consul use."""
+DEFAULT_API_PORT = 7947
+"""HTTP JSON API port, on the same IP as gossip."""
+DEFAULT_PROFILE_REFRESH = 5.0
+"""Seconds between samples of live load. A sample only changes the published
+profile when it moved past `nanomesh.discovery.load_changed`'s thresholds."""
+
+
+def parse_address(text: str, default_port: int, what: str = "address") -> Address:
+    """``IP[:PORT]`` (IPv6 as ``[::1]:PORT``) into an address; ConfigError if bad."""
+    host, port = text.strip(), default_port
+    if host.startswith("["):
+        inner, _, rest = host[1:].partition("]")
+        host = inner
+        if rest.startswith(":"):
+            port = _port(rest[1:], what, text)
+    elif host.count(":") == 1:
+        host, _, p = host.partition(":")
+        port = _port(p, what, text)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(f"{what} {text!r}: {host!r} is not an IP address") from None
+    return (host, port)
+
+
+def _port(text: str, what: str, whole: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ConfigError(f"{what} {whole!r}: port must be 1-65535")
+    return int(text)
+
+
+def default_data_dir(name: str) -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/nanomesh") / name
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "nanomesh" / name
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    name: str
+    bind: Address
+    api_port: int = DEFAULT_API_PORT
+    join: tuple[Address, ...] = ()
+    data_dir: Path = Path(".")
+    key_file: Path | None = None
+    profile_refresh: float = DEFAULT_PROFILE_REFRESH
+    labels: dict[str, str] = field(default_factory=dict)
+    devices: tuple[dict[str, Any], ...] = ()
+    gossip: GossipConfig = field(default_factory=GossipConfig)
+    config_file: Path | None = None
+
+    @property
+    def api_addr(self) -> Address:
+        return (self.bind[0], self.api_port)
+
+
+def load_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+
+
+def _gossip_from(table: dict[str, Any], preset_override: str | None, where: str) -> GossipConfig:
+    table = dict(table)
+    base = preset(preset_override or table.pop("preset", "lan"))
+    table.pop("preset", None)
+    known = {f.name: f for f in fields(GossipConfig)}
+    overrides: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in known:
+            raise ConfigError(f"{where}: unknown gossip setting {key!r}")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: gossip.{key} must be a number")
+        overrides[key] = type(getattr(base, key))(value)
+    return replace(base, **overrides).validate()
+
+
+def build_config(
+    *,
+    config_file: Path | None = None,
+    name: str | None = None,
+    bind: str | None = None,
+    join: list[str] | None = None,
+    data_dir: Path | None = None,
+    key_file: Path | None = None,
+    api_port: int | None = None,
+    gossip_preset: str | None = None,
+) -> PeerConfig:
+    """Merge the config file (if any) with flags; flags win."""
+    raw = load_file(config_file) if config_file else {}
+    where = str(config_file or "config")
+    unknown = set(raw) - {"peer", "gossip", "devices"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown section(s) {', '.join(sorted(unknown))}")
+    peer = raw.get("peer", {})
+    if not isinstance(peer, dict):
+        raise ConfigError(f"{where}: [peer] must be a table")
+    name = name or peer.get("name") or socket.gethostname()
+    if not isinstance(name, str) or not name or len(name) > 128 or not name.isprintable():
+        raise ConfigError(f"peer name {name!r} must be 1-128 printable characters")
+    bind_text = bind or peer.get("bind") or "127.0.0.1"
+    bind_addr = parse_address(str(bind_text), DEFAULT_GOSSIP_PORT, "--bind")
+    seeds = join if join is not None else peer.get("join", [])
+    if not isinstance(seeds, list):
+        raise ConfigError(f"{where}: peer.join must be a list of addresses")
+    labels = peer.get("labels", {})
+    if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+        raise ConfigError(f"{where}: peer.labels must map names to strings")
+    devices = raw.get("devices", [])
+    if not isinstance(devices, list) or not all(isinstance(d, dict) for d in devices):
+        raise ConfigError(f"{where}: [[devices]] entries must be tables")
+    refresh = peer.get("profile_refresh", DEFAULT_PROFILE_REFRESH)
+    if isinstance(refresh, bool) or not isinstance(refresh, int | float) or refresh <= 0:
+        raise ConfigError(f"{where}: peer.profile_refresh must be a positive number of seconds")
+    key = key_file or (Path(peer["key_file"]) if "key_file" in peer else None)
+    port = api_port or int(peer.get("api_port", DEFAULT_API_PORT))
+    if not 0 < port < 65536:
+        raise ConfigError(f"api port {port} out of range")
+    if port == bind_addr[1]:
+        raise ConfigError(f"api port {port} is the gossip port; choose another")
+    return PeerConfig(
+        name=name,
+        bind=bind_addr,
+        api_port=port,
+        join=tuple(parse_address(str(s), DEFAULT_GOSSIP_PORT, "--join") for s in seeds),
+        data_dir=data_dir or Path(peer.get("data_dir") or default_data_dir(name)),
+        key_file=key,
+        profile_refresh=float(refresh),
+        labels=dict(labels),
+        devices=tuple(devices),
+        gossip=_gossip_from(raw.get("gossip", {}), gossip_preset, where),
+        config_file=config_file,
+    )

@@ -1,0 +1,1 @@
+"""The trio shell: sockets, timers, threads and the HTTP API."""

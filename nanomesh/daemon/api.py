@@ -1,0 +1,68 @@
+"""The HTTP JSON API's read-only membership endpoints.
+
+Shapes (a contract shared with the CLI's ``--json`` output):
+
+- ``GET /v1/members``: array of member objects, sorted by name:
+  ``{"name", "address": "IP:PORT", "state": "alive|suspect|dead|left",
+  "incarnation", "profile_version", "profile": {...} | null}``
+- ``GET /v1/self``: this peer's member object, plus ``"api": "IP:PORT"``.
+- ``GET /v1/health``: ``{"status": "ok", "name", "members": {state: count},
+  "awareness", "uptime_s", "dropped": {reason: count}, "bytes_in", "bytes_out",
+  "counters": {...}}``
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+from nanomesh.daemon.http import Handler, Request
+from nanomesh.gossip.members import Member
+
+if TYPE_CHECKING:
+    from nanomesh.daemon.peer import PeerDaemon
+
+
+def member_json(m: Member) -> dict[str, Any]:
+    return {
+        "name": m.name,
+        "address": f"{m.addr[0]}:{m.addr[1]}",
+        "state": m.state.label,
+        "incarnation": m.incarnation,
+        "profile_version": m.held_version,
+        "profile": m.profile,
+    }
+
+
+def api_routes(peer: PeerDaemon) -> dict[tuple[str, str], Handler]:
+    def core() -> Any:
+        assert peer.core is not None
+        return peer.core
+
+    async def members(_: Request) -> tuple[int, Any]:
+        return 200, [member_json(m) for m in core().members()]
+
+    async def self_(_: Request) -> tuple[int, Any]:
+        body = member_json(core().me)
+        body["api"] = f"{peer.config.bind[0]}:{peer.config.api_port}"
+        return 200, body
+
+    async def health(_: Request) -> tuple[int, Any]:
+        c = core()
+        states = Counter(m.state.label for m in c.members())
+        return 200, {
+            "status": "leaving" if peer._stopping else "ok",
+            "name": c.name,
+            "members": dict(sorted(states.items())),
+            "awareness": c.awareness.score,
+            "uptime_s": round(time.time() - peer.started_wall, 3),
+            "dropped": dict(peer.dropped),
+            "bytes_in": peer.bytes_in,
+            "bytes_out": peer.bytes_out,
+            "counters": dataclasses.asdict(c.stats),
+        }
+
+    return {("GET", "/v1/members"): members, ("GET", "/v1/self"): self_,
+            ("GET", "/v1/health"): health}

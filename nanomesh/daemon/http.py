@@ -1,0 +1,122 @@
+"""A small HTTP/1.1 JSON server on trio, built on h11's sans-I/O parser.
+
+Deliberately tiny: one request per connection, JSON in and out, bounded
+request size and time. Routes are a plain dict of (method, path) to handler;
+a handler returns (status, JSON-able body). Bad requests get a 4xx with a JSON
+``{"error": ...}``; a handler bug gets a 500 and is logged, and never takes
+the peer down.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import h11
+import trio
+
+log = logging.getLogger("nanomesh.api")
+
+MAX_REQUEST_BYTES = 1 << 20
+"""Largest request (headers and body) accepted, in bytes."""
+REQUEST_TIMEOUT = 10.0
+"""Seconds a client may take to send its request."""
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    query: str
+    headers: Mapping[str, str]
+    body: bytes
+
+
+Handler = Callable[[Request], Awaitable[tuple[int, Any]]]
+
+
+class HttpError(Exception):
+    """Raised by a handler to answer with a 4xx status and a message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+async def serve_http(routes: Mapping[tuple[str, str], Handler], host: str, port: int,
+                     *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    listeners = await trio.open_tcp_listeners(port, host=host)
+
+    async def handle(stream: trio.SocketStream) -> None:
+        try:
+            await _serve_one(stream, routes)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
+            pass
+        finally:
+            await stream.aclose()
+
+    task_status.started()
+    await trio.serve_listeners(handle, listeners)
+
+
+async def _serve_one(stream: trio.SocketStream, routes: Mapping[tuple[str, str], Handler]
+                     ) -> None:
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_BYTES)
+    request = None
+    with trio.move_on_after(REQUEST_TIMEOUT):
+        request = await _read_request(stream, conn)
+    if request is None:
+        return
+    status, body = await _dispatch(routes, request)
+    payload = (json.dumps(body, indent=None, sort_keys=True) + "\n").encode()
+    headers = [("content-type", "application/json"), ("content-length", str(len(payload))),
+               ("connection", "close")]
+    await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers)) or b"")
+    await stream.send_all(conn.send(h11.Data(data=payload)) or b"")
+    await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
+
+
+async def _read_request(stream: trio.SocketStream, conn: h11.Connection) -> Request | None:
+    head: h11.Request | None = None
+    body = bytearray()
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            data = await stream.receive_some(65536)
+            conn.receive_data(data)
+            if not data and conn.their_state is not h11.DONE:
+                return None
+            continue
+        if isinstance(event, h11.Request):
+            head = event
+        elif isinstance(event, h11.Data):
+            body += event.data
+            if len(body) > MAX_REQUEST_BYTES:
+                return None
+        elif isinstance(event, h11.EndOfMessage) and head is not None:
+            target = head.target.decode("latin-1")
+            path, _, query = target.partition("?")
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in head.headers}
+            return Request(head.method.decode("ascii"), path, query, headers, bytes(body))
+        elif isinstance(event, h11.ConnectionClosed):
+            return None
+
+
+async def _dispatch(routes: Mapping[tuple[str, str], Handler], request: Request
+                    ) -> tuple[int, Any]:
+    handler = routes.get((request.method, request.path.rstrip("/") or "/"))
+    if handler is None:
+        if any(path == request.path for _, path in routes):
+            return 405, {"error": f"method {request.method} not allowed on {request.path}"}
+        return 404, {"error": f"no such endpoint: {request.path}"}
+    try:
+        return await handler(request)
+    except HttpError as exc:
+        return exc.status, {"error": exc.message}
+    except Exception:
+        log.exception("API handler for %s %s failed", request.method, request.path)
+        return 500, {"error": "internal error; see the peer's log"}

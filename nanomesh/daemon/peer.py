@@ -1,0 +1,358 @@
+"""The peer daemon: a thin trio shell around the membership core.
+
+Duties of the shell, in the order it performs them for every input:
+decode the bytes at the boundary (garbage is counted and dropped), feed the
+core the message and ``trio.current_time()``, then carry out the returned
+effects in order: send datagrams, start stream calls, log notifications.
+Nothing here decides anything about membership.
+
+Tasks, all in one nursery:
+- ``_receive_datagrams``: UDP in → core;
+- ``_run_timers``: sleeps until the core's next deadline (or until an input
+  may have moved it) and ticks the core;
+- the TCP stream server (push-pull and profile pulls) and one task per
+  outgoing stream call;
+- ``_refresh_profile``: samples live load and republishes when it moved;
+- the HTTP API;
+- ``_watch_signals``: SIGINT/SIGTERM → graceful leave, then exit.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import random
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from nanomesh import __version__
+from nanomesh.config import PeerConfig
+from nanomesh.daemon.api import api_routes
+from nanomesh.daemon.http import serve_http
+from nanomesh.daemon.profile import ProfileSource
+from nanomesh.errors import RemoteProtocolError
+from nanomesh.gossip.effects import (
+    Effect,
+    MemberFailed,
+    MemberJoined,
+    MemberLeft,
+    MemberReaped,
+    MemberRecovered,
+    MemberSuspected,
+    ProfileUpdated,
+    Refuted,
+    SendDatagram,
+    StreamCall,
+)
+from nanomesh.gossip.machine import Membership
+from nanomesh.wire import (
+    FRAME_PREFIX_LEN,
+    MAX_DATAGRAM_IN,
+    MAX_FRAME,
+    Address,
+    DatagramMessage,
+    Keyring,
+    PushPull,
+    StreamMessage,
+    frame,
+    frame_length,
+    open_envelope,
+    seal,
+)
+from nanomesh.wire import ProfileRequest as _ProfileRequest
+
+log = logging.getLogger("nanomesh.peer")
+
+LEAVE_PROPAGATION = 0.5
+"""Seconds we keep gossiping after announcing a graceful leave, so the leave
+reaches peers by gossip as well as by the direct sends (a few gossip rounds)."""
+JOIN_RETRY_MAX = 30.0
+"""Longest back-off, in seconds, between attempts to reach the join seeds."""
+
+_STREAM_REQUESTS = (PushPull, _ProfileRequest)
+
+
+class PeerDaemon:
+    def __init__(self, config: PeerConfig, keyring: Keyring, profiles: ProfileSource) -> None:
+        self.config = config
+        self.keyring = keyring
+        self.profiles = profiles
+        self.started_wall = time.time()
+        self.dropped: collections.Counter[str] = collections.Counter()
+        self.bytes_out = 0
+        self.bytes_in = 0
+        self.core: Membership | None = None
+        self._udp: socket.socket | None = None
+        self._wake = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._joined = trio.Event()
+        self._join_round_done = trio.Event()
+        self._join_pending = 0
+        self._stopping = False
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        cfg = self.config
+        prepare_data_dir(cfg.data_dir)
+        profile = await trio.to_thread.run_sync(self.profiles.initial)
+        self.core = Membership(cfg.name, cfg.bind, cfg.gossip,
+                               random.Random(int.from_bytes(os.urandom(8), "big")),
+                               trio.current_time(), profile=profile)
+        self._udp = _bind_udp(cfg.bind)
+        listeners = await trio.open_tcp_listeners(cfg.bind[1], host=cfg.bind[0])
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._receive_datagrams)
+            nursery.start_soon(self._run_timers)
+            nursery.start_soon(trio.serve_listeners, self._serve_stream, listeners)
+            await nursery.start(serve_http, api_routes(self), cfg.bind[0], cfg.api_port)
+            nursery.start_soon(self._refresh_profile)
+            nursery.start_soon(self._watch_signals, nursery.cancel_scope)
+            log.info("peer %s listening: gossip %s:%d (udp+tcp), api http://%s:%d, "
+                     "encryption %s, preset probe_interval=%.2fs", cfg.name, *cfg.bind,
+                     cfg.bind[0], cfg.api_port, "on" if self.keyring.enabled else "OFF",
+                     cfg.gossip.probe_interval)
+            if cfg.join:
+                nursery.start_soon(self._join_until_joined)
+            task_status.started()
+
+    async def _watch_signals(self, scope: trio.CancelScope) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                log.info("received %s: leaving the mesh", signal.Signals(signum).name)
+                await self.leave()
+                scope.cancel()
+                return
+
+    async def leave(self) -> None:
+        """Announce a graceful leave and give it time to spread."""
+        assert self.core is not None
+        self._stopping = True
+        self._execute(self.core.leave(trio.current_time()))
+        await trio.sleep(LEAVE_PROPAGATION)
+        log.info("left the mesh")
+
+    async def _join_until_joined(self) -> None:
+        """Contact the seeds until one answers, with capped exponential back-off
+        (Consul's retry_join): seeds that boot later are still found."""
+        assert self.core is not None
+        delay = 1.0
+        seeds = ", ".join(f"{h}:{p}" for h, p in self.config.join)
+        while not self._joined.is_set():
+            log.info("joining via %s", seeds)
+            calls = self.core.join(self.config.join, trio.current_time())
+            self._join_round_done = trio.Event()
+            self._join_pending = len(calls)
+            self._execute(calls)
+            await self._join_round_done.wait()
+            if self._joined.is_set():
+                return
+            log.warning("no seed answered (%s); retrying in %.0fs", seeds, delay)
+            await trio.sleep(delay)
+            delay = min(delay * 2, JOIN_RETRY_MAX)
+
+    # ------------------------------------------------------------ datagrams and timers
+
+    async def _receive_datagrams(self) -> None:
+        assert self._udp is not None and self.core is not None
+        sock = trio.socket.from_stdlib_socket(self._udp)
+        while True:
+            data, addr = await sock.recvfrom(MAX_DATAGRAM_IN + 1)
+            self.bytes_in += len(data)
+            try:
+                messages = open_envelope(data, self.keyring)
+            except RemoteProtocolError as exc:
+                self._drop(exc, addr)
+                continue
+            datagram = [m for m in messages if not isinstance(m, _STREAM_REQUESTS)]
+            self._execute(self.core.handle_datagram(
+                (addr[0], addr[1]), _as_datagram(datagram), trio.current_time()))
+
+    async def _run_timers(self) -> None:
+        assert self.core is not None
+        while True:
+            self._wake = trio.Event()
+            with trio.move_on_at(self.core.next_deadline()):
+                await self._wake.wait()
+            self._execute(self.core.tick(trio.current_time()))
+
+    def _drop(self, exc: RemoteProtocolError, addr: Any) -> None:
+        self.dropped[exc.reason] += 1
+        log.debug("dropped packet from %s: %s", addr, exc)
+        if self.dropped[exc.reason] in (1, 100, 10_000):
+            log.warning("dropping %s packets (%d so far), latest from %s: %s",
+                        exc.reason, self.dropped[exc.reason], addr, exc)
+
+    # ------------------------------------------------------------ effects
+
+    def _execute(self, effects: list[Effect]) -> None:
+        for e in effects:
+            match e:
+                case SendDatagram():
+                    self._send_datagram(e)
+                case StreamCall():
+                    assert self._nursery is not None
+                    self._nursery.start_soon(self._stream_call, e)
+                case _:
+                    _log_notification(e)
+        self._wake.set()  # the core's next deadline may have moved
+
+    def _send_datagram(self, e: SendDatagram) -> None:
+        assert self._udp is not None
+        data = seal(e.messages, self.keyring)
+        try:
+            self._udp.sendto(data, e.addr)
+            self.bytes_out += len(data)
+        except (BlockingIOError, OSError) as exc:
+            # UDP is lossy anyway: a full buffer or an unreachable network is
+            # a lost packet, which SWIM is built to survive.
+            self.dropped["send-" + type(exc).__name__] += 1
+
+    # ------------------------------------------------------------ streams
+
+    async def _stream_call(self, call: StreamCall) -> None:
+        assert self.core is not None
+        reply: StreamMessage | None = None
+        with trio.move_on_after(self.config.gossip.stream_timeout):
+            try:
+                stream = await trio.open_tcp_stream(*call.addr)
+                async with stream:
+                    await stream.send_all(frame(seal([call.request], self.keyring)))
+                    reply = _only_stream(await self._read_frame(stream))
+            except (OSError, trio.BrokenResourceError) as exc:
+                log.debug("%s call to %s:%d failed: %s", call.purpose, *call.addr, exc)
+            except RemoteProtocolError as exc:
+                self._drop(exc, call.addr)
+        now = trio.current_time()
+        if reply is None:
+            self._execute(self.core.stream_failed(call.call_id, now))
+        else:
+            self._execute(self.core.handle_stream_reply(call.call_id, reply, now))
+        if call.purpose == "join":
+            self._join_finished(call, reply is not None)
+
+    def _join_finished(self, call: StreamCall, ok: bool) -> None:
+        assert self.core is not None
+        if ok and not self._joined.is_set():
+            self._joined.set()
+            log.info("joined the mesh via %s:%d (%d members known)", *call.addr,
+                     len(self.core.members()))
+        self._join_pending -= 1
+        if ok or self._join_pending <= 0:
+            self._join_round_done.set()
+
+    async def _serve_stream(self, stream: trio.SocketStream) -> None:
+        assert self.core is not None
+        async with stream:
+            with trio.move_on_after(self.config.gossip.stream_timeout):
+                try:
+                    request = _only_stream(await self._read_frame(stream))
+                except RemoteProtocolError as exc:
+                    self._drop(exc, _peer_of(stream))
+                    return
+                except (OSError, trio.BrokenResourceError):
+                    return
+                if not isinstance(request, _STREAM_REQUESTS):
+                    self.dropped["unexpected"] += 1
+                    return
+                reply, effects = self.core.handle_stream_request(request, trio.current_time())
+                self._execute(effects)
+                if reply is not None:
+                    try:
+                        await stream.send_all(frame(seal([reply], self.keyring)))
+                    except (OSError, trio.BrokenResourceError):
+                        return
+
+    async def _read_frame(self, stream: trio.SocketStream) -> list[Any]:
+        prefix = await _receive_exactly(stream, FRAME_PREFIX_LEN)
+        body = await _receive_exactly(stream, frame_length(prefix))
+        self.bytes_in += FRAME_PREFIX_LEN + len(body)
+        return open_envelope(body, self.keyring, limit=MAX_FRAME)
+
+    # ------------------------------------------------------------ profile
+
+    async def _refresh_profile(self) -> None:
+        assert self.core is not None
+        while True:
+            await trio.sleep(self.config.profile_refresh)
+            current = self.core.me.profile or {}
+            fresh = await trio.to_thread.run_sync(self.profiles.refresh, current)
+            if fresh is not None:
+                self._execute(self.core.update_profile(fresh, trio.current_time()))
+
+
+def _as_datagram(messages: list[Any]) -> list[DatagramMessage]:
+    return messages
+
+
+def _only_stream(messages: list[Any]) -> StreamMessage:
+    if len(messages) != 1:
+        raise RemoteProtocolError("malformed", "a stream frame carries exactly one message")
+    msg: StreamMessage = messages[0]
+    return msg
+
+
+def _peer_of(stream: trio.SocketStream) -> Any:
+    try:
+        return stream.socket.getpeername()
+    except OSError:
+        return "?"
+
+
+async def _receive_exactly(stream: trio.SocketStream, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = await stream.receive_some(min(n - len(buf), 65536))
+        if not chunk:
+            raise RemoteProtocolError("malformed", "stream closed mid-frame")
+        buf += chunk
+    return bytes(buf)
+
+
+def _bind_udp(addr: Address) -> socket.socket:
+    family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    # Room for bursts of acks and gossip while the event loop is busy.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    sock.bind(addr)
+    return sock
+
+
+def prepare_data_dir(path: Path) -> None:
+    """Create the data directory readable by its owner only: it will hold the
+    mesh's secrets (the management token, the Raft journal)."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    (path / "peer.json").write_text(json.dumps({"nanomesh": __version__}) + "\n")
+
+
+def _log_notification(e: Effect) -> None:
+    match e:
+        case MemberJoined():
+            log.info("member %s %s at %s:%d", e.name, "rejoined" if e.rejoined else "joined",
+                     *e.addr)
+        case MemberSuspected():
+            log.info("member %s suspected (by %s)", e.name, e.by)
+        case MemberRecovered():
+            log.info("member %s refuted its suspicion: alive", e.name)
+        case MemberFailed():
+            log.warning("member %s failed (declared dead by %s)", e.name, e.by)
+        case MemberLeft():
+            log.info("member %s left", e.name)
+        case MemberReaped():
+            log.info("member %s forgotten (reaped)", e.name)
+        case Refuted():
+            log.warning("we were suspected or declared dead by %s; refuted with "
+                        "incarnation %d", e.accuser, e.incarnation)
+        case ProfileUpdated():
+            log.debug("profile of %s now at version %d", e.name, e.version)

@@ -1,0 +1,37 @@
+"""Where the daemon's capability profile comes from: discovery at start, then
+periodic live samples that republish only when they moved enough."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from nanomesh import __version__
+from nanomesh.config import PeerConfig
+from nanomesh.discovery import DiscoveryConfig, discover, load_changed, refresh_live
+
+
+class ProfileSource:
+    def __init__(self, config: PeerConfig) -> None:
+        self.name = config.name
+        self.discovery = DiscoveryConfig(
+            data_dir=config.data_dir,
+            devices=tuple(config.devices),
+            labels=dict(config.labels),
+        )
+        self.discovery_ms: float | None = None
+
+    def initial(self) -> dict[str, Any]:
+        """Probe the machine (blocking; run it in a thread)."""
+        started = time.perf_counter()
+        profile = discover(self.discovery)
+        self.discovery_ms = (time.perf_counter() - started) * 1000
+        profile["peer"] = {"name": self.name, "nanomesh": __version__,
+                           "discovery_ms": round(self.discovery_ms, 2)}
+        return profile
+
+    def refresh(self, published: Mapping[str, Any]) -> dict[str, Any] | None:
+        """A new profile if live values moved past the thresholds, else None."""
+        fresh = refresh_live(dict(published), self.discovery)
+        return fresh if load_changed(published, fresh) else None

@@ -1,0 +1,204 @@
+"""`nanomesh lab`: a small mesh of real peer processes on this machine.
+
+Each peer binds its own loopback address (127.0.0.2, 127.0.0.3, ...) with the
+default ports, exactly as separate devices would on a LAN. The lab directory
+holds the cluster key, one data directory and one log file per peer, and
+``lab.json`` with what `status` and `down` need.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from nanomesh.apiclient import ApiError, get_json
+from nanomesh.config import DEFAULT_API_PORT, DEFAULT_GOSSIP_PORT
+from nanomesh.errors import NanomeshError
+from nanomesh.wire import generate_key
+
+STATE_FILE = "lab.json"
+CONVERGE_TIMEOUT = 30.0
+"""Seconds `lab up` waits for every peer to see every other peer alive."""
+STOP_TIMEOUT = 5.0
+"""Seconds `lab down` waits after SIGTERM (graceful leave) before SIGKILL."""
+
+
+class LabError(NanomeshError):
+    pass
+
+
+@dataclass
+class LabPeer:
+    name: str
+    pid: int
+    ip: str
+    gossip_port: int
+    api_port: int
+    log: str
+
+    @property
+    def api(self) -> str:
+        return f"{self.ip}:{self.api_port}"
+
+
+def default_dir() -> Path:
+    env = os.environ.get("NANOMESH_LAB_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "nanomesh" / "lab"
+
+
+def peer_ip(index: int) -> str:
+    """Loopback address of lab peer `index` (0-based): 127.0.0.2 upwards."""
+    n = index + 2
+    return f"127.0.{n // 256}.{n % 256}"
+
+
+def load_state(lab_dir: Path) -> list[LabPeer]:
+    path = lab_dir / STATE_FILE
+    try:
+        raw = json.loads(path.read_text())
+        return [LabPeer(**p) for p in raw["peers"]]
+    except FileNotFoundError:
+        return []
+    except (ValueError, KeyError, TypeError) as exc:
+        raise LabError(f"{path} is damaged ({exc}); remove it and stop stray peers "
+                       "with `pkill -f 'nanomesh peer run'`") from None
+
+
+def _save_state(lab_dir: Path, peers: list[LabPeer]) -> None:
+    tmp = lab_dir / (STATE_FILE + ".tmp")
+    tmp.write_text(json.dumps({"peers": [asdict(p) for p in peers]}, indent=2) + "\n")
+    tmp.replace(lab_dir / STATE_FILE)
+
+
+def alive(pid: int) -> bool:
+    """Is `pid` a running nanomesh peer? Checks the command line, so a pid
+    reused by another program after a reboot is never signalled, and treats
+    a zombie (exited, not yet reaped) as gone."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    state = stat.rpartition(")")[2].split()[0]
+    return state != "Z" and b"nanomesh" in cmdline and b"peer" in cmdline
+
+
+def up(n: int, lab_dir: Path, preset: str = "local", encrypt: bool = True,
+       say: Callable[[str], None] = print) -> list[LabPeer]:
+    """Start `n` peers joined into one mesh; return once they all see each other."""
+    if not 1 <= n <= 250:
+        raise LabError("a lab has 1 to 250 peers")
+    running = [p for p in load_state(lab_dir) if alive(p.pid)]
+    if running:
+        raise LabError(f"a lab of {len(running)} peers is already running in {lab_dir}; "
+                       "run `nanomesh lab down` first")
+    lab_dir.mkdir(parents=True, exist_ok=True)
+    key_file = lab_dir / "cluster.key"
+    if encrypt and not key_file.exists():
+        key_file.write_text(generate_key() + "\n")
+        key_file.chmod(0o600)
+    peers: list[LabPeer] = []
+    seed = f"{peer_ip(0)}:{DEFAULT_GOSSIP_PORT}"
+    for i in range(n):
+        peers.append(_spawn(i, lab_dir, seed if i else None, preset,
+                            key_file if encrypt else None))
+        _save_state(lab_dir, peers)
+        if i == 0:  # the seed first, so the others join at their first attempt
+            _wait_converged(peers, 1)
+    say(f"started {n} peers in {lab_dir}; waiting for them to converge...")
+    _wait_converged(peers, n)
+    return peers
+
+
+def _spawn(i: int, lab_dir: Path, seed: str | None, preset: str, key_file: Path | None
+           ) -> LabPeer:
+    name = f"peer-{i + 1}"
+    ip = peer_ip(i)
+    argv = [sys.executable, "-m", "nanomesh", "peer", "run", "--name", name, "--bind", ip,
+            "--data-dir", str(lab_dir / name), "--gossip-preset", preset]
+    if seed:
+        argv += ["--join", seed]
+    if key_file:
+        argv += ["--key-file", str(key_file)]
+    log_path = lab_dir / f"{name}.log"
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    return LabPeer(name, proc.pid, ip, DEFAULT_GOSSIP_PORT, DEFAULT_API_PORT, str(log_path))
+
+
+def _wait_converged(peers: list[LabPeer], n: int) -> None:
+    deadline = time.monotonic() + CONVERGE_TIMEOUT
+    pending = list(peers)
+    while pending:
+        for p in list(pending):
+            if not alive(p.pid):
+                raise LabError(f"{p.name} exited during start-up; its log {p.log} ends:\n"
+                               + _tail(Path(p.log)))
+            try:
+                members = get_json(p.api, "/v1/members", timeout=1.0)
+            except ApiError:
+                continue
+            if sum(1 for m in members if m["state"] == "alive") == n:
+                pending.remove(p)
+        if pending and time.monotonic() > deadline:
+            names = ", ".join(p.name for p in pending)
+            logs = Path(peers[0].log).parent
+            raise LabError(f"peers {names} did not see all {n} peers alive within "
+                           f"{CONVERGE_TIMEOUT:.0f}s; see their logs in {logs}")
+        time.sleep(0.1)
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def status(lab_dir: Path) -> list[dict[str, Any]]:
+    rows = []
+    for p in load_state(lab_dir):
+        row: dict[str, Any] = {"name": p.name, "pid": p.pid, "api": p.api,
+                               "process": "running" if alive(p.pid) else "exited"}
+        try:
+            health = get_json(p.api, "/v1/health", timeout=1.0)
+            row["members"] = health["members"]
+        except ApiError as exc:
+            row["members"] = None
+            row["error"] = str(exc)
+        rows.append(row)
+    return rows
+
+
+def down(lab_dir: Path, say: Callable[[str], None] = print) -> int:
+    """SIGTERM every peer (graceful leave), SIGKILL stragglers; return how many ran."""
+    peers = [p for p in load_state(lab_dir) if alive(p.pid)]
+    for p in peers:
+        _signal(p.pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while any(alive(p.pid) for p in peers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for p in peers:
+        if alive(p.pid):
+            say(f"{p.name} did not stop within {STOP_TIMEOUT:.0f}s; killing it")
+            _signal(p.pid, signal.SIGKILL)
+    (lab_dir / STATE_FILE).unlink(missing_ok=True)
+    return len(peers)
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
