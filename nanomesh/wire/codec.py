@@ -9,6 +9,7 @@ the gossip core.
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -173,10 +174,37 @@ def _digest_from(v: object) -> MemberDigest:
     )
 
 
+MAX_PROFILE_DEPTH = 8
+"""Deepest nesting of maps and arrays accepted in a capability profile; real
+profiles use 4."""
+
+
+def _check_json_like(v: object, depth: int = 0) -> None:
+    """Profiles are shown as JSON by the API: only JSON's types are allowed
+    (no bytes, no integer keys), so nothing hostile reaches the API layer."""
+    if depth > MAX_PROFILE_DEPTH:
+        raise _bad("profile nested too deeply")
+    if isinstance(v, dict):
+        for key, item in v.items():
+            if type(key) is not str:
+                raise _bad("profile keys must be strings")
+            _check_json_like(item, depth + 1)
+    elif isinstance(v, list):
+        for item in v:
+            _check_json_like(item, depth + 1)
+    elif v is not None and type(v) not in (str, int, float, bool):
+        raise _bad(f"profile holds a {type(v).__name__}")
+    elif type(v) is int and not -MAX_INT - 1 <= v <= MAX_INT:
+        raise _bad("profile integer out of range")
+    elif type(v) is float and not math.isfinite(v):
+        raise _bad("profile number is not finite")
+
+
 def _profile_from(v: object) -> ProfileRecord:
     f = _list(v, "profile record")
     if len(f) < 3 or type(f[2]) is not dict:
         raise _bad("profile record must be [name, version, map]")
+    _check_json_like(f[2])
     return ProfileRecord(_name(f[0]), _int(f[1], "version"), f[2])
 
 
