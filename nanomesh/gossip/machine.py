@@ -465,9 +465,9 @@ class Membership:
             case Alive():
                 return self._on_alive(m, now, pulls, from_addr)
             case Suspect():
-                return self._on_suspect(m, now)
+                return self._on_suspect(m, now) or self._correct_stale(m, from_addr)
             case Dead():
-                return self._on_dead(m, now)
+                return self._on_dead(m, now) or self._correct_stale(m, from_addr)
         return []  # pragma: no cover - the union is exhaustive
 
     def _on_alive(self, a: Alive, now: float, pulls: dict[Address, list[str]],
@@ -501,6 +501,17 @@ class Membership:
         if old in (DEAD, LEFT):
             return [MemberJoined(a.name, a.addr, rejoined=True)]
         return []
+
+    def _correct_stale(self, m: Suspect | Dead, sender: Address) -> list[Effect]:
+        """The sender gossiped an accusation that a newer incarnation already
+        refuted. Reply with the refutation: the sender evidently missed it,
+        and without it its own suspicion timer would declare a live peer dead.
+        (Our addition to SWIM: at 10 % loss a refutation occasionally fails
+        to reach a peer that heard the accusation late.)"""
+        known = self._members.get(m.name)
+        if m.name == self.name or known is None or known.state is not ALIVE or m.incarnation >= known.incarnation:
+            return []
+        return [self._send(sender, [self._alive_of(known)])]
 
     def _on_suspect(self, s: Suspect, now: float) -> list[Effect]:
         if s.name == self.name:
@@ -548,9 +559,12 @@ class Membership:
         """SWIM §4.2: answer a claim about us with a higher incarnation. A plain
         alive message about us with an old incarnation needs no answer."""
         me = self.me
-        if self._leaving or (not accused and incarnation <= me.incarnation) or (
-                accused and incarnation < me.incarnation):
+        if self._leaving or (not accused and incarnation <= me.incarnation):
             return []
+        if accused and incarnation < me.incarnation:
+            # A stale accusation: we refuted already but the accuser has not
+            # heard. Tell it directly rather than wait for gossip to get there.
+            return self._assert_alive_to(accuser)
         me.incarnation = incarnation + 1
         if me.profile is not None:
             # After a restart peers may hold a profile version from our previous
@@ -562,11 +576,14 @@ class Membership:
             self.awareness.apply_delta(1)  # Lifeguard §4.1: being suspected is a sign
         alive = self._alive_of(me)
         self._broadcasts.queue(self.name, alive)
-        effects: list[Effect] = [Refuted(me.incarnation, accuser)]
-        accuser_member = self._members.get(accuser)
-        if accuser_member is not None and accuser != self.name:
-            effects.append(self._send(accuser_member.addr, [alive]))
-        return effects
+        return [Refuted(me.incarnation, accuser), *self._assert_alive_to(accuser)]
+
+    def _assert_alive_to(self, name: str) -> list[Effect]:
+        """Send our current Alive straight to `name` (an accuser)."""
+        m = self._members.get(name)
+        if m is None or name == self.name or m.dead_or_left:
+            return []
+        return [self._send(m.addr, [self._alive_of(self.me)])]
 
     def _clear_suspicion(self, m: Member) -> None:
         m.suspicion = None
