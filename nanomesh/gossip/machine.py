@@ -236,7 +236,7 @@ class Membership:
         for name in self._suspected:
             s = self._members[name].suspicion
             if s is not None:
-                deadline = min(deadline, s.deadline)
+                deadline = min(deadline, s.deadline, s.recheck_at or deadline)
         return deadline
 
     # ------------------------------------------------------------ commands from the shell
@@ -261,8 +261,8 @@ class Membership:
         """Publish a changed capability profile as a new incarnation."""
         me = self.me
         me.profile = dict(profile)
-        me.incarnation += 1
-        me.profile_version = me.held_version = me.incarnation
+        me.incarnation += 1  # our profile version is always incarnation + 1
+        me.profile_version = me.held_version = me.incarnation + 1
         self._broadcasts.queue(self.name, self._alive_of(me))
         return [ProfileUpdated(self.name, me.profile_version)]
 
@@ -285,15 +285,17 @@ class Membership:
         t = self._t
         if self._probe is not None:
             effects += self._advance_probe(now)
-        if now >= t.next_probe and self._probe is None and not self._leaving:
+        if now >= t.next_probe and self._probe is None:
             interval = self.awareness.scale(self.config.probe_interval)
             t.next_probe = now + interval
-            effects += self._start_probe(now, interval)
+            if not self._leaving:
+                effects += self._start_probe(now, interval)
         for seq in [s for s, r in self._relays.items() if now >= r.deadline]:
             relay = self._relays.pop(seq)
             if relay.want_nack:
                 effects.append(self._send(relay.reply_to, [Nack(relay.their_seq)]))
         effects += self._expire_suspicions(now)
+        effects += self._recheck_suspects(now)
         if now >= t.next_gossip:
             t.next_gossip = now + self.config.gossip_interval
             effects += self._gossip(now)
@@ -393,11 +395,12 @@ class Membership:
         if target is None or target.state not in (ALIVE, SUSPECT):
             self._probe = None  # it died or left while we were probing
             return []
+        effects: list[Effect] = []
         if not p.indirect_sent and now >= p.direct_deadline:
-            return self._send_indirect_probes(p, target)
+            effects += self._send_indirect_probes(p, target)
         if p.indirect_sent and now >= p.deadline:
-            return self._probe_failed(p, target, now)
-        return []
+            effects += self._probe_failed(p, target, now)
+        return effects
 
     def _send_indirect_probes(self, p: _Probe, target: Member) -> list[Effect]:
         p.indirect_sent = True
@@ -416,7 +419,10 @@ class Membership:
             self.awareness.apply_delta(p.expected_nacks - p.nacks)
         else:
             self.awareness.apply_delta(1)
-        return self._on_suspect(Suspect(target.name, target.incarnation, self.name), now)
+        suspect = Suspect(target.name, target.incarnation, self.name)
+        # Tell the suspect at once too: if it is alive and only lost packets,
+        # it refutes before anyone's timer runs out.
+        return [*self._on_suspect(suspect, now), self._send(target.addr, [suspect])]
 
     def _on_ack(self, seq: int) -> list[Effect]:
         p = self._probe
@@ -509,7 +515,8 @@ class Membership:
         (Our addition to SWIM: at 10 % loss a refutation occasionally fails
         to reach a peer that heard the accusation late.)"""
         known = self._members.get(m.name)
-        if m.name == self.name or known is None or known.state is not ALIVE or m.incarnation >= known.incarnation:
+        if (m.name == self.name or known is None or known.state is not ALIVE
+                or m.incarnation >= known.incarnation):
             return []
         return [self._send(sender, [self._alive_of(known)])]
 
@@ -567,10 +574,10 @@ class Membership:
             return self._assert_alive_to(accuser)
         me.incarnation = incarnation + 1
         if me.profile is not None:
-            # After a restart peers may hold a profile version from our previous
-            # life that is higher than ours: republish under the new incarnation
-            # so versions stay monotonic and everyone pulls the current profile.
-            me.profile_version = me.held_version = me.incarnation
+            # Our own profile version is always incarnation + 1, so it stays
+            # monotonic across restarts: peers may hold a version from our
+            # previous life, and must pull the profile of this one.
+            me.profile_version = me.held_version = me.incarnation + 1
         self.stats.refutations += 1
         if accused:
             self.awareness.apply_delta(1)  # Lifeguard §4.1: being suspected is a sign
@@ -588,6 +595,27 @@ class Membership:
     def _clear_suspicion(self, m: Member) -> None:
         m.suspicion = None
         self._suspected.discard(m.name)
+
+    def _recheck_suspects(self, now: float) -> list[Effect]:
+        """Halfway to the minimum suspicion timeout, ping the suspect ourselves
+        with the suspicion attached (the buddy system, out of turn).
+
+        A peer that is really dead is confirmed by others and declared at the
+        minimum timeout anyway; this costs it one ping per holder. A peer that
+        is alive refuted long ago, so only holders that missed the refutation
+        (it spreads by gossip, which at 10 % loss misses a peer now and then)
+        still hold the suspicion, and the suspect answers them directly."""
+        effects: list[Effect] = []
+        for name in sorted(self._suspected):
+            m = self._members[name]
+            s = m.suspicion
+            if s is None or s.recheck_at is None or now < s.recheck_at:
+                continue
+            s.recheck_at = None
+            self._seq += 1
+            effects.append(self._send(m.addr, [Ping(self._seq, name, self.name, self.addr),
+                                               Suspect(name, m.incarnation, self.name)]))
+        return effects
 
     def _expire_suspicions(self, now: float) -> list[Effect]:
         effects: list[Effect] = []

@@ -15,7 +15,7 @@ class Suspicion:
     """
 
     __slots__ = ("_accusers", "confirmations", "deadline", "expected", "max_timeout",
-                 "min_timeout", "start")
+                 "min_timeout", "recheck_at", "start")
 
     def __init__(self, first_accuser: str, start: float, expected: int,
                  min_timeout: float, max_timeout: float) -> None:
@@ -26,6 +26,9 @@ class Suspicion:
         self.max_timeout = max_timeout
         self.confirmations = 0
         self.deadline = start + self._offset()
+        self.recheck_at: float | None = start + min_timeout / 2
+        """When we ask the suspect ourselves (see Membership._recheck_suspects);
+        None once done."""
 
     def _offset(self) -> float:
         return suspicion_deadline_offset(

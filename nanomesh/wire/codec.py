@@ -143,6 +143,10 @@ def _address(v: object, what: str) -> Address:
     parts = _list(v, what)
     if len(parts) != 2 or type(parts[0]) is not str:
         raise _bad(f"{what} must be [ip, port]")
+    if "%" in parts[0]:
+        # Scope ids (fe80::1%eth0) are local to one host and meaningless to a
+        # peer; ipaddress would accept any text after '%', unprintable too.
+        raise _bad(f"{what} must not carry an IPv6 scope id")
     try:
         ipaddress.ip_address(parts[0])
     except ValueError:
@@ -182,7 +186,7 @@ profiles use 4."""
 def _check_json_like(v: object, depth: int = 0) -> None:
     """Profiles are shown as JSON by the API: only JSON's types are allowed
     (no bytes, no integer keys), so nothing hostile reaches the API layer."""
-    if depth > MAX_PROFILE_DEPTH:
+    if isinstance(v, dict | list) and depth >= MAX_PROFILE_DEPTH:
         raise _bad("profile nested too deeply")
     if isinstance(v, dict):
         for key, item in v.items():
@@ -267,9 +271,12 @@ def unpack_messages(data: bytes) -> list[Message]:
     """Parse a compound produced by `pack_messages`; raise RemoteProtocolError."""
     try:
         obj = msgpack.unpackb(
+            # No container can hold more items than the input has bytes: capping
+            # the lengths by the input size stops a 5 KB datagram of array
+            # headers from making msgpack reserve ~80 MB before failing.
             data, raw=False, strict_map_key=True, max_str_len=MAX_ITEM_LEN,
-            max_bin_len=MAX_ITEM_LEN, max_array_len=MAX_MEMBERS, max_map_len=MAX_MAP_LEN,
-            max_ext_len=0,
+            max_bin_len=MAX_ITEM_LEN, max_array_len=min(MAX_MEMBERS, len(data)),
+            max_map_len=min(MAX_MAP_LEN, len(data) // 2), max_ext_len=0,
         )
     except RemoteProtocolError:  # pragma: no cover - msgpack never raises ours
         raise

@@ -85,7 +85,9 @@ class Keyring:
         self._keys.insert(0, key)
 
     def remove(self, key: bytes) -> None:
-        if self._keys and self._keys[0] == key:
+        if key not in self._keys:
+            raise ConfigError("cannot remove a key that is not installed")
+        if self._keys[0] == key:
             raise ConfigError("cannot remove the primary key; make another key primary first")
         self._keys.remove(key)
 
@@ -104,21 +106,25 @@ class Keyring:
             text = path.read_text()
         except OSError as exc:
             raise ConfigError(f"cannot read key file {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"key file {path} is not text (base64 keys, one per line)"
+                              ) from None
         keys: list[bytes] = []
         for lineno, line in enumerate(text.splitlines(), 1):
             line = line.split("#", 1)[0].strip()
             if not line:
                 continue
             try:
-                keys.append(base64.b64decode(line, validate=True))
+                key = base64.b64decode(line, validate=True)
             except ValueError:
                 raise ConfigError(f"{path}:{lineno}: not a base64 key") from None
+            if len(key) not in VALID_KEY_LENGTHS:
+                raise ConfigError(f"{path}:{lineno}: a cluster key must be 16, 24 or 32 "
+                                  f"bytes, not {len(key)}")
+            keys.append(key)
         if not keys:
             raise ConfigError(f"key file {path} holds no key")
-        try:
-            return cls(keys)
-        except ConfigError as exc:
-            raise ConfigError(f"{path}: {exc}") from None
+        return cls(keys)
 
 
 def generate_key() -> str:
@@ -147,6 +153,8 @@ def open_envelope(data: bytes, keyring: Keyring, limit: int = MAX_DATAGRAM_IN) -
     if len(data) < HEADER_LEN or data[:2] != MAGIC:
         raise RemoteProtocolError("malformed", "bad magic")
     version, flags = data[2], data[3]
+    if flags & ~FLAG_ENCRYPTED:
+        raise RemoteProtocolError("malformed", f"unknown flags {flags:#04x}")
     if not PROTOCOL_MIN <= version <= PROTOCOL_MAX:
         raise RemoteProtocolError("version", f"protocol {version} not in "
                                   f"{PROTOCOL_MIN}..{PROTOCOL_MAX}")
