@@ -147,6 +147,11 @@ class Simulator:
         node = self.nodes[name]
         self._apply(node, node.core.leave(self.now))
 
+    def update_profile(self, name: str, profile: Mapping[str, Any]) -> None:
+        """The peer publishes a changed capability profile now."""
+        node = self.nodes[name]
+        self._apply(node, node.core.update_profile(profile, self.now))
+
     def partition(self, groups: Sequence[Iterable[str]]) -> None:
         """Peers in different groups cannot reach each other; peers in no group
         are cut off from everyone."""

@@ -121,8 +121,7 @@ def test_profile_change_reaches_every_peer() -> None:
     sim.add_converged(names(100), profile=profile)
     sim.run_for(1)
     new = {"name": "p07", "cpu": {"cores": 8}}
-    sim.nodes["p07"].core  # noqa: B018 - existence check
-    sim._apply(sim.nodes["p07"], sim.core("p07").update_profile(new, sim.now))
+    sim.update_profile("p07", new)
     done = sim.run_until_true(
         lambda: all(sim.core(o).member("p07").profile == new  # type: ignore[union-attr]
                     for o in names(100)), limit=5)

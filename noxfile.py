@@ -1,0 +1,45 @@
+"""Developer sessions: `nox` runs lint, typecheck and tests; `nox -s bench`
+runs the quick versions of the experiments (see experiments/README.md)."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = True
+
+LINT_PATHS = ["nanomesh", "tests", "experiments", "noxfile.py"]
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Unit, property, simulator and integration tests (netns tests need root)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-q", "-rs", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff>=0.5")
+    session.run("ruff", "check", *LINT_PATHS)
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    session.install("-e", ".[dev]")
+    session.run("mypy", "nanomesh")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Quick runs of every benchmark; pass --full for the numbers in README."""
+    session.install("-e", ".", "matplotlib")
+    full = "--full" in session.posargs
+    mode = [] if full else ["--quick"]
+    session.run("python", "experiments/discovery_bench.py")
+    session.run("python", "experiments/convergence.py", *mode)
+    session.run("python", "experiments/failure_detection.py", *mode)
+    session.run("python", "experiments/idle_footprint.py", *mode)
+    session.run("python", "experiments/false_positives.py", *mode)
+    session.run("python", "experiments/plot.py")
