@@ -20,6 +20,7 @@ Tasks, all in one nursery:
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ import random
 import signal
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -166,7 +168,11 @@ class PeerDaemon:
         assert self._udp is not None and self.core is not None
         sock = trio.socket.from_stdlib_socket(self._udp)
         while True:
-            data, addr = await sock.recvfrom(MAX_DATAGRAM_IN + 1)
+            try:
+                data, addr = await sock.recvfrom(MAX_DATAGRAM_IN + 1)
+            except OSError as exc:  # e.g. ICMP errors surfacing on the socket
+                self.dropped["recv-" + type(exc).__name__] += 1
+                continue
             self.bytes_in += len(data)
             try:
                 messages = open_envelope(data, self.keyring)
@@ -174,8 +180,19 @@ class PeerDaemon:
                 self._drop(exc, addr)
                 continue
             datagram = [m for m in messages if not isinstance(m, _STREAM_REQUESTS)]
-            self._execute(self.core.handle_datagram(
-                (addr[0], addr[1]), _as_datagram(datagram), trio.current_time()))
+            with self._contained("datagram", addr):
+                self._execute(self.core.handle_datagram(
+                    (addr[0], addr[1]), _as_datagram(datagram), trio.current_time()))
+
+    @contextlib.contextmanager
+    def _contained(self, what: str, addr: Any) -> Iterator[None]:
+        """A bug in the core triggered by one peer's message must not take this
+        peer down: log it loudly with the traceback, count it, carry on."""
+        try:
+            yield
+        except Exception:
+            self.dropped["internal-error"] += 1
+            log.exception("BUG: handling a %s from %s raised; the input was dropped", what, addr)
 
     async def _run_timers(self) -> None:
         assert self.core is not None
@@ -233,10 +250,11 @@ class PeerDaemon:
             except RemoteProtocolError as exc:
                 self._drop(exc, call.addr)
         now = trio.current_time()
-        if reply is None:
-            self._execute(self.core.stream_failed(call.call_id, now))
-        else:
-            self._execute(self.core.handle_stream_reply(call.call_id, reply, now))
+        with self._contained("stream reply", call.addr):
+            if reply is None:
+                self._execute(self.core.stream_failed(call.call_id, now))
+            else:
+                self._execute(self.core.handle_stream_reply(call.call_id, reply, now))
         if call.purpose == "join":
             self._join_finished(call, reply is not None)
 
@@ -264,7 +282,11 @@ class PeerDaemon:
                 if not isinstance(request, _STREAM_REQUESTS):
                     self.dropped["unexpected"] += 1
                     return
-                reply, effects = self.core.handle_stream_request(request, trio.current_time())
+                reply: StreamMessage | None = None
+                effects: list[Effect] = []
+                with self._contained("stream request", _peer_of(stream)):
+                    reply, effects = self.core.handle_stream_request(request,
+                                                                     trio.current_time())
                 self._execute(effects)
                 if reply is not None:
                     try:
