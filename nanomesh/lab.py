@@ -110,20 +110,30 @@ def up(n: int, lab_dir: Path, preset: str = "local", encrypt: bool = True,
         key_file.write_text(generate_key() + "\n")
         key_file.chmod(0o600)
     peers: list[LabPeer] = []
+    procs: dict[str, subprocess.Popen[bytes]] = {}
     seed = f"{peer_ip(0)}:{DEFAULT_GOSSIP_PORT}"
-    for i in range(n):
-        peers.append(_spawn(i, lab_dir, seed if i else None, preset,
-                            key_file if encrypt else None))
-        _save_state(lab_dir, peers)
-        if i == 0:  # the seed first, so the others join at their first attempt
-            _wait_converged(peers, 1)
-    say(f"started {n} peers in {lab_dir}; waiting for them to converge...")
-    _wait_converged(peers, n)
+    try:
+        for i in range(n):
+            peer, procs[f"peer-{i + 1}"] = _spawn(i, lab_dir, seed if i else None, preset,
+                                                  key_file if encrypt else None)
+            peers.append(peer)
+            _save_state(lab_dir, peers)
+            if i == 0:  # the seed first, so the others join at their first attempt
+                _wait_converged(peers, 1, procs)
+        say(f"started {n} peers in {lab_dir}; waiting for them to converge...")
+        _wait_converged(peers, n, procs)
+    except BaseException:
+        # Leave nothing half-started behind: a failed `up` must not block the next.
+        for proc in procs.values():
+            proc.kill()
+            proc.wait()
+        (lab_dir / STATE_FILE).unlink(missing_ok=True)
+        raise
     return peers
 
 
 def _spawn(i: int, lab_dir: Path, seed: str | None, preset: str, key_file: Path | None
-           ) -> LabPeer:
+           ) -> tuple[LabPeer, subprocess.Popen[bytes]]:
     name = f"peer-{i + 1}"
     ip = peer_ip(i)
     argv = [sys.executable, "-m", "nanomesh", "peer", "run", "--name", name, "--bind", ip,
@@ -136,15 +146,16 @@ def _spawn(i: int, lab_dir: Path, seed: str | None, preset: str, key_file: Path 
     with log_path.open("ab") as log:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
-    return LabPeer(name, proc.pid, ip, DEFAULT_GOSSIP_PORT, DEFAULT_API_PORT, str(log_path))
+    return LabPeer(name, proc.pid, ip, DEFAULT_GOSSIP_PORT, DEFAULT_API_PORT, str(log_path)), proc
 
 
-def _wait_converged(peers: list[LabPeer], n: int) -> None:
+def _wait_converged(peers: list[LabPeer], n: int,
+                    procs: dict[str, subprocess.Popen[bytes]]) -> None:
     deadline = time.monotonic() + CONVERGE_TIMEOUT
     pending = list(peers)
     while pending:
         for p in list(pending):
-            if not alive(p.pid):
+            if procs[p.name].poll() is not None:
                 raise LabError(f"{p.name} exited during start-up; its log {p.log} ends:\n"
                                + _tail(Path(p.log)))
             try:

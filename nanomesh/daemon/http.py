@@ -13,12 +13,14 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 import h11
 import trio
 
 log = logging.getLogger("nanomesh.api")
+_STATUS_CODES = {s.value for s in HTTPStatus}
 
 MAX_REQUEST_BYTES = 1 << 20
 """Largest request (headers and body) accepted, in bytes."""
@@ -47,9 +49,11 @@ class HttpError(Exception):
         self.message = message
 
 
-async def serve_http(routes: Mapping[tuple[str, str], Handler], host: str, port: int,
+async def serve_http(routes: Mapping[tuple[str, str], Handler],
+                     listeners: list[trio.SocketListener],
                      *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    """Serve on already-open listeners (opened by the caller, so that a port in
+    use is reported before anything starts)."""
 
     async def handle(stream: trio.SocketStream) -> None:
         try:
@@ -68,14 +72,26 @@ async def _serve_one(stream: trio.SocketStream, routes: Mapping[tuple[str, str],
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_BYTES)
     request = None
     with trio.move_on_after(REQUEST_TIMEOUT):
-        request = await _read_request(stream, conn)
+        try:
+            request = await _read_request(stream, conn)
+        except h11.RemoteProtocolError as exc:
+            await _respond(stream, conn, exc.error_status_hint,
+                           {"error": f"malformed HTTP request: {exc}"})
+            return
     if request is None:
         return
     status, body = await _dispatch(routes, request)
+    await _respond(stream, conn, status, body)
+
+
+async def _respond(stream: trio.SocketStream, conn: h11.Connection, status: int, body: Any
+                   ) -> None:
     payload = (json.dumps(body, indent=None, sort_keys=True) + "\n").encode()
     headers = [("content-type", "application/json"), ("content-length", str(len(payload))),
                ("connection", "close")]
-    await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers)) or b"")
+    reason = HTTPStatus(status).phrase.encode() if status in _STATUS_CODES else b""
+    await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers,
+                                                 reason=reason)) or b"")
     await stream.send_all(conn.send(h11.Data(data=payload)) or b"")
     await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
 

@@ -28,9 +28,9 @@ import random
 import signal
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -39,7 +39,7 @@ from nanomesh.config import PeerConfig
 from nanomesh.daemon.api import api_routes
 from nanomesh.daemon.http import serve_http
 from nanomesh.daemon.profile import ProfileSource
-from nanomesh.errors import RemoteProtocolError
+from nanomesh.errors import ConfigError, RemoteProtocolError
 from nanomesh.gossip.effects import (
     Effect,
     MemberFailed,
@@ -71,6 +71,7 @@ from nanomesh.wire import (
 from nanomesh.wire import ProfileRequest as _ProfileRequest
 
 log = logging.getLogger("nanomesh.peer")
+T = TypeVar("T")
 
 LEAVE_PROPAGATION = 0.5
 """Seconds we keep gossiping after announcing a graceful leave, so the leave
@@ -109,14 +110,17 @@ class PeerDaemon:
         self.core = Membership(cfg.name, cfg.bind, cfg.gossip,
                                random.Random(int.from_bytes(os.urandom(8), "big")),
                                trio.current_time(), profile=profile)
-        self._udp = _bind_udp(cfg.bind)
-        listeners = await trio.open_tcp_listeners(cfg.bind[1], host=cfg.bind[0])
+        # Open every socket before starting anything, so that a port in use or
+        # an address this host does not have is one clear error.
+        self._udp = _listening("gossip (UDP)", cfg.bind, lambda: _bind_udp(cfg.bind))
+        listeners = await _open_tcp("gossip (TCP)", cfg.bind)
+        api_listeners = await _open_tcp("HTTP API", cfg.api_addr)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._receive_datagrams)
             nursery.start_soon(self._run_timers)
             nursery.start_soon(trio.serve_listeners, self._serve_stream, listeners)
-            await nursery.start(serve_http, api_routes(self), cfg.bind[0], cfg.api_port)
+            await nursery.start(serve_http, api_routes(self), api_listeners)
             nursery.start_soon(self._refresh_profile)
             nursery.start_soon(self._watch_signals, nursery.cancel_scope)
             log.info("peer %s listening: gossip %s:%d (udp+tcp), api http://%s:%d, "
@@ -158,7 +162,8 @@ class PeerDaemon:
             await self._join_round_done.wait()
             if self._joined.is_set():
                 return
-            log.warning("no seed answered (%s); retrying in %.0fs", seeds, delay)
+            log.warning("no seed answered (%s); retrying in %.0fs. If the seeds are up, check "
+                        "that this peer has the mesh's cluster key (--key-file)", seeds, delay)
             await trio.sleep(delay)
             delay = min(delay * 2, JOIN_RETRY_MAX)
 
@@ -241,7 +246,8 @@ class PeerDaemon:
         reply: StreamMessage | None = None
         with trio.move_on_after(self.config.gossip.stream_timeout):
             try:
-                stream = await trio.open_tcp_stream(*call.addr)
+                # From our gossip IP, so peers see who is calling.
+                stream = await trio.open_tcp_stream(*call.addr, local_address=self.config.bind[0])
                 async with stream:
                     await stream.send_all(frame(seal([call.request], self.keyring)))
                     reply = _only_stream(await self._read_frame(stream))
@@ -338,6 +344,22 @@ async def _receive_exactly(stream: trio.SocketStream, n: int) -> bytes:
             raise RemoteProtocolError("malformed", "stream closed mid-frame")
         buf += chunk
     return bytes(buf)
+
+
+def _listening(what: str, addr: Address, open_: Callable[[], T]) -> T:
+    try:
+        return open_()
+    except OSError as exc:
+        raise ConfigError(f"cannot listen for {what} on {addr[0]}:{addr[1]}: "
+                          f"{exc.strerror or exc}") from None
+
+
+async def _open_tcp(what: str, addr: Address) -> list[trio.SocketListener]:
+    try:
+        return await trio.open_tcp_listeners(addr[1], host=addr[0])
+    except OSError as exc:
+        raise ConfigError(f"cannot listen for {what} on {addr[0]}:{addr[1]}: "
+                          f"{exc.strerror or exc}") from None
 
 
 def _bind_udp(addr: Address) -> socket.socket:

@@ -38,15 +38,17 @@ class BroadcastQueue:
         self._order += 1
         self._entries[key] = _Entry(message, self._sizer(message), 0, self._order)
 
-    def take(self, budget: int, limit: int) -> list[DatagramMessage]:
+    def take(self, budget: int, limit: int,
+             skip: Callable[[str, DatagramMessage], bool] | None = None) -> list[DatagramMessage]:
         """Messages that fit in `budget` bytes, counting each as transmitted once
-        more and dropping those that reached `limit` transmissions."""
+        more and dropping those that reached `limit` transmissions. Entries for
+        which `skip(key, message)` holds are left untouched for another send."""
         if not self._entries or budget <= 0:
             return []
         ranked = sorted(self._entries.items(), key=lambda kv: (kv[1].transmits, -kv[1].order))
         taken: list[DatagramMessage] = []
         for key, entry in ranked:
-            if entry.size > budget:
+            if entry.size > budget or (skip is not None and skip(key, entry.message)):
                 continue
             budget -= entry.size
             taken.append(entry.message)

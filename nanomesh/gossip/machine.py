@@ -192,6 +192,8 @@ class Membership:
         self._wanted_profiles: dict[str, float] = {}  # name -> pull in flight until
         self._seq = 0
         self._leaving = False
+        # Announce ourselves on the first datagrams we send (memberlist's setAlive).
+        self._broadcasts.queue(name, self._alive_of(me))
         c = config
         self._t = _Timers(
             next_probe=now + rng.uniform(0, c.probe_interval),
@@ -255,7 +257,7 @@ class Membership:
         dead = Dead(self.name, me.incarnation, self.name)
         self._broadcasts.queue(self.name, dead)
         fanout = self._live.sample(self._rng, 2 * self.config.gossip_nodes)
-        return [self._send(self._members[n].addr, [dead]) for n in fanout]
+        return [self._send(self._members[n].addr, [dead], n) for n in fanout]
 
     def update_profile(self, profile: Mapping[str, Any], now: float) -> list[Effect]:
         """Publish a changed capability profile as a new incarnation."""
@@ -386,7 +388,7 @@ class Membership:
         msgs: list[DatagramMessage] = [Ping(self._seq, name, self.name, self.addr)]
         if target.state is SUSPECT:  # Lifeguard buddy system
             msgs.append(Suspect(name, target.incarnation, self.name))
-        return [self._send(target.addr, msgs)]
+        return [self._send(target.addr, msgs, name)]
 
     def _advance_probe(self, now: float) -> list[Effect]:
         p = self._probe
@@ -409,7 +411,7 @@ class Membership:
         p.expected_nacks = len(relays)
         self.stats.indirect_probes += len(relays)
         req = IndirectPing(p.seq, target.name, target.addr, self.name, self.addr, True)
-        return [self._send(self._members[r].addr, [req]) for r in relays]
+        return [self._send(self._members[r].addr, [req], r) for r in relays]
 
     def _probe_failed(self, p: _Probe, target: Member, now: float) -> list[Effect]:
         """Lifeguard §4.1: missing nacks mean *we* may be the unhealthy one."""
@@ -422,7 +424,7 @@ class Membership:
         suspect = Suspect(target.name, target.incarnation, self.name)
         # Tell the suspect at once too: if it is alive and only lost packets,
         # it refutes before anyone's timer runs out.
-        return [*self._on_suspect(suspect, now), self._send(target.addr, [suspect])]
+        return [*self._on_suspect(suspect, now), self._send(target.addr, [suspect], target.name)]
 
     def _on_ack(self, seq: int) -> list[Effect]:
         p = self._probe
@@ -446,13 +448,14 @@ class Membership:
             # that peer's failure.
             self.stats.misdirected_pings += 1
             return []
-        return [self._send(from_addr, [Ack(ping.seq)])]
+        return [self._send(from_addr, [Ack(ping.seq)], ping.source)]
 
     def _on_indirect_ping(self, req: IndirectPing, now: float) -> list[Effect]:
         self._seq += 1
         self._relays[self._seq] = _Relay(req.source_addr, req.seq,
                                          now + self.config.probe_timeout, req.want_nack)
-        return [self._send(req.target_addr, [Ping(self._seq, req.target, self.name, self.addr)])]
+        ping = Ping(self._seq, req.target, self.name, self.addr)
+        return [self._send(req.target_addr, [ping], req.target)]
 
     # ------------------------------------------------------------ state changes
 
@@ -590,7 +593,7 @@ class Membership:
         m = self._members.get(name)
         if m is None or name == self.name or m.dead_or_left:
             return []
-        return [self._send(m.addr, [self._alive_of(self.me)])]
+        return [self._send(m.addr, [self._alive_of(self.me)], name)]
 
     def _clear_suspicion(self, m: Member) -> None:
         m.suspicion = None
@@ -614,7 +617,7 @@ class Membership:
             s.recheck_at = None
             self._seq += 1
             effects.append(self._send(m.addr, [Ping(self._seq, name, self.name, self.addr),
-                                               Suspect(name, m.incarnation, self.name)]))
+                                               Suspect(name, m.incarnation, self.name)], name))
         return effects
 
     def _expire_suspicions(self, now: float) -> list[Effect]:
@@ -637,9 +640,9 @@ class Membership:
         targets += self._recently_dead(now)
         effects: list[Effect] = []
         for name in targets:
-            msgs = self._take_broadcasts(MAX_DATAGRAM - self._overhead)
+            msgs = self._take_broadcasts(MAX_DATAGRAM - self._overhead, name)
             if not msgs:
-                break
+                continue
             effects.append(SendDatagram(self._members[name].addr, tuple(msgs)))
             self.stats.datagrams_out += 1
         return effects
@@ -654,14 +657,25 @@ class Membership:
         horizon = now - self.config.gossip_to_the_dead_time
         return [m.name] if m.state is DEAD and m.state_since >= horizon else []
 
-    def _take_broadcasts(self, budget: int) -> list[DatagramMessage]:
-        return self._broadcasts.take(
-            budget, retransmit_limit(self.config.retransmit_mult, self.num_live()))
+    def _take_broadcasts(self, budget: int, to: str | None = None,
+                         carried: Sequence[DatagramMessage] = ()) -> list[DatagramMessage]:
+        """Updates to piggyback, skipping what would waste a transmission: news
+        that the recipient is alive (it knows) and updates about a peer the
+        datagram already carries a message about."""
+        skip = {m.name for m in carried if isinstance(m, Alive | Suspect | Dead)}
 
-    def _send(self, addr: Address, messages: list[DatagramMessage]) -> SendDatagram:
-        """A datagram with piggybacked updates in whatever room is left."""
+        def wasted(key: str, message: DatagramMessage) -> bool:
+            return key in skip or (key == to and isinstance(message, Alive))
+
+        return self._broadcasts.take(
+            budget, retransmit_limit(self.config.retransmit_mult, self.num_live()), wasted)
+
+    def _send(self, addr: Address, messages: list[DatagramMessage], to: str | None = None
+              ) -> SendDatagram:
+        """A datagram to `addr` (peer `to`, when known) with piggybacked updates
+        in whatever room is left."""
         used = self._overhead + sum(encoded_size(m) for m in messages)
-        messages += self._take_broadcasts(MAX_DATAGRAM - used)
+        messages += self._take_broadcasts(MAX_DATAGRAM - used, to, messages)
         self.stats.datagrams_out += 1
         return SendDatagram(addr, tuple(messages))
 

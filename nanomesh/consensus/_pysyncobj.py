@@ -1,0 +1,279 @@
+"""The only module that touches pysyncobj (0.3.x, untyped): a typed facade.
+
+Threads. pysyncobj runs its own tick thread (``autoTick``): it owns the
+sockets, the log and the state machine, and calls every callback given here
+*on that thread*. The facade keeps to three thread-safe entry points from the
+outside: submitting a command (pysyncobj queues it under a lock), asking for
+a function to run on the tick thread (`call_in_raft_thread`), and destroy.
+Everything that reads pysyncobj's internals (status, leadership transfer)
+runs on the tick thread, so it never races the tick.
+
+Facts from pysyncobj's source (0.3.17) this module relies on:
+
+- ``SyncObj(None, voters)`` is a read-only node: it opens no server,
+  connects out to every voter announcing itself as ``readonly``, receives
+  the leader's entries and applies committed ones; it never votes and the
+  leader does not count it for commits. It can submit commands (forwarded to
+  the leader).
+- The tick thread exits silently when the thread that created the SyncObj
+  exits: create it on the process's main thread (trio's).
+- Without ``bindAddress``, an IPv4 node binds 0.0.0.0 (all interfaces, and
+  several nodes on one machine collide): we always bind the node's own IP.
+- Membership changes are applied on *append*, not commit; the leader denies
+  (REQUEST_DENIED) a change while the previous one is uncommitted or before
+  its own first (no-op) entry has committed, and refuses to remove itself.
+- A node started before it is added (its peers refuse its connections only
+  after the TCP connect, so it counts as "connected") campaigns with ever
+  higher terms; when it is then added, that term deposes the leader. There is
+  no PreVote; `hold_elections` is our substitute for a joining node: it never
+  campaigns before it has heard from a leader.
+- A connection that read nothing for ``connectionTimeout`` is closed the next
+  time it is *used*, before the data is read or written. Followers never talk
+  to each other, so between elections every follower-follower link goes
+  idle; the first vote request after a leader's death then closes the link
+  instead of arriving, that election fails, and only the second one (after
+  the reconnects) elects a leader: every failover cost two election timeouts.
+  We send a tiny keepalive on every established link every
+  ``connectionTimeout / 3``; pysyncobj ignores message types it does not
+  know. (Raising ``connectionTimeout`` instead would leave silently dead
+  peers undetected.)
+- An exception in an apply function makes pysyncobj retry that entry on
+  every tick forever; the apply functions of `nanomesh.consensus.state` are
+  total for that reason.
+- Full dumps fork by default (``useFork``); forking a multi-threaded process
+  (trio + the tick thread) can deadlock the child on a lock another thread
+  held, and our state is small: we serialize in the tick thread instead.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pysyncobj  # type: ignore[import-untyped]
+
+from nanomesh.consensus.config import RaftTiming
+from nanomesh.consensus.state import (
+    DesiredState,
+    Outcome,
+    apply_delete_service,
+    apply_put_service,
+    apply_set_plan,
+)
+from nanomesh.consensus.status import RaftStatus, Role
+
+log = logging.getLogger("nanomesh.consensus")
+
+PYSYNCOBJ_VERSION: str = pysyncobj.syncobj.VERSION
+
+CommandCallback = Callable[[Any, int], None]
+"""pysyncobj's completion callback: ``(result, failure code)``, on the tick
+thread. Result is the apply function's return value on SUCCESS."""
+
+_ROLES = {0: Role.FOLLOWER, 1: Role.CANDIDATE, 2: Role.LEADER}
+_KEEPALIVE = {"type": "nanomesh.keepalive"}
+"""Sent on idle links; pysyncobj's message handler ignores unknown types."""
+KEEPALIVES_PER_TIMEOUT = 3
+"""Keepalives per ``connection_timeout``: a link then stays fresh even if two
+in a row are delayed by a busy tick."""
+
+
+class _DesiredStateMachine(pysyncobj.SyncObjConsumer):  # type: ignore[misc]
+    """The replicated state as a pysyncobj consumer. Only ``doc`` (the plain
+    dict form of the state) is written to the full dump: attributes set
+    before ``SyncObjConsumer.__init__`` are not serialized."""
+
+    def __init__(self, on_applied: Callable[[DesiredState], None]) -> None:
+        self._state = DesiredState()
+        self._on_applied = on_applied
+        super().__init__()
+        self.doc = self._state.to_doc()
+
+    @property
+    def state(self) -> DesiredState:
+        return self._state
+
+    def _take(self, result: tuple[DesiredState, Outcome]) -> Outcome:
+        state, outcome = result
+        if state is not self._state:
+            self._state = state
+            self.doc = state.to_doc()
+            self._on_applied(state)
+        return outcome
+
+    @pysyncobj.replicated  # type: ignore[untyped-decorator]
+    def put_service(self, name: Any, spec: Any) -> Outcome:
+        return self._take(apply_put_service(self._state, name, spec))
+
+    @pysyncobj.replicated  # type: ignore[untyped-decorator]
+    def delete_service(self, name: Any) -> Outcome:
+        return self._take(apply_delete_service(self._state, name))
+
+    @pysyncobj.replicated  # type: ignore[untyped-decorator]
+    def set_plan(self, plan: Any, expected_epoch: Any) -> Outcome:
+        return self._take(apply_set_plan(self._state, plan, expected_epoch))
+
+    def _deserialize(self, data: Any) -> None:
+        """Called by pysyncobj when it loads a full dump (restart after a log
+        compaction, or a snapshot sent by the leader to a lagging node)."""
+        super()._deserialize(data)
+        try:
+            self._state = DesiredState.from_doc(self.doc)
+            log.info("raft: state loaded from a full dump (revision %d)", self._state.revision)
+        except ValueError:
+            log.exception("full dump holds no valid state; starting from empty")
+            self._state = DesiredState()
+        self._on_applied(self._state)
+
+
+class RaftNode:
+    """One pysyncobj node holding the desired state.
+
+    Construct it on the main thread. `on_applied(state)` runs on the tick
+    thread after every committed change; `on_status(status)` after every tick
+    that changed the status; `on_leadership(term)` when this node becomes
+    leader of `term`. None of them may block or raise.
+    """
+
+    def __init__(self, *, self_address: str | None, peers: Sequence[str], timing: RaftTiming,
+                 journal_file: str | None, dump_file: str | None, password: str | None,
+                 on_applied: Callable[[DesiredState], None],
+                 on_status: Callable[[RaftStatus], None],
+                 on_leadership: Callable[[int], None], hold_elections: bool = False) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("create the Raft node on the main thread: pysyncobj's tick "
+                               "thread stops silently when its creating thread exits")
+        self._on_status = on_status
+        self._on_leadership = on_leadership
+        self._hold_elections = hold_elections
+        self._hold_for = timing.raft_max_timeout
+        self._keepalive_period = timing.connection_timeout / KEEPALIVES_PER_TIMEOUT
+        self._next_keepalive = 0.0
+        self._status: RaftStatus | None = None
+        self._calls: collections.deque[Callable[[], None]] = collections.deque()
+        conf = pysyncobj.SyncObjConf(
+            **timing.to_syncobj_kwargs(),
+            bindAddress=self_address,
+            journalFile=journal_file,
+            fullDumpFile=dump_file,
+            password=password,
+            commandsWaitLeader=False,  # fail fast: NoLeaderError, the caller decides
+            useFork=False,
+            onStateChanged=self._state_changed,
+        )
+        self._machine = _DesiredStateMachine(on_applied)
+        self._obj = pysyncobj.SyncObj(self_address, list(peers), conf,
+                                      consumers=[self._machine])
+        if hold_elections:
+            self._postpone_election()
+        self._obj.addOnTickCallback(self._tick)
+
+    # ------------------------------------------------------------ any thread
+
+    def put_service(self, name: str, spec: Any, callback: CommandCallback) -> None:
+        self._machine.put_service(name, spec, callback=callback)
+
+    def delete_service(self, name: str, callback: CommandCallback) -> None:
+        self._machine.delete_service(name, callback=callback)
+
+    def set_plan(self, plan: Any, expected_epoch: int, callback: CommandCallback) -> None:
+        self._machine.set_plan(plan, expected_epoch, callback=callback)
+
+    def add_voter(self, address: str, callback: CommandCallback) -> None:
+        self._obj.addNodeToCluster(address, callback=callback)
+
+    def remove_voter(self, address: str, callback: CommandCallback) -> None:
+        self._obj.removeNodeFromCluster(address, callback=callback)
+
+    def transfer_leadership(self, address: str | None, callback: CommandCallback) -> None:
+        """Ask the leader (this node) to hand over to `address` (None: the most
+        caught-up follower). SUCCESS only means the request was sent."""
+        self.call_in_raft_thread(lambda: self._obj.transferLeadership(address, callback))
+
+    def compact_log(self) -> None:
+        """Write a full dump now and drop the log entries it covers (pysyncobj
+        does it by itself every 5000 entries or 300 s)."""
+        self.call_in_raft_thread(self._obj.forceLogCompaction)
+
+    def call_in_raft_thread(self, fn: Callable[[], None]) -> None:
+        """Run `fn` on the tick thread at its next tick."""
+        self._calls.append(fn)
+
+    def destroy(self) -> None:
+        """Ask the tick thread to close sockets and the journal, then exit."""
+        self._obj.destroy()
+
+    def alive(self) -> bool:
+        return bool(self._obj.tick_thread_alive())
+
+    @property
+    def initial_state(self) -> DesiredState:
+        """The state right after construction (before any tick)."""
+        return self._machine.state
+
+    # ------------------------------------------------------------ tick thread
+
+    def _tick(self) -> None:
+        if self._hold_elections:
+            if self._obj._getLeader() is None:
+                self._postpone_election()
+            else:
+                self._hold_elections = False  # part of the cluster now: normal Raft
+        now = pysyncobj.syncobj.monotonicTime()
+        if now >= self._next_keepalive:
+            self._next_keepalive = now + self._keepalive_period
+            self._send_keepalives()
+        while self._calls:
+            fn = self._calls.popleft()
+            try:
+                fn()
+            except Exception:
+                log.exception("call in the raft thread failed")
+        status = self._read_status()
+        if status != self._status:
+            self._status = status
+            self._on_status(status)
+
+    def _send_keepalives(self) -> None:
+        """One keepalive to every node this one has a ready link with (voters
+        and read-only replicas); ``isNodeConnected`` is pysyncobj's own test
+        before it sends, and is only true after the encryption handshake."""
+        obj = self._obj
+        transport = obj._SyncObj__transport
+        for node in obj.otherNodes | obj.readonlyNodes:
+            if obj.isNodeConnected(node):
+                transport.send(node, _KEEPALIVE)
+
+    def _read_status(self) -> RaftStatus:
+        obj = self._obj
+        me = obj.selfNode
+        leader = obj._getLeader()
+        others = frozenset(n.address for n in obj.otherNodes)
+        return RaftStatus(
+            address=None if me is None else me.address,
+            role=Role.LEARNER if me is None else _ROLES[int(obj._SyncObj__raftState)],
+            term=int(obj.raftCurrentTerm),
+            leader=None if leader is None else str(leader.address),
+            voters=others if me is None else others | {me.address},
+            commit_index=int(obj.raftCommitIndex),
+            last_applied=int(obj.raftLastApplied),
+            has_quorum=bool(obj.hasQuorum),
+            ready=bool(obj.isReady()),
+            learners=len(obj.readonlyNodes),
+            bound=bool(obj._SyncObj__transport.ready),
+        )
+
+    def _postpone_election(self) -> None:
+        """Push this node's election deadline past the next tick (runs first
+        on the constructing thread, before any connection exists, then on the
+        tick thread after every tick; the deadline is only read on the tick
+        thread, at the start of a tick)."""
+        self._obj._SyncObj__raftElectionDeadline = (
+            pysyncobj.syncobj.monotonicTime() + self._hold_for)
+
+    def _state_changed(self, old: int, new: int) -> None:
+        if new == 2:
+            self._on_leadership(int(self._obj.raftCurrentTerm))

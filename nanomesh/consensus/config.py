@@ -1,0 +1,200 @@
+"""Raft timing presets and the consensus node's configuration.
+
+Every value of `RaftTiming` carries its unit, meaning and trade-off; the
+presets say why they differ. `RaftTiming.problems()` is the one place that
+rejects impossible combinations (pysyncobj's own checks are bare asserts).
+
+The default preset ``lan()`` is the one measured for ARCHITECTURE.md §3 on
+loopback with 3 and 5 nodes: failover (leader SIGKILL → a write committed by
+the new leader) median 0.45 s, max 0.50 s, ~2-3 % of a core idle per node.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from nanomesh.errors import ConfigError
+
+DEFAULT_RAFT_PORT = 7948
+"""TCP port for Raft, on the peer's IP (gossip 7946, API 7947, Raft 7948)."""
+DEFAULT_COMMIT_TIMEOUT = 2.0
+"""Seconds a write waits for its commit before `CommitTimeout` (outcome
+unknown). Covers one election (≤ raft_max_timeout + a few heartbeats) plus
+the retry of a forwarded command, with room for a loaded 2-core device."""
+
+
+@dataclass(frozen=True)
+class RaftTiming:
+    """Raft timing, in seconds unless said otherwise. Field names are ours;
+    `to_syncobj_kwargs` maps them to pysyncobj's ``SyncObjConf`` names."""
+
+    raft_min_timeout: float = 0.15
+    """Election timeout, lower bound (pysyncobj ``raftMinTimeout``). A
+    follower that hears no leader for a random time in [min, max] starts an
+    election. It is the main term of failover time (measured median 0.45 s).
+    Lower is faster failover but more stray elections when a busy device
+    delays a heartbeat; must exceed 3 x append_entries_period."""
+    raft_max_timeout: float = 0.30
+    """Election timeout, upper bound (``raftMaxTimeout``). The 0.15 s window is
+    5 heartbeat periods wide, so two followers rarely time out together
+    (split votes)."""
+    append_entries_period: float = 0.03
+    """Heartbeat and replication period (``appendEntriesPeriod``). With
+    batching on, a write waits about one period before it is sent, so this is
+    also the floor of write latency. Heartbeats cost ~2-3 % of a core idle."""
+    connection_timeout: float = 0.6
+    """A TCP connection that received nothing for this long is dead
+    (``connectionTimeout``); pysyncobj requires >= raft_max_timeout. A killed
+    process is noticed at once (the kernel resets its connections); this
+    bounds detection of a peer that lost power or network. pysyncobj checks
+    it only when a link is used, so idle links (follower to follower) get a
+    keepalive every connection_timeout / 3 (`nanomesh.consensus._pysyncobj`);
+    without them the first election after a quiet spell always failed."""
+    connection_retry_time: float = 0.2
+    """Pause between reconnection attempts to an unreachable node
+    (``connectionRetryTime``). Short, so a restarted node hears the leader
+    before its own election timeout fires: pysyncobj has no PreVote, and a
+    restarted node that campaigns deposes a healthy leader (avoided in 40 of
+    40 trials at 0.2 s)."""
+    leader_fallback_timeout: float = 0.6
+    """A leader that heard from no majority for this long steps down
+    (``leaderFallbackTimeout``). Until then a leader cut off from the majority
+    still believes it leads: this is why only *committed* state may take
+    effect. Must exceed append_entries_period."""
+    auto_tick_period: float = 0.01
+    """Longest sleep of the Raft thread between ticks (``autoTickPeriod``):
+    the resolution of every timer above."""
+    append_entries_use_batch: bool = True
+    """Send queued entries in batches every period (``appendEntriesUseBatch``).
+    Off, pysyncobj logged "truncating already-applied log entries" under rapid
+    writes; on, a write costs about one append_entries_period."""
+    dynamic_membership_change: bool = True
+    """Allow adding/removing voters at run time (``dynamicMembershipChange``);
+    needed by `add_voter`/`remove_voter`. All voters must agree on it."""
+
+    @classmethod
+    def lan(cls) -> RaftTiming:
+        """The measured default (ARCHITECTURE.md §3): wired LAN or good Wi-Fi,
+        sub-second failover."""
+        return cls()
+
+    @classmethod
+    def slow(cls) -> RaftTiming:
+        """For lossy Wi-Fi or heavily loaded devices, where ``lan()`` showed
+        stray elections: every timeout x4, heartbeats x3 (so the
+        timeout/heartbeat ratio stays >= 5). Failover becomes ~1.5-2 s."""
+        return replace(cls(), raft_min_timeout=0.6, raft_max_timeout=1.2,
+                       append_entries_period=0.09, connection_timeout=2.4,
+                       connection_retry_time=0.4, leader_fallback_timeout=2.4,
+                       auto_tick_period=0.02)
+
+    def problems(self) -> list[str]:
+        """Every reason this timing is unusable (empty if none)."""
+        out = [f"{f.name} must be > 0" for f in fields(self)
+               if f.type == "float" and not getattr(self, f.name) > 0]
+        if out:
+            return out
+        if self.raft_min_timeout <= 3 * self.append_entries_period:
+            out.append("raft_min_timeout must exceed 3 x append_entries_period")
+        if self.raft_max_timeout <= self.raft_min_timeout:
+            out.append("raft_max_timeout must exceed raft_min_timeout")
+        if self.connection_timeout < self.raft_max_timeout:
+            out.append("connection_timeout must be >= raft_max_timeout")
+        if self.leader_fallback_timeout <= self.append_entries_period:
+            out.append("leader_fallback_timeout must exceed append_entries_period")
+        return out
+
+    def check(self) -> None:
+        """ConfigError naming every problem, if any."""
+        if problems := self.problems():
+            raise ConfigError("raft timing: " + "; ".join(problems))
+
+    def to_syncobj_kwargs(self) -> dict[str, Any]:
+        return {
+            "raftMinTimeout": self.raft_min_timeout,
+            "raftMaxTimeout": self.raft_max_timeout,
+            "appendEntriesPeriod": self.append_entries_period,
+            "connectionTimeout": self.connection_timeout,
+            "connectionRetryTime": self.connection_retry_time,
+            "leaderFallbackTimeout": self.leader_fallback_timeout,
+            "autoTickPeriod": self.auto_tick_period,
+            "appendEntriesUseBatch": self.append_entries_use_batch,
+            "dynamicMembershipChange": self.dynamic_membership_change,
+        }
+
+
+@dataclass(frozen=True)
+class ConsensusConfig:
+    """One consensus node.
+
+    `address` is ``(ip, port)`` for a voter, or None for a read-only replica
+    (a learner: it connects out to the voters, receives the committed log,
+    never votes and never counts for a quorum). `peers` are the voters to
+    contact, ``"ip:port"`` strings; empty with an address bootstraps a
+    one-voter cluster. A voter that restarts prefers the voter list it saved
+    in `data_dir` (see `ConsensusNode`). `data_dir` holds the journal and full
+    dump (None keeps the log in memory only: tests of pure behaviour).
+    `join`: this node joins an existing cluster (it is about to be added
+    with `add_voter`): it starts no election before it has heard from a
+    leader. Without it, a node started before being added campaigns with ever
+    higher terms, and when added, its term deposes the leader (an election,
+    ~0.3 s without writes). Never set it on a bootstrap node or on the nodes
+    of a static cluster's first start: they would wait for a leader forever.
+    `password` (the cluster key) turns on pysyncobj's authenticated encryption:
+    without it anyone who reaches the Raft port can inject commands, and
+    pysyncobj unpickles what it receives.
+    """
+
+    address: tuple[str, int] | None
+    peers: tuple[str, ...] = ()
+    data_dir: Path | None = None
+    password: str | None = None
+    join: bool = False
+    timing: RaftTiming = field(default_factory=RaftTiming.lan)
+    commit_timeout: float = DEFAULT_COMMIT_TIMEOUT
+
+    @property
+    def self_address(self) -> str | None:
+        return None if self.address is None else format_address(*self.address)
+
+    def check(self) -> None:
+        """ConfigError if the configuration is impossible."""
+        self.timing.check()
+        for p in self.peers:
+            parse_raft_address(p)
+        if self.address is None and not self.peers:
+            raise ConfigError("a read-only replica needs the voters' addresses in peers")
+        if self.join and not self.peers:
+            raise ConfigError("a joining node needs the current voters in peers")
+        if self.commit_timeout <= 0:
+            raise ConfigError("commit_timeout must be > 0")
+
+
+def format_address(ip: str, port: int) -> str:
+    """``ip:port`` as pysyncobj names nodes (it splits on the last colon, so
+    IPv6 goes without brackets)."""
+    return f"{ip}:{port}"
+
+
+def parse_raft_address(text: str, default_port: int = DEFAULT_RAFT_PORT) -> str:
+    """Normalize ``IP`` or ``IP:PORT`` into pysyncobj's ``ip:port``; ConfigError
+    if it is not an IP address (pysyncobj would resolve names by DNS, which a
+    cluster without network must not depend on)."""
+    text = text.strip()
+    try:
+        ipaddress.ip_address(text)
+        return format_address(text, default_port)
+    except ValueError:
+        pass
+    host, _, port = text.rpartition(":")
+    host = host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(f"raft address {text!r}: not IP or IP:PORT") from None
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"raft address {text!r}: port must be 1-65535")
+    return format_address(host, int(port))

@@ -1,0 +1,197 @@
+"""The replicated desired state and its apply functions: pure, Raft-free.
+
+What the Raft log replicates is small: the *desired* services (name → spec,
+a JSON-shaped dict), the current placement plan (JSON-shaped dict) and the
+plan's epoch. Every peer applies the same committed commands in the same
+order, so every function here must be deterministic and **total**:
+
+- deterministic: no clock, no randomness, no I/O, no iteration-order
+  surprises (dicts are insertion-ordered and every replica inserts in log
+  order);
+- total: an apply function never raises. pysyncobj retries an entry whose
+  apply raised on every tick, forever, so one bad command would wedge the
+  replica. Bad input is therefore turned into a rejected `Outcome`; the
+  caller-side `validate_*` functions raise early so bad input rarely reaches
+  the log at all.
+
+States are immutable values: an apply returns a new `DesiredState` that shares
+the unchanged parts with the old one. The trio side can hold a snapshot while
+the Raft thread applies the next command without any lock, because the Raft
+thread only ever swaps one reference.
+
+Plan epochs (compare-and-set). The leader computes a plan from the committed
+state at epoch ``E`` and submits ``set_plan(plan, expected_epoch=E)``. It is
+applied only if the committed epoch is still ``E``, and then the epoch becomes
+``E + 1``. A leader that was deposed after reading ``E`` (it cannot know yet)
+has its stale plan rejected instead of overwriting a newer one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+MAX_NAME_LEN = 128
+"""Longest service name, in characters."""
+MAX_JSON_DEPTH = 32
+"""Deepest nesting of lists/dicts accepted in a spec or plan."""
+
+JsonObject = Mapping[str, Any]
+"""A JSON-shaped object: str keys; values None, bool, int, finite float, str,
+lists and such objects. Snapshots hand these out shared: never mutate them."""
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    """One committed version of the replicated state.
+
+    `revision` counts the commands that changed something; it is itself part
+    of the replicated state, so every replica reports the same revision for
+    the same state, and it never decreases.
+    """
+
+    services: Mapping[str, JsonObject] = field(default_factory=dict)
+    plan: JsonObject = field(default_factory=dict)
+    plan_epoch: int = 0
+    revision: int = 0
+
+    def to_doc(self) -> dict[str, Any]:
+        """The plain-dict form stored in pysyncobj's full dump (no classes of
+        ours inside, so a dump survives renames of this module)."""
+        return {"services": self.services, "plan": self.plan,
+                "plan_epoch": self.plan_epoch, "revision": self.revision}
+
+    @classmethod
+    def from_doc(cls, doc: Any) -> DesiredState:
+        """Inverse of `to_doc`; ValueError if `doc` is not one."""
+        if not isinstance(doc, dict):
+            raise ValueError("state document must be a dict")
+        services, plan = doc.get("services"), doc.get("plan")
+        epoch, revision = doc.get("plan_epoch"), doc.get("revision")
+        if not (isinstance(services, dict) and all(
+                isinstance(k, str) and isinstance(v, dict) for k, v in services.items())):
+            raise ValueError("state document: bad services")
+        if not isinstance(plan, dict):
+            raise ValueError("state document: bad plan")
+        if not (isinstance(epoch, int) and _is_count(epoch)
+                and isinstance(revision, int) and _is_count(revision)):
+            raise ValueError("state document: bad plan_epoch or revision")
+        return cls(services, plan, epoch, revision)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What applying one command did. ``applied`` is False for a command the
+    state machine refused (``reason`` says why: ``"stale-epoch"``,
+    ``"not-found"``, ``"invalid"``); ``changed`` is False for an applied
+    command that left the state as it was (same spec put twice).
+    `revision` and `plan_epoch` are the state's after the command."""
+
+    applied: bool
+    changed: bool
+    revision: int
+    plan_epoch: int
+    reason: str = ""
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def is_json(value: Any, depth: int = 0) -> bool:
+    """True if `value` is JSON-shaped (see `JsonObject`), at most
+    `MAX_JSON_DEPTH` deep. Floats must be finite (NaN != NaN would make two
+    equal states compare unequal)."""
+    if depth > MAX_JSON_DEPTH:
+        return False
+    if value is None or isinstance(value, bool | int | str):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        return all(is_json(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and is_json(v, depth + 1) for k, v in value.items())
+    return False
+
+
+def service_name_problem(name: Any) -> str | None:
+    """Why `name` is not a valid service name, or None if it is."""
+    if not isinstance(name, str) or not name:
+        return "a service name must be a non-empty string"
+    if len(name) > MAX_NAME_LEN:
+        return f"a service name is at most {MAX_NAME_LEN} characters"
+    if not name.isprintable() or name != name.strip():
+        return "a service name must be printable, without surrounding blanks"
+    return None
+
+
+def validate_put_service(name: Any, spec: Any) -> None:
+    """Raise ValueError if `put_service(name, spec)` would be rejected."""
+    problem = service_name_problem(name)
+    if problem is None and not (isinstance(spec, dict) and is_json(spec)):
+        problem = "a service spec must be a JSON-shaped dict"
+    if problem is not None:
+        raise ValueError(problem)
+
+
+def validate_set_plan(plan: Any, expected_epoch: Any) -> None:
+    """Raise ValueError if `set_plan(plan, expected_epoch)` is malformed."""
+    if not (isinstance(plan, dict) and is_json(plan)):
+        raise ValueError("a plan must be a JSON-shaped dict")
+    if not _is_count(expected_epoch):
+        raise ValueError("expected_epoch must be a non-negative int")
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+# --------------------------------------------------------------------------- apply
+
+
+def apply_put_service(state: DesiredState, name: Any, spec: Any
+                      ) -> tuple[DesiredState, Outcome]:
+    """Create or replace the desired service `name`."""
+    if service_name_problem(name) is not None or not (isinstance(spec, dict) and is_json(spec)):
+        return state, _refused(state, "invalid")
+    if state.services.get(name) == spec:
+        return state, _unchanged(state)
+    services = dict(state.services)
+    services[name] = spec
+    return _changed(state, services=services)
+
+
+def apply_delete_service(state: DesiredState, name: Any) -> tuple[DesiredState, Outcome]:
+    """Remove the desired service `name`; refused with ``"not-found"`` if absent."""
+    if not isinstance(name, str) or name not in state.services:
+        return state, _refused(state, "not-found")
+    services = {k: v for k, v in state.services.items() if k != name}
+    return _changed(state, services=services)
+
+
+def apply_set_plan(state: DesiredState, plan: Any, expected_epoch: Any
+                   ) -> tuple[DesiredState, Outcome]:
+    """Compare-and-set the plan: applied only if `expected_epoch` is the
+    current epoch, which then increments (even for an identical plan: the
+    epoch numbers plans, not plan contents)."""
+    if not (isinstance(plan, dict) and is_json(plan)) or not _is_count(expected_epoch):
+        return state, _refused(state, "invalid")
+    if expected_epoch != state.plan_epoch:
+        return state, _refused(state, "stale-epoch")
+    return _changed(state, plan=plan, plan_epoch=state.plan_epoch + 1)
+
+
+def _changed(state: DesiredState, **fields: Any) -> tuple[DesiredState, Outcome]:
+    values = {**state.to_doc(), **fields, "revision": state.revision + 1}
+    new = DesiredState(**values)
+    return new, Outcome(True, True, new.revision, new.plan_epoch)
+
+
+def _unchanged(state: DesiredState) -> Outcome:
+    return Outcome(True, False, state.revision, state.plan_epoch)
+
+
+def _refused(state: DesiredState, reason: str) -> Outcome:
+    return Outcome(False, False, state.revision, state.plan_epoch, reason)

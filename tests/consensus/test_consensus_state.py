@@ -1,0 +1,138 @@
+"""The replicated state machine, without Raft: pure apply functions."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nanomesh.consensus.state import (
+    DesiredState,
+    apply_delete_service,
+    apply_put_service,
+    apply_set_plan,
+    is_json,
+    validate_put_service,
+    validate_set_plan,
+)
+
+EMPTY = DesiredState()
+
+
+def test_put_service_creates_then_replaces_and_counts_revisions() -> None:
+    s1, o1 = apply_put_service(EMPTY, "cam", {"image": "cam:1"})
+    s2, o2 = apply_put_service(s1, "cam", {"image": "cam:2"})
+    assert s2.services == {"cam": {"image": "cam:2"}}
+    assert (o1.applied, o1.changed, o1.revision) == (True, True, 1)
+    assert (o2.applied, o2.changed, o2.revision) == (True, True, 2)
+    assert EMPTY.services == {} and s1.services == {"cam": {"image": "cam:1"}}, \
+        "earlier states are values: never mutated by a later apply"
+
+
+def test_put_of_the_same_spec_changes_nothing() -> None:
+    s1, _ = apply_put_service(EMPTY, "cam", {"image": "cam:1"})
+    s2, o = apply_put_service(s1, "cam", {"image": "cam:1"})
+    assert s2 is s1
+    assert (o.applied, o.changed, o.revision) == (True, False, 1)
+
+
+def test_delete_service_and_delete_of_absent_is_refused() -> None:
+    s1, _ = apply_put_service(EMPTY, "cam", {})
+    s2, o = apply_delete_service(s1, "cam")
+    assert s2.services == {} and o.applied and s2.revision == 2
+    s3, o = apply_delete_service(s2, "cam")
+    assert s3 is s2 and not o.applied and o.reason == "not-found"
+
+
+def test_set_plan_is_compare_and_set_on_the_epoch() -> None:
+    s1, o1 = apply_set_plan(EMPTY, {"cam": ["pi-1"]}, 0)
+    assert o1.applied and s1.plan_epoch == 1 and s1.plan == {"cam": ["pi-1"]}
+    # A deposed leader computed its plan at epoch 0 too: refused, nothing changes.
+    s2, o2 = apply_set_plan(s1, {"cam": ["pi-2"]}, 0)
+    assert s2 is s1 and not o2.applied and o2.reason == "stale-epoch"
+    assert o2.plan_epoch == 1, "the refusal reports the committed epoch"
+    s3, o3 = apply_set_plan(s1, {"cam": ["pi-2"]}, 1)
+    assert o3.applied and s3.plan_epoch == 2
+
+
+def test_identical_plan_still_takes_a_new_epoch() -> None:
+    s1, _ = apply_set_plan(EMPTY, {}, 0)
+    s2, o = apply_set_plan(s1, {}, 1)
+    assert o.changed and s2.plan_epoch == 2
+
+
+@pytest.mark.parametrize(("name", "spec"), [
+    ("", {}), (" cam", {}), ("x" * 129, {}), (3, {}), ("cam\n", {}),
+    ("cam", []), ("cam", {"a": math.nan}), ("cam", {"a": {1: 2}}), ("cam", {"a": object()}),
+    ("cam", {"a": (1, 2)}),
+])
+def test_invalid_put_is_refused_by_apply_and_raises_at_validation(name: Any, spec: Any) -> None:
+    state, outcome = apply_put_service(EMPTY, name, spec)
+    assert state is EMPTY and not outcome.applied and outcome.reason == "invalid"
+    with pytest.raises(ValueError):
+        validate_put_service(name, spec)
+
+
+@pytest.mark.parametrize(("plan", "epoch"), [([], 0), ({}, -1), ({}, True), ({}, 1.0),
+                                             ({"a": math.inf}, 0)])
+def test_invalid_plan_is_refused(plan: Any, epoch: Any) -> None:
+    state, outcome = apply_set_plan(EMPTY, plan, epoch)
+    assert state is EMPTY and outcome.reason == "invalid"
+    with pytest.raises(ValueError):
+        validate_set_plan(plan, epoch)
+
+
+def test_json_depth_is_bounded() -> None:
+    deep: Any = 1
+    for _ in range(40):
+        deep = [deep]
+    assert not is_json(deep)
+
+
+def test_doc_round_trip_and_garbage_rejected() -> None:
+    s, _ = apply_put_service(EMPTY, "cam", {"a": [1, 2.5, None, True, "x"]})
+    s, _ = apply_set_plan(s, {"cam": ["pi"]}, 0)
+    assert DesiredState.from_doc(s.to_doc()) == s
+    for bad in (None, [], {"services": [], "plan": {}, "plan_epoch": 0, "revision": 0},
+                {"services": {}, "plan": {}, "plan_epoch": -1, "revision": 0}):
+        with pytest.raises(ValueError):
+            DesiredState.from_doc(bad)
+
+
+_json = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=5)
+                     | st.floats(), lambda c: st.lists(c, max_size=3)
+                     | st.dictionaries(st.text(max_size=3), c, max_size=3), max_leaves=8)
+_names = st.sampled_from(["a", "b", "", 7, None])
+_commands = st.one_of(
+    st.tuples(st.just("put"), _names, _json),
+    st.tuples(st.just("delete"), _names),
+    st.tuples(st.just("plan"), _json, st.integers(-1, 4) | st.just(True)),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_commands, max_size=20))
+def test_apply_is_total_and_revision_and_epoch_are_monotonic(commands: list[Any]) -> None:
+    """Invariants: no apply raises, whatever the input (pysyncobj would retry a
+    raising entry forever); revision and plan epoch never decrease; the epoch
+    moves exactly when a plan is accepted; replaying gives the same state."""
+    def run() -> DesiredState:
+        state = EMPTY
+        for cmd in commands:
+            before = state
+            match cmd:
+                case ("put", name, spec):
+                    state, out = apply_put_service(state, name, spec)
+                case ("delete", name):
+                    state, out = apply_delete_service(state, name)
+                case ("plan", plan, epoch):
+                    state, out = apply_set_plan(state, plan, epoch)
+            assert state.revision >= before.revision and state.plan_epoch >= before.plan_epoch
+            assert (state.plan_epoch == before.plan_epoch + 1) == (cmd[0] == "plan"
+                                                                  and out.applied)
+            assert out.revision == state.revision and out.changed == (state is not before)
+        return state
+    assert run() == run()
