@@ -19,9 +19,21 @@ class ApiError(NanomeshError):
 
 def get_json(peer: str, path: str, timeout: float = DEFAULT_TIMEOUT) -> Any:
     """GET http://{peer}{path} and decode the JSON body; `peer` is ``IP:PORT``."""
+    return request_json("GET", peer, path, timeout=timeout)
+
+
+def request_json(method: str, peer: str, path: str, body: Any = None,
+                 token: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> Any:
+    """One API call; the decoded JSON reply. ApiError with the peer's own
+    error message on a 4xx/5xx, or when the peer cannot be reached."""
     url = f"http://{peer}{path}"
+    data = json.dumps(body).encode() if body is not None else None
+    headers = {"content-type": "application/json"} if data is not None else {}
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
             return json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         try:

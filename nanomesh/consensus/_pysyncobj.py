@@ -60,6 +60,7 @@ from nanomesh.consensus.state import (
     DesiredState,
     Outcome,
     apply_delete_service,
+    apply_init_meta,
     apply_put_service,
     apply_set_plan,
 )
@@ -115,6 +116,10 @@ class _DesiredStateMachine(pysyncobj.SyncObjConsumer):  # type: ignore[misc]
     @pysyncobj.replicated  # type: ignore[untyped-decorator]
     def set_plan(self, plan: Any, expected_epoch: Any) -> Outcome:
         return self._take(apply_set_plan(self._state, plan, expected_epoch))
+
+    @pysyncobj.replicated  # type: ignore[untyped-decorator]
+    def init_meta(self, key: Any, value: Any) -> Outcome:
+        return self._take(apply_init_meta(self._state, key, value))
 
     def _deserialize(self, data: Any) -> None:
         """Called by pysyncobj when it loads a full dump (restart after a log
@@ -181,6 +186,9 @@ class RaftNode:
 
     def set_plan(self, plan: Any, expected_epoch: int, callback: CommandCallback) -> None:
         self._machine.set_plan(plan, expected_epoch, callback=callback)
+
+    def init_meta(self, key: str, value: Any, callback: CommandCallback) -> None:
+        self._machine.init_meta(key, value, callback=callback)
 
     def add_voter(self, address: str, callback: CommandCallback) -> None:
         self._obj.addNodeToCluster(address, callback=callback)

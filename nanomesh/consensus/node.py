@@ -340,6 +340,15 @@ class ConsensusNode:
             raise StalePlanError(expected_epoch, outcome.plan_epoch)
         return outcome
 
+    async def init_meta(self, key: str, value: Any, *, timeout: float | None = None
+                        ) -> Outcome:
+        """Set a mesh-wide setting once; returns once committed. ``applied`` is
+        False (reason ``"exists"``) if it was already set."""
+        value = _json_copy(value)
+        outcome: Outcome = await self._command(f"init_meta {key!r}", timeout,
+                                               lambda r, cb: r.init_meta(key, value, cb))
+        return outcome
+
     async def add_voter(self, address: str, *, timeout: float | None = None) -> None:
         """Make `address` (``ip[:port]``) a voter; returns once the change is
         committed. Start that node first (see module doc). No-op if it is one."""

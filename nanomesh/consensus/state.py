@@ -56,12 +56,15 @@ class DesiredState:
     plan: JsonObject = field(default_factory=dict)
     plan_epoch: int = 0
     revision: int = 0
+    meta: JsonObject = field(default_factory=dict)
+    """Mesh-wide settings written once, e.g. ``token_sha256`` (the hash of the
+    management token, set by the peer that bootstrapped the mesh)."""
 
     def to_doc(self) -> dict[str, Any]:
         """The plain-dict form stored in pysyncobj's full dump (no classes of
         ours inside, so a dump survives renames of this module)."""
         return {"services": self.services, "plan": self.plan,
-                "plan_epoch": self.plan_epoch, "revision": self.revision}
+                "plan_epoch": self.plan_epoch, "revision": self.revision, "meta": self.meta}
 
     @classmethod
     def from_doc(cls, doc: Any) -> DesiredState:
@@ -78,7 +81,10 @@ class DesiredState:
         if not (isinstance(epoch, int) and _is_count(epoch)
                 and isinstance(revision, int) and _is_count(revision)):
             raise ValueError("state document: bad plan_epoch or revision")
-        return cls(services, plan, epoch, revision)
+        meta = doc.get("meta", {})  # absent in dumps written before meta existed
+        if not isinstance(meta, dict):
+            raise ValueError("state document: bad meta")
+        return cls(services, plan, epoch, revision, meta)
 
 
 @dataclass(frozen=True)
@@ -181,6 +187,16 @@ def apply_set_plan(state: DesiredState, plan: Any, expected_epoch: Any
     if expected_epoch != state.plan_epoch:
         return state, _refused(state, "stale-epoch")
     return _changed(state, plan=plan, plan_epoch=state.plan_epoch + 1)
+
+
+def apply_init_meta(state: DesiredState, key: Any, value: Any) -> tuple[DesiredState, Outcome]:
+    """Set mesh setting `key` once: refused with ``"exists"`` if it is set
+    (two peers racing to bootstrap cannot overwrite each other's token)."""
+    if not isinstance(key, str) or not key or not is_json(value):
+        return state, _refused(state, "invalid")
+    if key in state.meta:
+        return state, _refused(state, "exists")
+    return _changed(state, meta={**state.meta, key: value})
 
 
 def _changed(state: DesiredState, **fields: Any) -> tuple[DesiredState, Outcome]:

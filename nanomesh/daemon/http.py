@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from typing import Any
 
@@ -35,6 +36,20 @@ class Request:
     query: str
     headers: Mapping[str, str]
     body: bytes
+    params: Mapping[str, str] = field(default_factory=dict)
+    """Path parameters: a route ``/v1/services/{name}`` fills ``name``."""
+
+    def json(self) -> Any:
+        """The body as JSON; HttpError 400 if it is not."""
+        try:
+            return json.loads(self.body or b"null")
+        except ValueError as exc:
+            raise HttpError(400, f"request body is not JSON: {exc}") from None
+
+    def bearer_token(self) -> str | None:
+        auth = self.headers.get("authorization", "")
+        scheme, _, token = auth.partition(" ")
+        return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
 Handler = Callable[[Request], Awaitable[tuple[int, Any]]]
@@ -122,11 +137,31 @@ async def _read_request(stream: trio.SocketStream, conn: h11.Connection) -> Requ
             return None
 
 
+PARAM = "{name}"
+
+
+def _route(routes: Mapping[tuple[str, str], Handler], request: Request
+           ) -> tuple[Handler | None, Request]:
+    """Exact paths first, then patterns whose last segment is ``{name}``."""
+    path = request.path.rstrip("/") or "/"
+    handler = routes.get((request.method, path))
+    if handler is not None:
+        return handler, request
+    for (method, pattern), candidate in routes.items():
+        if method != request.method or not pattern.endswith(PARAM):
+            continue
+        prefix = pattern[: -len(PARAM)]
+        rest = path[len(prefix):]
+        if path.startswith(prefix) and rest and "/" not in rest:
+            return candidate, replace(request, params={"name": urllib.parse.unquote(rest)})
+    return None, request
+
+
 async def _dispatch(routes: Mapping[tuple[str, str], Handler], request: Request
                     ) -> tuple[int, Any]:
-    handler = routes.get((request.method, request.path.rstrip("/") or "/"))
+    handler, request = _route(routes, request)
     if handler is None:
-        if any(path == request.path for _, path in routes):
+        if any(_route(routes, replace(request, method=m))[0] for m, _ in routes):
             return 405, {"error": f"method {request.method} not allowed on {request.path}"}
         return 404, {"error": f"no such endpoint: {request.path}"}
     try:

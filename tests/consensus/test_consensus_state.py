@@ -136,3 +136,17 @@ def test_apply_is_total_and_revision_and_epoch_are_monotonic(commands: list[Any]
             assert out.revision == state.revision and out.changed == (state is not before)
         return state
     assert run() == run()
+def test_init_meta_sets_once_and_refuses_overwrite() -> None:
+    """The management token's hash is written once by the bootstrapping peer;
+    a second bootstrap racing it is refused, not silently overwriting it."""
+    from nanomesh.consensus.state import DesiredState, apply_init_meta
+
+    s0 = DesiredState()
+    s1, out = apply_init_meta(s0, "token_sha256", "ab" * 32)
+    assert out.applied and out.changed and s1.meta == {"token_sha256": "ab" * 32}
+    s2, out2 = apply_init_meta(s1, "token_sha256", "cd" * 32)
+    assert not out2.applied and out2.reason == "exists" and s2 is s1
+    assert apply_init_meta(s1, "", 1)[1].reason == "invalid"
+    assert DesiredState.from_doc(s1.to_doc()) == s1
+    legacy = {k: v for k, v in s1.to_doc().items() if k != "meta"}
+    assert DesiredState.from_doc(legacy).meta == {}
