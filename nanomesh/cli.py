@@ -82,6 +82,28 @@ def _parser() -> argparse.ArgumentParser:
     profile.add_argument("--json", action="store_true", help="print JSON")
     profile.set_defaults(func=_profile)
 
+    deploy = sub.add_parser("deploy", help="deploy (or update) a nanoservice from its manifest",
+                            description="Validate MANIFEST (a nanoservice.toml, or a service "
+                            "folder holding one) and commit it to the mesh's desired state. "
+                            "Needs the management token.")
+    deploy.add_argument("manifest", type=Path, metavar="MANIFEST")
+    _token_args(deploy)
+    deploy.set_defaults(func=_deploy)
+
+    undeploy = sub.add_parser("undeploy", help="remove a nanoservice from the mesh")
+    undeploy.add_argument("name", metavar="NAME")
+    _token_args(undeploy)
+    undeploy.set_defaults(func=_undeploy)
+
+    for name, func, text in (
+            ("services", _services, "list the desired services"),
+            ("placement", _placement, "which instance runs on which peer, and what waits"),
+            ("status", _status, "Raft leader, term, voters and plan epoch")):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("--peer", metavar="IP[:PORT]", help=PEER_HELP)
+        cmd.add_argument("--json", action="store_true", help="print JSON")
+        cmd.set_defaults(func=func)
+
     keygen = sub.add_parser("keygen", help="print a new random cluster key (base64)")
     keygen.set_defaults(func=lambda _: print(_generate_key()) or 0)
 
@@ -102,6 +124,29 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--dir", type=Path, help="lab directory")
         cmd.set_defaults(func=func)
     return p
+
+
+def _token_args(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--peer", metavar="IP[:PORT]", help=PEER_HELP)
+    cmd.add_argument("--token", help="management token (default: $NANOMESH_TOKEN, "
+                     "--token-file, else the running lab's token)")
+    cmd.add_argument("--token-file", type=Path, metavar="FILE",
+                     help="file holding the management token (the bootstrapping peer "
+                     "writes DATA_DIR/management.token)")
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    from nanomesh import lab
+    from nanomesh.auth import TOKEN_FILE, read_token_file
+
+    if args.token:
+        return str(args.token)
+    if os.environ.get("NANOMESH_TOKEN"):
+        return os.environ["NANOMESH_TOKEN"]
+    if args.token_file:
+        return read_token_file(args.token_file)
+    lab_token = lab.default_dir() / lab.FOUNDER / TOKEN_FILE
+    return read_token_file(lab_token) if lab_token.exists() else None
 
 
 def _generate_key() -> str:
@@ -224,6 +269,84 @@ def _print_nested(value: Any, indent: int) -> None:
                 print(f"{pad}- " + ", ".join(f"{k}={v}" for k, v in item.items()))
             else:
                 print(f"{pad}- {item}")
+
+
+# ------------------------------------------------------------------ desired state
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    import tomllib
+
+    from nanomesh.apiclient import request_json
+    from nanomesh.manifest import load_manifest
+
+    load_manifest(args.manifest)  # refuse a bad manifest before touching the mesh
+    path = args.manifest / "nanoservice.toml" if args.manifest.is_dir() else args.manifest
+    with path.open("rb") as f:
+        raw = tomllib.load(f)
+    reply = request_json("POST", _peer_api(args.peer), "/v1/services", raw, _token(args))
+    verb = "deployed" if reply["changed"] else "unchanged:"
+    print(f"{verb} {reply['name']} (revision {reply['revision']}); see `nanomesh placement`")
+    return 0
+
+
+def _undeploy(args: argparse.Namespace) -> int:
+    import urllib.parse
+
+    from nanomesh.apiclient import request_json
+
+    path = "/v1/services/" + urllib.parse.quote(args.name, safe="")
+    reply = request_json("DELETE", _peer_api(args.peer), path, token=_token(args))
+    print(f"undeployed {reply['name']} (revision {reply['revision']})")
+    return 0
+
+
+def _services(args: argparse.Namespace) -> int:
+    from nanomesh.apiclient import get_json
+
+    docs = get_json(_peer_api(args.peer), "/v1/services")
+    if args.json:
+        print(json.dumps(docs, indent=2, sort_keys=True))
+        return 0
+    rows: list[tuple[str, ...]] = [("NAME", "VERSION", "REPLICAS", "REQUIRES", "COMMAND")]
+    for d in docs:
+        req = d["spec"]["requires"]
+        needs = ",".join(req.get("capabilities", [])) or "-"
+        rows.append((d["name"], d.get("version") or "-", str(d["spec"]["replicas"]), needs,
+                     " ".join(" ".join(d["run"]["command"]).split())[:40]))
+    _print_table(rows)
+    return 0
+
+
+def _placement(args: argparse.Namespace) -> int:
+    from nanomesh.apiclient import get_json
+
+    p = get_json(_peer_api(args.peer), "/v1/placement")
+    if args.json:
+        print(json.dumps(p, indent=2, sort_keys=True))
+        return 0
+    print(f"plan epoch {p['epoch']} ({p['strategy'] or 'no plan yet'})")
+    rows: list[tuple[str, ...]] = [("INSTANCE", "PEER", "STATE")]
+    rows += [(i["instance"], i["peer"], i["state"]) for i in p["instances"]]
+    _print_table(rows)
+    for svc, reasons in sorted(p["unplaceable"].items()):
+        print(f"\n{svc} cannot be placed (it will be as soon as a suitable peer appears):")
+        for peer, why in sorted(reasons.items()):
+            print(f"  {peer}: {why}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from nanomesh.apiclient import get_json
+
+    st = get_json(_peer_api(args.peer), "/v1/status")
+    if args.json:
+        print(json.dumps(st, indent=2, sort_keys=True))
+        return 0
+    print(f"leader   {st['leader'] or '(none: election under way)'}\nterm     {st['term']}\n"
+          f"voters   {', '.join(st['voters'])}\nepoch    {st['epoch']}\n"
+          f"revision {st['revision']}\nthis peer {st['peer']} ({st['role']})")
+    return 0
 
 
 # ------------------------------------------------------------------ lab

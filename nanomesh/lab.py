@@ -26,10 +26,14 @@ from nanomesh.errors import NanomeshError
 from nanomesh.wire import generate_key
 
 STATE_FILE = "lab.json"
+FOUNDER = "peer-1"
+"""The lab peer that bootstraps the mesh (and so holds the management token)."""
 CONVERGE_TIMEOUT = 30.0
 """Seconds `lab up` waits for every peer to see every other peer alive."""
-STOP_TIMEOUT = 5.0
-"""Seconds `lab down` waits after SIGTERM (graceful leave) before SIGKILL."""
+STOP_TIMEOUT = 15.0
+"""Seconds `lab down` waits after SIGTERM before SIGKILL: a peer hands over its
+Raft membership (<= 3 s), stops its instances (<= 5 s each, in parallel) and
+leaves the mesh (0.5 s)."""
 
 
 class LabError(NanomeshError):

@@ -42,6 +42,7 @@ from typing import Any
 
 from nanomesh.errors import NanomeshError
 from nanomesh.placement import SpecError, service_spec_from_dict
+from nanomesh.runtime.spec import run_spec_from
 
 KNOWN_KEYS = {"name", "version", "description", "kind", "replicas", "run", "requires",
               "placement"}
@@ -79,7 +80,7 @@ def service_document(raw: Mapping[str, Any], where: str = "manifest") -> dict[st
     for key in ("version", "description"):
         if key in raw and not isinstance(raw[key], str):
             raise ManifestError(f"{where}: {key} must be a string")
-    run = _run_section(raw.get("run"), where)
+    run = _run_section(raw, where)
     try:
         spec = service_spec_from_dict({k: raw[k] for k in ("name", "replicas", "requires",
                                                            "placement") if k in raw})
@@ -90,21 +91,10 @@ def service_document(raw: Mapping[str, Any], where: str = "manifest") -> dict[st
             "spec": spec.to_dict()}
 
 
-def _run_section(run: Any, where: str) -> dict[str, Any]:
-    if not isinstance(run, dict):
-        raise ManifestError(f"{where}: [run] is required, with command = [...]")
-    unknown = sorted(set(run) - {"command", "env", "cwd"})
-    if unknown:
-        raise ManifestError(f"{where}: run: unknown field(s) {', '.join(unknown)}")
-    command = run.get("command")
-    if (not isinstance(command, list) or not command
-            or not all(isinstance(a, str) and a for a in command)):
-        raise ManifestError(f"{where}: run.command must be a non-empty list of strings")
-    env = run.get("env", {})
-    if not isinstance(env, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
-        raise ManifestError(f"{where}: run.env must map names to strings")
-    cwd = run.get("cwd")
-    if cwd is not None and not isinstance(cwd, str):
-        raise ManifestError(f"{where}: run.cwd must be a string")
-    return {"command": list(command), "env": dict(env), "cwd": cwd}
+def _run_section(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """The runtime's own validator, so a manifest accepted here is one the
+    runtime can start (absolute cwd, no NUL, no NANOMESH_* overrides)."""
+    try:
+        return run_spec_from(raw).to_dict()
+    except SpecError as exc:
+        raise ManifestError(f"{where}: {exc}") from None

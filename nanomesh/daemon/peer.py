@@ -36,8 +36,11 @@ import trio
 
 from nanomesh import __version__
 from nanomesh.config import PeerConfig
+from nanomesh.consensus import ConsensusNode
 from nanomesh.daemon.api import api_routes
+from nanomesh.daemon.api_mesh import mesh_routes
 from nanomesh.daemon.http import serve_http
+from nanomesh.daemon.mesh import MeshControl
 from nanomesh.daemon.profile import ProfileSource
 from nanomesh.errors import ConfigError, RemoteProtocolError
 from nanomesh.gossip.effects import (
@@ -92,6 +95,9 @@ class PeerDaemon:
         self.bytes_out = 0
         self.bytes_in = 0
         self.core: Membership | None = None
+        self.mesh: MeshControl | None = None
+        self._discovered: dict[str, Any] = {}
+        self._saved_incarnation = -1
         self._udp: socket.socket | None = None
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -105,11 +111,16 @@ class PeerDaemon:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
         cfg = self.config
-        prepare_data_dir(cfg.data_dir)
-        profile = await trio.to_thread.run_sync(self.profiles.initial)
+        last_incarnation = prepare_data_dir(cfg.data_dir)
+        self._discovered = await trio.to_thread.run_sync(self.profiles.initial)
+        # One above our previous life's incarnation: what we say now outranks
+        # anything the mesh remembers about us, profile version included.
         self.core = Membership(cfg.name, cfg.bind, cfg.gossip,
                                random.Random(int.from_bytes(os.urandom(8), "big")),
-                               trio.current_time(), profile=profile)
+                               trio.current_time(), profile=self._discovered,
+                               incarnation=last_incarnation + 1)
+        self._saved_incarnation = -1
+        self.mesh = MeshControl(self)
         # Open every socket before starting anything, so that a port in use or
         # an address this host does not have is one clear error.
         self._udp = _listening("gossip (UDP)", cfg.bind, lambda: _bind_udp(cfg.bind))
@@ -117,12 +128,17 @@ class PeerDaemon:
         api_listeners = await _open_tcp("HTTP API", cfg.api_addr)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            # Signals first: a SIGTERM during start-up must still mean "leave".
+            await nursery.start(self._watch_signals, nursery.cancel_scope)
             nursery.start_soon(self._receive_datagrams)
             nursery.start_soon(self._run_timers)
             nursery.start_soon(trio.serve_listeners, self._serve_stream, listeners)
-            await nursery.start(serve_http, api_routes(self), api_listeners)
+            routes = {**api_routes(self), **mesh_routes(self), **self.mesh.internal_routes()}
+            await nursery.start(serve_http, routes, api_listeners)
+            # The control plane may wait seconds for gossip before it bootstraps
+            # Raft; membership and the API are up meanwhile.
+            nursery.start_soon(self.mesh.run)
             nursery.start_soon(self._refresh_profile)
-            nursery.start_soon(self._watch_signals, nursery.cancel_scope)
             log.info("peer %s listening: gossip %s:%d (udp+tcp), api http://%s:%d, "
                      "encryption %s, preset probe_interval=%.2fs", cfg.name, *cfg.bind,
                      cfg.bind[0], cfg.api_port, "on" if self.keyring.enabled else "OFF",
@@ -131,8 +147,11 @@ class PeerDaemon:
                 nursery.start_soon(self._join_until_joined)
             task_status.started()
 
-    async def _watch_signals(self, scope: trio.CancelScope) -> None:
+    async def _watch_signals(self, scope: trio.CancelScope, *,
+                             task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                             ) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            task_status.started()
             async for signum in signals:
                 log.info("received %s: leaving the mesh", signal.Signals(signum).name)
                 await self.leave()
@@ -141,8 +160,9 @@ class PeerDaemon:
 
     async def leave(self) -> None:
         """Announce a graceful leave and give it time to spread."""
-        assert self.core is not None
+        assert self.core is not None and self.mesh is not None
         self._stopping = True
+        await self.mesh.hand_over()
         self._execute(self.core.leave(trio.current_time()))
         await trio.sleep(LEAVE_PROPAGATION)
         log.info("left the mesh")
@@ -226,7 +246,12 @@ class PeerDaemon:
                     self._nursery.start_soon(self._stream_call, e)
                 case _:
                     _log_notification(e)
+                    if self.mesh is not None and not isinstance(e, Refuted):
+                        self.mesh.membership_changed()
         self._wake.set()  # the core's next deadline may have moved
+        if self.core is not None and self.core.incarnation != self._saved_incarnation:
+            self._saved_incarnation = self.core.incarnation
+            save_incarnation(self.config.data_dir, self._saved_incarnation)
 
     def _send_datagram(self, e: SendDatagram) -> None:
         assert self._udp is not None
@@ -249,7 +274,9 @@ class PeerDaemon:
                 # From our gossip IP, so peers see who is calling.
                 stream = await trio.open_tcp_stream(*call.addr, local_address=self.config.bind[0])
                 async with stream:
-                    await stream.send_all(frame(seal([call.request], self.keyring)))
+                    request = frame(seal([call.request], self.keyring))
+                    await stream.send_all(request)
+                    self.bytes_out += len(request)
                     reply = _only_stream(await self._read_frame(stream))
             except (OSError, trio.BrokenResourceError) as exc:
                 log.debug("%s call to %s:%d failed: %s", call.purpose, *call.addr, exc)
@@ -295,10 +322,12 @@ class PeerDaemon:
                                                                      trio.current_time())
                 self._execute(effects)
                 if reply is not None:
+                    data = frame(seal([reply], self.keyring))
                     try:
-                        await stream.send_all(frame(seal([reply], self.keyring)))
+                        await stream.send_all(data)
                     except (OSError, trio.BrokenResourceError):
                         return
+                    self.bytes_out += len(data)
 
     async def _read_frame(self, stream: trio.SocketStream) -> list[Any]:
         prefix = await _receive_exactly(stream, FRAME_PREFIX_LEN)
@@ -309,13 +338,25 @@ class PeerDaemon:
     # ------------------------------------------------------------ profile
 
     async def _refresh_profile(self) -> None:
-        assert self.core is not None
         while True:
             await trio.sleep(self.config.profile_refresh)
-            current = self.core.me.profile or {}
-            fresh = await trio.to_thread.run_sync(self.profiles.refresh, current)
+            fresh = await trio.to_thread.run_sync(self.profiles.refresh, self._discovered)
             if fresh is not None:
-                self._execute(self.core.update_profile(fresh, trio.current_time()))
+                self._discovered = fresh
+                self.republish_profile()
+
+    def republish_profile(self) -> None:
+        """Gossip the discovered profile plus the control plane's sections, if
+        that differs from what we published last (a new profile version)."""
+        assert self.core is not None
+        sections = self.mesh.profile_sections() if self.mesh is not None else {}
+        profile = {**self._discovered, **sections}
+        if profile != self.core.me.profile:
+            self._execute(self.core.update_profile(profile, trio.current_time()))
+
+    @property
+    def consensus(self) -> ConsensusNode | None:
+        return self.mesh.consensus if self.mesh is not None else None
 
 
 def _as_datagram(messages: list[Any]) -> list[DatagramMessage]:
@@ -372,12 +413,27 @@ def _bind_udp(addr: Address) -> socket.socket:
     return sock
 
 
-def prepare_data_dir(path: Path) -> None:
-    """Create the data directory readable by its owner only: it will hold the
-    mesh's secrets (the management token, the Raft journal)."""
+def prepare_data_dir(path: Path) -> int:
+    """Create the data directory readable by its owner only (it holds the
+    mesh's secrets: the management token, the Raft journal) and return the
+    incarnation of this peer's previous life (-1 if none)."""
     path.mkdir(parents=True, exist_ok=True)
     os.chmod(path, 0o700)
-    (path / "peer.json").write_text(json.dumps({"nanomesh": __version__}) + "\n")
+    try:
+        last = json.loads((path / PEER_STATE).read_text()).get("incarnation", -1)
+    except (OSError, ValueError, AttributeError):
+        last = -1
+    return last if isinstance(last, int) and last >= -1 else -1
+
+
+PEER_STATE = "peer.json"
+
+
+def save_incarnation(path: Path, incarnation: int) -> None:
+    """Persist our incarnation (atomically) so a restart starts above it."""
+    tmp = path / (PEER_STATE + ".tmp")
+    tmp.write_text(json.dumps({"nanomesh": __version__, "incarnation": incarnation}) + "\n")
+    tmp.replace(path / PEER_STATE)
 
 
 def _log_notification(e: Effect) -> None:

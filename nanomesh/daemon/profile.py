@@ -15,6 +15,8 @@ from nanomesh.discovery import DiscoveryConfig, discover, load_changed, refresh_
 class ProfileSource:
     def __init__(self, config: PeerConfig) -> None:
         self.name = config.name
+        host = config.bind[0]
+        self.api = f"[{host}]:{config.api_port}" if ":" in host else f"{host}:{config.api_port}"
         self.discovery = DiscoveryConfig(
             data_dir=config.data_dir,
             devices=tuple(config.devices),
@@ -27,7 +29,7 @@ class ProfileSource:
         started = time.perf_counter()
         profile = discover(self.discovery)
         self.discovery_ms = (time.perf_counter() - started) * 1000
-        profile["peer"] = {"name": self.name, "nanomesh": __version__,
+        profile["peer"] = {"name": self.name, "nanomesh": __version__, "api": self.api,
                            "discovery_ms": round(self.discovery_ms, 2)}
         return profile
 

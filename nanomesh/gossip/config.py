@@ -4,8 +4,9 @@ Names follow hashicorp/memberlist where the concept is the same, so that
 operators who know memberlist can read our numbers. Presets are built as
 deltas from the base values, each with its reason.
 
-The base values are memberlist's ``DefaultLANConfig`` (detection in about
-5-6 s on 20 peers). Our ``lan()`` preset is tuned for small local meshes on a
+The base values are memberlist's ``DefaultLANConfig`` (detection in 6.6-9 s
+on 20 of our peers: one failed 1 s probe, then a minimum suspicion timeout of
+4 x log10(20) x 1 s = 5.2 s). Our ``lan()`` preset is tuned for small local meshes on a
 switched LAN or Wi-Fi where sub-2-second failure detection is the point of
 the product; see README for what it was measured to do.
 """

@@ -121,9 +121,9 @@ class Simulator:
             self.add_node(n, profile=profile(n) if profile else None)
         digests = [MemberDigest(n, self.nodes[n].addr, 0, MemberState.ALIVE,
                                 self.nodes[n].core.me.profile_version) for n in new]
+        held = {d.name: self.nodes[d.name].core.me.profile for d in digests}
         for n in new:
             self.nodes[n].core.bootstrap(digests, self.now)
-            held = {d.name: self.nodes[d.name].core.me.profile for d in digests}
             for d in digests:
                 m = self.nodes[n].core.member(d.name)
                 if m is not None and d.name != n:
@@ -140,8 +140,10 @@ class Simulator:
 
     def restart(self, name: str, join: Sequence[str], profile: Mapping[str, Any] | None = None
                 ) -> Membership:
-        """A killed peer comes back with fresh state (incarnation 0)."""
-        return self.add_node(name, profile=profile, join=join)
+        """A killed peer comes back at its last incarnation + 1, as the daemon
+        does from its data directory."""
+        last = self.nodes[name].core.incarnation
+        return self.add_node(name, profile=profile, join=join, incarnation=last + 1)
 
     def leave(self, name: str) -> None:
         node = self.nodes[name]

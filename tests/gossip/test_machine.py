@@ -373,7 +373,18 @@ def test_restarted_peer_refutes_its_death_from_a_previous_life() -> None:
     m.handle_stream_reply(call.call_id, PushPullReply("b", (
         MemberDigest("a", addr("a"), 5, MemberState.DEAD, 6),)), 0.1)
     assert m.incarnation == 6
-    assert m.me.profile_version == 7, "profile versions stay monotonic across restarts"
+    assert m.me.profile_version == 1, "a refutation alone does not make peers re-pull"
+
+
+def test_a_restart_at_a_higher_incarnation_publishes_a_newer_profile_version() -> None:
+    """The daemon restarts a peer at its persisted incarnation + 1: its profile
+    version then exceeds any version of its previous life, so peers pull it."""
+    old = Membership("a", addr("a"), CFG, random.Random(1), 0.0, profile={"v": 1},
+                     incarnation=4)
+    old.update_profile({"v": 2}, 1.0)
+    new = Membership("a", addr("a"), CFG, random.Random(1), 9.0, profile={"v": 3},
+                     incarnation=old.incarnation + 1)
+    assert new.me.profile_version > old.me.profile_version
 
 
 def test_profile_change_is_a_new_incarnation_and_peers_pull_it() -> None:

@@ -62,7 +62,8 @@ def test_sigkilled_peer_is_declared_dead_by_every_other_peer(cluster: Cluster) -
 def test_restarted_peer_comes_back_alive_with_higher_incarnation(cluster: Cluster) -> None:
     """A crashed peer restarted with the same name and address is accepted
     again: every peer (itself included) lists it ``alive`` with an incarnation
-    above the one it had been declared dead with (it refuted its death)."""
+    above the one it had been declared dead with: it restarts one above the
+    incarnation persisted in its data directory (or refutes its death)."""
     peers = cluster.start_mesh(4, key_file=cluster.new_key())
     victim = peers[2]
     others = [p for p in peers if p is not victim]
@@ -83,7 +84,6 @@ def test_restarted_peer_comes_back_alive_with_higher_incarnation(cluster: Cluste
     cluster.wait(back_alive, what=f"{victim.name} alive with incarnation > {before} everywhere")
     cluster.wait_converged(peers)
     assert victim.self_info()["incarnation"] > before
-    assert "refuted with incarnation" in victim.log_path.read_text()
 
 
 def test_sigtermed_peer_exits_zero_and_is_left_not_dead(cluster: Cluster) -> None:

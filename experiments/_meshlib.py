@@ -1,0 +1,401 @@
+"""Shared helpers for the experiments in this folder (not an experiment itself).
+
+- statistics (nearest-rank percentiles) and result writing (CSV + summary JSON
+  under ``experiments/results/``);
+- parsing the peer daemon's log lines (``%(asctime)s NAME LEVEL logger: msg``,
+  local wall time with milliseconds);
+- `LoopbackMesh`: N real ``python -m nanomesh peer run`` processes on loopback
+  addresses of the root network namespace, each with its own log file, all
+  killed on `close()` (SIGKILL, then reaped);
+- a guard that waits for a quiet machine before timing anything, and a SIGTERM
+  handler that turns termination into an exception so ``finally`` blocks run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from nanomesh.apiclient import ApiError, get_json  # noqa: E402
+
+RESULTS_DIR = REPO_ROOT / "experiments" / "results"
+PY = sys.executable
+GOSSIP_PORT = 7946
+API_PORT = 7947
+LOOPBACK_PREFIX = "127.0.20."
+"""Experiments only ever use 127.0.20.1-250 (other ranges belong to tests)."""
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100): the smallest value with at least
+    q % of the values at or below it. With 50 values, p99 is the maximum."""
+    vals = sorted(v for v in values if v is not None and not math.isnan(v))
+    if not vals:
+        return math.nan
+    rank = max(1, math.ceil(q / 100.0 * len(vals)))
+    return vals[min(rank, len(vals)) - 1]
+
+
+def describe(values: Sequence[float]) -> dict[str, float | int]:
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    if not vals:
+        return {"n": 0}
+    return {
+        "n": len(vals),
+        "min": round(min(vals), 4),
+        "median": round(statistics.median(vals), 4),
+        "mean": round(statistics.fmean(vals), 4),
+        "p90": round(percentile(vals, 90), 4),
+        "p99": round(percentile(vals, 99), 4),
+        "max": round(max(vals), 4),
+    }
+
+
+# --------------------------------------------------------------------------- results
+
+
+def results_paths(name: str) -> tuple[Path, Path]:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    return RESULTS_DIR / f"{name}.csv", RESULTS_DIR / f"{name}.summary.json"
+
+
+def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        for r in rows:
+            w.writerow(["" if v is None or (isinstance(v, float) and math.isnan(v))
+                        else (f"{v:.4f}" if isinstance(v, float) else v) for v in r])
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def machine_info() -> dict[str, Any]:
+    try:
+        import psutil
+        mem_gib = round(psutil.virtual_memory().total / 2**30, 1)
+    except ImportError:  # pragma: no cover
+        mem_gib = None
+    return {
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "memory_gib": mem_gib,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+# --------------------------------------------------------------------------- quiet machine
+
+
+def wait_for_quiet(max_load: float, timeout: float, say: Callable[[str], None] = print) -> float:
+    """Wait (up to `timeout` s) until the 1-minute load average is at most
+    `max_load`, so colleagues' test runs do not distort timings; return it."""
+    deadline = time.monotonic() + timeout
+    load = os.getloadavg()[0]
+    warned = False
+    while load > max_load and time.monotonic() < deadline:
+        if not warned:
+            say(f"load average {load:.2f} > {max_load}: waiting for a quiet machine "
+                f"(up to {timeout:.0f}s; --max-load to change)")
+            warned = True
+        time.sleep(5)
+        load = os.getloadavg()[0]
+    if load > max_load:
+        say(f"WARNING: load average still {load:.2f}; measuring anyway")
+    return load
+
+
+def install_sigterm_handler() -> None:
+    """SIGTERM/SIGHUP raise SystemExit and SIGINT KeyboardInterrupt in the main
+    thread (even if SIGINT was inherited as ignored, as in a background job),
+    so the scripts' `finally` blocks kill every peer they started."""
+    def handler(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGHUP, handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+# --------------------------------------------------------------------------- logs
+
+LOG_RE = re.compile(
+    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) (\S+) ([A-Z]+) ([\w.]+): (.*)$")
+
+
+@dataclass(frozen=True)
+class LogLine:
+    ts: float
+    """Wall time (seconds since the epoch) from the local-time log stamp (ms, floored)."""
+    peer: str
+    level: str
+    logger: str
+    msg: str
+
+
+def parse_line(line: str) -> LogLine | None:
+    m = LOG_RE.match(line)
+    if m is None:
+        return None
+    stamp, ms, peer, level, logger, msg = m.groups()
+    ts = time.mktime(time.strptime(stamp, "%Y-%m-%d %H:%M:%S")) + int(ms) / 1000.0
+    return LogLine(ts, peer, level, logger, msg)
+
+
+class LogTail:
+    """Reads the complete lines appended to a log file since the last read."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self._partial = b""
+
+    def skip_to_end(self) -> None:
+        self.read()
+
+    def read(self) -> list[LogLine]:
+        try:
+            with self.path.open("rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        self.offset += len(data)
+        data = self._partial + data
+        *lines, self._partial = data.split(b"\n")
+        out = []
+        for raw in lines:
+            parsed = parse_line(raw.decode("utf-8", "replace"))
+            if parsed is not None:
+                out.append(parsed)
+        return out
+
+
+def read_log(path: Path) -> list[LogLine]:
+    return LogTail(path).read()
+
+
+FAILED_RE = re.compile(r"^member (\S+) failed \(declared dead by (\S+)\)")
+SUSPECTED_RE = re.compile(r"^member (\S+) suspected \(by (\S+)\)")
+RECOVERED_RE = re.compile(r"^member (\S+) refuted its suspicion: alive")
+REFUTED_RE = re.compile(r"^we were suspected or declared dead by (\S+); refuted with "
+                        r"incarnation (\d+)")
+JOINED_RE = re.compile(r"^member (\S+) (joined|rejoined) at ")
+
+
+# --------------------------------------------------------------------------- loopback mesh
+
+
+def ports_free(ip: str) -> bool:
+    for kind, port in ((socket.SOCK_STREAM, GOSSIP_PORT), (socket.SOCK_STREAM, API_PORT),
+                       (socket.SOCK_DGRAM, GOSSIP_PORT)):
+        s = socket.socket(socket.AF_INET, kind)
+        try:
+            if kind == socket.SOCK_STREAM:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((ip, port))
+        except OSError:
+            return False
+        finally:
+            s.close()
+    return True
+
+
+def keygen(path: Path) -> Path:
+    """A cluster key made by the CLI itself: ``python -m nanomesh keygen``."""
+    key = subprocess.run([PY, "-m", "nanomesh", "keygen"], check=True, capture_output=True,
+                         text=True, cwd=REPO_ROOT).stdout.strip()
+    path.write_text(key + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def parallel(fn: Callable[[Any], Any], items: Iterable[Any], workers: int = 20) -> list[Any]:
+    items = list(items)
+    if not items:
+        return []
+    with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
+        return list(pool.map(fn, items))
+
+
+@dataclass
+class Peer:
+    name: str
+    ip: str
+    log_path: Path
+    data_dir: Path
+    argv: list[str]
+    proc: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+    tail: LogTail = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.tail = LogTail(self.log_path)
+
+    @property
+    def api(self) -> str:
+        return f"{self.ip}:{API_PORT}"
+
+    @property
+    def gossip(self) -> str:
+        return f"{self.ip}:{GOSSIP_PORT}"
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def get(self, path: str, timeout: float = 3.0) -> Any:
+        return get_json(self.api, path, timeout=timeout)
+
+
+class LoopbackMesh:
+    """N peer daemons on 127.0.20.{first}..{first+n-1}; peer 1 is the seed."""
+
+    def __init__(self, n: int, root: Path, *, preset: str, key_file: Path | None,
+                 first_octet: int = 1, log_level: str = "INFO", prefix: str = "peer") -> None:
+        if not first_octet >= 1 or first_octet + n - 1 > 250:
+            raise ValueError("addresses must stay within 127.0.20.1-250")
+        self.root = root
+        self.preset = preset
+        self.peers: list[Peer] = []
+        seed_ip = f"{LOOPBACK_PREFIX}{first_octet}"
+        width = len(str(n))
+        for i in range(n):
+            ip = f"{LOOPBACK_PREFIX}{first_octet + i}"
+            name = f"{prefix}-{i + 1:0{width}d}"
+            argv = [PY, "-m", "nanomesh", "peer", "run", "--name", name, "--bind",
+                    f"{ip}:{GOSSIP_PORT}", "--data-dir", str(root / "data" / name),
+                    "--gossip-preset", preset, "--log-level", log_level]
+            if i:
+                argv += ["--join", f"{seed_ip}:{GOSSIP_PORT}"]
+            if key_file is not None:
+                argv += ["--key-file", str(key_file)]
+            self.peers.append(Peer(name, ip, root / f"{name}.log", root / "data" / name, argv))
+
+    def by_name(self, name: str) -> Peer:
+        return next(p for p in self.peers if p.name == name)
+
+    def check_addresses(self) -> None:
+        busy = [p.ip for p in self.peers if not ports_free(p.ip)]
+        if busy:
+            raise RuntimeError(f"ports {GOSSIP_PORT}/{API_PORT} already in use on {busy}: "
+                               "a previous run or another process holds them")
+
+    def start(self, peer: Peer) -> None:
+        assert not peer.running
+        peer.starts += 1
+        with peer.log_path.open("ab") as log:
+            if peer.starts > 1:
+                log.write(f"---- experiment: start #{peer.starts} of {peer.name} ----\n"
+                          .encode())
+                log.flush()
+            peer.proc = subprocess.Popen(peer.argv, stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=log, cwd=REPO_ROOT, start_new_session=True)
+
+    def kill(self, peer: Peer) -> float:
+        """SIGKILL (a crash, no leave message); returns the wall time of the kill."""
+        assert peer.proc is not None
+        t = time.time()
+        peer.proc.kill()
+        peer.proc.wait(timeout=10)
+        return t
+
+    def start_all(self, timeout: float = 60.0) -> float:
+        """Seed first, then all others at once; wait until all see all alive.
+        Returns the seconds it took."""
+        t0 = time.monotonic()
+        self.check_addresses()
+        self.start(self.peers[0])
+        self.wait(lambda: self._api_ok(self.peers[0]), 30, "the seed's API")
+        for p in self.peers[1:]:
+            self.start(p)
+        self.wait_converged(timeout)
+        return time.monotonic() - t0
+
+    @staticmethod
+    def _api_ok(p: Peer) -> bool:
+        try:
+            p.get("/v1/health", timeout=1.0)
+            return True
+        except ApiError:
+            return False
+
+    def views_converged(self, names: set[str] | None = None) -> bool:
+        """Every running peer lists exactly the peers in `names`, all alive."""
+        names = names or {p.name for p in self.peers}
+        running = [p for p in self.peers if p.running]
+
+        def ok(p: Peer) -> bool:
+            try:
+                members = p.get("/v1/members", timeout=2.0)
+            except ApiError:
+                return False
+            return {m["name"] for m in members if m["state"] == "alive"} == names and \
+                len(members) == len(names)
+        return all(parallel(ok, running))
+
+    def wait_converged(self, timeout: float = 60.0, names: set[str] | None = None) -> float:
+        return self.wait(lambda: self.views_converged(names), timeout,
+                         "every peer to see every peer alive", interval=0.25)
+
+    def wait(self, predicate: Callable[[], bool], timeout: float, what: str,
+             interval: float = 0.1) -> float:
+        t0 = time.monotonic()
+        while not predicate():
+            for p in self.peers:
+                if p.proc is not None and p.proc.poll() is not None and p.proc.returncode not in (
+                        -signal.SIGKILL,):
+                    raise RuntimeError(f"{p.name} exited with {p.proc.returncode}; log tail:\n"
+                                       + tail_text(p.log_path))
+            if time.monotonic() - t0 > timeout:
+                raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+            time.sleep(interval)
+        return time.monotonic() - t0
+
+    def close(self) -> None:
+        """SIGKILL every peer process we started and reap it (idempotent)."""
+        for p in self.peers:
+            if p.proc is not None and p.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    p.proc.kill()
+        for p in self.peers:
+            if p.proc is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.proc.wait(timeout=10)
+
+
+def tail_text(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

@@ -1,0 +1,330 @@
+"""Does packet loss alone make the mesh declare live peers dead?
+
+Builds a `nanomesh.testing.netns.NetnsLab` of N network namespaces on one
+bridge (needs root, iproute2 and nftables), starts one real peer daemon per
+namespace (gossip preset ``lan``, cluster key from ``python -m nanomesh
+keygen``), waits until every peer sees every peer alive, then drops 10 % of
+the IP packets arriving at every host (``set_loss_all(0.10)``: nftables
+``numgen random`` on each host's eth0, so UDP and TCP both lose packets) for D
+seconds, and removes the loss again.
+
+Every peer stays alive the whole time, so any ``member X failed`` log line is
+a false positive (target: none). The script counts, from the peers' own logs
+(stamps in local wall time, ms) and inside the lossy window: failures,
+suspicions (``member X suspected``), suspicions refuted
+(``member X refuted its suspicion``) and self-refutations (``we were suspected
+or declared dead ...; refuted``). Lines in the 10 s after the loss ends are
+counted separately (a suspicion raised under loss may still expire then), and
+the /v1/health counters (probes, probe failures, suspicions, refutations,
+deaths declared) are diffed over the same period.
+
+CSV: one row per peer. Summary JSON: the totals and whether the mesh was
+whole again after the loss.
+
+    .venv/bin/python experiments/false_positives.py           # full: N=20, 300 s
+    .venv/bin/python experiments/false_positives.py --quick   # 30 s
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import _meshlib as ml
+
+from nanomesh.testing.netns import NetnsLab, netns_available
+
+QUERY = r"""
+import json, sys, urllib.request
+out = {}
+for api in sys.argv[2:]:
+    try:
+        with urllib.request.urlopen(f"http://{api}{sys.argv[1]}", timeout=2.0) as r:
+            out[api] = json.loads(r.read())
+    except Exception as exc:
+        out[api] = {"__error__": str(exc)}
+print(json.dumps(out))
+"""
+GRACE_S = 10.0
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-n", "--peers", type=int, default=20, help="peers, one per namespace")
+    p.add_argument("--duration", type=float, default=None,
+                   help="seconds of packet loss (default 300; 30 with --quick)")
+    p.add_argument("--quick", action="store_true", help="short run: 30 s of loss")
+    p.add_argument("--loss", type=float, default=0.10,
+                   help="fraction of inbound packets dropped at every host (default 0.10)")
+    p.add_argument("--preset", default="lan", choices=["lan", "local", "memberlist-lan"])
+    p.add_argument("--name", default="false_positives", help="result file stem")
+    p.add_argument("--max-load", type=float, default=1.5,
+                   help="wait until the 1-min load average is below this before starting")
+    p.add_argument("--keep-logs", type=Path, default=None,
+                   help="copy the peers' logs to this directory at the end")
+    args = p.parse_args()
+    if args.duration is None:
+        args.duration = 30.0 if args.quick else 300.0
+    return args
+
+
+class LabMesh:
+    def __init__(self, lab: NetnsLab, root: Path, key: Path, preset: str) -> None:
+        self.lab = lab
+        self.root = root
+        self.names = [f"host-{i:02d}" for i in range(lab.n)]
+        self.apis = [f"{lab.address(i)}:{ml.API_PORT}" for i in range(lab.n)]
+        self.logs = [root / f"{name}.log" for name in self.names]
+        self.procs: list[subprocess.Popen[bytes]] = []
+        seed = f"{lab.address(0)}:{ml.GOSSIP_PORT}"
+        self.argvs = []
+        for i, name in enumerate(self.names):
+            argv = [ml.PY, "-m", "nanomesh", "peer", "run", "--name", name, "--bind",
+                    f"{lab.address(i)}:{ml.GOSSIP_PORT}", "--data-dir",
+                    str(root / "data" / name), "--gossip-preset", preset,
+                    "--key-file", str(key), "--log-level", "INFO"]
+            if i:
+                argv += ["--join", seed]
+            self.argvs.append(argv)
+
+    def start(self, i: int) -> None:
+        with self.logs[i].open("ab") as log:
+            self.procs.append(self.lab.popen(i, self.argvs[i], stdin=subprocess.DEVNULL,
+                                             stdout=log, stderr=log, cwd=ml.REPO_ROOT,
+                                             start_new_session=True))
+
+    def query(self, path: str) -> dict[str, Any]:
+        """GET `path` on every peer's API, from inside host 0 (the root
+        namespace has no route into the lab)."""
+        out = self.lab.run(0, [ml.PY, "-c", QUERY, path, *self.apis], timeout=60)
+        result: dict[str, Any] = json.loads(out.stdout)
+        return result
+
+    def check_running(self) -> None:
+        for i, p in enumerate(self.procs):
+            if p.poll() is not None:
+                raise RuntimeError(f"{self.names[i]} exited with {p.returncode}:\n"
+                                   + ml.tail_text(self.logs[i]))
+
+    def converged(self) -> bool:
+        want = set(self.names)
+        views = self.query("/v1/members")
+        for v in views.values():
+            if not isinstance(v, list):
+                return False
+            if {m["name"] for m in v if m["state"] == "alive"} != want or len(v) != len(want):
+                return False
+        return True
+
+    def wait_converged(self, timeout: float) -> float:
+        t0 = time.monotonic()
+        while not self.converged():
+            self.check_running()
+            if time.monotonic() - t0 > timeout:
+                raise TimeoutError(f"mesh did not converge within {timeout:.0f}s")
+            time.sleep(0.5)
+        return time.monotonic() - t0
+
+
+def classify(lines: list[ml.LogLine], t0: float, t1: float, t2: float) -> dict[str, Counter[str]]:
+    """Count event kinds in the windows [t0, t1) 'loss' and [t1, t2) 'grace'."""
+    out: dict[str, Counter[str]] = {"loss": Counter(), "grace": Counter()}
+    for ln in lines:
+        # stamps are floored to the ms: allow 1 ms at the left edge
+        window = "loss" if t0 - 0.001 <= ln.ts < t1 else "grace" if t1 <= ln.ts < t2 else None
+        if window is None:
+            continue
+        c = out[window]
+        if ml.FAILED_RE.match(ln.msg):
+            c["failed"] += 1
+        elif ml.SUSPECTED_RE.match(ln.msg):
+            c["suspected"] += 1
+        elif ml.RECOVERED_RE.match(ln.msg):
+            c["suspicion_refuted"] += 1
+        elif ml.REFUTED_RE.match(ln.msg):
+            c["self_refuted"] += 1
+        elif (m := ml.JOINED_RE.match(ln.msg)) is not None:
+            c["rejoined" if m.group(2) == "rejoined" else "joined"] += 1
+        elif "left" in ln.msg and ln.msg.startswith("member "):
+            c["left"] += 1
+        elif ln.msg.startswith("dropping "):
+            c["drop_warnings"] += 1
+    return out
+
+
+COUNTERS = ("probes", "probe_failures", "indirect_probes", "suspicions", "refutations",
+            "deaths_declared", "stream_failures", "profiles_pulled")
+
+
+def main() -> int:
+    args = parse_args()
+    ok, why = netns_available()
+    if not ok:
+        print(f"cannot run: {why}", file=sys.stderr)
+        return 2
+    ml.install_sigterm_handler()
+    csv_path, json_path = ml.results_paths(args.name)
+    info = ml.machine_info()
+    load = ml.wait_for_quiet(args.max_load, timeout=900)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="nm-fp-") as tmp:
+        root = Path(tmp)
+        key = ml.keygen(root / "cluster.key")
+        lab = NetnsLab(args.peers)
+        try:
+            mesh = LabMesh(lab, root, key, args.preset)
+            mesh.start(0)
+            for _ in range(100):
+                if "__error__" not in mesh.query("/v1/health")[mesh.apis[0]]:
+                    break
+                mesh.check_running()
+                time.sleep(0.2)
+            for i in range(1, args.peers):
+                mesh.start(i)
+            conv = mesh.wait_converged(60)
+            print(f"{args.peers} peers in {lab} converged in {conv:.1f}s; settling 5s",
+                  flush=True)
+            time.sleep(5)
+            before = mesh.query("/v1/health")
+            t0 = time.time()
+            lab.set_loss_all(args.loss)
+            print(f"{args.loss:.0%} inbound loss on every host for {args.duration:.0f}s",
+                  flush=True)
+            end = time.monotonic() + args.duration - (time.time() - t0)
+            tails = [ml.LogTail(p) for p in mesh.logs]
+            seen: Counter[str] = Counter()
+            next_report = time.monotonic() + 30
+            while time.monotonic() < end:
+                time.sleep(min(1.0, max(0.0, end - time.monotonic())))
+                mesh.check_running()
+                for t in tails:
+                    for ln in t.read():
+                        if ml.FAILED_RE.match(ln.msg):
+                            seen["failed"] += 1
+                        elif ml.SUSPECTED_RE.match(ln.msg):
+                            seen["suspected"] += 1
+                        elif ml.REFUTED_RE.match(ln.msg):
+                            seen["self_refuted"] += 1
+                if time.monotonic() >= next_report:
+                    next_report += 30
+                    print(f"  {time.time() - t0:5.0f}s: so far {seen['suspected']} suspicions, "
+                          f"{seen['self_refuted']} refutations, {seen['failed']} failures",
+                          flush=True)
+            t1 = time.time()
+            lab.set_loss_all(0.0)
+            t1_done = time.time()
+            try:
+                heal_s: float | None = mesh.wait_converged(60)
+            except TimeoutError:
+                heal_s = None
+            left = GRACE_S - (time.time() - t1)
+            if left > 0:
+                time.sleep(left)
+            t2 = t1 + GRACE_S
+            after = mesh.query("/v1/health")
+            mesh.check_running()
+        finally:
+            lab.close()
+            if args.keep_logs is not None:
+                import shutil
+                args.keep_logs.mkdir(parents=True, exist_ok=True)
+                for p in root.glob("*.log"):
+                    shutil.copy(p, args.keep_logs / p.name)
+        lines_by_peer = [ml.read_log(p) for p in mesh.logs]
+    wall = time.monotonic() - started
+    leftovers = [p.pid for p in mesh.procs if p.poll() is None]
+
+    rows = []
+    totals = {"loss": Counter(), "grace": Counter()}
+    counter_delta: Counter[str] = Counter()
+    bytes_out = 0
+    for i, name in enumerate(mesh.names):
+        c = classify(lines_by_peer[i], t0, t1, t2)
+        for w in totals:
+            totals[w].update(c[w])
+        b, a = before[mesh.apis[i]], after[mesh.apis[i]]
+        deltas = {k: a["counters"][k] - b["counters"][k] for k in COUNTERS} \
+            if "counters" in a and "counters" in b else {}
+        counter_delta.update(deltas)
+        bo = a.get("bytes_out", 0) - b.get("bytes_out", 0)
+        bytes_out += bo
+        rows.append([name, c["loss"]["failed"], c["loss"]["suspected"],
+                     c["loss"]["suspicion_refuted"], c["loss"]["self_refuted"],
+                     c["grace"]["failed"], *(deltas.get(k, "") for k in COUNTERS),
+                     a.get("awareness", ""), bo])
+    header = ["peer", "failed", "suspected", "suspicion_refuted", "self_refuted",
+              "failed_after_loss", *(f"counter_{k}" for k in COUNTERS),
+              "awareness_at_end", "bytes_out"]
+    ml.write_csv(csv_path, header, rows)
+    loss_c, grace_c = totals["loss"], totals["grace"]
+    summary = {
+        "experiment": "false_positives",
+        "peers": args.peers,
+        "loss": args.loss,
+        "duration_s": args.duration,
+        "lossy_window_s": round(t1 - t0, 1),
+        "preset": args.preset,
+        "quick": args.quick,
+        "false_positives": loss_c["failed"],
+        "false_positives_after_loss": grace_c["failed"],
+        "suspicions": loss_c["suspected"],
+        "suspicions_refuted": loss_c["suspicion_refuted"],
+        "self_refutations": loss_c["self_refuted"],
+        "rejoins": loss_c["rejoined"],
+        "log_counts_during_loss": dict(loss_c),
+        "log_counts_in_grace": dict(grace_c),
+        "grace_s": GRACE_S,
+        "health_counter_deltas": dict(counter_delta),
+        "health_counter_window": "from 5 s after convergence (just before the loss) to "
+                                 "the end of the grace period, so slightly wider than the "
+                                 "log windows",
+        "probe_failure_rate": round(counter_delta["probe_failures"]
+                                    / max(1, counter_delta["probes"]), 4),
+        "bytes_out_per_peer_per_s": round(bytes_out / args.peers / (t2 - t0), 1),
+        "mesh_whole_after_loss_s": None if heal_s is None else round(heal_s, 2),
+        "loss_removal_took_s": round(t1_done - t1, 3),
+        "meets_target": loss_c["failed"] == 0 and grace_c["failed"] == 0,
+        "processes_left_after_close": leftovers,
+        "wall_s": round(wall, 1),
+        "loadavg_when_started": round(load, 2),
+        "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
+        "machine": info,
+        "csv": str(csv_path.relative_to(ml.REPO_ROOT)),
+    }
+    ml.write_json(json_path, summary)
+    healed = f"after {heal_s:.1f}s" if heal_s is not None else "NOT within 60s"
+    print()
+    print(f"False positives, {args.peers} peers in network namespaces, preset {args.preset}, "
+          f"{args.loss:.0%} inbound packet loss on every host for {t1 - t0:.0f}s: "
+          f"{summary['false_positives']} live peers declared dead during the loss and "
+          f"{summary['false_positives_after_loss']} in the {GRACE_S:.0f}s after (target 0); "
+          f"{summary['suspicions']} suspicions were logged, {summary['suspicions_refuted']} "
+          f"suspicions seen refuted and {summary['self_refutations']} self-refutations; "
+          f"health counters: {counter_delta['probes']} probes, "
+          f"{counter_delta['probe_failures']} failed "
+          f"({summary['probe_failure_rate']:.2%}), {counter_delta['suspicions']} suspicions, "
+          f"{counter_delta['refutations']} refutations, "
+          f"{counter_delta['deaths_declared']} deaths declared. Mesh whole again "
+          f"{healed}. "
+          f"Run took {wall:.0f}s. Wrote {csv_path} and {json_path}.")
+    if leftovers:
+        print(f"WARNING: processes still running after lab.close(): {leftovers}")
+        for pid in leftovers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""The HTTP API's desired-state endpoints (services, placement, status).
+
+Writes (``POST /v1/services``, ``DELETE /v1/services/{name}``) need the mesh's
+management token as ``Authorization: Bearer TOKEN`` and are accepted by any
+peer: its consensus node forwards them to the Raft leader and the call
+returns once the change is committed. Reads are answered from this peer's
+committed state, which may trail the leader by a few milliseconds.
+
+Shapes:
+- ``GET /v1/services``: ``[service document, ...]`` sorted by name.
+- ``GET /v1/placement``: ``{"epoch", "strategy", "instances": [{"instance",
+  "service", "peer", "state"}], "unplaced": [...], "unplaceable": {service:
+  {peer: reason}}}``; ``state`` is what the hosting peer gossips (``pending``
+  until it reports).
+- ``GET /v1/status``: ``{"leader", "term", "voters", "epoch", "revision",
+  "role", "peer"}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from nanomesh.auth import TOKEN_META_KEY, token_matches
+from nanomesh.consensus import (
+    CommitTimeout,
+    ConsensusError,
+    ConsensusNode,
+    NoLeaderError,
+    NotRunningError,
+)
+from nanomesh.daemon.http import Handler, HttpError, Request
+from nanomesh.manifest import ManifestError, service_document
+
+if TYPE_CHECKING:
+    from nanomesh.daemon.peer import PeerDaemon
+
+INSTANCES_KEY = "instances"
+"""Where a peer's gossiped profile lists the state of the instances it runs."""
+
+
+def mesh_routes(peer: PeerDaemon) -> dict[tuple[str, str], Handler]:
+    def node() -> ConsensusNode:
+        n = peer.consensus
+        if n is None or not n.running:
+            raise HttpError(503, "this peer's consensus node is not running yet")
+        return n
+
+    def require_token(request: Request) -> ConsensusNode:
+        n = node()
+        digest = n.state.meta.get(TOKEN_META_KEY)
+        if not isinstance(digest, str):
+            raise HttpError(503, "the mesh has no management token committed yet "
+                            "(is a Raft leader elected?)")
+        if not token_matches(request.bearer_token(), digest):
+            raise HttpError(401, "this call changes the mesh and needs its management "
+                            "token: --token, $NANOMESH_TOKEN or --token-file")
+        return n
+
+    async def deploy(request: Request) -> tuple[int, Any]:
+        n = require_token(request)
+        body = request.json()
+        if not isinstance(body, dict):
+            raise HttpError(400, "the body must be a manifest object")
+        try:
+            doc = service_document(body, where="manifest")
+        except ManifestError as exc:
+            raise HttpError(400, str(exc)) from None
+        outcome = await _consensus_call(lambda: n.put_service(doc["name"], doc))
+        return 201 if outcome.changed else 200, {
+            "name": doc["name"], "revision": outcome.revision, "changed": outcome.changed}
+
+    async def undeploy(request: Request) -> tuple[int, Any]:
+        n = require_token(request)
+        name = request.params["name"]
+        outcome = await _consensus_call(lambda: n.delete_service(name))
+        if not outcome.applied:
+            raise HttpError(404, f"no service named {name!r}")
+        return 200, {"name": name, "revision": outcome.revision}
+
+    async def services(_: Request) -> tuple[int, Any]:
+        state = node().state
+        return 200, [state.services[name] for name in sorted(state.services)]
+
+    async def placement(_: Request) -> tuple[int, Any]:
+        state = node().state
+        plan = state.plan
+        reported = _reported_instances(peer)
+        instances = [
+            {"instance": iid, "service": iid.rpartition("/")[0], "peer": host,
+             "state": reported.get(host, {}).get(iid, {}).get("state", "pending")}
+            for iid, host in sorted(plan.get("assignments", {}).items())]
+        return 200, {"epoch": state.plan_epoch, "strategy": plan.get("strategy", ""),
+                     "instances": instances, "unplaced": plan.get("unplaced", []),
+                     "unplaceable": plan.get("unplaceable", {})}
+
+    async def status(_: Request) -> tuple[int, Any]:
+        n = node()
+        st = n.status
+        return 200, {"leader": n.leader, "term": n.term, "voters": sorted(n.voters),
+                     "epoch": n.state.plan_epoch, "revision": n.state.revision,
+                     "role": st.role.value,
+                     "peer": peer.config.name}
+
+    return {("POST", "/v1/services"): deploy, ("DELETE", "/v1/services/{name}"): undeploy,
+            ("GET", "/v1/services"): services, ("GET", "/v1/placement"): placement,
+            ("GET", "/v1/status"): status}
+
+
+def _reported_instances(peer: PeerDaemon) -> dict[str, dict[str, dict[str, Any]]]:
+    """peer name -> instance id -> status, as each peer gossips it."""
+    assert peer.core is not None
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for m in peer.core.members():
+        section = (m.profile or {}).get(INSTANCES_KEY)
+        if isinstance(section, dict):
+            out[m.name] = {k: v for k, v in section.items() if isinstance(v, dict)}
+    return out
+
+
+async def _consensus_call(call: Callable[[], Awaitable[Any]]) -> Any:
+    try:
+        return await call()
+    except NoLeaderError:
+        raise HttpError(503, "no Raft leader right now (an election is under way, or the "
+                        "voters lost their majority); retry shortly") from None
+    except CommitTimeout:
+        raise HttpError(504, "the write was not confirmed in time; it may still be "
+                        "committed: check `nanomesh services`") from None
+    except NotRunningError:
+        raise HttpError(503, "this peer's consensus node is not running") from None
+    except ConsensusError as exc:
+        raise HttpError(503, f"consensus: {exc}") from None

@@ -1,0 +1,293 @@
+"""The control plane of one peer, above membership: its Raft role, the
+leader's placement loop, and the reconciliation of its own instances.
+
+Rules it keeps (ARCHITECTURE.md §3):
+
+- Only committed state takes effect. Instances start and stop from the
+  committed plan (`_follow_committed`); the leader commits plans with a
+  compare-and-set on the epoch, so a deposed leader's plan is refused.
+- The leader plans (`nanomesh.control.decide`) whenever membership or the
+  desired state changes, and at least every `PLAN_PERIOD`; it commits only a
+  plan that changes what runs where (`worth_committing`).
+- A peer whose consensus node is down keeps its instances running as last
+  committed: local services survive a lost leader or a partition.
+
+Peer-to-peer calls of the promotion protocol (`nanomesh.consensus.roles`) go
+over the peer API under ``/v1/internal/``, authenticated with a key derived
+from the cluster key (every peer has it; the management token only the
+operator has).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from nanomesh.apiclient import ApiError, request_json
+from nanomesh.auth import TOKEN_META_KEY, ensure_token_file, token_digest
+from nanomesh.consensus import ConsensusError, ConsensusNode, RaftTiming, StalePlanError
+from nanomesh.consensus.roles import RaftRoleManager, RoleConfig, voters_from_profiles
+from nanomesh.consensus.voters import PeerInfo, peer_info
+from nanomesh.control import decide, worth_committing
+from nanomesh.daemon.http import Handler, HttpError, Request
+from nanomesh.placement import PlacementConfig
+from nanomesh.reconcile import InstanceStatus
+from nanomesh.runtime.process import ProcessDriver
+from nanomesh.runtime.reconciler import Reconciler
+from nanomesh.wire import MemberState
+
+if TYPE_CHECKING:
+    from nanomesh.daemon.peer import PeerDaemon
+
+log = logging.getLogger("nanomesh.mesh")
+
+PLAN_PERIOD = 1.0
+"""Seconds between two placement runs on the leader when nothing triggers one.
+Membership and desired-state changes trigger a run at once; the period only
+catches slow drifts (a peer's live capacity) and retries failed commits."""
+INTERNAL_CALL_TIMEOUT = 10.0
+"""Seconds a promotion or removal call to another peer may take."""
+HAND_OVER_TIMEOUT = 3.0
+"""Seconds a leaving peer spends giving up its Raft membership before it
+leaves anyway (the leader then removes it when gossip reports it left).
+Bounded so that SIGTERM always ends the peer promptly."""
+
+
+class MeshControl:
+    def __init__(self, peer: PeerDaemon, placement: PlacementConfig | None = None,
+                 roles: RoleConfig | None = None, timing: RaftTiming | None = None) -> None:
+        self.peer = peer
+        cfg = peer.config
+        self.placement = placement or PlacementConfig()
+        key = peer.keyring.keys[0] if peer.keyring.enabled else b""
+        self._internal_secret = hashlib.sha256(b"nanomesh-internal-v1" + key).hexdigest()
+        self.driver = ProcessDriver()
+        self.reconciler = Reconciler(cfg.name, self.driver, cfg.data_dir / "logs")
+        self.roles = RaftRoleManager(
+            cfg.bind[0], cfg.data_dir / "consensus",
+            password=key.hex() if key else None,
+            timing=timing or RaftTiming.lan(), founder=not cfg.join,
+            voters_hint=self._voters_hint, config=roles or RoleConfig(), view=self._view,
+            ask_promote=self._ask_promote, ask_remove=self._ask_remove)
+        self._plan_wanted = trio.Event()
+
+    # ------------------------------------------------------------ reads
+
+    @property
+    def consensus(self) -> ConsensusNode | None:
+        return self.roles.node
+
+    def profile_sections(self) -> dict[str, Any]:
+        """What this peer adds to its gossiped profile: its Raft role and the
+        state of the instances it runs."""
+        return {"raft": self.roles.profile_section(),
+                "instances": instances_section(self.driver.status(), trio.current_time())}
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        self.peer.config.data_dir.joinpath("logs").mkdir(parents=True, exist_ok=True)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.driver.run)
+            await nursery.start(self.reconciler.run)
+            await nursery.start(self.roles.run)
+            nursery.start_soon(self._follow_committed)
+            nursery.start_soon(self._plan_loop)
+            nursery.start_soon(self._publish_changes)
+            if not self.peer.config.join:
+                nursery.start_soon(self._commit_token)
+            task_status.started()
+
+    async def hand_over(self) -> None:
+        """Before a graceful leave: give up Raft membership (leadership first)."""
+        with trio.move_on_after(HAND_OVER_TIMEOUT):
+            await self.roles.hand_over()
+
+    def membership_changed(self) -> None:
+        """Gossip saw a peer join, fail, leave or change its profile."""
+        self._plan_wanted.set()
+
+    # ------------------------------------------------------------ committed state
+
+    async def _follow_committed(self) -> None:
+        """Committed plan and services → this peer's reconciler, for whichever
+        consensus node the role manager runs now."""
+        while True:
+            node = await self.roles.wait_ready()
+            async for state in node.watch():
+                self.reconciler.set_desired(state.plan.get("assignments", {}), state.services)
+                self._plan_wanted.set()
+            await trio.sleep(0.1)  # the node stopped (role change): wait for the next
+
+    async def _plan_loop(self) -> None:
+        while True:
+            with trio.move_on_after(PLAN_PERIOD):
+                await self._plan_wanted.wait()
+            self._plan_wanted = trio.Event()
+            node = self.roles.node
+            if node is None or not node.is_leader or not node.status.has_quorum:
+                continue
+            await self._plan_once(node)
+
+    async def _plan_once(self, node: ConsensusNode) -> None:
+        assert self.peer.core is not None
+        state = node.state
+        decision = decide(state.services, state.plan, self.peer.core.members(), self.placement)
+        if not worth_committing(state.plan, decision.plan):
+            return
+        try:
+            await node.set_plan(decision.plan.to_dict(), state.plan_epoch)
+        except StalePlanError:
+            self._plan_wanted.set()  # someone committed first: plan again from theirs
+            return
+        except ConsensusError as exc:
+            log.warning("placement: could not commit plan: %s", exc)
+            return
+        s = decision.plan.stats
+        log.info("placement: committed plan epoch %d (%d placed, %d unplaced, %d moved, "
+                 "%d rebalanced)", state.plan_epoch + 1, len(decision.plan.assignments),
+                 len(decision.plan.unplaced), s.moved, s.rebalanced)
+
+    async def _commit_token(self) -> None:
+        """The founder commits the management token's hash once a leader exists."""
+        token = await trio.to_thread.run_sync(ensure_token_file, self.peer.config.data_dir)
+        while True:
+            node = await self.roles.wait_ready()
+            if TOKEN_META_KEY in node.state.meta:
+                return
+            try:
+                await node.init_meta(TOKEN_META_KEY, token_digest(token))
+                log.info("mesh bootstrapped: management token in %s",
+                         self.peer.config.data_dir / "management.token")
+                return
+            except ConsensusError:
+                await trio.sleep(0.5)
+
+    async def _publish_changes(self) -> None:
+        """Re-gossip the profile when the Raft role or an instance changes."""
+        seen_raft: Mapping[str, Any] = {}
+        seen_version = -1
+        while True:
+            async with trio.open_nursery() as nursery:
+                async def raft_changed() -> None:
+                    nonlocal seen_raft
+                    seen_raft = await self.roles.wait_profile_change(seen_raft)
+                    nursery.cancel_scope.cancel()
+
+                async def instances_changed() -> None:
+                    nonlocal seen_version
+                    seen_version = await self.driver.wait_changed(seen_version)
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(raft_changed)
+                nursery.start_soon(instances_changed)
+            self.peer.republish_profile()
+
+    # ------------------------------------------------------------ the role manager's view
+
+    def _voters_hint(self) -> frozenset[str]:
+        assert self.peer.core is not None
+        return voters_from_profiles(
+            (m.profile or {}).get("raft") for m in self.peer.core.members()
+            if m.state in (MemberState.ALIVE, MemberState.SUSPECT))
+
+    def _view(self) -> list[PeerInfo]:
+        assert self.peer.core is not None
+        return [peer_info(m.name, m.addr[0], m.state, m.state_since, m.profile)
+                for m in self.peer.core.members()]
+
+    async def _ask_promote(self, name: str, voters: frozenset[str]) -> bool:
+        return await self._internal_call(name, "/v1/internal/raft/promote",
+                                         {"voters": sorted(voters)})
+
+    async def _ask_remove(self, raft_addr: str) -> bool:
+        """Ask the leader (else any voter) to remove us."""
+        node = self.roles.node
+        leader = node.leader if node is not None else None
+        target = self._name_of_raft_addr(leader) if leader else None
+        names = [target] if target else self._voter_names()
+        for name in names:
+            if name != self.peer.config.name and await self._internal_call(
+                    name, "/v1/internal/raft/remove", {"addr": raft_addr}):
+                return True
+        return False
+
+    def _name_of_raft_addr(self, addr: str) -> str | None:
+        assert self.peer.core is not None
+        for m in self.peer.core.members():
+            raft = (m.profile or {}).get("raft")
+            if isinstance(raft, dict) and raft.get("addr") == addr:
+                return m.name
+        return None
+
+    def _voter_names(self) -> list[str]:
+        voters = self._voters_hint()
+        return [n for a in sorted(voters) if (n := self._name_of_raft_addr(a))]
+
+    async def _internal_call(self, name: str, path: str, body: Any) -> bool:
+        assert self.peer.core is not None
+        member = self.peer.core.member(name)
+        if member is None:
+            return False
+        api = api_address(member.profile, member.addr[0])
+        try:
+            reply = await trio.to_thread.run_sync(
+                lambda: request_json("POST", api, path, body, token=self._internal_secret,
+                                     timeout=INTERNAL_CALL_TIMEOUT))
+        except ApiError as exc:
+            log.warning("raft roles: %s on %s failed: %s", path, name, exc)
+            return False
+        return bool(reply.get("ok"))
+
+    # ------------------------------------------------------------ internal API
+
+    def internal_routes(self) -> dict[tuple[str, str], Handler]:
+        def check(request: Request) -> None:
+            token = request.bearer_token() or ""
+            if not hmac.compare_digest(token, self._internal_secret):
+                raise HttpError(401, "internal calls need the mesh's cluster key")
+
+        async def promote(request: Request) -> tuple[int, Any]:
+            check(request)
+            body = request.json()
+            voters = body.get("voters") if isinstance(body, dict) else None
+            if not isinstance(voters, list) or not all(isinstance(v, str) for v in voters):
+                raise HttpError(400, "voters must be a list of raft addresses")
+            return 200, {"ok": await self.roles.become_joining_voter(voters)}
+
+        async def remove(request: Request) -> tuple[int, Any]:
+            check(request)
+            body = request.json()
+            addr = body.get("addr") if isinstance(body, dict) else None
+            if not isinstance(addr, str):
+                raise HttpError(400, "addr must be a raft address")
+            return 200, {"ok": await self.roles.handle_remove(addr)}
+
+        return {("POST", "/v1/internal/raft/promote"): promote,
+                ("POST", "/v1/internal/raft/remove"): remove}
+
+
+def instances_section(statuses: Mapping[str, InstanceStatus], now: float
+                      ) -> dict[str, dict[str, Any]]:
+    """The compact instance states this peer gossips: state, restarts and the
+    age of that state (ages, not clock readings: clocks differ between peers)."""
+    return {iid: {"state": s.state, "restarts": s.restarts,
+                  "age_s": round(max(0.0, now - s.since), 1)}
+            for iid, s in sorted(statuses.items())}
+
+
+def api_address(profile: Mapping[str, Any] | None, gossip_ip: str) -> str:
+    """The API ``ip:port`` a peer advertises in its profile, else the default."""
+    peer = (profile or {}).get("peer")
+    api = peer.get("api") if isinstance(peer, dict) else None
+    if isinstance(api, str) and api:
+        return api
+    host = f"[{gossip_ip}]" if ":" in gossip_ip else gossip_ip
+    return f"{host}:7947"
+
