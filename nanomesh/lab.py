@@ -126,6 +126,7 @@ def up(n: int, lab_dir: Path, preset: str = "local", encrypt: bool = True,
                 _wait_converged(peers, 1, procs)
         say(f"started {n} peers in {lab_dir}; waiting for them to converge...")
         _wait_converged(peers, n, procs)
+        _wait_bootstrapped(peers[0], lab_dir, procs)
     except BaseException:
         # Leave nothing half-started behind: a failed `up` must not block the next.
         for proc in procs.values():
@@ -174,6 +175,26 @@ def _wait_converged(peers: list[LabPeer], n: int,
             raise LabError(f"peers {names} did not see all {n} peers alive within "
                            f"{CONVERGE_TIMEOUT:.0f}s; see their logs in {logs}")
         time.sleep(0.1)
+
+
+def _wait_bootstrapped(founder: LabPeer, lab_dir: Path,
+                       procs: dict[str, subprocess.Popen[bytes]]) -> None:
+    """Until the founder's Raft leader is elected and its management token is
+    committed, so that `nanomesh deploy` works right after `lab up`."""
+    deadline = time.monotonic() + CONVERGE_TIMEOUT
+    token = lab_dir / FOUNDER / "management.token"
+    while time.monotonic() < deadline:
+        if procs[founder.name].poll() is not None:
+            raise LabError(f"{founder.name} exited; its log {founder.log} ends:\n"
+                           + _tail(Path(founder.log)))
+        try:
+            ready = get_json(founder.api, "/v1/status", timeout=1.0).get("leader") is not None
+        except ApiError:
+            ready = False
+        if ready and token.exists():
+            return
+        time.sleep(0.1)
+    raise LabError(f"no Raft leader within {CONVERGE_TIMEOUT:.0f}s; see {founder.log}")
 
 
 def _tail(path: Path, lines: int = 15) -> str:
