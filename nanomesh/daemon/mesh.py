@@ -86,7 +86,7 @@ class MeshControl:
         """What this peer adds to its gossiped profile: its Raft role and the
         state of the instances it runs."""
         return {"raft": self.roles.profile_section(),
-                "instances": instances_section(self.driver.status(), trio.current_time())}
+                "instances": instances_section(self.driver.status())}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -273,12 +273,11 @@ class MeshControl:
                 ("POST", "/v1/internal/raft/remove"): remove}
 
 
-def instances_section(statuses: Mapping[str, InstanceStatus], now: float
-                      ) -> dict[str, dict[str, Any]]:
-    """The compact instance states this peer gossips: state, restarts and the
-    age of that state (ages, not clock readings: clocks differ between peers)."""
-    return {iid: {"state": s.state, "restarts": s.restarts,
-                  "age_s": round(max(0.0, now - s.since), 1)}
+def instances_section(statuses: Mapping[str, InstanceStatus]) -> dict[str, dict[str, Any]]:
+    """The compact instance states this peer gossips: state and restart count.
+    No times: clocks differ between peers, and an age would change the
+    profile (and make every peer pull it) on every publish."""
+    return {iid: {"state": s.state, "restarts": s.restarts}
             for iid, s in sorted(statuses.items())}
 
 
