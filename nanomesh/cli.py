@@ -123,6 +123,29 @@ def _parser() -> argparse.ArgumentParser:
         cmd = lab.add_parser(action, help=text)
         cmd.add_argument("--dir", type=Path, help="lab directory")
         cmd.set_defaults(func=func)
+
+    demo = sub.add_parser("demo", help="guided demonstrations on a local mesh"
+                          ).add_subparsers(metavar="DEMO")
+    failover = demo.add_parser(
+        "failover", help="kill the Raft leader of a local mesh and watch it recover",
+        description="Start a local mesh (like `nanomesh lab up`, on the same addresses "
+        "127.0.0.2.. but in its own directory), deploy three small services, SIGKILL the "
+        "peer that leads Raft and narrate, with the seconds since the kill: failure "
+        "detected, new leader, the dead peer's instances rescheduled, mesh healthy again. "
+        "Then check that writes work, and stop every peer (also on Ctrl-C). Refuses to run "
+        "while a lab or another demo uses those addresses.")
+    failover.add_argument("-n", type=int, default=5, metavar="N",
+                          help="number of peers (default 5, minimum 3: the leader is a Raft "
+                          "voter, and electing its successor needs a majority of the voters "
+                          "to survive it: 2 of 3 do, while with 2 peers the survivor alone "
+                          "is no majority of 2)")
+    failover.add_argument("--dir", type=Path,
+                          help="demo directory (default ~/.local/state/nanomesh/demo, never "
+                          "the lab's); replaced at each run and removed at the end")
+    failover.add_argument("--keep", action="store_true",
+                          help="keep the demo directory (manifests, peer and instance logs) "
+                          "afterwards; the peers are stopped regardless")
+    failover.set_defaults(func=_demo_failover)
     return p
 
 
@@ -394,6 +417,15 @@ def _lab_down(args: argparse.Namespace) -> int:
     stopped = lab.down(_lab_dir(args))
     print(f"stopped {stopped} peers")
     return 0
+
+
+# ------------------------------------------------------------------ demo
+
+
+def _demo_failover(args: argparse.Namespace) -> int:
+    from nanomesh import demo
+
+    return demo.failover(args.n, args.dir, keep=args.keep)
 
 
 if __name__ == "__main__":

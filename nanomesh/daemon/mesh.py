@@ -237,9 +237,11 @@ class MeshControl:
             return False
         api = api_address(member.profile, member.addr[0])
         try:
+            # abandon_on_cancel: a leaving peer's hand-over deadline must be able
+            # to cut a call that blocks on an unresponsive peer.
             reply = await trio.to_thread.run_sync(
                 lambda: request_json("POST", api, path, body, token=self._internal_secret,
-                                     timeout=INTERNAL_CALL_TIMEOUT))
+                                     timeout=INTERNAL_CALL_TIMEOUT), abandon_on_cancel=True)
         except ApiError as exc:
             log.warning("raft roles: %s on %s failed: %s", path, name, exc)
             return False
