@@ -11,7 +11,8 @@ Shapes:
 - ``GET /v1/placement``: ``{"epoch", "strategy", "instances": [{"instance",
   "service", "peer", "state"}], "unplaced": [...], "unplaceable": {service:
   {peer: reason}}}``; ``state`` is what the hosting peer gossips (``pending``
-  until it reports).
+  until it reports, and while its host is dead and the instance not yet
+  re-placed).
 - ``GET /v1/status``: ``{"leader", "term", "voters", "epoch", "revision",
   "role", "peer"}``.
 """
@@ -31,6 +32,7 @@ from nanomesh.consensus import (
 )
 from nanomesh.daemon.http import Handler, HttpError, Request
 from nanomesh.manifest import ManifestError, service_document
+from nanomesh.wire import MemberState
 
 if TYPE_CHECKING:
     from nanomesh.daemon.peer import PeerDaemon
@@ -112,6 +114,8 @@ def _reported_instances(peer: PeerDaemon) -> dict[str, dict[str, dict[str, Any]]
     assert peer.core is not None
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for m in peer.core.members():
+        if m.state not in (MemberState.ALIVE, MemberState.SUSPECT):
+            continue  # its last report is stale: show "pending" until re-placed
         section = (m.profile or {}).get(INSTANCES_KEY)
         if isinstance(section, dict):
             out[m.name] = {k: v for k, v in section.items() if isinstance(v, dict)}
