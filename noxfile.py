@@ -42,7 +42,7 @@ def bench(session: nox.Session) -> None:
     session.run("python", "experiments/failure_detection.py", *mode)
     session.run("python", "experiments/idle_footprint.py", *mode)
     session.run("python", "experiments/false_positives.py", *mode)
-    session.run("python", "experiments/placement_bench.py")
+    session.run("python", "experiments/placement_bench.py", *mode)
     session.run("python", "experiments/raft_failover.py", *mode)
     session.run("python", "experiments/control_failover.py", *mode)
     session.run("python", "experiments/reschedule.py", *mode)
