@@ -80,3 +80,21 @@ def worth_committing(committed: Mapping[str, Any], plan: Plan) -> bool:
             or old.unplaced != plan.unplaced
             or set(old.unplaceable) != set(plan.unplaceable)
             or old.settled_peers != plan.settled_peers)
+
+
+def unknown_hosts(committed: Mapping[str, Any], members: Sequence[Member]) -> set[str]:
+    """Peers the committed plan runs instances on that this view does not know,
+    or knows without a profile. A leader that has just been elected (or just
+    restarted) may not have heard of them yet; planning then would treat them
+    as empty and move their healthy instances away (`VIEW_GRACE`)."""
+    known = {m.name for m in members if m.profile is not None}
+    hosts = committed.get("assignments", {})
+    return {h for h in hosts.values() if isinstance(h, str)} - known if isinstance(
+        hosts, dict) else set()
+
+
+VIEW_GRACE = 5.0
+"""Seconds the leader waits for gossip to show a peer the committed plan uses
+before planning without it: a joining or restarted peer's profile arrives
+within a second or two, while a peer that really vanished is reported dead by
+gossip (and then moved) rather than unknown."""

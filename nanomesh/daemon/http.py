@@ -55,6 +55,10 @@ class Request:
 Handler = Callable[[Request], Awaitable[tuple[int, Any]]]
 
 
+class _TooLarge(Exception):
+    """The request body exceeds MAX_REQUEST_BYTES."""
+
+
 class HttpError(Exception):
     """Raised by a handler to answer with a 4xx status and a message."""
 
@@ -93,6 +97,10 @@ async def _serve_one(stream: trio.SocketStream, routes: Mapping[tuple[str, str],
             await _respond(stream, conn, exc.error_status_hint,
                            {"error": f"malformed HTTP request: {exc}"})
             return
+        except _TooLarge:
+            await _respond(stream, conn, 413,
+                           {"error": f"request body over {MAX_REQUEST_BYTES} bytes"})
+            return
     if request is None:
         return
     status, body = await _dispatch(routes, request)
@@ -127,7 +135,7 @@ async def _read_request(stream: trio.SocketStream, conn: h11.Connection) -> Requ
         elif isinstance(event, h11.Data):
             body += event.data
             if len(body) > MAX_REQUEST_BYTES:
-                return None
+                raise _TooLarge
         elif isinstance(event, h11.EndOfMessage) and head is not None:
             target = head.target.decode("latin-1")
             path, _, query = target.partition("?")

@@ -33,7 +33,7 @@ from nanomesh.auth import TOKEN_META_KEY, ensure_token_file, token_digest
 from nanomesh.consensus import ConsensusError, ConsensusNode, RaftTiming, StalePlanError
 from nanomesh.consensus.roles import RaftRoleManager, RoleConfig, voters_from_profiles
 from nanomesh.consensus.voters import PeerInfo, peer_info
-from nanomesh.control import decide, worth_committing
+from nanomesh.control import VIEW_GRACE, decide, unknown_hosts, worth_committing
 from nanomesh.daemon.http import Handler, HttpError, Request
 from nanomesh.placement import PlacementConfig
 from nanomesh.reconcile import InstanceStatus
@@ -75,6 +75,7 @@ class MeshControl:
             voters_hint=self._voters_hint, config=roles or RoleConfig(), view=self._view,
             ask_promote=self._ask_promote, ask_remove=self._ask_remove)
         self._plan_wanted = trio.Event()
+        self._unknown_since: dict[str, float] = {}
 
     # ------------------------------------------------------------ reads
 
@@ -138,6 +139,8 @@ class MeshControl:
     async def _plan_once(self, node: ConsensusNode) -> None:
         assert self.peer.core is not None
         state = node.state
+        if self._view_incomplete(state.plan):
+            return  # the plan loop comes back within PLAN_PERIOD
         decision = decide(state.services, state.plan, self.peer.core.members(), self.placement)
         if not worth_committing(state.plan, decision.plan):
             return
@@ -153,6 +156,18 @@ class MeshControl:
         log.info("placement: committed plan epoch %d (%d placed, %d unplaced, %d moved, "
                  "%d rebalanced)", state.plan_epoch + 1, len(decision.plan.assignments),
                  len(decision.plan.unplaced), s.moved, s.rebalanced)
+
+    def _view_incomplete(self, committed: Mapping[str, Any]) -> bool:
+        """Hosts of the committed plan unknown to gossip for less than
+        VIEW_GRACE: wait for them rather than move their instances away."""
+        assert self.peer.core is not None
+        now = trio.current_time()
+        unknown = unknown_hosts(committed, self.peer.core.members())
+        self._unknown_since = {h: self._unknown_since.get(h, now) for h in unknown}
+        waiting = [h for h, since in self._unknown_since.items() if now - since < VIEW_GRACE]
+        if waiting:
+            log.debug("placement: waiting for gossip to show %s", ", ".join(sorted(waiting)))
+        return bool(waiting)
 
     async def _commit_token(self) -> None:
         """The founder commits the management token's hash once a leader exists."""

@@ -28,7 +28,7 @@ import random
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -64,6 +64,7 @@ from nanomesh.wire import (
     Address,
     DatagramMessage,
     Keyring,
+    MemberState,
     PushPull,
     StreamMessage,
     frame,
@@ -98,6 +99,8 @@ class PeerDaemon:
         self.mesh: MeshControl | None = None
         self._discovered: dict[str, Any] = {}
         self._saved_incarnation = -1
+        self._membership_dirty = False
+        self._seeds: tuple[Address, ...] = ()
         self._udp: socket.socket | None = None
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -111,7 +114,10 @@ class PeerDaemon:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
         cfg = self.config
-        last_incarnation = prepare_data_dir(cfg.data_dir)
+        last_incarnation, remembered = prepare_data_dir(cfg.data_dir)
+        # Without --join (the founder, typically), rejoin the peers we knew
+        # before a restart instead of waiting for them to find us.
+        self._seeds = cfg.join or tuple(a for a in remembered if a != cfg.bind)
         self._discovered = await trio.to_thread.run_sync(self.profiles.initial)
         # One above our previous life's incarnation: what we say now outranks
         # anything the mesh remembers about us, profile version included.
@@ -119,7 +125,6 @@ class PeerDaemon:
                                random.Random(int.from_bytes(os.urandom(8), "big")),
                                trio.current_time(), profile=self._discovered,
                                incarnation=last_incarnation + 1)
-        self._saved_incarnation = -1
         self.mesh = MeshControl(self)
         # Open every socket before starting anything, so that a port in use or
         # an address this host does not have is one clear error.
@@ -143,7 +148,7 @@ class PeerDaemon:
                      "encryption %s, preset probe_interval=%.2fs", cfg.name, *cfg.bind,
                      cfg.bind[0], cfg.api_port, "on" if self.keyring.enabled else "OFF",
                      cfg.gossip.probe_interval)
-            if cfg.join:
+            if self._seeds:
                 nursery.start_soon(self._join_until_joined)
             task_status.started()
 
@@ -172,10 +177,10 @@ class PeerDaemon:
         (Consul's retry_join): seeds that boot later are still found."""
         assert self.core is not None
         delay = 1.0
-        seeds = ", ".join(f"{h}:{p}" for h, p in self.config.join)
+        seeds = ", ".join(f"{h}:{p}" for h, p in self._seeds)
         while not self._joined.is_set():
             log.info("joining via %s", seeds)
-            calls = self.core.join(self.config.join, trio.current_time())
+            calls = self.core.join(self._seeds, trio.current_time())
             self._join_round_done = trio.Event()
             self._join_pending = len(calls)
             self._execute(calls)
@@ -246,12 +251,22 @@ class PeerDaemon:
                     self._nursery.start_soon(self._stream_call, e)
                 case _:
                     _log_notification(e)
+                    if isinstance(e, MemberJoined | MemberFailed | MemberLeft):
+                        self._membership_dirty = True
                     if self.mesh is not None and not isinstance(e, Refuted):
                         self.mesh.membership_changed()
         self._wake.set()  # the core's next deadline may have moved
-        if self.core is not None and self.core.incarnation != self._saved_incarnation:
-            self._saved_incarnation = self.core.incarnation
-            save_incarnation(self.config.data_dir, self._saved_incarnation)
+        self._save_state_if_changed()
+
+    def _save_state_if_changed(self) -> None:
+        core = self.core
+        if core is None or (core.incarnation == self._saved_incarnation
+                            and not self._membership_dirty):
+            return
+        self._saved_incarnation, self._membership_dirty = core.incarnation, False
+        alive = [m.addr for m in core.members()
+                 if m.state is MemberState.ALIVE and m.name != core.name]
+        save_peer_state(self.config.data_dir, self._saved_incarnation, alive)
 
     def _send_datagram(self, e: SendDatagram) -> None:
         assert self._udp is not None
@@ -413,26 +428,41 @@ def _bind_udp(addr: Address) -> socket.socket:
     return sock
 
 
-def prepare_data_dir(path: Path) -> int:
+PEER_STATE = "peer.json"
+REMEMBERED_PEERS = 16
+"""How many alive peers we remember as rejoin seeds for a restart."""
+
+
+def prepare_data_dir(path: Path) -> tuple[int, tuple[Address, ...]]:
     """Create the data directory readable by its owner only (it holds the
-    mesh's secrets: the management token, the Raft journal) and return the
-    incarnation of this peer's previous life (-1 if none)."""
+    mesh's secrets: the management token, the Raft journal) and return what
+    this peer's previous life left: its incarnation (-1 if none) and the
+    gossip addresses of the peers it last saw alive."""
     path.mkdir(parents=True, exist_ok=True)
     os.chmod(path, 0o700)
     try:
-        last = json.loads((path / PEER_STATE).read_text()).get("incarnation", -1)
-    except (OSError, ValueError, AttributeError):
-        last = -1
-    return last if isinstance(last, int) and last >= -1 else -1
+        state = json.loads((path / PEER_STATE).read_text())
+    except (OSError, ValueError):
+        state = {}
+    if not isinstance(state, dict):
+        state = {}
+    last = state.get("incarnation", -1)
+    saved = state.get("peers")
+    peers: list[Address] = []
+    for item in saved if isinstance(saved, list) else []:
+        if (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
+                and isinstance(item[1], int)):
+            peers.append((item[0], item[1]))
+    return (last if isinstance(last, int) and last >= -1 else -1), tuple(peers)
 
 
-PEER_STATE = "peer.json"
-
-
-def save_incarnation(path: Path, incarnation: int) -> None:
-    """Persist our incarnation (atomically) so a restart starts above it."""
+def save_peer_state(path: Path, incarnation: int, peers: Sequence[Address]) -> None:
+    """Persist (atomically) our incarnation, so a restart starts above it, and
+    a few peers we saw alive, so a restart without --join can rejoin them."""
+    doc = {"nanomesh": __version__, "incarnation": incarnation,
+           "peers": [list(a) for a in sorted(peers)[:REMEMBERED_PEERS]]}
     tmp = path / (PEER_STATE + ".tmp")
-    tmp.write_text(json.dumps({"nanomesh": __version__, "incarnation": incarnation}) + "\n")
+    tmp.write_text(json.dumps(doc) + "\n")
     tmp.replace(path / PEER_STATE)
 
 

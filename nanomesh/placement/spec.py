@@ -169,6 +169,19 @@ class ServiceSpec:
         return service_spec_from_dict(data)
 
 
+MAX_REPLICAS = 1000
+"""Most instances one service may ask for. An edge mesh has tens of peers; a
+typo such as 500000 would otherwise make the leader plan half a million
+instances (seen: 73 % CPU, an unresponsive API) instead of getting an error."""
+
+
+def _replicas(r: _Reader) -> int:
+    replicas = r.whole("replicas", 1)
+    if replicas > MAX_REPLICAS:
+        raise r.fail("replicas", f"must be at most {MAX_REPLICAS}, got {replicas}")
+    return replicas
+
+
 def instance_id(service: str, index: int) -> str:
     """``"sensor-reader/0"``: the identity of replica ``index`` of ``service``."""
     return f"{service}/{index}"
@@ -313,7 +326,7 @@ def service_spec_from_dict(data: Mapping[str, Any]) -> ServiceSpec:
     r.check_keys(("name", "replicas", "requires", "placement"))
     return ServiceSpec(
         name=name,
-        replicas=r.whole("replicas", 1),
+        replicas=_replicas(r),
         requires=requirements_from_dict(_or_empty(r.data.get("requires")), service=name),
         placement=constraints_from_dict(_or_empty(r.data.get("placement")), service=name),
     )

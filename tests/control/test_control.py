@@ -1,6 +1,6 @@
 """The leader's placement decision from committed state and the gossip view."""
 
-from nanomesh.control import decide, worth_committing
+from nanomesh.control import decide, unknown_hosts, worth_committing
 from nanomesh.gossip.members import Member
 from nanomesh.manifest import service_document
 from nanomesh.placement import PlacementConfig
@@ -63,3 +63,17 @@ def test_unreadable_service_document_is_reported_not_placed() -> None:
     d = decide({"bad": {"spec": {"name": "bad", "replicas": -1}}}, {}, [member("p1")],
                PlacementConfig())
     assert "bad" in d.invalid and not d.plan.assignments
+
+
+def test_hosts_of_the_committed_plan_unknown_to_the_view_are_reported() -> None:
+    """A new leader must not plan before gossip shows the peers that run the
+    committed plan: it would move their healthy instances away."""
+    committed = {"assignments": {"a/0": "p1", "a/1": "p2", "b/0": "p3"}}
+    no_profile = member("p2")
+    no_profile.profile = None
+    assert unknown_hosts(committed, [member("p1"), no_profile]) == {"p2", "p3"}
+    assert unknown_hosts(committed, [member(n) for n in ("p1", "p2", "p3")]) == set()
+    assert unknown_hosts({}, []) == set()
+    dead = member("p3", MemberState.DEAD)
+    assert unknown_hosts(committed, [member("p1"), member("p2"), dead]) == set(), \
+        "a dead peer is known: its instances move at once"

@@ -15,6 +15,7 @@ started is killed when the cluster closes, whatever happened.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import select
@@ -22,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -103,26 +105,68 @@ def write_key(path: Path) -> Path:
 
 class AddressPool:
     """Hands out loopback addresses 127.0.10.1-249, skipping any address where
-    the gossip or API port is already taken (another run, a stray process)."""
+    the gossip, API or Raft port is already taken (another run, a stray
+    process).
+
+    Concurrent test runs (several pytest processes on one machine) each have
+    their own pool, so a free-port probe alone races: two runs could probe
+    the same free address and both start peers there, and a peer that a test
+    killed leaves its address free until the test restarts it. So every
+    address handed out is also reserved across processes, by an exclusive
+    `flock` on ``ADDRESS_LOCK_DIR/<ip>``, until `release` (a `Cluster` releases
+    its addresses when it closes) or the process exits (the kernel drops
+    the lock, even after SIGKILL)."""
 
     def __init__(self, first: int = 1, last: int = 249) -> None:
         self._next = first
         self._last = last
         self._lock = threading.Lock()
+        self._reserved: dict[str, int] = {}
 
     def take(self) -> str:
         with self._lock:
             while self._next <= self._last:
                 ip = f"127.0.10.{self._next}"
                 self._next += 1
-                if _ports_free(ip):
-                    return ip
+                if self._reserve(ip):
+                    if _ports_free(ip):
+                        return ip
+                    self._unreserve(ip)
         raise RuntimeError("no free address left in 127.0.10.1-249")
+
+    def release(self, ip: str) -> None:
+        """Let other processes use `ip` again (this pool never hands it out twice)."""
+        with self._lock:
+            self._unreserve(ip)
+
+    def _reserve(self, ip: str) -> bool:
+        try:
+            ADDRESS_LOCK_DIR.mkdir(mode=0o777, exist_ok=True)
+            fd = os.open(ADDRESS_LOCK_DIR / ip, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError:
+            return True  # no lock directory: fall back to the port probe alone
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False  # another process holds it
+        self._reserved[ip] = fd
+        return True
+
+    def _unreserve(self, ip: str) -> None:
+        fd = self._reserved.pop(ip, None)
+        if fd is not None:
+            os.close(fd)  # closing drops the flock
+
+
+ADDRESS_LOCK_DIR = Path(tempfile.gettempdir()) / "nanomesh-test-addresses"
+"""Where `AddressPool` keeps one lock file per reserved address."""
+RAFT_PORT = 7948
 
 
 def _ports_free(ip: str) -> bool:
     probes = [(socket.SOCK_STREAM, GOSSIP_PORT), (socket.SOCK_STREAM, API_PORT),
-              (socket.SOCK_DGRAM, GOSSIP_PORT)]
+              (socket.SOCK_DGRAM, GOSSIP_PORT), (socket.SOCK_STREAM, RAFT_PORT)]
     for kind, port in probes:
         s = socket.socket(socket.AF_INET, kind)
         try:
@@ -370,6 +414,13 @@ class Cluster(BaseCluster):
         peer = self._make_peer(name, ip or self.pool.take(), key_file=key_file, join=join,
                                preset=preset, extra_args=extra_args)
         return peer.start() if start else peer
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            for p in self.peers:
+                self.pool.release(p.ip)
 
     def start_mesh(self, n: int, *, key_file: Path | None = None, preset: str = "local",
                    prefix: str = "peer", converge: bool = True) -> list[Peer]:
