@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import csv
 import datetime as _dt
@@ -38,6 +39,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from nanomesh.apiclient import ApiError, get_json  # noqa: E402
+from nanomesh.gossip.config import PRESETS  # noqa: E402
 
 RESULTS_DIR = REPO_ROOT / "experiments" / "results"
 PY = sys.executable
@@ -48,6 +50,18 @@ LOOPBACK_PREFIX = "127.0.20."
 
 
 # --------------------------------------------------------------------------- statistics
+
+
+def experiment_parser(doc: str, peers: int, peers_help: str) -> argparse.ArgumentParser:
+    """The options every mesh experiment shares: its docstring as help, the
+    mesh size and the gossip preset (`--preset`, default lan)."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                epilog=doc.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-n", "--peers", type=int, default=peers, help=peers_help)
+    p.add_argument("--preset", default="lan", choices=list(PRESETS),
+                   help="gossip preset of every peer (default lan)")
+    return p
 
 
 def percentile(values: Sequence[float], q: float) -> float:

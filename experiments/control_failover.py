@@ -372,15 +372,10 @@ def run_trial(mesh: Mesh60, trial: int, token: str, rng: random.Random,
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-n", "--peers", type=int, default=5, help="mesh size (default 5)")
+    p = ml.experiment_parser(__doc__, 5, "mesh size (default 5)")
     p.add_argument("--trials", type=int, default=None,
                    help="leader kills (default 50; 5 with --quick)")
     p.add_argument("--quick", action="store_true", help="short run: 5 trials")
-    p.add_argument("--preset", default="lan", choices=["lan", "local", "memberlist-lan"],
-                   help="gossip preset of every peer (default lan)")
     p.add_argument("--settle", type=float, default=1.0,
                    help="seconds the healthy mesh idles before each kill (default 1)")
     p.add_argument("--interval", type=float, default=0.02,

@@ -40,7 +40,7 @@ import time
 import _meshlib as ml
 import psutil
 
-from nanomesh.gossip.config import preset
+from nanomesh.gossip.config import PRESETS, preset
 from nanomesh.gossip.effects import ProfileUpdated
 from nanomesh.sim import NetworkModel, Simulator, TraceEvent
 
@@ -60,7 +60,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="short run: 2 seeds per size")
     p.add_argument("--drop", type=float, default=0.0,
                    help="probability that the simulated network drops a datagram")
-    p.add_argument("--preset", default="lan", choices=["lan", "local", "memberlist-lan"])
+    p.add_argument("--preset", default="lan", choices=list(PRESETS))
     p.add_argument("--settle", type=float, default=2.0,
                    help="simulated seconds between building the mesh and the change")
     p.add_argument("--limit", type=float, default=5.0,

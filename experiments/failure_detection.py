@@ -38,15 +38,10 @@ TARGET_P99_S = 3.0
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-n", "--peers", type=int, default=20, help="mesh size (default 20)")
+    p = ml.experiment_parser(__doc__, 20, "mesh size (default 20)")
     p.add_argument("--trials", type=int, default=None,
                    help="kill/restart trials (default 50; 5 with --quick)")
     p.add_argument("--quick", action="store_true", help="short run: 5 trials")
-    p.add_argument("--preset", default="lan", choices=["lan", "local", "memberlist-lan"],
-                   help="gossip preset of every peer (default lan)")
     p.add_argument("--timeout", type=float, default=None,
                    help="seconds to wait for all survivors to detect a kill "
                    "(default 30, 90 for memberlist-lan)")

@@ -58,16 +58,12 @@ GRACE_S = 10.0
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-n", "--peers", type=int, default=20, help="peers, one per namespace")
+    p = ml.experiment_parser(__doc__, 20, "peers, one per namespace")
     p.add_argument("--duration", type=float, default=None,
                    help="seconds of packet loss (default 300; 30 with --quick)")
     p.add_argument("--quick", action="store_true", help="short run: 30 s of loss")
     p.add_argument("--loss", type=float, default=0.10,
                    help="fraction of inbound packets dropped at every host (default 0.10)")
-    p.add_argument("--preset", default="lan", choices=["lan", "local", "memberlist-lan"])
     p.add_argument("--name", default="false_positives", help="result file stem")
     p.add_argument("--max-load", type=float, default=1.5,
                    help="wait until the 1-min load average is below this before starting")

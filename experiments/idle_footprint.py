@@ -41,16 +41,12 @@ MB = 1e6
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-n", "--peers", type=int, default=20, help="mesh size (default 20)")
+    p = ml.experiment_parser(__doc__, 20, "mesh size (default 20)")
     p.add_argument("--duration", type=float, default=None,
                    help="measurement window in seconds (default 60; 15 with --quick)")
     p.add_argument("--quick", action="store_true", help="short run: 15 s window")
     p.add_argument("--settle", type=float, default=10.0,
                    help="seconds between convergence and the window (default 10)")
-    p.add_argument("--preset", default="lan", choices=["lan", "local", "memberlist-lan"])
     p.add_argument("--first-octet", type=int, default=101,
                    help="peers use 127.0.20.FIRST .. FIRST+N-1 (default 101)")
     p.add_argument("--sample-every", type=float, default=5.0,

@@ -254,17 +254,12 @@ COLUMNS = ["trial", "victim", "instance", "leader", "new_host", "running_elsewhe
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-n", "--peers", type=int, default=5, help="mesh size (default 5)")
+    p = ml.experiment_parser(__doc__, 5, "mesh size (default 5)")
     p.add_argument("--replicas", type=int, default=4,
                    help="replicas of the service, spread (default 4)")
     p.add_argument("--trials", type=int, default=None,
                    help="kill/restart trials (default 30; 5 with --quick)")
     p.add_argument("--quick", action="store_true", help="short run: 5 trials")
-    p.add_argument("--preset", default="lan", choices=["lan", "local", "memberlist-lan"],
-                   help="gossip preset of every peer (default lan)")
     p.add_argument("--interval", type=float, default=0.05,
                    help="seconds between two polling rounds (default 0.05)")
     p.add_argument("--settle", type=float, default=2.0,

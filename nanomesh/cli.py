@@ -13,6 +13,7 @@ from typing import Any
 
 from nanomesh import __version__
 from nanomesh.errors import ConfigError, NanomeshError
+from nanomesh.gossip.config import PRESETS
 
 DESCRIPTION = """\
 nanomesh: a peer-to-peer service mesh for local edge/IoT clusters.
@@ -66,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="cluster keyring: base64 keys, one per line, primary first. "
                      "Without it gossip is unencrypted")
     run.add_argument("--api-port", type=int, metavar="PORT", help="HTTP API port (default 7947)")
-    run.add_argument("--gossip-preset", choices=["lan", "local", "memberlist-lan"],
+    run.add_argument("--gossip-preset", choices=list(PRESETS),
                      help="timing preset (default lan; see nanomesh/gossip/config.py)")
     run.add_argument("--log-level", default=os.environ.get("NANOMESH_LOG_LEVEL", "INFO"),
                      choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -113,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     lab_up.add_argument("-n", type=int, default=3, help="number of peers (default 3)")
     lab_up.add_argument("--dir", type=Path, help="lab directory (default $NANOMESH_LAB_DIR, "
                         "else ~/.local/state/nanomesh/lab)")
-    lab_up.add_argument("--preset", default="local", choices=["lan", "local", "memberlist-lan"],
+    lab_up.add_argument("--preset", default="local", choices=list(PRESETS),
                         help="gossip timing preset (default local)")
     lab_up.add_argument("--no-encrypt", action="store_true",
                         help="run without a cluster key (default: generate one)")
