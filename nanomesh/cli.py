@@ -225,10 +225,10 @@ def _default_peer() -> str:
 
 
 def _peer_api(text: str | None) -> str:
-    from nanomesh.config import DEFAULT_API_PORT, parse_address
+    from nanomesh.config import DEFAULT_API_PORT, host_port, parse_address
 
     host, port = parse_address(text or _default_peer(), DEFAULT_API_PORT, "--peer")
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return host_port(host, port)
 
 
 def _members(args: argparse.Namespace) -> int:

@@ -63,6 +63,11 @@ def parse_address(text: str, default_port: int, what: str = "address") -> Addres
     return (host, port)
 
 
+def host_port(host: str, port: int) -> str:
+    """``IP:PORT`` as a URL wants it (IPv6 in brackets); inverse of `parse_address`."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _port(text: str, what: str, whole: str) -> int:
     if not text.isdigit() or not 0 < int(text) < 65536:
         raise ConfigError(f"{what} {whole!r}: port must be 1-65535")

@@ -30,6 +30,7 @@ import trio
 
 from nanomesh.apiclient import ApiError, request_json
 from nanomesh.auth import TOKEN_META_KEY, ensure_token_file, token_digest
+from nanomesh.config import DEFAULT_API_PORT, host_port
 from nanomesh.consensus import ConsensusError, ConsensusNode, RaftTiming, StalePlanError
 from nanomesh.consensus.roles import RaftRoleManager, RoleConfig, voters_from_profiles
 from nanomesh.consensus.voters import PeerInfo, peer_info
@@ -304,6 +305,5 @@ def api_address(profile: Mapping[str, Any] | None, gossip_ip: str) -> str:
     api = peer.get("api") if isinstance(peer, dict) else None
     if isinstance(api, str) and api:
         return api
-    host = f"[{gossip_ip}]" if ":" in gossip_ip else gossip_ip
-    return f"{host}:7947"
+    return host_port(gossip_ip, DEFAULT_API_PORT)
 

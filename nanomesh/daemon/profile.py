@@ -8,15 +8,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from nanomesh import __version__
-from nanomesh.config import PeerConfig
+from nanomesh.config import PeerConfig, host_port
 from nanomesh.discovery import DiscoveryConfig, discover, load_changed, refresh_live
 
 
 class ProfileSource:
     def __init__(self, config: PeerConfig) -> None:
         self.name = config.name
-        host = config.bind[0]
-        self.api = f"[{host}]:{config.api_port}" if ":" in host else f"{host}:{config.api_port}"
+        self.api = host_port(config.bind[0], config.api_port)
         self.discovery = DiscoveryConfig(
             data_dir=config.data_dir,
             devices=tuple(config.devices),
