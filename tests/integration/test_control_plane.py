@@ -415,6 +415,10 @@ def test_bad_manifest_is_refused_and_disturbs_nothing(cluster: Cluster,
     good = manifest("steady", marker)
     deploy(cluster, peers[1], good, token)
     procs = wait_service(cluster, peers[0], "steady", 1, marker, peers)
+    # Instance states travel by gossip: snapshot only once every peer has heard
+    # "running", or a late state update reads as a change the test did not make.
+    cluster.wait(lambda: all(running_instances(p, "steady") for p in peers),
+                 what="every peer seeing steady/0 running")
     lead = wait_agreed(cluster, peers)
     before = {p.name: (placement(p), p.get("/v1/services")) for p in peers}
 
