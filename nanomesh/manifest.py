@@ -5,12 +5,38 @@ document that is replicated by Raft and read by placement and the runtime.
 name = "spo2"
 version = "1.0.0"
 description = "SpO2 and heart rate from the pulse oximeter"
-kind = "process"                 # issue 4 adds "container"
+kind = "process"                 # or "container"
 replicas = 1
+mode = "active"                  # "idle": placed and fetched, started by `nanomesh activate`
 
-[run]
+[run]                            # argv, no shell; cwd defaults to the service folder
 command = ["python3", "-u", "spo2.py"]
 env = { INTERVAL = "1" }
+
+[container]                      # kind = "container" only: exactly one of
+rootfs = "rootfs"                #   a root filesystem in the service folder (runc, podman)
+# image = "docker.io/library/busybox:1.36"   an OCI image (podman or docker)
+
+[[endpoints]]                    # what the service offers, reachable by name
+name = "api"
+protocol = "coap"                # coap | zmq | http
+port = "auto"                    # or a fixed port; the instance reads NANOMESH_PORT_API
+
+[health]                         # default: a coap ping / tcp connect on the first endpoint
+check = "coap"                   # none | tcp | http | coap | zmq | exec
+path = "health"
+interval = 5.0
+timeout = 1.0
+retries = 3
+start_period = 30.0
+
+[restart]
+policy = "always"                # always | on-failure | never
+
+[limits]                         # cgroups where the machine has them (warns where not)
+memory_mb = 64
+cpu = 0.5
+pids = 64
 
 [requires]                       # the research's P_k; 0 / empty = no requirement
 capabilities = ["pulse-oximeter"]
@@ -28,8 +54,12 @@ spread = true
 max_per_peer = 0
 ```
 
-The document keeps the manifest's own fields and adds ``spec``, the
-placement's `ServiceSpec` dict, so placement never re-parses a manifest.
+The document keeps the manifest's own fields, normalised (defaults filled in,
+``port = "auto"`` kept), and adds ``spec``, the placement's `ServiceSpec`
+dict, so placement never re-parses a manifest. The deploy path may add
+``bundle = {sha256, size}`` (the service folder as a content-addressed
+bundle, see :mod:`nanomesh.bundles`) and ``state`` (a state blob restored from
+a seed file, base64).
 Errors name the file and the field; nothing is deployed from a bad manifest.
 """
 
@@ -42,11 +72,15 @@ from typing import Any
 
 from nanomesh.errors import NanomeshError
 from nanomesh.placement import SpecError, service_spec_from_dict
-from nanomesh.runtime.spec import run_spec_from
+from nanomesh.runtime.spec import KINDS, MODES, runtime_sections
 
-KNOWN_KEYS = {"name", "version", "description", "kind", "replicas", "run", "requires",
-              "placement"}
-KINDS = ("process",)
+KNOWN_KEYS = {"name", "version", "description", "kind", "mode", "replicas", "run", "container",
+              "endpoints", "health", "restart", "limits", "requires", "placement", "bundle",
+              "state"}
+MAX_STATE_CHARS = 96 * 1024
+"""Longest state blob a service document may carry, base64 characters (64 KiB
+of state): it is replicated by Raft to every voter, so it is for a service's
+small essentials (calibration, counters, a session), not its data."""
 
 
 class ManifestError(NanomeshError, ValueError):
@@ -80,21 +114,39 @@ def service_document(raw: Mapping[str, Any], where: str = "manifest") -> dict[st
     for key in ("version", "description"):
         if key in raw and not isinstance(raw[key], str):
             raise ManifestError(f"{where}: {key} must be a string")
-    run = _run_section(raw, where)
+    mode = raw.get("mode", "active")
+    if mode not in MODES:
+        raise ManifestError(f"{where}: mode must be one of {', '.join(MODES)}, not {mode!r}")
+    state = raw.get("state")
+    if state is not None and not (isinstance(state, str) and len(state) <= MAX_STATE_CHARS):
+        raise ManifestError(f"{where}: state must be a base64 string of at most "
+                            f"{MAX_STATE_CHARS} characters")
     try:
+        # The runtime's own validator, so a manifest accepted here is one the
+        # runtime can start (no NUL, no NANOMESH_* overrides, known endpoints).
+        sections = runtime_sections(raw)
         spec = service_spec_from_dict({k: raw[k] for k in ("name", "replicas", "requires",
                                                            "placement") if k in raw})
     except SpecError as exc:
         raise ManifestError(f"{where}: {exc}") from None
-    return {"name": spec.name, "version": raw.get("version", ""),
-            "description": raw.get("description", ""), "kind": kind, "run": run,
-            "spec": spec.to_dict()}
+    doc: dict[str, Any] = {"name": spec.name, "version": raw.get("version", ""),
+                           "description": raw.get("description", ""), "kind": kind,
+                           **sections, "spec": spec.to_dict()}
+    if mode != "active":
+        doc["mode"] = mode
+    if "bundle" in raw:
+        doc["bundle"] = _bundle_ref(raw["bundle"], where)
+    if state is not None:
+        doc["state"] = state
+    return doc
 
 
-def _run_section(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """The runtime's own validator, so a manifest accepted here is one the
-    runtime can start (absolute cwd, no NUL, no NANOMESH_* overrides)."""
-    try:
-        return run_spec_from(raw).to_dict()
-    except SpecError as exc:
-        raise ManifestError(f"{where}: {exc}") from None
+def _bundle_ref(value: Any, where: str) -> dict[str, Any]:
+    sha = value.get("sha256") if isinstance(value, Mapping) else None
+    size = value.get("size") if isinstance(value, Mapping) else None
+    if not (isinstance(sha, str) and len(sha) == 64
+            and all(c in "0123456789abcdef" for c in sha)):
+        raise ManifestError(f"{where}: bundle.sha256 must be 64 lowercase hex digits")
+    if not (isinstance(size, int) and not isinstance(size, bool) and size >= 0):
+        raise ManifestError(f"{where}: bundle.size must be a byte count")
+    return {"sha256": sha, "size": size}

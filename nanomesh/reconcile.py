@@ -25,8 +25,12 @@ or an instance status change, or at :func:`next_retry_at`.
 The rules, one instance id at a time (each case is a row in
 ``tests/test_reconcile.py``):
 
-* wanted here (assigned to ``me``, service still desired):
+* wanted here and the service's ``mode`` is ``idle``: an instance that runs
+  is stopped (``"idle"``); one with no record, or ended, is prepared and
+  recorded ``idle`` (:class:`IdleInstance`); an ``idle`` one is left alone;
+* wanted here (assigned to ``me``, service still desired, mode ``active``):
   - unknown to the driver: start it;
+  - ``idle``: start it now (``nanomesh activate``), back-off reset;
   - ``starting``/``running`` with the spec digest it was started with: nothing;
   - ``starting``/``running`` with an older digest: stop it (``"spec-changed"``);
     once it has stopped, the digest differs, so it is started again at once;
@@ -34,7 +38,9 @@ The rules, one instance id at a time (each case is a row in
   - ``exited``/``failed`` with an older digest: start it now, back-off reset
     (a new spec deserves a fresh try);
   - ``exited``/``failed`` with the current digest: start it once its back-off
-    (:func:`restart_delay`) has elapsed since it ended;
+    (:func:`restart_delay`) has elapsed since it ended, if the service's
+    restart policy allows (``always``; ``on-failure`` only after ``failed``;
+    ``never`` not at all: the record stays, so the operator sees the end);
 * not wanted here (assigned elsewhere, unplaced, or its service deleted):
   ``starting``/``running`` ones are stopped (``"unassigned"`` or
   ``"service-deleted"``); everything else is left alone.
@@ -55,30 +61,20 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Literal, get_args
+from typing import Any
 
-from nanomesh.errors import ConfigError, NanomeshError
+from nanomesh.errors import ConfigError
+from nanomesh.lifecycle import ACTIVE as ACTIVE
+from nanomesh.lifecycle import ENDED as ENDED
+from nanomesh.lifecycle import RESTING as RESTING
+from nanomesh.lifecycle import STATES as STATES
+from nanomesh.lifecycle import TRANSITIONS as TRANSITIONS
+from nanomesh.lifecycle import IllegalTransition as IllegalTransition
+from nanomesh.lifecycle import State as State
+from nanomesh.lifecycle import check_transition as check_transition
 from nanomesh.placement.spec import split_instance_id
 
-State = Literal["starting", "running", "stopping", "exited", "failed"]
-STATES: tuple[State, ...] = get_args(State)
-ACTIVE: frozenset[State] = frozenset({"starting", "running", "stopping"})
-"""States in which the instance has (or is about to have) a live process."""
-ENDED: frozenset[State] = frozenset({"exited", "failed"})
-"""Terminal states of one run; the next run starts over at ``"starting"``."""
-
-TRANSITIONS: Mapping[State | None, frozenset[State]] = {
-    None: frozenset({"starting"}),  # an instance the driver has no record of
-    "starting": frozenset({"running", "stopping", "exited", "failed"}),
-    "running": frozenset({"stopping", "exited", "failed"}),
-    "stopping": frozenset({"exited", "failed"}),
-    "exited": frozenset({"starting"}),
-    "failed": frozenset({"starting"}),
-}
-"""The legal state changes of an instance. Issue 4's lifecycle table
-(``nanomesh/lifecycle/``) grows out of this one."""
-
-PLACEMENT_ONLY_KEYS = frozenset({"replicas", "placement", "description"})
+PLACEMENT_ONLY_KEYS = frozenset({"replicas", "placement", "description", "mode", "state"})
 """Keys that do not shape a running instance: ``replicas`` and ``placement``
 decide *where* instances run, and the plan carries that out (an instance moves
 or is added/removed); ``description`` is for people. They are left out of
@@ -89,8 +85,7 @@ there), so changing them never restarts an instance. Every other key (``run``,
 needless restart is cheaper than an instance silently running an old spec."""
 
 
-class IllegalTransition(NanomeshError, ValueError):
-    """An instance was asked to move between two states the table forbids."""
+HEALTH_STATES = ("none", "starting", "healthy", "unhealthy")
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,10 +153,18 @@ class InstanceStatus:
     started_at: float | None = None
     """When the current (or last) run started; with ``since`` of an ended run it
     gives the run's length, which decides the back-off reset."""
+    health: str = "none"
+    """``none`` (no check, or not running), ``starting`` (running, first check
+    not passed yet), ``healthy``, ``unhealthy`` (see :data:`HEALTH_STATES`)."""
+    endpoints: tuple[tuple[str, str, int], ...] = ()
+    """``(name, protocol, port)`` of the endpoints this run serves (ports
+    chosen for ``"auto"`` included); empty when not running."""
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON/msgpack-friendly: str, int, float and None values only."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """JSON/msgpack-friendly: str, int, float, None and lists only."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["endpoints"] = [list(e) for e in self.endpoints]
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> InstanceStatus:
@@ -195,6 +198,14 @@ def _check_field(name: str, value: Any) -> Any:
             ok = value is None or _is_real(value)
         case "restarts":
             ok = _is_int(value) and value >= 0
+        case "health":
+            ok = value in HEALTH_STATES
+        case "endpoints":
+            ok = isinstance(value, list | tuple) and all(
+                isinstance(e, list | tuple) and len(e) == 3 and isinstance(e[0], str)
+                and isinstance(e[1], str) and _is_int(e[2]) for e in value)
+            if ok:
+                value = tuple((e[0], e[1], e[2]) for e in value)
         case _:  # exit_code, pid
             ok = value is None or _is_int(value)
     if not ok:
@@ -219,13 +230,6 @@ def transition(status: InstanceStatus, state: State, now: float,
     return replace(status, state=state, since=now, **changes)
 
 
-def check_transition(old: State | None, new: State, iid: str = "?") -> None:
-    """Raise :class:`IllegalTransition` unless ``old -> new`` is in the table
-    (``old`` None: an instance the driver has no record of)."""
-    if new not in TRANSITIONS[old]:
-        raise IllegalTransition(f"instance {iid}: illegal transition {old} -> {new}")
-
-
 # -- effects -----------------------------------------------------------------------------
 
 
@@ -244,13 +248,24 @@ class StartInstance:
 @dataclass(frozen=True, slots=True)
 class StopInstance:
     """Stop ``iid`` gracefully; ``reason`` is ``"unassigned"``,
-    ``"service-deleted"`` or ``"spec-changed"``."""
+    ``"service-deleted"``, ``"spec-changed"`` or ``"idle"``."""
 
     iid: str
     reason: str
 
 
-Effect = StartInstance | StopInstance
+@dataclass(frozen=True, slots=True)
+class IdleInstance:
+    """Prepare ``iid`` (fetch its bundle) without starting it, and record it
+    ``idle``."""
+
+    iid: str
+    service: str
+    spec: Mapping[str, Any] = field(compare=False, repr=False)
+    spec_digest: str
+
+
+Effect = StartInstance | StopInstance | IdleInstance
 
 
 # -- the formulas ------------------------------------------------------------------------
@@ -317,13 +332,14 @@ def wanted_here(me: str, plan_assignments: Mapping[str, str],
 def reconcile(me: str, plan_assignments: Mapping[str, str],
               services: Mapping[str, Mapping[str, Any]],
               instances: Mapping[str, InstanceStatus], now: float,
-              backoff: BackoffPolicy) -> list[StartInstance | StopInstance]:
+              backoff: BackoffPolicy) -> list[Effect]:
     """The effects that move this peer's instances toward the plan (rules in the
-    module docstring): stops first, then starts, each sorted by instance id."""
+    module docstring): stops first, then starts and idles, each sorted by
+    instance id."""
     wanted = wanted_here(me, plan_assignments, services)
     digests = {name: spec_digest(services[name]) for name in set(wanted.values())}
     stops: list[StopInstance] = []
-    starts: list[StartInstance] = []
+    starts: list[StartInstance | IdleInstance] = []
     for iid in sorted(set(wanted) | set(instances)):
         status = instances.get(iid)
         if iid not in wanted:
@@ -342,20 +358,48 @@ def reconcile(me: str, plan_assignments: Mapping[str, str],
 
 
 def _for_wanted(iid: str, service: str, spec: Mapping[str, Any], digest: str,
-                status: InstanceStatus | None, now: float,
-                backoff: BackoffPolicy) -> StartInstance | StopInstance | None:
-    if status is None:
+                status: InstanceStatus | None, now: float, backoff: BackoffPolicy) -> Effect | None:
+    if spec.get("mode") == "idle":
+        return _for_idle(iid, service, spec, digest, status)
+    if status is None or status.state == "idle":
         return StartInstance(iid, service, spec, digest, restarts=0)
     if status.state in ("starting", "running"):
         return None if status.spec_digest == digest else StopInstance(iid, "spec-changed")
-    if status.state == "stopping":
+    if status.state in ("stopping", "fetching"):
         return None
     if status.spec_digest != digest:
         return StartInstance(iid, service, spec, digest, restarts=0)
+    if not restart_allowed(status, spec):
+        return None
     at, restarts = retry_at(status, backoff)
     if now < at:
         return None
     return StartInstance(iid, service, spec, digest, restarts=restarts)
+
+
+def _for_idle(iid: str, service: str, spec: Mapping[str, Any], digest: str,
+              status: InstanceStatus | None) -> Effect | None:
+    if status is None or (status.state in RESTING and (status.state != "idle"
+                                                       or status.spec_digest != digest)):
+        return IdleInstance(iid, service, spec, digest)
+    if status.state in ("starting", "running"):
+        return StopInstance(iid, "idle")
+    return None
+
+
+def restart_policy(spec: Mapping[str, Any]) -> str:
+    """The service's restart policy (``always`` when unset or unreadable; the
+    manifest validator has already refused bad values)."""
+    restart = spec.get("restart")
+    policy = restart.get("policy") if isinstance(restart, Mapping) else None
+    return policy if policy in ("on-failure", "never") else "always"
+
+
+def restart_allowed(status: InstanceStatus, spec: Mapping[str, Any]) -> bool:
+    """Whether the restart policy lets the run that ended in ``status`` be followed
+    by another one (with the current spec)."""
+    policy = restart_policy(spec)
+    return policy == "always" or (policy == "on-failure" and status.state == "failed")
 
 
 def next_retry_at(me: str, plan_assignments: Mapping[str, str],
@@ -368,6 +412,8 @@ def next_retry_at(me: str, plan_assignments: Mapping[str, str],
     wanted = wanted_here(me, plan_assignments, services)
     times = [retry_at(status, backoff)[0] for iid, status in instances.items()
              if iid in wanted and status.state in ENDED
+             and services[wanted[iid]].get("mode") != "idle"
+             and restart_allowed(status, services[wanted[iid]])
              and status.spec_digest == spec_digest(services[wanted[iid]])]
     return min(times, default=None)
 

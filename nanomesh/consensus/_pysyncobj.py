@@ -61,6 +61,8 @@ from nanomesh.consensus.state import (
     Outcome,
     apply_delete_service,
     apply_init_meta,
+    apply_patch_service,
+    apply_put_registry,
     apply_put_service,
     apply_set_plan,
 )
@@ -120,6 +122,14 @@ class _DesiredStateMachine(pysyncobj.SyncObjConsumer):  # type: ignore[misc]
     @pysyncobj.replicated  # type: ignore[untyped-decorator]
     def init_meta(self, key: Any, value: Any) -> Outcome:
         return self._take(apply_init_meta(self._state, key, value))
+
+    @pysyncobj.replicated  # type: ignore[untyped-decorator]
+    def patch_service(self, name: Any, key: Any, value: Any) -> Outcome:
+        return self._take(apply_patch_service(self._state, name, key, value))
+
+    @pysyncobj.replicated  # type: ignore[untyped-decorator]
+    def put_registry(self, key: Any, entry: Any) -> Outcome:
+        return self._take(apply_put_registry(self._state, key, entry))
 
     def _deserialize(self, data: Any) -> None:
         """Called by pysyncobj when it loads a full dump (restart after a log
@@ -189,6 +199,13 @@ class RaftNode:
 
     def init_meta(self, key: str, value: Any, callback: CommandCallback) -> None:
         self._machine.init_meta(key, value, callback=callback)
+
+    def patch_service(self, name: str, key: str, value: Any, callback: CommandCallback
+                      ) -> None:
+        self._machine.patch_service(name, key, value, callback=callback)
+
+    def put_registry(self, key: str, entry: Any, callback: CommandCallback) -> None:
+        self._machine.put_registry(key, entry, callback=callback)
 
     def add_voter(self, address: str, callback: CommandCallback) -> None:
         self._obj.addNodeToCluster(address, callback=callback)

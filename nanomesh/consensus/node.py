@@ -73,8 +73,10 @@ from nanomesh.consensus.errors import (
     failure_error,
 )
 from nanomesh.consensus.state import (
+    PATCHABLE_KEYS,
     DesiredState,
     Outcome,
+    is_json,
     validate_put_service,
     validate_set_plan,
 )
@@ -347,6 +349,33 @@ class ConsensusNode:
         value = _json_copy(value)
         outcome: Outcome = await self._command(f"init_meta {key!r}", timeout,
                                                lambda r, cb: r.init_meta(key, value, cb))
+        return outcome
+
+    async def patch_service(self, name: str, key: str, value: Any, *,
+                            timeout: float | None = None) -> Outcome:
+        """Set (None: remove) one patchable key (`PATCHABLE_KEYS`: ``mode``,
+        ``state``) of an existing service; returns once committed. ``applied``
+        is False with reason ``"not-found"`` if the service does not exist.
+        ValueError for a key that cannot be patched or a non-JSON value."""
+        value = _json_copy({"v": value})["v"]
+        if key not in PATCHABLE_KEYS:
+            raise ValueError(f"cannot patch {key!r}; patchable: {sorted(PATCHABLE_KEYS)}")
+        if not is_json(value):
+            raise ValueError("a patched value must be JSON-shaped")
+        outcome: Outcome = await self._command(
+            f"patch_service {name!r} {key}", timeout,
+            lambda r, cb: r.patch_service(name, key, value, cb))
+        return outcome
+
+    async def put_registry(self, key: str, entry: Mapping[str, Any] | None, *,
+                           timeout: float | None = None) -> Outcome:
+        """Add or replace (``entry`` None: remove) registry entry ``key``
+        (``"name@version"``); returns once committed."""
+        value = None if entry is None else _json_copy(entry)
+        if value is not None and not is_json(value):
+            raise ValueError("a registry entry must be a JSON-shaped dict")
+        outcome: Outcome = await self._command(
+            f"put_registry {key!r}", timeout, lambda r, cb: r.put_registry(key, value, cb))
         return outcome
 
     async def add_voter(self, address: str, *, timeout: float | None = None) -> None:

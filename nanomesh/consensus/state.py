@@ -59,12 +59,16 @@ class DesiredState:
     meta: JsonObject = field(default_factory=dict)
     """Mesh-wide settings written once, e.g. ``token_sha256`` (the hash of the
     management token, set by the peer that bootstrapped the mesh)."""
+    registry: Mapping[str, JsonObject] = field(default_factory=dict)
+    """The service bundles the mesh offers, ``"name@version"`` -> entry
+    (see `nanomesh.bundles.registry_entry`); the bundles' bytes live on peers."""
 
     def to_doc(self) -> dict[str, Any]:
         """The plain-dict form stored in pysyncobj's full dump (no classes of
         ours inside, so a dump survives renames of this module)."""
         return {"services": self.services, "plan": self.plan,
-                "plan_epoch": self.plan_epoch, "revision": self.revision, "meta": self.meta}
+                "plan_epoch": self.plan_epoch, "revision": self.revision, "meta": self.meta,
+                "registry": self.registry}
 
     @classmethod
     def from_doc(cls, doc: Any) -> DesiredState:
@@ -84,7 +88,11 @@ class DesiredState:
         meta = doc.get("meta", {})  # absent in dumps written before meta existed
         if not isinstance(meta, dict):
             raise ValueError("state document: bad meta")
-        return cls(services, plan, epoch, revision, meta)
+        registry = doc.get("registry", {})  # absent in dumps written before the registry
+        if not (isinstance(registry, dict) and all(
+                isinstance(k, str) and isinstance(v, dict) for k, v in registry.items())):
+            raise ValueError("state document: bad registry")
+        return cls(services, plan, epoch, revision, meta, registry)
 
 
 @dataclass(frozen=True)
@@ -197,6 +205,51 @@ def apply_init_meta(state: DesiredState, key: Any, value: Any) -> tuple[DesiredS
     if key in state.meta:
         return state, _refused(state, "exists")
     return _changed(state, meta={**state.meta, key: value})
+
+
+PATCHABLE_KEYS = frozenset({"mode", "state"})
+"""Top-level keys of a service document that `apply_patch_service` may set
+without a whole new manifest: ``mode`` (``"active"`` / ``"idle"``, by
+``nanomesh activate`` / ``idle``) and ``state`` (the state blob a nanoservice
+hands the runtime, for seed files). Neither restarts a running instance
+(`nanomesh.reconcile.spec_digest` leaves them out)."""
+MAX_REGISTRY_KEY_LEN = 2 * MAX_NAME_LEN + 1
+"""``name@version``: a service name, ``@``, a version of the same length at most."""
+
+
+def apply_patch_service(state: DesiredState, name: Any, key: Any, value: Any
+                        ) -> tuple[DesiredState, Outcome]:
+    """Set one `PATCHABLE_KEYS` key of the existing service `name` (None
+    removes it); refused with ``"not-found"`` if the service is gone (a patch
+    never resurrects an undeployed service)."""
+    if key not in PATCHABLE_KEYS or not is_json(value):
+        return state, _refused(state, "invalid")
+    old = state.services.get(name) if isinstance(name, str) else None
+    if old is None:
+        return state, _refused(state, "not-found")
+    new = {k: v for k, v in old.items() if k != key}
+    if value is not None:
+        new[key] = value
+    if new == old:
+        return state, _unchanged(state)
+    return _changed(state, services={**state.services, name: new})
+
+
+def apply_put_registry(state: DesiredState, key: Any, entry: Any
+                       ) -> tuple[DesiredState, Outcome]:
+    """Add or replace registry entry `key` (``"name@version"``); `entry` None
+    removes it (refused with ``"not-found"`` if absent)."""
+    if not (isinstance(key, str) and 0 < len(key) <= MAX_REGISTRY_KEY_LEN):
+        return state, _refused(state, "invalid")
+    if entry is None:
+        if key not in state.registry:
+            return state, _refused(state, "not-found")
+        return _changed(state, registry={k: v for k, v in state.registry.items() if k != key})
+    if not (isinstance(entry, dict) and is_json(entry)):
+        return state, _refused(state, "invalid")
+    if state.registry.get(key) == entry:
+        return state, _unchanged(state)
+    return _changed(state, registry={**state.registry, key: entry})
 
 
 def _changed(state: DesiredState, **fields: Any) -> tuple[DesiredState, Outcome]:

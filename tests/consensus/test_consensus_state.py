@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from nanomesh.consensus.state import (
     DesiredState,
     apply_delete_service,
+    apply_patch_service,
+    apply_put_registry,
     apply_put_service,
     apply_set_plan,
     is_json,
@@ -110,6 +112,8 @@ _commands = st.one_of(
     st.tuples(st.just("put"), _names, _json),
     st.tuples(st.just("delete"), _names),
     st.tuples(st.just("plan"), _json, st.integers(-1, 4) | st.just(True)),
+    st.tuples(st.just("patch"), _names, st.sampled_from(["mode", "state", "name", 3]), _json),
+    st.tuples(st.just("registry"), _names, st.none() | _json),
 )
 
 
@@ -130,6 +134,10 @@ def test_apply_is_total_and_revision_and_epoch_are_monotonic(commands: list[Any]
                     state, out = apply_delete_service(state, name)
                 case ("plan", plan, epoch):
                     state, out = apply_set_plan(state, plan, epoch)
+                case ("patch", name, key, value):
+                    state, out = apply_patch_service(state, name, key, value)
+                case ("registry", key, entry):
+                    state, out = apply_put_registry(state, key, entry)
             assert state.revision >= before.revision and state.plan_epoch >= before.plan_epoch
             assert (state.plan_epoch == before.plan_epoch + 1) == (cmd[0] == "plan"
                                                                   and out.applied)
@@ -150,3 +158,33 @@ def test_init_meta_sets_once_and_refuses_overwrite() -> None:
     assert DesiredState.from_doc(s1.to_doc()) == s1
     legacy = {k: v for k, v in s1.to_doc().items() if k != "meta"}
     assert DesiredState.from_doc(legacy).meta == {}
+
+
+def test_patch_service_sets_and_removes_only_patchable_keys_of_existing_services() -> None:
+    """``nanomesh idle`` / ``activate`` and a nanoservice's state blob patch one
+    key; a patch never creates a service, and ``name``/``run`` are not patchable
+    (they come only with a whole manifest)."""
+    s1, _ = apply_put_service(EMPTY, "a", {"name": "a", "run": {"command": ["x"]}})
+    s2, out = apply_patch_service(s1, "a", "mode", "idle")
+    assert out.applied and out.changed and s2.services["a"]["mode"] == "idle"
+    s3, out = apply_patch_service(s2, "a", "mode", "idle")
+    assert out.applied and not out.changed and s3 is s2
+    s4, out = apply_patch_service(s3, "a", "mode", None)
+    assert out.changed and "mode" not in s4.services["a"] and s4.services["a"] == s1.services["a"]
+    assert apply_patch_service(s1, "ghost", "mode", "idle")[1].reason == "not-found"
+    assert apply_patch_service(s1, "a", "run", {})[1].reason == "invalid"
+    assert apply_patch_service(s1, "a", "state", math.nan)[1].reason == "invalid"
+
+
+def test_registry_entries_put_replace_delete_and_survive_the_doc_round_trip() -> None:
+    s1, out = apply_put_registry(EMPTY, "hello@1.0", {"sha256": "ab", "size": 3})
+    assert out.changed and s1.registry == {"hello@1.0": {"sha256": "ab", "size": 3}}
+    assert DesiredState.from_doc(s1.to_doc()) == s1
+    assert apply_put_registry(s1, "hello@1.0", {"sha256": "ab", "size": 3})[1].changed is False
+    s2, out = apply_put_registry(s1, "hello@1.0", None)
+    assert out.changed and s2.registry == {}
+    assert apply_put_registry(s2, "hello@1.0", None)[1].reason == "not-found"
+    assert apply_put_registry(s2, "", {"a": 1})[1].reason == "invalid"
+    assert apply_put_registry(s2, "x@1", [1])[1].reason == "invalid"
+    old_doc = {k: v for k, v in EMPTY.to_doc().items() if k != "registry"}
+    assert DesiredState.from_doc(old_doc).registry == {}

@@ -20,6 +20,8 @@ def test_good_manifest_becomes_a_document_with_the_placement_spec() -> None:
     assert doc["name"] == "spo2" and doc["kind"] == "process"
     assert doc["run"] == {"command": ["python3", "-c", "print(1)"], "env": {"A": "1"},
                           "cwd": None}
+    assert doc["endpoints"] == [] and doc["health"]["check"] == "none"
+    assert doc["restart"] == {"policy": "always"} and "mode" not in doc
     assert doc["spec"]["requires"]["capabilities"] == ["pulse-oximeter"]
     assert doc["spec"]["requires"]["memory_mb"] == 64
 
@@ -29,7 +31,32 @@ def test_good_manifest_becomes_a_document_with_the_placement_spec() -> None:
     ({"kind": "vm"}, "kind must be one of"),
     ({"run": None}, "run: missing"),
     ({"run": {"command": []}}, "run.command: must not be empty"),
-    ({"run": {"command": ["x"], "cwd": "relative"}}, "run.cwd"),
+    ({"run": {"command": ["x"], "cwd": "../outside"}}, "run.cwd: a relative cwd must stay"),
+    ({"run": {"command": ["x"], "env": {"NANOMESH_PORT_API": "1"}}}, "NANOMESH_PORT_API"),
+    ({"mode": "sleepy"}, "mode must be one of"),
+    ({"kind": "container"}, "container: give exactly one of image"),
+    ({"kind": "container", "container": {"rootfs": "/abs"}}, "container.rootfs"),
+    ({"container": {"image": "x"}}, 'container: only for kind = "container"'),
+    ({"endpoints": {"name": "a"}}, "endpoints: must be a list"),
+    ({"endpoints": [{"name": "a b", "protocol": "coap"}]}, "endpoints[0].name"),
+    ({"endpoints": [{"name": "a", "protocol": "mqtt"}]}, "endpoints[0].protocol"),
+    ({"endpoints": [{"name": "a", "protocol": "zmq", "port": 70000}]}, "endpoints[0].port"),
+    ({"endpoints": [{"name": "a", "protocol": "zmq"}, {"name": "a", "protocol": "coap"}]},
+     "endpoints[1].name: duplicate"),
+    ({"health": {"check": "tcp"}}, "health.check: a tcp check needs an endpoint"),
+    ({"health": {"check": "exec"}}, "run.command"),
+    ({"health": {"check": "none", "interval": -1}}, "health.interval"),
+    ({"health": {"check": "none", "retries": 0}}, "health.retries"),
+    ({"health": {"chek": "none"}}, "health.chek: unknown key"),
+    ({"endpoints": [{"name": "a", "protocol": "zmq"}], "health": {"endpoint": "b"}},
+     "health.endpoint: no endpoint named 'b'"),
+    ({"restart": {"policy": "sometimes"}}, "restart.policy"),
+    ({"restart": "always"}, "restart: must be a table"),
+    ({"limits": {"memory_mb": 1}}, "limits.memory_mb"),
+    ({"limits": {"cpu": 0}}, "limits.cpu"),
+    ({"limits": {"pids": True}}, "limits.pids"),
+    ({"bundle": {"sha256": "xyz", "size": 1}}, "bundle.sha256"),
+    ({"state": 5}, "state must be a base64 string"),
     ({"run": {"command": ["x"], "env": {"A": 1}}}, "run.env"),
     ({"run": {"command": ["x"], "user": "root"}}, "run.user: unknown key"),
     ({"requires": {"memroy_mb": 5}}, "memroy_mb"),
@@ -56,3 +83,24 @@ def test_load_manifest_from_a_service_folder(tmp_path: Path) -> None:
         load_manifest(folder)
     with pytest.raises(ManifestError, match="cannot read manifest"):
         load_manifest(tmp_path / "missing.toml")
+
+
+def test_full_manifest_normalises_defaults_and_round_trips() -> None:
+    """Every section of the issue's manifest; the document a peer receives
+    validates again to itself (a peer re-reads it on the far side)."""
+    raw = {**GOOD, "kind": "container", "mode": "idle", "container": {"rootfs": "rootfs"},
+           "run": {"command": ["/bin/sh", "-c", "sleep 9"]},
+           "endpoints": [{"name": "api", "protocol": "coap"},
+                         {"name": "bus", "protocol": "zmq", "port": 5555}],
+           "health": {"path": "health", "retries": 2},
+           "restart": {"policy": "on-failure"}, "limits": {"memory_mb": 32, "cpu": 0.5}}
+    doc = service_document(raw)
+    assert doc["endpoints"] == [{"name": "api", "protocol": "coap", "port": "auto"},
+                                {"name": "bus", "protocol": "zmq", "port": 5555}]
+    assert doc["health"]["check"] == "coap" and doc["health"]["endpoint"] == "api"
+    assert doc["health"]["retries"] == 2 and doc["health"]["interval"] == 5.0
+    assert doc["limits"] == {"memory_mb": 32, "cpu": 0.5, "pids": None}
+    assert doc["mode"] == "idle" and doc["container"] == {"image": None, "rootfs": "rootfs"}
+    again = service_document({k: v for k, v in doc.items() if k != "spec"}
+                             | {k: raw[k] for k in ("replicas", "requires", "placement")})
+    assert again == doc

@@ -47,9 +47,9 @@ def test_run_spec_is_frozen() -> None:
     ({"command": ["x"], "env": {"": "1"}}, "run.env['']", "non-empty"),
     ({"command": ["x"], "env": {"NANOMESH_INSTANCE": "x/1"}}, "run.env.NANOMESH_INSTANCE",
      "set by the runtime"),
-    ({"command": ["x"], "cwd": "relative/dir"}, "run.cwd", "absolute path"),
-    ({"command": ["x"], "cwd": 5}, "run.cwd", "absolute path or null"),
-    ({"command": ["x"], "cwd": ""}, "run.cwd", "absolute path or null"),
+    ({"command": ["x"], "cwd": "../up"}, "run.cwd", "stay inside the bundle"),
+    ({"command": ["x"], "cwd": 5}, "run.cwd", "a path or null"),
+    ({"command": ["x"], "cwd": ""}, "run.cwd", "a path or null"),
     ({"command": ["x"], "comand": ["y"]}, "run.comand", "unknown key"),
 ])
 def test_bad_run_sections_name_the_field(run: Any, field: str, problem: str) -> None:
