@@ -14,6 +14,7 @@ from nanomesh.reconcile import (
     STATES,
     TRANSITIONS,
     BackoffPolicy,
+    IdleInstance,
     IllegalTransition,
     InstanceStatus,
     StartInstance,
@@ -54,6 +55,14 @@ def start(iid: str, restarts: int = 0, spec: Mapping[str, Any] = SVC) -> StartIn
 
 MINE = {"svc/0": ME}
 ELSEWHERE = {"svc/0": "pi-b"}
+IDLE_SVC: dict[str, Any] = {**SVC, "mode": "idle"}
+IDLE = {"svc": IDLE_SVC, "other": OTHER}
+ON_FAILURE = {"svc": {**SVC, "restart": {"policy": "on-failure"}}, "other": OTHER}
+NEVER = {"svc": {**SVC, "restart": {"policy": "never"}}, "other": OTHER}
+
+
+def idle(iid: str) -> IdleInstance:
+    return IdleInstance(iid, iid.rpartition("/")[0], IDLE_SVC, spec_digest(IDLE_SVC))
 
 # id, plan assignments, services, local instances, now, expected effects
 CASES: list[tuple[str, dict[str, str], Mapping[str, Any], list[InstanceStatus], float,
@@ -99,7 +108,34 @@ CASES: list[tuple[str, dict[str, str], Mapping[str, Any], list[InstanceStatus], 
      [st("svc/0", "running")], 100.0, []),
     ("only my assignments are started", {"svc/0": ME, "svc/1": "pi-b", "other/0": ME},
      SERVICES, [], 100.0, [start("other/0", spec=OTHER), start("svc/0")]),
+    # -- idle mode and activation
+    ("idle service, no record: prepared and recorded idle", MINE, IDLE, [], 100.0,
+     [idle("svc/0")]),
+    ("idle service, running: stopped", MINE, IDLE, [st("svc/0", "running")], 100.0,
+     [StopInstance("svc/0", "idle")]),
+    ("idle service, stopped (exited): recorded idle", MINE, IDLE, [st("svc/0", "exited")],
+     100.0, [idle("svc/0")]),
+    ("idle service, idle: nothing", MINE, IDLE, [st("svc/0", "idle")], 100.0, []),
+    ("idle service, idle with an older spec: prepared again", MINE, IDLE,
+     [st("svc/0", "idle", digest=OLD)], 100.0, [idle("svc/0")]),
+    ("idle service, fetching: nothing", MINE, IDLE, [st("svc/0", "fetching")], 100.0, []),
+    ("activated: an idle instance starts at once, back-off reset", MINE, SERVICES,
+     [st("svc/0", "idle", restarts=5)], 100.0, [start("svc/0", 0)]),
+    ("fetching its bundle: nothing", MINE, SERVICES, [st("svc/0", "fetching")], 100.0, []),
+    ("mode is not part of the digest: going idle is a stop, not a spec change", MINE, IDLE,
+     [st("svc/0", "starting")], 100.0, [StopInstance("svc/0", "idle")]),
+    # -- restart policies
+    ("on-failure: a clean exit is final", MINE, ON_FAILURE,
+     [st("svc/0", "exited", 100.0, digest=spec_digest(ON_FAILURE["svc"]))], 500.0, []),
+    ("on-failure: a failure is restarted after the back-off", MINE, ON_FAILURE,
+     [st("svc/0", "failed", 100.0, digest=spec_digest(ON_FAILURE["svc"]))], 100.5,
+     [start("svc/0", 1, spec=ON_FAILURE["svc"])]),
+    ("never: a failure is final", MINE, NEVER,
+     [st("svc/0", "failed", 100.0, digest=spec_digest(NEVER["svc"]))], 500.0, []),
+    ("never: a new spec still starts it", MINE, NEVER,
+     [st("svc/0", "failed", 100.0, digest=OLD)], 100.0, [start("svc/0", 0, spec=NEVER["svc"])]),
     # -- not wanted here
+    ("unwanted and idle: nothing", ELSEWHERE, SERVICES, [st("svc/0", "idle")], 500.0, []),
     ("assigned elsewhere and not running here: nothing", ELSEWHERE, SERVICES, [], 100.0, []),
     ("running but now assigned elsewhere: stop", ELSEWHERE, SERVICES,
      [st("svc/0", "running")], 100.0, [StopInstance("svc/0", "unassigned")]),
@@ -205,6 +241,18 @@ def test_next_retry_at_ignores_unwanted_and_respecced_instances() -> None:
                                                                     digest=OLD)}
     assert next_retry_at(ME, {"svc/0": "pi-b", "svc/1": ME}, SERVICES, instances, BO) is None
     assert next_retry_at(ME, {}, SERVICES, {}, BO) is None
+
+
+def test_next_retry_at_ignores_idle_services_and_final_ends() -> None:
+    """No wake-up is scheduled for a run the restart policy or idle mode will
+    not follow up (the shell would otherwise spin on a deadline in the past)."""
+    never = st("svc/0", "failed", 100.0, digest=spec_digest(NEVER["svc"]))
+    assert next_retry_at(ME, MINE, NEVER, {"svc/0": never}, BO) is None
+    clean = st("svc/0", "exited", 100.0, digest=spec_digest(ON_FAILURE["svc"]))
+    assert next_retry_at(ME, MINE, ON_FAILURE, {"svc/0": clean}, BO) is None
+    assert next_retry_at(ME, MINE, IDLE, {"svc/0": st("svc/0", "failed", 100.0)}, BO) is None
+    assert next_retry_at(ME, MINE, SERVICES, {"svc/0": st("svc/0", "failed", 100.0)},
+                         BO) == 100.5
 
 
 # -- spec digest ------------------------------------------------------------------------
