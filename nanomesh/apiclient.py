@@ -1,4 +1,10 @@
-"""A minimal client for a peer's HTTP JSON API (used by the CLI and the lab)."""
+"""A minimal client for a peer's HTTP JSON API (used by the CLI and the lab).
+
+- `get_json(peer, path)`, `request_json(method, peer, path, body, token)`:
+  JSON in and out.
+- `request_bytes(method, peer, path, data, token, content_type)`: raw bytes
+  in and out (bundles); the reply body as bytes.
+"""
 
 from __future__ import annotations
 
@@ -26,15 +32,28 @@ def request_json(method: str, peer: str, path: str, body: Any = None,
                  token: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> Any:
     """One API call; the decoded JSON reply. ApiError with the peer's own
     error message on a 4xx/5xx, or when the peer cannot be reached."""
-    url = f"http://{peer}{path}"
     data = json.dumps(body).encode() if body is not None else None
-    headers = {"content-type": "application/json"} if data is not None else {}
+    reply = request_bytes(method, peer, path, data, token=token, timeout=timeout,
+                          content_type="application/json")
+    try:
+        return json.loads(reply)
+    except ValueError as exc:
+        raise ApiError(f"http://{peer}{path}: reply is not JSON: {exc}") from None
+
+
+def request_bytes(method: str, peer: str, path: str, data: bytes | None = None,
+                  token: str | None = None, timeout: float = DEFAULT_TIMEOUT,
+                  content_type: str = "application/octet-stream") -> bytes:
+    """One API call with a raw body; the raw reply body. Errors as `request_json`."""
+    url = f"http://{peer}{path}"
+    headers = {"content-type": content_type} if data is not None else {}
     if token:
         headers["authorization"] = f"Bearer {token}"
     req = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return json.loads(resp.read())
+            body: bytes = resp.read()
+            return body
     except urllib.error.HTTPError as exc:
         try:
             detail = json.loads(exc.read()).get("error", "")

@@ -83,18 +83,10 @@ def _parser() -> argparse.ArgumentParser:
     profile.add_argument("--json", action="store_true", help="print JSON")
     profile.set_defaults(func=_profile)
 
-    deploy = sub.add_parser("deploy", help="deploy (or update) a nanoservice from its manifest",
-                            description="Validate MANIFEST (a nanoservice.toml, or a service "
-                            "folder holding one) and commit it to the mesh's desired state. "
-                            "Needs the management token.")
-    deploy.add_argument("manifest", type=Path, metavar="MANIFEST")
-    _token_args(deploy)
-    deploy.set_defaults(func=_deploy)
-
-    undeploy = sub.add_parser("undeploy", help="remove a nanoservice from the mesh")
-    undeploy.add_argument("name", metavar="NAME")
-    _token_args(undeploy)
-    undeploy.set_defaults(func=_undeploy)
+    from nanomesh.cli_bundles import add_registry_commands
+    from nanomesh.cli_runtime import add_runtime_commands
+    add_runtime_commands(sub, PEER_HELP, _token_args)
+    add_registry_commands(sub)
 
     for name, func, text in (
             ("services", _services, "list the desired services"),
@@ -298,33 +290,6 @@ def _print_nested(value: Any, indent: int) -> None:
 # ------------------------------------------------------------------ desired state
 
 
-def _deploy(args: argparse.Namespace) -> int:
-    import tomllib
-
-    from nanomesh.apiclient import request_json
-    from nanomesh.manifest import load_manifest
-
-    load_manifest(args.manifest)  # refuse a bad manifest before touching the mesh
-    path = args.manifest / "nanoservice.toml" if args.manifest.is_dir() else args.manifest
-    with path.open("rb") as f:
-        raw = tomllib.load(f)
-    reply = request_json("POST", _peer_api(args.peer), "/v1/services", raw, _token(args))
-    verb = "deployed" if reply["changed"] else "unchanged:"
-    print(f"{verb} {reply['name']} (revision {reply['revision']}); see `nanomesh placement`")
-    return 0
-
-
-def _undeploy(args: argparse.Namespace) -> int:
-    import urllib.parse
-
-    from nanomesh.apiclient import request_json
-
-    path = "/v1/services/" + urllib.parse.quote(args.name, safe="")
-    reply = request_json("DELETE", _peer_api(args.peer), path, token=_token(args))
-    print(f"undeployed {reply['name']} (revision {reply['revision']})")
-    return 0
-
-
 def _services(args: argparse.Namespace) -> int:
     from nanomesh.apiclient import get_json
 
@@ -332,12 +297,16 @@ def _services(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(docs, indent=2, sort_keys=True))
         return 0
-    rows: list[tuple[str, ...]] = [("NAME", "VERSION", "REPLICAS", "REQUIRES", "COMMAND")]
+    rows: list[tuple[str, ...]] = [("NAME", "VERSION", "KIND", "MODE", "REPLICAS", "REQUIRES",
+                                    "RUNS")]
     for d in docs:
         req = d["spec"]["requires"]
         needs = ",".join(req.get("capabilities", [])) or "-"
-        rows.append((d["name"], d.get("version") or "-", str(d["spec"]["replicas"]), needs,
-                     " ".join(" ".join(d["run"]["command"]).split())[:40]))
+        container = d.get("container") or {}
+        runs = " ".join(d["run"]["command"]) or container.get("image") or "(image default)"
+        rows.append((d["name"], d.get("version") or "-", d.get("kind", "process"),
+                     d.get("mode", "active"), str(d["spec"]["replicas"]), needs,
+                     " ".join(runs.split())[:40]))
     _print_table(rows)
     return 0
 
@@ -350,8 +319,9 @@ def _placement(args: argparse.Namespace) -> int:
         print(json.dumps(p, indent=2, sort_keys=True))
         return 0
     print(f"plan epoch {p['epoch']} ({p['strategy'] or 'no plan yet'})")
-    rows: list[tuple[str, ...]] = [("INSTANCE", "PEER", "STATE")]
-    rows += [(i["instance"], i["peer"], i["state"]) for i in p["instances"]]
+    rows: list[tuple[str, ...]] = [("INSTANCE", "PEER", "STATE", "HEALTH")]
+    rows += [(i["instance"], i["peer"], i["state"], i.get("health", "-"))
+             for i in p["instances"]]
     _print_table(rows)
     for svc, reasons in sorted(p["unplaceable"].items()):
         print(f"\n{svc} cannot be placed (it will be as soon as a suitable peer appears):")

@@ -6,11 +6,15 @@ flags, validated in one place before anything starts.
 name = "room-pd1"                  # default: the host name
 bind = "192.168.1.20:7946"         # gossip address (UDP and TCP)
 api_port = 7947                    # HTTP JSON API, same IP
+coap_port = 5683                   # CoAP gateway (UDP), same IP; 0 = no gateway
+events_xpub_port = 7950            # event relay: subscribers connect here; 0 = no relay
+events_xsub_port = 7951            # event relay: local publishers connect here
 join = ["192.168.1.10"]            # seeds; default port 7946
 data_dir = "/var/lib/nanomesh"
 key_file = "/etc/nanomesh/cluster.key"
 profile_refresh = 5.0              # seconds between live-load samples
 labels = { room = "meeting-1" }
+container_engine = "auto"          # auto | runc | podman | docker
 
 [gossip]
 preset = "lan"                     # lan | local | memberlist-lan
@@ -40,9 +44,24 @@ DEFAULT_GOSSIP_PORT = 7946
 """UDP and TCP port for gossip, as memberlist/Serf/Consul use."""
 DEFAULT_API_PORT = 7947
 """HTTP JSON API port, on the same IP as gossip."""
+DEFAULT_COAP_PORT = 5683
+"""UDP port of the CoAP gateway (`nanomesh.gateway`), on the same IP as
+gossip: CoAP's own default (RFC 7252 §6.1), so that ``coap://<peer>/s/NAME``
+needs no port. 0 in the config disables the gateway."""
+DEFAULT_EVENTS_XPUB_PORT = 7950
+"""TCP port of the event relay's XPUB (subscribers connect), same IP as gossip
+(`nanomesh.events.DEFAULT_XPUB_PORT`)."""
+DEFAULT_EVENTS_XSUB_PORT = 7951
+"""TCP port of the event relay's XSUB (local publishers connect), same IP as
+gossip (`nanomesh.events.DEFAULT_XSUB_PORT`)."""
 DEFAULT_PROFILE_REFRESH = 5.0
 """Seconds between samples of live load. A sample only changes the published
 profile when it moved past `nanomesh.discovery.load_changed`'s thresholds."""
+
+
+CONTAINER_ENGINES = ("auto", "runc", "podman", "docker")
+"""Values of ``peer.container_engine``: ``auto`` picks per service (runc for a
+rootfs, podman then docker for an image; `nanomesh.runtime.container`)."""
 
 
 def parse_address(text: str, default_port: int, what: str = "address") -> Address:
@@ -86,6 +105,12 @@ class PeerConfig:
     name: str
     bind: Address
     api_port: int = DEFAULT_API_PORT
+    coap_port: int = DEFAULT_COAP_PORT
+    """CoAP gateway port (UDP); 0 runs no gateway."""
+    events_xpub_port: int = DEFAULT_EVENTS_XPUB_PORT
+    """Event relay XPUB port (TCP); 0 (either port) runs no relay."""
+    events_xsub_port: int = DEFAULT_EVENTS_XSUB_PORT
+    """Event relay XSUB port (TCP); 0 (either port) runs no relay."""
     join: tuple[Address, ...] = ()
     data_dir: Path = Path(".")
     key_file: Path | None = None
@@ -94,6 +119,7 @@ class PeerConfig:
     devices: tuple[dict[str, Any], ...] = ()
     gossip: GossipConfig = field(default_factory=GossipConfig)
     config_file: Path | None = None
+    container_engine: str = "auto"
 
     @property
     def api_addr(self) -> Address:
@@ -135,6 +161,7 @@ def build_config(
     key_file: Path | None = None,
     api_port: int | None = None,
     gossip_preset: str | None = None,
+    coap_port: int | None = None,
 ) -> PeerConfig:
     """Merge the config file (if any) with flags; flags win."""
     raw = load_file(config_file) if config_file else {}
@@ -168,10 +195,26 @@ def build_config(
         raise ConfigError(f"api port {port} out of range")
     if port == bind_addr[1]:
         raise ConfigError(f"api port {port} is the gossip port; choose another")
+    engine = peer.get("container_engine", "auto")
+    if engine not in CONTAINER_ENGINES:
+        raise ConfigError(f"{where}: peer.container_engine must be one of "
+                          f"{', '.join(CONTAINER_ENGINES)}, got {engine!r}")
+    if coap_port is None:
+        coap_port = peer.get("coap_port", DEFAULT_COAP_PORT)
+    if isinstance(coap_port, bool) or not isinstance(coap_port, int) or not (
+            0 <= coap_port < 65536):
+        raise ConfigError(f"{where}: peer.coap_port must be a port 1-65535, or 0 for no "
+                          "CoAP gateway")
+    if coap_port == bind_addr[1]:
+        raise ConfigError(f"coap port {coap_port} is the gossip port (both UDP); choose another")
+    events_ports = _events_ports(peer, where, {bind_addr[1]: "gossip", port: "api"})
     return PeerConfig(
         name=name,
         bind=bind_addr,
         api_port=port,
+        coap_port=coap_port,
+        events_xpub_port=events_ports[0],
+        events_xsub_port=events_ports[1],
         join=tuple(parse_address(str(s), DEFAULT_GOSSIP_PORT, "--join") for s in seeds),
         data_dir=data_dir or Path(peer.get("data_dir") or default_data_dir(name)),
         key_file=key,
@@ -180,4 +223,26 @@ def build_config(
         devices=tuple(devices),
         gossip=_gossip_from(raw.get("gossip", {}), gossip_preset, where),
         config_file=config_file,
+        container_engine=engine,
     )
+
+
+def _events_ports(peer: dict[str, Any], where: str, taken: dict[int, str]) -> tuple[int, int]:
+    """``(xpub, xsub)`` from ``[peer]``; both 0 when either is 0 (no relay)."""
+    ports = []
+    for key, default in (("events_xpub_port", DEFAULT_EVENTS_XPUB_PORT),
+                         ("events_xsub_port", DEFAULT_EVENTS_XSUB_PORT)):
+        value = peer.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 65536:
+            raise ConfigError(f"{where}: peer.{key} must be a port 1-65535, or 0 for no "
+                              "event relay")
+        if value and value in taken:
+            raise ConfigError(f"{where}: peer.{key} {value} is the {taken[value]} port; "
+                              "choose another")
+        ports.append(value)
+    if 0 in ports:
+        return 0, 0
+    if ports[0] == ports[1]:
+        raise ConfigError(f"{where}: peer.events_xpub_port and events_xsub_port are both "
+                          f"{ports[0]}; they must differ")
+    return ports[0], ports[1]

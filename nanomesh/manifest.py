@@ -150,3 +150,17 @@ def _bundle_ref(value: Any, where: str) -> dict[str, Any]:
     if not (isinstance(size, int) and not isinstance(size, bool) and size >= 0):
         raise ManifestError(f"{where}: bundle.size must be a byte count")
     return {"sha256": sha, "size": size}
+
+
+def manifest_from_document(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The manifest mapping a service document was made from (the inverse of
+    :func:`service_document`, up to normalisation): the placement fields come
+    back out of ``spec``. Used to re-deploy a document read from a seed file
+    or another mesh; the result is validated again on deploy."""
+    raw = {k: v for k, v in doc.items() if k != "spec"}
+    spec = doc.get("spec")
+    if isinstance(spec, Mapping):
+        for key in ("replicas", "requires", "placement"):
+            if key in spec:
+                raw[key] = spec[key]
+    return raw

@@ -31,6 +31,7 @@ from nanomesh.consensus import (
     NotRunningError,
 )
 from nanomesh.daemon.http import Handler, HttpError, Request
+from nanomesh.lifecycle import PENDING
 from nanomesh.manifest import ManifestError, service_document
 from nanomesh.wire import MemberState
 
@@ -41,23 +42,39 @@ INSTANCES_KEY = "instances"
 """Where a peer's gossiped profile lists the state of the instances it runs."""
 
 
+def running_node(peer: PeerDaemon) -> ConsensusNode:
+    """This peer's consensus node, or 503."""
+    n = peer.consensus
+    if n is None or not n.running:
+        raise HttpError(503, "this peer's consensus node is not running yet")
+    return n
+
+
+def has_management_token(node: ConsensusNode, request: Request) -> bool:
+    """Whether ``request`` carries the mesh's management token (503 if the mesh
+    has none committed yet)."""
+    digest = node.state.meta.get(TOKEN_META_KEY)
+    if not isinstance(digest, str):
+        raise HttpError(503, "the mesh has no management token committed yet "
+                        "(is a Raft leader elected?)")
+    return token_matches(request.bearer_token(), digest)
+
+
+def require_management_token(peer: PeerDaemon, request: Request) -> ConsensusNode:
+    """The consensus node, if ``request`` carries the management token; else 401."""
+    n = running_node(peer)
+    if not has_management_token(n, request):
+        raise HttpError(401, "this call changes the mesh and needs its management "
+                        "token: --token, $NANOMESH_TOKEN or --token-file")
+    return n
+
+
 def mesh_routes(peer: PeerDaemon) -> dict[tuple[str, str], Handler]:
     def node() -> ConsensusNode:
-        n = peer.consensus
-        if n is None or not n.running:
-            raise HttpError(503, "this peer's consensus node is not running yet")
-        return n
+        return running_node(peer)
 
     def require_token(request: Request) -> ConsensusNode:
-        n = node()
-        digest = n.state.meta.get(TOKEN_META_KEY)
-        if not isinstance(digest, str):
-            raise HttpError(503, "the mesh has no management token committed yet "
-                            "(is a Raft leader elected?)")
-        if not token_matches(request.bearer_token(), digest):
-            raise HttpError(401, "this call changes the mesh and needs its management "
-                            "token: --token, $NANOMESH_TOKEN or --token-file")
-        return n
+        return require_management_token(peer, request)
 
     async def deploy(request: Request) -> tuple[int, Any]:
         n = require_token(request)
@@ -90,7 +107,8 @@ def mesh_routes(peer: PeerDaemon) -> dict[tuple[str, str], Handler]:
         reported = _reported_instances(peer)
         instances = [
             {"instance": iid, "service": iid.rpartition("/")[0], "peer": host,
-             "state": reported.get(host, {}).get(iid, {}).get("state", "pending")}
+             "state": reported.get(host, {}).get(iid, {}).get("state", PENDING),
+             "health": reported.get(host, {}).get(iid, {}).get("health", "none")}
             for iid, host in sorted(plan.get("assignments", {}).items())]
         return 200, {"epoch": state.plan_epoch, "strategy": plan.get("strategy", ""),
                      "instances": instances, "unplaced": plan.get("unplaced", []),

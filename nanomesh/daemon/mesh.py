@@ -24,22 +24,33 @@ import hashlib
 import hmac
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from nanomesh.apiclient import ApiError, request_json
 from nanomesh.auth import TOKEN_META_KEY, ensure_token_file, token_digest
+from nanomesh.bundles import (
+    BUNDLES_SECTION,
+    BundleError,
+    BundleStore,
+    fetch_bundle,
+    holders_index,
+    holders_of,
+)
 from nanomesh.config import DEFAULT_API_PORT, host_port
 from nanomesh.consensus import ConsensusError, ConsensusNode, RaftTiming, StalePlanError
 from nanomesh.consensus.roles import RaftRoleManager, RoleConfig, voters_from_profiles
 from nanomesh.consensus.voters import PeerInfo, peer_info
 from nanomesh.control import VIEW_GRACE, decide, unknown_hosts, worth_committing
+from nanomesh.daemon.api_bundles import bundle_routes, registry_routes
+from nanomesh.daemon.api_mesh import _consensus_call, require_management_token, running_node
 from nanomesh.daemon.http import Handler, HttpError, Request
 from nanomesh.placement import PlacementConfig
 from nanomesh.reconcile import InstanceStatus
-from nanomesh.runtime.process import ProcessDriver
-from nanomesh.runtime.reconciler import Reconciler
+from nanomesh.runtime import HostLauncher, ProcessDriver, Reconciler
+from nanomesh.runtime.container import choose_container_launcher
 from nanomesh.wire import MemberState
 
 if TYPE_CHECKING:
@@ -53,6 +64,9 @@ Membership and desired-state changes trigger a run at once; the period only
 catches slow drifts (a peer's live capacity) and retries failed commits."""
 INTERNAL_CALL_TIMEOUT = 10.0
 """Seconds a promotion or removal call to another peer may take."""
+BUNDLE_FETCH_TIMEOUT = 10.0
+"""Seconds a bundle source may stay silent before the next holder is tried
+(an idle timeout, so a large bundle on a slow link still arrives)."""
 HAND_OVER_TIMEOUT = 3.0
 """Seconds a leaving peer spends giving up its Raft membership before it
 leaves anyway (the leader then removes it when gossip reports it left).
@@ -67,8 +81,14 @@ class MeshControl:
         self.placement = placement or PlacementConfig()
         key = peer.keyring.keys[0] if peer.keyring.enabled else b""
         self._internal_secret = hashlib.sha256(b"nanomesh-internal-v1" + key).hexdigest()
-        self.driver = ProcessDriver()
-        self.reconciler = Reconciler(cfg.name, self.driver, cfg.data_dir / "logs")
+        # The container launcher is added in run(): finding the engines that
+        # really work (``podman info``...) blocks for a moment.
+        self.driver = ProcessDriver(peer=cfg.name, launchers={"process": HostLauncher()})
+        self.reconciler = Reconciler(
+            cfg.name, self.driver, cfg.data_dir / "logs", fetch=self.fetch_bundle,
+            host_ip=cfg.bind[0], peer_api=host_port(*cfg.api_addr),
+            state_root=cfg.data_dir / "instances")
+        self._runtime_section: dict[str, Any] = {}
         self.roles = RaftRoleManager(
             cfg.bind[0], cfg.data_dir / "consensus",
             password=key.hex() if key else None,
@@ -77,6 +97,8 @@ class MeshControl:
             ask_promote=self._ask_promote, ask_remove=self._ask_remove)
         self._plan_wanted = trio.Event()
         self._unknown_since: dict[str, float] = {}
+        self.bundles = BundleStore(cfg.data_dir / "bundles")
+        self._held_bundles: list[str] = []
 
     # ------------------------------------------------------------ reads
 
@@ -85,18 +107,81 @@ class MeshControl:
         return self.roles.node
 
     def profile_sections(self) -> dict[str, Any]:
-        """What this peer adds to its gossiped profile: its Raft role and the
-        state of the instances it runs."""
+        """What this peer adds to its gossiped profile: its Raft role, the
+        state of the instances it runs, and the bundles it can serve."""
         return {"raft": self.roles.profile_section(),
-                "instances": instances_section(self.driver.status())}
+                "instances": instances_section(self.driver.status()),
+                BUNDLES_SECTION: self._held_bundles, "runtime": self._runtime_section}
+
+    # ------------------------------------------------------------ bundles
+
+    async def fetch_bundle(self, sha: str) -> Path:
+        """The extracted bundle ``sha``: from the local store, else fetched from
+        a peer that gossips it (sha256-verified), then served by us too."""
+        if await trio.to_thread.run_sync(self.bundles.has, sha):
+            return self.bundles.path(sha)
+        assert self.peer.core is not None
+        alive = [(m.name, m.profile) for m in self.peer.core.members()
+                 if m.state is MemberState.ALIVE and m.name != self.peer.config.name]
+        holders = holders_of(sha, holders_index(alive))
+        if not holders:
+            raise BundleError(f"no alive peer holds bundle {sha[:12]} (yet)")
+        apis = {m.name: api_address(m.profile, m.addr[0]) for m in self.peer.core.members()}
+        path = await fetch_bundle(self.bundles, sha, [apis[h] for h in holders if h in apis],
+                                  token=self._internal_secret, timeout=BUNDLE_FETCH_TIMEOUT)
+        log.info("fetched bundle %s from the mesh", sha[:12])
+        await self.bundles_changed()
+        return path
+
+    async def bundles_changed(self) -> None:
+        self._held_bundles = await trio.to_thread.run_sync(self.bundles.profile_section)
+        self.peer.republish_profile()
+
+    def bundle_and_registry_routes(self) -> dict[tuple[str, str], Handler]:
+        def authorize(request: Request) -> None:
+            """The operator (management token) or another peer (internal secret)."""
+            token = request.bearer_token() or ""
+            if hmac.compare_digest(token, self._internal_secret):
+                return
+            require_management_token(self.peer, request)
+
+        routes = bundle_routes(self.bundles, authorize)
+        put = routes[("PUT", "/v1/bundles/{name}")]
+
+        async def put_and_publish(request: Request) -> tuple[int, Any]:
+            reply = await put(request)
+            await self.bundles_changed()
+            return reply
+
+        routes[("PUT", "/v1/bundles/{name}")] = put_and_publish
+        def authorize_management(request: Request) -> None:
+            require_management_token(self.peer, request)
+
+        routes.update(registry_routes(self.bundles, _RegistryBackend(self), authorize_management,
+                                      self.peer.config.name))
+        return routes
 
     # ------------------------------------------------------------ lifecycle
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
         self.peer.config.data_dir.joinpath("logs").mkdir(parents=True, exist_ok=True)
+        await trio.to_thread.run_sync(self.bundles.check_all)
+        self._held_bundles = await trio.to_thread.run_sync(self.bundles.profile_section)
+        cfg = self.peer.config
+        containers = await trio.to_thread.run_sync(lambda: choose_container_launcher(
+            cfg.container_engine, state_root=cfg.data_dir / "containers", peer=cfg.name))
+        if containers is not None:
+            self.driver.launchers["container"] = containers
+        else:
+            log.info("no container engine works here (runc as root, podman, docker): "
+                     "container services cannot run on this peer")
         async with trio.open_nursery() as nursery:
             await nursery.start(self.driver.run)
+            self._runtime_section = {
+                "cgroups": self.driver.describe_cgroups(),
+                "container_engines": containers.engines if containers is not None else []}
+            self.peer.republish_profile()
             await nursery.start(self.reconciler.run)
             await nursery.start(self.roles.run)
             nursery.start_soon(self._follow_committed)
@@ -292,10 +377,13 @@ class MeshControl:
 
 
 def instances_section(statuses: Mapping[str, InstanceStatus]) -> dict[str, dict[str, Any]]:
-    """The compact instance states this peer gossips: state and restart count.
-    No times: clocks differ between peers, and an age would change the
-    profile (and make every peer pull it) on every publish."""
-    return {iid: {"state": s.state, "restarts": s.restarts}
+    """The compact instance states this peer gossips: state, restart count,
+    health and the endpoints it serves (what `nanomesh.naming` resolves
+    names with). No times: clocks differ between peers, and an age would
+    change the profile (and make every peer pull it) on every publish."""
+    return {iid: {"state": s.state, "restarts": s.restarts, "health": s.health,
+                  "endpoints": {name: {"protocol": protocol, "port": port}
+                                for name, protocol, port in s.endpoints}}
             for iid, s in sorted(statuses.items())}
 
 
@@ -307,3 +395,26 @@ def api_address(profile: Mapping[str, Any] | None, gossip_ip: str) -> str:
         return api
     return host_port(gossip_ip, DEFAULT_API_PORT)
 
+
+
+class _RegistryBackend:
+    """The registry routes' view of the replicated state."""
+
+    def __init__(self, mesh: MeshControl) -> None:
+        self._mesh = mesh
+
+    def entries(self) -> Mapping[str, Mapping[str, Any]]:
+        return running_node(self._mesh.peer).state.registry
+
+    async def put(self, key: str, entry: dict[str, Any] | None) -> None:
+        node = running_node(self._mesh.peer)
+        outcome = await _consensus_call(lambda: node.put_registry(key, entry))
+        if not outcome.applied:
+            raise HttpError(404 if outcome.reason == "not-found" else 400,
+                            f"registry {key!r}: {outcome.reason}")
+
+    def holders(self) -> Mapping[str, list[str]]:
+        core = self._mesh.peer.core
+        assert core is not None
+        return holders_index((m.name, m.profile) for m in core.members()
+                             if m.state is MemberState.ALIVE)

@@ -14,6 +14,7 @@ Tasks, all in one nursery:
   outgoing stream call;
 - ``_refresh_profile``: samples live load and republishes when it moved;
 - the HTTP API;
+- the CoAP gateway (`nanomesh.gateway`), unless ``coap_port`` is 0;
 - ``_watch_signals``: SIGINT/SIGTERM → graceful leave, then exit.
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -38,7 +40,10 @@ from nanomesh import __version__
 from nanomesh.config import PeerConfig
 from nanomesh.consensus import ConsensusNode
 from nanomesh.daemon.api import api_routes
+from nanomesh.daemon.api_bundles import BUNDLE_BODY_LIMITS
 from nanomesh.daemon.api_mesh import mesh_routes
+from nanomesh.daemon.api_naming import naming_routes, service_names
+from nanomesh.daemon.api_runtime import runtime_routes
 from nanomesh.daemon.http import serve_http
 from nanomesh.daemon.mesh import MeshControl
 from nanomesh.daemon.profile import ProfileSource
@@ -131,6 +136,9 @@ class PeerDaemon:
         self._udp = _listening("gossip (UDP)", cfg.bind, lambda: _bind_udp(cfg.bind))
         listeners = await _open_tcp("gossip (TCP)", cfg.bind)
         api_listeners = await _open_tcp("HTTP API", cfg.api_addr)
+        if cfg.coap_port:
+            from nanomesh.gateway.coap import check_gateway_port
+            check_gateway_port((cfg.bind[0], cfg.coap_port))
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             # Signals first: a SIGTERM during start-up must still mean "leave".
@@ -138,8 +146,18 @@ class PeerDaemon:
             nursery.start_soon(self._receive_datagrams)
             nursery.start_soon(self._run_timers)
             nursery.start_soon(trio.serve_listeners, self._serve_stream, listeners)
-            routes = {**api_routes(self), **mesh_routes(self), **self.mesh.internal_routes()}
-            await nursery.start(serve_http, routes, api_listeners)
+            routes = {**api_routes(self), **mesh_routes(self), **self.mesh.internal_routes(),
+                      **naming_routes(self), **runtime_routes(self),
+                      **self.mesh.bundle_and_registry_routes()}
+            await nursery.start(functools.partial(serve_http, large_bodies=BUNDLE_BODY_LIMITS),
+                                routes, api_listeners)
+            if cfg.coap_port:
+                await nursery.start(self._serve_coap_gateway)
+            if cfg.events_xpub_port and cfg.events_xsub_port:
+                # Pub/sub relay between nanoservices (ConfigError if a port is taken).
+                from nanomesh.events import serve_event_relay
+                await nursery.start(serve_event_relay, cfg.bind[0], cfg.events_xsub_port,
+                                    cfg.events_xpub_port)
             # The control plane may wait seconds for gossip before it bootstraps
             # Raft; membership and the API are up meanwhile.
             nursery.start_soon(self.mesh.run)
@@ -151,6 +169,18 @@ class PeerDaemon:
             if self._seeds:
                 nursery.start_soon(self._join_until_joined)
             task_status.started()
+
+    async def _serve_coap_gateway(
+            self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        """``coap://<our IP>:<coap_port>/s/<service>/<path>``, resolved
+        through our gossip view (our own instances first)."""
+        from nanomesh.gateway.coap import serve_coap_gateway
+        from nanomesh.naming import resolve
+        core, me = self.core, self.config.name
+        assert core is not None
+        await serve_coap_gateway((self.config.bind[0], self.config.coap_port),
+                                 lambda service: resolve(core.members(), service, me=me),
+                                 services=lambda: service_names(self), task_status=task_status)
 
     async def _watch_signals(self, scope: trio.CancelScope, *,
                              task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

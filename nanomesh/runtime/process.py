@@ -1,28 +1,46 @@
-"""ProcessDriver: nanoservice instances as supervised host processes.
+"""ProcessDriver: nanoservice instances as supervised process trees.
 
-Each instance is a process group led by the supervisor shim
+Each run is a process group led by the supervisor shim
 (:mod:`nanomesh.runtime.shim`), started in a new session with
-``trio.lowlevel.open_process``::
+``trio.lowlevel.open_process``, inside a cgroup of its own where the machine
+offers cgroups (:mod:`nanomesh.runtime.cgroups`)::
 
-    daemon ──lifeline pipe──▶ shim (session + group leader, pid = pgid)
-                                 └── command ── its children ...
+    daemon ──lifeline pipe──▶ shim (session + group leader, pid = pgid; in the cgroup)
+                                 └── command ── its children ...   (output ─▶ shim ─▶ log)
 
-* **stop** sends SIGTERM to the whole group, waits ``timeout``, then SIGKILL
-  to the group: grandchildren go too.
+*What* runs is a launcher's business (:mod:`nanomesh.runtime.launch`): the
+driver picks one by the spec's ``kind`` (``process``: the host launcher;
+``container``: runc/podman/docker, given by the daemon) and runs the argv it
+returns under the shim; everything else is the same for both.
+
+* **start**: ports for ``"auto"`` endpoints (:mod:`.ports`), the environment
+  contract (``NANOMESH_*``, with a fresh instance token), the cgroup with the
+  spec's limits, the launcher's command, the log's header line; the shim joins
+  the cgroup before it spawns the command.
+* **health**: with a check (:mod:`.health`), the status's ``health`` goes
+  ``starting`` -> ``healthy``; an instance that turns unhealthy, or never
+  passes within ``start_period``, is stopped and recorded ``failed``
+  (``"unhealthy: ..."``).
+* **stop** sends SIGTERM to the whole group and cgroup, waits ``timeout``,
+  then SIGKILL.
 * **the command ends by itself**: the shim exits as the command did; while
   the shim is a zombie (its pid still names the group, so no stranger can
-  be hit) the driver SIGKILLs whatever is left in the group, then reaps.
+  be hit) the driver SIGKILLs whatever is left in the group, then empties the
+  cgroup (processes that left the group included).
 * **the daemon dies**, even by SIGKILL: the kernel closes the lifeline's
-  write end, the shim reads EOF and kills the group (SIGTERM, ``stop_timeout``
-  seconds, SIGKILL). The shim's docstring explains why this and not
-  ``PR_SET_PDEATHSIG``.
+  write end, the shim reads EOF and kills the group and the cgroup (SIGTERM,
+  ``stop_timeout`` seconds, SIGKILL).
+* **after every run** (however it ended): the cgroup is emptied and removed,
+  the ports released, the launcher's ``cleanup`` command run (bounded, best
+  effort, logged), *then* the end is recorded, so a restart never meets the
+  remains of the previous run.
 
 Outcome of a run: ``exit_code`` is ``subprocess``-style (-N: signal N). A run
-we stopped is ``exited`` if it ended within the timeout, ``failed`` if it had
-to be killed; a run that ended by itself is ``exited`` with status 0,
-``failed`` otherwise. Environment: the daemon's, plus the spec's ``env``,
-plus ``NANOMESH_INSTANCE`` / ``NANOMESH_SERVICE``. stdin is ``/dev/null``;
-stdout and stderr are appended to the instance's log (:mod:`.logs`).
+killed by the kernel for its memory limit is ``failed`` with ``"killed by its
+memory limit (64 MiB)"``; a run stopped for failing its health check is
+``failed`` with ``"unhealthy: ..."``; a run we stopped is ``exited`` if it
+ended within the timeout, ``failed`` if it had to be killed; a run that ended
+by itself is ``exited`` with status 0, ``failed`` otherwise.
 """
 
 from __future__ import annotations
@@ -34,18 +52,23 @@ import shlex
 import shutil
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import trio
 
+from nanomesh.lifecycle import State
 from nanomesh.placement.spec import split_instance_id
-from nanomesh.reconcile import ACTIVE, ENDED, InstanceStatus, State, check_transition, transition
-from nanomesh.runtime.driver import DriverError, InstanceDriver
-from nanomesh.runtime.logs import append_line, log_path, open_log
-from nanomesh.runtime.spec import RunSpec
+from nanomesh.reconcile import ACTIVE, InstanceStatus, check_transition, transition
+from nanomesh.runtime import health as hc
+from nanomesh.runtime.cgroups import Cgroups, InstanceCgroup, Layout
+from nanomesh.runtime.driver import DriverError, InstanceDriver, StartContext
+from nanomesh.runtime.launch import HostLauncher, Launch, LaunchContext, Launcher, LaunchError
+from nanomesh.runtime.logs import ROTATE_BYTES, ROTATE_KEEP, append_line, log_path, open_log
+from nanomesh.runtime.ports import ContractValues, PortAllocator, instance_env, new_token
+from nanomesh.runtime.spec import InstanceSpec
 
 log = logging.getLogger("nanomesh.runtime")
 
@@ -62,6 +85,14 @@ default, at shutdown, and for the shim when the daemon has died. Long enough
 to flush a file or close a socket politely; short enough that a peer leaving
 the mesh is quick about it (systemd's default is 90 s, sized for databases)."""
 
+CLEANUP_TIMEOUT = 10.0
+"""Seconds a launcher's cleanup command (``runc delete --force ID``) may take
+after a run; it is killed after that and the failure logged. Removing a
+container takes well under a second; ten covers a loaded device."""
+
+_RECORDABLE: frozenset[State] = frozenset({"fetching", "idle", "failed"})
+"""States :meth:`ProcessDriver.record` may write."""
+
 
 @dataclass(eq=False)
 class _Instance:
@@ -70,6 +101,13 @@ class _Instance:
     pidfd: int | None = None
     lifeline: int | None = None
     log: Path | None = None
+    cgroup: InstanceCgroup | None = None
+    launch: Launch | None = None
+    token: str | None = None
+    state_dir: Path | None = None
+    health_scope: trio.CancelScope | None = None
+    unhealthy: str | None = None
+    """Set when the health check gave up: the reason the run ``failed``."""
     stop_requested: bool = False
     stop_timeout: float = STOP_TIMEOUT
     killed: bool = False
@@ -81,42 +119,76 @@ class _Instance:
 
 
 class ProcessDriver:
-    """Runs instances as supervised process groups (module docstring); the
-    :class:`~nanomesh.runtime.driver.InstanceDriver` of host processes.
+    """Runs instances as supervised process trees (module docstring); the
+    :class:`~nanomesh.runtime.driver.InstanceDriver` for every kind.
 
+    ``launchers`` maps a spec ``kind`` to its launcher (default: ``process``
+    only, on the host); ``peer`` names this daemon's cgroup scope;
+    ``cgroups=False`` runs without cgroups (no limits, group kill only);
     ``clock`` stamps statuses (the daemon's ``trio.current_time``, the same
-    clock :func:`nanomesh.reconcile.reconcile` is given).
+    clock :func:`nanomesh.reconcile.reconcile` is given); ``rotate_bytes`` and
+    ``rotate_keep`` size the logs (:mod:`.logs`).
     """
 
-    def __init__(self, *, stop_timeout: float = STOP_TIMEOUT,
-                 clock: Callable[[], float] = trio.current_time) -> None:
+    def __init__(self, *, launchers: Mapping[str, Launcher] | None = None,
+                 peer: str = "local", cgroups: bool = True,
+                 stop_timeout: float = STOP_TIMEOUT,
+                 clock: Callable[[], float] = trio.current_time,
+                 rotate_bytes: int = ROTATE_BYTES, rotate_keep: int = ROTATE_KEEP) -> None:
         if not stop_timeout >= 0:
             raise ValueError(f"stop_timeout must be >= 0, got {stop_timeout!r}")
+        if rotate_bytes < 1 or rotate_keep < 0:
+            raise ValueError("rotate_bytes must be >= 1 and rotate_keep >= 0")
+        self.launchers: dict[str, Launcher] = (
+            {"process": HostLauncher()} if launchers is None else dict(launchers))
+        self.peer = peer
         self.stop_timeout = stop_timeout
+        self.rotate_bytes, self.rotate_keep = rotate_bytes, rotate_keep
+        self._use_cgroups = cgroups
+        self.cgroups = Cgroups(Layout(reason="not detected yet (driver not running)"), "")
+        self.ports = PortAllocator()
         self._clock = clock
         self._instances: dict[str, _Instance] = {}
         self._nursery: trio.Nursery | None = None
         self._closing = False
         self._version = 0
         self._changed = trio.Event()
+        self._warned_limits: set[str] = set()
 
     # ------------------------------------------------------------ lifetime
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
-        """Serve until cancelled; then stop every instance (shielded, at most
-        about ``stop_timeout`` seconds) and return."""
+        """Detect cgroups, serve until cancelled; then stop every instance
+        (shielded, at most about ``stop_timeout`` seconds) and return."""
         if self._nursery is not None or self._closing:
             raise DriverError("ProcessDriver.run() may be called once")
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            task_status.started()
-            try:
-                await trio.sleep_forever()
-            finally:
-                self._closing = True
-                with trio.CancelScope(shield=True):
-                    await self.stop_all()
+        if self._use_cgroups:
+            self.cgroups = await trio.to_thread.run_sync(Cgroups.open, self.peer)
+        else:
+            self.cgroups = Cgroups(Layout(reason="disabled in the driver"), "")
+        if self.cgroups.layout.limits:
+            log.info("cgroups: %s", self.cgroups.describe())
+        else:
+            log.warning("cgroups: %s: instance resource limits will not be enforced",
+                        self.cgroups.describe())
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    self._closing = True
+                    with trio.CancelScope(shield=True):
+                        await self.stop_all()
+        finally:
+            self.cgroups.close()
+
+    def describe_cgroups(self) -> str:
+        """What enforces limits here, for the peer's profile:
+        ``{"cgroups": driver.describe_cgroups()}``."""
+        return self.cgroups.describe()
 
     async def stop_all(self, timeout: float | None = None) -> None:
         """Stop every active instance concurrently."""
@@ -125,72 +197,142 @@ class ProcessDriver:
                 if inst.status.state in ACTIVE:
                     nursery.start_soon(self.stop, iid, timeout)
 
+    # ------------------------------------------------------------ records
+
+    def record(self, iid: str, state: State, message: str = "", *, spec_digest: str = "",
+               restarts: int = 0) -> InstanceStatus:
+        """Record a state without a process (see InstanceDriver): ``fetching``,
+        ``idle`` or ``failed``."""
+        if state not in _RECORDABLE:
+            raise DriverError(f"record() is for {', '.join(sorted(_RECORDABLE))}, "
+                              f"not {state}")
+        service = _service(iid)
+        old = self._instances.get(iid)
+        if old is not None and old.status.state in ACTIVE:
+            raise DriverError(f"cannot record {iid} {state}: it is {old.status.state}")
+        check_transition(None if old is None else old.status.state, state, iid)
+        inst = _Instance(InstanceStatus(iid, service, state, self._clock(), restarts=restarts,
+                                        spec_digest=spec_digest, message=message),
+                         state_dir=None if old is None else old.state_dir)
+        inst.settled.set()
+        inst.exited.set()
+        self._instances[iid] = inst
+        self._publish()
+        return inst.status
+
+    def instance_token(self, iid: str) -> str | None:
+        """The bearer token of ``iid``'s current run (its
+        ``NANOMESH_INSTANCE_TOKEN``), while it is active; None otherwise. The
+        daemon checks it on the instance's calls to the peer API."""
+        inst = self._instances.get(iid)
+        if inst is None or inst.status.state not in ACTIVE:
+            return None
+        return inst.token
+
+    def cgroup_of(self, iid: str) -> InstanceCgroup | None:
+        """The cgroup of ``iid``'s current run (None without one, or when it is
+        not running): for diagnostics and tests."""
+        inst = self._instances.get(iid)
+        return None if inst is None or inst.status.state not in ACTIVE else inst.cgroup
+
     # ------------------------------------------------------------ start
 
-    async def start(self, iid: str, run: RunSpec, log_dir: Path, *, spec_digest: str = "",
-                    restarts: int = 0) -> InstanceStatus:
-        """Start one run of ``iid`` (see :class:`InstanceDriver`). Spawn problems
-        (program not found, bad ``cwd``) give a ``failed`` status, not an error.
-        Raises :class:`DriverError` if ``iid`` is malformed or active, or the
-        driver is not running."""
+    async def start(self, iid: str, spec: InstanceSpec, ctx: StartContext) -> InstanceStatus:
+        """Start one run of ``iid`` (see :class:`InstanceDriver`). Problems the
+        operator can act on (no launcher for the kind, program not found, bad
+        ``cwd``, no free port, a cgroup that cannot be made) give a ``failed``
+        status, not an error. Raises :class:`DriverError` if ``iid`` is
+        malformed or active, or the driver is not running."""
         if self._nursery is None or self._closing:
             raise DriverError(f"cannot start {iid}: the driver is not running")
-        inst = self._begin(iid, spec_digest, restarts)
+        inst = self._begin(iid, ctx.spec_digest, ctx.restarts)
         try:
-            process = await self._spawn(inst, run, Path(log_dir))
-        except OSError as exc:
+            process = await self._spawn(inst, spec, ctx)
+        except (LaunchError, OSError) as exc:
+            with trio.CancelScope(shield=True):
+                await self._after_run(inst)
             self._end(inst, "failed", None, f"cannot start: {_os_error(exc)}")
+            log.warning("cannot start %s: %s", iid, inst.status.message)
             return inst.status
         except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._after_run(inst)
             self._end(inst, "failed", None, "start interrupted")
             raise
         # No checkpoint from here on: a cancellation delivered now must not
         # leave a process without its watcher.
         now = self._clock()
+        checked = spec.health.check != "none"
         self._set(inst, transition(inst.status, "running", now, pid=process.pid,
-                                   started_at=now, message=""))
+                                   started_at=now, message="",
+                                   health="starting" if checked else "none"))
         inst.settled.set()
         self._nursery.start_soon(self._watch, inst)
-        log.info("started %s (pid %d): %s", iid, process.pid, shlex.join(run.command))
-        return inst.status
-
-    def record_failure(self, iid: str, message: str, *, spec_digest: str = "",
-                       restarts: int = 0) -> InstanceStatus:
-        """Record a run that failed before a process existed (see InstanceDriver)."""
-        inst = self._begin(iid, spec_digest, restarts)
-        self._end(inst, "failed", None, message)
+        if checked:
+            inst.health_scope = trio.CancelScope()
+            self._nursery.start_soon(self._health, inst, spec, self._target(inst, spec, ctx))
+        assert inst.launch is not None
+        log.info("started %s (pid %d, %s): %s", iid, process.pid,
+                 inst.launch.description or "process", shlex.join(inst.launch.argv))
         return inst.status
 
     def _begin(self, iid: str, spec_digest: str, restarts: int) -> _Instance:
-        try:
-            service, _ = split_instance_id(iid)
-        except ValueError as exc:
-            raise DriverError(str(exc)) from None
+        service = _service(iid)
         old = self._instances.get(iid)
         if old is not None and old.status.state in ACTIVE:
             raise DriverError(f"cannot start {iid}: it is {old.status.state}")
         check_transition(None if old is None else old.status.state, "starting", iid)
         inst = _Instance(InstanceStatus(iid, service, "starting", self._clock(),
-                                        restarts=restarts, spec_digest=spec_digest))
+                                        restarts=restarts, spec_digest=spec_digest),
+                         state_dir=None if old is None else old.state_dir)
         self._instances[iid] = inst
         self._publish()
         return inst
 
-    async def _spawn(self, inst: _Instance, run: RunSpec, log_dir: Path) -> trio.Process:
+    async def _spawn(self, inst: _Instance, spec: InstanceSpec, ctx: StartContext
+                     ) -> trio.Process:
         iid, service = inst.status.iid, inst.status.service
-        env = {**os.environ, **run.env, "NANOMESH_INSTANCE": iid, "NANOMESH_SERVICE": service}
-        _check_program(run, env)
         _, index = split_instance_id(iid)
-        inst.log = log_path(log_dir, service, index)
+        launcher = self.launchers.get(spec.kind)
+        if launcher is None:
+            raise LaunchError(f"no launcher for kind {spec.kind!r} on this peer (it runs: "
+                              f"{', '.join(sorted(self.launchers)) or 'nothing'})")
+        endpoints = self.ports.allocate(iid, ctx.host_ip, spec.endpoints)
+        self._set(inst, replace(inst.status, endpoints=endpoints))
+        inst.token = new_token()
+        env = instance_env(spec, ContractValues(iid, service, ctx.host_ip, endpoints,
+                                                ctx.peer_api, inst.token))
+        inst.state_dir = (ctx.state_root or Path(ctx.log_dir) / ".state") / f"{service}.{index}"
+        inst.log = log_path(ctx.log_dir, service, index)
+        await trio.to_thread.run_sync(_make_dirs, inst.state_dir, inst.log.parent)
+        if self.cgroups.available:
+            inst.cgroup = self.cgroups.create(f"{service}-{index}")
+        launch = await launcher.prepare(spec, LaunchContext(
+            iid=iid, env=env, workdir=ctx.workdir, state_dir=inst.state_dir,
+            host_ip=ctx.host_ip, cgroup=inst.cgroup))
+        inst.launch = launch
+        if spec.limits.any and not launch.enforces_limits:
+            self._apply_limits(inst, spec)
+        elif inst.cgroup is not None and spec.limits.memory_mb is not None:
+            # the engine enforces it (in a cgroup nested in ours, where the
+            # OOM count is read): remembered for the "memory limit" message
+            inst.cgroup.memory_mb = spec.limits.memory_mb
+        _check_program(launch)
         header = (f"starting {iid} (restarts {inst.status.restarts}, "
-                  f"spec {inst.status.spec_digest or '-'}): {shlex.join(run.command)}")
-        log_fd = await trio.to_thread.run_sync(open_log, inst.log, header)
+                  f"spec {inst.status.spec_digest or '-'}, {launch.description or 'process'}):"
+                  f" {shlex.join(launch.argv)}")
+        log_fd = await trio.to_thread.run_sync(open_log, inst.log, header, self.rotate_bytes,
+                                               self.rotate_keep)
+        argv = [*SHIM_ARGV, "--grace", repr(self.stop_timeout), "--log", str(inst.log),
+                "--rotate-bytes", str(self.rotate_bytes), "--keep", str(self.rotate_keep)]
+        if inst.cgroup is not None:
+            for directory in inst.cgroup.dirs.values():
+                argv += ["--cgroup", str(directory)]
         read_end, write_end = os.pipe()  # both close-on-exec; the child gets a dup of read_end
         try:
             process = await trio.lowlevel.open_process(
-                [*SHIM_ARGV, "--grace", repr(self.stop_timeout), "--", *run.command],
-                stdin=read_end, stdout=log_fd, stderr=log_fd, cwd=run.cwd, env=env,
-                start_new_session=True)
+                [*argv, "--", *launch.argv], stdin=read_end, stdout=log_fd, stderr=log_fd,
+                cwd=launch.cwd, env=dict(launch.env), start_new_session=True)
         except BaseException:
             os.close(write_end)
             raise
@@ -201,11 +343,53 @@ class ProcessDriver:
         inst.pidfd = _pidfd_open(process.pid)
         return process
 
+    def _apply_limits(self, inst: _Instance, spec: InstanceSpec) -> None:
+        why = self.cgroups.unenforced(spec.limits)
+        if why is not None and spec.service not in self._warned_limits:
+            self._warned_limits.add(spec.service)
+            log.warning("limits for %s not enforced: %s", spec.service, why)
+        if inst.cgroup is not None:
+            self.cgroups.apply(inst.cgroup, spec.limits)
+
+    @staticmethod
+    def _target(inst: _Instance, spec: InstanceSpec, ctx: StartContext) -> hc.Target:
+        port = next((p for name, _, p in inst.status.endpoints
+                     if name == spec.health.endpoint), None)
+        launch = inst.launch
+        return hc.Target(host=ctx.host_ip, port=port,
+                         cwd=None if launch is None else launch.cwd,
+                         env=None if launch is None else launch.env)
+
+    # ------------------------------------------------------------ health
+
+    async def _health(self, inst: _Instance, spec: InstanceSpec, target: hc.Target) -> None:
+        """Check the run's health until it ends (:mod:`.health`); on giving up,
+        stop it (the run is then ``failed`` with the reason)."""
+        assert inst.health_scope is not None
+        iid = inst.status.iid
+        with inst.health_scope:
+            state = hc.begin(trio.current_time())
+            while True:
+                await trio.sleep_until(state.next_check)
+                error = await hc.probe(spec.health, target)
+                state = hc.observe(spec.health, state, error, trio.current_time())
+                if inst.status.state == "running" and inst.status.health != state.state:
+                    log.info("%s is %s%s", iid, state.state,
+                             f" ({state.last_error})" if state.state != "healthy" else "")
+                    self._set(inst, replace(inst.status, health=state.state))
+                if state.give_up:
+                    inst.unhealthy = state.reason
+                    log.warning("%s: %s: stopping it", iid, state.reason)
+                    assert self._nursery is not None
+                    self._nursery.start_soon(self.stop, iid)
+                    return
+
     # ------------------------------------------------------------ exit
 
     async def _watch(self, inst: _Instance) -> None:
-        """Wait for the run to end, sweep the group, reap, record. Shielded:
-        at shutdown, stop() relies on this to report the ends."""
+        """Wait for the run to end, sweep the group and the cgroup, reap, clean
+        up, record. Shielded: at shutdown, stop() relies on this to report the
+        ends."""
         assert inst.process is not None
         rc: int | None = None
         with trio.CancelScope(shield=True):
@@ -219,7 +403,12 @@ class ProcessDriver:
             finally:
                 inst.reaped = True
                 self._close_fds(inst)
-                state, message = self._outcome(inst, rc)
+                if inst.health_scope is not None:
+                    inst.health_scope.cancel()
+                oom = inst.cgroup is not None and inst.cgroup.oom_killed()
+                memory = None if inst.cgroup is None else inst.cgroup.memory_mb
+                await self._after_run(inst)
+                state, message = self._outcome(inst, rc, memory if oom else None)
                 self._end(inst, state, rc, message)
                 log.log(logging.INFO if state == "exited" else logging.WARNING,
                         "%s %s: %s", inst.status.iid, state, message)
@@ -227,9 +416,33 @@ class ProcessDriver:
                 await trio.to_thread.run_sync(append_line, inst.log,
                                               f"{inst.status.iid} {state}: {message}")
 
-    def _outcome(self, inst: _Instance, rc: int | None) -> tuple[State, str]:
+    async def _after_run(self, inst: _Instance) -> None:
+        """Whatever the run left: the cgroup (emptied, removed), the ports, the
+        launcher's cleanup command. Bounded; failures are logged, not raised."""
+        iid = inst.status.iid
+        self.ports.release(iid)
+        if inst.cgroup is not None:
+            with trio.move_on_after(_KILL_TIMEOUT):
+                while not inst.cgroup.kill_once():
+                    await trio.sleep(0.01)
+            removed = False
+            with trio.move_on_after(_KILL_TIMEOUT):
+                while not (removed := inst.cgroup.remove()):
+                    await trio.sleep(0.01)
+            if not removed:
+                log.warning("%s: could not remove its cgroup %s (still busy)", iid,
+                            ", ".join(str(d) for d in inst.cgroup.dirs.values()))
+        if inst.launch is not None and inst.launch.cleanup:
+            await _run_cleanup(iid, inst.launch.cleanup)
+
+    def _outcome(self, inst: _Instance, rc: int | None, oom_mb: int | None
+                 ) -> tuple[State, str]:
+        if oom_mb is not None:
+            return "failed", f"killed by its memory limit ({oom_mb} MiB)"
         if rc is None:
             return "failed", "lost track of the process (driver error)"
+        if inst.unhealthy is not None:
+            return "failed", inst.unhealthy
         if inst.stop_requested:
             if inst.killed:
                 return "failed", (f"did not stop within {inst.stop_timeout:g} s of SIGTERM: "
@@ -239,7 +452,7 @@ class ProcessDriver:
 
     def _end(self, inst: _Instance, state: State, rc: int | None, message: str) -> None:
         self._set(inst, transition(inst.status, state, self._clock(), exit_code=rc, pid=None,
-                                   message=message))
+                                   message=message, health="none", endpoints=()))
         inst.settled.set()
         inst.exited.set()
 
@@ -256,15 +469,15 @@ class ProcessDriver:
     # ------------------------------------------------------------ stop
 
     async def stop(self, iid: str, timeout: float | None = None) -> InstanceStatus | None:
-        """SIGTERM the instance's group, wait ``timeout`` seconds (default
-        :attr:`stop_timeout`) for it to end, then SIGKILL the group and wait
+        """SIGTERM the instance's group and cgroup, wait ``timeout`` seconds
+        (default :attr:`stop_timeout`) for it to end, then SIGKILL them and wait
         for the end. Returns the final status; None if ``iid`` is unknown.
         Concurrent calls share one stop sequence."""
         inst = self._instances.get(iid)
         if inst is None:
             return None
         await inst.settled.wait()  # a start in progress finishes first
-        if inst.status.state in ENDED:
+        if inst.status.state not in ACTIVE:
             return inst.status
         timeout = self.stop_timeout if timeout is None else timeout
         if not inst.stop_requested:
@@ -284,12 +497,19 @@ class ProcessDriver:
 
     @staticmethod
     def _signal(inst: _Instance, sig: signal.Signals) -> None:
-        """Signal the instance's whole process group. Only before the shim is
-        reaped: until then its pid names the group and cannot be reused."""
-        if inst.process is None or inst.reaped:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(inst.process.pid, sig)
+        """Signal the instance's whole process group (only before the shim is
+        reaped: until then its pid names the group and cannot be reused) and
+        every process in its cgroup (those that left the group)."""
+        group = None
+        if inst.process is not None and not inst.reaped:
+            group = inst.process.pid
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, sig)
+        if inst.cgroup is not None:
+            if sig == signal.SIGKILL:
+                inst.cgroup.kill_once()
+            else:
+                inst.cgroup.signal_all(sig, except_group=group)
 
     # ------------------------------------------------------------ status
 
@@ -298,13 +518,17 @@ class ProcessDriver:
         return {iid: inst.status for iid, inst in self._instances.items()}
 
     def forget(self, iid: str) -> None:
-        """Drop an ended instance's record. Raises DriverError if it is active."""
+        """Drop a resting instance's record, its remembered ports and its private
+        folder. Raises DriverError if it is active."""
         inst = self._instances.get(iid)
         if inst is None:
             return
         if inst.status.state in ACTIVE:
             raise DriverError(f"cannot forget {iid}: it is {inst.status.state}")
         del self._instances[iid]
+        self.ports.forget(iid)
+        if inst.state_dir is not None:
+            shutil.rmtree(inst.state_dir, ignore_errors=True)
         self._publish()
 
     @property
@@ -330,14 +554,23 @@ class ProcessDriver:
         self._changed = trio.Event()
 
 
+_KILL_TIMEOUT = 5.0
+"""Seconds spent emptying and removing a run's cgroup (see cgroups.KILL_TIMEOUT)."""
+
+
 @contextlib.asynccontextmanager
 async def open_process_driver(*, stop_timeout: float = STOP_TIMEOUT,
                               clock: Callable[[], float] = trio.current_time,
+                              launchers: Mapping[str, Launcher] | None = None,
+                              peer: str = "local", cgroups: bool = True,
+                              rotate_bytes: int = ROTATE_BYTES, rotate_keep: int = ROTATE_KEEP,
                               ) -> AsyncIterator[ProcessDriver]:
     """``async with open_process_driver() as driver:`` runs a
     :class:`ProcessDriver` for the block; leaving the block (or being
     cancelled) stops every instance gracefully."""
-    driver = ProcessDriver(stop_timeout=stop_timeout, clock=clock)
+    driver = ProcessDriver(stop_timeout=stop_timeout, clock=clock, launchers=launchers,
+                           peer=peer, cgroups=cgroups, rotate_bytes=rotate_bytes,
+                           rotate_keep=rotate_keep)
     async with trio.open_nursery() as nursery:
         await nursery.start(driver.run)
         try:
@@ -349,7 +582,9 @@ async def open_process_driver(*, stop_timeout: float = STOP_TIMEOUT,
 def describe_exit(rc: int) -> str:
     """``"exited with code 3"``, ``"killed by SIGSEGV"`` (rc is subprocess-style)."""
     if rc >= 0:
-        hint = " (the command could not be executed; see the log)" if rc == 127 else ""
+        hint = {127: " (the command could not be executed; see the log)",
+                125: " (the supervisor could not join the instance's cgroup; see the log)",
+                }.get(rc, "")
         return f"exited with code {rc}{hint}"
     try:
         name = signal.Signals(-rc).name
@@ -358,25 +593,57 @@ def describe_exit(rc: int) -> str:
     return f"killed by {name}"
 
 
-def _check_program(run: RunSpec, env: dict[str, str]) -> None:
+async def _run_cleanup(iid: str, argv: tuple[str, ...]) -> None:
+    """Run a launcher's cleanup command: bounded, best effort, logged."""
+    try:
+        with trio.move_on_after(CLEANUP_TIMEOUT) as scope:
+            result = await trio.run_process(list(argv), stdin=b"", capture_stdout=True,
+                                            capture_stderr=True, check=False)
+    except OSError as exc:
+        log.warning("%s: cleanup %s failed: %s", iid, shlex.join(argv), _os_error(exc))
+        return
+    if scope.cancelled_caught:
+        log.warning("%s: cleanup %s took over %g s: killed", iid, shlex.join(argv),
+                    CLEANUP_TIMEOUT)
+    elif result.returncode != 0:
+        log.warning("%s: cleanup %s: %s: %s", iid, shlex.join(argv),
+                    describe_exit(result.returncode),
+                    result.stderr.decode(errors="replace").strip()[-300:])
+    else:
+        log.debug("%s: cleanup %s done", iid, shlex.join(argv))
+
+
+def _service(iid: str) -> str:
+    try:
+        return split_instance_id(iid)[0]
+    except ValueError as exc:
+        raise DriverError(str(exc)) from None
+
+
+def _make_dirs(*dirs: Path) -> None:
+    for d in dirs:
+        d.mkdir(parents=True, exist_ok=True)
+
+
+def _check_program(launch: Launch) -> None:
     """Raise FileNotFoundError / PermissionError now, with a clear message, for
     a program that cannot be executed (the shim would only exit 127)."""
-    program = run.command[0]
+    program = launch.argv[0]
     if "/" in program:
-        path = os.path.join(run.cwd or os.getcwd(), program)
+        path = os.path.join(launch.cwd or os.getcwd(), program)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no such program: {path}")
         if not os.access(path, os.X_OK):
             raise PermissionError(f"not executable: {path}")
-    elif shutil.which(program, path=env.get("PATH", os.defpath)) is None:
+    elif shutil.which(program, path=launch.env.get("PATH", os.defpath)) is None:
         raise FileNotFoundError(f"command not found on PATH: {program!r}")
 
 
-def _os_error(exc: OSError) -> str:
-    if exc.filename is None and exc.strerror is None:
-        return str(exc)
-    where = f": {exc.filename}" if exc.filename is not None else ""
-    return f"{exc.strerror or exc}{where}"
+def _os_error(exc: Exception) -> str:
+    if isinstance(exc, OSError) and exc.strerror is not None:
+        where = f": {exc.filename}" if exc.filename is not None else ""
+        return f"{exc.strerror}{where}"
+    return str(exc)
 
 
 def _pidfd_open(pid: int) -> int | None:

@@ -9,7 +9,7 @@ state only, never "I think I am leader"). The loop, in order, every round:
 3. start one task per effect, skipping instances that already have one in
    flight (so two effects on one instance never race, and a slow stop does
    not hold up the other instances);
-4. forget ended instances that are no longer wanted here (their story now
+4. forget resting (ended or idle) instances that are no longer wanted here (their story now
    belongs to the peer that runs them), so the status table stays bounded;
 5. sleep until the desired state changes, a status changes, an effect
    finishes, or the earliest back-off expires (:func:`next_retry_at`).
@@ -29,28 +29,38 @@ from typing import Any
 import trio
 
 from nanomesh.reconcile import (
-    ENDED,
+    RESTING,
     BackoffPolicy,
-    StartInstance,
-    StopInstance,
+    Effect,
     next_retry_at,
     reconcile,
     wanted_here,
 )
-from nanomesh.runtime.driver import DriverError, InstanceDriver, execute
+from nanomesh.runtime.driver import DriverError, Fetch, InstanceDriver, StartContext, execute
 
 log = logging.getLogger("nanomesh.runtime")
 
 
 class Reconciler:
-    """Runs :func:`~nanomesh.reconcile.reconcile` against ``driver`` for peer ``me``."""
+    """Runs :func:`~nanomesh.reconcile.reconcile` against ``driver`` for peer ``me``.
+
+    ``log_dir``, ``host_ip``, ``peer_api`` and ``state_root`` are handed to every
+    start (:class:`~nanomesh.runtime.driver.StartContext`); ``fetch`` gets a
+    service's bundle before its start (:data:`~nanomesh.runtime.driver.Fetch`;
+    None: bundles are not fetched, runs start in their ``run.cwd``).
+    """
 
     def __init__(self, me: str, driver: InstanceDriver, log_dir: Path, *,
+                 fetch: Fetch | None = None, host_ip: str = "127.0.0.1", peer_api: str = "",
+                 state_root: Path | None = None,
                  backoff: BackoffPolicy | None = None, stop_timeout: float | None = None,
                  clock: Callable[[], float] = trio.current_time) -> None:
         self.me = me
         self.driver = driver
         self.log_dir = Path(log_dir)
+        self.fetch = fetch
+        self.context = StartContext(log_dir=self.log_dir, host_ip=host_ip, peer_api=peer_api,
+                                    state_root=state_root)
         self.backoff = BackoffPolicy() if backoff is None else backoff
         self.stop_timeout = stop_timeout
         self._clock = clock
@@ -93,14 +103,15 @@ class Reconciler:
                 nursery.start_soon(self._carry_out, effect)
         wanted = wanted_here(self.me, self._assignments, self._services)
         for iid, status in statuses.items():
-            if status.state in ENDED and iid not in wanted and iid not in self._in_flight:
+            if status.state in RESTING and iid not in wanted and iid not in self._in_flight:
                 self.driver.forget(iid)
         return next_retry_at(self.me, self._assignments, self._services, self.driver.status(),
                              self.backoff)
 
-    async def _carry_out(self, effect: StartInstance | StopInstance) -> None:
+    async def _carry_out(self, effect: Effect) -> None:
         try:
-            await execute(self.driver, effect, self.log_dir, stop_timeout=self.stop_timeout)
+            await execute(self.driver, effect, self.context, fetch=self.fetch,
+                          stop_timeout=self.stop_timeout)
         except DriverError as exc:  # e.g. the driver closed under us at shutdown
             log.warning("could not carry out %s: %s", effect, exc)
         finally:

@@ -37,12 +37,25 @@ from nanomesh.wire.messages import (
     StreamMessage,
     Suspect,
 )
+from nanomesh.wire.rpc import (
+    Event,
+    Request,
+    Response,
+    decode_event,
+    decode_request,
+    decode_response,
+    encode_event,
+    encode_request,
+    encode_response,
+)
 
 __all__ = [
     "FRAME_PREFIX_LEN", "MAX_DATAGRAM", "MAX_DATAGRAM_IN", "MAX_FRAME", "PROTOCOL_MAX",
     "PROTOCOL_MIN", "PROTOCOL_VERSION", "Ack", "Address", "Alive", "DatagramMessage", "Dead",
-    "IndirectPing", "Keyring", "MemberDigest", "MemberState", "Message", "MessageType", "Nack",
-    "Ping", "ProfileRecord", "ProfileReply", "ProfileRequest", "PushPull", "PushPullReply",
-    "StreamMessage", "Suspect", "frame", "frame_length", "generate_key", "open_envelope",
-    "pack_message_obj", "pack_messages", "seal", "unpack_messages",
+    "Event", "IndirectPing", "Keyring", "MemberDigest", "MemberState", "Message", "MessageType",
+    "Nack", "Ping", "ProfileRecord", "ProfileReply", "ProfileRequest", "PushPull", "PushPullReply",
+    "Request", "Response", "StreamMessage", "Suspect", "decode_event", "decode_request",
+    "decode_response", "encode_event", "encode_request", "encode_response", "frame",
+    "frame_length", "generate_key", "open_envelope", "pack_message_obj", "pack_messages", "seal",
+    "unpack_messages",
 ]

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import trio
 
-from nanomesh.runtime import ProcessDriver, RunSpec
+from nanomesh.runtime import InstanceSpec, ProcessDriver, RunSpec, StartContext, instance_spec_from
 
 PY = sys.executable
+ROOT = os.geteuid() == 0
+"""cgroup tests need root (CI runs as root: they must not be skipped there)."""
 WAIT = 15.0
 """Upper bound for anything a test waits for (a loaded 2-core CI box)."""
 
@@ -24,9 +26,20 @@ BYE = "got SIGTERM, bye"
 STAYING = "got SIGTERM, staying"
 
 
-def program(code: str, *args: str, **env: str) -> RunSpec:
-    """A RunSpec running ``python -c code args...``."""
-    return RunSpec((PY, "-c", code, *args), env=env)
+def program(code: str, *args: str, **env: str) -> InstanceSpec:
+    """An InstanceSpec running ``python -c code args...``."""
+    return instance(RunSpec((PY, "-c", code, *args), env=env))
+
+
+def instance(run: RunSpec, service: str = "svc", **sections: object) -> InstanceSpec:
+    """An InstanceSpec of ``run`` plus manifest ``sections`` (``endpoints``,
+    ``health``, ``limits``, ...), validated as the driver's caller would."""
+    return instance_spec_from({"name": service, "run": run.to_dict(), **sections})
+
+
+def ctx(log_dir: Path, **kw: object) -> StartContext:
+    """A StartContext for tests (loopback, logs under ``log_dir``)."""
+    return StartContext(log_dir=log_dir, **kw)  # type: ignore[arg-type]
 
 
 READY_THEN_WAIT_FOR_TERM = """
@@ -63,6 +76,48 @@ time.sleep(60)
 """
 """argv: PIDFILE, "ignore-term" | "-", "then-exit" | "-". Writes "<own pid>
 <grandchild pid>" to PIDFILE; the grandchild ignores SIGTERM."""
+
+
+COAP_RESPONDER = """
+import os, socket, struct, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+host, port = (sys.argv[1], int(sys.argv[2])) if len(sys.argv) > 2 else (
+    os.environ["NANOMESH_HOST"], int(os.environ["NANOMESH_PORT"]))
+s.bind((host, port))
+print(s.getsockname()[1], flush=True)
+while True:
+    data, peer = s.recvfrom(2048)
+    first, code, mid = struct.unpack("!BBH", data[:4])
+    tkl = first & 15
+    if code == 0:  # a ping: reset
+        s.sendto(struct.pack("!BBH", 0x70, 0, mid), peer)
+    else:  # GET: piggybacked 2.05, or 4.04 for /missing
+        found = b"missing" not in data
+        s.sendto(struct.pack("!BBH", 0x60 | tkl, 0x45 if found else 0x84, mid)
+                 + data[4:4 + tkl] + b"\\xffok", peer)
+"""
+"""A tiny stdlib CoAP responder (RFC 7252 ping and GET): argv HOST PORT, or
+the instance's NANOMESH_HOST / NANOMESH_PORT. Prints its port."""
+
+TCP_SERVER = """
+import os, socket, sys, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((os.environ["NANOMESH_HOST"], int(os.environ["NANOMESH_PORT"])))
+s.listen()
+print("is", "ready", flush=True)
+close_after = float(sys.argv[1]) if len(sys.argv) > 1 else None
+if close_after is not None:  # stop answering, but keep running
+    time.sleep(close_after)
+    s.close()
+    print("closed", flush=True)
+    time.sleep(60)
+while True:
+    c, _ = s.accept()
+    c.close()
+"""
+"""A small TCP server on the instance's first endpoint (argv: close the
+listening socket after that many seconds and keep running)."""
 
 
 def gone(pid: int) -> bool:

@@ -8,15 +8,18 @@ lifeline can clean up.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from pathlib import Path
 
+import pytest
 import trio
 from runtime_helpers import (
     BYE,
     READY,
     READY_THEN_WAIT_FOR_TERM,
+    ROOT,
     SPAWNS_GRANDCHILD,
     STAYING,
     gone,
@@ -30,16 +33,19 @@ from nanomesh.runtime import log_path
 DAEMON = """
 import sys, trio
 from pathlib import Path
-from nanomesh.runtime import RunSpec, open_process_driver
+from nanomesh.runtime import StartContext, instance_spec_from, open_process_driver
 
 log_dir, pidfile, stubborn, graceful = sys.argv[1:5]
 
 async def main():
     async with open_process_driver(stop_timeout=0.5) as driver:
         py = sys.executable
-        await driver.start("tree/0", RunSpec((py, "-c", stubborn, pidfile, "ignore-term", "-")),
-                           Path(log_dir))
-        await driver.start("polite/0", RunSpec((py, "-c", graceful)), Path(log_dir))
+        ctx = StartContext(log_dir=Path(log_dir))
+        def spec(name, *argv):
+            return instance_spec_from({"name": name, "run": {"command": list(argv)}})
+        await driver.start("tree/0", spec("tree", py, "-c", stubborn, pidfile, "ignore-term", "-"),
+                           ctx)
+        await driver.start("polite/0", spec("polite", py, "-c", graceful), ctx)
         print("started", flush=True)
         await trio.sleep_forever()
 
@@ -79,3 +85,44 @@ def _shim_pids(daemon_pid: int) -> list[int]:
         pids += [int(p) for p in (task / "children").read_text().split()]
     assert children.exists()
     return pids
+
+
+ESCAPING_DAEMON = """
+import sys, trio
+from pathlib import Path
+from nanomesh.runtime import StartContext, instance_spec_from, open_process_driver
+
+log_dir, pidfile, escapes = sys.argv[1:4]
+
+async def main():
+    async with open_process_driver(stop_timeout=0.5) as driver:
+        spec = instance_spec_from({"name": "esc", "run": {
+            "command": [sys.executable, "-c", escapes, pidfile, "-"]}})
+        await driver.start("esc/0", spec, StartContext(log_dir=Path(log_dir)))
+        print(driver.describe_cgroups(), flush=True)
+        await trio.sleep_forever()
+
+trio.run(main)
+"""
+
+
+@pytest.mark.skipif(not ROOT, reason="the cgroup kill needs root")
+async def test_a_setsid_escapee_dies_with_a_sigkilled_daemon(tmp_path: Path) -> None:
+    """The known hole of the group kill: a process that setsid()s leaves the
+    group; the shim's cgroup kill still reaches it after the daemon's SIGKILL."""
+    from test_cgroups import ESCAPES
+
+    pidfile = tmp_path / "escapee"
+    daemon = await trio.lowlevel.open_process(
+        [sys.executable, "-c", ESCAPING_DAEMON, str(tmp_path), str(pidfile), ESCAPES])
+    try:
+        [escapee] = await read_pids(pidfile)
+        await wait_for_text(log_path(tmp_path, "esc", 0), READY)
+        assert os.getsid(escapee) == escapee
+        shims = _shim_pids(daemon.pid)
+    finally:
+        daemon.send_signal(signal.SIGKILL)
+        await daemon.wait()
+    await wait_until(lambda: gone(escapee) and all(gone(p) for p in shims),
+                     "the setsid() escapee gone after the daemon's SIGKILL")
+    assert "the nanomesh daemon is gone" in log_path(tmp_path, "esc", 0).read_text()

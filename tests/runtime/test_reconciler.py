@@ -109,3 +109,37 @@ async def test_an_invalid_run_section_is_reported_and_retried(tmp_path: Path) ->
         reconciler.set_desired({"bad/0": ME}, {"bad": good})
         await wait_until(lambda: states(driver) == {"bad/0": "running"}, "the fixed spec runs")
         await wait_for_text(log_path(tmp_path, "bad", 0), READY)
+
+
+async def test_bundles_are_fetched_and_idle_services_wait(tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    fetched: list[str] = []
+
+    async def fetch(sha: str) -> Path:
+        fetched.append(sha)
+        return bundle
+
+    code = "import os, time; print('cwd', os.getcwd(), flush=True); time.sleep(60)"
+    doc = service_document({"name": "svc", "replicas": 1, "mode": "idle",
+                            "run": {"command": [PY, "-c", code]}})
+    doc["bundle"] = {"sha256": "cd" * 32}
+    async with open_process_driver(stop_timeout=5.0) as driver:
+        reconciler = Reconciler(ME, driver, tmp_path, fetch=fetch, backoff=FAST,
+                                host_ip="127.0.0.1", peer_api="127.0.0.1:7000")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(reconciler.run)
+            reconciler.set_desired({"svc/0": ME}, {"svc": doc})
+            await wait_until(lambda: states(driver) == {"svc/0": "idle"}, "prepared, idle")
+            assert fetched == ["cd" * 32]
+            # activate: started from the fetched bundle
+            reconciler.set_desired({"svc/0": ME}, {"svc": {**doc, "mode": "active"}})
+            await wait_until(lambda: states(driver) == {"svc/0": "running"}, "activated")
+            await wait_for_text(log_path(tmp_path, "svc", 0), f"cwd {bundle}")
+            # idle again: stopped, then recorded idle
+            reconciler.set_desired({"svc/0": ME}, {"svc": doc})
+            await wait_until(lambda: states(driver) == {"svc/0": "idle"}, "idle again")
+            # unassigned: an idle record is forgotten
+            reconciler.set_desired({}, {"svc": doc})
+            await wait_until(lambda: states(driver) == {}, "forgotten")
+            nursery.cancel_scope.cancel()

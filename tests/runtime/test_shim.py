@@ -170,3 +170,32 @@ def test_the_shim_needs_nothing_but_the_standard_library() -> None:
     imports = {line.split()[1].split(".")[0] for line in source.splitlines()
                if line.startswith(("import ", "from "))}
     assert imports <= set(sys.stdlib_module_names) | {"__future__"}
+
+
+async def test_a_cgroup_that_cannot_be_joined_stops_the_run(tmp_path: Path) -> None:
+    """Limits asked for are never silently dropped: no cgroup, no command."""
+    log = tmp_path / "log"
+    shim, lifeline = await run_shim(["--grace", "1", "--cgroup", str(tmp_path / "no-such"),
+                                     "--", "sh", "-c", "echo ran"], log)
+    with trio.fail_after(15):
+        assert await shim.wait() == 125
+    text = log.read_text()
+    assert "cannot join the instance's cgroup" in text and "\nran\n" not in text
+    assert lifeline is not None
+    os.close(lifeline)
+
+
+async def test_the_shim_copies_output_and_rotates_the_log(tmp_path: Path) -> None:
+    log = tmp_path / "out.log"
+    code = "import sys\nfor i in range(50): print('n', i, 'x' * 40, flush=True)"
+    shim, lifeline = await run_shim(["--grace", "1", "--log", str(log), "--rotate-bytes", "500",
+                                     "--keep", "1", "--", PY, "-c", code], log)
+    with trio.fail_after(15):
+        assert await shim.wait() == 0
+    old, new = Path(f"{log}.1").read_text(), log.read_text()
+    assert not Path(f"{log}.2").exists()
+    assert len(old) <= 500 and len(new) <= 500
+    assert new.rstrip().endswith("n 49 " + "x" * 40)
+    assert (old + new).count("\n") == len((old + new).splitlines())  # whole lines only
+    assert lifeline is not None
+    os.close(lifeline)

@@ -1,0 +1,368 @@
+"""CLI commands for nanoservices: deploy (with bundles and seed files),
+undeploy, activate/idle, logs, resolve and call.
+
+Each command is a thin client of a peer's HTTP API (any peer: writes are
+forwarded to the Raft leader). Deploying a service folder packs it into a
+content-addressed bundle and uploads it to that peer first, so the peers that
+run the service fetch the code from the mesh, not from the internet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import sys
+import time
+import tomllib
+import urllib.parse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from nanomesh.errors import ConfigError, NanomeshError
+
+SAVE_TIMEOUT = 30.0
+"""Seconds ``undeploy --save`` waits for the instances to stop (and hand over
+their state) before it gives up without deleting anything."""
+
+
+def add_runtime_commands(sub: Any, peer_help: str, token_args: Callable[[Any], None]) -> None:
+    """Add the commands to the ``nanomesh`` sub-parsers (``sub``)."""
+    deploy = sub.add_parser(
+        "deploy", help="deploy (or update) a nanoservice",
+        description="Deploy a nanoservice, or update it. MANIFEST is a service folder (or its "
+        "nanoservice.toml): the folder is packed into a content-addressed bundle and uploaded, "
+        "so peers fetch the code from the mesh. --from-seed restores a service saved with "
+        "`nanomesh undeploy --save`, with its state. Needs the management token.")
+    deploy.add_argument("manifest", type=Path, metavar="MANIFEST", nargs="?")
+    deploy.add_argument("--from-seed", type=Path, metavar="SEED",
+                        help="restore a service and its state from a seed file")
+    deploy.add_argument("--from-registry", metavar="NAME[@VERSION]",
+                        help="deploy a service pushed with `nanomesh registry push` (newest "
+                        "version unless given); works with no internet")
+    deploy.add_argument("--no-bundle", action="store_true",
+                        help="send the manifest only: the command must exist on every peer")
+    token_args(deploy)
+    deploy.set_defaults(func=deploy_command)
+
+    undeploy = sub.add_parser(
+        "undeploy", help="remove a nanoservice from the mesh",
+        description="Remove a nanoservice. With --save SEED, first stop its instances "
+        "(they may hand over their state as they stop), then write the service, its bundle "
+        "and its state to SEED, then remove it; `nanomesh deploy --from-seed SEED` brings "
+        "it back.")
+    undeploy.add_argument("name", metavar="NAME")
+    undeploy.add_argument("--save", type=Path, metavar="SEED",
+                          help="write a seed file before removing the service")
+    undeploy.add_argument("--timeout", type=float, default=SAVE_TIMEOUT,
+                          help=f"seconds to wait for the instances to stop (default "
+                          f"{SAVE_TIMEOUT:g})")
+    token_args(undeploy)
+    undeploy.set_defaults(func=undeploy_command)
+
+    for verb, text in (("activate", "start a service's idle instances"),
+                       ("idle", "stop a service's instances but keep them placed and ready")):
+        cmd = sub.add_parser(verb, help=text, description=text[0].upper() + text[1:] +
+                             ". Needs the management token.")
+        cmd.add_argument("name", metavar="NAME")
+        token_args(cmd)
+        cmd.set_defaults(func=mode_command, verb=verb)
+
+    logs = sub.add_parser("logs", help="show the output of a service's instances",
+                          description="Print the last lines of each instance's log, fetched "
+                          "from the peer that runs it. Needs the management token.")
+    logs.add_argument("name", metavar="NAME")
+    logs.add_argument("--instance", type=int, metavar="INDEX", help="only instance NAME/INDEX")
+    logs.add_argument("-n", "--lines", type=int, default=50, help="lines per instance "
+                      "(default 50)")
+    token_args(logs)
+    logs.set_defaults(func=logs_command)
+
+    resolve = sub.add_parser("resolve", help="where a service can be reached",
+                             description="List the endpoints of a service's running "
+                             "instances as a peer's gossip shows them: peer, protocol, "
+                             "address, health.")
+    resolve.add_argument("name", metavar="NAME")
+    resolve.add_argument("--protocol", choices=["coap", "zmq", "http"])
+    resolve.add_argument("--all", action="store_true", help="include unhealthy instances")
+    resolve.add_argument("--peer", metavar="IP[:PORT]", help=peer_help)
+    resolve.add_argument("--json", action="store_true", help="print JSON")
+    resolve.set_defaults(func=resolve_command)
+
+    call = sub.add_parser("call", help="call a service by name",
+                          description="Send one request to SERVICE (any healthy instance, "
+                          "failing over between replicas) and print the reply body. Exit "
+                          "status 0 on a 2xx reply, 1 otherwise.")
+    call.add_argument("service", metavar="SERVICE")
+    call.add_argument("path", metavar="PATH", nargs="?", default="")
+    call.add_argument("--data", metavar="JSON", help="request body (JSON, sent as is)")
+    call.add_argument("--method", default=None, choices=["GET", "POST", "PUT", "DELETE"],
+                      help="default GET, or POST with --data")
+    call.add_argument("--timeout", type=float, default=2.0, help="seconds per try (default 2)")
+    call.add_argument("--peer", metavar="IP[:PORT]", help=peer_help)
+    call.set_defaults(func=call_command)
+
+
+# ------------------------------------------------------------------ deploy
+
+
+def deploy_command(args: argparse.Namespace) -> int:
+    from nanomesh.cli import _peer_api, _token
+
+    sources = [args.manifest, args.from_seed, args.from_registry]
+    if sum(x is not None for x in sources) != 1:
+        raise ConfigError("give one of: a service folder or manifest, --from-seed SEED, "
+                          "--from-registry NAME[@VERSION]")
+    peer, token = _peer_api(args.peer), _token(args)
+    if args.from_seed is not None:
+        raw = _manifest_from_seed(args.from_seed, peer, token)
+    elif args.from_registry is not None:
+        raw = _manifest_from_registry(args.from_registry, peer)
+    else:
+        raw = _manifest_with_bundle(args.manifest, peer, token, bundle=not args.no_bundle)
+    from nanomesh.apiclient import request_json
+
+    reply = request_json("POST", peer, "/v1/services", raw, token)
+    verb = "deployed" if reply["changed"] else "unchanged:"
+    print(f"{verb} {reply['name']} (revision {reply['revision']}); see `nanomesh placement`")
+    return 0
+
+
+def _manifest_with_bundle(path: Path, peer: str, token: str | None, *, bundle: bool
+                          ) -> dict[str, Any]:
+    from nanomesh.manifest import ManifestError, load_manifest
+
+    load_manifest(path)  # refuse a bad manifest before touching the mesh
+    manifest = path / "nanoservice.toml" if path.is_dir() else path
+    with manifest.open("rb") as f:
+        raw = tomllib.load(f)
+    if bundle:
+        if manifest.name != "nanoservice.toml":
+            raise ManifestError(f"{manifest}: to ship the service's code, the manifest must be "
+                                "a service folder's nanoservice.toml (or use --no-bundle)")
+        raw["bundle"] = upload_bundle(manifest.parent, peer, token)
+    return raw
+
+
+def upload_bundle(folder: Path, peer: str, token: str | None) -> dict[str, Any]:
+    """Pack ``folder`` and upload it to ``peer``; the service document's bundle ref."""
+    from nanomesh.apiclient import request_bytes
+    from nanomesh.bundles import pack_bundle
+
+    bundle = pack_bundle(folder)
+    request_bytes("PUT", peer, f"/v1/bundles/{bundle.sha256}", bundle.data, token,
+                  timeout=120.0, content_type="application/x-tar")
+    print(f"uploaded bundle {bundle.sha256[:12]} ({len(bundle.data)} bytes) from {folder}")
+    return {"sha256": bundle.sha256, "size": len(bundle.data)}
+
+
+def _manifest_from_seed(path: Path, peer: str, token: str | None) -> dict[str, Any]:
+    from nanomesh.apiclient import request_bytes
+    from nanomesh.manifest import manifest_from_document
+    from nanomesh.seed import read_seed
+
+    seed = read_seed(path)
+    raw = manifest_from_document(seed.service)
+    raw.pop("state", None)
+    raw.pop("mode", None)  # it was idled to be saved: bring it back active
+    if seed.bundle is not None and seed.bundle_sha256 is not None:
+        request_bytes("PUT", peer, f"/v1/bundles/{seed.bundle_sha256}", seed.bundle, token,
+                      timeout=120.0, content_type="application/x-tar")
+        raw["bundle"] = {"sha256": seed.bundle_sha256, "size": len(seed.bundle)}
+    if seed.state is not None:
+        raw["state"] = base64.b64encode(seed.state).decode("ascii")
+    saved = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seed.saved_at))
+    state = f"{len(seed.state)} bytes of state" if seed.state is not None else "no state"
+    print(f"restoring {raw.get('name')} from {path} (saved {saved} on {seed.saved_from}, "
+          f"{state})")
+    return raw
+
+
+def _manifest_from_registry(wanted: str, peer: str) -> dict[str, Any]:
+    from nanomesh.apiclient import get_json
+    from nanomesh.manifest import manifest_from_document
+
+    name, _, version = wanted.partition("@")
+    entries = [e for e in get_json(peer, "/v1/registry") if e["name"] == name
+               and (not version or e["version"] == version)]
+    if not entries:
+        raise NanomeshError(f"the registry has no {wanted!r}; see `nanomesh registry`")
+    entry = max(entries, key=lambda e: _version_key(e["version"]))
+    if not entry.get("holders"):
+        print(f"warning: no alive peer holds the bundle of {entry['name']}@{entry['version']} "
+              "right now; instances will wait in 'fetching' until one does", file=sys.stderr)
+    raw = manifest_from_document(entry["service"])
+    raw["bundle"] = {"sha256": entry["sha256"], "size": entry["size"]}
+    print(f"deploying {entry['name']}@{entry['version']} from the registry "
+          f"(bundle {entry['sha256'][:12]})")
+    return raw
+
+
+def _version_key(version: str) -> tuple[tuple[int, int | str], ...]:
+    """Order versions numerically where they are numbers (1.10 after 1.9)."""
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in version.split("."))
+
+
+# ------------------------------------------------------------------ undeploy
+
+
+def undeploy_command(args: argparse.Namespace) -> int:
+    from nanomesh.apiclient import request_json
+    from nanomesh.cli import _peer_api, _token
+
+    peer, token = _peer_api(args.peer), _token(args)
+    quoted = urllib.parse.quote(args.name, safe="")
+    if args.save is not None:
+        save_seed(args.name, args.save, peer, token, args.timeout)
+    reply = request_json("DELETE", peer, f"/v1/services/{quoted}", token=token)
+    print(f"undeployed {reply['name']} (revision {reply['revision']})")
+    return 0
+
+
+def save_seed(name: str, path: Path, peer: str, token: str | None, timeout: float) -> None:
+    """Idle the service, wait until no instance runs, and write its seed file.
+    Raises (and deletes nothing) if the instances do not stop in time."""
+    from nanomesh.apiclient import get_json, request_bytes, request_json
+    from nanomesh.seed import Seed, write_seed
+
+    quoted = urllib.parse.quote(name, safe="")
+    request_json("POST", peer, f"/v1/services/{quoted}/idle", token=token)
+    deadline = time.monotonic() + timeout
+    while True:
+        placement = get_json(peer, "/v1/placement")
+        busy = [i for i in placement["instances"] if i["service"] == name
+                and i["state"] in ("starting", "running", "stopping")]
+        if not busy:
+            break
+        if time.monotonic() > deadline:
+            raise NanomeshError(f"{name}: {len(busy)} instance(s) still running after "
+                                f"{timeout:g} s; nothing was saved or removed (the service is "
+                                f"idle now: `nanomesh activate {name}` to undo)")
+        time.sleep(0.2)
+    docs = {d["name"]: d for d in get_json(peer, "/v1/services")}
+    doc = docs.get(name)
+    if doc is None:
+        raise NanomeshError(f"no service named {name!r}")
+    bundle = doc.get("bundle")
+    data = None
+    if isinstance(bundle, dict):
+        data = request_bytes("GET", peer, f"/v1/bundles/{bundle['sha256']}", token=token,
+                             timeout=120.0)
+    state = base64.b64decode(doc["state"]) if isinstance(doc.get("state"), str) else None
+    status = get_json(peer, "/v1/status")
+    write_seed(path, Seed(service=doc, bundle=data,
+                          bundle_sha256=bundle["sha256"] if data is not None else None,
+                          state=state, saved_at=time.time(), saved_from=str(status["peer"])))
+    print(f"saved {name} to {path} ({len(state) if state else 0} bytes of state"
+          f"{', bundle ' + bundle['sha256'][:12] if data is not None else ''})")
+
+
+# ------------------------------------------------------------------ activate / idle / logs
+
+
+def mode_command(args: argparse.Namespace) -> int:
+    from nanomesh.apiclient import request_json
+    from nanomesh.cli import _peer_api, _token
+
+    quoted = urllib.parse.quote(args.name, safe="")
+    reply = request_json("POST", _peer_api(args.peer), f"/v1/services/{quoted}/{args.verb}",
+                         token=_token(args))
+    state = "active" if reply["mode"] == "active" else "idle"
+    print(f"{reply['name']} is {state}" + ("" if reply["changed"] else " (already)"))
+    return 0
+
+
+def logs_command(args: argparse.Namespace) -> int:
+    from nanomesh.apiclient import ApiError, get_json
+    from nanomesh.cli import _peer_api, _token
+
+    peer, token = _peer_api(args.peer), _token(args)
+    placement = get_json(peer, "/v1/placement")
+    apis = {m["name"]: _api_of(m) for m in get_json(peer, "/v1/members")}
+    wanted = [i for i in placement["instances"] if i["service"] == args.name
+              and (args.instance is None or i["instance"] == f"{args.name}/{args.instance}")]
+    if not wanted:
+        raise NanomeshError(f"no placed instance of {args.name!r}; see `nanomesh placement`")
+    failures = 0
+    for inst in wanted:
+        service, _, index = inst["instance"].rpartition("/")
+        path = (f"/v1/instances/{urllib.parse.quote(service, safe='')}/{index}/logs"
+                f"?lines={args.lines}")
+        print(f"==> {inst['instance']} on {inst['peer']} ({inst['state']}) <==")
+        try:
+            reply = _get_with_token(apis.get(inst["peer"]) or peer, path, token)
+        except ApiError as exc:
+            print(f"   (no log: {exc})")
+            failures += 1
+            continue
+        for line in reply["lines"]:
+            print(line)
+    return 1 if failures == len(wanted) else 0
+
+
+def _get_with_token(peer: str, path: str, token: str | None) -> Any:
+    from nanomesh.apiclient import request_json
+
+    return request_json("GET", peer, path, token=token)
+
+
+def _api_of(member: dict[str, Any]) -> str | None:
+    profile = member.get("profile") or {}
+    api = profile.get("peer", {}).get("api") if isinstance(profile.get("peer"), dict) else None
+    return api if isinstance(api, str) else None
+
+
+# ------------------------------------------------------------------ resolve / call
+
+
+def resolve_command(args: argparse.Namespace) -> int:
+    from nanomesh.apiclient import get_json
+    from nanomesh.cli import _peer_api, _print_table
+
+    query = {k: v for k, v in (("protocol", args.protocol), ("all", "1" if args.all else None))
+             if v}
+    path = f"/v1/resolve/{urllib.parse.quote(args.name, safe='')}"
+    if query:
+        path += "?" + urllib.parse.urlencode(query)
+    reply = get_json(_peer_api(args.peer), path)
+    if args.json:
+        print(json.dumps(reply, indent=2, sort_keys=True))
+        return 0
+    endpoints = reply["endpoints"]
+    if not endpoints:
+        print(f"{args.name}: no reachable instance right now (see `nanomesh placement`)",
+              file=sys.stderr)
+        return 1
+    rows: list[tuple[str, ...]] = [("INSTANCE", "PEER", "ENDPOINT", "PROTOCOL", "ADDRESS",
+                                    "HEALTH")]
+    rows += [(e["instance"], e["peer"], e["name"], e["protocol"],
+              _address(e["host"], e["port"]), e["health"]) for e in endpoints]
+    _print_table(rows)
+    return 0
+
+
+def _address(host: str, port: int) -> str:
+    from nanomesh.config import host_port
+
+    return host_port(host, port)
+
+
+def call_command(args: argparse.Namespace) -> int:
+    from nanomesh.cli import _peer_api
+    from nanomesh.client import call_sync
+
+    body = b""
+    if args.data is not None:
+        try:
+            json.loads(args.data)
+        except ValueError as exc:
+            raise ConfigError(f"--data must be JSON: {exc}") from None
+        body = args.data.encode()
+    method = args.method or ("POST" if args.data is not None else "GET")
+    reply = call_sync(args.service, args.path, body, method=method, timeout=args.timeout,
+                      peer=_peer_api(args.peer))
+    sys.stdout.buffer.write(reply.body)
+    if reply.body and not reply.body.endswith(b"\n"):
+        sys.stdout.buffer.write(b"\n")
+    return 0 if 200 <= reply.status < 300 else 1

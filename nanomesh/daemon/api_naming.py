@@ -1,0 +1,69 @@
+"""The HTTP API's name-resolution endpoint.
+
+``GET /v1/resolve/{name}[?protocol=coap|zmq|http][&all=1]`` ->
+``{"service": name, "endpoints": [Endpoint.to_dict(), ...]}``, best first
+(`nanomesh.naming.resolve`'s order, this peer's own instances first among
+equals). ``all=1`` also lists instances whose health checks fail.
+
+A name that is not in the committed desired state is a 404, even if some
+peer still gossips a stopping instance of it. While this peer's consensus
+node is not running (it is starting, or has no quorum to learn from yet),
+the answer comes from gossip alone: a 404 only if no live peer reports any
+instance of that name.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Collection
+from typing import TYPE_CHECKING, Any
+
+from nanomesh.daemon.http import Handler, HttpError, Request
+from nanomesh.naming import PROTOCOLS, known_services, resolve
+
+if TYPE_CHECKING:
+    from nanomesh.daemon.peer import PeerDaemon
+
+_TRUE = ("1", "true", "yes")
+
+
+def naming_routes(peer: PeerDaemon) -> dict[tuple[str, str], Handler]:
+    async def resolve_(request: Request) -> tuple[int, Any]:
+        name = request.params["name"]
+        query = urllib.parse.parse_qs(request.query)
+        protocol = _one(query, "protocol")
+        if protocol is not None and protocol not in PROTOCOLS:
+            raise HttpError(400, f"protocol must be one of {', '.join(PROTOCOLS)}, "
+                            f"not {protocol!r}")
+        include_unhealthy = (_one(query, "all") or "0").lower() in _TRUE
+        assert peer.core is not None
+        members = peer.core.members()
+        if name not in service_names(peer):
+            raise HttpError(404, f"no service named {name!r} is deployed "
+                            "(see `nanomesh services`)")
+        endpoints = resolve(members, name, protocol=protocol, me=peer.config.name,
+                            include_unhealthy=include_unhealthy)
+        return 200, {"service": name, "endpoints": [e.to_dict() for e in endpoints]}
+
+    return {("GET", "/v1/resolve/{name}"): resolve_}
+
+
+def service_names(peer: PeerDaemon) -> Collection[str]:
+    """The services this peer knows to exist: those in its committed desired
+    state, or, while its consensus node is not running, those that some live
+    peer gossips an instance of. Used by the resolve endpoint and the CoAP
+    gateway to tell "no such service" (404) from "no healthy instance" (503)."""
+    node = peer.consensus
+    if node is not None and node.running:
+        return node.state.services.keys()
+    assert peer.core is not None
+    return known_services(peer.core.members())
+
+
+def _one(query: dict[str, list[str]], key: str) -> str | None:
+    values = query.get(key)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise HttpError(400, f"query parameter {key!r} given {len(values)} times")
+    return values[0]

@@ -1,0 +1,136 @@
+"""The HTTP API of the nanoservice runtime: idle/activate, state blobs, logs.
+
+- ``POST /v1/services/{name}/activate`` and ``POST /v1/services/{name}/idle``
+  (management token): commit the service's ``mode``. Every hosting peer then
+  starts its instances, or stops them and keeps them prepared (``idle``).
+  ``{"name", "mode", "revision", "changed"}``.
+- ``PUT /v1/instances/{service}/{index}/state`` (raw bytes, at most
+  :data:`MAX_STATE_BYTES`): a nanoservice hands the runtime its state blob
+  (``nanomesh.service.NanoService.save_state``). Authorised by the
+  instance's own token (``NANOMESH_INSTANCE_TOKEN``, known only to the peer
+  that runs it) or the management token. The blob is committed with the
+  service (Raft), so it survives the instance, its peer and a leader change,
+  and goes into a seed file (``nanomesh undeploy --save``).
+- ``GET /v1/instances/{service}/{index}/state``: the blob (404 if none), for
+  the same callers; a restored instance reads it at start.
+- ``GET /v1/instances/{service}/{index}/logs?lines=N`` (management token; the
+  logs may hold anything the service printed): the last ``N`` lines (default
+  200, at most 10,000) of the instance's log on *this* peer, rotated files
+  included. ``nanomesh logs`` asks the peer that hosts the instance.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import urllib.parse
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from nanomesh.consensus import ConsensusNode
+from nanomesh.daemon.api_mesh import (
+    _consensus_call,
+    has_management_token,
+    require_management_token,
+    running_node,
+)
+from nanomesh.daemon.http import Handler, HttpError, RawBody, Request
+from nanomesh.placement.spec import split_instance_id
+from nanomesh.runtime.logs import read_log_tail
+
+if TYPE_CHECKING:
+    from nanomesh.daemon.peer import PeerDaemon
+
+MAX_STATE_BYTES = 64 * 1024
+"""Largest state blob, bytes. It is replicated to every voter and kept in the
+Raft log: small essentials (calibration, counters, a session), not data. The
+manifest's ``state`` limit (base64) matches it."""
+DEFAULT_LOG_LINES = 200
+MAX_LOG_LINES = 10_000
+
+
+def runtime_routes(peer: PeerDaemon) -> dict[tuple[str, str], Handler]:
+    def mode_route(mode: str) -> Handler:
+        async def handler(request: Request) -> tuple[int, Any]:
+            node = require_management_token(peer, request)
+            name = request.params["name"]
+            value = None if mode == "active" else mode
+            outcome = await _consensus_call(lambda: node.patch_service(name, "mode", value))
+            if not outcome.applied:
+                raise HttpError(404, f"no service named {name!r}")
+            return 200, {"name": name, "mode": mode, "revision": outcome.revision,
+                         "changed": outcome.changed}
+        return handler
+
+    def instance_of(request: Request) -> str:
+        iid = f"{request.params['service']}/{request.params['index']}"
+        try:
+            split_instance_id(iid)
+        except ValueError as exc:
+            raise HttpError(400, str(exc)) from None
+        return iid
+
+    def authorize_instance(request: Request, iid: str) -> ConsensusNode:
+        """The instance itself (its token) or the operator (the management token)."""
+        node = running_node(peer)
+        presented = request.bearer_token() or ""
+        assert peer.mesh is not None
+        own = peer.mesh.driver.instance_token(iid)
+        if own is not None and hmac.compare_digest(presented, own):
+            return node
+        if has_management_token(node, request):
+            return node
+        raise HttpError(401, f"only instance {iid} itself (NANOMESH_INSTANCE_TOKEN) or the "
+                        "operator (management token) may use its state")
+
+    async def put_state(request: Request) -> tuple[int, Any]:
+        iid = instance_of(request)
+        node = authorize_instance(request, iid)
+        blob = request.body
+        if len(blob) > MAX_STATE_BYTES:
+            raise HttpError(413, f"a state blob is at most {MAX_STATE_BYTES} bytes, "
+                            f"got {len(blob)}")
+        service = iid.rpartition("/")[0]
+        encoded = base64.b64encode(blob).decode("ascii")
+        outcome = await _consensus_call(lambda: node.patch_service(service, "state", encoded))
+        if not outcome.applied:
+            raise HttpError(404, f"no service named {service!r}")
+        return 200, {"instance": iid, "bytes": len(blob), "revision": outcome.revision}
+
+    async def get_state(request: Request) -> tuple[int, Any]:
+        iid = instance_of(request)
+        node = authorize_instance(request, iid)
+        service = node.state.services.get(iid.rpartition("/")[0])
+        encoded = service.get("state") if service is not None else None
+        if not isinstance(encoded, str):
+            raise HttpError(404, f"no state saved for {iid.rpartition('/')[0]!r}")
+        return 200, RawBody(base64.b64decode(encoded), "application/octet-stream")
+
+    async def logs(request: Request) -> tuple[int, Any]:
+        iid = instance_of(request)
+        require_management_token(peer, request)
+        lines = _lines_param(request.query)
+        service, index = split_instance_id(iid)
+        log_dir = peer.config.data_dir / "logs"
+        text = await trio.to_thread.run_sync(read_log_tail, log_dir, service, index, lines)
+        if not text:
+            raise HttpError(404, f"no log of {iid} on peer {peer.config.name}")
+        return 200, {"instance": iid, "peer": peer.config.name, "lines": text}
+
+    return {("POST", "/v1/services/{name}/activate"): mode_route("active"),
+            ("POST", "/v1/services/{name}/idle"): mode_route("idle"),
+            ("PUT", "/v1/instances/{service}/{index}/state"): put_state,
+            ("GET", "/v1/instances/{service}/{index}/state"): get_state,
+            ("GET", "/v1/instances/{service}/{index}/logs"): logs}
+
+
+def _lines_param(query: str) -> int:
+    values = urllib.parse.parse_qs(query).get("lines", [str(DEFAULT_LOG_LINES)])
+    try:
+        lines = int(values[-1])
+    except ValueError:
+        raise HttpError(400, f"lines must be an integer, got {values[-1]!r}") from None
+    if not 1 <= lines <= MAX_LOG_LINES:
+        raise HttpError(400, f"lines must be 1-{MAX_LOG_LINES}")
+    return lines

@@ -1,0 +1,229 @@
+"""Publish/subscribe between nanoservices: a ZeroMQ relay on every peer.
+
+Topology: each peer daemon runs `serve_event_relay` on its gossip IP, an XSUB
+that local publishers connect to (`DEFAULT_XSUB_PORT`) and an XPUB that
+subscribers anywhere connect to (`DEFAULT_XPUB_PORT`). The relay forwards
+events downstream (XSUB -> XPUB) and subscriptions upstream (XPUB -> XSUB), so
+publishers only send topics someone wants. A publisher connects one PUB to its
+own peer's XSUB; a subscriber connects one SUB to the XPUB of every live peer
+and refreshes that set every `SUBSCRIBER_REFRESH` seconds, so an event from any
+peer reaches it exactly once, through the publisher's peer.
+
+Delivery is ZeroMQ pub/sub's: best effort, at most once, in order per
+publisher; nothing is stored for subscribers that are not connected. A brand
+new publisher waits for its connection (`PUBLISHER_CONNECT_WAIT`) before its
+first event, which narrows ZeroMQ's "slow joiner" window but cannot close it:
+use calls, not events, for anything that must arrive. Frames are
+`nanomesh.wire.rpc`'s event frames; the relay checks each one and drops
+garbage (counted), so a broken publisher cannot feed subscribers junk.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+
+import trio
+import zmq
+
+from nanomesh import zmqtrio
+from nanomesh.errors import ConfigError, RemoteProtocolError
+from nanomesh.wire.rpc import Event, decode_event, encode_event
+
+log = logging.getLogger("nanomesh.events")
+
+DEFAULT_XPUB_PORT = 7950
+"""Port of each peer's relay XPUB, where subscribers connect (next to gossip
+7946 and the API 7947)."""
+DEFAULT_XSUB_PORT = 7951
+"""Port of each peer's relay XSUB, where the peer's local publishers connect."""
+SUBSCRIBER_REFRESH = 5.0
+"""Seconds between a subscriber's looks at the member list: a peer that joins
+is heard from within this long (gossip itself takes about a second to spread a
+join on a LAN preset)."""
+PUBLISHER_CONNECT_WAIT = 1.0
+"""Longest wait, in seconds, for a new publisher's connection to its peer's
+relay before its first event is sent anyway."""
+SUBSCRIPTION_SETTLE = 0.02
+"""Seconds a new publisher waits after connecting, so the relay's subscriptions
+reach it before the first event (a PUB drops what no one subscribed to)."""
+RELAY_HWM = 10_000
+"""Events a relay queues per subscriber before dropping for that subscriber."""
+
+
+def _tcp(ip: str, port: int) -> str:
+    return f"tcp://[{ip}]:{port}" if ":" in ip else f"tcp://{ip}:{port}"
+
+
+def _bind(kind: int, ip: str, port: int, what: str) -> zmqtrio.Socket:
+    sock = zmqtrio.socket(kind)
+    if ":" in ip:
+        sock.raw.setsockopt(zmq.IPV6, 1)
+    sock.raw.setsockopt(zmq.SNDHWM, RELAY_HWM)
+    try:
+        sock.raw.bind(_tcp(ip, port))
+    except zmq.ZMQError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen for events ({what}) on {ip}:{port}: {exc}; "
+                          f"choose another port (peer.events_{what.lower()}_port, 0 disables)"
+                          ) from None
+    return sock
+
+
+async def serve_event_relay(ip: str, xsub_port: int, xpub_port: int, *,
+                            stats: collections.Counter[str] | None = None,
+                            task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                            ) -> None:
+    """Relay events on ``ip`` until cancelled. Binds both sockets before
+    reporting readiness; ConfigError (naming the port) if one cannot be bound."""
+    stats = stats if stats is not None else collections.Counter()
+    xsub = _bind(zmq.XSUB, ip, xsub_port, "XSUB")
+    try:
+        xpub = _bind(zmq.XPUB, ip, xpub_port, "XPUB")
+    except ConfigError:
+        xsub.close()
+        raise
+    async with xsub, xpub, trio.open_nursery() as nursery:
+        nursery.start_soon(_downstream, xsub, xpub, stats)
+        nursery.start_soon(_upstream, xpub, xsub)
+        task_status.started()
+
+
+async def _downstream(xsub: zmqtrio.Socket, xpub: zmqtrio.Socket,
+                      stats: collections.Counter[str]) -> None:
+    while True:
+        frames = await xsub.recv_multipart()
+        try:
+            decode_event(frames)
+        except RemoteProtocolError as exc:
+            stats[f"dropped-{exc.reason}"] += 1
+            continue
+        xpub.send_multipart_nowait(frames)  # XPUB drops for a slow subscriber
+        stats["relayed"] += 1
+
+
+async def _upstream(xpub: zmqtrio.Socket, xsub: zmqtrio.Socket) -> None:
+    while True:
+        frames = await xpub.recv_multipart()
+        # (Un)subscriptions: one frame, 0x01 or 0x00 then the topic prefix.
+        if len(frames) == 1 and frames[0][:1] in (b"\x00", b"\x01"):
+            xsub.send_multipart_nowait(frames)
+
+
+# ------------------------------------------------------------------ publishing
+
+
+class Publisher:
+    """Sends events to the local peer's relay; open with `open_publisher`."""
+
+    def __init__(self, sock: zmqtrio.Socket, source: str) -> None:
+        self._sock = sock
+        self.source = source
+
+    def publish(self, topic: str, data: bytes) -> None:
+        """Send one event (never blocks; dropped if nobody subscribed to it).
+        ValueError if the topic or data break the wire format's limits."""
+        self._sock.send_multipart_nowait(encode_event(topic, self.source, data))
+
+
+@contextlib.asynccontextmanager
+async def open_publisher(ip: str, xsub_port: int, source: str) -> AsyncIterator[Publisher]:
+    """A publisher connected to the relay at ``ip:xsub_port``."""
+    sock = zmqtrio.socket(zmq.PUB)
+    if ":" in ip:
+        sock.raw.setsockopt(zmq.IPV6, 1)
+    async with sock:
+        monitor = zmqtrio.monitor(sock, zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        try:
+            sock.raw.connect(_tcp(ip, xsub_port))
+            with trio.move_on_after(PUBLISHER_CONNECT_WAIT):
+                await monitor.recv_multipart()
+                await trio.sleep(SUBSCRIPTION_SETTLE)
+        finally:
+            # Stop the monitor before closing its reader: an unread monitor
+            # blocks libzmq's I/O thread (see nanomesh.rpc).
+            sock.raw.disable_monitor()
+            monitor.close()
+        yield Publisher(sock, source)
+
+
+# ------------------------------------------------------------------ subscribing
+
+
+Relays = Callable[[], Awaitable[Iterable[str]]]
+"""Returns the relay XPUB addresses (``tcp://IP:PORT``) to listen to now."""
+
+
+def relay_changes(current: set[str], wanted: set[str]) -> tuple[list[str], list[str]]:
+    """``(connect, disconnect)`` that turn the current set into the wanted one. Pure."""
+    return sorted(wanted - current), sorted(current - wanted)
+
+
+class Subscription:
+    """Events whose topic starts with a prefix; ``async for ev in sub``."""
+
+    def __init__(self, sock: zmqtrio.Socket, stats: collections.Counter[str]) -> None:
+        self._sock = sock
+        self.stats = stats
+        self.relays: set[str] = set()
+
+    def update(self, wanted: set[str]) -> None:
+        connect, disconnect = relay_changes(self.relays, wanted)
+        for endpoint in connect:
+            with contextlib.suppress(zmq.ZMQError):
+                self._sock.raw.connect(endpoint)
+                self.relays.add(endpoint)
+        for endpoint in disconnect:
+            with contextlib.suppress(zmq.ZMQError):
+                self._sock.raw.disconnect(endpoint)
+            self.relays.discard(endpoint)
+
+    async def receive(self) -> Event:
+        """The next event; garbage from a relay is dropped and counted."""
+        while True:
+            frames = await self._sock.recv_multipart()
+            try:
+                return decode_event(frames)
+            except RemoteProtocolError as exc:
+                self.stats[f"dropped-{exc.reason}"] += 1
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Event:
+        return await self.receive()
+
+
+@contextlib.asynccontextmanager
+async def open_subscription(topic_prefix: str, relays: Relays,
+                            refresh: float = SUBSCRIBER_REFRESH
+                            ) -> AsyncIterator[Subscription]:
+    """Subscribe to ``topic_prefix`` (``""``: everything) at every relay that
+    ``relays()`` names, re-asking it every ``refresh`` seconds. A failing
+    ``relays()`` keeps the current set (logged) until the next refresh."""
+    sock = zmqtrio.socket(zmq.SUB)
+    sock.raw.setsockopt(zmq.IPV6, 1)
+    sock.raw.setsockopt(zmq.SUBSCRIBE, topic_prefix.encode())
+    sub = Subscription(sock, collections.Counter())
+    sub.update(set(await relays()))
+    error: BaseException | None = None  # re-raised unwrapped, as in client.connect
+    async with sock, trio.open_nursery() as nursery:
+        nursery.start_soon(_refresh, sub, relays, refresh)
+        try:
+            yield sub
+        except BaseException as exc:
+            error = exc
+        nursery.cancel_scope.cancel()
+    if error is not None:
+        raise error
+
+
+async def _refresh(sub: Subscription, relays: Relays, every: float) -> None:
+    while True:
+        await trio.sleep(every)
+        try:
+            sub.update(set(await relays()))
+        except Exception as exc:  # the peer API may be restarting; try again later
+            log.warning("cannot refresh the event relays: %s", exc)

@@ -1,0 +1,222 @@
+"""The CoAP gateway's shell: aiocoap hosted in trio through trio-asyncio.
+
+This is the only module that imports aiocoap (it has no type hints, hence the
+few ``Any``). One aiocoap server context, bound to the peer's IP and the
+gateway port, both serves clients and sends the forwarded requests to CoAP
+instances (so instances see the gateway's address).
+
+Block-wise transfer (RFC 7959) is aiocoap's, on both sides:
+- towards clients, `_GatewayResource` asks for assembly, so aiocoap's
+  `Block1Spool` reassembles a large request body before we see it (we refuse
+  one over ``max_payload`` at its first block past the limit), and its
+  `Block2Cache` renders a large response once and serves its blocks from the
+  cache (the instance is not asked again per block);
+- towards CoAP instances, ``Context.request`` splits a large body into Block1
+  blocks and fetches every Block2 block of a large response.
+
+Garbage datagrams are dropped by aiocoap's message parser, or, where that
+parser itself fails, by the loop's exception handler (`_contain`); the test
+suite sends random and mutated datagrams and checks the gateway still answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import Any
+
+import aiocoap  # type: ignore[import-untyped,unused-ignore]
+import aiocoap.error  # type: ignore[import-untyped,unused-ignore]
+import aiocoap.resource  # type: ignore[import-untyped,unused-ignore]
+import trio
+import trio_asyncio  # type: ignore[import-untyped,unused-ignore]
+
+from nanomesh.config import DEFAULT_COAP_PORT, host_port
+from nanomesh.errors import ConfigError
+from nanomesh.gateway.core import Gateway, Resolver, Services
+from nanomesh.gateway.forward import (
+    DEFAULT_GATEWAY,
+    METHOD_CODES,
+    METHODS,
+    GatewayConfig,
+    GatewayRequest,
+    GatewayResponse,
+)
+from nanomesh.gateway.upstream import Upstream, UpstreamError, http_upstream, zmq_upstream
+from nanomesh.naming import Endpoint
+from nanomesh.wire import Address
+
+__all__ = ["DEFAULT_COAP_PORT", "check_gateway_port", "serve_coap_gateway"]
+
+log = logging.getLogger("nanomesh.gateway")
+
+
+async def serve_coap_gateway(bind: Address, resolver: Resolver, *,
+                             services: Services | None = None,
+                             config: GatewayConfig = DEFAULT_GATEWAY,
+                             task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED
+                             ) -> None:
+    """Serve ``coap://IP:PORT/s/<service>/<path>`` on `bind` (UDP) until
+    cancelled, forwarding to an instance that `resolver` names. Reports the
+    `Gateway` (its counters) through ``task_status`` once it listens; raises
+    ConfigError if it cannot listen (address not local, port taken)."""
+    check_gateway_port(bind)
+    gateway = Gateway(resolver, {}, services=services, config=config)
+    resource = _GatewayResource(gateway.handle, config.max_payload)
+    async with trio_asyncio.open_loop() as loop:
+        # trio-asyncio's default handler re-raises an error in an asyncio
+        # callback into its nursery, which would take the gateway (and the
+        # peer) down. aiocoap 0.4.17 lets a datagram with a non-UTF-8
+        # Uri-Path escape its parser that way; log and count instead.
+        loop.set_exception_handler(lambda _loop, ctx: _contain(gateway, ctx))
+        try:
+            context = await trio_asyncio.aio_as_trio(aiocoap.Context.create_server_context)(
+                resource, bind=bind, transports=["udp6"])
+        except (OSError, aiocoap.error.Error) as exc:
+            raise ConfigError(f"cannot listen for the CoAP gateway (UDP) on "
+                              f"{host_port(*bind)}: {getattr(exc, 'strerror', None) or exc}"
+                              ) from None
+        gateway.upstreams.update({"coap": _coap_upstream(context), "zmq": zmq_upstream,
+                                  "http": http_upstream})
+        try:
+            log.info("CoAP gateway on coap://%s", host_port(*bind))
+            task_status.started(gateway)
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                await trio_asyncio.aio_as_trio(context.shutdown)()
+
+
+def _contain(gateway: Gateway, context: dict[str, Any]) -> None:
+    gateway.dropped += 1
+    if gateway.dropped in (1, 100, 10_000):
+        log.warning("CoAP gateway: dropped an input aiocoap failed on (%d so far): %s",
+                    gateway.dropped, context.get("message"), exc_info=context.get("exception"))
+
+
+def check_gateway_port(bind: Address) -> None:
+    """ConfigError if `bind` cannot be listened on. Called by
+    `serve_coap_gateway`, and by a caller that wants the error before it
+    starts anything. Needed because aiocoap binds with SO_REUSEPORT: a second
+    gateway on the same address would silently share the port (and get half
+    the requests); a plain bind first turns a taken port into a clear error."""
+    family = socket.AF_INET6 if ":" in bind[0] else socket.AF_INET
+    probe = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        probe.bind(bind)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen for the CoAP gateway (UDP) on {host_port(*bind)}: "
+                          f"{exc.strerror or exc}") from None
+    finally:
+        probe.close()
+
+
+# ------------------------------------------------------------ server side
+
+
+class _TooLarge(aiocoap.error.ConstructionRenderableError):  # type: ignore[misc,unused-ignore]
+    code = aiocoap.numbers.codes.Code.REQUEST_ENTITY_TOO_LARGE
+    message = "request body too large"
+
+
+class _GatewayResource(aiocoap.resource.Resource, aiocoap.resource.PathCapable):  # type: ignore[misc,unused-ignore]
+    """The whole URI space of the gateway as one resource (PathCapable: it
+    gets the full Uri-Path). Rendering hops into trio for `Gateway.handle`."""
+
+    def __init__(self, handle: Any, max_payload: int) -> None:
+        super().__init__()
+        self._handle = trio_asyncio.trio_as_aio(handle)
+        self._max_payload = max_payload
+
+    async def needs_blockwise_assembly(self, request: Any) -> bool:
+        block1 = request.opt.block1
+        if block1 is not None and block1.start + len(request.payload) > self._max_payload:
+            raise _TooLarge()
+        return True
+
+    async def render(self, request: Any) -> Any:
+        if int(request.code) not in METHODS:
+            raise aiocoap.error.UnallowedMethod()
+        if len(request.payload) > self._max_payload:
+            raise _TooLarge()
+        response: GatewayResponse = await self._handle(gateway_request(request))
+        return coap_message(response)
+
+    def get_link_description(self) -> None:
+        return None  # /.well-known/core is ours to answer, not aiocoap's
+
+
+def gateway_request(message: Any) -> GatewayRequest:
+    """An incoming aiocoap request (of a method in `METHODS`) as a `GatewayRequest`."""
+    return GatewayRequest(
+        method=METHODS[int(message.code)],
+        path=tuple(message.opt.uri_path), query=tuple(message.opt.uri_query),
+        payload=bytes(message.payload), content_format=_int_or_none(message.opt.content_format),
+        accept=_int_or_none(message.opt.accept))
+
+
+def coap_message(response: GatewayResponse) -> Any:
+    message = aiocoap.Message(code=aiocoap.numbers.codes.Code(response.code),
+                              payload=response.payload)
+    if response.content_format is not None:
+        message.opt.content_format = response.content_format
+    if response.max_age is not None:
+        message.opt.max_age = response.max_age
+    return message
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+# ------------------------------------------------------------ upstream CoAP
+
+
+REMOTE_CACHE = 1024
+"""Instance addresses whose resolved aiocoap remote is kept (cleared when
+full). Without it aiocoap resolves the URI's host with getaddrinfo, in a
+worker thread, on every forwarded request."""
+
+
+def _coap_upstream(context: Any) -> Upstream:
+    remotes: dict[str, Any] = {}
+
+    async def call(ep: Endpoint, request: GatewayRequest, timeout: float) -> GatewayResponse:
+        # `timeout` is enforced by the caller's cancel scope, which cancels the
+        # aiocoap request (and its retransmissions) with it.
+        remote = remotes.get(ep.address)
+        if remote is not None:
+            message = aiocoap.Message(code=METHOD_CODES[request.method],
+                                      payload=request.payload)
+            message.remote = remote
+        else:
+            message = aiocoap.Message(code=METHOD_CODES[request.method],
+                                      payload=request.payload, uri=f"coap://{ep.address}/")
+        message.opt.uri_path = request.path
+        message.opt.uri_query = request.query
+        if request.content_format is not None:
+            message.opt.content_format = request.content_format
+        if request.accept is not None:
+            message.opt.accept = request.accept
+        try:
+            answer = await trio_asyncio.aio_as_trio(_request)(context, message)
+        except aiocoap.error.Error as exc:
+            raise UpstreamError(f"coap: {_describe(exc)}") from None
+        if remote is None:
+            if len(remotes) >= REMOTE_CACHE:
+                remotes.clear()
+            remotes[ep.address] = message.remote
+        return GatewayResponse(int(answer.code), bytes(answer.payload),
+                               _int_or_none(answer.opt.content_format))
+
+    return call
+
+
+async def _request(context: Any, message: Any) -> Any:
+    """Runs in asyncio: aiocoap creates its request tasks in the current loop."""
+    return await context.request(message).response
+
+
+def _describe(exc: Exception) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,0 +1,197 @@
+"""What the gateway decides, in pure code: routes, target choice, and the
+translation between CoAP and the HTTP-style status of zmq and http instances.
+
+A request to the gateway is a protocol-neutral `GatewayRequest`; the answer a
+`GatewayResponse` carrying a CoAP code (``class << 5 | detail``: 2.05 is 69).
+The aiocoap adapter (`nanomesh.gateway.coap`) converts to and from messages;
+upstream calls (`nanomesh.gateway.upstream`) speak each instance's protocol
+(zmq and http answers are mapped by `nanomesh.wire.rpc.status_to_coap_code`).
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from nanomesh.naming import PROTOCOLS, Endpoint
+from nanomesh.wire.rpc import MAX_BODY
+
+SERVICE_PREFIX = "s"
+"""First path segment of a forwarded request: ``/s/<service>/<path...>``."""
+
+
+def coap_code(cls: int, detail: int) -> int:
+    """The CoAP code ``cls.detail`` as its one-byte value (RFC 7252 §3)."""
+    return cls << 5 | detail
+
+
+def code_text(code: int) -> str:
+    """69 -> ``"2.05"``."""
+    return f"{code >> 5}.{code & 31:02d}"
+
+
+CONTENT, CREATED, DELETED, VALID, CHANGED = (coap_code(2, d) for d in (5, 1, 2, 3, 4))
+BAD_REQUEST, NOT_FOUND, METHOD_NOT_ALLOWED = coap_code(4, 0), coap_code(4, 4), coap_code(4, 5)
+REQUEST_TOO_LARGE = coap_code(4, 13)
+INTERNAL_ERROR, BAD_GATEWAY = coap_code(5, 0), coap_code(5, 2)
+SERVICE_UNAVAILABLE, GATEWAY_TIMEOUT = coap_code(5, 3), coap_code(5, 4)
+
+METHODS = {1: "GET", 2: "POST", 3: "PUT", 4: "DELETE", 5: "FETCH", 6: "PATCH", 7: "iPATCH"}
+"""CoAP request codes (RFC 7252, RFC 8132) by number."""
+METHOD_CODES = {name: num for num, name in METHODS.items()}
+
+TEXT_PLAIN, LINK_FORMAT = 0, 40
+"""CoAP content-formats of the gateway's own answers (RFC 7252 §12.3)."""
+
+RETRY_AFTER = 2
+"""Max-Age, in seconds, on a 5.03 the gateway makes itself: how soon a client
+may try again (RFC 7252 §5.9.3.4). About a health-check round, after which a
+restarted or re-placed instance may be resolvable."""
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Timing and limits of forwarding. Defaults suit a LAN of small devices."""
+
+    try_timeout: float = 4.0
+    """Seconds one instance gets to answer before the next is tried. Long
+    enough for one CoAP retransmission (ACK_TIMEOUT 2-3 s); a service that
+    computes for longer needs a larger value, or it is tried again elsewhere."""
+    deadline: float = 10.0
+    """Seconds for the whole request, all tries included (the client's own
+    CoAP exchange waits longer than this, so it gets our answer)."""
+    max_tries: int = 3
+    """Instances tried per request (one endpoint each): fail-over is bounded so
+    that a broken service costs a client seconds, not minutes."""
+    max_payload: int = MAX_BODY
+    """Largest request body, in bytes, a client may send (block-wise): the
+    limit of a call body (`nanomesh.wire.rpc.MAX_BODY`, 1 MiB). A larger one
+    gets 4.13 at its first block past the limit, before it is buffered."""
+
+    def __post_init__(self) -> None:
+        if not (0 < self.try_timeout <= self.deadline):
+            raise ValueError("gateway: need 0 < try_timeout <= deadline")
+        if self.max_tries < 1 or self.max_payload < 1:
+            raise ValueError("gateway: max_tries and max_payload must be positive")
+
+
+DEFAULT_GATEWAY = GatewayConfig()
+
+
+@dataclass(frozen=True)
+class GatewayRequest:
+    """A request as the gateway received it (block-wise already reassembled)."""
+
+    method: str
+    """``GET``, ``POST``, ... (`METHODS`)."""
+    path: tuple[str, ...]
+    """Uri-Path segments, decoded."""
+    query: tuple[str, ...] = ()
+    """Uri-Query items, each ``k=v`` or ``k``."""
+    payload: bytes = b""
+    content_format: int | None = None
+    accept: int | None = None
+
+    def path_text(self) -> str:
+        """``/a/b``, for messages and logs."""
+        return "/" + "/".join(self.path)
+
+
+@dataclass(frozen=True)
+class GatewayResponse:
+    code: int
+    payload: bytes = b""
+    content_format: int | None = None
+    max_age: int | None = None
+
+
+def error_response(code: int, message: str, **kwargs: int) -> GatewayResponse:
+    """A diagnostic answer made by the gateway itself (text/plain, RFC 7252 §5.5.2)."""
+    return GatewayResponse(code, message.encode(), TEXT_PLAIN, **kwargs)
+
+
+# ------------------------------------------------------------ routes
+
+
+@dataclass(frozen=True)
+class ServiceRoute:
+    service: str
+    request: GatewayRequest
+    """The request as the instance gets it: path without ``/s/<service>``."""
+
+
+@dataclass(frozen=True)
+class WellKnownRoute:
+    pass
+
+
+@dataclass(frozen=True)
+class NoRoute:
+    response: GatewayResponse
+
+
+Route = ServiceRoute | WellKnownRoute | NoRoute
+
+
+def route(request: GatewayRequest) -> Route:
+    """Where a request to the gateway goes."""
+    path = request.path
+    if path == (".well-known", "core"):
+        if request.method != "GET":
+            return NoRoute(error_response(METHOD_NOT_ALLOWED, "/.well-known/core is GET only"))
+        return WellKnownRoute()
+    if len(path) >= 2 and path[0] == SERVICE_PREFIX and path[1]:
+        inner = GatewayRequest(request.method, path[2:], request.query, request.payload,
+                               request.content_format, request.accept)
+        return ServiceRoute(path[1], inner)
+    return NoRoute(error_response(NOT_FOUND, "nothing here: services are at "
+                                  "/s/<service>/<path>, listed at /.well-known/core"))
+
+
+def well_known_core(services: Iterable[str]) -> GatewayResponse:
+    """RFC 6690 link-format listing ``</s/NAME>`` per service, sorted."""
+    links = ",".join(f"</{SERVICE_PREFIX}/{urllib.parse.quote(name, safe='')}>"
+                     for name in sorted(set(services)))
+    return GatewayResponse(CONTENT, links.encode(), LINK_FORMAT)
+
+
+# ------------------------------------------------------------ targets
+
+
+def pick_targets(endpoints: Sequence[Endpoint], max_tries: int) -> list[Endpoint]:
+    """Up to `max_tries` endpoints to try in turn: one per instance (fail-over
+    goes to another instance, not to another port of the same one), keeping
+    resolve's order of instances, and per instance the protocol earliest in
+    `nanomesh.naming.PROTOCOLS` (coap first: no translation needed)."""
+    best: dict[str, Endpoint] = {}
+    for ep in endpoints:
+        if ep.protocol not in PROTOCOLS:
+            continue
+        held = best.get(ep.instance)
+        if held is None or PROTOCOLS.index(ep.protocol) < PROTOCOLS.index(held.protocol):
+            best[ep.instance] = ep
+    return list(best.values())[:max_tries]
+
+
+@dataclass
+class Attempts:
+    """What went wrong with each instance tried, for the diagnostic payload."""
+
+    service: str
+    failures: list[str] = field(default_factory=list)
+    timed_out: bool = False
+
+    def failed(self, ep: Endpoint, why: str, *, timeout: bool = False) -> None:
+        self.failures.append(f"{ep.instance} on {ep.peer} ({ep.protocol}://{ep.address}): {why}")
+        self.timed_out = self.timed_out or timeout
+
+    def response(self) -> GatewayResponse:
+        """5.04 if some instance did not answer in time (RFC 7252 §5.9.3.5),
+        else 5.03: none of the instances we found could be reached."""
+        detail = "; ".join(self.failures) or "deadline reached before any instance was tried"
+        if self.timed_out or not self.failures:
+            return error_response(GATEWAY_TIMEOUT, f"no instance of {self.service} answered "
+                                  f"in time: {detail}")
+        return error_response(SERVICE_UNAVAILABLE, f"no instance of {self.service} could be "
+                              f"reached: {detail}", max_age=RETRY_AFTER)

@@ -1,0 +1,95 @@
+"""Calls from the gateway to an instance that speaks zmq or http, through the
+same clients that nanoservices use (`nanomesh.rpc.zmq_call`,
+`nanomesh.httpio.http_call`) and their `nanomesh.wire.rpc` values. (The CoAP
+upstream forwards the CoAP message as it is, in `nanomesh.gateway.coap`.)
+
+Each upstream is ``async (endpoint, request, timeout) -> GatewayResponse``
+and raises `UpstreamError` when the instance could not be reached, broke the
+exchange or did not answer in time: the gateway then tries the next
+instance. An answer, even an error status, is the instance's and is passed
+back (no fail-over on a 5xx: the request may have had its effect).
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Awaitable, Callable
+
+from nanomesh.gateway.forward import (
+    BAD_REQUEST,
+    METHOD_NOT_ALLOWED,
+    TEXT_PLAIN,
+    GatewayRequest,
+    GatewayResponse,
+    error_response,
+)
+from nanomesh.naming import Endpoint
+from nanomesh.wire.rpc import METHODS, Request, Response, status_to_coap_code
+
+Upstream = Callable[[Endpoint, GatewayRequest, float], Awaitable[GatewayResponse]]
+RpcCall = Callable[[str, Request, float], Awaitable[Response]]
+"""``zmq_call`` / ``http_call``: (``IP:PORT``, request, timeout) -> response."""
+
+
+class UpstreamError(Exception):
+    """The instance could not be reached, broke the exchange, or (`timed_out`)
+    did not answer in time."""
+
+    def __init__(self, message: str, *, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
+
+
+async def zmq_upstream(ep: Endpoint, request: GatewayRequest, timeout: float
+                       ) -> GatewayResponse:
+    from nanomesh.rpc import zmq_call  # pyzmq loads only once a zmq instance is called
+    return await rpc_upstream(zmq_call, ep, request, timeout)
+
+
+async def http_upstream(ep: Endpoint, request: GatewayRequest, timeout: float
+                        ) -> GatewayResponse:
+    from nanomesh.httpio import http_call
+    return await rpc_upstream(http_call, ep, request, timeout)
+
+
+async def rpc_upstream(call: RpcCall, ep: Endpoint, request: GatewayRequest, timeout: float
+                       ) -> GatewayResponse:
+    """Forward `request` with `call`; CoAP-only methods (FETCH, PATCH, iPATCH)
+    are answered 4.05 here, since these transports cannot carry them."""
+    from nanomesh.rpc import RpcError, RpcTimeout
+    if request.method not in METHODS:
+        return error_response(METHOD_NOT_ALLOWED, f"{request.method} cannot be forwarded to a "
+                              f"{ep.protocol} instance (only {', '.join(METHODS)})")
+    try:
+        call_request = rpc_request(request)
+    except ValueError as exc:
+        return error_response(BAD_REQUEST, f"cannot forward: {exc}")
+    try:
+        reply = await call(ep.address, call_request, timeout)
+    except RpcTimeout as exc:
+        raise UpstreamError(str(exc), timed_out=True) from None
+    except RpcError as exc:
+        raise UpstreamError(str(exc)) from None
+    return coap_response(reply, request.method)
+
+
+def rpc_request(request: GatewayRequest) -> Request:
+    """The `Request` a zmq/http instance gets: path without a leading slash,
+    each segment percent-encoded (as `nanomesh.coapio` builds it), query
+    items joined by ``&``. ValueError if it cannot be one (too long, ...)."""
+    path = "/".join(urllib.parse.quote(s, safe="") for s in request.path)
+    return Request(request.method, path, request.payload, request.content_format,
+                   "&".join(request.query))
+
+
+def coap_response(reply: Response, method: str) -> GatewayResponse:
+    """A zmq/http `Response` as CoAP: the status mapped by
+    `nanomesh.wire.rpc.status_to_coap_code`; an error's message as the
+    diagnostic payload (text/plain, RFC 7252 §5.5.2)."""
+    code = status_to_coap_code(reply.status, method)
+    if not reply.ok:
+        return GatewayResponse(code, reply.error.encode(), TEXT_PLAIN if reply.error else None)
+    return GatewayResponse(code, reply.body, reply.content_format)
+
+
+__all__ = ["UpstreamError", "http_upstream", "rpc_upstream", "zmq_upstream"]

@@ -1,0 +1,385 @@
+"""Service-to-service calls over ZeroMQ: `zmq_call` (client) and `serve_rpc`
+(server), both native trio through `nanomesh.zmqtrio`.
+
+A server binds a ROUTER; a client talks to it through a DEALER, one call at a
+time per DEALER. Frames and payloads are defined in `nanomesh.wire.rpc`: the
+client sends ``[call_id, request]``, the server answers ``[call_id, response]``;
+the client drops replies whose id is not the one it waits for (a late answer to
+an earlier call that timed out).
+
+Connections are reused: each thread keeps a small pool of connected DEALERs per
+address, so a call costs one round trip instead of a TCP and ZMTP handshake.
+Every pooled DEALER has a ZeroMQ monitor; it is how a call notices quickly that
+the server is gone (connection refused, or the connection dropped mid-call) and
+raises `RpcError` at once instead of waiting out its timeout. A DEALER whose
+call failed or timed out is closed, never reused.
+
+Two libzmq facts shape `_Link`. A monitor's events are sent by the context's
+I/O thread and *block* it when nobody reads them (monitor consumer closed first,
+or an idle link piling up reconnect events): every ZeroMQ socket of the process
+would then stall. So a link never reconnects (``RECONNECT_IVL = -1``: a lost
+connection ends the link, so an idle link emits a handful of events at most),
+and closing stops the monitor before closing its reader.
+
+Delivery is at most once per attempt, and a timed-out call may still have run on
+the server: callers that retry (``nanomesh.client`` does) get at-least-once
+semantics and should keep non-idempotent handlers tolerant of repeats.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import itertools
+import logging
+import os
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import trio
+import zmq
+from zmq.utils.monitor import parse_monitor_message
+
+from nanomesh import zmqtrio
+from nanomesh.errors import ConfigError, NanomeshError, RemoteProtocolError
+from nanomesh.wire.rpc import (
+    Request,
+    Response,
+    call_frames,
+    decode_request,
+    decode_response,
+    encode_request,
+    encode_response,
+    error_response,
+    split_call_frames,
+)
+
+log = logging.getLogger("nanomesh.rpc")
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+IDLE_PER_ADDRESS = 8
+"""Connected DEALERs kept per server address for reuse (one per concurrent call;
+more concurrent calls open more, and the surplus is closed when they end)."""
+MAX_POOLED_ADDRESSES = 256
+"""Server addresses a thread keeps connections to; the least recently used
+address's connections are closed beyond this."""
+FAST_PATH = 0.005
+"""Seconds a call waits for its answer before it also starts watching the
+connection (see `_Link.call`); a refused or lost connection is noticed within
+about this long."""
+MAX_CONCURRENT = 64
+"""Requests one server runs at once; beyond this it answers 503 at once instead
+of queueing (the caller fails over to another replica)."""
+
+
+class RpcError(NanomeshError):
+    """A call failed in transport: the server is unreachable, went away
+    mid-call, or answered with bytes that are not a response."""
+
+
+class RpcTimeout(RpcError):
+    """No response within the call's timeout. The server may still have run it."""
+
+
+# ------------------------------------------------------------------ connection state
+
+_UP, _CONNECTING, _REFUSED, _DOWN = "up", "connecting", "refused", "down"
+
+
+def next_link_state(state: str, event: int) -> str:
+    """How one monitor event moves a DEALER's link state. Pure.
+
+    ``connecting`` -> ``up`` on a finished ZMTP handshake; a connect retry
+    before that means nothing listens there (``refused``); a disconnect or a
+    failed handshake after that means the server went away (``down``).
+    ``refused`` and ``down`` are final: such a DEALER is closed."""
+    if state in (_REFUSED, _DOWN):
+        return state
+    if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+        return _UP
+    if event in (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+                 zmq.EVENT_HANDSHAKE_FAILED_AUTH):
+        return _DOWN
+    if state == _CONNECTING and event in (zmq.EVENT_CONNECT_RETRIED, zmq.EVENT_CLOSED):
+        return _REFUSED
+    if state == _UP and event in (zmq.EVENT_DISCONNECTED, zmq.EVENT_CONNECT_RETRIED,
+                                  zmq.EVENT_CLOSED):
+        return _DOWN
+    return state
+
+
+_MONITORED = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+              | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+              | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED)
+
+
+def zmq_endpoint(address: str) -> str:
+    """``tcp://`` endpoint for ``IP:PORT`` (IPv6 as ``[::1]:PORT``)."""
+    return address if address.startswith("tcp://") else f"tcp://{address}"
+
+
+class _Link:
+    """One connected DEALER with its monitor."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.dealer = zmqtrio.socket(zmq.DEALER)
+        if "[" in address:
+            self.dealer.raw.setsockopt(zmq.IPV6, 1)
+        self.dealer.raw.setsockopt(zmq.RECONNECT_IVL, -1)  # see the module docstring
+        self.monitor = zmqtrio.monitor(self.dealer, _MONITORED)
+        self.state = _CONNECTING
+        try:
+            self.dealer.raw.connect(zmq_endpoint(address))
+        except zmq.ZMQError as exc:
+            self.close()
+            raise RpcError(f"bad ZeroMQ address {address!r}: {exc}") from None
+
+    def _apply(self, frames: list[bytes]) -> None:
+        self.state = next_link_state(self.state, parse_monitor_message(frames)["event"])
+
+    def drain_events(self) -> None:
+        """Apply the monitor events that arrived while the link was idle."""
+        while not self.monitor.closed and self.state not in (_REFUSED, _DOWN):
+            try:
+                frames = self.monitor.raw.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._apply(frames)
+
+    @property
+    def usable(self) -> bool:
+        return self.state not in (_REFUSED, _DOWN)
+
+    async def call(self, payload: bytes) -> bytes:
+        """One exchange; RpcError if the link breaks first. No timeout here.
+
+        Most answers arrive within `FAST_PATH` seconds: waiting for them in
+        this task alone saves the cost of a watcher task per call. Only a call
+        that takes longer also watches the monitor for a lost connection."""
+        call_id = next(self._ids).to_bytes(8, "big")
+        await self.dealer.send_multipart(call_frames(call_id, payload))
+        with trio.move_on_after(FAST_PATH):
+            return await self._reply_to(call_id)
+        reply: list[bytes] = []
+
+        async def watch(scope: trio.CancelScope) -> None:
+            while self.usable:
+                self._apply(await self.monitor.recv_multipart())
+            scope.cancel()
+
+        async def wait_reply(scope: trio.CancelScope) -> None:
+            reply.append(await self._reply_to(call_id))
+            scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch, nursery.cancel_scope)
+            nursery.start_soon(wait_reply, nursery.cancel_scope)
+        if not reply:
+            what = "connection refused" if self.state == _REFUSED else "connection lost"
+            raise RpcError(f"ZeroMQ call to {self.address}: {what}")
+        return reply[0]
+
+    async def _reply_to(self, call_id: bytes) -> bytes:
+        while True:
+            frames = await self.dealer.recv_multipart()
+            if len(frames) == 2 and frames[0] == call_id:
+                return frames[1]
+
+    def close(self) -> None:
+        # Stop the monitor before closing its reader: an unread monitor blocks
+        # libzmq's I/O thread (see the module docstring).
+        if not self.dealer.closed:
+            with contextlib.suppress(zmq.ZMQError):
+                self.dealer.raw.disable_monitor()
+        self.dealer.close()
+        self.monitor.close()
+
+
+@dataclass
+class _Pool:
+    pid: int = field(default_factory=os.getpid)
+    idle: collections.OrderedDict[str, list[_Link]] = field(
+        default_factory=collections.OrderedDict)
+
+    def take(self, address: str) -> _Link:
+        links = self.idle.get(address, [])
+        while links:
+            link = links.pop()
+            link.drain_events()
+            if link.usable:
+                return link
+            link.close()
+        return _Link(address)
+
+    def give_back(self, link: _Link) -> None:
+        links = self.idle.setdefault(link.address, [])
+        self.idle.move_to_end(link.address)
+        if len(links) >= IDLE_PER_ADDRESS:
+            link.close()
+        else:
+            links.append(link)
+        while len(self.idle) > MAX_POOLED_ADDRESSES:
+            _, old = self.idle.popitem(last=False)
+            for stale in old:
+                stale.close()
+
+
+_local = threading.local()
+
+
+def _pool() -> _Pool:
+    pool: _Pool | None = getattr(_local, "pool", None)
+    if pool is None or pool.pid != os.getpid():  # a forked child must not share sockets
+        pool = _local.pool = _Pool()
+    return pool
+
+
+async def zmq_call(address: str, request: Request, timeout: float) -> Response:
+    """Call the nanoservice whose ROUTER listens at ``address`` (``IP:PORT``).
+
+    Returns its `Response` (any status: a 4xx/5xx is an answer, not an error
+    here). Raises `RpcTimeout` after ``timeout`` seconds without an answer,
+    `RpcError` if the server is unreachable, drops the connection or answers
+    with garbage."""
+    payload = encode_request(request)
+    link = _pool().take(address)
+    reusable = False
+    try:
+        with trio.fail_after(timeout):
+            raw = await link.call(payload)
+        response = decode_response(raw)
+        reusable = True
+        return response
+    except trio.TooSlowError:
+        raise RpcTimeout(f"ZeroMQ call to {address}: no answer in {timeout:g}s") from None
+    except RemoteProtocolError as exc:
+        raise RpcError(f"ZeroMQ call to {address}: bad response ({exc})") from None
+    finally:
+        if reusable:
+            _pool().give_back(link)
+        else:
+            link.close()
+
+
+def close_pooled_connections() -> None:
+    """Close this thread's idle connections (tests and clean shutdown)."""
+    pool = _pool()
+    for links in pool.idle.values():
+        for link in links:
+            link.close()
+    pool.idle.clear()
+
+
+# ------------------------------------------------------------------ server
+
+
+def bind_router(bind_address: str) -> zmqtrio.Socket:
+    """A ROUTER bound to ``IP:PORT`` (port 0: any free port); ConfigError if
+    the address cannot be bound, naming it."""
+    sock = zmqtrio.socket(zmq.ROUTER)
+    if "[" in bind_address:
+        sock.raw.setsockopt(zmq.IPV6, 1)
+    endpoint = zmq_endpoint(bind_address)
+    if endpoint.endswith(":0"):
+        endpoint = endpoint[:-2] + ":*"
+    try:
+        sock.raw.bind(endpoint)
+    except zmq.ZMQError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen for ZeroMQ calls on {bind_address}: {exc}") from None
+    return sock
+
+
+def bound_address(sock: zmqtrio.Socket) -> str:
+    """``IP:PORT`` a bound socket listens on (the real port when bound to 0)."""
+    endpoint = sock.raw.getsockopt(zmq.LAST_ENDPOINT)
+    assert isinstance(endpoint, bytes)
+    return endpoint.decode().removeprefix("tcp://")
+
+
+async def serve_rpc(bind_address: str, handler: Handler, *,
+                    stats: collections.Counter[str] | None = None,
+                    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+    """Answer calls on a ROUTER bound to ``bind_address`` (``IP:PORT``) until
+    cancelled. Reports the bound ``IP:PORT`` to ``task_status``.
+
+    Requests run concurrently (up to `MAX_CONCURRENT`). Garbage frames are
+    dropped and counted in ``stats``; a request that parses as frames but not
+    as a request is answered 400; a handler that raises is answered 500 with
+    its message; none of these stop the server."""
+    stats = stats if stats is not None else collections.Counter()
+    slots = trio.Semaphore(MAX_CONCURRENT)
+    async with bind_router(bind_address) as router, trio.open_nursery() as nursery:
+        task_status.started(bound_address(router))
+        while True:
+            frames = await router.recv_multipart()
+            if len(frames) != 3:
+                stats["dropped-frames"] += 1
+                continue
+            identity, rest = frames[0], frames[1:]
+            try:
+                call_id, payload = split_call_frames(rest)
+            except RemoteProtocolError:
+                stats["dropped-frames"] += 1
+                continue
+            try:
+                slots.acquire_nowait()
+            except trio.WouldBlock:
+                stats["busy"] += 1
+                _answer(router, identity, call_id, error_response(503, "server busy"))
+                continue
+            nursery.start_soon(_serve_one, router, handler, identity, call_id, payload,
+                               slots, stats)
+
+
+async def _serve_one(router: zmqtrio.Socket, handler: Handler, identity: bytes, call_id: bytes,
+                     payload: bytes, slots: trio.Semaphore, stats: collections.Counter[str]
+                     ) -> None:
+    try:
+        response = await run_handler(handler, payload, stats)
+        if not router.closed:
+            _answer(router, identity, call_id, response)
+    finally:
+        slots.release()
+
+
+async def run_handler(handler: Handler, payload: bytes, stats: collections.Counter[str]
+                      ) -> Response:
+    """Decode, run the handler, and turn every failure into a response."""
+    try:
+        request = decode_request(payload)
+    except RemoteProtocolError as exc:
+        stats["bad-request"] += 1
+        return error_response(400, f"bad request: {exc}")
+    return await call_guarded(handler, request, stats)
+
+
+async def call_guarded(handler: Handler, request: Request,
+                       stats: collections.Counter[str] | None = None) -> Response:
+    """Run ``handler``; an exception or a non-`Response` result becomes a 500
+    whose error names it (and is logged), so one request never stops a server."""
+    try:
+        response = await handler(request)
+    except Exception as exc:
+        if stats is not None:
+            stats["handler-error"] += 1
+        log.exception("handler for %s %s raised", request.method, request.path)
+        return error_response(500, f"{type(exc).__name__}: {exc}")
+    if not isinstance(response, Response):
+        if stats is not None:
+            stats["handler-error"] += 1
+        return error_response(500, f"handler returned {type(response).__name__}, not Response")
+    if stats is not None:
+        stats["served"] += 1
+    return response
+
+
+def _answer(router: zmqtrio.Socket, identity: bytes, call_id: bytes, response: Response) -> None:
+    # A ROUTER never blocks: a reply to a client that is gone, or over the
+    # high-water mark, is dropped, which the client sees as a timeout.
+    router.send_multipart_nowait([identity, *call_frames(call_id, encode_response(response))])

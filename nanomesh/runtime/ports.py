@@ -1,0 +1,171 @@
+"""Ports for instance endpoints, and the environment contract every instance gets.
+
+An endpoint with a fixed ``port`` is served there, as given (two services
+asking for the same fixed port on one peer is a manifest problem placement
+does not see; the second instance fails to bind and says so in its log). An
+endpoint with ``port = "auto"`` gets a port the kernel reports free on the
+peer's IP (UDP for ``coap``, TCP otherwise), never one this driver already
+handed to another live instance; an instance that restarts gets its previous
+port back when it is still free, so the endpoints gossiped for it stay put.
+
+The kernel picks from its ephemeral range, as ``bind(port=0)`` does for any
+server; a port is only *reserved* among this driver's instances: between the
+check and the instance's own ``bind`` another program could take it (the
+instance then fails and is restarted on a fresh port).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from nanomesh.runtime.spec import RESERVED_ENV, EndpointSpec, InstanceSpec
+
+AUTO_PORT_ATTEMPTS = 32
+"""Kernel picks tried before giving up on a free port not held by another
+instance (a collision needs the kernel to hand out a port we hold, rare)."""
+
+TOKEN_BYTES = 32
+"""Entropy of an instance token (256 bits, as the management token)."""
+
+
+class PortError(OSError):
+    """No port could be found or reserved for an endpoint."""
+
+
+Endpoint = tuple[str, str, int]
+"""``(name, protocol, port)``, as in :attr:`nanomesh.reconcile.InstanceStatus.endpoints`."""
+
+
+class PortAllocator:
+    """Hands out ports for ``"auto"`` endpoints, remembering who holds which."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, tuple[Endpoint, ...]] = {}
+        self._last: dict[str, dict[str, int]] = {}
+
+    def allocate(self, iid: str, host_ip: str,
+                 endpoints: tuple[EndpointSpec, ...]) -> tuple[Endpoint, ...]:
+        """The ports ``iid`` serves this run; held until :meth:`release`.
+        Raises :class:`PortError` if no free port can be found."""
+        self.release(iid)
+        taken = {(_transport(proto), port) for held in self._held.values()
+                 for _, proto, port in held}
+        out: list[Endpoint] = []
+        for ep in endpoints:
+            port = ep.port
+            if port is None:
+                port = self._auto(host_ip, ep, taken, self._last.get(iid, {}).get(ep.name))
+            taken.add((_transport(ep.protocol), port))
+            out.append((ep.name, ep.protocol, port))
+        self._held[iid] = tuple(out)
+        self._last[iid] = {name: port for name, _, port in out}
+        return tuple(out)
+
+    def release(self, iid: str) -> None:
+        """The run of ``iid`` ended: its ports are free again (its last choice
+        is remembered for its next run)."""
+        self._held.pop(iid, None)
+
+    def forget(self, iid: str) -> None:
+        self.release(iid)
+        self._last.pop(iid, None)
+
+    def held(self) -> dict[str, tuple[Endpoint, ...]]:
+        return dict(self._held)
+
+    @staticmethod
+    def _auto(host_ip: str, ep: EndpointSpec, taken: set[tuple[str, int]],
+              previous: int | None) -> int:
+        transport = _transport(ep.protocol)
+        if previous is not None and (transport, previous) not in taken \
+                and port_is_free(host_ip, transport, previous):
+            return previous
+        for _ in range(AUTO_PORT_ATTEMPTS):
+            port = free_port(host_ip, transport)
+            if (transport, port) not in taken:
+                return port
+        raise PortError(f"no free {transport} port on {host_ip} for endpoint {ep.name!r}")
+
+
+def _transport(protocol: str) -> str:
+    return "udp" if protocol == "coap" else "tcp"
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def free_port(host_ip: str, transport: str) -> int:
+    """A port the kernel reports free on ``host_ip`` (``"udp"`` or ``"tcp"``)."""
+    kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
+    try:
+        with socket.socket(_family(host_ip), kind) as sock:
+            sock.bind((host_ip, 0))
+            return int(sock.getsockname()[1])
+    except OSError as exc:
+        raise PortError(exc.errno, f"cannot bind a {transport} port on {host_ip}: "
+                                   f"{exc.strerror}") from None
+
+
+def port_is_free(host_ip: str, transport: str, port: int) -> bool:
+    kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
+    with contextlib.suppress(OSError), socket.socket(_family(host_ip), kind) as sock:
+        if transport == "tcp":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host_ip, port))
+        return True
+    return False
+
+
+# -- the environment contract (spec.ENV_CONTRACT) --------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ContractValues:
+    """What the runtime tells one run of an instance about itself."""
+
+    iid: str
+    service: str
+    host_ip: str
+    endpoints: tuple[Endpoint, ...]
+    peer_api: str
+    token: str
+
+
+def new_token() -> str:
+    """A fresh random instance token (URL-safe text)."""
+    return secrets.token_urlsafe(TOKEN_BYTES)
+
+
+def contract_env(values: ContractValues) -> dict[str, str]:
+    """The variables of :data:`nanomesh.runtime.spec.ENV_CONTRACT` for one run."""
+    env = {"NANOMESH_SERVICE": values.service, "NANOMESH_INSTANCE": values.iid,
+           "NANOMESH_HOST": values.host_ip, "NANOMESH_PEER_API": values.peer_api,
+           "NANOMESH_INSTANCE_TOKEN": values.token,
+           "NANOMESH_ENDPOINTS": json.dumps(
+               {name: {"protocol": proto, "port": port}
+                for name, proto, port in values.endpoints}, separators=(",", ":"))}
+    for name, proto, port in values.endpoints:
+        env[EndpointSpec(name, proto).env_name] = str(port)
+    if values.endpoints:
+        env["NANOMESH_PORT"] = str(values.endpoints[0][2])
+    return env
+
+
+def instance_env(spec: InstanceSpec, values: ContractValues,
+                 base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The run's whole environment: ``base`` (the daemon's), the spec's
+    ``run.env``, then the contract (the spec cannot override it: the
+    validator refuses ``NANOMESH_*`` names; and a daemon started by a
+    nanomesh instance does not leak its own contract to its children)."""
+    base = os.environ if base is None else base
+    inherited = {k: v for k, v in base.items() if not k.startswith("NANOMESH_PORT_")
+                 and k not in RESERVED_ENV}
+    return {**inherited, **spec.run.env, **contract_env(values)}
+

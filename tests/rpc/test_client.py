@@ -1,0 +1,140 @@
+"""`nanomesh.client`: calls by name through a fake resolve API to real ZeroMQ
+replicas (fail-over, typed errors), the CoAP gateway path, and the pure
+ordering of attempts."""
+
+from __future__ import annotations
+
+import collections
+import socket
+
+import pytest
+import trio
+from rpc_helpers import endpoint_json, fake_peer_api, free_port
+
+from nanomesh.client import (
+    GATEWAY,
+    CallTimeout,
+    RemoteError,
+    ServiceUnavailable,
+    Target,
+    attempt_order,
+    connect,
+    parse_resolution,
+)
+from nanomesh.coapio import serve_coap
+from nanomesh.rpc import serve_rpc
+from nanomesh.wire.rpc import Request, Response
+
+IP_API, IP_A, IP_B = "127.0.51.20", "127.0.51.21", "127.0.51.22"
+
+
+def replica(name: str, hits: collections.Counter[str]) -> object:
+    async def handle(req: Request) -> Response:
+        hits[name] += 1
+        if req.path == "missing":
+            return Response(404, error="nothing here")
+        if req.path == "hang":
+            await trio.sleep(30)
+        return Response(200, name.encode())
+    return handle
+
+
+async def start_replica(nursery: trio.Nursery, ip: str, name: str,
+                        hits: collections.Counter[str]) -> tuple[str, trio.CancelScope]:
+    scope = trio.CancelScope()
+
+    async def run(*, task_status: trio.TaskStatus[str]) -> None:
+        with scope:
+            await serve_rpc(f"{ip}:0", replica(name, hits), task_status=task_status)  # type: ignore[arg-type]
+
+    return await nursery.start(run), scope
+
+
+async def test_calls_fail_over_between_replicas(nursery: trio.Nursery) -> None:
+    hits: collections.Counter[str] = collections.Counter()
+    addr_a, scope_a = await start_replica(nursery, IP_A, "a", hits)
+    addr_b, _ = await start_replica(nursery, IP_B, "b", hits)
+    async with fake_peer_api(IP_API) as api:
+        api.services["echo"] = [
+            endpoint_json("echo", "echo/0", IP_A, "api", "zmq", int(addr_a.split(":")[1])),
+            endpoint_json("echo", "echo/1", IP_B, "api", "zmq", int(addr_b.split(":")[1]))]
+        async with connect(api.address) as mesh:
+            with trio.fail_after(20):
+                answers = {(await mesh.call("echo", "x")).body for _ in range(6)}
+                assert answers == {b"a", b"b"}            # replicas take turns
+                scope_a.cancel()                           # replica a dies
+                await trio.sleep(0.05)
+                for _ in range(6):
+                    assert (await mesh.call("echo", "x", timeout=5)).body == b"b"
+            assert api.resolves >= 2                       # a failure re-resolves
+
+
+async def test_typed_errors(nursery: trio.Nursery) -> None:
+    hits: collections.Counter[str] = collections.Counter()
+    addr_a, _ = await start_replica(nursery, IP_A, "a", hits)
+    async with fake_peer_api(IP_API) as api:
+        port = int(addr_a.split(":")[1])
+        api.services["echo"] = [endpoint_json("echo", "echo/0", IP_A, "api", "zmq", port)]
+        api.services["stopped"] = [endpoint_json("stopped", "stopped/0", IP_A, "api", "zmq",
+                                                 port, state="exited")]
+        async with connect(api.address) as mesh:
+            with trio.fail_after(20):
+                with pytest.raises(RemoteError) as info:
+                    await mesh.call("echo", "missing")
+                assert (info.value.status, info.value.message) == (404, "nothing here")
+                assert hits["a"] == 1                          # a 4xx is not retried
+                with pytest.raises(CallTimeout):
+                    await mesh.call("echo", "hang", timeout=0.2, retries=0)
+                with pytest.raises(ServiceUnavailable, match="no service named"):
+                    await mesh.call("ghost", "x")
+                with pytest.raises(ServiceUnavailable, match="stopped/0:exited"):
+                    await mesh.call("stopped", "x")
+    async with connect(f"{IP_API}:{free_port(IP_API)}") as mesh:
+        with trio.fail_after(10), pytest.raises(ServiceUnavailable, match="peer API"):
+            await mesh.call("echo", "x")
+
+
+async def test_coap_gateway_is_used_when_there_is_no_zmq_endpoint(
+        nursery: trio.Nursery) -> None:
+    seen: list[str] = []
+
+    async def gateway(req: Request) -> Response:
+        seen.append(req.path)
+        return Response(200, b"via gateway " + req.body)
+
+    coap_port = free_port(IP_API, socket.SOCK_DGRAM)
+    await nursery.start(serve_coap, IP_API, coap_port, gateway)
+    async with fake_peer_api(IP_API) as api:
+        api.services["sensor"] = [endpoint_json("sensor", "sensor/0", IP_A, "c", "coap", 5999)]
+        async with connect(api.address, coap_port=coap_port) as mesh:
+            with trio.fail_after(20):
+                reply = await mesh.call("sensor", "read/now", "hi", method="POST")
+    assert reply.body == b"via gateway hi"
+    assert seen == ["s/sensor/read/now"]
+
+
+def ep(host: str, protocol: str, health: str = "healthy", state: str = "running",
+       port: int = 1) -> object:
+    return endpoint_json("s", f"s/{host}", host, "e", protocol, port, health, state)
+
+
+def test_attempt_order() -> None:
+    eps = parse_resolution({"endpoints": [
+        ep("10.0.0.1", "zmq"), ep("10.0.0.2", "zmq", "starting"), ep("10.0.0.3", "zmq"),
+        ep("10.0.0.4", "zmq", "unhealthy"), ep("10.0.0.5", "zmq", state="stopping"),
+        ep("10.0.0.6", "http"), ep("10.0.0.7", "coap")]})
+    z1, z2, z3 = (Target("zmq", f"10.0.0.{i}:1") for i in (1, 2, 3))
+    http = Target("http", "10.0.0.6:1")
+    assert attempt_order(eps, [], 0) == [z1, z3, z2, GATEWAY, http]
+    assert attempt_order(eps, [], 1) == [z3, z1, z2, GATEWAY, http]   # healthy ones rotate
+    assert attempt_order(eps, [z1], 0) == [z3, z2, GATEWAY, http, z1]  # failed goes last
+    only_http = parse_resolution({"endpoints": [ep("10.0.0.6", "http")]})
+    assert attempt_order(only_http, [], 0) == [http]
+    assert attempt_order([], [], 0) == []
+
+
+def test_parse_resolution_skips_malformed_entries() -> None:
+    good = ep("10.0.0.1", "zmq")
+    doc = {"endpoints": [good, {"port": "x"}, {"port": 0}, "junk", {**good, "port": True}]}
+    assert len(parse_resolution(doc)) == 1
+    assert parse_resolution(["not", "a", "map"]) == []

@@ -1,0 +1,161 @@
+"""ZeroMQ calls over real loopback sockets: `zmq_call` against `serve_rpc`,
+garbage, time-outs, lost servers, and the trio adapter's wake-up rule."""
+
+from __future__ import annotations
+
+import collections
+import functools
+
+import pytest
+import trio
+import zmq
+
+from nanomesh import zmqtrio
+from nanomesh.errors import ConfigError
+from nanomesh.rpc import RpcError, RpcTimeout, serve_rpc, zmq_call
+from nanomesh.wire.rpc import Request, Response, decode_response
+
+IP = "127.0.51.1"
+
+
+async def echo(req: Request) -> Response:
+    if req.path == "boom":
+        raise ValueError("kaboom")
+    if req.path == "slow":
+        await trio.sleep(30)
+    if req.path == "wrong":
+        return "not a response"  # type: ignore[return-value]
+    return Response(200, req.method.encode() + b" " + req.path.encode() + b" " + req.body,
+                    req.content_format)
+
+
+async def test_round_trip_and_reuse(nursery: trio.Nursery) -> None:
+    address = await nursery.start(serve_rpc, f"{IP}:0", echo)
+    with trio.fail_after(10):
+        for i in range(5):
+            r = await zmq_call(address, Request("POST", f"p/{i}", b"x" * i, 0), 2)
+            assert r == Response(200, f"POST p/{i} ".encode() + b"x" * i, 0)
+
+
+async def test_concurrent_calls_each_get_their_own_answer(nursery: trio.Nursery) -> None:
+    address = await nursery.start(serve_rpc, f"{IP}:0", echo)
+    answers: dict[int, bytes] = {}
+
+    async def one(i: int) -> None:
+        answers[i] = (await zmq_call(address, Request("GET", str(i)), 5)).body
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as calls:
+            for i in range(30):
+                calls.start_soon(one, i)
+    assert answers == {i: f"GET {i} ".encode() for i in range(30)}
+
+
+async def test_handler_errors_become_500_and_server_carries_on(nursery: trio.Nursery) -> None:
+    stats: collections.Counter[str] = collections.Counter()
+    address = await nursery.start(functools.partial(serve_rpc, stats=stats), f"{IP}:0", echo)
+    with trio.fail_after(10):
+        r = await zmq_call(address, Request("GET", "boom"), 2)
+        assert (r.status, r.error) == (500, "ValueError: kaboom")
+        r = await zmq_call(address, Request("GET", "wrong"), 2)
+        assert r.status == 500 and "not Response" in r.error
+        assert (await zmq_call(address, Request("GET", "ok"), 2)).status == 200
+    assert stats["handler-error"] == 2
+
+
+async def test_server_survives_garbage_frames(nursery: trio.Nursery) -> None:
+    stats: collections.Counter[str] = collections.Counter()
+    address = await nursery.start(functools.partial(serve_rpc, stats=stats), f"{IP}:0", echo)
+    raw = zmqtrio.socket(zmq.DEALER)
+    raw.raw.connect(f"tcp://{address}")
+    with trio.fail_after(10):
+        async with raw:
+            for frames in ([b"only-one"], [b"a", b"b", b"c"], [b"", b"x"], [b"x" * 40, b"p"]):
+                await raw.send_multipart(frames)
+            # Well-framed but not a request: answered 400 with the reason.
+            await raw.send_multipart([b"id-1", b"\xc1garbage"])
+            call_id, payload = await raw.recv_multipart()
+            assert call_id == b"id-1"
+            bad = decode_response(payload)
+            assert bad.status == 400 and "malformed" in bad.error
+        assert (await zmq_call(address, Request("GET", "still-up"), 2)).status == 200
+    assert stats["dropped-frames"] == 4
+    assert stats["bad-request"] == 1
+
+
+async def test_timeout_raises_rpc_timeout(nursery: trio.Nursery) -> None:
+    address = await nursery.start(serve_rpc, f"{IP}:0", echo)
+    with trio.fail_after(10), pytest.raises(RpcTimeout, match=r"no answer in 0\.3s"):
+        await zmq_call(address, Request("GET", "slow"), 0.3)
+    # The timed-out connection is not reused: the next call is answered.
+    with trio.fail_after(10):
+        assert (await zmq_call(address, Request("GET", "next"), 2)).body == b"GET next "
+
+
+async def test_nothing_listening_is_an_rpc_error_not_a_timeout() -> None:
+    with trio.fail_after(20), pytest.raises(RpcError, match="refused") as info:
+        await zmq_call(f"{IP}:1", Request("GET", "x"), 15)
+    assert not isinstance(info.value, RpcTimeout)
+
+
+async def test_server_gone_mid_call_is_an_rpc_error(nursery: trio.Nursery) -> None:
+    scope = trio.CancelScope()
+
+    async def server(*, task_status: trio.TaskStatus[str]) -> None:
+        with scope:
+            await serve_rpc(f"{IP}:0", echo, task_status=task_status)
+
+    address = await nursery.start(server)
+    with trio.fail_after(10):
+        assert (await zmq_call(address, Request("GET", "warm"), 2)).status == 200
+
+    async def kill_soon() -> None:
+        await trio.sleep(0.2)
+        scope.cancel()
+
+    nursery.start_soon(kill_soon)
+    with trio.fail_after(20), pytest.raises(RpcError) as info:
+        await zmq_call(address, Request("GET", "slow"), 15)
+    assert not isinstance(info.value, RpcTimeout)
+
+
+async def test_port_in_use_is_a_config_error(nursery: trio.Nursery) -> None:
+    address = await nursery.start(serve_rpc, f"{IP}:0", echo)
+    with pytest.raises(ConfigError, match=address):
+        await serve_rpc(address, echo)
+
+
+async def test_receiver_wakes_when_another_task_sends_on_the_same_socket() -> None:
+    """The edge-triggered ZMQ_FD rule: a send may consume the edge that
+    announced an incoming message; the receiving task must still wake."""
+    a, b = zmqtrio.socket(zmq.PAIR), zmqtrio.socket(zmq.PAIR)
+    a.raw.bind(f"tcp://{IP}:*")
+    b.raw.connect(a.raw.getsockopt(zmq.LAST_ENDPOINT).decode())
+    got: list[list[bytes]] = []
+    async with a, b:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as n:
+                async def receive() -> None:
+                    for _ in range(50):
+                        got.append(await a.recv_multipart())
+
+                n.start_soon(receive)
+                for i in range(50):
+                    await b.send_multipart([str(i).encode()])   # towards a
+                    await a.send_multipart([b"back"])           # a sends while a waits
+                    assert await b.recv_multipart() == [b"back"]
+    assert got == [[str(i).encode()] for i in range(50)]
+
+
+async def test_close_wakes_a_waiting_receiver() -> None:
+    sock = zmqtrio.socket(zmq.PULL)
+    sock.raw.bind(f"tcp://{IP}:*")
+    with trio.fail_after(10):
+        async with trio.open_nursery() as n:
+            async def receive() -> None:
+                with pytest.raises(trio.ClosedResourceError):
+                    await sock.recv_multipart()
+
+            n.start_soon(receive)
+            await trio.sleep(0.05)
+            sock.close()
