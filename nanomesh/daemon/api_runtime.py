@@ -17,6 +17,9 @@
   logs may hold anything the service printed): the last ``N`` lines (default
   200, at most 10,000) of the instance's log on *this* peer, rotated files
   included. ``nanomesh logs`` asks the peer that hosts the instance.
+
+Each ``/v1/instances/{service}/{index}/...`` route is also served with the
+instance id as one escaped path segment (``/v1/instances/counter%2F0/state``).
 """
 
 from __future__ import annotations
@@ -64,7 +67,8 @@ def runtime_routes(peer: PeerDaemon) -> dict[tuple[str, str], Handler]:
         return handler
 
     def instance_of(request: Request) -> str:
-        iid = f"{request.params['service']}/{request.params['index']}"
+        params = request.params
+        iid = params["iid"] if "iid" in params else f"{params['service']}/{params['index']}"
         try:
             split_instance_id(iid)
         except ValueError as exc:
@@ -122,7 +126,11 @@ def runtime_routes(peer: PeerDaemon) -> dict[tuple[str, str], Handler]:
             ("POST", "/v1/services/{name}/idle"): mode_route("idle"),
             ("PUT", "/v1/instances/{service}/{index}/state"): put_state,
             ("GET", "/v1/instances/{service}/{index}/state"): get_state,
-            ("GET", "/v1/instances/{service}/{index}/logs"): logs}
+            ("GET", "/v1/instances/{service}/{index}/logs"): logs,
+            # The same with the instance id as one escaped segment (counter%2F0).
+            ("PUT", "/v1/instances/{iid}/state"): put_state,
+            ("GET", "/v1/instances/{iid}/state"): get_state,
+            ("GET", "/v1/instances/{iid}/logs"): logs}
 
 
 def _lines_param(query: str) -> int:

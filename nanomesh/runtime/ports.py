@@ -21,6 +21,7 @@ import json
 import os
 import secrets
 import socket
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -167,5 +168,16 @@ def instance_env(spec: InstanceSpec, values: ContractValues,
     base = os.environ if base is None else base
     inherited = {k: v for k, v in base.items() if not k.startswith("NANOMESH_PORT_")
                  and k not in RESERVED_ENV}
+    inherited["PATH"] = daemon_first_path(inherited.get("PATH", os.defpath))
     return {**inherited, **spec.run.env, **contract_env(values)}
+
+
+def daemon_first_path(path: str) -> str:
+    """``PATH`` with the directory of the daemon's own Python first, so that a
+    service's ``python3`` is the interpreter nanomesh is installed in (a venv
+    on a device), and ``import nanomesh.service`` works in every nanoservice.
+    A service that wants another Python names it by absolute path."""
+    own = os.path.dirname(sys.executable)
+    rest = [p for p in path.split(os.pathsep) if p and p != own]
+    return os.pathsep.join([own, *rest])
 

@@ -48,7 +48,9 @@ NANOMESH_PORT_<NAME>    the port of endpoint NAME (upper-cased, non-alphanumeric
 NANOMESH_PORT           the first endpoint's port
 NANOMESH_ENDPOINTS      JSON {"name": {"protocol": ..., "port": ...}}
 NANOMESH_PEER_API       "ip:port" of the local peer's HTTP API
-NANOMESH_INSTANCE_TOKEN bearer token for this instance's calls to that API"""
+NANOMESH_INSTANCE_TOKEN bearer token for this instance's calls to that API
+PATH                    the daemon's PATH with its own Python's directory first, so
+                        "python3" is the interpreter nanomesh (and its SDK) lives in"""
 """What every instance finds in its environment (the SDK, ``nanomesh.service``,
 reads it)."""
 
