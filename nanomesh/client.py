@@ -55,6 +55,7 @@ from nanomesh.events import (
     open_subscription,
 )
 from nanomesh.httpio import http_call, http_request
+from nanomesh.naming import Endpoint
 from nanomesh.rpc import RpcError, RpcTimeout, zmq_call
 from nanomesh.wire.rpc import Event, Request, Response, encode_body
 
@@ -119,23 +120,6 @@ class Reply:
 
 
 @dataclass(frozen=True)
-class Endpoint:
-    service: str
-    instance: str
-    peer: str
-    host: str
-    name: str
-    protocol: str
-    port: int
-    health: str
-    state: str
-
-    @property
-    def address(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-
-@dataclass(frozen=True)
 class Target:
     """One way to reach a service: ``("zmq"|"http", "IP:PORT")`` or
     ``("gateway", "")`` (the connected peer's CoAP gateway)."""
@@ -148,18 +132,14 @@ GATEWAY = Target("gateway", "")
 
 
 def parse_resolution(doc: Any) -> list[Endpoint]:
-    """The endpoints of a ``/v1/resolve`` answer; malformed entries are skipped."""
+    """The endpoints of a ``/v1/resolve`` answer; malformed entries are skipped
+    (a newer or broken peer must not break a caller)."""
     items = doc.get("endpoints") if isinstance(doc, dict) else None
     endpoints = []
     for item in items if isinstance(items, list) else []:
         try:
-            port = item["port"]
-            if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
-                continue
-            fields = {k: str(item.get(k, "")) for k in (
-                "service", "instance", "peer", "host", "name", "protocol", "health", "state")}
-            endpoints.append(Endpoint(port=port, **fields))
-        except (KeyError, TypeError):
+            endpoints.append(Endpoint.from_dict(item))
+        except ValueError:
             continue
     return endpoints
 

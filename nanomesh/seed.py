@@ -39,6 +39,7 @@ from typing import Any
 import msgpack
 
 from nanomesh.bundles import MAX_BUNDLE_BYTES
+from nanomesh.consensus.state import is_json
 from nanomesh.errors import NanomeshError
 
 SEED_FORMAT = "nanomesh-seed"
@@ -160,7 +161,7 @@ def _check_service(service: Any, where: str) -> None:
     if not isinstance(service, dict) or not isinstance(service.get("name"), str) \
             or not service["name"]:
         raise SeedError(f"{where}: service must be a service document with a name")
-    if not _json_shaped(service):
+    if not is_json(service):
         raise SeedError(f"{where}: service document holds non-JSON values")
 
 
@@ -174,17 +175,3 @@ def _check_bundle(bundle: Any, sha: Any, where: str) -> None:
     if actual != sha:
         raise SeedError(f"{where}: the bundle is damaged: it hashes to {actual[:16]}, "
                         f"not {sha[:16]}")
-
-
-def _json_shaped(value: Any, depth: int = 0) -> bool:
-    if depth > 64:
-        return False
-    if value is None or isinstance(value, str | bool | int):
-        return True
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, list):
-        return all(_json_shaped(v, depth + 1) for v in value)
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and _json_shaped(v, depth + 1) for k, v in value.items())
-    return False
