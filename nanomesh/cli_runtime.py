@@ -223,7 +223,7 @@ def undeploy_command(args: argparse.Namespace) -> int:
 def save_seed(name: str, path: Path, peer: str, token: str | None, timeout: float) -> None:
     """Idle the service, wait until no instance runs, and write its seed file.
     Raises (and deletes nothing) if the instances do not stop in time."""
-    from nanomesh.apiclient import get_json, request_bytes, request_json
+    from nanomesh.apiclient import get_json, request_json
     from nanomesh.seed import Seed, write_seed
 
     quoted = urllib.parse.quote(name, safe="")
@@ -247,8 +247,7 @@ def save_seed(name: str, path: Path, peer: str, token: str | None, timeout: floa
     bundle = doc.get("bundle")
     data = None
     if isinstance(bundle, dict):
-        data = request_bytes("GET", peer, f"/v1/bundles/{bundle['sha256']}", token=token,
-                             timeout=120.0)
+        data = _bundle_bytes(bundle["sha256"], peer, token)
     state = base64.b64decode(doc["state"]) if isinstance(doc.get("state"), str) else None
     status = get_json(peer, "/v1/status")
     write_seed(path, Seed(service=doc, bundle=data,
@@ -256,6 +255,34 @@ def save_seed(name: str, path: Path, peer: str, token: str | None, timeout: floa
                           state=state, saved_at=time.time(), saved_from=str(status["peer"])))
     print(f"saved {name} to {path} ({len(state) if state else 0} bytes of state"
           f"{', bundle ' + bundle['sha256'][:12] if data is not None else ''})")
+
+
+def _bundle_bytes(sha: str, peer: str, token: str | None) -> bytes:
+    """Bundle ``sha`` from ``peer``, else from an alive peer that gossips it:
+    a peer serves only the bundles it holds (uploaded to it, or fetched to run
+    an instance), and ``peer`` may be neither."""
+    from nanomesh.apiclient import ApiError, get_json, request_bytes
+    from nanomesh.bundles import holders_index, holders_of
+
+    path = f"/v1/bundles/{sha}"
+    try:
+        return request_bytes("GET", peer, path, token=token, timeout=120.0)
+    except ApiError as exc:
+        if "HTTP 404" not in str(exc):
+            raise
+        first = exc
+    members = [m for m in get_json(peer, "/v1/members") if m.get("state") == "alive"]
+    holders = holders_of(sha, holders_index((m["name"], m.get("profile")) for m in members))
+    apis = {m["name"]: _api_of(m) for m in members}
+    for name in holders:
+        api = apis.get(name)
+        if api is None or api == peer:
+            continue
+        try:
+            return request_bytes("GET", api, path, token=token, timeout=120.0)
+        except ApiError:
+            continue
+    raise NanomeshError(f"{first}; and no other alive peer could serve it") from None
 
 
 # ------------------------------------------------------------------ activate / idle / logs

@@ -172,6 +172,7 @@ class MeshControl:
         containers = await trio.to_thread.run_sync(lambda: choose_container_launcher(
             cfg.container_engine, state_root=cfg.data_dir / "containers", peer=cfg.name))
         if containers is not None:
+            await containers.sweep()  # containers a SIGKILLed daemon left behind
             self.driver.launchers["container"] = containers
         else:
             log.info("no container engine works here (runc as root, podman, docker): "

@@ -1,7 +1,7 @@
 """Real runc containers from a busybox rootfs (services/counter-container's
 build-rootfs.sh): HTTP on the host network, SIGTERM stop, a container that
 ignores SIGTERM, the memory limit, a SIGKILLed supervisor, stale containers,
-and the container inside the instance's cgroup.
+the container inside the instance's cgroup, and podman where it works.
 
 The runs are driven the way the ProcessDriver drives any launch (a new
 session, stdin /dev/null, output to a log, SIGTERM then SIGKILL to the
@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 import trio
 
-from nanomesh.runtime.container import UNIFIED_MOUNTS, RuncLauncher
+from nanomesh.runtime.container import UNIFIED_MOUNTS, PodmanLauncher, RuncLauncher, probe_engine
 from nanomesh.runtime.launch import Launch, LaunchContext
 from nanomesh.runtime.spec import InstanceSpec, instance_spec_from
 
@@ -434,3 +434,37 @@ async def test_a_container_killed_by_its_memory_limit_through_the_driver(
         assert final.exit_code == 137 or "memory limit" in final.message, final
         assert "survived" not in (tmp_path / "logs" / "ctr.0.log").read_text()
         assert runc_list(runc) == []
+
+
+# -- podman (only where it works; CI does not install it) ---------------------------------------
+
+
+@pytest.mark.skipif(probe_engine("podman") is not None, reason="podman does not work here")
+async def test_podman_runs_an_imported_rootfs_on_the_host_network(rootfs_bundle: Path,
+                                                                  tmp_path: Path) -> None:
+    launcher = PodmanLauncher(peer=f"t{os.getpid()}")
+    lab = Lab(RuncLauncher(tmp_path / "data"), rootfs_bundle, tmp_path)
+    port = free_port()
+    ctx = lab.context(port=port)
+    launch = await launcher.prepare(container_spec(SERVE), ctx)
+    log = ctx.state_dir / "log"
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        process = await trio.lowlevel.open_process(
+            list(launch.argv), stdin=subprocess.DEVNULL, stdout=fd, stderr=fd,
+            env=dict(launch.env), cwd=launch.cwd, start_new_session=True)
+    finally:
+        os.close(fd)
+    run = Supervised(launch, process, log)
+    try:
+        response = await get_when_ready(port, "/hello")
+        assert response.endswith(b"hello\n")
+        rc, killed = await run.stop(timeout=WAIT)
+        assert (rc, killed) == (0, False)
+    finally:
+        with trio.CancelScope(shield=True):
+            if run.process.returncode is None:
+                run.signal_group(signal.SIGKILL)
+                await run.process.wait()
+            await run.cleanup()
+            await launcher.sweep()
