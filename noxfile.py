@@ -46,4 +46,11 @@ def bench(session: nox.Session) -> None:
     session.run("python", "experiments/raft_failover.py", *mode)
     session.run("python", "experiments/control_failover.py", *mode)
     session.run("python", "experiments/reschedule.py", *mode)
+    # issue 4: the nanoservice runtime
+    runs = ["--runs", "30" if full else "5"]
+    session.run("python", "experiments/start_latency.py", *runs)
+    session.run("python", "experiments/container_start.py", *runs)  # needs root and runc
+    session.run("python", "experiments/bundle_transfer.py", *mode)
+    session.run("python", "experiments/rpc_bench.py", "--calls", "5000" if full else "500")
+    session.run("python", "experiments/gateway_bench.py", *mode)
     session.run("python", "experiments/plot.py")
