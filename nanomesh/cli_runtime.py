@@ -22,6 +22,10 @@ from typing import Any
 
 from nanomesh.errors import ConfigError, NanomeshError
 
+DEPLOY_WAIT = 60.0
+"""Seconds ``deploy`` watches the instances come up (as ``nomad job run``
+monitors a deployment), long enough for a Pi to fetch a bundle and start a
+Python service; ``--detach`` skips the wait."""
 SAVE_TIMEOUT = 30.0
 """Seconds ``undeploy --save`` waits for the instances to stop (and hand over
 their state) before it gives up without deleting anything."""
@@ -43,6 +47,12 @@ def add_runtime_commands(sub: Any, peer_help: str, token_args: Callable[[Any], N
                         "version unless given); works with no internet")
     deploy.add_argument("--no-bundle", action="store_true",
                         help="send the manifest only: the command must exist on every peer")
+    deploy.add_argument("--detach", action="store_true",
+                        help="return once the change is committed, without waiting for the "
+                        "instances to run")
+    deploy.add_argument("--wait", type=float, default=DEPLOY_WAIT, metavar="SECONDS",
+                        help=f"how long to wait for every instance to be running and healthy "
+                        f"(default {DEPLOY_WAIT:g}); exit status 1 if they are not")
     token_args(deploy)
     deploy.set_defaults(func=deploy_command)
 
@@ -125,8 +135,52 @@ def deploy_command(args: argparse.Namespace) -> int:
 
     reply = request_json("POST", peer, "/v1/services", raw, token)
     verb = "deployed" if reply["changed"] else "unchanged:"
-    print(f"{verb} {reply['name']} (revision {reply['revision']}); see `nanomesh placement`")
-    return 0
+    print(f"{verb} {reply['name']} (revision {reply['revision']})")
+    if args.detach:
+        return 0
+    return 0 if watch_deployment(reply["name"], peer, args.wait) else 1
+
+
+def watch_deployment(name: str, peer: str, timeout: float) -> bool:
+    """Print the service's instances as they come up; True once every one is
+    running and healthy (or has no check), False at the deadline or when the
+    service cannot be placed (the reasons are printed)."""
+    from nanomesh.apiclient import ApiError, get_json
+
+    deadline = time.monotonic() + timeout
+    shown: dict[str, tuple[str, str]] = {}
+    while True:
+        try:
+            plan = get_json(peer, "/v1/placement")
+            mode = {d["name"]: d.get("mode", "active") for d in get_json(peer, "/v1/services")}
+        except ApiError:
+            plan, mode = None, {}
+        if plan is not None:
+            mine = [i for i in plan["instances"] if i["service"] == name]
+            for inst in mine:
+                now = (inst["state"] if inst.get("current", True) else "updating",
+                       inst.get("health", "none"))
+                if shown.get(inst["instance"]) != now:
+                    shown[inst["instance"]] = now
+                    print(f"  {inst['instance']:<24} on {inst['peer']:<16} {now[0]:<9} {now[1]}")
+            unplaced = [i for i in plan.get("unplaced", []) if i.rpartition("/")[0] == name]
+            if name in plan["unplaceable"] or unplaced:
+                reasons = plan["unplaceable"].get(name, {})
+                print(f"{name}: not all instances can be placed now (they will be once a "
+                      "suitable peer appears):")
+                for peer_name, why in sorted(reasons.items()):
+                    print(f"  {peer_name}: {why}")
+                return False
+            wanted = "idle" if mode.get(name) == "idle" else "running"
+            if mine and all(i["state"] == wanted and i.get("current", True)
+                            and i.get("health", "none") in ("healthy", "none") for i in mine):
+                print(f"{name}: {len(mine)} instance(s) {wanted}")
+                return True
+        if time.monotonic() > deadline:
+            print(f"{name}: not every instance is up after {timeout:g} s; see `nanomesh "
+                  f"placement` and `nanomesh logs {name}`", file=sys.stderr)
+            return False
+        time.sleep(0.1)
 
 
 def _manifest_with_bundle(path: Path, peer: str, token: str | None, *, bundle: bool

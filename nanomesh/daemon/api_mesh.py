@@ -9,10 +9,11 @@ committed state, which may trail the leader by a few milliseconds.
 Shapes:
 - ``GET /v1/services``: ``[service document, ...]`` sorted by name.
 - ``GET /v1/placement``: ``{"epoch", "strategy", "instances": [{"instance",
-  "service", "peer", "state"}], "unplaced": [...], "unplaceable": {service:
-  {peer: reason}}}``; ``state`` is what the hosting peer gossips (``pending``
-  until it reports, and while its host is dead and the instance not yet
-  re-placed).
+  "service", "peer", "state", "health", "current"}], "unplaced": [instance
+  ids], "unplaceable": {service: {peer: reason}}}``; ``state`` and ``health``
+  are what the hosting peer gossips (``pending`` until it reports, and while
+  its host is dead and the instance not yet re-placed); ``current`` is false
+  while the instance still runs an older spec of its service.
 - ``GET /v1/status``: ``{"leader", "term", "voters", "epoch", "revision",
   "role", "peer"}``.
 """
@@ -33,6 +34,7 @@ from nanomesh.consensus import (
 from nanomesh.daemon.http import Handler, HttpError, Request
 from nanomesh.lifecycle import PENDING
 from nanomesh.manifest import ManifestError, service_document
+from nanomesh.reconcile import spec_digest
 from nanomesh.wire import MemberState
 
 if TYPE_CHECKING:
@@ -105,11 +107,15 @@ def mesh_routes(peer: PeerDaemon) -> dict[tuple[str, str], Handler]:
         state = node().state
         plan = state.plan
         reported = _reported_instances(peer)
-        instances = [
-            {"instance": iid, "service": iid.rpartition("/")[0], "peer": host,
-             "state": reported.get(host, {}).get(iid, {}).get("state", PENDING),
-             "health": reported.get(host, {}).get(iid, {}).get("health", "none")}
-            for iid, host in sorted(plan.get("assignments", {}).items())]
+        digests = {name: spec_digest(doc) for name, doc in state.services.items()}
+        instances = []
+        for iid, host in sorted(plan.get("assignments", {}).items()):
+            service = iid.rpartition("/")[0]
+            seen = reported.get(host, {}).get(iid, {})
+            instances.append({
+                "instance": iid, "service": service, "peer": host,
+                "state": seen.get("state", PENDING), "health": seen.get("health", "none"),
+                "current": seen.get("digest") == digests.get(service)})
         return 200, {"epoch": state.plan_epoch, "strategy": plan.get("strategy", ""),
                      "instances": instances, "unplaced": plan.get("unplaced", []),
                      "unplaceable": plan.get("unplaceable", {})}

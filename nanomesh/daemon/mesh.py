@@ -67,6 +67,9 @@ INTERNAL_CALL_TIMEOUT = 10.0
 BUNDLE_FETCH_TIMEOUT = 10.0
 """Seconds a bundle source may stay silent before the next holder is tried
 (an idle timeout, so a large bundle on a slow link still arrives)."""
+HOLDER_WAIT = 5.0
+"""Seconds a peer waits for gossip to name a holder of a bundle it must fetch
+(profiles reach every peer in well under a second; see README)."""
 HAND_OVER_TIMEOUT = 3.0
 """Seconds a leaving peer spends giving up its Raft membership before it
 leaves anyway (the leader then removes it when gossip reports it left).
@@ -120,18 +123,30 @@ class MeshControl:
         a peer that gossips it (sha256-verified), then served by us too."""
         if await trio.to_thread.run_sync(self.bundles.has, sha):
             return self.bundles.path(sha)
+        holders = await self._bundle_holders(sha)
         assert self.peer.core is not None
-        alive = [(m.name, m.profile) for m in self.peer.core.members()
-                 if m.state is MemberState.ALIVE and m.name != self.peer.config.name]
-        holders = holders_of(sha, holders_index(alive))
-        if not holders:
-            raise BundleError(f"no alive peer holds bundle {sha[:12]} (yet)")
         apis = {m.name: api_address(m.profile, m.addr[0]) for m in self.peer.core.members()}
         path = await fetch_bundle(self.bundles, sha, [apis[h] for h in holders if h in apis],
                                   token=self._internal_secret, timeout=BUNDLE_FETCH_TIMEOUT)
         log.info("fetched bundle %s from the mesh", sha[:12])
         await self.bundles_changed()
         return path
+
+    async def _bundle_holders(self, sha: str) -> list[str]:
+        """Alive peers that gossip bundle ``sha``. A deploy commits the service
+        as soon as the bundle is uploaded to one peer, and Raft is faster than
+        gossip: wait up to HOLDER_WAIT for the holder's profile to arrive."""
+        assert self.peer.core is not None
+        deadline = trio.current_time() + HOLDER_WAIT
+        while True:
+            alive = [(m.name, m.profile) for m in self.peer.core.members()
+                     if m.state is MemberState.ALIVE and m.name != self.peer.config.name]
+            holders = holders_of(sha, holders_index(alive))
+            if holders:
+                return holders
+            if trio.current_time() >= deadline:
+                raise BundleError(f"no alive peer holds bundle {sha[:12]}")
+            await trio.sleep(0.1)
 
     async def bundles_changed(self) -> None:
         self._held_bundles = await trio.to_thread.run_sync(self.bundles.profile_section)
@@ -379,10 +394,12 @@ class MeshControl:
 
 def instances_section(statuses: Mapping[str, InstanceStatus]) -> dict[str, dict[str, Any]]:
     """The compact instance states this peer gossips: state, restart count,
-    health and the endpoints it serves (what `nanomesh.naming` resolves
-    names with). No times: clocks differ between peers, and an age would
+    health, the digest of the spec it runs (so anyone can tell an instance
+    still running an older version) and the endpoints it serves (what
+    `nanomesh.naming` resolves names with). No times: clocks differ between peers, and an age would
     change the profile (and make every peer pull it) on every publish."""
     return {iid: {"state": s.state, "restarts": s.restarts, "health": s.health,
+                  "digest": s.spec_digest,
                   "endpoints": {name: {"protocol": protocol, "port": port}
                                 for name, protocol, port in s.endpoints}}
             for iid, s in sorted(statuses.items())}

@@ -174,6 +174,19 @@ async def wait_async(predicate: Callable[[], Any], timeout: float, what: str,
         await trio.sleep(0.2)
 
 
+def settled_revision(mesh: Mesh, quiet: float = 1.0) -> int:
+    """The Raft revision once every peer agrees on it and it has not moved
+    for ``quiet`` s (an earlier test's undeploy is followed by the leader's
+    plan commit: a change this test did not make)."""
+    def settled() -> int | None:
+        first = wait_agreed(mesh.cluster, mesh.peers)["revision"]
+        time.sleep(quiet)
+        again = wait_agreed(mesh.cluster, mesh.peers)["revision"]
+        return int(again) if again == first else None
+    result: int = mesh.cluster.wait(settled, WAIT, what="a settled Raft revision")
+    return result
+
+
 def http_get(address: str, path: str) -> tuple[int, bytes]:
     with urllib.request.urlopen(f"http://{address}{path}", timeout=5) as resp:
         return resp.status, resp.read()
@@ -431,6 +444,8 @@ async def test_registry_push_then_deploy_fetches_the_bundle_from_a_peer(
         reply = await coap_request(p.ip, "s/regecho/echo/fetched")
         assert reply.ok and b"fetched" in reply.payload, (p.name, reply)
     cli_retry(cluster, "undeploy", "regecho", peer=mesh.peers[0], token=mesh.token)
+    cluster.wait(lambda: not any(instances(p, "regecho") for p in mesh.peers)
+                 and not service_processes(cluster, "regecho"), what="regecho gone")
 
 
 # --------------------------------------------------------------------------- bad manifests
@@ -445,9 +460,9 @@ def test_bad_manifests_are_refused_and_echo_keeps_running(mesh: Mesh, echo: Depl
     Nothing changes: same services and revision, same placement, same
     instance processes (pids)."""
     cluster = mesh.cluster
+    revision = settled_revision(mesh)
     before_procs = sorted((p.instance, p.pid) for p in service_processes(cluster, "echo"))
     before = {p.name: (instances(p, "echo"), p.get("/v1/services")) for p in mesh.peers}
-    revision = wait_agreed(cluster, mesh.peers)["revision"]
 
     cases = [({r'protocol = "coap"': 'protocol = "gopher"'}, "endpoints[1].protocol"),
              ({r'policy = "always"': 'policy = "sometimes"'}, "restart.policy")]
