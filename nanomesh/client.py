@@ -225,6 +225,9 @@ class Mesh:
             targets = attempt_order(endpoints, avoid, self._turns.get(service, 0))
             self._turns[service] = self._turns.get(service, 0) + 1
             if not targets:
+                # Forget this answer: a cached "nothing runs" would hide an
+                # instance that starts now for up to RESOLVE_TTL.
+                self._cache.pop(service, None)
                 states = sorted({f"{e.instance}:{e.state}/{e.health}" for e in endpoints})
                 raise ServiceUnavailable(f"no running endpoint of {service!r} "
                                          f"({', '.join(states) or 'no instances'})")

@@ -197,8 +197,8 @@ def http_get(address: str, path: str) -> tuple[int, bytes]:
 
 async def test_echo_deployed_by_cli_is_reachable_by_name_from_a_peer_without_it(
         mesh: Mesh, echo: Deployed) -> None:
-    """`nanomesh deploy services/echo` (a subprocess, through a follower or
-    the leader alike) uploads the bundle and deploys; both instances run,
+    """`nanomesh deploy services/echo` (a subprocess, sent to the second
+    peer) uploads the bundle and deploys; both instances run,
     healthy, on distinct peers, each a real process under its own peer's
     daemon. `nanomesh resolve echo --json` on every peer lists both
     instances' zmq and coap endpoints on their hosts' addresses. From the
@@ -348,7 +348,9 @@ async def test_idle_stops_the_process_and_activate_starts_it(mesh: Mesh) -> None
     """`nanomesh idle` keeps the instance placed but stops it: every peer's
     placement shows it `idle`, no process of it runs, resolve lists no
     endpoint and a call by name is refused as unavailable; `nanomesh
-    activate` runs it again (running, healthy, answering)."""
+    activate` runs it again (running, healthy, answering). A client that was
+    refused while it was idle, and keeps calling, gets through as soon as
+    the peer resolves it again (no stale "nothing runs" answer is reused)."""
     cluster = mesh.cluster
     folder = copy_service("echo", cluster.root / "idler",
                           {r'name = "echo"': 'name = "idler"', r"replicas = 2": "replicas = 1"})
@@ -368,11 +370,28 @@ async def test_idle_stops_the_process_and_activate_starts_it(mesh: Mesh) -> None
     reply = await coap_request(mesh.peers[2].ip, "s/idler/whoami")
     assert reply.code.startswith("5."), reply  # 5.03: no instance can serve now
 
-    out = cli_retry(cluster, "activate", "idler", peer=mesh.peers[2], token=mesh.token)
-    assert "idler is active" in out, out
+    caller = mesh.others(host)[0]
+    async with client.connect(caller.api) as long_lived:
+        with pytest.raises(client.ServiceUnavailable):
+            await long_lived.call("idler", "whoami", retries=0)
+        out = cli_retry(cluster, "activate", "idler", peer=mesh.peers[2], token=mesh.token)
+        assert "idler is active" in out, out
+
+        def resolvable() -> bool:
+            endpoints = caller.get("/v1/resolve/idler?protocol=zmq")["endpoints"]
+            return any(e["health"] == "healthy" for e in endpoints)
+        with trio.fail_after(WAIT):
+            while True:  # the caller keeps trying, as a client of an idle service would
+                with contextlib.suppress(client.ClientError):  # starting: not yet
+                    await long_lived.call("idler", "whoami", retries=0)
+                if resolvable():
+                    break
+                await trio.sleep(0.05)
+        # Retries do not hide a stale "nothing runs": that fails before any attempt.
+        reply = await long_lived.call("idler", "whoami")
+        assert reply.text().strip('"') == iid
     assert wait_instances(cluster, mesh.peers, "idler", 1, timeout=WAIT) == {iid: host}
     assert len(service_processes(cluster, "idler")) == 1
-    assert (await client_call(mesh.peers[0], "idler", "whoami")).text().strip('"') == iid
 
 
 # --------------------------------------------------------------------------- logs
