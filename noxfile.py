@@ -53,4 +53,6 @@ def bench(session: nox.Session) -> None:
     session.run("python", "experiments/bundle_transfer.py", *mode)
     session.run("python", "experiments/rpc_bench.py", "--calls", "5000" if full else "500")
     session.run("python", "experiments/gateway_bench.py", *mode)
+    session.run("python", "experiments/name_latency.py", *mode)
+    session.run("python", "experiments/call_failover.py", *mode)
     session.run("python", "experiments/plot.py")
