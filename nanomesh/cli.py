@@ -67,6 +67,11 @@ def _parser() -> argparse.ArgumentParser:
                      help="cluster keyring: base64 keys, one per line, primary first. "
                      "Without it gossip is unencrypted")
     run.add_argument("--api-port", type=int, metavar="PORT", help="HTTP API port (default 7947)")
+    run.add_argument("--coap-port", type=int, metavar="PORT",
+                     help="CoAP gateway port, UDP (default 5683; 0: no gateway)")
+    run.add_argument("--container-engine", choices=["auto", "runc", "podman", "docker"],
+                     help="engine for container services (default auto: runc for a rootfs, "
+                     "podman then docker for an image, whichever really works here)")
     run.add_argument("--gossip-preset", choices=list(PRESETS),
                      help="timing preset (default lan; see nanomesh/gossip/config.py)")
     run.add_argument("--log-level", default=os.environ.get("NANOMESH_LOG_LEVEL", "INFO"),
@@ -183,7 +188,8 @@ def _peer_run(args: argparse.Namespace) -> int:
 
     config = build_config(config_file=args.config, name=args.name, bind=args.bind,
                           join=args.join, data_dir=args.data_dir, key_file=args.key_file,
-                          api_port=args.api_port, gossip_preset=args.gossip_preset)
+                          api_port=args.api_port, gossip_preset=args.gossip_preset,
+                          coap_port=args.coap_port, container_engine=args.container_engine)
     logging.basicConfig(
         level=args.log_level, stream=sys.stderr,
         format=f"%(asctime)s {config.name} %(levelname)s %(name)s: %(message)s")

@@ -162,6 +162,7 @@ def build_config(
     api_port: int | None = None,
     gossip_preset: str | None = None,
     coap_port: int | None = None,
+    container_engine: str | None = None,
 ) -> PeerConfig:
     """Merge the config file (if any) with flags; flags win."""
     raw = load_file(config_file) if config_file else {}
@@ -195,7 +196,7 @@ def build_config(
         raise ConfigError(f"api port {port} out of range")
     if port == bind_addr[1]:
         raise ConfigError(f"api port {port} is the gossip port; choose another")
-    engine = peer.get("container_engine", "auto")
+    engine = container_engine or peer.get("container_engine", "auto")
     if engine not in CONTAINER_ENGINES:
         raise ConfigError(f"{where}: peer.container_engine must be one of "
                           f"{', '.join(CONTAINER_ENGINES)}, got {engine!r}")
