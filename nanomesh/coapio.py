@@ -19,6 +19,7 @@ TCP and WebSockets would open more listening ports than the manifest declares.
 from __future__ import annotations
 
 import contextlib
+import logging
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
@@ -42,6 +43,7 @@ from nanomesh.wire.rpc import (
 )
 
 Handler = Callable[[Request], Awaitable[Response]]
+log = logging.getLogger("nanomesh.coap")
 
 TRANSPORTS = ["udp6"]
 """aiocoap transports used for serving and calling (see the module docstring)."""
@@ -54,8 +56,24 @@ async def asyncio_loop() -> AsyncIterator[None]:
     if trio_asyncio.current_loop.get() is not None:
         yield
         return
-    async with trio_asyncio.open_loop():
+    async with trio_asyncio.open_loop() as loop:
+        # trio-asyncio's default handler re-raises an error of an asyncio
+        # callback into its nursery: aiocoap 0.4.17 lets a datagram with a
+        # non-UTF-8 Uri-Path escape its parser that way, which would end the
+        # whole service. Log it and carry on (the gateway does the same).
+        loop.set_exception_handler(_contain)
         yield
+
+
+_dropped = 0
+
+
+def _contain(_loop: object, context: dict[str, Any]) -> None:
+    global _dropped
+    _dropped += 1
+    if _dropped in (1, 100, 10_000):
+        log.warning("CoAP: dropped an input aiocoap failed on (%d so far): %s", _dropped,
+                    context.get("message"), exc_info=context.get("exception"))
 
 
 def split_path(path: str) -> tuple[str, ...]:

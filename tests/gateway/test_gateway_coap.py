@@ -248,3 +248,29 @@ async def test_concurrent_requests_spread_over_replicas_order() -> None:
                 nursery.start_soon(one, i)
     assert sorted(codes) == sorted(f"2.04 Changed:{i}" for i in range(32))
     assert len(logs[0].requests) == 32 and not logs[1].requests
+
+
+async def test_garbage_datagrams_never_crash_a_nanoservice_coap_server() -> None:
+    """The SDK's CoAP server (`nanomesh.coapio.serve_coap`, what every
+    nanoservice with a coap endpoint runs) survives the same garbage: the
+    non-UTF-8 Uri-Path used to escape aiocoap into trio-asyncio's nursery and
+    end the service."""
+    from nanomesh.coapio import serve_coap
+    from nanomesh.wire.rpc import Request, Response
+
+    async def handler(request: Request) -> Response:
+        return Response(200, request.path.encode())
+
+    host, port = "127.0.50.40", 5683
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_coap, host, port, handler)
+        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with sock:
+            await sock.bind((host, 0))
+            for data in garbage_datagrams(random.Random(7)):
+                await sock.sendto(data, (host, port))
+        await trio.sleep(0.2)
+        async with coap_client() as send:
+            resp = await send(aiocoap.GET, f"coap://{host}:{port}/still/here")
+        assert str(resp.code) == "2.05 Content" and resp.payload == b"still/here"
+        nursery.cancel_scope.cancel()
