@@ -367,8 +367,10 @@ def _lab_up(args: argparse.Namespace) -> int:
         print(f"  {p.name}  gossip {p.ip}:{p.gossip_port}  api http://{p.api}  pid {p.pid}  "
               f"log {p.log}")
     print("\ntry:\n  nanomesh members\n  nanomesh profile --peer " + peers[-1].api +
-          f"\n  curl http://{peers[0].api}/v1/health\n  nanomesh lab status\n"
-          "  nanomesh lab down")
+          f"\n  curl http://{peers[0].api}/v1/health\n"
+          "  nanomesh deploy services/echo      (the token is wired for the lab)\n"
+          f"  nanomesh call echo whoami --peer {peers[-1].api}\n"
+          "  nanomesh placement\n  nanomesh lab status\n  nanomesh lab down")
     return 0
 
 
