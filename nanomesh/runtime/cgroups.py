@@ -42,6 +42,7 @@ non-blocking, so the driver calls them directly from trio.
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import logging
 import os
@@ -487,16 +488,38 @@ def _limit_files(version: int, controllers: frozenset[str],
     return out
 
 
+DAEMON_LEAF = "nanomesh-daemon"
+"""Where the daemon moves itself, inside its own v2 cgroup, when that cgroup
+must hand controllers down (see `_enable_v2_controllers`)."""
+
+
 def _enable_v2_controllers(h: Hierarchy, scope: str) -> None:
     """Hand the controllers down from the daemon's cgroup to the instances'
-    parent. Fails (EBUSY) where the daemon's own cgroup holds processes and is
-    not the root: v2's "no internal processes" rule; run the daemon in a
-    delegated cgroup of its own (systemd ``Delegate=yes``)."""
+    parent. v2's "no internal processes" rule forbids that (EBUSY) while the
+    daemon's own cgroup holds processes, as a systemd service's cgroup does:
+    the daemon then moves itself into a leaf of its own cgroup first, as
+    systemd's delegation documents (the unit sets ``Delegate=yes``, so the
+    cgroup is ours to arrange)."""
     wanted = " ".join(f"+{c}" for c in CONTROLLERS if c in h.controllers)
+    try:
+        (h.base / "cgroup.subtree_control").write_text(wanted)
+    except OSError as exc:
+        if exc.errno != errno.EBUSY or h.own == "":
+            raise
+        _move_self_to_leaf(h.base)
+        (h.base / "cgroup.subtree_control").write_text(wanted)
     level = h.base
-    for part in ["", *Path(scope).parts]:
-        level = level / part if part else level
+    for part in Path(scope).parts:
+        level = level / part
         (level / "cgroup.subtree_control").write_text(wanted)
+
+
+def _move_self_to_leaf(base: Path) -> None:
+    leaf = base / DAEMON_LEAF
+    leaf.mkdir(exist_ok=True)
+    (leaf / "cgroup.procs").write_text(str(os.getpid()))
+    log.info("cgroups: moved the daemon into %s so that %s can hand its controllers to "
+             "the instances (cgroup v2 allows no processes beside child cgroups)", leaf, base)
 
 
 def _owner_alive(scope_name: str) -> bool:

@@ -218,3 +218,36 @@ async def test_a_driver_leaves_no_cgroups_behind(tmp_path: Path) -> None:
         bases = [h.base for h in driver.cgroups.layout.hierarchies]
     with trio.fail_after(5):
         assert not any((b / scope).exists() for b in bases)
+
+
+def test_v2_daemon_in_a_busy_cgroup_moves_itself_to_a_leaf(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """A daemon run by systemd (``Delegate=yes``) sits in its service's cgroup,
+    which holds its process: v2 refuses to enable controllers there (EBUSY)
+    until the daemon moves into a leaf of it. Simulated: the kernel's refusal
+    is the only thing a plain directory cannot do."""
+    import errno
+
+    from nanomesh.runtime import cgroups
+
+    h = Hierarchy(2, tmp_path, "system.slice/nanomesh.service",
+                  frozenset({"memory", "cpu", "pids"}))
+    scope = "nanomesh/peer.1.0"
+    (h.base / scope).mkdir(parents=True)
+    moved: list[str] = []
+    real_write = Path.write_text
+
+    def write_text(self: Path, data: str, *args: object, **kwargs: object) -> int:
+        if self == h.base / "cgroup.subtree_control" and not moved:
+            raise OSError(errno.EBUSY, "Device or resource busy")
+        if self.name == "cgroup.procs":
+            moved.append(data)
+        return real_write(self, data)
+
+    monkeypatch.setattr(Path, "write_text", write_text)
+    cgroups._enable_v2_controllers(h, scope)
+    assert moved == [str(os.getpid())]
+    assert (h.base / cgroups.DAEMON_LEAF / "cgroup.procs").read_text() == str(os.getpid())
+    for level in (h.base, h.base / "nanomesh", h.base / scope):
+        assert (level / "cgroup.subtree_control").read_text() == "+memory +cpu +pids"
