@@ -30,6 +30,16 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def secret_matches(presented: str | None, secret: str) -> bool:
+    """Constant-time check of a presented bearer token against a secret held
+    here. Compares bytes: a header with non-ASCII characters is a mismatch,
+    never an error."""
+    if not presented or not secret:
+        return False
+    return hmac.compare_digest(presented.encode("utf-8", "surrogateescape"),
+                               secret.encode("utf-8", "surrogateescape"))
+
+
 def token_matches(token: str | None, digest: str | None) -> bool:
     """Constant-time check of a presented token against the committed digest."""
     if not token or not digest:

@@ -294,7 +294,9 @@ def save_seed(name: str, path: Path, peer: str, token: str | None, timeout: floa
                                 f"{timeout:g} s; nothing was saved or removed (the service is "
                                 f"idle now: `nanomesh activate {name}` to undo)")
         time.sleep(0.2)
-    docs = {d["name"]: d for d in get_json(peer, "/v1/services")}
+    # Read the service from the leader: the state the instances saved as they
+    # stopped is committed there first; a follower may trail it.
+    docs = {d["name"]: d for d in get_json(_leader_api(peer), "/v1/services")}
     doc = docs.get(name)
     if doc is None:
         raise NanomeshError(f"no service named {name!r}")
@@ -309,6 +311,21 @@ def save_seed(name: str, path: Path, peer: str, token: str | None, timeout: floa
                           state=state, saved_at=time.time(), saved_from=str(status["peer"])))
     print(f"saved {name} to {path} ({len(state) if state else 0} bytes of state"
           f"{', bundle ' + bundle['sha256'][:12] if data is not None else ''})")
+
+
+def _leader_api(peer: str) -> str:
+    """The API of the Raft leader as ``peer`` knows it (else ``peer`` itself)."""
+    from nanomesh.apiclient import get_json
+
+    leader = get_json(peer, "/v1/status").get("leader")
+    for member in get_json(peer, "/v1/members"):
+        profile = member.get("profile") or {}
+        raft = profile.get("raft") if isinstance(profile, dict) else None
+        if leader and isinstance(raft, dict) and raft.get("addr") == leader:
+            api = _api_of(member)
+            if api:
+                return api
+    return peer
 
 
 def _bundle_bytes(sha: str, peer: str, token: str | None) -> bytes:

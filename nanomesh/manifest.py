@@ -70,6 +70,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from nanomesh.consensus.state import is_text
 from nanomesh.errors import NanomeshError
 from nanomesh.placement import SpecError, service_spec_from_dict
 from nanomesh.runtime.spec import KINDS, MODES, runtime_sections
@@ -77,10 +78,12 @@ from nanomesh.runtime.spec import KINDS, MODES, runtime_sections
 KNOWN_KEYS = {"name", "version", "description", "kind", "mode", "replicas", "run", "container",
               "endpoints", "health", "restart", "limits", "requires", "placement", "bundle",
               "state"}
-MAX_STATE_CHARS = 96 * 1024
-"""Longest state blob a service document may carry, base64 characters (64 KiB
-of state): it is replicated by Raft to every voter, so it is for a service's
+MAX_STATE_BYTES = 64 * 1024
+"""Largest state blob a nanoservice may hand the runtime (and a seed file may
+restore). It is replicated by Raft to every voter, so it is for a service's
 small essentials (calibration, counters, a session), not its data."""
+MAX_STATE_CHARS = 4 * ((MAX_STATE_BYTES + 2) // 3)
+"""The same limit in base64 characters, as the service document carries it."""
 
 
 class ManifestError(NanomeshError, ValueError):
@@ -104,6 +107,10 @@ def load_manifest(path: Path) -> dict[str, Any]:
 
 def service_document(raw: Mapping[str, Any], where: str = "manifest") -> dict[str, Any]:
     """Validate a manifest mapping into the replicated service document."""
+    bad_text = _first_bad_text(raw)
+    if bad_text is not None:
+        raise ManifestError(f"{where}: {bad_text or '(top level)'}: not valid Unicode text "
+                            "(a lone surrogate?)")
     unknown = sorted(set(raw) - KNOWN_KEYS)
     if unknown:
         raise ManifestError(f"{where}: unknown field(s) {', '.join(unknown)}; "
@@ -164,3 +171,24 @@ def manifest_from_document(doc: Mapping[str, Any]) -> dict[str, Any]:
             if key in spec:
                 raw[key] = spec[key]
     return raw
+
+
+def _first_bad_text(value: Any, path: str = "") -> str | None:
+    """The dotted path of the first string (key or value) that is not valid
+    Unicode, or None. JSON can carry ``"\ud800"``; no peer could run it."""
+    if isinstance(value, str):
+        return None if is_text(value) else path
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if isinstance(key, str) and not is_text(key):
+                return where.encode("utf-8", "replace").decode()
+            found = _first_bad_text(item, where)
+            if found is not None:
+                return found.encode("utf-8", "replace").decode()
+    if isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            found = _first_bad_text(item, f"{path}[{i}]")
+            if found is not None:
+                return found
+    return None

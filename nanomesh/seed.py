@@ -41,15 +41,16 @@ import msgpack
 from nanomesh.bundles import MAX_BUNDLE_BYTES
 from nanomesh.consensus.state import is_json
 from nanomesh.errors import NanomeshError
+from nanomesh.manifest import MAX_STATE_BYTES as MANIFEST_MAX_STATE_BYTES
 
 SEED_FORMAT = "nanomesh-seed"
 SEED_VERSION = 1
 """Format version written; `read_seed` accepts exactly this one."""
 
-MAX_STATE_BYTES = 64 * 1024 * 1024
-"""Largest state blob in a seed: a nanoservice's state is meant to be small
-(counters, calibration, a model's weights at most); this bounds what a
-restore must hold in memory."""
+MAX_STATE_BYTES = MANIFEST_MAX_STATE_BYTES
+"""Largest state blob in a seed: the runtime's own limit (64 KiB, see
+`nanomesh.manifest.MAX_STATE_BYTES`), so a seed that reads is one that
+deploys."""
 
 MAX_SERVICE_BYTES = 1 << 20
 """Room for the service document and the other fields."""
@@ -95,6 +96,13 @@ def write_seed(path: Path, seed: Seed) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        # The rename must reach the disk too: `undeploy --save` deletes the
+        # service right after, and a power cut must not lose both.
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise SeedError(f"cannot write seed file {path}: {exc.strerror or exc}") from None

@@ -25,12 +25,12 @@ instance id as one escaped path segment (``/v1/instances/counter%2F0/state``).
 from __future__ import annotations
 
 import base64
-import hmac
 import urllib.parse
 from typing import TYPE_CHECKING, Any
 
 import trio
 
+from nanomesh.auth import secret_matches
 from nanomesh.consensus import ConsensusNode
 from nanomesh.daemon.api_mesh import (
     _consensus_call,
@@ -39,16 +39,13 @@ from nanomesh.daemon.api_mesh import (
     running_node,
 )
 from nanomesh.daemon.http import Handler, HttpError, RawBody, Request
+from nanomesh.manifest import MAX_STATE_BYTES
 from nanomesh.placement.spec import split_instance_id
 from nanomesh.runtime.logs import read_log_tail
 
 if TYPE_CHECKING:
     from nanomesh.daemon.peer import PeerDaemon
 
-MAX_STATE_BYTES = 64 * 1024
-"""Largest state blob, bytes. It is replicated to every voter and kept in the
-Raft log: small essentials (calibration, counters, a session), not data. The
-manifest's ``state`` limit (base64) matches it."""
 DEFAULT_LOG_LINES = 200
 MAX_LOG_LINES = 10_000
 
@@ -81,7 +78,7 @@ def runtime_routes(peer: PeerDaemon) -> dict[tuple[str, str], Handler]:
         presented = request.bearer_token() or ""
         assert peer.mesh is not None
         own = peer.mesh.driver.instance_token(iid)
-        if own is not None and hmac.compare_digest(presented, own):
+        if own is not None and secret_matches(presented, own):
             return node
         if has_management_token(node, request):
             return node

@@ -38,6 +38,16 @@ _STATUS_CODES = {s.value for s in HTTPStatus}
 
 MAX_REQUEST_BYTES = 1 << 20
 """Largest request (headers and body) accepted, in bytes."""
+MAX_CONNECTIONS = 64
+"""Requests served at once; one more is answered 503 at once. Bounds the
+memory a flood of slow clients can pin (64 x MAX_REQUEST_BYTES) on a device
+whose API serves an operator, a few peers and local nanoservices."""
+RESPONSE_TIMEOUT = 30.0
+"""Seconds a client may take to read a reply, plus one second per
+RESPONSE_BYTES_PER_SECOND bytes of it: a client that stops reading cannot
+hold a connection (and an open file) forever."""
+RESPONSE_BYTES_PER_SECOND = 500_000
+"""The slowest reading rate allowed for a large reply (a poor Wi-Fi link)."""
 REQUEST_TIMEOUT = 10.0
 """Seconds a client may take to send its request."""
 SPOOL_MEMORY_BYTES = 1 << 20
@@ -56,6 +66,12 @@ class BodyLimit:
     """Largest body accepted, in bytes; 413 beyond."""
     timeout: float
     """Seconds the client may take to send the whole request."""
+    methods: frozenset[str] = frozenset({"PUT"})
+    """Methods the rule is for; others keep the JSON limit."""
+    admit: Callable[[Mapping[str, str]], bool] | None = None
+    """Checked on the request's headers before any of the body is read: False
+    answers 401 at once, so nobody without credentials can make the server
+    spool a large body."""
 
 
 @dataclass(frozen=True)
@@ -97,9 +113,14 @@ class Request:
             raise HttpError(400, f"request body is not JSON: {exc}") from None
 
     def bearer_token(self) -> str | None:
-        auth = self.headers.get("authorization", "")
-        scheme, _, token = auth.partition(" ")
-        return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+        return bearer_token(self.headers)
+
+
+def bearer_token(headers: Mapping[str, str]) -> str | None:
+    """The token of an ``Authorization: Bearer TOKEN`` header (lower-cased names)."""
+    auth = headers.get("authorization", "")
+    scheme, _, token = auth.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
 Handler = Callable[[Request], Awaitable[tuple[int, Any]]]
@@ -130,10 +151,19 @@ async def serve_http(routes: Mapping[tuple[str, str], Handler],
     use is reported before anything starts). `large_bodies` maps path
     prefixes to their own body limit (see the module docstring)."""
     rules = dict(large_bodies or {})
+    slots = trio.CapacityLimiter(MAX_CONNECTIONS)
 
     async def handle(stream: trio.SocketStream) -> None:
         try:
-            await _serve_one(stream, routes, rules)
+            try:
+                slots.acquire_nowait()
+            except trio.WouldBlock:
+                await _refuse_busy(stream)
+                return
+            try:
+                await _serve_one(stream, routes, rules)
+            finally:
+                slots.release()
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
             pass
         finally:
@@ -158,11 +188,16 @@ async def _serve_one(stream: trio.SocketStream, routes: Mapping[tuple[str, str],
             await _respond(stream, conn, 413,
                            {"error": f"request body over {exc.limit} bytes"})
             return
+        except _Refused as exc:
+            await _respond(stream, conn, exc.status, {"error": exc.message})
+            return
     if request is None:
         return
     try:
         status, body = await _dispatch(routes, request)
-        await _respond(stream, conn, status, body)
+        size = body.size if isinstance(body, FileBody) else 0
+        with trio.move_on_after(RESPONSE_TIMEOUT + size / RESPONSE_BYTES_PER_SECOND):
+            await _respond(stream, conn, status, body)
     finally:
         if request.body_file is not None:
             request.body_file.close()
@@ -210,8 +245,31 @@ async def _respond_file(stream: trio.SocketStream, conn: h11.Connection, status:
         await trio.to_thread.run_sync(body.file.close)
 
 
-def _body_rule(rules: Mapping[str, BodyLimit], path: str) -> BodyLimit | None:
-    return next((rule for prefix, rule in rules.items() if path.startswith(prefix)), None)
+def _body_rule(rules: Mapping[str, BodyLimit], method: str, path: str) -> BodyLimit | None:
+    return next((rule for prefix, rule in rules.items()
+                 if path.startswith(prefix) and method in rule.methods), None)
+
+
+class _Refused(Exception):
+    """A large-body request refused on its headers (`BodyLimit.admit`)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+async def _refuse_busy(stream: trio.SocketStream) -> None:
+    """503 without reading the request: every slot is taken."""
+    body = b'{"error": "too many concurrent requests; retry shortly"}\n'
+    head = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+            b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n")
+    with trio.move_on_after(1.0):
+        # Take (and drop) what the client sent first: closing a socket with
+        # unread data resets the connection, and the client would never see
+        # the 503.
+        await stream.receive_some(65536)
+        await stream.send_all(head + body)
 
 
 async def _read_request(stream: trio.SocketStream, conn: h11.Connection,
@@ -233,7 +291,13 @@ async def _read_request(stream: trio.SocketStream, conn: h11.Connection,
                 continue
             if isinstance(event, h11.Request):
                 head = event
-                rule = _body_rule(rules or {}, head.target.decode("latin-1"))
+                rule = _body_rule(rules or {}, head.method.decode("latin-1"),
+                                  head.target.decode("latin-1"))
+                if rule is not None and rule.admit is not None and not rule.admit(
+                        {k.decode("latin-1").lower(): v.decode("latin-1")
+                         for k, v in head.headers}):
+                    raise _Refused(401, "this upload needs the management token (or the "
+                                   "mesh's internal secret)")
                 if rule is not None:
                     limit = rule.max_bytes
                     # Not a `with`: on success the file outlives this function,

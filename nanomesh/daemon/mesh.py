@@ -20,8 +20,8 @@ operator has).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import hmac
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,7 +30,13 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from nanomesh.apiclient import ApiError, request_json
-from nanomesh.auth import TOKEN_META_KEY, ensure_token_file, token_digest
+from nanomesh.auth import (
+    TOKEN_META_KEY,
+    ensure_token_file,
+    secret_matches,
+    token_digest,
+    token_matches,
+)
 from nanomesh.bundles import (
     BUNDLES_SECTION,
     BundleError,
@@ -44,9 +50,9 @@ from nanomesh.consensus import ConsensusError, ConsensusNode, RaftTiming, StaleP
 from nanomesh.consensus.roles import RaftRoleManager, RoleConfig, voters_from_profiles
 from nanomesh.consensus.voters import PeerInfo, peer_info
 from nanomesh.control import VIEW_GRACE, decide, unknown_hosts, worth_committing
-from nanomesh.daemon.api_bundles import bundle_routes, registry_routes
+from nanomesh.daemon.api_bundles import BUNDLE_BODY_LIMITS, bundle_routes, registry_routes
 from nanomesh.daemon.api_mesh import _consensus_call, require_management_token, running_node
-from nanomesh.daemon.http import Handler, HttpError, Request
+from nanomesh.daemon.http import BodyLimit, Handler, HttpError, Request, bearer_token
 from nanomesh.placement import PlacementConfig
 from nanomesh.reconcile import InstanceStatus
 from nanomesh.runtime import HostLauncher, ProcessDriver, Reconciler
@@ -152,11 +158,25 @@ class MeshControl:
         self._held_bundles = await trio.to_thread.run_sync(self.bundles.profile_section)
         self.peer.republish_profile()
 
+    def bundle_body_limits(self) -> dict[str, BodyLimit]:
+        """The large-body rules for bundle uploads, refusing a caller without
+        credentials before a byte of the body is read."""
+        return {prefix: dataclasses.replace(rule, admit=self._may_upload)
+                for prefix, rule in BUNDLE_BODY_LIMITS.items()}
+
+    def _may_upload(self, headers: Mapping[str, str]) -> bool:
+        token = bearer_token(headers)
+        if secret_matches(token, self._internal_secret):
+            return True
+        node = self.roles.node
+        digest = node.state.meta.get(TOKEN_META_KEY) if node is not None else None
+        return isinstance(digest, str) and token_matches(token, digest)
+
     def bundle_and_registry_routes(self) -> dict[tuple[str, str], Handler]:
         def authorize(request: Request) -> None:
             """The operator (management token) or another peer (internal secret)."""
             token = request.bearer_token() or ""
-            if hmac.compare_digest(token, self._internal_secret):
+            if secret_matches(token, self._internal_secret):
                 return
             require_management_token(self.peer, request)
 
@@ -369,7 +389,7 @@ class MeshControl:
     def internal_routes(self) -> dict[tuple[str, str], Handler]:
         def check(request: Request) -> None:
             token = request.bearer_token() or ""
-            if not hmac.compare_digest(token, self._internal_secret):
+            if not secret_matches(token, self._internal_secret):
                 raise HttpError(401, "internal calls need the mesh's cluster key")
 
         async def promote(request: Request) -> tuple[int, Any]:

@@ -40,7 +40,6 @@ from nanomesh import __version__
 from nanomesh.config import PeerConfig
 from nanomesh.consensus import ConsensusNode
 from nanomesh.daemon.api import api_routes
-from nanomesh.daemon.api_bundles import BUNDLE_BODY_LIMITS
 from nanomesh.daemon.api_mesh import mesh_routes
 from nanomesh.daemon.api_naming import naming_routes, service_names
 from nanomesh.daemon.api_runtime import runtime_routes
@@ -149,8 +148,8 @@ class PeerDaemon:
             routes = {**api_routes(self), **mesh_routes(self), **self.mesh.internal_routes(),
                       **naming_routes(self), **runtime_routes(self),
                       **self.mesh.bundle_and_registry_routes()}
-            await nursery.start(functools.partial(serve_http, large_bodies=BUNDLE_BODY_LIMITS),
-                                routes, api_listeners)
+            await nursery.start(functools.partial(
+                serve_http, large_bodies=self.mesh.bundle_body_limits()), routes, api_listeners)
             if cfg.coap_port:
                 await nursery.start(self._serve_coap_gateway)
             if cfg.events_xpub_port and cfg.events_xsub_port:

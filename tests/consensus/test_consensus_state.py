@@ -188,3 +188,11 @@ def test_registry_entries_put_replace_delete_and_survive_the_doc_round_trip() ->
     assert apply_put_registry(s2, "x@1", [1])[1].reason == "invalid"
     old_doc = {k: v for k, v in EMPTY.to_doc().items() if k != "registry"}
     assert DesiredState.from_doc(old_doc).registry == {}
+
+
+def test_strings_that_are_not_unicode_are_not_json() -> None:
+    """A lone surrogate survives json.loads but not .encode(): every peer
+    would fail to digest or run such a spec, so Raft refuses it."""
+    assert is_json({"a": "caf\u00e9", "b": ["\u2603"]})
+    assert not is_json({"a": "\ud800"}) and not is_json({"\udcff": 1})
+    assert apply_put_service(EMPTY, "s", {"run": {"env": {"X": "\ud800"}}})[1].reason == "invalid"

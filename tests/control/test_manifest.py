@@ -62,6 +62,8 @@ def test_good_manifest_becomes_a_document_with_the_placement_spec() -> None:
     ({"limits": {"pids": True}}, "limits.pids"),
     ({"bundle": {"sha256": "xyz", "size": 1}}, "bundle.sha256"),
     ({"state": 5}, "state must be a base64 string"),
+    ({"run": {"command": ["x"], "env": {"X": "\ud800"}}}, "run.env.X: not valid Unicode"),
+    ({"description": "ok", "run": {"command": ["x\udcff"]}}, "run.command[0]: not valid"),
     ({"run": {"command": ["x"], "env": {"A": 1}}}, "run.env"),
     ({"run": {"command": ["x"], "user": "root"}}, "run.user: unknown key"),
     ({"requires": {"memroy_mb": 5}}, "memroy_mb"),
