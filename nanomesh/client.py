@@ -28,6 +28,18 @@ the cached resolution, and marks the target to be tried last for
 a 500 (the handler itself raised: another replica would most likely raise
 too), raises `RemoteError` at once. Retries give at-least-once delivery: a
 timed-out attempt may have run.
+
+**Non-idempotent calls are not repeated blindly.** An attempt that timed out,
+or was answered 502/504 (`MAYBE_RAN_STATUSES`: a gateway or proxy gave up on
+an instance that may have done the work; the gateway may itself have tried
+several), may have run; after one, only an idempotent call is retried. By
+default that is GET, PUT and DELETE (`IDEMPOTENT_METHODS`, HTTP's semantics:
+their handlers must make a repeat harmless) and not POST, which then raises
+`CallTimeout` / `RemoteError` after that one attempt. A failure that means the
+request was not served (connection refused, 503 busy) is retried for every
+method. ``call(..., idempotent=True)`` retries a POST the caller knows to be
+safe to repeat; ``idempotent=False`` stops retries of a GET/PUT/DELETE with
+side effects.
 """
 
 from __future__ import annotations
@@ -71,6 +83,13 @@ AVOID_FAILED = 5.0
 time gossip needs to declare its peer dead and resolution to stop naming it)."""
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
 """Answers meaning "this replica cannot serve now": try another."""
+MAYBE_RAN_STATUSES = frozenset({502, 504})
+"""Of those, the answers after which the request may have run (a gateway's
+5.04: an instance did not answer in time; a proxy's 502): retried only for an
+idempotent call. A 503 means it was not served (busy, or nothing reachable)."""
+IDEMPOTENT_METHODS = frozenset({"GET", "PUT", "DELETE"})
+"""Methods retried after an attempt that may have run (RFC 9110 §9.2.2): a
+repeat has the effect of one call. POST is not: see the module docstring."""
 USABLE_STATES = frozenset({"running"})
 """Instance states whose endpoints are called (`nanomesh.naming.INSTANCE_STATES`)."""
 BAD_HEALTH = frozenset({"unhealthy"})
@@ -212,11 +231,15 @@ class Mesh:
     # ------------------------------------------------------------ calls
 
     async def call(self, service: str, path: str, data: object = None, *, method: str = "GET",
-                   timeout: float = 2.0, retries: int = 2) -> Reply:
+                   timeout: float = 2.0, retries: int = 2,
+                   idempotent: bool | None = None) -> Reply:
         """Call ``method path`` on ``service`` (see the module docstring).
-        ``data``: bytes, str, or JSON-able. Raises ServiceUnavailable,
-        CallTimeout, RemoteError; ValueError for a bad method, path or data."""
+        ``data``: bytes, str, or JSON-able. ``idempotent``: whether an attempt
+        that may have run can be repeated (None: by the method, see
+        `IDEMPOTENT_METHODS`). Raises ServiceUnavailable, CallTimeout,
+        RemoteError; ValueError for a bad method, path or data."""
         request = make_request(method, path, data)
+        repeatable = request.method in IDEMPOTENT_METHODS if idempotent is None else idempotent
         failure: ClientError | None = None
         for _ in range(1 + max(0, retries)):
             endpoints = await self.resolve(service, timeout)
@@ -232,10 +255,12 @@ class Mesh:
                 raise ServiceUnavailable(f"no running endpoint of {service!r} "
                                          f"({', '.join(states) or 'no instances'})")
             target = targets[0]
+            may_have_run = False
             try:
                 response = await self._attempt(target, service, request, timeout)
             except RpcTimeout as exc:
                 failure = CallTimeout(f"{service}: {exc}")
+                may_have_run = True
             except RpcError as exc:
                 failure = ServiceUnavailable(f"{service}: {exc}")
             else:
@@ -245,8 +270,11 @@ class Mesh:
                 if response.status not in RETRYABLE_STATUSES:
                     raise error
                 failure = error
+                may_have_run = response.status in MAYBE_RAN_STATUSES
             self._failed[target] = trio.current_time() + AVOID_FAILED
             self._cache.pop(service, None)
+            if may_have_run and not repeatable:
+                raise failure
         assert failure is not None
         raise failure
 
@@ -387,13 +415,14 @@ async def connect(peer: str | None = None, *, coap_port: int = DEFAULT_COAP_PORT
 
 
 def call_sync(service: str, path: str, data: object = None, *, peer: str | None = None,
-              method: str = "GET", timeout: float = 2.0, retries: int = 2) -> Reply:
+              method: str = "GET", timeout: float = 2.0, retries: int = 2,
+              idempotent: bool | None = None) -> Reply:
     """`Mesh.call` for code without an event loop (scripts, the CLI)."""
 
     async def run() -> Reply:
         async with connect(peer) as mesh:
             return await mesh.call(service, path, data, method=method, timeout=timeout,
-                                   retries=retries)
+                                   retries=retries, idempotent=idempotent)
 
     return trio.run(run)
 

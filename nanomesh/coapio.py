@@ -8,6 +8,9 @@ trio-asyncio, confined to this module.
   peer's gateway at ``/s/<service>/<path>``) and returns a `Response`.
 
 Bodies above one CoAP block use block-wise transfer (aiocoap does both sides).
+A server reassembles a block-wise request body only up to the call body limit
+(`nanomesh.wire.rpc.MAX_BODY`, 1 MiB): a larger one is answered 4.13 at its
+first block past the limit, before it is buffered (as the gateway does).
 Status codes map with `nanomesh.wire.rpc.status_to_coap_code` /
 `coap_code_to_status`; an error response carries its message as the CoAP
 diagnostic payload (text), as RFC 7252 section 5.5.2 suggests.
@@ -109,6 +112,11 @@ def response_to_coap(response: Response, method: str) -> aiocoap.Message:
     return message
 
 
+class _TooLarge(aiocoap.error.ConstructionRenderableError):  # type: ignore[misc]
+    code = aiocoap.numbers.codes.Code.REQUEST_ENTITY_TOO_LARGE
+    message = f"request body over the {MAX_BODY}-byte limit"
+
+
 class _Root(aiocoap.resource.Resource, aiocoap.resource.PathCapable):  # type: ignore[misc]
     """Every path on the server: hands the request to the trio handler."""
 
@@ -117,7 +125,17 @@ class _Root(aiocoap.resource.Resource, aiocoap.resource.PathCapable):  # type: i
         self._raw = handler
         self._handler = trio_asyncio.trio_as_aio(call_guarded)
 
+    async def needs_blockwise_assembly(self, request: Any) -> bool:
+        # aiocoap asks this for every Block1 block before adding it to the
+        # request it reassembles: refuse the first block past the limit.
+        block1 = request.opt.block1
+        if block1 is not None and block1.start + len(request.payload) > MAX_BODY:
+            raise _TooLarge()
+        return True
+
     async def render(self, request: Any) -> aiocoap.Message:
+        if len(request.payload) > MAX_BODY:
+            raise _TooLarge()
         try:
             req = request_from_coap(request)
         except ValueError as exc:

@@ -16,6 +16,19 @@ first event, which narrows ZeroMQ's "slow joiner" window but cannot close it:
 use calls, not events, for anything that must arrive. Frames are
 `nanomesh.wire.rpc`'s event frames; the relay checks each one and drops
 garbage (counted), so a broken publisher cannot feed subscribers junk.
+
+An event's ``src`` is what its publisher *claims* to be: neither the relay
+nor the subscriber verifies it, so it identifies, it does not authenticate.
+
+Memory is bounded by bytes, not only by count: events are notifications, not
+bulk data, so an event over `MAX_EVENT` is refused by `Publisher.publish`, and
+a relay drops one (a frame over it makes ZeroMQ drop that publisher's
+connection, which reconnects; a smaller oversize event is dropped and
+counted). A relay queues at most `RELAY_HWM` events per connection and drops
+beyond that (an XPUB never blocks), so a stalled subscriber pins at most
+about ``RELAY_HWM * MAX_EVENT`` bytes (64 MiB with the defaults, plus kernel
+socket buffers; little in practice: events are usually tens of bytes), and so
+does a flooding publisher on the relay's XSUB side.
 """
 
 from __future__ import annotations
@@ -49,8 +62,15 @@ relay before its first event is sent anyway."""
 SUBSCRIPTION_SETTLE = 0.02
 """Seconds a new publisher waits after connecting, so the relay's subscriptions
 reach it before the first event (a PUB drops what no one subscribed to)."""
-RELAY_HWM = 10_000
-"""Events a relay queues per subscriber before dropping for that subscriber."""
+RELAY_HWM = 1000
+"""Events a relay queues per connection (each subscriber; each publisher on
+the way in) before dropping for that connection: with `MAX_EVENT`, the bound
+on what a stalled subscriber can pin (see the module docstring). A thousand
+covers a burst of a few seconds of a busy sensor."""
+MAX_EVENT = 64 * 1024
+"""Largest event, in bytes, over all its frames (topic, then source and data
+encoded): publishers refuse, and relays drop, anything bigger. Events are
+notifications; a large payload belongs in a call (1 MiB bodies)."""
 
 
 def _tcp(ip: str, port: int) -> str:
@@ -58,10 +78,13 @@ def _tcp(ip: str, port: int) -> str:
 
 
 def _bind(kind: int, ip: str, port: int, what: str) -> zmqtrio.Socket:
-    sock = zmqtrio.socket(kind)
+    # MAXMSGSIZE applies per frame: a frame over it drops the sender's
+    # connection. Whole-event size is checked again in `_downstream`.
+    sock = zmqtrio.socket(kind, max_message=MAX_EVENT)
     if ":" in ip:
         sock.raw.setsockopt(zmq.IPV6, 1)
     sock.raw.setsockopt(zmq.SNDHWM, RELAY_HWM)
+    sock.raw.setsockopt(zmq.RCVHWM, RELAY_HWM)
     try:
         sock.raw.bind(_tcp(ip, port))
     except zmq.ZMQError as exc:
@@ -95,6 +118,9 @@ async def _downstream(xsub: zmqtrio.Socket, xpub: zmqtrio.Socket,
                       stats: collections.Counter[str]) -> None:
     while True:
         frames = await xsub.recv_multipart()
+        if sum(map(len, frames)) > MAX_EVENT:
+            stats["dropped-oversize"] += 1
+            continue
         try:
             decode_event(frames)
         except RemoteProtocolError as exc:
@@ -124,8 +150,14 @@ class Publisher:
 
     def publish(self, topic: str, data: bytes) -> None:
         """Send one event (never blocks; dropped if nobody subscribed to it).
-        ValueError if the topic or data break the wire format's limits."""
-        self._sock.send_multipart_nowait(encode_event(topic, self.source, data))
+        ValueError if the topic or data break the wire format's limits, or the
+        event is over `MAX_EVENT` bytes."""
+        frames = encode_event(topic, self.source, data)
+        size = sum(map(len, frames))
+        if size > MAX_EVENT:
+            raise ValueError(f"event of {size} bytes exceeds the {MAX_EVENT}-byte limit "
+                             f"(events are notifications; send large data in a call)")
+        self._sock.send_multipart_nowait(frames)
 
 
 @contextlib.asynccontextmanager
@@ -162,7 +194,8 @@ def relay_changes(current: set[str], wanted: set[str]) -> tuple[list[str], list[
 
 
 class Subscription:
-    """Events whose topic starts with a prefix; ``async for ev in sub``."""
+    """Events whose topic starts with a prefix; ``async for ev in sub``. An
+    event's ``source`` is claimed by its publisher, not verified."""
 
     def __init__(self, sock: zmqtrio.Socket, stats: collections.Counter[str]) -> None:
         self._sock = sock
@@ -203,7 +236,7 @@ async def open_subscription(topic_prefix: str, relays: Relays,
     """Subscribe to ``topic_prefix`` (``""``: everything) at every relay that
     ``relays()`` names, re-asking it every ``refresh`` seconds. A failing
     ``relays()`` keeps the current set (logged) until the next refresh."""
-    sock = zmqtrio.socket(zmq.SUB)
+    sock = zmqtrio.socket(zmq.SUB, max_message=MAX_EVENT)
     sock.raw.setsockopt(zmq.IPV6, 1)
     sock.raw.setsockopt(zmq.SUBSCRIBE, topic_prefix.encode())
     sub = Subscription(sock, collections.Counter())

@@ -360,7 +360,7 @@ def reconcile(me: str, plan_assignments: Mapping[str, str],
 def _for_wanted(iid: str, service: str, spec: Mapping[str, Any], digest: str,
                 status: InstanceStatus | None, now: float, backoff: BackoffPolicy) -> Effect | None:
     if spec.get("mode") == "idle":
-        return _for_idle(iid, service, spec, digest, status)
+        return _for_idle(iid, service, spec, digest, status, now, backoff)
     if status is None or status.state == "idle":
         return StartInstance(iid, service, spec, digest, restarts=0)
     if status.state in ("starting", "running"):
@@ -378,12 +378,19 @@ def _for_wanted(iid: str, service: str, spec: Mapping[str, Any], digest: str,
 
 
 def _for_idle(iid: str, service: str, spec: Mapping[str, Any], digest: str,
-              status: InstanceStatus | None) -> Effect | None:
-    if status is None or (status.state in RESTING and (status.state != "idle"
-                                                       or status.spec_digest != digest)):
+              status: InstanceStatus | None, now: float, backoff: BackoffPolicy
+              ) -> Effect | None:
+    if status is None:
         return IdleInstance(iid, service, spec, digest)
     if status.state in ("starting", "running"):
         return StopInstance(iid, "idle")
+    if status.state == "failed" and status.spec_digest == digest:
+        # Preparing it failed (no bundle holder yet, a bad spec): retry with
+        # the same back-off as a start, never in a tight loop.
+        return IdleInstance(iid, service, spec, digest) if now >= retry_at(
+            status, backoff)[0] else None
+    if status.state in RESTING and (status.state != "idle" or status.spec_digest != digest):
+        return IdleInstance(iid, service, spec, digest)
     return None
 
 
@@ -412,8 +419,8 @@ def next_retry_at(me: str, plan_assignments: Mapping[str, str],
     wanted = wanted_here(me, plan_assignments, services)
     times = [retry_at(status, backoff)[0] for iid, status in instances.items()
              if iid in wanted and status.state in ENDED
-             and services[wanted[iid]].get("mode") != "idle"
-             and restart_allowed(status, services[wanted[iid]])
+             and (restart_allowed(status, services[wanted[iid]])
+                  if services[wanted[iid]].get("mode") != "idle" else status.state == "failed")
              and status.spec_digest == spec_digest(services[wanted[iid]])]
     return min(times, default=None)
 

@@ -21,6 +21,13 @@ would then stall. So a link never reconnects (``RECONNECT_IVL = -1``: a lost
 connection ends the link, so an idle link emits a handful of events at most),
 and closing stops the monitor before closing its reader.
 
+Sockets are a bounded resource: libzmq's context allows 1023 sockets per
+process (``ZMQ_MAX_SOCKETS``), each also an open file, and a link is three (its
+DEALER, the monitor's PAIR and libzmq's end of it). So a thread keeps at most
+`MAX_LINKS` links, pooled or in a call: a call that needs one more first closes
+an idle link of another address, else waits (within its timeout) for a link to
+be given back. Every ZeroMQ failure of a call surfaces as `RpcError`.
+
 Delivery is at most once per attempt, and a timed-out call may still have run on
 the server: callers that retry (``nanomesh.client`` does) get at-least-once
 semantics and should keep non-idempotent handlers tolerant of repeats.
@@ -69,6 +76,12 @@ FAST_PATH = 0.005
 """Seconds a call waits for its answer before it also starts watching the
 connection (see `_Link.call`); a refused or lost connection is noticed within
 about this long."""
+MAX_LINKS = 128
+"""Links (3 ZeroMQ sockets each) a thread keeps open, idle or in a call: 384
+sockets, well under libzmq's default 1023 per process, leaving room for
+servers, the event relay and subscriptions (and under a small device's
+1024-file limit, which raising ``ZMQ_MAX_SOCKETS`` would not lift). A call
+beyond it waits for a link (see the module docstring)."""
 MAX_CONCURRENT = 64
 """Requests one server runs at once; beyond this it answers 503 at once instead
 of queueing (the caller fails over to another replica)."""
@@ -121,18 +134,25 @@ def zmq_endpoint(address: str) -> str:
 
 
 class _Link:
-    """One connected DEALER with its monitor."""
+    """One connected DEALER with its monitor. ZMQError if the sockets cannot
+    be made (too many), RpcError if the address is bad."""
 
     _ids = itertools.count(1)
 
     def __init__(self, address: str) -> None:
         self.address = address
-        self.dealer = zmqtrio.socket(zmq.DEALER)
-        if "[" in address:
-            self.dealer.raw.setsockopt(zmq.IPV6, 1)
-        self.dealer.raw.setsockopt(zmq.RECONNECT_IVL, -1)  # see the module docstring
-        self.monitor = zmqtrio.monitor(self.dealer, _MONITORED)
         self.state = _CONNECTING
+        self.on_close: Callable[[], None] | None = None
+        """Called once when the link closes (the pool's slot comes back)."""
+        self.dealer = zmqtrio.socket(zmq.DEALER)
+        try:
+            if "[" in address:
+                self.dealer.raw.setsockopt(zmq.IPV6, 1)
+            self.dealer.raw.setsockopt(zmq.RECONNECT_IVL, -1)  # see the module docstring
+            self.monitor = zmqtrio.monitor(self.dealer, _MONITORED)
+        except zmq.ZMQError:
+            self.dealer.close()
+            raise
         try:
             self.dealer.raw.connect(zmq_endpoint(address))
         except zmq.ZMQError as exc:
@@ -198,6 +218,9 @@ class _Link:
                 self.dealer.raw.disable_monitor()
         self.dealer.close()
         self.monitor.close()
+        release, self.on_close = self.on_close, None
+        if release is not None:
+            release()
 
 
 @dataclass
@@ -205,8 +228,12 @@ class _Pool:
     pid: int = field(default_factory=os.getpid)
     idle: collections.OrderedDict[str, list[_Link]] = field(
         default_factory=collections.OrderedDict)
+    slots: trio.Semaphore = field(default_factory=lambda: trio.Semaphore(MAX_LINKS))
+    """One per open link (`MAX_LINKS`), released when the link closes."""
 
-    def take(self, address: str) -> _Link:
+    async def take(self, address: str) -> _Link:
+        """An idle link to `address`, or a new one once a slot is free.
+        ZMQError if libzmq still refuses the sockets; RpcError for a bad address."""
         links = self.idle.get(address, [])
         while links:
             link = links.pop()
@@ -214,13 +241,42 @@ class _Pool:
             if link.usable:
                 return link
             link.close()
-        return _Link(address)
+        await self._reserve()
+        try:
+            link = _Link(address)
+        except BaseException:
+            self.slots.release()
+            raise
+        link.on_close = self.slots.release
+        return link
+
+    async def _reserve(self) -> None:
+        while True:
+            try:
+                self.slots.acquire_nowait()
+                return
+            except trio.WouldBlock:
+                pass
+            if not self._close_oldest_idle():
+                await self.slots.acquire()
+                return
+
+    def _close_oldest_idle(self) -> bool:
+        """Close one idle link, least recently used address first (its slot
+        comes free); False if none is idle."""
+        for address, links in self.idle.items():
+            if links:
+                links.pop(0).close()
+                if not links:
+                    del self.idle[address]
+                return True
+        return False
 
     def give_back(self, link: _Link) -> None:
         links = self.idle.setdefault(link.address, [])
         self.idle.move_to_end(link.address)
-        if len(links) >= IDLE_PER_ADDRESS:
-            link.close()
+        if len(links) >= IDLE_PER_ADDRESS or self.slots.statistics().tasks_waiting:
+            link.close()  # a call waits for a slot: hand it this one
         else:
             links.append(link)
         while len(self.idle) > MAX_POOLED_ADDRESSES:
@@ -245,25 +301,32 @@ async def zmq_call(address: str, request: Request, timeout: float) -> Response:
     Returns its `Response` (any status: a 4xx/5xx is an answer, not an error
     here). Raises `RpcTimeout` after ``timeout`` seconds without an answer,
     `RpcError` if the server is unreachable, drops the connection or answers
-    with garbage."""
+    with garbage, or ZeroMQ itself fails (too many sockets, ...). Waiting for
+    a free link (`MAX_LINKS`) counts towards ``timeout``."""
     payload = encode_request(request)
-    link = _pool().take(address)
+    pool = _pool()
+    link: _Link | None = None
     reusable = False
     try:
         with trio.fail_after(timeout):
+            link = await pool.take(address)
             raw = await link.call(payload)
         response = decode_response(raw)
         reusable = True
         return response
     except trio.TooSlowError:
-        raise RpcTimeout(f"ZeroMQ call to {address}: no answer in {timeout:g}s") from None
+        what = "no answer" if link is not None else "no free connection"
+        raise RpcTimeout(f"ZeroMQ call to {address}: {what} in {timeout:g}s") from None
     except RemoteProtocolError as exc:
         raise RpcError(f"ZeroMQ call to {address}: bad response ({exc})") from None
+    except zmq.ZMQError as exc:
+        raise RpcError(f"ZeroMQ call to {address}: {exc}") from None
     finally:
-        if reusable:
-            _pool().give_back(link)
-        else:
-            link.close()
+        if link is not None:
+            if reusable:
+                pool.give_back(link)
+            else:
+                link.close()
 
 
 def close_pooled_connections() -> None:

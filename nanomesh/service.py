@@ -312,10 +312,12 @@ class NanoService:
         return self._mesh
 
     async def call(self, service: str, path: str, data: object = None, *, method: str = "GET",
-                   timeout: float = 2.0, retries: int = 2) -> Reply:
+                   timeout: float = 2.0, retries: int = 2, idempotent: bool | None = None
+                   ) -> Reply:
         """Call another service by name (see `nanomesh.client.Mesh.call`)."""
         return await self._require_mesh().call(service, path, data, method=method,
-                                               timeout=timeout, retries=retries)
+                                               timeout=timeout, retries=retries,
+                                               idempotent=idempotent)
 
     async def publish(self, topic: str, data: object) -> None:
         """Publish an event through the local peer's relay (`nanomesh.events`)."""

@@ -119,6 +119,10 @@ CASES: list[tuple[str, dict[str, str], Mapping[str, Any], list[InstanceStatus], 
     ("idle service, idle with an older spec: prepared again", MINE, IDLE,
      [st("svc/0", "idle", digest=OLD)], 100.0, [idle("svc/0")]),
     ("idle service, fetching: nothing", MINE, IDLE, [st("svc/0", "fetching")], 100.0, []),
+    ("idle service whose preparation failed: wait out the back-off", MINE, IDLE,
+     [st("svc/0", "failed", 100.0, restarts=2)], 101.9, []),
+    ("idle service whose preparation failed: back-off over, prepare again", MINE, IDLE,
+     [st("svc/0", "failed", 100.0, restarts=2)], 102.0, [idle("svc/0")]),
     ("activated: an idle instance starts at once, back-off reset", MINE, SERVICES,
      [st("svc/0", "idle", restarts=5)], 100.0, [start("svc/0", 0)]),
     ("fetching its bundle: nothing", MINE, SERVICES, [st("svc/0", "fetching")], 100.0, []),
@@ -250,7 +254,8 @@ def test_next_retry_at_ignores_idle_services_and_final_ends() -> None:
     assert next_retry_at(ME, MINE, NEVER, {"svc/0": never}, BO) is None
     clean = st("svc/0", "exited", 100.0, digest=spec_digest(ON_FAILURE["svc"]))
     assert next_retry_at(ME, MINE, ON_FAILURE, {"svc/0": clean}, BO) is None
-    assert next_retry_at(ME, MINE, IDLE, {"svc/0": st("svc/0", "failed", 100.0)}, BO) is None
+    assert next_retry_at(ME, MINE, IDLE, {"svc/0": st("svc/0", "exited", 100.0)}, BO) is None
+    assert next_retry_at(ME, MINE, IDLE, {"svc/0": st("svc/0", "failed", 100.0)}, BO) == 100.5
     assert next_retry_at(ME, MINE, SERVICES, {"svc/0": st("svc/0", "failed", 100.0)},
                          BO) == 100.5
 

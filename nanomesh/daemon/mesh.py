@@ -57,6 +57,8 @@ from nanomesh.placement import PlacementConfig
 from nanomesh.reconcile import InstanceStatus
 from nanomesh.runtime import HostLauncher, ProcessDriver, Reconciler
 from nanomesh.runtime.container import choose_container_launcher
+from nanomesh.runtime.ports import PortAllocator
+from nanomesh.runtime.spec import RESERVED_PORTS
 from nanomesh.wire import MemberState
 
 if TYPE_CHECKING:
@@ -92,7 +94,13 @@ class MeshControl:
         self._internal_secret = hashlib.sha256(b"nanomesh-internal-v1" + key).hexdigest()
         # The container launcher is added in run(): finding the engines that
         # really work (``podman info``...) blocks for a moment.
+        role_config = roles or RoleConfig()
         self.driver = ProcessDriver(peer=cfg.name, launchers={"process": HostLauncher()})
+        # Never hand an instance one of this peer's own ports (they may differ
+        # from the defaults the allocator knows).
+        self.driver.ports = PortAllocator(
+            {*RESERVED_PORTS, cfg.bind[1], cfg.api_port, cfg.coap_port, cfg.events_xpub_port,
+             cfg.events_xsub_port, role_config.raft_port} - {0})
         self.reconciler = Reconciler(
             cfg.name, self.driver, cfg.data_dir / "logs", fetch=self.fetch_bundle,
             host_ip=cfg.bind[0], peer_api=host_port(*cfg.api_addr),
@@ -102,7 +110,7 @@ class MeshControl:
             cfg.bind[0], cfg.data_dir / "consensus",
             password=key.hex() if key else None,
             timing=timing or RaftTiming.lan(), founder=not cfg.join,
-            voters_hint=self._voters_hint, config=roles or RoleConfig(), view=self._view,
+            voters_hint=self._voters_hint, config=role_config, view=self._view,
             ask_promote=self._ask_promote, ask_remove=self._ask_remove)
         self._plan_wanted = trio.Event()
         self._unknown_since: dict[str, float] = {}

@@ -152,7 +152,7 @@ def gateway_request(message: Any) -> GatewayRequest:
         method=METHODS[int(message.code)],
         path=tuple(message.opt.uri_path), query=tuple(message.opt.uri_query),
         payload=bytes(message.payload), content_format=_int_or_none(message.opt.content_format),
-        accept=_int_or_none(message.opt.accept))
+        accept=_int_or_none(message.opt.accept), hop_limit=_int_or_none(message.opt.hop_limit))
 
 
 def coap_message(response: GatewayResponse) -> Any:
@@ -198,6 +198,8 @@ def _coap_upstream(context: Any) -> Upstream:
             message.opt.content_format = request.content_format
         if request.accept is not None:
             message.opt.accept = request.accept
+        if request.hop_limit is not None:
+            message.opt.hop_limit = request.hop_limit  # see forward.DEFAULT_HOP_LIMIT
         try:
             answer = await trio_asyncio.aio_as_trio(_request)(context, message)
         except aiocoap.error.Error as exc:

@@ -8,10 +8,16 @@ answer within ``try_timeout`` is skipped for the next one, at most
 out may have reached its instance: for a non-idempotent request (POST) the
 next instance may then do the work a second time, as with any retrying
 client; an instance that *answers*, even with an error, is never retried.
+
+Loops: every forwarded request carries a Hop-Limit (RFC 8768,
+`nanomesh.gateway.forward.DEFAULT_HOP_LIMIT`); a gateway that gets one at its
+last hop answers 5.08 without forwarding, so a request that resolves back to a
+gateway (``/s/a/s/a/...``) ends after a few hops instead of fanning out.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Collection, Mapping
 
@@ -19,6 +25,7 @@ import trio
 
 from nanomesh.gateway.forward import (
     DEFAULT_GATEWAY,
+    HOP_LIMIT_REACHED,
     INTERNAL_ERROR,
     NOT_FOUND,
     RETRY_AFTER,
@@ -31,6 +38,7 @@ from nanomesh.gateway.forward import (
     ServiceRoute,
     WellKnownRoute,
     error_response,
+    outgoing_hop_limit,
     pick_targets,
     route,
     well_known_core,
@@ -66,6 +74,8 @@ class Gateway:
         """Tries past the first instance of a request."""
         self.dropped = 0
         """Inputs the CoAP layer failed on and dropped (garbage datagrams)."""
+        self.hop_limited = 0
+        """Requests answered 5.08: their Hop-Limit ran out (a forwarding loop)."""
 
     async def handle(self, request: GatewayRequest) -> GatewayResponse:
         """Never raises (but for cancellation): a bug becomes a logged 5.00."""
@@ -83,6 +93,12 @@ class Gateway:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def forward(self, service: str, request: GatewayRequest) -> GatewayResponse:
+        hops = outgoing_hop_limit(request.hop_limit, self.config.hop_limit)
+        if hops is None:
+            self.hop_limited += 1
+            return error_response(HOP_LIMIT_REACHED, f"hop limit reached on the way to "
+                                  f"{service}: a loop between gateways?")
+        request = dataclasses.replace(request, hop_limit=hops)
         endpoints = self.resolver(service)
         if not endpoints:
             if self.services is not None and service not in self.services():

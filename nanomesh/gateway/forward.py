@@ -36,6 +36,8 @@ BAD_REQUEST, NOT_FOUND, METHOD_NOT_ALLOWED = coap_code(4, 0), coap_code(4, 4), c
 REQUEST_TOO_LARGE = coap_code(4, 13)
 INTERNAL_ERROR, BAD_GATEWAY = coap_code(5, 0), coap_code(5, 2)
 SERVICE_UNAVAILABLE, GATEWAY_TIMEOUT = coap_code(5, 3), coap_code(5, 4)
+HOP_LIMIT_REACHED = coap_code(5, 8)
+"""5.08, RFC 8768 §3: the request went through too many proxies (a loop)."""
 
 METHODS = {1: "GET", 2: "POST", 3: "PUT", 4: "DELETE", 5: "FETCH", 6: "PATCH", 7: "iPATCH"}
 """CoAP request codes (RFC 7252, RFC 8132) by number."""
@@ -48,6 +50,16 @@ RETRY_AFTER = 2
 """Max-Age, in seconds, on a 5.03 the gateway makes itself: how soon a client
 may try again (RFC 7252 §5.9.3.4). About a health-check round, after which a
 restarted or re-placed instance may be resolvable."""
+
+DEFAULT_HOP_LIMIT = 8
+"""Hop-Limit (CoAP option 16, RFC 8768) a gateway puts on a request it
+forwards when the request carried none; a request that arrives with one is
+forwarded with one less, and one arriving with 1 (or 0) is answered 5.08
+instead. It stops forwarding loops: a CoAP endpoint that resolves to another
+gateway (say a fixed port equal to the gateway's) would otherwise bounce
+``/s/a/s/a/...`` between gateways, one nested exchange (and fail-over) per
+segment. Lower than RFC 8768's 16: a mesh request needs one gateway hop, and
+a few more only when services chain calls through gateways."""
 
 
 @dataclass(frozen=True)
@@ -69,11 +81,16 @@ class GatewayConfig:
     limit of a call body (`nanomesh.wire.rpc.MAX_BODY`, 1 MiB). A larger one
     gets 4.13 at its first block past the limit, before it is buffered."""
 
+    hop_limit: int = DEFAULT_HOP_LIMIT
+    """Hop-Limit put on a forwarded request that carried none (`DEFAULT_HOP_LIMIT`)."""
+
     def __post_init__(self) -> None:
         if not (0 < self.try_timeout <= self.deadline):
             raise ValueError("gateway: need 0 < try_timeout <= deadline")
         if self.max_tries < 1 or self.max_payload < 1:
             raise ValueError("gateway: max_tries and max_payload must be positive")
+        if not 1 <= self.hop_limit <= 255:
+            raise ValueError("gateway: hop_limit must be 1-255 (RFC 8768)")
 
 
 DEFAULT_GATEWAY = GatewayConfig()
@@ -92,6 +109,9 @@ class GatewayRequest:
     payload: bytes = b""
     content_format: int | None = None
     accept: int | None = None
+    hop_limit: int | None = None
+    """The Hop-Limit option (RFC 8768) as received, None if absent; on a
+    request to an instance, the value to send (`outgoing_hop_limit`)."""
 
     def path_text(self) -> str:
         """``/a/b``, for messages and logs."""
@@ -143,10 +163,19 @@ def route(request: GatewayRequest) -> Route:
         return WellKnownRoute()
     if len(path) >= 2 and path[0] == SERVICE_PREFIX and path[1]:
         inner = GatewayRequest(request.method, path[2:], request.query, request.payload,
-                               request.content_format, request.accept)
+                               request.content_format, request.accept, request.hop_limit)
         return ServiceRoute(path[1], inner)
     return NoRoute(error_response(NOT_FOUND, "nothing here: services are at "
                                   "/s/<service>/<path>, listed at /.well-known/core"))
+
+
+def outgoing_hop_limit(received: int | None, initial: int) -> int | None:
+    """The Hop-Limit to forward a request with (RFC 8768 §3): `initial` if it
+    carried none, else one less than `received`; None when that leaves 0 (or
+    the received value was an invalid 0): answer `HOP_LIMIT_REACHED` instead."""
+    if received is None:
+        return initial
+    return received - 1 if received > 1 else None
 
 
 def well_known_core(services: Iterable[str]) -> GatewayResponse:

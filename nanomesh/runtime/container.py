@@ -241,7 +241,15 @@ class RuncLauncher:
         # exit code 137, not its "killed by its memory limit".)
         return Launch(argv=self.command("run", "--bundle", str(bundle), cid), env=ctx.env,
                       cwd=str(bundle), cleanup=self.command("delete", "--force", cid),
-                      description=f"runc container {cid}", enforces_limits=True)
+                      description=f"runc container {cid}", enforces_limits=True,
+                      exec_prefix=self.exec_argv(ctx.iid, ()))
+
+    def exec_argv(self, iid: str, command: Sequence[str]) -> tuple[str, ...]:
+        """``runc --root ROOT exec ID COMMAND...``: ``command`` inside the running
+        container of ``iid`` (its root filesystem, environment, cwd, namespaces
+        and cgroup, as config.json gives them), in the foreground, exiting as
+        the command does."""
+        return self.command("exec", container_id(iid, self.peer), *command)
 
     async def sweep(self) -> list[str]:
         """Remove every container under this peer's runc root (at daemon
@@ -334,7 +342,12 @@ class EngineLauncher:
         return Launch(argv=argv, env={**ctx.env, **container_env(spec, ctx.env)}, cwd=None,
                       cleanup=(self.binary, "rm", "-f", cid),
                       description=f"{self._engine} container {cid} ({image})",
-                      enforces_limits=True)
+                      enforces_limits=True, exec_prefix=self.exec_argv(ctx.iid, ()))
+
+    def exec_argv(self, iid: str, command: Sequence[str]) -> tuple[str, ...]:
+        """``podman exec ID COMMAND...`` (``docker exec``): ``command`` inside the
+        running container of ``iid``, with the container's environment."""
+        return (self.binary, "exec", container_id(iid, self.peer), *command)
 
     async def _import(self, spec: InstanceSpec, ctx: LaunchContext) -> str:
         source = rootfs_source(spec, ctx)

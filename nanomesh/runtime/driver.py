@@ -19,7 +19,7 @@ A driver's duties, in the order the daemon relies on them:
    Both are idempotent in effect: stopping an ended or unknown instance is a
    no-op; starting an active one is a caller bug (:class:`DriverError`).
    ``record`` notes a state without a process: ``fetching``, ``idle``, or a
-   run that ``failed`` before it could start.
+   run that ended (``exited``, ``failed``) before it could start.
 3. **status.** ``status()`` is a snapshot of every instance it knows, ended
    ones included, as :class:`~nanomesh.reconcile.InstanceStatus` values
    stamped with the driver's clock (the daemon's ``trio.current_time()``);
@@ -91,7 +91,8 @@ class InstanceDriver(Protocol):
 
     def record(self, iid: str, state: State, message: str = "", *, spec_digest: str = "",
                restarts: int = 0) -> InstanceStatus:
-        """Record ``iid`` in a state without a process: ``fetching``, ``idle``, or
+        """Record ``iid`` in a state without a process: ``fetching``, ``idle``,
+        ``exited`` (a run that was no longer wanted before it started) or
         ``failed`` (a run that failed before anything started, e.g. an invalid
         spec), so it is reported and backed off like any other run."""
 
@@ -109,15 +110,24 @@ class InstanceDriver(Protocol):
         """Wait until :attr:`version` exceeds ``seen``; return it."""
 
 
+StillWanted = Callable[[str], bool]
+"""``still_wanted(iid)``: whether ``iid`` is still wanted on this peer, by the
+desired state as it is *now* (the Reconciler's); asked after a bundle fetch,
+which can take long enough for the service to be undeployed meanwhile."""
+
+
 async def execute(driver: InstanceDriver, effect: StartInstance | StopInstance | IdleInstance,
                   ctx: StartContext, *, fetch: Fetch | None = None,
-                  stop_timeout: float | None = None) -> InstanceStatus | None:
+                  stop_timeout: float | None = None,
+                  still_wanted: StillWanted | None = None) -> InstanceStatus | None:
     """Carry out one reconcile effect.
 
     ``StartInstance``: validate the spec (an invalid one is a ``failed`` record
     naming the field, not an exception: reconcile retries it with back-off, and
     a fixed spec starts at once); fetch its bundle if it has one (recorded
-    ``fetching`` meanwhile; a failure is a ``failed`` record); start it.
+    ``fetching`` meanwhile; a failure is a ``failed`` record); if
+    ``still_wanted`` says the instance is no longer wanted once the bundle is
+    here, record it ``exited`` (``"no longer wanted"``) instead; else start it.
     ``IdleInstance``: the same without the start, ending ``idle``.
     ``StopInstance``: stop it. ``ctx`` gives the log folder, the peer's IP and
     API address; its ``spec_digest``, ``restarts`` and ``workdir`` are set here
@@ -147,6 +157,11 @@ async def execute(driver: InstanceDriver, effect: StartInstance | StopInstance |
             log.warning("cannot fetch the bundle of %s: %s", effect.iid, exc)
             return driver.record(effect.iid, "failed", f"cannot fetch bundle: {exc}",
                                  spec_digest=digest, restarts=restarts)
+        if still_wanted is not None and not still_wanted(effect.iid):
+            log.info("not starting %s: no longer wanted here once its bundle arrived",
+                     effect.iid)
+            return driver.record(effect.iid, "exited", "no longer wanted", spec_digest=digest,
+                                 restarts=restarts)
     if isinstance(effect, IdleInstance):
         return driver.record(effect.iid, "idle", "idle: prepared, not started",
                              spec_digest=digest)

@@ -4,7 +4,8 @@
 in, a :class:`Health` out), per :class:`~nanomesh.runtime.spec.HealthSpec`:
 
 * ``starting``: checks every :data:`~nanomesh.runtime.spec.START_POLL`
-  seconds until the first success (then ``healthy``); a check that fails at
+  seconds (:data:`EXEC_START_POLL` for an ``exec`` check: each one is a new
+  process) until the first success (then ``healthy``); a check that fails at
   or after ``start_period`` seconds from the start gives up: the instance
   never became healthy;
 * ``healthy``: checks every ``interval``; ``retries`` consecutive failures
@@ -19,16 +20,37 @@ Giving up means the driver stops the instance and records it ``failed`` with
 confirmable message, answered by a reset) or, with ``path``, ``GET path``
 answering 2.xx (RFC 7252 §3, the few bytes built here with the stdlib);
 ``zmq`` an rpc ``GET path`` (:func:`nanomesh.rpc.zmq_call`) answering 2xx;
-``exec`` the command, in the instance's folder and environment, exiting 0.
+``exec`` the command *inside the instance*, exiting 0 (:func:`exec_argv`).
 A probe returns None on success, else a short error text; it never raises
-for a failed check.
+for a failed check, nor for an answer it cannot understand: any exception
+from a probe (a bug, or garbage we did not foresee) is a failed check,
+``"bad answer: ..."``, logged with its traceback, so an instance can never
+take the driver down through its health check.
+
+**Exec checks run inside the instance.** For a process, the check joins the
+instance's cgroup (a ``/bin/sh`` wrapper writes its pid to each
+``cgroup.procs``, then execs the command), in the instance's folder and
+environment, in a process group of its own; a container's check runs through
+its engine (``runc exec``, ``podman exec``, ``docker exec``: the
+container's root filesystem, environment and cgroup). Only the exit status
+counts: stdin is ``/dev/null``, output goes into a pipe read with a bound
+(its tail ends up in the error message) and is not waited for once the
+command has exited, so a check that leaves something running in the
+background (``sleep 60 & exit 0``) still passes. Whatever the check leaves
+in its process group is killed as soon as it exits, or when it times out;
+what escaped the group (``setsid``) is in the instance's cgroup and ends with
+the instance. (A container check that times out is killed on the host side;
+what it started inside the container ends with the container.)
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import os
 import secrets
+import signal
 import socket
 import struct
 import subprocess
@@ -39,6 +61,15 @@ import trio
 
 from nanomesh.errors import RemoteProtocolError
 from nanomesh.runtime.spec import START_POLL, HealthSpec
+
+log = logging.getLogger("nanomesh.runtime")
+
+EXEC_START_POLL = 0.25
+"""Seconds between ``exec`` checks until the first success (other checks use
+:data:`~nanomesh.runtime.spec.START_POLL`, 20 ms): every exec check is a new
+process (through a container engine, 50-200 ms of CPU), so polling as fast as
+a connect would spawn 50 a second on a small device for the whole start
+period. A quarter second still finds a ready service quickly."""
 
 # -- the state machine (pure) ---------------------------------------------------------------
 
@@ -82,11 +113,16 @@ def observe(spec: HealthSpec, health: Health, error: str | None, now: float) -> 
                            last_error=f"no successful check within {spec.start_period:g} s "
                                       f"of the start (last: {error})")
         return replace(health, failures=failures, last_error=error,
-                       next_check=now + START_POLL)
+                       next_check=now + start_poll(spec))
     if failures >= spec.retries:
         return replace(health, state="unhealthy", failures=failures, last_error=error,
                        give_up=True, next_check=math.inf)
     return replace(health, failures=failures, last_error=error, next_check=now + spec.interval)
+
+
+def start_poll(spec: HealthSpec) -> float:
+    """Seconds between checks while a run is ``starting``."""
+    return EXEC_START_POLL if spec.check == "exec" else START_POLL
 
 
 # -- CoAP bytes (RFC 7252 §3) ------------------------------------------------------------------
@@ -173,13 +209,21 @@ class Target:
     port: int | None = None
     cwd: str | None = None
     env: Mapping[str, str] | None = None
+    exec_prefix: tuple[str, ...] | None = None
+    """For a container: the engine's argv that runs a command inside it
+    (``runc --root R exec ID``); the check's command is appended. None: the
+    instance runs on the host."""
+    cgroup_procs: tuple[str, ...] = ()
+    """The instance's ``cgroup.procs`` files, one per hierarchy: a host exec
+    check joins them before it runs (empty: no cgroup on this machine)."""
 
 
 async def probe(spec: HealthSpec, target: Target) -> str | None:
     """Run one check of kind ``spec.check``, at most ``spec.timeout`` seconds.
     None if it passed, else why not."""
     host = _probe_host(target.host)
-    where = f"{host}:{target.port}"
+    where = repr(spec.command[0]) if spec.check == "exec" and spec.command \
+        else f"{host}:{target.port}"
     try:
         with trio.fail_after(spec.timeout):
             match spec.check:
@@ -205,6 +249,32 @@ async def probe(spec: HealthSpec, target: Target) -> str | None:
         return f"{spec.check} {where}: {exc.strerror or exc}"
     except RemoteProtocolError as exc:
         return f"{spec.check} {where}: bad answer ({exc})"
+    except Exception as exc:  # anything else: a failed check, never a crash (docstring)
+        _log_unexpected(spec.check, exc)
+        return f"{spec.check} {where}: bad answer: {_short(exc)}"
+
+
+UNEXPECTED_TEXT = 160
+"""Characters of an unexpected exception's text kept in a check's error."""
+
+_logged_unexpected: set[tuple[str, str]] = set()
+"""(check, exception type) already logged with a traceback: a starting
+instance is checked every 20 ms, so later ones are logged at debug level.
+Bounded by the few check kinds and exception types there are."""
+
+
+def _log_unexpected(check: str, exc: Exception) -> None:
+    key = (check, type(exc).__name__)
+    first = key not in _logged_unexpected
+    _logged_unexpected.add(key)
+    log.log(logging.WARNING if first else logging.DEBUG,
+            "%s health check raised %s (counted as a failed check)%s", check,
+            type(exc).__name__, "" if first else " again", exc_info=True)
+
+
+def _short(exc: Exception) -> str:
+    text = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+    return text if len(text) <= UNEXPECTED_TEXT else text[:UNEXPECTED_TEXT - 3] + "..."
 
 
 def _probe_host(host: str) -> str:
@@ -247,7 +317,8 @@ async def _http(host: str, port: int, path: str) -> str | None:
             head += chunk
     line = head.split(b"\r\n", 1)[0].decode("latin-1")
     parts = line.split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not (
+            len(parts[1]) == 3 and parts[1].isascii() and parts[1].isdigit()):
         raise RemoteProtocolError("malformed", f"not an HTTP status line: {line[:80]!r}")
     if not 200 <= int(parts[1]) < 300:
         return f"http GET {target}: {line.strip()[:120]}"
@@ -326,19 +397,136 @@ async def _zmq(host: str, port: int, path: str, timeout: float) -> str | None:
 
 EXEC_OUTPUT = 200
 """Characters of a failed exec check's output kept in its error message."""
+EXEC_READ_BYTES = 4096
+"""Bytes of an exec check's output kept while it runs (the rest is read and
+dropped, so a chatty check never blocks on a full pipe)."""
+EXEC_REAP_TIMEOUT = 5.0
+"""Seconds to wait for a check killed at its timeout to be reaped (SIGKILL
+takes milliseconds; a process stuck in the kernel is left to the instance's
+cgroup kill)."""
+
+JOIN_CGROUP_SH = ('n=$1; shift; while [ "$n" -gt 0 ]; do '
+                  'echo $$ > "$1" || exit 125; shift; n=$((n - 1)); done; exec "$@"')
+"""``/bin/sh -c`` wrapper: ``sh -c JOIN name N PROCS_1..PROCS_N COMMAND...``
+writes its pid to the N ``cgroup.procs`` files, then becomes the command, so
+the check and everything it starts are in the instance's cgroup from the
+first instruction (writing the pid after the spawn would race its forks)."""
+
+
+def exec_argv(command: tuple[str, ...], target: Target) -> list[str]:
+    """The argv that runs an exec check's ``command`` inside the instance
+    (module docstring)."""
+    if target.exec_prefix is not None:
+        return [*target.exec_prefix, *command]
+    if target.cgroup_procs:
+        return ["/bin/sh", "-c", JOIN_CGROUP_SH, "nanomesh-health",
+                str(len(target.cgroup_procs)), *target.cgroup_procs, *command]
+    return list(command)
 
 
 async def _exec(command: tuple[str, ...], target: Target) -> str | None:
-    env = dict(os.environ if target.env is None else target.env)
+    if target.exec_prefix is not None:  # the engine's client runs on the host
+        env, cwd = dict(os.environ), None
+    else:
+        env = dict(os.environ if target.env is None else target.env)
+        cwd = target.cwd
     try:
-        result = await trio.run_process(list(command), cwd=target.cwd, env=env,
-                                        stdin=b"", capture_stdout=True, stderr=subprocess.STDOUT,
-                                        check=False)
+        rc, output = await run_check(exec_argv(command, target), cwd=cwd, env=env)
     except OSError as exc:
         return f"exec {command[0]!r}: {exc.strerror or exc}"
-    if result.returncode == 0:
+    if rc == 0:
         return None
-    output = result.stdout.decode(errors="replace").strip()
-    tail = output[-EXEC_OUTPUT:].replace("\n", " | ")
-    return f"exec {command[0]!r} exited with {result.returncode}" + (f": {tail}" if tail
-                                                                       else "")
+    text = output.decode(errors="replace").strip()
+    tail = text[-EXEC_OUTPUT:].replace("\n", " | ")
+    return f"exec {command[0]!r} exited with {rc}" + (f": {tail}" if tail else "")
+
+
+async def run_check(argv: list[str], *, cwd: str | None, env: Mapping[str, str]
+                    ) -> tuple[int, bytes]:
+    """Run ``argv`` in a new session (its own process group), stdin
+    ``/dev/null``; return its exit status (``subprocess``-style) and the tail of
+    its output (stdout and stderr) as read by the time it exited. Its process
+    group is SIGKILLed when it exits and when this is cancelled (a timeout)."""
+    read_end, write_end = os.pipe()
+    try:
+        process = await trio.lowlevel.open_process(
+            argv, stdin=subprocess.DEVNULL, stdout=write_end, stderr=write_end, cwd=cwd,
+            env=dict(env), start_new_session=True)
+    except BaseException:
+        os.close(read_end)
+        raise
+    finally:
+        os.close(write_end)
+    os.set_blocking(read_end, False)
+    output = bytearray()
+    pidfd = _pidfd_open(process.pid)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_collect, read_end, output)
+            if pidfd is not None:
+                await trio.lowlevel.wait_readable(pidfd)
+            else:  # Linux < 5.3: reaped here, so no group kill (the pid could be reused)
+                await process.wait()
+            nursery.cancel_scope.cancel()
+        _drain(read_end, output)  # what it wrote before it exited; leftovers are not waited for
+        if pidfd is not None:
+            _kill_group(process.pid)  # a zombie leader still holds the group's id
+        rc = await process.wait()
+    finally:
+        if process.returncode is None:  # cancelled (timed out): not reaped yet
+            _kill_group(process.pid)
+            with trio.CancelScope(shield=True), trio.move_on_after(EXEC_REAP_TIMEOUT):
+                await process.wait()
+        for fd in (read_end, pidfd):
+            if fd is not None:
+                trio.lowlevel.notify_closing(fd)
+                os.close(fd)
+    return rc, bytes(output)
+
+
+async def _collect(fd: int, output: bytearray) -> None:
+    while True:
+        await trio.lowlevel.wait_readable(fd)
+        if not _read_some(fd, output):
+            return
+
+
+def _read_some(fd: int, output: bytearray) -> bool:
+    """Read what is there into ``output`` (keeping its last
+    :data:`EXEC_READ_BYTES`); False at the end of the file."""
+    try:
+        data = os.read(fd, EXEC_READ_BYTES)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    if not data:
+        return False
+    output += data
+    del output[:-EXEC_READ_BYTES]
+    return True
+
+
+def _drain(fd: int, output: bytearray) -> None:
+    """Read what is buffered now, without waiting (bounded: 64 reads)."""
+    for _ in range(64):
+        try:
+            data = os.read(fd, EXEC_READ_BYTES)
+        except OSError:  # BlockingIOError: nothing more buffered
+            return
+        if not data:
+            return
+        output += data
+        del output[:-EXEC_READ_BYTES]
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(OSError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def _pidfd_open(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None

@@ -80,6 +80,11 @@ class Launch:
     enforces_limits: bool = False
     """True if the engine applies ``spec.limits`` itself (runc's config.json,
     ``podman --memory``), so the driver need not."""
+    exec_prefix: tuple[str, ...] | None = None
+    """How to run a command inside this run (``exec`` health checks): the
+    engine's argv the command is appended to (``runc --root R exec ID``,
+    ``podman exec ID``). None: the run is on the host; the driver runs the
+    command in the instance's cgroup, folder and environment."""
 
 
 class Launcher(Protocol):

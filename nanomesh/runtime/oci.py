@@ -47,7 +47,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from nanomesh.runtime.spec import InstanceSpec, Limits
+from nanomesh.runtime.spec import RESERVED_ENV, InstanceSpec, Limits
 
 OCI_VERSION = "1.0.2"
 """The runtime-spec version runc 1.1.5 writes with ``runc spec``."""
@@ -123,14 +123,16 @@ def container_id(iid: str, peer: str = "") -> str:
 
 
 def container_env(spec: InstanceSpec, env: Mapping[str, str]) -> dict[str, str]:
-    """The container's environment: the runtime's contract (every
-    ``NANOMESH_*`` variable of ``env``) and the spec's ``run.env``, over a
-    default ``PATH``, ``HOME`` and ``TERM``. The rest of the daemon's
-    environment stays outside: host paths and settings mean nothing in
-    another root filesystem and may hold secrets."""
+    """The container's environment: the runtime's contract (the variables of
+    ``env`` named in :data:`~nanomesh.runtime.spec.RESERVED_ENV` and the
+    ``NANOMESH_PORT_*`` ones) and the spec's ``run.env``, over a default
+    ``PATH``, ``HOME`` and ``TERM``. The rest of the daemon's environment
+    stays outside: host paths and settings mean nothing in another root
+    filesystem and may hold secrets (other ``NANOMESH_*`` variables included:
+    ``NANOMESH_TOKEN`` is the management token)."""
     out = {"PATH": DEFAULT_PATH, "HOME": "/", "TERM": "dumb"}
     for key, value in env.items():
-        if key.startswith("NANOMESH_") or key in spec.run.env:
+        if key in RESERVED_ENV or key.startswith("NANOMESH_PORT_") or key in spec.run.env:
             out[key] = value
     return out
 

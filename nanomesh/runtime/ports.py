@@ -12,6 +12,12 @@ The kernel picks from its ephemeral range, as ``bind(port=0)`` does for any
 server; a port is only *reserved* among this driver's instances: between the
 check and the instance's own ``bind`` another program could take it (the
 instance then fails and is restarted on a fresh port).
+
+The peer's own ports (`PortAllocator`'s ``reserved``: by default nanomesh's
+default ports, `nanomesh.runtime.spec.RESERVED_PORTS`) are never handed out,
+and a fixed port among them is refused with `PortError` (the validator
+already refuses the defaults; this also covers a document from an older peer
+and a peer configured with other ports).
 """
 
 from __future__ import annotations
@@ -22,10 +28,10 @@ import os
 import secrets
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
-from nanomesh.runtime.spec import RESERVED_ENV, EndpointSpec, InstanceSpec
+from nanomesh.runtime.spec import RESERVED_PORTS, EndpointSpec, InstanceSpec
 
 AUTO_PORT_ATTEMPTS = 32
 """Kernel picks tried before giving up on a free port not held by another
@@ -33,6 +39,10 @@ instance (a collision needs the kernel to hand out a port we hold, rare)."""
 
 TOKEN_BYTES = 32
 """Entropy of an instance token (256 bits, as the management token)."""
+
+ENV_PREFIX = "NANOMESH_"
+"""The daemon's variables with this prefix are never inherited by an instance
+(:func:`instance_env`, :func:`nanomesh.runtime.oci.container_env`)."""
 
 
 class PortError(OSError):
@@ -44,9 +54,12 @@ Endpoint = tuple[str, str, int]
 
 
 class PortAllocator:
-    """Hands out ports for ``"auto"`` endpoints, remembering who holds which."""
+    """Hands out ports for ``"auto"`` endpoints, remembering who holds which.
+    ``reserved``: the peer's own ports (gossip, API, Raft, gateway, events),
+    which no instance may serve on (neither transport)."""
 
-    def __init__(self) -> None:
+    def __init__(self, reserved: Collection[int] = tuple(RESERVED_PORTS)) -> None:
+        self.reserved = frozenset(reserved)
         self._held: dict[str, tuple[Endpoint, ...]] = {}
         self._last: dict[str, dict[str, int]] = {}
 
@@ -57,9 +70,13 @@ class PortAllocator:
         self.release(iid)
         taken = {(_transport(proto), port) for held in self._held.values()
                  for _, proto, port in held}
+        taken |= {(t, port) for t in ("udp", "tcp") for port in self.reserved}
         out: list[Endpoint] = []
         for ep in endpoints:
             port = ep.port
+            if port in self.reserved:
+                raise PortError(f"endpoint {ep.name!r}: port {port} is one of this peer's own "
+                                f"ports ({', '.join(map(str, sorted(self.reserved)))})")
             if port is None:
                 port = self._auto(host_ip, ep, taken, self._last.get(iid, {}).get(ep.name))
             taken.add((_transport(ep.protocol), port))
@@ -161,13 +178,14 @@ def contract_env(values: ContractValues) -> dict[str, str]:
 
 def instance_env(spec: InstanceSpec, values: ContractValues,
                  base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The run's whole environment: ``base`` (the daemon's), the spec's
-    ``run.env``, then the contract (the spec cannot override it: the
-    validator refuses ``NANOMESH_*`` names; and a daemon started by a
-    nanomesh instance does not leak its own contract to its children)."""
+    """The run's whole environment: ``base`` (the daemon's) without any
+    ``NANOMESH_*`` variable, the spec's ``run.env``, then the contract (the
+    spec cannot override it: the validator refuses ``NANOMESH_*`` names).
+    Every ``NANOMESH_*`` an instance sees is one the runtime set for it: the
+    daemon's own (``NANOMESH_TOKEN``, the management token operators export
+    for the CLI; the contract of a daemon itself run as an instance) stay out."""
     base = os.environ if base is None else base
-    inherited = {k: v for k, v in base.items() if not k.startswith("NANOMESH_PORT_")
-                 and k not in RESERVED_ENV}
+    inherited = {k: v for k, v in base.items() if not k.startswith(ENV_PREFIX)}
     inherited["PATH"] = daemon_first_path(inherited.get("PATH", os.defpath))
     return {**inherited, **spec.run.env, **contract_env(values)}
 

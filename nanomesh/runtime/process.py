@@ -90,8 +90,9 @@ CLEANUP_TIMEOUT = 10.0
 after a run; it is killed after that and the failure logged. Removing a
 container takes well under a second; ten covers a loaded device."""
 
-_RECORDABLE: frozenset[State] = frozenset({"fetching", "idle", "failed"})
-"""States :meth:`ProcessDriver.record` may write."""
+_RECORDABLE: frozenset[State] = frozenset({"fetching", "idle", "exited", "failed"})
+"""States :meth:`ProcessDriver.record` may write (``exited``: a run that
+ended before it started, e.g. no longer wanted once its bundle arrived)."""
 
 
 @dataclass(eq=False)
@@ -202,7 +203,7 @@ class ProcessDriver:
     def record(self, iid: str, state: State, message: str = "", *, spec_digest: str = "",
                restarts: int = 0) -> InstanceStatus:
         """Record a state without a process (see InstanceDriver): ``fetching``,
-        ``idle`` or ``failed``."""
+        ``idle``, ``exited`` or ``failed``."""
         if state not in _RECORDABLE:
             raise DriverError(f"record() is for {', '.join(sorted(_RECORDABLE))}, "
                               f"not {state}")
@@ -241,8 +242,11 @@ class ProcessDriver:
         """Start one run of ``iid`` (see :class:`InstanceDriver`). Problems the
         operator can act on (no launcher for the kind, program not found, bad
         ``cwd``, no free port, a cgroup that cannot be made) give a ``failed``
-        status, not an error. Raises :class:`DriverError` if ``iid`` is
-        malformed or active, or the driver is not running."""
+        status, not an error; so does any other exception while starting (a bug,
+        or input nobody foresaw: logged with its traceback as ``BUG``), so no
+        spec can take the caller down. Raises :class:`DriverError` if ``iid``
+        is malformed or active, or the driver is not running; cancellation
+        propagates."""
         if self._nursery is None or self._closing:
             raise DriverError(f"cannot start {iid}: the driver is not running")
         inst = self._begin(iid, ctx.spec_digest, ctx.restarts)
@@ -253,6 +257,12 @@ class ProcessDriver:
                 await self._after_run(inst)
             self._end(inst, "failed", None, f"cannot start: {_os_error(exc)}")
             log.warning("cannot start %s: %s", iid, inst.status.message)
+            return inst.status
+        except Exception as exc:  # not the instance's fault, but its failure, not ours
+            log.exception("BUG: starting %s raised", iid)
+            with trio.CancelScope(shield=True):
+                await self._after_run(inst)
+            self._end(inst, "failed", None, f"cannot start: {type(exc).__name__}: {exc}")
             return inst.status
         except BaseException:
             with trio.CancelScope(shield=True):
@@ -358,31 +368,46 @@ class ProcessDriver:
         launch = inst.launch
         return hc.Target(host=ctx.host_ip, port=port,
                          cwd=None if launch is None else launch.cwd,
-                         env=None if launch is None else launch.env)
+                         env=None if launch is None else launch.env,
+                         exec_prefix=None if launch is None else launch.exec_prefix,
+                         cgroup_procs=() if inst.cgroup is None else tuple(
+                             str(f) for f in inst.cgroup.procs_files))
 
     # ------------------------------------------------------------ health
 
     async def _health(self, inst: _Instance, spec: InstanceSpec, target: hc.Target) -> None:
         """Check the run's health until it ends (:mod:`.health`); on giving up,
-        stop it (the run is then ``failed`` with the reason)."""
+        stop it (the run is then ``failed`` with the reason). It runs in the
+        driver's nursery, so nothing may escape it: an unexpected exception
+        (a bug) is logged and ends the run as unhealthy."""
         assert inst.health_scope is not None
         iid = inst.status.iid
         with inst.health_scope:
-            state = hc.begin(trio.current_time())
-            while True:
-                await trio.sleep_until(state.next_check)
-                error = await hc.probe(spec.health, target)
-                state = hc.observe(spec.health, state, error, trio.current_time())
-                if inst.status.state == "running" and inst.status.health != state.state:
-                    log.info("%s is %s%s", iid, state.state,
-                             f" ({state.last_error})" if state.state != "healthy" else "")
-                    self._set(inst, replace(inst.status, health=state.state))
-                if state.give_up:
-                    inst.unhealthy = state.reason
-                    log.warning("%s: %s: stopping it", iid, state.reason)
-                    assert self._nursery is not None
-                    self._nursery.start_soon(self.stop, iid)
-                    return
+            try:
+                reason = await self._check_until_given_up(inst, spec, target)
+            except Exception as exc:
+                log.exception("BUG: the health checks of %s raised", iid)
+                reason = f"unhealthy: health check error: {type(exc).__name__}: {exc}"
+            inst.unhealthy = reason
+            log.warning("%s: %s: stopping it", iid, reason)
+            assert self._nursery is not None
+            self._nursery.start_soon(self.stop, iid)
+
+    async def _check_until_given_up(self, inst: _Instance, spec: InstanceSpec,
+                                    target: hc.Target) -> str:
+        """Run the checks until the machine gives up; returns why."""
+        iid = inst.status.iid
+        state = hc.begin(trio.current_time())
+        while True:
+            await trio.sleep_until(state.next_check)
+            error = await hc.probe(spec.health, target)
+            state = hc.observe(spec.health, state, error, trio.current_time())
+            if inst.status.state == "running" and inst.status.health != state.state:
+                log.info("%s is %s%s", iid, state.state,
+                         f" ({state.last_error})" if state.state != "healthy" else "")
+                self._set(inst, replace(inst.status, health=state.state))
+            if state.give_up:
+                return state.reason
 
     # ------------------------------------------------------------ exit
 

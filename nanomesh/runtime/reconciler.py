@@ -16,6 +16,21 @@ state only, never "I think I am leader"). The loop, in order, every round:
 
 Instance statuses for gossip come straight from ``driver.status()``; use
 ``driver.wait_changed()`` to learn when to republish.
+
+**Nothing a spec or an instance does may stop this loop** (it runs in the
+daemon's nursery). Each service is reconciled on its own, so an exception
+(a bug, or a spec nobody foresaw: a string that cannot be encoded makes
+:func:`~nanomesh.reconcile.spec_digest` raise) is confined to that service:
+it is logged once with its traceback (``BUG: ...``), and its resting
+instances wanted here are recorded ``failed`` with the message (once: the
+record is not rewritten while the message stays the same, so a spec that
+cannot even be digested is not retried in a tight loop; a changed spec is
+tried at once). Its running instances keep running the spec they started
+with; those no longer wanted here are still stopped. An effect whose
+execution raises is logged the same way, its instance recorded ``failed``
+and held back (no effects for it) for the back-off delay. A start waits for
+a bundle fetch; if the instance is no longer wanted once the bundle is here,
+it is recorded ``exited`` (``"no longer wanted"``) instead of started.
 """
 
 from __future__ import annotations
@@ -23,22 +38,42 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from nanomesh.placement.spec import split_instance_id
 from nanomesh.reconcile import (
+    ACTIVE,
     RESTING,
     BackoffPolicy,
     Effect,
+    InstanceStatus,
+    StartInstance,
+    StopInstance,
     next_retry_at,
     reconcile,
+    restart_delay,
+    spec_digest,
     wanted_here,
 )
 from nanomesh.runtime.driver import DriverError, Fetch, InstanceDriver, StartContext, execute
 
 log = logging.getLogger("nanomesh.runtime")
+
+BUG_TEXT = 300
+"""Characters of an unexpected exception's text kept in an instance's message."""
+
+
+@dataclass
+class _Part:
+    """One service's share of the desired and the actual state."""
+
+    assignments: dict[str, str] = field(default_factory=dict)
+    services: dict[str, Mapping[str, Any]] = field(default_factory=dict)
+    statuses: dict[str, InstanceStatus] = field(default_factory=dict)
 
 
 class Reconciler:
@@ -67,6 +102,11 @@ class Reconciler:
         self._assignments: dict[str, str] = {}
         self._services: dict[str, Mapping[str, Any]] = {}
         self._in_flight: set[str] = set()
+        self._held: dict[str, tuple[float, int]] = {}
+        """Instance id -> (no effects before, consecutive failed executions):
+        an effect whose execution raised is not retried at once."""
+        self._reported: dict[str, str] = {}
+        """Service -> the failure last logged for it (each is logged once)."""
         self._wake = trio.Event()
         self.rounds = 0
         """Reconcile rounds run so far (for tests and statistics)."""
@@ -88,35 +128,139 @@ class Reconciler:
             task_status.started()
             while True:
                 self._wake = trio.Event()
-                deadline = self._round(nursery)
+                try:
+                    deadline = self._round(nursery)
+                except Exception:  # _round contains its own; this is the last line
+                    log.exception("BUG: a reconcile round raised; next round in %g s",
+                                  self.backoff.maximum)
+                    deadline = self._clock() + self.backoff.maximum
                 with trio.move_on_at(math.inf if deadline is None else deadline):
                     await self._wake.wait()
 
     def _round(self, nursery: trio.Nursery) -> float | None:
         self.rounds += 1
         statuses = self.driver.status()
-        effects = reconcile(self.me, self._assignments, self._services, statuses,
-                            self._clock(), self.backoff)
+        now = self._clock()
+        effects: list[Effect] = []
+        deadlines: list[float] = []
+        for service, part in self._partition(statuses).items():
+            try:
+                effects += reconcile(self.me, part.assignments, part.services, part.statuses,
+                                     now, self.backoff)
+                at = next_retry_at(self.me, part.assignments, part.services, part.statuses,
+                                   self.backoff)
+            except Exception as exc:
+                effects += self._broken(service, part, exc, now)
+                continue
+            self._reported.pop(service, None)
+            if at is not None:
+                deadlines.append(at)
+        for iid, (until, _) in list(self._held.items()):
+            if iid not in statuses and iid not in self._assignments:
+                del self._held[iid]  # gone from here: nothing left to hold
+            elif until > now:
+                deadlines.append(until)
+        effects.sort(key=lambda e: not isinstance(e, StopInstance))  # stops first, stable
         for effect in effects:
-            if effect.iid not in self._in_flight:
+            held = self._held.get(effect.iid)
+            if effect.iid not in self._in_flight and (held is None or held[0] <= now):
                 self._in_flight.add(effect.iid)
                 nursery.start_soon(self._carry_out, effect)
         wanted = wanted_here(self.me, self._assignments, self._services)
         for iid, status in statuses.items():
             if status.state in RESTING and iid not in wanted and iid not in self._in_flight:
                 self.driver.forget(iid)
-        return next_retry_at(self.me, self._assignments, self._services, self.driver.status(),
-                             self.backoff)
+        self._reported = {k: v for k, v in self._reported.items() if k in self._services}
+        return min(deadlines, default=None)
+
+    def _partition(self, statuses: Mapping[str, InstanceStatus]) -> dict[str, _Part]:
+        """The desired and actual state split by service, so each service is
+        reconciled on its own (:func:`~nanomesh.reconcile.reconcile` decides
+        per instance, so the union of the parts' effects is the whole's)."""
+        parts: dict[str, _Part] = {}
+        for iid, peer in self._assignments.items():
+            try:
+                service = split_instance_id(iid)[0]
+            except ValueError:
+                continue  # reconcile skips malformed ids too
+            parts.setdefault(service, _Part()).assignments[iid] = peer
+        for iid, status in statuses.items():
+            parts.setdefault(status.service, _Part()).statuses[iid] = status
+        for service, part in parts.items():
+            if service in self._services:
+                part.services[service] = self._services[service]
+        return parts
+
+    def _broken(self, service: str, part: _Part, exc: Exception, now: float) -> list[Effect]:
+        """Reconciling ``service`` raised: log it (once per distinct failure),
+        record its resting instances wanted here ``failed``, and return the
+        stops of its instances that are no longer wanted here."""
+        text = f"{type(exc).__name__}: {exc}"[:BUG_TEXT]
+        spec = part.services.get(service)
+        try:
+            if spec is not None:
+                spec_digest(spec)
+            message = f"cannot reconcile (BUG): {text}"
+        except Exception:
+            message = f"invalid spec: cannot digest it: {text}"
+        if self._reported.get(service) != message:
+            self._reported[service] = message
+            log.error("BUG: reconciling service %s raised (%s); its instances here are "
+                      "left as they are", service, message, exc_info=exc)
+        mine = {iid for iid, peer in part.assignments.items() if peer == self.me}
+        if spec is not None:
+            for iid in sorted(mine - self._in_flight):
+                status = part.statuses.get(iid)
+                if status is not None and (status.state in ACTIVE or (
+                        status.state == "failed" and status.message == message)):
+                    continue
+                self._record_failed(iid, message, "", 0)
+        others = {iid: p for iid, p in part.assignments.items() if p != self.me}
+        rest = {iid: st for iid, st in part.statuses.items() if iid not in mine}
+        try:  # without this peer's instances nothing is digested
+            return [e for e in reconcile(self.me, others, part.services, rest, now,
+                                         self.backoff) if isinstance(e, StopInstance)]
+        except Exception:
+            log.exception("BUG: cannot even stop the unwanted instances of %s", service)
+            return []
+
+    def _still_wanted(self, iid: str) -> bool:
+        return iid in wanted_here(self.me, self._assignments, self._services)
 
     async def _carry_out(self, effect: Effect) -> None:
         try:
             await execute(self.driver, effect, self.context, fetch=self.fetch,
-                          stop_timeout=self.stop_timeout)
+                          stop_timeout=self.stop_timeout, still_wanted=self._still_wanted)
         except DriverError as exc:  # e.g. the driver closed under us at shutdown
             log.warning("could not carry out %s: %s", effect, exc)
+        except Exception as exc:
+            self._execution_failed(effect, exc)
+        else:
+            self._held.pop(effect.iid, None)
         finally:
             self._in_flight.discard(effect.iid)
             self._wake.set()
+
+    def _execution_failed(self, effect: Effect, exc: Exception) -> None:
+        """``effect`` raised: log it, record the instance ``failed`` (unless it
+        is active), and hold its effects back for the back-off delay."""
+        log.error("BUG: carrying out %s raised", effect, exc_info=exc)
+        _, count = self._held.get(effect.iid, (0.0, 0))
+        self._held[effect.iid] = (self._clock() + restart_delay(count, self.backoff), count + 1)
+        if isinstance(effect, StopInstance):
+            return
+        status = self.driver.status().get(effect.iid)
+        if status is not None and status.state in ACTIVE:
+            return
+        restarts = effect.restarts if isinstance(effect, StartInstance) else 0
+        self._record_failed(effect.iid, f"BUG: {type(exc).__name__}: {exc}"[:BUG_TEXT],
+                            effect.spec_digest, restarts)
+
+    def _record_failed(self, iid: str, message: str, digest: str, restarts: int) -> None:
+        try:
+            self.driver.record(iid, "failed", message, spec_digest=digest, restarts=restarts)
+        except Exception:  # the driver refused (closing, active): the log has it
+            log.exception("could not record %s failed (%s)", iid, message)
 
     async def _forward_driver_changes(self) -> None:
         seen = self.driver.version

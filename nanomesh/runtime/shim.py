@@ -347,12 +347,45 @@ def _lifeline_broken() -> bool:
 
 
 def _cgroup_pids(cgroups: list[str]) -> set[int]:
+    """Every process in the instance's cgroups *and the cgroups nested in them*
+    (runc puts a container in a cgroup of its own below the instance's on v1
+    layouts), but the shim."""
     out: set[int] = set()
-    for directory in cgroups:
-        with contextlib.suppress(OSError, ValueError), \
-                open(os.path.join(directory, "cgroup.procs")) as f:
-            out.update(int(p) for p in f.read().split())
+    for top in cgroups:
+        for directory in _cgroup_tree(top):
+            with contextlib.suppress(OSError, ValueError), \
+                    open(os.path.join(directory, "cgroup.procs")) as f:
+                out.update(int(p) for p in f.read().split())
     out.discard(os.getpid())
+    return out
+
+
+CGROUP_WALK_DEPTH = 8
+"""Levels of nested cgroups :func:`_cgroup_tree` descends (an engine nests one
+or two: ``<instance>/<container>``; systemd inside a container a few more)."""
+CGROUP_WALK_DIRS = 1024
+"""Most cgroup directories :func:`_cgroup_tree` returns per instance cgroup:
+the walk stays bounded however many cgroups an instance makes (it can create
+them in its own cgroup where it is delegated); ``cgroup.kill`` and the
+driver's kill are not bounded like this."""
+
+
+def _cgroup_tree(top: str) -> list[str]:
+    """``top`` and the cgroups below it, breadth first, bounded by
+    :data:`CGROUP_WALK_DEPTH` and :data:`CGROUP_WALK_DIRS`."""
+    out = [top]
+    level = [top]
+    for _ in range(CGROUP_WALK_DEPTH):
+        below: list[str] = []
+        for directory in level:
+            with contextlib.suppress(OSError), os.scandir(directory) as entries:
+                below += [e.path for e in entries if e.is_dir(follow_symlinks=False)]
+        room = CGROUP_WALK_DIRS - len(out)
+        below = below[:room]
+        out += below
+        level = below
+        if not level:
+            break
     return out
 
 

@@ -32,6 +32,13 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from nanomesh.config import (
+    DEFAULT_API_PORT,
+    DEFAULT_COAP_PORT,
+    DEFAULT_EVENTS_XPUB_PORT,
+    DEFAULT_EVENTS_XSUB_PORT,
+    DEFAULT_GOSSIP_PORT,
+)
 from nanomesh.placement.spec import SpecError
 
 RESERVED_ENV = frozenset({"NANOMESH_INSTANCE", "NANOMESH_SERVICE", "NANOMESH_HOST",
@@ -194,6 +201,18 @@ START_POLL = 0.02
 """Seconds between checks until the first success: placement-to-healthy is
 a headline number (target 150 ms), so we look often while it matters."""
 MAX_ENDPOINTS = 16
+
+RAFT_PORT = 7948
+"""`nanomesh.consensus.config.DEFAULT_RAFT_PORT`, repeated here because
+importing the consensus package loads pysyncobj (a test keeps them equal)."""
+RESERVED_PORTS: Mapping[int, str] = MappingProxyType({
+    DEFAULT_GOSSIP_PORT: "gossip", DEFAULT_API_PORT: "peer API", RAFT_PORT: "Raft",
+    DEFAULT_COAP_PORT: "CoAP gateway", DEFAULT_EVENTS_XPUB_PORT: "event relay XPUB",
+    DEFAULT_EVENTS_XSUB_PORT: "event relay XSUB"})
+"""nanomesh's default ports (on every peer's IP, where instances bind too),
+refused as an endpoint's fixed port: an instance there fails to bind, or, for
+the CoAP gateway (aiocoap binds with SO_REUSEPORT), silently shares the port
+and gets the gateway's requests, which it may forward back to a gateway."""
 
 
 class SpecFieldError(RunSpecError):
@@ -408,6 +427,9 @@ def _endpoints(value: Any, service: str) -> tuple[EndpointSpec, ...]:
         elif not (isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536):
             raise SpecFieldError(f"{where}.port", f'must be 1-65535 or "auto", got {port!r}',
                                  service)
+        elif port in RESERVED_PORTS:
+            raise SpecFieldError(f"{where}.port", f"{port} is nanomesh's {RESERVED_PORTS[port]} "
+                                 f'port on every peer; choose another port or "auto"', service)
         out.append(EndpointSpec(name, protocol, port))
     return tuple(out)
 
@@ -431,9 +453,7 @@ def _health(value: Any, endpoints: tuple[EndpointSpec, ...], service: str) -> He
             raise SpecFieldError("health.endpoint", f"no endpoint named {endpoint!r}", service)
     elif endpoint is not None:
         raise SpecFieldError("health.endpoint", f"not used by a {check} check", service)
-    path = table.get("path", "")
-    if not isinstance(path, str) or "\0" in path:
-        raise SpecFieldError("health.path", f"must be a string, got {path!r}", service)
+    path = _health_path(table.get("path", ""), service)
     command: tuple[str, ...] = ()
     if check == "exec":
         command = _command(table.get("command"), service)
@@ -455,6 +475,37 @@ def _health(value: Any, endpoints: tuple[EndpointSpec, ...], service: str) -> He
                              service)
     return HealthSpec(check=check, endpoint=endpoint, path=path, command=command,
                       retries=retries, **numbers)
+
+
+HEALTH_PATH_MAX = 1024
+"""Longest ``health.path`` (characters): what the zmq rpc wire accepts for a
+request path; a URL path longer than that is not a health endpoint."""
+HEALTH_SEGMENT_MAX = 255
+"""Longest ``/``-separated segment of ``health.path``, in UTF-8 bytes: a CoAP
+Uri-Path option (RFC 7252 §5.10.1)."""
+
+
+def _health_path(path: Any, service: str) -> str:
+    """``health.path``: printable text (no control characters: it goes into an
+    HTTP request line, a CoAP option, an rpc request), valid UTF-8, at most
+    :data:`HEALTH_PATH_MAX` characters, segments of at most
+    :data:`HEALTH_SEGMENT_MAX` bytes."""
+    if not isinstance(path, str):
+        raise SpecFieldError("health.path", f"must be a string, got {_kind(path)}", service)
+    if len(path) > HEALTH_PATH_MAX:
+        raise SpecFieldError("health.path", f"at most {HEALTH_PATH_MAX} characters, got "
+                             f"{len(path)}", service)
+    try:
+        segments = [s.encode() for s in path.split("/")]
+    except UnicodeEncodeError:
+        raise SpecFieldError("health.path", "not valid UTF-8 text (a lone surrogate?)",
+                             service) from None
+    if not path.isprintable():
+        raise SpecFieldError("health.path", f"must be printable text, got {path!r}", service)
+    if any(len(s) > HEALTH_SEGMENT_MAX for s in segments):
+        raise SpecFieldError("health.path", f"each /-separated segment at most "
+                             f"{HEALTH_SEGMENT_MAX} bytes (UTF-8)", service)
+    return path
 
 
 def _limits(value: Any, service: str) -> Limits:

@@ -274,3 +274,28 @@ async def test_garbage_datagrams_never_crash_a_nanoservice_coap_server() -> None
             resp = await send(aiocoap.GET, f"coap://{host}:{port}/still/here")
         assert str(resp.code) == "2.05 Content" and resp.payload == b"still/here"
         nursery.cancel_scope.cancel()
+
+
+async def test_nanoservice_coap_server_refuses_a_blockwise_body_over_the_limit() -> None:
+    """The SDK's CoAP server stops reassembling a Block1 body at the call body
+    limit (1 MiB): a 2 MiB POST gets 4.13 and the handler never sees it; a
+    64 KiB one still goes through."""
+    from nanomesh.coapio import serve_coap
+    from nanomesh.wire.rpc import MAX_BODY, Request, Response
+
+    seen: list[int] = []
+
+    async def handler(request: Request) -> Response:
+        seen.append(len(request.body))
+        return Response(200, str(len(request.body)).encode())
+
+    host, port = "127.0.50.41", 5683
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_coap, host, port, handler)
+        async with coap_client() as send:
+            big = await send(aiocoap.POST, f"coap://{host}:{port}/up", bytes(2 * MAX_BODY))
+            ok = await send(aiocoap.POST, f"coap://{host}:{port}/up", BIG)
+        nursery.cancel_scope.cancel()
+    assert str(big.code) == "4.13 Request Entity Too Large"
+    assert str(ok.code) == "2.04 Changed" and ok.payload == str(len(BIG)).encode()
+    assert seen == [len(BIG)]

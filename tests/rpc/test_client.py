@@ -94,6 +94,56 @@ async def test_typed_errors(nursery: trio.Nursery) -> None:
             await mesh.call("echo", "x")
 
 
+async def test_post_is_not_repeated_after_an_attempt_that_may_have_run(
+        nursery: trio.Nursery) -> None:
+    """A timed-out or 504-answered POST may have run: it is not retried (one
+    run, not up to 1 + retries), unless the caller says it is idempotent; a GET
+    is retried; a refused connection still fails over for a POST."""
+    runs: collections.Counter[str] = collections.Counter()
+
+    async def slow(req: Request) -> Response:
+        runs[f"{req.method} {req.path}"] += 1
+        if req.path == "slow":
+            await trio.sleep(30)
+        if req.path == "gateway-timeout":
+            return Response(504, error="an instance did not answer")
+        if req.path == "busy":
+            return Response(503, error="busy")
+        return Response(200, b"done")
+
+    address = await nursery.start(serve_rpc, f"{IP_A}:0", slow)
+    port = int(address.split(":")[1])
+    async with fake_peer_api(IP_API) as api:
+        api.services["slow"] = [endpoint_json("slow", "slow/0", IP_A, "api", "zmq", port)]
+        api.services["half"] = [   # one replica refuses connections, the other works
+            endpoint_json("half", "half/0", IP_B, "api", "zmq", free_port(IP_B)),
+            endpoint_json("half", "half/1", IP_A, "api", "zmq", port)]
+        async with connect(api.address) as mesh:
+            with trio.fail_after(30):
+                with pytest.raises(CallTimeout):
+                    await mesh.call("slow", "slow", b"x", method="POST", timeout=0.3)
+                assert runs["POST slow"] == 1
+                with pytest.raises(RemoteError) as info:
+                    await mesh.call("slow", "gateway-timeout", b"x", method="POST")
+                assert info.value.status == 504 and runs["POST gateway-timeout"] == 1
+                with pytest.raises(RemoteError):                      # 503: not served
+                    await mesh.call("slow", "busy", b"x", method="POST")
+                assert runs["POST busy"] == 3
+                with pytest.raises(CallTimeout):
+                    await mesh.call("slow", "slow", b"x", method="POST", timeout=0.3,
+                                    idempotent=True)
+                assert runs["POST slow"] == 1 + 3
+                with pytest.raises(RemoteError):
+                    await mesh.call("slow", "gateway-timeout", method="PUT")
+                assert runs["PUT gateway-timeout"] == 3
+                with pytest.raises(RemoteError):
+                    await mesh.call("slow", "gateway-timeout", idempotent=False)
+                assert runs["GET gateway-timeout"] == 1
+                for _ in range(4):                 # whichever replica comes first
+                    assert (await mesh.call("half", "ok", b"x", method="POST")).body == b"done"
+                assert runs["POST ok"] == 4
+
+
 async def test_coap_gateway_is_used_when_there_is_no_zmq_endpoint(
         nursery: trio.Nursery) -> None:
     seen: list[str] = []

@@ -96,6 +96,59 @@ async def test_relay_drops_garbage_and_carries_on(nursery: trio.Nursery) -> None
     assert got[0][0] == b"ok"
 
 
+async def test_relay_drops_oversize_events_and_carries_on(nursery: trio.Nursery) -> None:
+    """An event over MAX_EVENT never reaches a subscriber, whether one frame is
+    over it (ZeroMQ drops the publisher's connection, which comes back) or
+    only the whole event is; normal events keep flowing after each."""
+    from nanomesh.events import MAX_EVENT
+    from nanomesh.wire.rpc import encode_event
+    xpub, xsub = free_port(IP_A), free_port(IP_A)
+    stats: collections.Counter[str] = collections.Counter()
+    await nursery.start(functools.partial(serve_event_relay, stats=stats), IP_A, xsub, xpub)
+    sub = zmqtrio.socket(zmq.SUB)
+    sub.raw.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.raw.connect(f"tcp://{IP_A}:{xpub}")
+    pub = zmqtrio.socket(zmq.PUB)
+    pub.raw.setsockopt(zmq.RECONNECT_IVL, 50)
+    pub.raw.connect(f"tcp://{IP_A}:{xsub}")
+    got: list[list[bytes]] = []
+
+    async def until_heard(topic: str) -> None:
+        for _ in range(400):
+            pub.send_multipart_nowait(encode_event(topic, "tester", b"1"))
+            with trio.move_on_after(0.05):
+                while True:
+                    got.append(await sub.recv_multipart())
+                    if got[-1][0] == topic.encode():
+                        return
+        raise AssertionError(f"{topic} never relayed")
+
+    huge = encode_event("huge", "tester", bytes(200 * 1024))        # one frame over the cap
+    just_over = encode_event("t" * 200, "tester", bytes(MAX_EVENT - 100))  # only the sum
+    assert len(just_over[1]) < MAX_EVENT < sum(map(len, just_over))
+    async with sub, pub:
+        with trio.fail_after(30):
+            await until_heard("ok/0")
+            pub.send_multipart_nowait(huge)
+            await until_heard("ok/1")
+            pub.send_multipart_nowait(just_over)
+            await until_heard("ok/2")
+    assert all(sum(map(len, frames)) <= MAX_EVENT for frames in got)
+    assert stats["dropped-oversize"] == 1 and stats["relayed"] >= 3
+
+
+def test_publisher_refuses_an_oversize_event() -> None:
+    from nanomesh.events import MAX_EVENT, Publisher
+    sock = zmqtrio.socket(zmq.PUB)
+    try:
+        publisher = Publisher(sock, "me")
+        publisher.publish("small", bytes(MAX_EVENT // 2))
+        with pytest.raises(ValueError, match="exceeds the 65536-byte limit"):
+            publisher.publish("big", bytes(MAX_EVENT))
+    finally:
+        sock.close()
+
+
 async def test_relay_port_in_use_is_a_config_error(nursery: trio.Nursery) -> None:
     xpub, xsub = free_port(IP_B), free_port(IP_B)
     await nursery.start(serve_event_relay, IP_B, xsub, xpub)

@@ -185,3 +185,46 @@ async def test_many_servers_coming_and_going_leave_zeromq_working() -> None:
                 n.cancel_scope.cancel()
             with pytest.raises(RpcError):
                 await zmq_call(address, Request("GET", "gone"), 5)
+
+
+async def test_many_concurrent_calls_stay_under_the_socket_limit() -> None:
+    """400 calls at once to 8 servers would need 1,200 ZeroMQ sockets (3 per
+    link), past libzmq's 1,023: links are capped, the surplus calls wait for
+    one, and every call gets its answer. Pooled links stay under the cap too."""
+    from nanomesh.rpc import MAX_LINKS, _pool
+
+    async def slowish(req: Request) -> Response:
+        await trio.sleep(0.05)
+        return Response(200, req.path.encode())
+
+    answers: dict[int, bytes] = {}
+    async with trio.open_nursery() as servers:
+        addresses = [await servers.start(serve_rpc, f"{IP}:0", slowish) for _ in range(8)]
+
+        async def one(i: int) -> None:
+            reply = await zmq_call(addresses[i % 8], Request("GET", str(i)), 30)
+            answers[i] = reply.body
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as calls:
+                for i in range(400):
+                    calls.start_soon(one, i)
+        idle = sum(map(len, _pool().idle.values()))
+        assert idle <= MAX_LINKS and _pool().slots.value == MAX_LINKS - idle  # no leak
+        servers.cancel_scope.cancel()
+    assert answers == {i: str(i).encode() for i in range(400)}
+
+
+async def test_zeromq_failures_are_rpc_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """libzmq refusing a socket (EMFILE: too many) is an RpcError, not a raw ZMQError."""
+    import errno
+
+    from nanomesh.rpc import MAX_LINKS, _pool
+
+    def no_more(*args: object, **kwargs: object) -> zmqtrio.Socket:
+        raise zmq.ZMQError(errno.EMFILE)
+
+    monkeypatch.setattr(zmqtrio, "socket", no_more)
+    with trio.fail_after(10), pytest.raises(RpcError, match="Too many open files"):
+        await zmq_call(f"{IP}:1", Request("GET", "x"), 5)
+    assert _pool().slots.value == MAX_LINKS                  # the slot came back

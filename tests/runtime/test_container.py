@@ -468,3 +468,38 @@ async def test_podman_runs_an_imported_rootfs_on_the_host_network(rootfs_bundle:
                 await run.process.wait()
             await run.cleanup()
             await launcher.sweep()
+
+
+WAIT_FOR_TERM = """
+trap 'exit 0' TERM
+echo ready
+while :; do sleep 1 & wait $!; done
+"""
+
+
+async def test_an_exec_check_runs_inside_the_container(rootfs_bundle: Path,
+                                                       tmp_path: Path) -> None:
+    """The check sees the container's root filesystem and environment (on the
+    host there is no /www/count), through ``runc exec``."""
+    assert not Path("/www/count").exists()
+    check = 'test -f /www/count && test "$NANOMESH_INSTANCE" = ctr/0 && test "$(hostname)" = ctr'
+    spec = container_spec(WAIT_FOR_TERM, health={"check": "exec", "start_period": 10,
+                                                 "command": ["/bin/sh", "-c", check]})
+    async with container_driver(tmp_path, stop_timeout=2.0) as (driver, runc):
+        status = await driver.start("ctr/0", spec, start_context(tmp_path, rootfs_bundle))
+        assert status.state == "running", status.message
+        status = await wait_status(driver, "ctr/0",
+                                   lambda s: s.health == "healthy" or s.state != "running")
+        assert status.health == "healthy", status
+        final = await driver.stop("ctr/0")
+        assert final is not None and final.state == "exited", final
+        assert runc_list(runc) == []
+
+
+def test_exec_argv_of_the_engines(tmp_path: Path) -> None:
+    runc = RuncLauncher(tmp_path, peer="p", layout="none")
+    assert runc.exec_argv("svc/0", ["true"]) == ("runc", "--root", str(tmp_path / "runc"),
+                                                 "exec", "nm-svc-0-p", "true")
+    podman = PodmanLauncher(peer="p")
+    assert podman.exec_argv("svc/0", ("sh", "-c", "x")) == ("podman", "exec", "nm-svc-0-p",
+                                                            "sh", "-c", "x")

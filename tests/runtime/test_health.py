@@ -224,7 +224,7 @@ async def test_exec_probe_runs_in_the_instance_folder_and_environment(tmp_path: 
     failing = HealthSpec(check="exec", command=("sh", "-c", "echo broken; exit 3"))
     assert await probe(failing, Target(HOST)) == "exec 'sh' exited with 3: broken"
     slow = HealthSpec(check="exec", command=("sleep", "10"), timeout=0.2)
-    assert await probe(slow, Target(HOST)) == f"exec {HOST}:None: no answer within 0.2 s"
+    assert await probe(slow, Target(HOST)) == "exec 'sleep': no answer within 0.2 s"
     missing = HealthSpec(check="exec", command=("no-such-probe-xyz",))
     error = await probe(missing, Target(HOST))
     assert error is not None and "no-such-probe-xyz" in error

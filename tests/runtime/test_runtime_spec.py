@@ -94,3 +94,39 @@ def test_open_log_rotates_only_over_the_cap(tmp_path: Path) -> None:
 
 def test_append_line_is_best_effort(tmp_path: Path) -> None:
     append_line(tmp_path / "missing-dir" / "x.log", "nothing happens")
+
+
+def test_fixed_endpoint_ports_that_are_nanomesh_ports_are_refused() -> None:
+    from nanomesh.config import (
+        DEFAULT_API_PORT,
+        DEFAULT_COAP_PORT,
+        DEFAULT_EVENTS_XPUB_PORT,
+        DEFAULT_EVENTS_XSUB_PORT,
+        DEFAULT_GOSSIP_PORT,
+    )
+    from nanomesh.consensus.config import DEFAULT_RAFT_PORT
+    from nanomesh.runtime.spec import RESERVED_PORTS, SpecFieldError, runtime_sections
+    assert set(RESERVED_PORTS) == {DEFAULT_GOSSIP_PORT, DEFAULT_API_PORT, DEFAULT_RAFT_PORT,
+                                   DEFAULT_COAP_PORT, DEFAULT_EVENTS_XPUB_PORT,
+                                   DEFAULT_EVENTS_XSUB_PORT}
+    for port in RESERVED_PORTS:
+        doc = {"run": {"command": ["x"]},
+               "endpoints": [{"name": "api", "protocol": "coap", "port": port}]}
+        with pytest.raises(SpecFieldError, match=rf"endpoints\[0\]\.port: {port} is nanomesh"):
+            runtime_sections(doc)
+    ok = {"run": {"command": ["x"]},
+          "endpoints": [{"name": "api", "protocol": "coap", "port": 5684}]}
+    assert runtime_sections(ok)["endpoints"][0]["port"] == 5684
+
+
+def test_port_allocator_keeps_the_peers_own_ports() -> None:
+    from nanomesh.runtime.ports import PortAllocator, PortError
+    from nanomesh.runtime.spec import EndpointSpec
+    ports = PortAllocator(reserved=[5683, 17000])
+    with pytest.raises(PortError, match="port 17000 is one of this peer's own ports"):
+        ports.allocate("svc/0", "127.0.0.1", (EndpointSpec("api", "zmq", 17000),))
+    assert ports.held() == {}
+    got = ports.allocate("svc/0", "127.0.0.1", (EndpointSpec("api", "zmq", 17001),))
+    assert got == (("api", "zmq", 17001),)
+    with pytest.raises(PortError, match="port 5683"):
+        PortAllocator().allocate("svc/1", "127.0.0.1", (EndpointSpec("c", "coap", 5683),))

@@ -199,3 +199,77 @@ async def test_the_shim_copies_output_and_rotates_the_log(tmp_path: Path) -> Non
     assert (old + new).count("\n") == len((old + new).splitlines())  # whole lines only
     assert lifeline is not None
     os.close(lifeline)
+
+
+def test_the_shim_finds_processes_in_nested_cgroups(tmp_path: Path) -> None:
+    """runc nests a container's cgroup in the instance's on v1 layouts; the
+    shim, orphaned, must see (and kill) what is in there too."""
+    from nanomesh.runtime import shim
+
+    top = tmp_path / "instance"
+    (top / "ctr" / "deeper").mkdir(parents=True)
+    (top / "cgroup.procs").write_text(f"{os.getpid()}\n11\n")
+    (top / "ctr" / "cgroup.procs").write_text("22\n23\n")
+    (top / "ctr" / "deeper" / "cgroup.procs").write_text("33\n")
+    assert shim._cgroup_pids([str(top)]) == {11, 22, 23, 33}
+
+
+def test_the_nested_cgroup_walk_is_bounded(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from nanomesh.runtime import shim
+
+    deep = tmp_path
+    for i in range(12):
+        deep = deep / f"l{i}"
+    deep.mkdir(parents=True)
+    for i in range(5):
+        (tmp_path / f"w{i}").mkdir()
+    tree = shim._cgroup_tree(str(tmp_path))
+    assert len(tree) == 1 + 5 + shim.CGROUP_WALK_DEPTH  # depth-bounded
+    monkeypatch.setattr(shim, "CGROUP_WALK_DIRS", 4)
+    assert len(shim._cgroup_tree(str(tmp_path))) == 4  # count-bounded
+
+
+V1_PIDS = Path("/sys/fs/cgroup/pids")
+MOVES_GRANDCHILD = """
+import os, signal, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+if os.fork() == 0:
+    os.setsid()  # out of the group: only the cgroup walk can find it
+    with open(sys.argv[1], "w") as f:
+        f.write(str(os.getpid()))
+    tmp = sys.argv[2] + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(str(os.getpid()))
+    os.rename(tmp, sys.argv[2])
+    time.sleep(60)
+    sys.exit(0)
+time.sleep(60)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not (V1_PIDS / "cgroup.procs").exists(),
+                    reason="needs root and a cgroup v1 pids hierarchy")
+async def test_an_orphaned_shim_kills_a_process_in_a_nested_v1_cgroup(tmp_path: Path) -> None:
+    top = V1_PIDS / f"nanomesh-test-nested-{os.getpid()}"
+    sub = top / "ctr"
+    sub.mkdir(parents=True)
+    pidfile = tmp_path / "gc.pid"
+    try:
+        shim, lifeline = await run_shim(
+            ["--grace", "0.2", "--cgroup", str(top), "--", PY, "-c", MOVES_GRANDCHILD,
+             str(sub / "cgroup.procs"), str(pidfile)], tmp_path / "log")
+        (grandchild,) = await read_pids(pidfile)
+        assert f":pids:/{top.name}/ctr" in Path(f"/proc/{grandchild}/cgroup").read_text()
+        assert lifeline is not None
+        os.close(lifeline)  # the daemon dies (SIGKILL): no cgroup.kill in v1
+        with trio.fail_after(15):
+            await shim.wait()
+        await wait_until(lambda: gone(grandchild), "the process in the nested cgroup gone")
+    finally:
+        for pid in (sub / "cgroup.procs").read_text().split() + \
+                (top / "cgroup.procs").read_text().split():
+            os.kill(int(pid), signal.SIGKILL)
+        await wait_until(lambda: not (sub / "cgroup.procs").read_text().strip(), "empty")
+        sub.rmdir()
+        top.rmdir()
