@@ -316,15 +316,14 @@ def save_seed(name: str, path: Path, peer: str, token: str | None, timeout: floa
 def _leader_api(peer: str) -> str:
     """The API of the Raft leader as ``peer`` knows it (else ``peer`` itself)."""
     from nanomesh.apiclient import get_json
+    from nanomesh.config import member_api
 
     leader = get_json(peer, "/v1/status").get("leader")
     for member in get_json(peer, "/v1/members"):
         profile = member.get("profile") or {}
         raft = profile.get("raft") if isinstance(profile, dict) else None
         if leader and isinstance(raft, dict) and raft.get("addr") == leader:
-            api = _api_of(member)
-            if api:
-                return api
+            return member_api(member)
     return peer
 
 
@@ -334,6 +333,7 @@ def _bundle_bytes(sha: str, peer: str, token: str | None) -> bytes:
     an instance), and ``peer`` may be neither."""
     from nanomesh.apiclient import ApiError, get_json, request_bytes
     from nanomesh.bundles import holders_index, holders_of
+    from nanomesh.config import member_api
 
     path = f"/v1/bundles/{sha}"
     try:
@@ -344,10 +344,10 @@ def _bundle_bytes(sha: str, peer: str, token: str | None) -> bytes:
         first = exc
     members = [m for m in get_json(peer, "/v1/members") if m.get("state") == "alive"]
     holders = holders_of(sha, holders_index((m["name"], m.get("profile")) for m in members))
-    apis = {m["name"]: _api_of(m) for m in members}
+    apis = {m["name"]: member_api(m) for m in members}
     for name in holders:
-        api = apis.get(name)
-        if api is None or api == peer:
+        api = apis[name]
+        if api == peer:
             continue
         try:
             return request_bytes("GET", api, path, token=token, timeout=120.0)
@@ -372,12 +372,13 @@ def mode_command(args: argparse.Namespace) -> int:
 
 
 def logs_command(args: argparse.Namespace) -> int:
-    from nanomesh.apiclient import ApiError, get_json
+    from nanomesh.apiclient import ApiError, get_json, request_json
     from nanomesh.cli import _peer_api, _token
+    from nanomesh.config import member_api
 
     peer, token = _peer_api(args.peer), _token(args)
     placement = get_json(peer, "/v1/placement")
-    apis = {m["name"]: _api_of(m) for m in get_json(peer, "/v1/members")}
+    apis = {m["name"]: member_api(m) for m in get_json(peer, "/v1/members")}
     wanted = [i for i in placement["instances"] if i["service"] == args.name
               and (args.instance is None or i["instance"] == f"{args.name}/{args.instance}")]
     if not wanted:
@@ -389,7 +390,7 @@ def logs_command(args: argparse.Namespace) -> int:
                 f"?lines={args.lines}")
         print(f"==> {inst['instance']} on {inst['peer']} ({inst['state']}) <==")
         try:
-            reply = _get_with_token(apis.get(inst["peer"]) or peer, path, token)
+            reply = request_json("GET", apis.get(inst["peer"], peer), path, token=token)
         except ApiError as exc:
             print(f"   (no log: {exc})")
             failures += 1
@@ -399,24 +400,13 @@ def logs_command(args: argparse.Namespace) -> int:
     return 1 if failures == len(wanted) else 0
 
 
-def _get_with_token(peer: str, path: str, token: str | None) -> Any:
-    from nanomesh.apiclient import request_json
-
-    return request_json("GET", peer, path, token=token)
-
-
-def _api_of(member: dict[str, Any]) -> str | None:
-    profile = member.get("profile") or {}
-    api = profile.get("peer", {}).get("api") if isinstance(profile.get("peer"), dict) else None
-    return api if isinstance(api, str) else None
-
-
 # ------------------------------------------------------------------ resolve / call
 
 
 def resolve_command(args: argparse.Namespace) -> int:
     from nanomesh.apiclient import get_json
     from nanomesh.cli import _peer_api, _print_table
+    from nanomesh.config import host_port
 
     query = {k: v for k, v in (("protocol", args.protocol), ("all", "1" if args.all else None))
              if v}
@@ -435,15 +425,9 @@ def resolve_command(args: argparse.Namespace) -> int:
     rows: list[tuple[str, ...]] = [("INSTANCE", "PEER", "ENDPOINT", "PROTOCOL", "ADDRESS",
                                     "HEALTH")]
     rows += [(e["instance"], e["peer"], e["name"], e["protocol"],
-              _address(e["host"], e["port"]), e["health"]) for e in endpoints]
+              host_port(e["host"], e["port"]), e["health"]) for e in endpoints]
     _print_table(rows)
     return 0
-
-
-def _address(host: str, port: int) -> str:
-    from nanomesh.config import host_port
-
-    return host_port(host, port)
 
 
 def call_command(args: argparse.Namespace) -> int:

@@ -32,6 +32,7 @@ import ipaddress
 import os
 import socket
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,23 @@ def parse_address(text: str, default_port: int, what: str = "address") -> Addres
 def host_port(host: str, port: int) -> str:
     """``IP:PORT`` as a URL wants it (IPv6 in brackets); inverse of `parse_address`."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def api_address(profile: Mapping[str, Any] | None, gossip_ip: str) -> str:
+    """The API ``ip:port`` a peer advertises in its gossiped profile, else the
+    default port on its gossip IP (for the daemon and the CLI alike)."""
+    peer = (profile or {}).get("peer")
+    api = peer.get("api") if isinstance(peer, dict) else None
+    if isinstance(api, str) and api:
+        return api
+    return host_port(gossip_ip, DEFAULT_API_PORT)
+
+
+def member_api(member: Mapping[str, Any]) -> str:
+    """`api_address` of a member as ``GET /v1/members`` returns it."""
+    profile = member.get("profile")
+    gossip_ip = parse_address(str(member.get("address", "")), DEFAULT_GOSSIP_PORT)[0]
+    return api_address(profile if isinstance(profile, Mapping) else None, gossip_ip)
 
 
 def _port(text: str, what: str, whole: str) -> int:

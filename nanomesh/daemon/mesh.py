@@ -45,7 +45,7 @@ from nanomesh.bundles import (
     holders_index,
     holders_of,
 )
-from nanomesh.config import DEFAULT_API_PORT, host_port
+from nanomesh.config import api_address, host_port
 from nanomesh.consensus import ConsensusError, ConsensusNode, RaftTiming, StalePlanError
 from nanomesh.consensus.roles import RaftRoleManager, RoleConfig, voters_from_profiles
 from nanomesh.consensus.voters import PeerInfo, peer_info
@@ -431,15 +431,6 @@ def instances_section(statuses: Mapping[str, InstanceStatus]) -> dict[str, dict[
                   "endpoints": {name: {"protocol": protocol, "port": port}
                                 for name, protocol, port in s.endpoints}}
             for iid, s in sorted(statuses.items())}
-
-
-def api_address(profile: Mapping[str, Any] | None, gossip_ip: str) -> str:
-    """The API ``ip:port`` a peer advertises in its profile, else the default."""
-    peer = (profile or {}).get("peer")
-    api = peer.get("api") if isinstance(peer, dict) else None
-    if isinstance(api, str) and api:
-        return api
-    return host_port(gossip_ip, DEFAULT_API_PORT)
 
 
 
