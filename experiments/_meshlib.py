@@ -64,6 +64,20 @@ def experiment_parser(doc: str, peers: int, peers_help: str) -> argparse.Argumen
     return p
 
 
+def add_run_options(p: argparse.ArgumentParser, *, name: str | None,
+                    name_help: str = "result file stem",
+                    subnet: str | None = None, first_octet: int = 1) -> None:
+    """The run options of the experiments that start real daemons:
+    ``--first-octet`` (with ``subnet``, e.g. ``"127.0.60"``), ``--name`` (the
+    result file stem) and ``--max-load`` (see `wait_for_quiet`)."""
+    if subnet is not None:
+        p.add_argument("--first-octet", type=int, default=first_octet,
+                       help=f"peers use {subnet}.FIRST .. FIRST+N-1 (default {first_octet})")
+    p.add_argument("--name", default=name, help=name_help)
+    p.add_argument("--max-load", type=float, default=1.5,
+                   help="wait until the 1-min load average is at most this before starting")
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100): the smallest value with at least
     q % of the values at or below it. With 50 values, p99 is the maximum."""

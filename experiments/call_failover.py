@@ -254,11 +254,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--heal-timeout", type=float, default=120.0,
                    help="seconds to wait for a healthy mesh after a restart (default 120)")
     p.add_argument("--seed", type=int, default=1, help="RNG seed for choosing the caller")
-    p.add_argument("--first-octet", type=int, default=41,
-                   help="peers use 127.0.60.FIRST .. FIRST+N-1 (default 41)")
-    p.add_argument("--name", default="call_failover", help="result file stem")
-    p.add_argument("--max-load", type=float, default=1.5,
-                   help="wait until the 1-min load average is at most this before starting")
+    ml.add_run_options(p, name="call_failover", subnet="127.0.60", first_octet=41)
     args = p.parse_args()
     if args.trials is None:
         args.trials = 3 if args.quick else 12

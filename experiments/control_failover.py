@@ -390,11 +390,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--cleanup-every", type=int, default=10,
                    help="delete the probe services every this many trials (default 10)")
     p.add_argument("--seed", type=int, default=1, help="RNG seed for choosing the writer")
-    p.add_argument("--first-octet", type=int, default=1,
-                   help="peers use 127.0.60.FIRST .. FIRST+N-1 (default 1)")
-    p.add_argument("--name", default="control_failover", help="result file stem")
-    p.add_argument("--max-load", type=float, default=1.5,
-                   help="wait until the 1-min load average is at most this before starting")
+    ml.add_run_options(p, name="control_failover", subnet="127.0.60", first_octet=1)
     p.add_argument("--keep-logs", type=Path, default=None,
                    help="copy the peers' logs to this directory at the end")
     args = p.parse_args()

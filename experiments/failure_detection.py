@@ -48,12 +48,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--settle", type=float, default=2.0,
                    help="seconds of quiet after the victim is back, before the next kill")
     p.add_argument("--seed", type=int, default=1, help="RNG seed for choosing victims")
-    p.add_argument("--first-octet", type=int, default=1,
-                   help="peers use 127.0.20.FIRST .. FIRST+N-1 (default 1)")
-    p.add_argument("--name", default=None,
-                   help="result file stem (default failure_detection[_PRESET])")
-    p.add_argument("--max-load", type=float, default=1.5,
-                   help="wait until the 1-min load average is below this before starting")
+    ml.add_run_options(p, name=None, name_help="result file stem (default "
+                       "failure_detection[_PRESET])", subnet="127.0.20", first_octet=1)
     p.add_argument("--keep-logs", type=Path, default=None,
                    help="copy the peers' logs to this directory at the end")
     args = p.parse_args()

@@ -64,9 +64,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="short run: 30 s of loss")
     p.add_argument("--loss", type=float, default=0.10,
                    help="fraction of inbound packets dropped at every host (default 0.10)")
-    p.add_argument("--name", default="false_positives", help="result file stem")
-    p.add_argument("--max-load", type=float, default=1.5,
-                   help="wait until the 1-min load average is below this before starting")
+    ml.add_run_options(p, name="false_positives")
     p.add_argument("--keep-logs", type=Path, default=None,
                    help="copy the peers' logs to this directory at the end")
     args = p.parse_args()

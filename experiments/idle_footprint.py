@@ -47,13 +47,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="short run: 15 s window")
     p.add_argument("--settle", type=float, default=10.0,
                    help="seconds between convergence and the window (default 10)")
-    p.add_argument("--first-octet", type=int, default=101,
-                   help="peers use 127.0.20.FIRST .. FIRST+N-1 (default 101)")
+    ml.add_run_options(p, name="idle_footprint", subnet="127.0.20", first_octet=101)
     p.add_argument("--sample-every", type=float, default=5.0,
                    help="seconds between RSS samples (default 5)")
-    p.add_argument("--name", default="idle_footprint", help="result file stem")
-    p.add_argument("--max-load", type=float, default=1.5,
-                   help="wait until the 1-min load average is below this before starting")
     args = p.parse_args()
     if args.duration is None:
         args.duration = 15.0 if args.quick else 60.0

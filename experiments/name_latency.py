@@ -292,11 +292,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="short run: 500 requests per path")
     p.add_argument("--concurrency", type=int, default=16,
                    help="concurrent tasks for the throughput runs (default 16)")
-    p.add_argument("--first-octet", type=int, default=31,
-                   help="peers use 127.0.60.FIRST .. FIRST+N-1 (default 31)")
-    p.add_argument("--name", default="name_latency", help="result file stem")
-    p.add_argument("--max-load", type=float, default=1.5,
-                   help="wait until the 1-min load average is at most this before starting")
+    ml.add_run_options(p, name="name_latency", subnet="127.0.60", first_octet=31)
     args = p.parse_args()
     if args.requests is None:
         args.requests = 500 if args.quick else 2000

@@ -269,11 +269,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--heal-timeout", type=float, default=120.0,
                    help="seconds to wait for a healthy, settled mesh (default 120)")
     p.add_argument("--seed", type=int, default=1, help="RNG seed for choosing victims")
-    p.add_argument("--first-octet", type=int, default=11,
-                   help="peers use 127.0.60.FIRST .. FIRST+N-1 (default 11)")
-    p.add_argument("--name", default="reschedule", help="result file stem")
-    p.add_argument("--max-load", type=float, default=1.5,
-                   help="wait until the 1-min load average is at most this before starting")
+    ml.add_run_options(p, name="reschedule", subnet="127.0.60", first_octet=11)
     p.add_argument("--keep-logs", type=Path, default=None,
                    help="copy the peers' logs to this directory at the end")
     args = p.parse_args()
