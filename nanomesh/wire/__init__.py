@@ -10,6 +10,7 @@ from nanomesh.wire.envelope import (
     PROTOCOL_MIN,
     PROTOCOL_VERSION,
     Keyring,
+    derive_secret,
     frame,
     frame_length,
     generate_key,
@@ -55,7 +56,7 @@ __all__ = [
     "Event", "IndirectPing", "Keyring", "MemberDigest", "MemberState", "Message", "MessageType",
     "Nack", "Ping", "ProfileRecord", "ProfileReply", "ProfileRequest", "PushPull", "PushPullReply",
     "Request", "Response", "StreamMessage", "Suspect", "decode_event", "decode_request",
-    "decode_response", "encode_event", "encode_request", "encode_response", "frame",
-    "frame_length", "generate_key", "open_envelope", "pack_message_obj", "pack_messages", "seal",
-    "unpack_messages",
+    "decode_response", "derive_secret", "encode_event", "encode_request", "encode_response",
+    "frame", "frame_length", "generate_key", "open_envelope", "pack_message_obj", "pack_messages",
+    "seal", "unpack_messages",
 ]

@@ -26,7 +26,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from nanomesh.errors import ConfigError, RemoteProtocolError
 from nanomesh.wire.codec import pack_messages, unpack_messages
@@ -95,6 +97,20 @@ class Keyring:
     def enabled(self) -> bool:
         return bool(self._keys)
 
+    def derive(self, purpose: str) -> bytes:
+        """A 32-byte secret for one `purpose` (e.g. ``"raft"``, ``"internal-api"``,
+        ``"service-curve"``), derived from the *primary* key: what this peer
+        presents. ConfigError without a key: every credential of the mesh comes
+        from secret material, never from a constant."""
+        if not self._keys:
+            raise ConfigError("no cluster key: nothing to derive credentials from")
+        return derive_secret(self._keys[0], purpose)
+
+    def derive_all(self, purpose: str) -> tuple[bytes, ...]:
+        """The `purpose` secret of every installed key, primary first: what
+        this peer accepts, so a rolling key rotation never splits the mesh."""
+        return tuple(derive_secret(key, purpose) for key in self._keys)
+
     @property
     def keys(self) -> Sequence[bytes]:
         return tuple(self._keys)
@@ -125,6 +141,13 @@ class Keyring:
         if not keys:
             raise ConfigError(f"key file {path} holds no key")
         return cls(keys)
+
+
+def derive_secret(key: bytes, purpose: str) -> bytes:
+    """HKDF-SHA256 of a cluster key, bound to `purpose` (RFC 5869): secrets for
+    different uses never coincide, and none reveals the key."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=b"nanomesh-v1",
+                info=purpose.encode()).derive(key)
 
 
 def generate_key() -> str:

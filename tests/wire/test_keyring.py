@@ -294,3 +294,22 @@ def test_frame_refuses_to_send_an_oversized_envelope() -> None:
     assert frame_length(frame(b"\x00" * MAX_FRAME)[:4]) == MAX_FRAME
     with pytest.raises(ValueError, match="MAX_FRAME"):
         frame(b"\x00" * (MAX_FRAME + 1))
+
+
+def test_derived_secrets_depend_on_the_key_and_the_purpose() -> None:
+    """Issue 8.2: internal credentials come from secret material only."""
+    a, b = Keyring([bytes(32)]), Keyring([bytes([1]) * 32])
+    assert a.derive("internal-api") != b.derive("internal-api")
+    assert a.derive("internal-api") != a.derive("raft")
+    assert len(a.derive("raft")) == 32
+
+
+def test_derive_all_lists_every_installed_key_primary_first() -> None:
+    ring = Keyring([bytes(32), bytes([1]) * 32])
+    assert ring.derive_all("raft") == (ring.derive("raft"),
+                                       Keyring([bytes([1]) * 32]).derive("raft"))
+
+
+def test_derive_without_a_key_is_refused() -> None:
+    with pytest.raises(ConfigError):
+        Keyring().derive("raft")
