@@ -16,6 +16,7 @@ import secrets
 from pathlib import Path
 
 from nanomesh.errors import ConfigError
+from nanomesh.wire import Keyring
 
 TOKEN_FILE = "management.token"
 TOKEN_META_KEY = "token_sha256"
@@ -67,3 +68,22 @@ def read_token_file(path: Path) -> str:
     if not token:
         raise ConfigError(f"token file {path} is empty")
     return token
+
+
+INTERNAL_PURPOSE = "internal-api"
+"""`Keyring.derive` purpose of the secret peers present to each other's API
+(``/v1/internal/*``, bundle transfers)."""
+
+
+def internal_secret(keyring: Keyring) -> str:
+    """The bearer secret this peer presents on peer-to-peer API calls: derived
+    from the primary cluster key, so only members know it (never a constant)."""
+    return keyring.derive(INTERNAL_PURPOSE).hex()
+
+
+def is_internal_caller(presented: str | None, keyring: Keyring) -> bool:
+    """Does `presented` come from a member? Any installed key's secret counts,
+    so peers whose primary keys differ during a rotation still trust each
+    other."""
+    return any(secret_matches(presented, secret.hex())
+               for secret in keyring.derive_all(INTERNAL_PURPOSE))

@@ -64,8 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", type=Path, metavar="FILE",
                      help="peer config TOML (see peers/*.toml); flags override it")
     run.add_argument("--key-file", type=Path, metavar="FILE",
-                     help="cluster keyring: base64 keys, one per line, primary first. "
-                     "Without it gossip is unencrypted")
+                     help="cluster keyring: base64 keys, one per line, primary first "
+                     "(nanomesh keygen). Required to --join; the first peer without one "
+                     "generates DATA_DIR/cluster.key, to copy to the other devices")
     run.add_argument("--api-port", type=int, metavar="PORT", help="HTTP API port (default 7947)")
     run.add_argument("--coap-port", type=int, metavar="PORT",
                      help="CoAP gateway port, UDP (default 5683; 0: no gateway)")
@@ -89,9 +90,11 @@ def _parser() -> argparse.ArgumentParser:
     profile.set_defaults(func=_profile)
 
     from nanomesh.cli_bundles import add_registry_commands
+    from nanomesh.cli_keys import add_key_commands
     from nanomesh.cli_runtime import add_runtime_commands
     add_runtime_commands(sub, PEER_HELP, _token_args)
     add_registry_commands(sub)
+    add_key_commands(sub, PEER_HELP, _token_args)
 
     for name, func, text in (
             ("services", _services, "list the desired services"),
@@ -113,8 +116,6 @@ def _parser() -> argparse.ArgumentParser:
                         "else ~/.local/state/nanomesh/lab)")
     lab_up.add_argument("--preset", default="local", choices=list(PRESETS),
                         help="gossip timing preset (default local)")
-    lab_up.add_argument("--no-encrypt", action="store_true",
-                        help="run without a cluster key (default: generate one)")
     lab_up.set_defaults(func=_lab_up)
     for action, func, text in (("status", _lab_status, "show the lab's peers"),
                                ("down", _lab_down, "stop every lab peer (graceful leave)")):
@@ -184,7 +185,7 @@ def _peer_run(args: argparse.Namespace) -> int:
     from nanomesh.config import build_config
     from nanomesh.daemon.peer import PeerDaemon
     from nanomesh.daemon.profile import ProfileSource
-    from nanomesh.wire import Keyring
+    from nanomesh.keys import resolve_keyring
 
     config = build_config(config_file=args.config, name=args.name, bind=args.bind,
                           join=args.join, data_dir=args.data_dir, key_file=args.key_file,
@@ -193,11 +194,8 @@ def _peer_run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level, stream=sys.stderr,
         format=f"%(asctime)s {config.name} %(levelname)s %(name)s: %(message)s")
-    keyring = Keyring.from_file(config.key_file) if config.key_file else Keyring()
-    if not keyring.enabled:
-        logging.getLogger("nanomesh.peer").warning(
-            "no --key-file: gossip is NOT encrypted or authenticated")
-    daemon = PeerDaemon(config, keyring, ProfileSource(config))
+    keyring, key_path = resolve_keyring(config)
+    daemon = PeerDaemon(config, keyring, ProfileSource(config), key_path=key_path)
     try:
         trio.run(daemon.run)
     except OSError as exc:
@@ -361,7 +359,7 @@ def _lab_up(args: argparse.Namespace) -> int:
     from nanomesh import lab
 
     lab_dir = _lab_dir(args)
-    peers = lab.up(args.n, lab_dir, preset=args.preset, encrypt=not args.no_encrypt)
+    peers = lab.up(args.n, lab_dir, preset=args.preset)
     print(f"mesh of {len(peers)} peers is up:")
     for p in peers:
         print(f"  {p.name}  gossip {p.ip}:{p.gossip_port}  api http://{p.api}  pid {p.pid}  "

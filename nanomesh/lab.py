@@ -99,9 +99,10 @@ def alive(pid: int) -> bool:
     return state != "Z" and b"nanomesh" in cmdline and b"peer" in cmdline
 
 
-def up(n: int, lab_dir: Path, preset: str = "local", encrypt: bool = True,
+def up(n: int, lab_dir: Path, preset: str = "local",
        say: Callable[[str], None] = print) -> list[LabPeer]:
-    """Start `n` peers joined into one mesh; return once they all see each other."""
+    """Start `n` peers joined into one mesh; return once they all see each other.
+    They share LAB_DIR/cluster.key, generated on the first `up` and kept."""
     if not 1 <= n <= 250:
         raise LabError("a lab has 1 to 250 peers")
     running = [p for p in load_state(lab_dir) if alive(p.pid)]
@@ -110,7 +111,7 @@ def up(n: int, lab_dir: Path, preset: str = "local", encrypt: bool = True,
                        "run `nanomesh lab down` first")
     lab_dir.mkdir(parents=True, exist_ok=True)
     key_file = lab_dir / "cluster.key"
-    if encrypt and not key_file.exists():
+    if not key_file.exists():
         key_file.write_text(generate_key() + "\n")
         key_file.chmod(0o600)
     peers: list[LabPeer] = []
@@ -119,7 +120,7 @@ def up(n: int, lab_dir: Path, preset: str = "local", encrypt: bool = True,
     try:
         for i in range(n):
             peer, procs[f"peer-{i + 1}"] = _spawn(i, lab_dir, seed if i else None, preset,
-                                                  key_file if encrypt else None)
+                                                  key_file)
             peers.append(peer)
             _save_state(lab_dir, peers)
             if i == 0:  # the seed first, so the others join at their first attempt
@@ -137,16 +138,15 @@ def up(n: int, lab_dir: Path, preset: str = "local", encrypt: bool = True,
     return peers
 
 
-def _spawn(i: int, lab_dir: Path, seed: str | None, preset: str, key_file: Path | None
+def _spawn(i: int, lab_dir: Path, seed: str | None, preset: str, key_file: Path
            ) -> tuple[LabPeer, subprocess.Popen[bytes]]:
     name = f"peer-{i + 1}"
     ip = peer_ip(i)
     argv = [sys.executable, "-m", "nanomesh", "peer", "run", "--name", name, "--bind", ip,
-            "--data-dir", str(lab_dir / name), "--gossip-preset", preset]
+            "--data-dir", str(lab_dir / name), "--gossip-preset", preset,
+            "--key-file", str(key_file)]
     if seed:
         argv += ["--join", seed]
-    if key_file:
-        argv += ["--key-file", str(key_file)]
     log_path = lab_dir / f"{name}.log"
     with log_path.open("ab") as log:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,

@@ -55,6 +55,7 @@ from typing import Any
 
 import pysyncobj  # type: ignore[import-untyped]
 
+from nanomesh.consensus._transport import KeyedSyncObj, KeyringCipher, transport_class
 from nanomesh.consensus.config import RaftTiming
 from nanomesh.consensus.state import (
     DesiredState,
@@ -67,6 +68,7 @@ from nanomesh.consensus.state import (
     apply_set_plan,
 )
 from nanomesh.consensus.status import RaftStatus, Role
+from nanomesh.wire import Keyring
 
 log = logging.getLogger("nanomesh.consensus")
 
@@ -82,6 +84,10 @@ _KEEPALIVE = {"type": "nanomesh.keepalive"}
 KEEPALIVES_PER_TIMEOUT = 3
 """Keepalives per ``connection_timeout``: a link then stays fresh even if two
 in a row are delayed by a busy tick."""
+
+
+def _ignore_drop(reason: str) -> None:
+    pass
 
 
 class _DesiredStateMachine(pysyncobj.SyncObjConsumer):  # type: ignore[misc]
@@ -154,10 +160,12 @@ class RaftNode:
     """
 
     def __init__(self, *, self_address: str | None, peers: Sequence[str], timing: RaftTiming,
-                 journal_file: str | None, dump_file: str | None, password: str | None,
+                 journal_file: str | None, dump_file: str | None, keyring: Keyring,
                  on_applied: Callable[[DesiredState], None],
                  on_status: Callable[[RaftStatus], None],
-                 on_leadership: Callable[[int], None], hold_elections: bool = False) -> None:
+                 on_leadership: Callable[[int], None], hold_elections: bool = False,
+                 source_ip: str | None = None,
+                 on_dropped: Callable[[str], None] | None = None) -> None:
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError("create the Raft node on the main thread: pysyncobj's tick "
                                "thread stops silently when its creating thread exits")
@@ -174,14 +182,18 @@ class RaftNode:
             bindAddress=self_address,
             journalFile=journal_file,
             fullDumpFile=dump_file,
-            password=password,
+            password=None,  # authentication is KeyedSyncObj's cipher (`_transport`)
             commandsWaitLeader=False,  # fail fast: NoLeaderError, the caller decides
             useFork=False,
             onStateChanged=self._state_changed,
         )
         self._machine = _DesiredStateMachine(on_applied)
-        self._obj = pysyncobj.SyncObj(self_address, list(peers), conf,
-                                      consumers=[self._machine])
+        cipher = KeyringCipher(keyring)  # ValueError without a key: never unauthenticated
+        if source_ip is None and self_address is not None:
+            source_ip = self_address.rsplit(":", 1)[0]
+        self._obj = KeyedSyncObj(
+            self_address, list(peers), conf, consumers=[self._machine], cipher=cipher,
+            transportClass=transport_class(cipher, source_ip, on_dropped or _ignore_drop))
         if hold_elections:
             self._postpone_election()
         self._obj.addOnTickCallback(self._tick)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from nanomesh.errors import ConfigError
+from nanomesh.wire import Keyring
 
 DEFAULT_RAFT_PORT = 7948
 """TCP port for Raft, on the peer's IP (gossip 7946, API 7947, Raft 7948)."""
@@ -143,16 +144,23 @@ class ConsensusConfig:
     higher terms, and when added, its term deposes the leader (an election,
     ~0.3 s without writes). Never set it on a bootstrap node or on the nodes
     of a static cluster's first start: they would wait for a leader forever.
-    `password` (the cluster key) turns on pysyncobj's authenticated encryption:
-    without it anyone who reaches the Raft port can inject commands, and
-    pysyncobj unpickles what it receives.
+    `keyring`: the cluster keys, required. Raft links are authenticated and
+    encrypted with keys derived from them (`nanomesh.consensus._transport`);
+    pysyncobj unpickles what it receives, so a node without a key would be
+    remote code execution for anyone who reaches its port: `check` refuses it.
+    The keyring is read live: keys installed or removed later apply to new
+    frames at once.
     """
 
     address: tuple[str, int] | None
     peers: tuple[str, ...] = ()
     data_dir: Path | None = None
-    password: str | None = None
+    keyring: Keyring | None = None
     join: bool = False
+    source_ip: str | None = None
+    """The IP this node's Raft links leave from (default: `address`'s). A
+    learner has no address: give it the peer's IP, so voters count its
+    links against the peer and not against the whole machine."""
     timing: RaftTiming = field(default_factory=RaftTiming.lan)
     commit_timeout: float = DEFAULT_COMMIT_TIMEOUT
 
@@ -163,6 +171,9 @@ class ConsensusConfig:
     def check(self) -> None:
         """ConfigError if the configuration is impossible."""
         self.timing.check()
+        if self.keyring is None or not self.keyring.enabled:
+            raise ConfigError("the Raft control plane needs the cluster key (--key-file): "
+                              "it never runs unauthenticated")
         for p in self.peers:
             parse_raft_address(p)
         if self.address is None and not self.peers:

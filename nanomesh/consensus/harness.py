@@ -17,6 +17,7 @@ killed when they close, pass or fail.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import logging
 import math
@@ -33,6 +34,7 @@ import trio
 
 from nanomesh.consensus.config import DEFAULT_RAFT_PORT, ConsensusConfig, RaftTiming
 from nanomesh.consensus.node import ConsensusNode
+from nanomesh.wire import Keyring, generate_key
 
 T = TypeVar("T")
 
@@ -116,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--peers", default="", help="comma-separated voter addresses")
     p.add_argument("--data-dir", type=Path)
     p.add_argument("--timing", default="{}", help="JSON object of RaftTiming fields")
-    p.add_argument("--password")
+    p.add_argument("--key", required=True, help="base64 cluster key")
     p.add_argument("--join", action="store_true", help="joining an existing cluster")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -127,7 +129,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         address = (host, int(port))
     config = ConsensusConfig(
         address=address, peers=tuple(x for x in args.peers.split(",") if x),
-        data_dir=args.data_dir, password=args.password, join=args.join,
+        data_dir=args.data_dir, keyring=Keyring([base64.b64decode(args.key)]),
+        join=args.join,
         timing=RaftTiming(**json.loads(args.timing)))
     trio.run(_child, config)
 
@@ -153,14 +156,14 @@ class NodeProcess:
 
     def __init__(self, address: str | None, peers: Sequence[str], data_dir: Path,
                  log_path: Path, *, timing: dict[str, Any] | None = None,
-                 password: str | None = None, join: bool = False) -> None:
+                 key: str, join: bool = False) -> None:
         self.address = address
         self.join = join
         self.peers = list(peers)
         self.data_dir = data_dir
         self.log_path = log_path
         self.timing = timing or {}
-        self.password = password
+        self.key = key
         self.process: trio.Process | None = None
         self._next_id = 0
         self._pending: dict[int, trio.MemorySendChannel[dict[str, Any]]] = {}
@@ -174,9 +177,8 @@ class NodeProcess:
     def argv(self) -> list[str]:
         argv = [sys.executable, "-m", "nanomesh.consensus.harness",
                 "--address", self.address or "", "--peers", ",".join(self.peers),
-                "--data-dir", str(self.data_dir), "--timing", json.dumps(self.timing)]
-        if self.password:
-            argv += ["--password", self.password]
+                "--data-dir", str(self.data_dir), "--timing", json.dumps(self.timing),
+                "--key", self.key]
         if self.join:
             argv.append("--join")
         return argv
@@ -266,11 +268,11 @@ class RaftCluster:
     the Raft port), data and logs under `workdir`. Use `open_cluster`."""
 
     def __init__(self, nursery: trio.Nursery, workdir: Path, *,
-                 timing: dict[str, Any] | None = None, password: str | None = None) -> None:
+                 timing: dict[str, Any] | None = None, key: str | None = None) -> None:
         self.nursery = nursery
         self.workdir = workdir
         self.timing = timing or {}
-        self.password = password
+        self.key = key or generate_key()
         self.nodes: dict[str, NodeProcess] = {}
         self._learners = 0
 
@@ -278,7 +280,7 @@ class RaftCluster:
               join: bool = False) -> NodeProcess:
         return NodeProcess(address, peers, self.workdir / name / "raft",
                            self.workdir / f"{name}.log", timing=self.timing,
-                           password=self.password, join=join)
+                           key=self.key, join=join)
 
     async def start_voter(self, ip: str, peers: Sequence[str], *,
                           join: bool = False) -> NodeProcess:
@@ -357,10 +359,10 @@ class RaftCluster:
 
 @asynccontextmanager
 async def open_cluster(workdir: Path, *, timing: dict[str, Any] | None = None,
-                       password: str | None = None) -> AsyncIterator[RaftCluster]:
+                       key: str | None = None) -> AsyncIterator[RaftCluster]:
     """A `RaftCluster` whose processes are all killed when the block exits."""
     async with trio.open_nursery() as nursery:
-        cluster = RaftCluster(nursery, workdir, timing=timing, password=password)
+        cluster = RaftCluster(nursery, workdir, timing=timing, key=key)
         try:
             yield cluster
         finally:

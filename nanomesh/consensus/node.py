@@ -120,6 +120,10 @@ class ConsensusNode:
         self.leadership_history: collections.deque[int] = collections.deque(
             maxlen=LEADERSHIP_HISTORY)
         """Every term in which this node became leader, in order."""
+        self.dropped: collections.Counter[str] = collections.Counter()
+        """Raft connections closed by the transport, by reason (bad key,
+        oversized or late handshake, too many from one source). Counted on
+        the Raft thread; a Counter update is atomic under the GIL."""
 
     # ------------------------------------------------------------ lifecycle
 
@@ -144,10 +148,13 @@ class ConsensusNode:
         # is a member like any other (else a full restart of a cluster whose
         # voters all joined would wait for a leader forever).
         hold_elections = cfg.join and not memory.heard_leader
+        keyring = cfg.keyring
+        assert keyring is not None, "ConsensusConfig.check() refuses a node without a key"
         self._token = trio.lowlevel.current_trio_token()
         self._stopped = False
         self._raft = RaftNode(
-            self_address=self.address, peers=peers, timing=cfg.timing, password=cfg.password,
+            self_address=self.address, peers=peers, timing=cfg.timing, keyring=keyring,
+            source_ip=cfg.source_ip, on_dropped=self._count_drop,
             on_applied=lambda s: self._post(self._set_state, s),
             on_status=lambda s: self._post(self._set_status, s),
             on_leadership=lambda t: self._post(self._led, t),
@@ -170,6 +177,9 @@ class ConsensusNode:
             self._stopped = True
             self._wake()
             log.info("raft %s stopped", self.address or "learner")
+
+    def _count_drop(self, reason: str) -> None:
+        self.dropped[reason] += 1
 
     async def _wait_bound(self) -> None:
         with trio.move_on_after(BIND_TIMEOUT):

@@ -95,6 +95,7 @@ from nanomesh.consensus.voters import (
     with_absent_voters,
 )
 from nanomesh.errors import ConfigError
+from nanomesh.wire import Keyring
 
 log = logging.getLogger("nanomesh.consensus.roles")
 
@@ -226,8 +227,9 @@ class RaftRoleManager:
 
     `address_ip`: this peer's gossip IP (the Raft node listens there on
     `RoleConfig.raft_port`). `data_dir`: this manager's own directory.
-    `password`: the cluster key. `founder`: this peer was started without
-    ``--join`` and may bootstrap the cluster. `voters_hint()`: the voters as
+    `keyring`: the cluster keys (read live: a rotation applies at once).
+    `founder`: this peer was started without ``--join`` and may bootstrap the
+    cluster. `voters_hint()`: the voters as
     gossip reports them (the daemon computes it with `voters_from_profiles`).
     `view()`: the membership view for the voter policy (leader only; without
     it this peer never changes the configuration). `ask_promote`/`ask_remove`:
@@ -238,7 +240,7 @@ class RaftRoleManager:
     `node` changes with the role: re-read it (or `wait_ready`) after a change.
     """
 
-    def __init__(self, address_ip: str, data_dir: Path, password: str | None,
+    def __init__(self, address_ip: str, data_dir: Path, keyring: Keyring,
                  timing: RaftTiming, founder: bool, voters_hint: Callable[[], frozenset[str]],
                  *, config: RoleConfig | None = None,
                  view: Callable[[], Sequence[PeerInfo]] | None = None,
@@ -250,7 +252,7 @@ class RaftRoleManager:
         self.address_ip = address_ip
         self.raft_addr = format_address(address_ip, self.config.raft_port)
         self.data_dir = data_dir
-        self._password = password
+        self._keyring = keyring
         self._timing = timing
         self._founder = founder
         self._voters_hint = voters_hint
@@ -577,8 +579,8 @@ class RaftRoleManager:
         peers = tuple(sorted(set(voters) - {self.raft_addr}))  # we no longer serve ours
         if not peers:
             return False
-        config = ConsensusConfig(address=None, peers=peers, password=self._password,
-                                 timing=self._timing)
+        config = ConsensusConfig(address=None, peers=peers, keyring=self._keyring,
+                                 timing=self._timing, source_ip=self.address_ip)
         if await self._start(config, RaftRole.LEARNER):
             await self._store(RaftRole.LEARNER, self._stored.generation, ())
             return True
@@ -593,7 +595,7 @@ class RaftRoleManager:
         config = ConsensusConfig(
             address=(self.address_ip, self.config.raft_port), peers=peers,
             data_dir=self.data_dir / f"{GENERATION_PREFIX}{generation}",
-            password=self._password, join=bool(peers), timing=self._timing)
+            keyring=self._keyring, join=bool(peers), timing=self._timing)
         if not await self._start(config, role):
             return False
         await self._store(role, generation, peers)

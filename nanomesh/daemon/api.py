@@ -59,6 +59,7 @@ def api_routes(peer: PeerDaemon) -> dict[tuple[str, str], Handler]:
             "awareness": c.awareness.score,
             "uptime_s": round(time.time() - peer.started_wall, 3),
             "dropped": dict(peer.dropped),
+            "raft_dropped": _raft_dropped(peer),
             "bytes_in": peer.bytes_in,
             "bytes_out": peer.bytes_out,
             "counters": dataclasses.asdict(c.stats),
@@ -66,3 +67,10 @@ def api_routes(peer: PeerDaemon) -> dict[tuple[str, str], Handler]:
 
     return {("GET", "/v1/members"): members, ("GET", "/v1/self"): self_,
             ("GET", "/v1/health"): health}
+
+
+def _raft_dropped(peer: PeerDaemon) -> dict[str, int]:
+    """Raft connections this peer's current consensus node closed, by reason
+    (`nanomesh.consensus._transport`; restarts with each role change)."""
+    node = peer.mesh.consensus if peer.mesh is not None else None
+    return dict(node.dropped) if node is not None else {}

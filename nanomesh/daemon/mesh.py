@@ -21,7 +21,6 @@ operator has).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,7 +32,8 @@ from nanomesh.apiclient import ApiError, request_json
 from nanomesh.auth import (
     TOKEN_META_KEY,
     ensure_token_file,
-    secret_matches,
+    internal_secret,
+    is_internal_caller,
     token_digest,
     token_matches,
 )
@@ -90,8 +90,6 @@ class MeshControl:
         self.peer = peer
         cfg = peer.config
         self.placement = placement or PlacementConfig()
-        key = peer.keyring.keys[0] if peer.keyring.enabled else b""
-        self._internal_secret = hashlib.sha256(b"nanomesh-internal-v1" + key).hexdigest()
         # The container launcher is added in run(): finding the engines that
         # really work (``podman info``...) blocks for a moment.
         role_config = roles or RoleConfig()
@@ -108,7 +106,7 @@ class MeshControl:
         self._runtime_section: dict[str, Any] = {}
         self.roles = RaftRoleManager(
             cfg.bind[0], cfg.data_dir / "consensus",
-            password=key.hex() if key else None,
+            keyring=peer.keyring,
             timing=timing or RaftTiming.lan(), founder=not cfg.join,
             voters_hint=self._voters_hint, config=role_config, view=self._view,
             ask_promote=self._ask_promote, ask_remove=self._ask_remove)
@@ -141,7 +139,8 @@ class MeshControl:
         assert self.peer.core is not None
         apis = {m.name: api_address(m.profile, m.addr[0]) for m in self.peer.core.members()}
         path = await fetch_bundle(self.bundles, sha, [apis[h] for h in holders if h in apis],
-                                  token=self._internal_secret, timeout=BUNDLE_FETCH_TIMEOUT)
+                                  token=internal_secret(self.peer.keyring),
+                                  timeout=BUNDLE_FETCH_TIMEOUT)
         log.info("fetched bundle %s from the mesh", sha[:12])
         await self.bundles_changed()
         return path
@@ -174,7 +173,7 @@ class MeshControl:
 
     def _may_upload(self, headers: Mapping[str, str]) -> bool:
         token = bearer_token(headers)
-        if secret_matches(token, self._internal_secret):
+        if is_internal_caller(token, self.peer.keyring):
             return True
         node = self.roles.node
         digest = node.state.meta.get(TOKEN_META_KEY) if node is not None else None
@@ -184,7 +183,7 @@ class MeshControl:
         def authorize(request: Request) -> None:
             """The operator (management token) or another peer (internal secret)."""
             token = request.bearer_token() or ""
-            if secret_matches(token, self._internal_secret):
+            if is_internal_caller(token, self.peer.keyring):
                 return
             require_management_token(self.peer, request)
 
@@ -384,8 +383,9 @@ class MeshControl:
         try:
             # abandon_on_cancel: a leaving peer's hand-over deadline must be able
             # to cut a call that blocks on an unresponsive peer.
+            token = internal_secret(self.peer.keyring)
             reply = await trio.to_thread.run_sync(
-                lambda: request_json("POST", api, path, body, token=self._internal_secret,
+                lambda: request_json("POST", api, path, body, token=token,
                                      timeout=INTERNAL_CALL_TIMEOUT), abandon_on_cancel=True)
         except ApiError as exc:
             log.warning("raft roles: %s on %s failed: %s", path, name, exc)
@@ -397,7 +397,7 @@ class MeshControl:
     def internal_routes(self) -> dict[tuple[str, str], Handler]:
         def check(request: Request) -> None:
             token = request.bearer_token() or ""
-            if not secret_matches(token, self._internal_secret):
+            if not is_internal_caller(token, self.peer.keyring):
                 raise HttpError(401, "internal calls need the mesh's cluster key")
 
         async def promote(request: Request) -> tuple[int, Any]:

@@ -40,6 +40,7 @@ from nanomesh import __version__
 from nanomesh.config import PeerConfig
 from nanomesh.consensus import ConsensusNode
 from nanomesh.daemon.api import api_routes
+from nanomesh.daemon.api_keyring import keyring_routes
 from nanomesh.daemon.api_mesh import mesh_routes
 from nanomesh.daemon.api_naming import naming_routes, service_names
 from nanomesh.daemon.api_runtime import runtime_routes
@@ -91,9 +92,14 @@ _STREAM_REQUESTS = (PushPull, _ProfileRequest)
 
 
 class PeerDaemon:
-    def __init__(self, config: PeerConfig, keyring: Keyring, profiles: ProfileSource) -> None:
+    def __init__(self, config: PeerConfig, keyring: Keyring, profiles: ProfileSource, *,
+                 key_path: Path | None = None) -> None:
+        if not keyring.enabled:
+            raise ConfigError("a peer never runs without the cluster key (see --key-file)")
         self.config = config
         self.keyring = keyring
+        self.key_path = key_path
+        """The key file, rewritten on a live key rotation (None: not kept)."""
         self.profiles = profiles
         self.started_wall = time.time()
         self.dropped: collections.Counter[str] = collections.Counter()
@@ -146,6 +152,7 @@ class PeerDaemon:
             nursery.start_soon(self._run_timers)
             nursery.start_soon(trio.serve_listeners, self._serve_stream, listeners)
             routes = {**api_routes(self), **mesh_routes(self), **self.mesh.internal_routes(),
+                      **keyring_routes(self),
                       **naming_routes(self), **runtime_routes(self),
                       **self.mesh.bundle_and_registry_routes()}
             await nursery.start(functools.partial(

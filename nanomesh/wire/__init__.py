@@ -14,8 +14,10 @@ from nanomesh.wire.envelope import (
     frame,
     frame_length,
     generate_key,
+    open_box,
     open_envelope,
     seal,
+    seal_box,
 )
 from nanomesh.wire.messages import (
     Ack,
@@ -57,6 +59,6 @@ __all__ = [
     "Nack", "Ping", "ProfileRecord", "ProfileReply", "ProfileRequest", "PushPull", "PushPullReply",
     "Request", "Response", "StreamMessage", "Suspect", "decode_event", "decode_request",
     "decode_response", "derive_secret", "encode_event", "encode_request", "encode_response",
-    "frame", "frame_length", "generate_key", "open_envelope", "pack_message_obj", "pack_messages",
-    "seal", "unpack_messages",
+    "frame", "frame_length", "generate_key", "open_box", "open_envelope", "pack_message_obj",
+    "pack_messages", "seal", "seal_box", "unpack_messages",
 ]

@@ -65,7 +65,13 @@ _FRAME_LEN = struct.Struct(">I")
 
 
 class Keyring:
-    """The cluster keys. Empty means the mesh runs unencrypted."""
+    """The cluster keys, primary first. Empty means unencrypted, which only
+    the simulator and tests of the codec use: a peer daemon refuses to run
+    without a key.
+
+    Copy-on-write: every change replaces the key list in one assignment, so
+    the Raft thread, which reads `keys` while the trio thread rotates them,
+    always sees a whole list."""
 
     def __init__(self, keys: Iterable[bytes] = ()) -> None:
         self._keys: list[bytes] = []
@@ -77,21 +83,25 @@ class Keyring:
         if len(key) not in VALID_KEY_LENGTHS:
             raise ConfigError(f"a cluster key must be 16, 24 or 32 bytes, not {len(key)}")
         if key not in self._keys:
-            self._keys.append(key)
+            self._keys = [*self._keys, key]
 
     def use(self, key: bytes) -> None:
         """Make an installed key the primary (the one we encrypt with)."""
         if key not in self._keys:
             raise ConfigError("cannot make a key primary before it is installed")
-        self._keys.remove(key)
-        self._keys.insert(0, key)
+        self._keys = [key, *(k for k in self._keys if k != key)]
 
     def remove(self, key: bytes) -> None:
         if key not in self._keys:
             raise ConfigError("cannot remove a key that is not installed")
         if self._keys[0] == key:
             raise ConfigError("cannot remove the primary key; make another key primary first")
-        self._keys.remove(key)
+        self._keys = [k for k in self._keys if k != key]
+
+    def replace_keys(self, other: Keyring) -> None:
+        """Take `other`'s keys, in one assignment (a live rotation applies a
+        change to a copy, persists it, then swaps it in)."""
+        self._keys = list(other.keys)
 
     @property
     def enabled(self) -> bool:
@@ -115,6 +125,10 @@ class Keyring:
     def keys(self) -> Sequence[bytes]:
         return tuple(self._keys)
 
+    def to_text(self) -> str:
+        """The key file form (`from_file` reads it back)."""
+        return "".join(base64.b64encode(k).decode() + "\n" for k in self._keys)
+
     @classmethod
     def from_file(cls, path: Path) -> Keyring:
         """One base64 key per line, primary first; '#' starts a comment."""
@@ -125,6 +139,11 @@ class Keyring:
         except UnicodeDecodeError:
             raise ConfigError(f"key file {path} is not text (base64 keys, one per line)"
                               ) from None
+        return cls.from_text(text, where=f"key file {path}")
+
+    @classmethod
+    def from_text(cls, text: str, where: str = "key file") -> Keyring:
+        """`from_file` on text; ConfigError naming `where` and the line."""
         keys: list[bytes] = []
         for lineno, line in enumerate(text.splitlines(), 1):
             line = line.split("#", 1)[0].strip()
@@ -133,13 +152,13 @@ class Keyring:
             try:
                 key = base64.b64decode(line, validate=True)
             except ValueError:
-                raise ConfigError(f"{path}:{lineno}: not a base64 key") from None
+                raise ConfigError(f"{where}:{lineno}: not a base64 key") from None
             if len(key) not in VALID_KEY_LENGTHS:
-                raise ConfigError(f"{path}:{lineno}: a cluster key must be 16, 24 or 32 "
+                raise ConfigError(f"{where}:{lineno}: a cluster key must be 16, 24 or 32 "
                                   f"bytes, not {len(key)}")
             keys.append(key)
         if not keys:
-            raise ConfigError(f"key file {path} holds no key")
+            raise ConfigError(f"{where} holds no key")
         return cls(keys)
 
 
@@ -202,6 +221,34 @@ def _decrypt(header: bytes, body: bytes, keyring: Keyring) -> bytes:
         except InvalidTag:
             continue
     raise RemoteProtocolError("decrypt", "no installed key authenticates this packet")
+
+
+MAX_BOX = 64 * 1024
+"""Largest sealed box `open_box` accepts, in bytes (a key operation is ~100)."""
+
+
+def seal_box(keyring: Keyring, purpose: str, plaintext: bytes) -> bytes:
+    """``nonce | AES-GCM(plaintext)`` under the primary key's `purpose` secret:
+    a secret (a new cluster key) that must cross an unencrypted channel (the
+    HTTP API) readable only by members."""
+    nonce = os.urandom(NONCE_LEN)
+    return nonce + AESGCM(keyring.derive(purpose)).encrypt(nonce, plaintext, purpose.encode())
+
+
+def open_box(keyring: Keyring, purpose: str, data: bytes) -> bytes:
+    """The plaintext of a `seal_box` made with any installed key;
+    RemoteProtocolError if none authenticates it."""
+    if len(data) > MAX_BOX:
+        raise RemoteProtocolError("oversized", f"{len(data)} > {MAX_BOX} bytes")
+    if len(data) < NONCE_LEN + TAG_LEN:
+        raise RemoteProtocolError("decrypt", "sealed box too short")
+    nonce, ciphertext = data[:NONCE_LEN], data[NONCE_LEN:]
+    for secret in keyring.derive_all(purpose):
+        try:
+            return AESGCM(secret).decrypt(nonce, ciphertext, purpose.encode())
+        except InvalidTag:
+            continue
+    raise RemoteProtocolError("decrypt", "no installed key opens this sealed box")
 
 
 def frame(envelope: bytes) -> bytes:

@@ -15,6 +15,7 @@ import pytest
 import trio
 
 from nanomesh.consensus.harness import HarnessError, NodeProcess, RaftCluster, wait_until
+from nanomesh.wire import generate_key
 
 pytestmark = pytest.mark.integration
 
@@ -195,14 +196,13 @@ async def test_learner_replicates_and_forwards_but_never_votes(cluster: RaftClus
     they receive committed state, forward writes to the leader, and are not
     voters (the configuration stays 3 voters, so the quorum stays 2). With a
     cluster key, a node holding another key learns nothing."""
-    cluster.password = "cluster-key"
     nodes = await cluster.start_voters(ips(3))
     leader = await cluster.wait_leader(timeout=SETTLE)
     await nodes[0].call("put_service", name="cam", spec={})
     voters = [n.address for n in nodes if n.address]
-    cluster.password = "wrong-key"
+    cluster_key, cluster.key = cluster.key, generate_key()
     intruder = await cluster.start_learner(voters)
-    cluster.password = "cluster-key"
+    cluster.key = cluster_key
     learner = await cluster.start_learner(voters)
     assert (await _states([learner], 1))[0]["services"] == {"cam": {}}
     out = await learner.call("put_service", name="from-learner", spec={})
@@ -215,7 +215,7 @@ async def test_learner_replicates_and_forwards_but_never_votes(cluster: RaftClus
     assert len(leader_status["voters"]) == 3 and leader_status["learners"] == 1
     intruder_status = await intruder.status() or {}
     assert intruder_status["leader"] is None and intruder_status["revision"] == 0, \
-        "without the cluster key a node hears nothing (pysyncobj's Fernet encryption)"
+        "without the cluster key a node hears nothing (the guarded transport)"
     # The leader dies: the learner follows the new one.
     cluster.nodes[leader].kill()
     survivors = [n for n in nodes if n.address != leader]

@@ -18,6 +18,7 @@ from nanomesh.consensus import (
 )
 from nanomesh.consensus.errors import DiscardedError, Failure, failure_error
 from nanomesh.errors import ConfigError
+from nanomesh.wire import Keyring
 
 
 def test_default_preset_is_the_measured_one() -> None:
@@ -60,11 +61,21 @@ def test_addresses_are_normalized_and_names_refused() -> None:
             parse_raft_address(bad)
 
 
+KEYRING = Keyring([bytes(32)])
+
+
 def test_a_learner_needs_voters_to_follow() -> None:
     with pytest.raises(ConfigError, match="read-only"):
-        ConsensusConfig(address=None).check()
-    ConsensusConfig(address=None, peers=("127.0.30.1:7948",)).check()
-    ConsensusConfig(address=("127.0.30.1", 7948)).check()  # bootstrap: one voter
+        ConsensusConfig(address=None, keyring=KEYRING).check()
+    ConsensusConfig(address=None, peers=("127.0.30.1:7948",), keyring=KEYRING).check()
+    ConsensusConfig(address=("127.0.30.1", 7948), keyring=KEYRING).check()  # one voter
+
+
+def test_a_node_without_the_cluster_key_is_refused() -> None:
+    """Issue 8.1: the control plane never listens unauthenticated."""
+    for keyring in (None, Keyring()):
+        with pytest.raises(ConfigError, match="cluster key"):
+            ConsensusConfig(address=("127.0.30.1", 7948), keyring=keyring).check()
 
 
 @pytest.mark.parametrize(("code", "error", "unknown"), [

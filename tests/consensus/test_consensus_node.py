@@ -24,12 +24,16 @@ from nanomesh.consensus import (
 )
 from nanomesh.consensus import node as node_module
 from nanomesh.consensus._pysyncobj import RaftNode
+from nanomesh.wire import Keyring
+
+KEYRING = Keyring([bytes(range(32))])
+"""Every node of these tests shares it: a Raft node never runs without a key."""
 
 IpFactory = Callable[[int], list[str]]
 
 
 def _config(ip: str, data_dir: Path | None = None) -> ConsensusConfig:
-    return ConsensusConfig(address=(ip, 7948), data_dir=data_dir)
+    return ConsensusConfig(address=(ip, 7948), data_dir=data_dir, keyring=KEYRING)
 
 
 async def test_bootstrap_one_voter_then_writes_commit(ips: IpFactory) -> None:
@@ -85,7 +89,7 @@ async def test_no_leader_yet_fails_fast_and_tiny_timeout_is_commit_timeout(
         ips: IpFactory) -> None:
     a, b = ips(2)
     # A voter whose only peer never starts: no majority, no leader, ever.
-    config = ConsensusConfig(address=(a, 7948), peers=(f"{b}:7948",))
+    config = ConsensusConfig(address=(a, 7948), peers=(f"{b}:7948",), keyring=KEYRING)
     async with open_consensus(config) as node:
         with trio.fail_after(1):
             with pytest.raises(NoLeaderError):
@@ -120,7 +124,7 @@ async def test_refuses_to_run_off_the_main_thread(ips: IpFactory) -> None:
     def build() -> None:
         RaftNode(self_address=f"{ips(1)[0]}:7948", peers=[], timing=ConsensusConfig(
             address=None, peers=("x",)).timing, journal_file=None, dump_file=None,
-            password=None, on_applied=print, on_status=print, on_leadership=print)
+            keyring=KEYRING, on_applied=print, on_status=print, on_leadership=print)
     with pytest.raises(RuntimeError, match="main thread"):
         await trio.to_thread.run_sync(build)
 
@@ -147,7 +151,7 @@ async def test_join_only_holds_elections_until_the_node_was_a_member(
 
     def config(addr: str, peers: tuple[str, ...], join: bool) -> ConsensusConfig:
         ip = addr.rpartition(":")[0]
-        return ConsensusConfig(address=(ip, 7948), peers=peers, join=join,
+        return ConsensusConfig(address=(ip, 7948), peers=peers, join=join, keyring=KEYRING,
                                data_dir=tmp_path / ip)
     async with open_consensus(config(a, (), False)) as first:
         await first.wait_status(lambda s: s.is_leader, timeout=5)
@@ -178,7 +182,7 @@ async def test_log_compaction_dump_restores_state_and_catches_up_a_new_node(
 
     def config(ip: str, data: str, join: bool = False) -> ConsensusConfig:
         peers = tuple(x for x in addrs[:2] if not x.startswith(ip + ":"))
-        return ConsensusConfig(address=(ip, 7948), peers=peers, join=join,
+        return ConsensusConfig(address=(ip, 7948), peers=peers, join=join, keyring=KEYRING,
                                data_dir=tmp_path / data)
     async with open_consensus(config(a, "a")) as first, \
             open_consensus(config(b, "b")) as second:
@@ -196,7 +200,7 @@ async def test_log_compaction_dump_restores_state_and_catches_up_a_new_node(
         # A third voter, fresh: the entries before the cut exist only in the dump.
         async with open_consensus(ConsensusConfig(
                 address=(c, 7948), peers=tuple(addrs[:2]), join=True,
-                data_dir=tmp_path / "c")) as third:
+                data_dir=tmp_path / "c", keyring=KEYRING)) as third:
             await leader.add_voter(addrs[2])
             assert await third.wait_state(lambda s: s == expected, timeout=5) == expected
     async with open_consensus(config(a, "a")) as first, \

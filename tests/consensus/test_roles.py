@@ -31,7 +31,9 @@ from nanomesh.consensus.roles import (
 )
 from nanomesh.consensus.voters import PeerInfo, VoterPolicy
 from nanomesh.errors import ConfigError
-from nanomesh.wire import MemberState
+from nanomesh.wire import Keyring, MemberState
+
+KEYRING = Keyring([bytes(range(32))])
 
 _IPS = itertools.cycle(range(1, 251))
 SETTLE = 15.0
@@ -97,7 +99,7 @@ class Mesh:
         old = self.peers.get(name)
         manager = RaftRoleManager(
             ip or (old.manager.address_ip if old else next_ip()),
-            self.tmp_path / name, "cluster-key", RaftTiming.lan(), founder, self.hint,
+            self.tmp_path / name, KEYRING, RaftTiming.lan(), founder, self.hint,
             config=self.config, view=self.view if lead else None,
             ask_promote=self.ask_promote, ask_remove=self.ask_remove)
         scope = trio.CancelScope()
@@ -344,7 +346,7 @@ async def test_removed_voter_becomes_learner_then_is_promoted_again(mesh: Mesh) 
 async def test_transition_table_and_illegal_transition() -> None:
     assert RaftRole.VOTER not in TRANSITIONS[RaftRole.LEARNER], "promotion goes via joining"
     assert all(RaftRole.NONE in TRANSITIONS[r] for r in RaftRole if r is not RaftRole.NONE)
-    manager = RaftRoleManager("127.0.40.1", Path("/nonexistent"), None, RaftTiming(),
+    manager = RaftRoleManager("127.0.40.1", Path("/nonexistent"), KEYRING, RaftTiming(),
                               False, frozenset)
     await manager._set_role(RaftRole.LEARNER)
     with pytest.raises(IllegalTransition):

@@ -40,6 +40,9 @@ POLL_INTERVAL = 0.05
 TIMEOUT = 30.0
 """Default bound of a wait, in seconds: generous, never a performance claim."""
 UNREACHABLE_IP = "127.0.10.250"
+NO_KEY = Path("/nonexistent/no-key")
+"""Pass as ``key_file`` to start a peer without ``--key-file`` (by default
+every peer gets the cluster's `BaseCluster.default_key`)."""
 """A loopback address the harness never hands out: nothing listens there."""
 MEMBER_KEYS = {"name", "address", "state", "incarnation", "profile_version", "profile"}
 
@@ -311,16 +314,29 @@ class BaseCluster:
         self.root = root
         self.peers: list[Peer] = []
         self._keys = 0
+        self._default_key: Path | None = None
 
     def new_key(self, name: str | None = None) -> Path:
         self._keys += 1
         return write_key(self.root / (name or f"cluster-{self._keys}.key"))
+
+    @property
+    def default_key(self) -> Path:
+        """The key every peer gets unless a test names another (or `NO_KEY`):
+        a peer never runs without one."""
+        if self._default_key is None:
+            self._default_key = self.new_key("cluster.key")
+        return self._default_key
 
     def _make_peer(self, name: str, ip: str, *, key_file: Path | None, join: Sequence[str],
                    preset: str, extra_args: Sequence[str] = (), starter: Starter = _root_start,
                    getter: Getter = _root_get) -> Peer:
         if any(p.name == name for p in self.peers):
             raise ValueError(f"duplicate peer name {name}")
+        if key_file is None:
+            key_file = self.default_key
+        elif key_file == NO_KEY:
+            key_file = None
         peer = Peer(name, ip, self.root / "data" / name, self.root / f"{name}.log",
                     key_file=key_file, join=join, preset=preset, extra_args=extra_args,
                     starter=starter, getter=getter)

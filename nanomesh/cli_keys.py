@@ -1,0 +1,132 @@
+"""``nanomesh keys``: list and rotate the cluster keys of a running mesh.
+
+A rotation without downtime, as with ``serf keys``::
+
+    nanomesh keygen > new.key
+    nanomesh keys install new.key      # every member now accepts it
+    nanomesh keys use new.key          # every member now seals with it
+    nanomesh keys remove OLD_FINGERPRINT
+
+The operation travels sealed under the cluster key (``--key-file``), so the
+new key never crosses the network in clear; the management token authorises
+it. Each member writes its keyring to its data directory before answering.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from nanomesh.errors import ConfigError
+
+KEY_FILE_HELP = ("a file holding the mesh's current cluster key, to seal the operation "
+                 "with (default: $NANOMESH_KEY_FILE, else the running lab's key, else "
+                 "/etc/nanomesh/cluster.key)")
+SYSTEM_KEY_FILE = Path("/etc/nanomesh/cluster.key")
+
+
+def add_key_commands(sub: Any, peer_help: str, token_args: Callable[[Any], None]) -> None:
+    keys = sub.add_parser(
+        "keys", help="list and rotate the cluster keys of the running mesh",
+        description=__doc__.replace("``", ""), formatter_class=argparse.RawDescriptionHelpFormatter,
+    ).add_subparsers(metavar="ACTION")
+    listing = keys.add_parser("list", help="each member's keys (fingerprints), primary first")
+    token_args(listing)
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.set_defaults(func=list_command)
+    for action, text in (("install", "install a key on every member (it is accepted)"),
+                         ("use", "make an installed key the primary on every member "
+                                 "(it seals)"),
+                         ("remove", "remove a key from every member (not the primary)")):
+        cmd = keys.add_parser(action, help=text)
+        cmd.add_argument("key", metavar="KEY",
+                         help="a key file, a base64 key" + (
+                             "" if action == "install" else ", or a key's fingerprint"))
+        token_args(cmd)
+        cmd.add_argument("--key-file", type=Path, metavar="FILE", help=KEY_FILE_HELP)
+        cmd.add_argument("--json", action="store_true", help="print JSON")
+        cmd.set_defaults(func=operate_command, action=action)
+
+
+def operate_command(args: argparse.Namespace) -> int:
+    from nanomesh.apiclient import request_bytes
+    from nanomesh.cli import _peer_api, _print_table, _token
+    from nanomesh.keys import KeyOp
+
+    op = KeyOp(args.action, *_key_or_fingerprint(args.key, args.action))
+    sealed = op.seal(_sealing_keyring(args.key_file))
+    reply = json.loads(request_bytes("POST", _peer_api(args.peer),
+                                     f"/v1/keyring/{args.action}", sealed,
+                                     token=_token(args)))
+    if args.json:
+        print(json.dumps(reply, indent=2, sort_keys=True))
+    else:
+        rows: list[tuple[str, ...]] = [("MEMBER", "RESULT", "KEYS (primary first)")]
+        for name, result in sorted(reply["members"].items()):
+            outcome = ("changed" if result.get("changed") else "unchanged") if result.get(
+                "ok") else f"FAILED: {result.get('error', '?')}"
+            rows.append((name, outcome, " ".join(result.get("keys") or []) or "-"))
+        _print_table(rows)
+    if reply["failed"]:
+        print(f"nanomesh: error: {len(reply['failed'])} member(s) failed: "
+              f"{', '.join(reply['failed'])}; fix them and run the same command again")
+        return 1
+    return 0
+
+
+def list_command(args: argparse.Namespace) -> int:
+    from nanomesh.apiclient import request_json
+    from nanomesh.cli import _peer_api, _print_table, _token
+
+    reply = request_json("GET", _peer_api(args.peer), "/v1/keyring", token=_token(args))
+    if args.json:
+        print(json.dumps(reply, indent=2, sort_keys=True))
+        return 0
+    members = reply["members"]
+    rows: list[tuple[str, ...]] = [("KEY", "INSTALLED", "PRIMARY")]
+    for fp, counts in sorted(reply["summary"].items()):
+        rows.append((fp, f"{counts['installed']}/{len(members)}",
+                     f"{counts['primary']}/{len(members)}"))
+    _print_table(rows)
+    failed = sorted(n for n, r in members.items() if not r.get("ok"))
+    if failed:
+        print(f"no answer from: {', '.join(failed)}")
+        return 1
+    return 0
+
+
+def _key_or_fingerprint(text: str, action: str) -> tuple[bytes | None, str | None]:
+    """(key, None) for a key file or a base64 key; (None, fingerprint) for a
+    16-hex-digit fingerprint (use and remove only)."""
+    from nanomesh.keys import fingerprint
+    from nanomesh.wire import Keyring
+
+    path = Path(text)
+    if path.is_file():
+        ring = Keyring.from_file(path)
+        if len(ring.keys) != 1:
+            raise ConfigError(f"{path} holds {len(ring.keys)} keys; name one key")
+        return ring.keys[0], fingerprint(ring.keys[0])
+    if action != "install" and len(text) == 16 and all(c in "0123456789abcdef" for c in text):
+        return None, text
+    ring = Keyring.from_text(text, where="KEY")
+    return ring.keys[0], fingerprint(ring.keys[0])
+
+
+def _sealing_keyring(given: Path | None) -> Any:
+    from nanomesh import lab
+    from nanomesh.wire import Keyring
+
+    candidates = [given] if given else [
+        Path(p) for p in (os.environ.get("NANOMESH_KEY_FILE"),) if p] + [
+        lab.default_dir() / "cluster.key", SYSTEM_KEY_FILE]
+    for path in candidates:
+        if path.exists() or given:
+            return Keyring.from_file(path)
+    raise ConfigError("no cluster key to seal the operation with: pass --key-file FILE "
+                      "(a file holding the mesh's current key)")
+

@@ -1,0 +1,143 @@
+"""Live key rotation across the mesh, as ``serf keys`` does it.
+
+``POST /v1/keyring/{install|use|remove}`` (management token; the body is a
+`KeyOp` sealed under the cluster key, so a new key never crosses the LAN in
+clear) applies the operation on this peer and on every alive member, and
+answers with each member's outcome. ``GET /v1/keyring`` (management token)
+lists, per member, the fingerprints of its keys and its primary. Peers reach
+each other on ``/v1/internal/keyring``, authenticated with the internal
+secret (`nanomesh.auth.internal_secret`), which any installed key derives.
+
+The rotation order is the operator's (install, use, remove, each
+everywhere before the next), as in Serf: gossip, Raft and the internal API
+accept any installed key and seal with the primary, so at every step each
+pair of peers shares a key. Each peer writes its keyring to its data
+directory before it answers: a peer restarted after a rotation comes back
+with the keys it had (`nanomesh.keys`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from nanomesh.apiclient import ApiError, request_bytes, request_json
+from nanomesh.auth import internal_secret, is_internal_caller
+from nanomesh.config import api_address
+from nanomesh.daemon.api_mesh import require_management_token
+from nanomesh.daemon.http import Handler, HttpError, Request
+from nanomesh.errors import ConfigError, RemoteProtocolError
+from nanomesh.keys import KEY_ACTIONS, KeyOp, apply_key_op, fingerprint, write_key_file
+from nanomesh.wire import Keyring, MemberState
+
+if TYPE_CHECKING:
+    from nanomesh.daemon.peer import PeerDaemon
+
+log = logging.getLogger("nanomesh.keys")
+
+FAN_OUT_TIMEOUT = 10.0
+"""Seconds a member may take to apply a key operation or list its keys."""
+
+
+def keyring_routes(peer: PeerDaemon) -> dict[tuple[str, str], Handler]:
+    def apply_here(body: bytes) -> dict[str, Any]:
+        """Open, apply and persist one sealed operation on this peer."""
+        try:
+            op = KeyOp.open(peer.keyring, body)
+        except RemoteProtocolError as exc:
+            raise HttpError(400, f"key operation refused: {exc} (seal it with a key this "
+                            "mesh has: --key-file)") from None
+        candidate = Keyring(peer.keyring.keys)
+        try:
+            changed = apply_key_op(candidate, op)
+            if changed and peer.key_path is not None:
+                write_key_file(peer.key_path, candidate)  # durable before it takes effect
+        except ConfigError as exc:
+            raise HttpError(409, str(exc)) from None
+        peer.keyring.replace_keys(candidate)
+        if changed:
+            log.warning("keyring: %s %s; keys now %s (primary first)", op.action,
+                        op.fingerprint or fingerprint(op.key or b""), _fingerprints(peer))
+        return {"ok": True, "changed": changed, "keys": _fingerprints(peer)}
+
+    async def operate(request: Request) -> tuple[int, Any]:
+        require_management_token(peer, request)
+        action = request.params["action"]
+        if action not in KEY_ACTIONS:
+            raise HttpError(404, f"no key action {action!r}; one of {', '.join(KEY_ACTIONS)}")
+        body = request.body
+        local = apply_here(body)
+        results: dict[str, Any] = {peer.config.name: local}
+        others = await _fan_out(peer, "POST", body)
+        results.update(others)
+        failed = sorted(n for n, r in results.items() if not r.get("ok"))
+        return 200, {"action": action, "members": results, "failed": failed}
+
+    async def list_keys(request: Request) -> tuple[int, Any]:
+        require_management_token(peer, request)
+        results: dict[str, Any] = {peer.config.name: {"ok": True, "keys": _fingerprints(peer)}}
+        results.update(await _fan_out(peer, "GET", None))
+        return 200, {"members": results, "summary": _summary(results)}
+
+    async def internal(request: Request) -> tuple[int, Any]:
+        if not is_internal_caller(request.bearer_token(), peer.keyring):
+            raise HttpError(401, "internal calls need the mesh's cluster key")
+        if request.method == "GET":
+            return 200, {"ok": True, "keys": _fingerprints(peer)}
+        return 200, apply_here(request.body)
+
+    return {("POST", "/v1/keyring/{action}"): operate,
+            ("GET", "/v1/keyring"): list_keys,
+            ("POST", "/v1/internal/keyring"): internal,
+            ("GET", "/v1/internal/keyring"): internal}
+
+
+def _fingerprints(peer: PeerDaemon) -> list[str]:
+    return [fingerprint(k) for k in peer.keyring.keys]
+
+
+def _summary(results: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """fingerprint -> how many members hold it and have it as primary."""
+    out: dict[str, dict[str, int]] = {}
+    for result in results.values():
+        keys = result.get("keys") or []
+        for i, fp in enumerate(keys):
+            entry = out.setdefault(fp, {"installed": 0, "primary": 0})
+            entry["installed"] += 1
+            entry["primary"] += i == 0
+    return out
+
+
+async def _fan_out(peer: PeerDaemon, method: str, body: bytes | None) -> dict[str, Any]:
+    """The same call on every other alive member, concurrently: name -> reply
+    (or ``{"ok": False, "error": ...}``)."""
+    assert peer.core is not None
+    members = [m for m in peer.core.members()
+               if m.name != peer.config.name and m.state == MemberState.ALIVE]
+    results: dict[str, Any] = {}
+    token = internal_secret(peer.keyring)
+
+    def call(api: str) -> Any:
+        if method == "GET":
+            return request_json("GET", api, "/v1/internal/keyring", token=token,
+                                timeout=FAN_OUT_TIMEOUT)
+        reply = request_bytes("POST", api, "/v1/internal/keyring", body, token=token,
+                              timeout=FAN_OUT_TIMEOUT)
+        return json.loads(reply)
+
+    async def one(name: str, api: str) -> None:
+        try:
+            results[name] = await trio.to_thread.run_sync(call, api, abandon_on_cancel=True)
+        except (ApiError, ValueError) as exc:
+            results[name] = {"ok": False, "error": str(exc)}
+
+    with trio.move_on_after(FAN_OUT_TIMEOUT + 1):
+        async with trio.open_nursery() as nursery:
+            for m in members:
+                nursery.start_soon(one, m.name, api_address(m.profile, m.addr[0]))
+    for m in members:
+        results.setdefault(m.name, {"ok": False, "error": "no answer in time"})
+    return results

@@ -1,0 +1,221 @@
+"""The guarded Raft transport (`nanomesh.consensus._transport`) against what
+an outsider sends to the Raft port, and live key rotation between voters.
+
+Each attack is one that pysyncobj's own transport let through (issue 8,
+items 1, 3 and 6): a pickle that runs code, a huge length prefix buffered
+before authentication, connections that never authenticate, a flood of
+connections from one source, and a key change that needed a restart."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+import struct
+import time
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import trio
+from cryptography.fernet import Fernet
+
+from nanomesh.consensus import ConsensusConfig, ConsensusNode, open_consensus
+from nanomesh.consensus import _transport as transport
+from nanomesh.wire import Keyring
+
+IpFactory = Callable[[int], list[str]]
+KEY_A, KEY_B, KEY_C = bytes(range(32)), bytes(range(1, 33)), bytes(range(2, 34))
+
+
+class _Mkdir:
+    """Unpickling this calls ``os.mkdir(path)``: the classic pickle exploit."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Callable[[str], None], tuple[str]]:
+        return os.mkdir, (self.path,)
+
+
+def _pysyncobj_frame(payload: bytes) -> bytes:
+    """A frame as pysyncobj writes it: native int length, then the body."""
+    return struct.pack("i", len(payload)) + payload
+
+
+def _exploits(marker: Path) -> list[bytes]:
+    evil = zlib.compress(pickle.dumps(_Mkdir(str(marker))), 3)
+    wrong_key = Fernet(Fernet.generate_key()).encrypt(evil)
+    return [_pysyncobj_frame(evil),          # what a key-less pysyncobj unpickles
+            _pysyncobj_frame(wrong_key)]     # a valid Fernet token under another key
+
+
+def _voter(ip: str, keyring: Keyring, peers: tuple[str, ...] = ()) -> ConsensusConfig:
+    return ConsensusConfig(address=(ip, 7948), peers=peers, keyring=keyring)
+
+
+def _closed_by_peer(sock: socket.socket, timeout: float) -> bool:
+    """Does the other side close `sock` within `timeout` (EOF or reset)?"""
+    sock.settimeout(timeout)
+    try:
+        while sock.recv(4096):
+            pass
+    except TimeoutError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+async def _leader(node: ConsensusNode) -> None:
+    await node.wait_status(lambda s: s.is_leader, timeout=5)
+
+
+async def test_a_pickle_exploit_never_reaches_pickle(ips: IpFactory, tmp_path: Path) -> None:
+    """Item 1: the frame that ran ``os.mkdir`` on a key-less peer, plain and
+    under a foreign key, is refused at the MAC; the node keeps leading."""
+    ip = ips(1)[0]
+    marker = tmp_path / "pwned"
+    async with open_consensus(_voter(ip, Keyring([KEY_A]))) as node:
+        await _leader(node)
+        term = node.term
+        for frame in _exploits(marker):
+            def attack(frame: bytes = frame) -> bool:
+                with socket.create_connection((ip, 7948), timeout=2) as s:
+                    s.sendall(frame)
+                    return _closed_by_peer(s, 2)
+            assert await trio.to_thread.run_sync(attack), "the link must be closed"
+        assert not marker.exists(), "unauthenticated bytes reached pickle"
+        assert node.dropped["unauthenticated"] == 2
+        assert (await node.put_service("still", {})).applied and node.term == term
+
+
+async def test_a_huge_length_prefix_is_refused_before_buffering(ips: IpFactory) -> None:
+    """Item 3: a 64 MiB length prefix closes the link at once, before any of
+    the body is buffered; the sender sees the close while still writing."""
+    ip = ips(1)[0]
+    async with open_consensus(_voter(ip, Keyring([KEY_A]))) as node:
+        await _leader(node)
+
+        def attack() -> int:
+            sent = 0
+            with socket.create_connection((ip, 7948), timeout=2) as s:
+                s.sendall(struct.pack("<I", 64 * 1024 * 1024))
+                chunk = os.urandom(64 * 1024)
+                try:
+                    for _ in range(1024):  # up to 64 MiB; the peer closes long before
+                        s.sendall(chunk)
+                        sent += len(chunk)
+                except OSError:
+                    return sent
+            return sent
+
+        sent = await trio.to_thread.run_sync(attack)
+        assert sent < 16 * 1024 * 1024, f"the peer accepted {sent} bytes of a junk frame"
+        assert node.dropped["oversized-frame"] == 1
+        assert (await node.put_service("after", {})).applied
+
+
+async def test_a_silent_or_dripping_connection_is_closed_after_the_handshake_timeout(
+        ips: IpFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Item 3: a connection that does not authenticate within
+    HANDSHAKE_TIMEOUT is closed, whether it is silent or drips bytes (which
+    keeps pysyncobj's idle timer from ever firing)."""
+    monkeypatch.setattr(transport, "HANDSHAKE_TIMEOUT", 0.5)
+    ip = ips(1)[0]
+    async with open_consensus(_voter(ip, Keyring([KEY_A]))) as node:
+        await _leader(node)
+
+        def silent() -> bool:
+            with socket.create_connection((ip, 7948), timeout=2) as s:
+                return _closed_by_peer(s, 3)
+
+        def dripping() -> bool:
+            with socket.create_connection((ip, 7948), timeout=2) as s:
+                s.sendall(struct.pack("<I", 200))
+                deadline = time.monotonic() + 3
+                try:
+                    while time.monotonic() < deadline:
+                        s.sendall(b"x")
+                        time.sleep(0.05)
+                except OSError:
+                    return True
+                return _closed_by_peer(s, 0.5)
+
+        assert await trio.to_thread.run_sync(silent)
+        assert await trio.to_thread.run_sync(dripping)
+        assert node.dropped["handshake-timeout"] == 2
+
+
+async def test_connections_over_the_per_source_limit_are_closed_on_accept(
+        ips: IpFactory) -> None:
+    """Item 3: at most MAX_PENDING_PER_SOURCE unauthenticated connections per
+    source IP stay open; the rest are closed at once, and members still write."""
+    ip = ips(1)[0]
+    n = transport.MAX_PENDING_PER_SOURCE + 6
+    async with open_consensus(_voter(ip, Keyring([KEY_A]))) as node:
+        await _leader(node)
+
+        def flood() -> int:
+            socks = [socket.create_connection((ip, 7948), timeout=2) for _ in range(n)]
+            try:
+                time.sleep(0.3)
+                return sum(1 for s in socks if _closed_by_peer(s, 0.2))
+            finally:
+                for s in socks:
+                    s.close()
+
+        closed = await trio.to_thread.run_sync(flood)
+        assert closed == n - transport.MAX_PENDING_PER_SOURCE
+        assert node.dropped["too-many-from-source"] == closed
+        assert (await node.put_service("members-unaffected", {})).applied
+
+
+async def test_a_rolling_key_rotation_never_stops_the_cluster(ips: IpFactory) -> None:
+    """Item 6: install the new key on every voter, make it primary on every
+    voter, remove the old one, all while running: every step commits a
+    write, and a node holding only the removed key is then shut out."""
+    a, b = ips(2)
+    ring_a, ring_b = Keyring([KEY_A]), Keyring([KEY_A])
+    peers = (f"{a}:7948", f"{b}:7948")
+    async with open_consensus(_voter(a, ring_a, peers)) as first, \
+            open_consensus(_voter(b, ring_b, peers)) as second:
+        nodes = (first, second)
+
+        async def write(name: str) -> None:
+            with trio.fail_after(10):
+                while True:
+                    for node in nodes:
+                        if node.status.is_leader:
+                            assert (await node.put_service(name, {})).applied
+                            await second.wait_state(lambda s: name in s.services, timeout=5)
+                            await first.wait_state(lambda s: name in s.services, timeout=5)
+                            return
+                    await trio.sleep(0.05)
+
+        await write("before")
+        for ring in (ring_a, ring_b):
+            ring.add(KEY_B)
+        await write("installed")
+        ring_a.use(KEY_B)  # a seals with B, b still with A: both open both
+        await write("half-used")
+        ring_b.use(KEY_B)
+        await write("used")
+        for ring in (ring_a, ring_b):
+            ring.remove(KEY_A)
+        await write("removed")
+        for node in nodes:
+            node.status  # noqa: B018  (still running, no exception)
+        assert first.term == second.term
+
+
+async def test_a_node_with_another_key_hears_nothing(ips: IpFactory) -> None:
+    """A voter holding a different key never joins the other's cluster."""
+    a, b = ips(2)
+    peers = (f"{a}:7948", f"{b}:7948")
+    async with open_consensus(_voter(a, Keyring([KEY_A]), peers)) as first, \
+            open_consensus(_voter(b, Keyring([KEY_C]), peers)) as second:
+        await trio.sleep(1.5)
+        assert first.status.leader is None and second.status.leader is None
+        assert first.dropped["unauthenticated"] + second.dropped["unauthenticated"] > 0

@@ -1,0 +1,104 @@
+"""Live key rotation across real daemons (issue 8, item 6), as an operator
+does it with ``serf keys``: install a new key, make it primary, remove the
+old one, with no restart, while gossip and Raft keep working; a peer
+restarted afterwards comes back with the rotated keys; the old key no
+longer admits anyone."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mesh_harness import PY, Cluster, Peer
+
+from nanomesh.keys import fingerprint
+from nanomesh.wire import Keyring
+
+pytestmark = pytest.mark.integration
+
+
+def keys_cli(peer: Peer, token: str, key_file: Path, *args: str) -> tuple[int, Any]:
+    result = subprocess.run(
+        [PY, "-m", "nanomesh", "keys", *args, "--peer", peer.api, "--token", token,
+         "--json", *(["--key-file", str(key_file)] if args[0] != "list" else [])],
+        capture_output=True, text=True, timeout=60)
+    if not result.stdout:
+        return result.returncode, result.stderr
+    return result.returncode, json.loads(result.stdout[:result.stdout.rindex("}") + 1])
+
+
+def management_token(cluster: Cluster, founder: Peer, key: Path) -> str:
+    """The founder's token, once committed (key operations need it)."""
+    token_file = founder.data_dir / "management.token"
+    cluster.wait(token_file.exists, what="the management token")
+    token = token_file.read_text().strip()
+    cluster.wait(lambda: keys_cli(founder, token, key, "list")[0] == 0,
+                 what="the token committed (keys list answers)")
+    return token
+
+
+def fp(path: Path) -> str:
+    return fingerprint(Keyring.from_file(path).keys[0])
+
+
+def test_a_rolling_rotation_keeps_the_mesh_whole(cluster: Cluster, tmp_path: Path) -> None:
+    peers = cluster.start_mesh(3)
+    founder = peers[0]
+    cluster.wait(lambda: len(founder.get("/v1/status").get("voters") or []) == 3,
+                 what="3 voters")
+    token = management_token(cluster, founder, cluster.default_key)
+    old, new = cluster.default_key, cluster.new_key("new.key")
+    term = founder.get("/v1/status")["term"]
+
+    code, out = keys_cli(peers[1], token, old, "install", str(new))
+    assert code == 0 and not out["failed"], out
+    assert all(r["keys"] == [fp(old), fp(new)] for r in out["members"].values()), out
+    code, out = keys_cli(peers[2], token, old, "use", str(new))
+    assert code == 0 and all(r["keys"] == [fp(new), fp(old)] for r in out["members"].values())
+    # The CLI still seals with the old key (installed everywhere): accepted.
+    code, out = keys_cli(founder, token, old, "remove", fp(old))
+    assert code == 0 and all(r["keys"] == [fp(new)] for r in out["members"].values()), out
+    code, listing = keys_cli(founder, token, new, "list")
+    assert code == 0 and listing["summary"] == {fp(new): {"installed": 3, "primary": 3}}
+
+    # Gossip and Raft never noticed: same leader and term, everyone alive.
+    cluster.wait_converged(peers)
+    status = founder.get("/v1/status")
+    assert status["term"] == term and len(status["voters"]) == 3, status
+    # Persisted: a peer restarted with its original (now stale) --key-file
+    # comes back with the rotated keyring and rejoins.
+    peers[1].terminate()
+    peers[1].start()
+    cluster.wait_converged(peers)
+    assert Keyring.from_file(peers[1].data_dir / "cluster.key").keys == \
+        Keyring.from_file(new).keys
+    # The removed key admits no one any more.
+    outsider = cluster.add("outsider", key_file=old, join=[founder.gossip])
+    cluster.wait(lambda: founder.health()["dropped"].get("decrypt", 0) > 0,
+                 what="the outsider's packets dropped")
+    assert "outsider" not in founder.members()
+    outsider.kill()
+
+
+def test_a_key_operation_sealed_under_a_foreign_key_changes_nothing(
+        cluster: Cluster) -> None:
+    peers = cluster.start_mesh(2)
+    token = management_token(cluster, peers[0], cluster.default_key)
+    foreign = cluster.new_key("foreign.key")
+    result = subprocess.run(
+        [PY, "-m", "nanomesh", "keys", "install", str(foreign), "--peer", peers[0].api,
+         "--token", token, "--key-file", str(foreign)], capture_output=True, text=True,
+        timeout=60)
+    assert result.returncode != 0 and "key operation refused" in result.stderr, result
+    for p in peers:
+        assert Keyring.from_file(p.data_dir / "cluster.key").keys == \
+            Keyring.from_file(cluster.default_key).keys
+    # Without the management token nothing is even opened.
+    result = subprocess.run(
+        [PY, "-m", "nanomesh", "keys", "install", str(foreign), "--peer", peers[0].api,
+         "--key-file", str(cluster.default_key)], capture_output=True, text=True, timeout=60,
+        env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"})
+    assert result.returncode != 0 and "HTTP 401" in result.stderr, result

@@ -1,0 +1,155 @@
+"""Secure by default, against real daemons (issue 8, items 1-3).
+
+- A peer never runs without the cluster key: a founder without one
+  generates it (and says to copy it), a joiner without one refuses to start
+  with a one-line error.
+- The Raft port of a peer started as README's device section allows (no
+  ``--key-file``) does not run an outsider's pickle.
+- An unauthenticated flood of the leader's Raft port neither grows it by
+  more than a few MiB nor moves leadership.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+import struct
+import time
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import pytest
+from mesh_harness import NO_KEY, Cluster
+
+pytestmark = pytest.mark.integration
+
+RAFT_PORT = 7948
+FLOOD_SECONDS = 6.0
+"""How long the flood lasts: many election timeouts (0.15-0.30 s) long."""
+RSS_GROWTH_LIMIT = 8 * 1024 * 1024
+"""What the flood may add to the leader's RSS ("a few MiB"): pysyncobj's own
+transport grew by 76 MiB for one 64 MiB frame."""
+
+
+class _Mkdir:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Callable[[str], None], tuple[str]]:
+        return os.mkdir, (self.path,)
+
+
+def test_founder_without_a_key_generates_one_and_a_keyless_joiner_refuses(
+        cluster: Cluster) -> None:
+    founder = cluster.add("founder", key_file=NO_KEY)
+    cluster.wait_api([founder])
+    key = founder.data_dir / "cluster.key"
+    assert key.exists() and key.stat().st_mode & 0o777 == 0o600
+    assert "Copy this file to every other device" in founder.log_path.read_text()
+
+    joiner = cluster.add("joiner", key_file=NO_KEY, join=[founder.gossip])
+    assert joiner.proc is not None
+    assert joiner.proc.wait(timeout=30) != 0
+    joiner.expect_running = False
+    error = joiner.log_path.read_text().strip().splitlines()
+    assert error[-1].startswith("nanomesh: error: a peer that joins a mesh needs"), error
+    assert "--key-file" in error[-1]
+
+    # The generated key admits a device, and the founder keeps it across a restart.
+    member = cluster.add("member", key_file=key, join=[founder.gossip])
+    cluster.wait_converged([founder, member])
+    before = key.read_bytes()
+    founder.terminate()
+    founder.start()
+    cluster.wait_converged([founder, member])
+    assert key.read_bytes() == before
+
+
+def test_the_raft_port_of_a_peer_started_without_a_key_runs_no_pickle(
+        cluster: Cluster, tmp_path: Path) -> None:
+    """Item 1 as reproduced: a frame whose pickle calls ``os.mkdir``, sent to
+    7948 of a peer started without ``--key-file``, ran on main."""
+    peer = cluster.add("device", key_file=NO_KEY)
+    cluster.wait(lambda: peer.get("/v1/status").get("leader"), what="a Raft leader")
+    marker = tmp_path / "pwned"
+    payload = zlib.compress(pickle.dumps(_Mkdir(str(marker))), 3)
+    with socket.create_connection((peer.ip, RAFT_PORT), timeout=3) as s:
+        s.sendall(struct.pack("i", len(payload)) + payload)  # pysyncobj's framing
+        assert _closed_by_peer(s, 3), "the peer must close the link"
+    assert not marker.exists(), "an outsider's pickle ran on the peer"
+    cluster.wait(lambda: peer.health()["raft_dropped"].get("unauthenticated", 0) >= 1,
+                 what="the frame counted as unauthenticated")
+
+
+def _closed_by_peer(sock: socket.socket, timeout: float) -> bool:
+    sock.settimeout(timeout)
+    try:
+        while sock.recv(4096):
+            pass
+    except TimeoutError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _flood(ip: str, until: float) -> dict[str, int]:
+    """Junk against the Raft port until `until`: huge length prefixes with
+    bodies, silent connections, and single junk frames, all from one source."""
+    counts = {"connections": 0, "bytes": 0}
+    chunk = os.urandom(64 * 1024)
+    idle: list[socket.socket] = []
+    try:
+        while time.monotonic() < until:
+            try:
+                s = socket.create_connection((ip, RAFT_PORT), timeout=1)
+            except OSError:
+                continue
+            counts["connections"] += 1
+            try:
+                s.sendall(struct.pack("<I", 64 * 1024 * 1024))
+                for _ in range(64):
+                    s.sendall(chunk)
+                    counts["bytes"] += len(chunk)
+            except OSError:
+                pass
+            if len(idle) < 40:
+                idle.append(s)  # keep some open and silent
+            else:
+                s.close()
+    finally:
+        for s in idle:
+            s.close()
+    return counts
+
+
+def test_an_unauthenticated_flood_neither_grows_the_leader_nor_moves_leadership(
+        cluster: Cluster) -> None:
+    """Item 3: 64 MiB frames, silent connections and connection floods
+    against the leader's Raft port for several seconds."""
+    peers = cluster.start_mesh(3)
+    cluster.wait(lambda: len(peers[0].get("/v1/status").get("voters") or []) == 3,
+                 what="3 voters")
+    status = peers[0].get("/v1/status")
+    leader = next(p for p in peers if f"{p.ip}:{RAFT_PORT}" == status["leader"])
+    term = status["term"]
+    assert leader.pid is not None
+    proc = psutil.Process(leader.pid)
+    rss_before = proc.memory_info().rss
+    counts = _flood(leader.ip, time.monotonic() + FLOOD_SECONDS)
+    rss_after = proc.memory_info().rss
+    after = leader.get("/v1/status")
+    print(f"flood: {counts}, leader RSS {rss_before / 2**20:.1f} -> {rss_after / 2**20:.1f} MiB, "
+          f"term {term} -> {after['term']}")
+    assert counts["connections"] > 10 and counts["bytes"] > 0
+    assert after["term"] == term and after["leader"] == status["leader"], (
+        f"leadership moved under the flood: {status} -> {after}")
+    assert rss_after - rss_before < RSS_GROWTH_LIMIT, (
+        f"the leader grew by {(rss_after - rss_before) / 2**20:.1f} MiB")
+    dropped = leader.health()["raft_dropped"]
+    assert dropped.get("oversized-frame", 0) >= 1, dropped
+    for p in peers:
+        p.check_alive()
