@@ -153,3 +153,27 @@ def test_an_unauthenticated_flood_neither_grows_the_leader_nor_moves_leadership(
     assert dropped.get("oversized-frame", 0) >= 1, dropped
     for p in peers:
         p.check_alive()
+
+
+def test_the_old_public_internal_secret_opens_nothing(cluster: Cluster) -> None:
+    """Item 2: on main the internal secret of a key-less peer was
+    ``sha256(b"nanomesh-internal-v1")``, which anyone can compute; it listed
+    and uploaded bundles and removed Raft voters. Now the secret derives from
+    the cluster key only."""
+    import hashlib
+    import urllib.error
+    import urllib.request
+
+    peer = cluster.add("device", key_file=NO_KEY)
+    cluster.wait(lambda: peer.get("/v1/status").get("leader"), what="a Raft leader")
+    public = hashlib.sha256(b"nanomesh-internal-v1").hexdigest()
+    for method, path, body in (("POST", "/v1/internal/raft/remove", b'{"addr": "x:1"}'),
+                               ("POST", "/v1/internal/keyring", b"x" * 40),
+                               ("PUT", "/v1/bundles/" + "0" * 64, b"junk")):
+        request = urllib.request.Request(
+            f"http://{peer.api}{path}", data=body, method=method,
+            headers={"authorization": f"Bearer {public}",
+                     "content-type": "application/octet-stream"})
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(request, timeout=5)
+        assert err.value.code == 401, (path, err.value.code)
