@@ -45,6 +45,7 @@ from nanomesh.daemon.api_mesh import mesh_routes
 from nanomesh.daemon.api_naming import naming_routes, service_names
 from nanomesh.daemon.api_runtime import runtime_routes
 from nanomesh.daemon.http import serve_http
+from nanomesh.daemon.limits import StreamAdmission
 from nanomesh.daemon.mesh import MeshControl
 from nanomesh.daemon.profile import ProfileSource
 from nanomesh.errors import ConfigError, RemoteProtocolError
@@ -118,6 +119,7 @@ class PeerDaemon:
         self._join_round_done = trio.Event()
         self._join_pending = 0
         self._stopping = False
+        self._streams = StreamAdmission()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -353,6 +355,17 @@ class PeerDaemon:
             self._join_round_done.set()
 
     async def _serve_stream(self, stream: trio.SocketStream) -> None:
+        source = _peer_ip(stream)
+        if not self._streams.admit(source):
+            self.dropped["stream-limit"] += 1
+            await stream.aclose()
+            return
+        try:
+            await self._serve_admitted_stream(stream)
+        finally:
+            self._streams.release(source)
+
+    async def _serve_admitted_stream(self, stream: trio.SocketStream) -> None:
         assert self.core is not None
         async with stream:
             with trio.move_on_after(self.config.gossip.stream_timeout):
@@ -382,7 +395,14 @@ class PeerDaemon:
 
     async def _read_frame(self, stream: trio.SocketStream) -> list[Any]:
         prefix = await _receive_exactly(stream, FRAME_PREFIX_LEN)
-        body = await _receive_exactly(stream, frame_length(prefix))
+        length = frame_length(prefix)
+        if not self._streams.reserve(length):
+            raise RemoteProtocolError("busy", f"a {length}-byte frame over the budget of "
+                                      "unauthenticated bytes; the sender retries later")
+        try:
+            body = await _receive_exactly(stream, length)
+        finally:
+            self._streams.free(length)
         self.bytes_in += FRAME_PREFIX_LEN + len(body)
         return open_envelope(body, self.keyring, limit=MAX_FRAME)
 
@@ -419,6 +439,11 @@ def _only_stream(messages: list[Any]) -> StreamMessage:
         raise RemoteProtocolError("malformed", "a stream frame carries exactly one message")
     msg: StreamMessage = messages[0]
     return msg
+
+
+def _peer_ip(stream: trio.SocketStream) -> str:
+    peer = _peer_of(stream)
+    return str(peer[0]) if isinstance(peer, tuple) else str(peer)
 
 
 def _peer_of(stream: trio.SocketStream) -> Any:

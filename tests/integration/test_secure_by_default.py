@@ -177,3 +177,41 @@ def test_the_old_public_internal_secret_opens_nothing(cluster: Cluster) -> None:
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(request, timeout=5)
         assert err.value.code == 401, (path, err.value.code)
+
+
+def test_unauthenticated_gossip_streams_cannot_make_a_peer_buffer_much(
+        cluster: Cluster) -> None:
+    """The gossip TCP port reads a whole sealed frame (up to 8 MiB) before it
+    can authenticate it: 120 connections that each announce 8 MiB and send
+    most of it must not grow the peer by more than a few MiB, and the mesh
+    stays whole meanwhile."""
+    peers = cluster.start_mesh(2)
+    target = peers[0]
+    assert target.pid is not None
+    proc = psutil.Process(target.pid)
+    rss_before = proc.memory_info().rss
+    socks: list[socket.socket] = []
+    chunk = os.urandom(256 * 1024)
+    try:
+        for _ in range(120):
+            try:
+                s = socket.create_connection((target.ip, 7946), timeout=1)
+                s.settimeout(0.2)
+                s.sendall(struct.pack(">I", 8 * 1024 * 1024 - 1))
+                for _ in range(24):
+                    s.sendall(chunk)
+            except OSError:
+                pass
+            else:
+                socks.append(s)
+        rss_after = proc.memory_info().rss
+        print(f"gossip stream flood: RSS {rss_before / 2**20:.1f} -> "
+              f"{rss_after / 2**20:.1f} MiB, dropped {target.health()['dropped']}")
+        assert rss_after - rss_before < RSS_GROWTH_LIMIT, (
+            f"the peer grew by {(rss_after - rss_before) / 2**20:.1f} MiB")
+        dropped = target.health()["dropped"]
+        assert dropped.get("stream-limit", 0) + dropped.get("busy", 0) > 0, dropped
+    finally:
+        for s in socks:
+            s.close()
+    cluster.wait_converged(peers)
