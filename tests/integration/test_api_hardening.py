@@ -6,6 +6,7 @@ daemon sees distinct clients, as it would on a LAN."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import socket
@@ -14,10 +15,13 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from mesh_harness import API_PORT, Cluster, Peer
+from service_helpers import cli, cli_retry, copy_service
+from test_control_plane import read_token_when_ready
 
 from nanomesh.apiclient import ApiError
 from nanomesh.daemon.http_limits import ServerLimits
@@ -30,7 +34,14 @@ LIMITS = ServerLimits()
 def get(peer: Peer, path: str, token: str | None = None, source: str = "127.0.42.1",
         timeout: float = 10.0) -> tuple[int, Any, dict[str, str]]:
     """(status, JSON body, headers) of one GET from ``source``."""
-    req = urllib.request.Request(f"http://{peer.api}{path}")
+    return call(peer, "GET", path, token=token, source=source, timeout=timeout)
+
+
+def call(peer: Peer, method: str, path: str, data: bytes | None = None,
+         token: str | None = None, source: str = "127.0.42.1", timeout: float = 10.0
+         ) -> tuple[int, Any, dict[str, str]]:
+    """(status, JSON body, headers) of one request from ``source``."""
+    req = urllib.request.Request(f"http://{peer.api}{path}", data=data, method=method)
     if token is not None:
         req.add_header("authorization", f"Bearer {token}")
     handler = _SourceHandler(source)
@@ -167,3 +178,64 @@ def test_a_client_over_its_limit_is_refused_and_others_are_not(
     finally:
         for s in held:
             s.close()
+
+
+# --------------------------------------------------------------------------- item 5
+
+
+def test_state_and_environment_are_shown_with_the_token_only(
+        cluster: Cluster, founder: Peer, tmp_path: Path) -> None:
+    """Before the fix, GET /v1/services showed every saved state blob and
+    every run environment to anyone, although /v1/instances/*/state needs
+    the token."""
+    token = read_token_when_ready(cluster, founder)
+    folder = copy_service("counter", tmp_path / "counter", replace={
+        r'command = \["python3", "-u", "counter.py"\]':
+        'command = ["python3", "-u", "counter.py"]\nenv = { API_KEY = "s3cret-key" }'})
+    cli_retry(cluster, "deploy", str(folder), "--detach", peer=founder, token=token)
+    blob = b"count=3 secret-state"
+    code, reply, _ = cluster.wait(
+        lambda: (r := call(founder, "PUT", "/v1/instances/counter/0/state", blob,
+                           token=token))[0] not in (503, 504) and r,
+        what="the state to be saved")
+    assert code == 200, reply
+
+    code, docs, _ = get(founder, "/v1/services")
+    counter = next(d for d in docs if d["name"] == "counter")
+    assert code == 200 and "state" not in counter, counter
+    assert counter["run"]["env"] == {"API_KEY": "(redacted)"}
+    assert counter["redacted"] == ["state", "run.env"]
+    wrong = next(d for d in get(founder, "/v1/services", token="not-the-token")[1]
+                 if d["name"] == "counter")
+    assert "state" not in wrong and "s3cret-key" not in json.dumps(wrong)
+
+    counter = cluster.wait(lambda: next(
+        (d for d in get(founder, "/v1/services", token=token)[1]
+         if d["name"] == "counter" and "state" in d), None), what="the state committed")
+    assert base64.b64decode(counter["state"]) == blob
+    assert counter["run"]["env"] == {"API_KEY": "s3cret-key"} and "redacted" not in counter
+
+    # The CLI passes the token it has, so operators still see everything.
+    shown = cli("services", "--json", peer=founder, token=token)
+    assert shown.returncode == 0 and "s3cret-key" in shown.stdout, shown
+    assert base64.b64encode(blob).decode() in shown.stdout
+    hidden = cli("services", "--json", peer=founder, token="not-the-token")
+    assert hidden.returncode == 0 and "s3cret-key" not in hidden.stdout
+    assert "withheld" in hidden.stderr and "not accepted" in hidden.stderr
+
+
+def test_every_401_says_what_it_needs_and_names_the_bearer_scheme(
+        cluster: Cluster, founder: Peer) -> None:
+    read_token_when_ready(cluster, founder)
+    cases = [("GET", "/v1/instances/counter/0/logs", "reading the log of counter/0 needs "
+              "the mesh's management token"),
+             ("GET", "/v1/instances/counter/0/state", "may read its state"),
+             ("GET", "/v1/bundles", "reading /v1/bundles needs"),
+             ("POST", "/v1/services", "this call changes the mesh")]
+    for method, path, text in cases:
+        code, body, headers = cluster.wait(
+            lambda m=method, p=path: (r := call(founder, m, p, b"{}" if m == "POST" else None)
+                                      )[0] != 503 and r, what=f"{method} {path} answered")
+        assert code == 401 and text in body["error"], (method, path, code, body)
+        assert "--token" in body["error"]
+        assert headers.get("www-authenticate") == 'Bearer realm="nanomesh"', headers
