@@ -204,9 +204,10 @@ class _Server:
                 self._count("refused_per_client" if decision.status == 429 else "refused_full")
                 await _refuse(stream, decision.status, decision.reason)
                 return
-            if decision.evict is not None:
+            evicted = self._scopes.pop(decision.evict, None) if decision.evict is not None else None
+            if evicted is not None:
                 self._count("evicted")
-                self._scopes.pop(decision.evict).cancel()
+                evicted.cancel()
             self.stats.open = len(self.table)
             with trio.CancelScope() as scope:
                 self._scopes[conn] = scope
@@ -243,8 +244,15 @@ class _Server:
             slots.acquire_nowait()
         except trio.WouldBlock:
             self._count("busy")
-            await _respond(stream, h11conn, 503,
-                           {"error": "too many concurrent requests; retry shortly"})
+            with trio.move_on_after(REFUSAL_LINGER):
+                await _respond(stream, h11conn, 503,
+                               {"error": "too many concurrent requests; retry shortly"})
+                # Take (and drop) a body the client is still sending: closing
+                # with unread data resets the connection, and the client would
+                # never see the 503.
+                await stream.send_eof()
+                while await stream.receive_some(65536):
+                    pass
             return
         try:
             await self._serve_request(stream, h11conn, head, read_body=not priority)
