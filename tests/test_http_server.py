@@ -97,6 +97,13 @@ async def connect(port: int, source: str = "127.0.57.20") -> trio.SocketStream:
     return trio.SocketStream(sock)
 
 
+async def wait_open(stats: ServerStats, n: int) -> None:
+    """Until the server holds ``n`` connections (it accepts asynchronously)."""
+    with trio.fail_after(5):
+        while stats.open < n:
+            await trio.sleep(0.01)
+
+
 GET_PING = b"GET /v1/ping HTTP/1.1\r\nhost: h\r\n\r\n"
 GET_HEALTH = b"GET /v1/health HTTP/1.1\r\nhost: h\r\n\r\n"
 
@@ -104,13 +111,20 @@ GET_HEALTH = b"GET /v1/health HTTP/1.1\r\nhost: h\r\n\r\n"
 async def test_idle_connections_hold_no_request_slot() -> None:
     """Before: every accepted socket took one of the request slots, so as many
     idle sockets as slots answered everyone else 503."""
-    limits = ServerLimits(max_requests=4, reserved_requests=1)
-    async with server(17003, limits=limits):
+    limits, stats = ServerLimits(max_requests=4, reserved_requests=1), ServerStats()
+    async with server(17003, limits=limits, stats=stats):
         idle = [await connect(17003, f"127.0.57.{30 + i // 8}") for i in range(20)]
-        await trio.sleep(0.1)  # let the server take them
+        await wait_open(stats, 20)
         assert (await exchange(17003, GET_PING)).startswith(b"HTTP/1.1 200")
         for stream in idle:
             await stream.aclose()
+
+
+async def test_an_oversized_head_is_refused_431() -> None:
+    async with server(17009, limits=ServerLimits(max_head_bytes=1024)):
+        reply = await exchange(17009, b"GET /v1/ping HTTP/1.1\r\nhost: h\r\nx-big: "
+                               + b"a" * 4096 + b"\r\n\r\n")
+        assert reply.startswith(b"HTTP/1.1 431"), reply
 
 
 async def test_a_trickling_head_is_cut_off_at_the_deadline_with_408() -> None:
@@ -127,7 +141,7 @@ async def test_a_client_over_its_limit_gets_429_and_others_are_served() -> None:
     stats = ServerStats()
     async with server(17005, limits=ServerLimits(max_per_client=2), stats=stats):
         held = [await connect(17005, "127.0.57.21") for _ in range(2)]
-        await trio.sleep(0.1)
+        await wait_open(stats, 2)
         third = await connect(17005, "127.0.57.21")
         await third.send_all(GET_PING)
         reply = await read_all(third)
@@ -144,7 +158,7 @@ async def test_when_full_the_oldest_idle_connection_makes_room() -> None:
     stats = ServerStats()
     async with server(17006, limits=ServerLimits(max_open=4, max_per_client=4), stats=stats):
         idle = [await connect(17006, "127.0.57.23") for _ in range(4)]
-        await trio.sleep(0.1)
+        await wait_open(stats, 4)
         fresh = await connect(17006, "127.0.57.24")
         await fresh.send_all(GET_PING)
         assert (await read_all(fresh)).startswith(b"HTTP/1.1 200")
@@ -156,8 +170,11 @@ async def test_when_full_the_oldest_idle_connection_makes_room() -> None:
 
 async def test_health_answers_while_every_shared_slot_is_busy() -> None:
     release = trio.Event()
+    started = 0
 
     async def stuck(_: Request) -> tuple[int, Any]:
+        nonlocal started
+        started += 1
         await release.wait()
         return 200, {}
 
@@ -167,7 +184,9 @@ async def test_health_answers_while_every_shared_slot_is_busy() -> None:
         async with trio.open_nursery() as nursery:
             for _ in range(2):
                 nursery.start_soon(exchange, 17007, b"GET /v1/stuck HTTP/1.1\r\nhost: h\r\n\r\n")
-            await trio.sleep(0.1)
+            with trio.fail_after(5):
+                while started < 2:
+                    await trio.sleep(0.01)
             busy = await exchange(17007, GET_PING)
             assert busy.startswith(b"HTTP/1.1 503") and b"retry-after: 1" in busy.lower()
             assert (await exchange(17007, GET_HEALTH)).startswith(b"HTTP/1.1 200")

@@ -44,6 +44,7 @@ from typing import IO, Any, BinaryIO
 import h11
 import trio
 
+from nanomesh.auth import TOKEN_SOURCES
 from nanomesh.daemon.http_limits import (
     ConnectionTable,
     Refused,
@@ -224,10 +225,11 @@ class _Server:
         h11conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_head_bytes)
         with trio.move_on_after(self.limits.head_timeout) as head_scope:
             try:
-                head = await _read_head(stream, h11conn)
+                head = await _read_head(stream, h11conn, self.limits.max_head_bytes)
             except h11.RemoteProtocolError as exc:
                 await _respond(stream, h11conn, exc.error_status_hint,
                                {"error": f"malformed HTTP request: {exc}"})
+                await _drain(stream)
                 return
         if head_scope.cancelled_caught:
             self._count("head_timeouts")
@@ -244,15 +246,9 @@ class _Server:
             slots.acquire_nowait()
         except trio.WouldBlock:
             self._count("busy")
-            with trio.move_on_after(REFUSAL_LINGER):
-                await _respond(stream, h11conn, 503,
-                               {"error": "too many concurrent requests; retry shortly"})
-                # Take (and drop) a body the client is still sending: closing
-                # with unread data resets the connection, and the client would
-                # never see the 503.
-                await stream.send_eof()
-                while await stream.receive_some(65536):
-                    pass
+            await _respond(stream, h11conn, 503,
+                           {"error": "too many concurrent requests; retry shortly"})
+            await _drain(stream)
             return
         try:
             await self._serve_request(stream, h11conn, head, read_body=not priority)
@@ -288,6 +284,7 @@ class _Server:
                                {"error": f"request body over {exc.limit} bytes"})
             except _Refused as exc:
                 await _respond(stream, conn, exc.status, {"error": exc.message})
+            await _drain(stream)
             return None
         self._count("body_timeouts")
         return None
@@ -401,12 +398,26 @@ async def _refuse(stream: trio.SocketStream, status: int, message: str, *,
         await stream.send_all(head + b"\r\n" + body)
 
 
-async def _read_head(stream: trio.SocketStream, conn: h11.Connection) -> h11.Request | None:
-    """The request head, or None if the client went away first."""
+async def _drain(stream: trio.SocketStream) -> None:
+    """After answering a request we did not read whole: say we are done
+    (FIN) and take (and drop) what the client still sends, for at most
+    REFUSAL_LINGER seconds. Closing with unread data resets the connection,
+    and the client would never see the answer."""
+    with trio.move_on_after(REFUSAL_LINGER):
+        await stream.send_eof()
+        while await stream.receive_some(65536):
+            pass
+
+
+async def _read_head(stream: trio.SocketStream, conn: h11.Connection, max_bytes: int
+                     ) -> h11.Request | None:
+    """The request head, or None if the client went away first. Reads at most
+    ``max_bytes`` at a time, so a pending connection never buffers much more
+    than the head limit (h11 raises 431 beyond it)."""
     while True:
         event = conn.next_event()
         if event is h11.NEED_DATA:
-            data = await stream.receive_some(65536)
+            data = await stream.receive_some(max_bytes)
             conn.receive_data(data)
             continue
         if isinstance(event, h11.Request):
@@ -435,8 +446,8 @@ async def _read_body(stream: trio.SocketStream, conn: h11.Connection, head: h11.
                       head.target.decode("latin-1").partition("?")[0])
     if rule is not None and rule.admit is not None and not rule.admit(
             {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in head.headers}):
-        raise _Refused(401, "this upload needs the management token (or the "
-                       "mesh's internal secret)")
+        raise _Refused(401, f"this upload needs the mesh's management token "
+                       f"({TOKEN_SOURCES}) or its internal secret")
     if rule is not None:
         limit = rule.max_bytes
         scope.deadline = trio.current_time() + rule.timeout
