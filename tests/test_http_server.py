@@ -137,6 +137,20 @@ async def test_a_trickling_head_is_cut_off_at_the_deadline_with_408() -> None:
         assert stats.head_timeouts == 1 and stats.open == 0
 
 
+async def test_a_trickling_body_is_cut_off_and_frees_its_slot() -> None:
+    """A complete head takes a request slot; a body that never finishes must
+    give it back at the body deadline."""
+    stats = ServerStats()
+    limits = ServerLimits(body_timeout=0.3, max_requests=1)
+    async with server(17010, limits=limits, stats=stats):
+        slow = await connect(17010)
+        await slow.send_all(b"POST /v1/bundles/x HTTP/1.1\r\nhost: h\r\n"
+                            b"content-length: 100\r\n\r\nabc")
+        assert await read_all(slow) == b""  # closed, nothing served
+        assert stats.body_timeouts == 1
+        assert (await exchange(17010, GET_PING)).startswith(b"HTTP/1.1 200")
+
+
 async def test_a_client_over_its_limit_gets_429_and_others_are_served() -> None:
     stats = ServerStats()
     async with server(17005, limits=ServerLimits(max_per_client=2), stats=stats):
