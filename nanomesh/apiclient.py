@@ -1,7 +1,8 @@
 """A minimal client for a peer's HTTP JSON API (used by the CLI and the lab).
 
-- `get_json(peer, path)`, `request_json(method, peer, path, body, token)`:
-  JSON in and out.
+- `get_json(peer, path, token=None)`, `request_json(method, peer, path,
+  body, token)`: JSON in and out. A read with the management token shows
+  what the peer withholds from others (state blobs, environments).
 - `request_bytes(method, peer, path, data, token, content_type)`: raw bytes
   in and out (bundles); the reply body as bytes.
 """
@@ -23,9 +24,10 @@ class ApiError(NanomeshError):
     """The peer's API could not be reached or answered with an error."""
 
 
-def get_json(peer: str, path: str, timeout: float = DEFAULT_TIMEOUT) -> Any:
+def get_json(peer: str, path: str, timeout: float = DEFAULT_TIMEOUT,
+             token: str | None = None) -> Any:
     """GET http://{peer}{path} and decode the JSON body; `peer` is ``IP:PORT``."""
-    return request_json("GET", peer, path, timeout=timeout)
+    return request_json("GET", peer, path, token=token, timeout=timeout)
 
 
 def request_json(method: str, peer: str, path: str, body: Any = None,

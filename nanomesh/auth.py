@@ -1,10 +1,28 @@
-"""The mesh's management token.
+"""The mesh's management token, and what a caller without it may see.
 
 Deploying a service runs code on every device, so every mutating API call
-requires the token; read-only calls do not. The peer that bootstraps a mesh
-generates the token, keeps it in its data directory (owner-only) and commits
-its SHA-256 to the replicated state, so that *every* peer can check it without
-holding the token itself.
+requires the token. The peer that bootstraps a mesh generates the token,
+keeps it in its data directory (owner-only) and commits its SHA-256 to the
+replicated state, so that *every* peer can check it without holding the
+token itself.
+
+Reads are open, with two exceptions:
+
+- reads of things that may hold secrets need the token outright, and their
+  401 says so (`read_refusal`): instance logs, state blobs
+  (``/v1/instances/*/state``; the instance's own token also works), bundles;
+- reads that list the desired state are answered to everyone, but a reader
+  without the token gets them redacted (`redact_service`,
+  `redact_registry_entry`): no state blob, and the values of ``run.env``
+  replaced by ``"(redacted)"`` (a manifest's environment is where a
+  service's secrets go; the names stay visible). A redacted document names
+  what it withholds in ``"redacted"``, a field no manifest may have, so it
+  can never be deployed back by mistake. A wrong token on such a read is
+  treated as none (the CLI may send a stale lab token to another mesh),
+  and the CLI says that it was not accepted.
+
+The HTTP side of these rules (who the caller is, the 401s with their
+``WWW-Authenticate`` challenge) is `nanomesh.daemon.api_auth`.
 """
 
 from __future__ import annotations
@@ -13,7 +31,9 @@ import hashlib
 import hmac
 import os
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from nanomesh.errors import ConfigError
 from nanomesh.wire import Keyring
@@ -21,6 +41,50 @@ from nanomesh.wire import Keyring
 TOKEN_FILE = "management.token"
 TOKEN_META_KEY = "token_sha256"
 """Key of the token's hash in the replicated mesh settings."""
+TOKEN_SOURCES = "--token, $NANOMESH_TOKEN or --token-file"
+"""How an operator hands the CLI the token (named in every 401)."""
+REDACTED = "(redacted)"
+"""What a withheld value reads as."""
+REDACTED_KEY = "redacted"
+"""The field of a redacted document listing what it withholds (dotted paths)."""
+
+
+def write_refusal() -> str:
+    """The 401 text of a call that changes the mesh."""
+    return f"this call changes the mesh and needs its management token: {TOKEN_SOURCES}"
+
+
+def read_refusal(what: str) -> str:
+    """The 401 text of a read that needs the token (``what`` is being read)."""
+    return f"reading {what} needs the mesh's management token: {TOKEN_SOURCES}"
+
+
+def redact_service(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The service document as a reader without the management token sees it
+    (see the module docstring); unchanged but for a copy if it holds nothing
+    to withhold."""
+    out = dict(doc)
+    withheld = []
+    if "state" in out:
+        del out["state"]
+        withheld.append("state")
+    run = out.get("run")
+    env = run.get("env") if isinstance(run, Mapping) else None
+    if isinstance(run, Mapping) and isinstance(env, Mapping) and env:
+        out["run"] = {**run, "env": dict.fromkeys(env, REDACTED)}
+        withheld.append("run.env")
+    if withheld:
+        out[REDACTED_KEY] = withheld
+    return out
+
+
+def redact_registry_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """A registry entry (`nanomesh.bundles.registry`) with its service
+    document redacted."""
+    out = dict(entry)
+    if isinstance(out.get("service"), Mapping):
+        out["service"] = redact_service(out["service"])
+    return out
 
 
 def generate_token() -> str:

@@ -96,8 +96,15 @@ def _parser() -> argparse.ArgumentParser:
     add_registry_commands(sub)
     add_key_commands(sub, PEER_HELP, _token_args)
 
+    services = sub.add_parser(
+        "services", help="list the desired services",
+        description="List the desired services. With the management token (found as for "
+        "deploy) --json shows them in full; without it, saved state and the values of "
+        "run.env are withheld.")
+    services.add_argument("--json", action="store_true", help="print JSON")
+    _token_args(services)
+    services.set_defaults(func=_services)
     for name, func, text in (
-            ("services", _services, "list the desired services"),
             ("placement", _placement, "which instance runs on which peer, and what waits"),
             ("status", _status, "Raft leader, term, voters and plan epoch")):
         cmd = sub.add_parser(name, help=text)
@@ -158,14 +165,16 @@ def _token_args(cmd: argparse.ArgumentParser) -> None:
 
 
 def _token(args: argparse.Namespace) -> str | None:
+    """The management token from --token, $NANOMESH_TOKEN, --token-file or the
+    running lab (commands without the flags use the last two)."""
     from nanomesh import lab
     from nanomesh.auth import TOKEN_FILE, read_token_file
 
-    if args.token:
+    if getattr(args, "token", None):
         return str(args.token)
     if os.environ.get("NANOMESH_TOKEN"):
         return os.environ["NANOMESH_TOKEN"]
-    if args.token_file:
+    if getattr(args, "token_file", None):
         return read_token_file(args.token_file)
     lab_token = lab.default_dir() / lab.FOUNDER / TOKEN_FILE
     return read_token_file(lab_token) if lab_token.exists() else None
@@ -297,7 +306,9 @@ def _print_nested(value: Any, indent: int) -> None:
 def _services(args: argparse.Namespace) -> int:
     from nanomesh.apiclient import get_json
 
-    docs = get_json(_peer_api(args.peer), "/v1/services")
+    token = _token(args)
+    docs = get_json(_peer_api(args.peer), "/v1/services", token=token)
+    note_redacted(docs, token)
     if args.json:
         print(json.dumps(docs, indent=2, sort_keys=True))
         return 0
@@ -313,6 +324,17 @@ def _services(args: argparse.Namespace) -> int:
                      " ".join(runs.split())[:40]))
     _print_table(rows)
     return 0
+
+
+def note_redacted(docs: Sequence[Any], token: str | None) -> None:
+    """Tell the operator (on stderr) when the peer withheld secrets, and why."""
+    from nanomesh.auth import REDACTED_KEY, TOKEN_SOURCES
+
+    if not any(isinstance(d, dict) and d.get(REDACTED_KEY) for d in docs):
+        return
+    why = ("the management token given was not accepted by this mesh" if token
+           else f"no management token given ({TOKEN_SOURCES})")
+    print(f"note: saved state and environment values are withheld: {why}", file=sys.stderr)
 
 
 def _placement(args: argparse.Namespace) -> int:

@@ -128,7 +128,7 @@ def deploy_command(args: argparse.Namespace) -> int:
     if args.from_seed is not None:
         raw = _manifest_from_seed(args.from_seed, peer, token)
     elif args.from_registry is not None:
-        raw = _manifest_from_registry(args.from_registry, peer)
+        raw = _manifest_from_registry(args.from_registry, peer, token)
     else:
         raw = _manifest_with_bundle(args.manifest, peer, token, bundle=not args.no_bundle)
     from nanomesh.apiclient import request_json
@@ -233,12 +233,12 @@ def _manifest_from_seed(path: Path, peer: str, token: str | None) -> dict[str, A
     return raw
 
 
-def _manifest_from_registry(wanted: str, peer: str) -> dict[str, Any]:
+def _manifest_from_registry(wanted: str, peer: str, token: str | None) -> dict[str, Any]:
     from nanomesh.apiclient import get_json
     from nanomesh.manifest import manifest_from_document
 
     name, _, version = wanted.partition("@")
-    entries = [e for e in get_json(peer, "/v1/registry") if e["name"] == name
+    entries = [e for e in get_json(peer, "/v1/registry", token=token) if e["name"] == name
                and (not version or e["version"] == version)]
     if not entries:
         raise NanomeshError(f"the registry has no {wanted!r}; see `nanomesh registry`")
@@ -246,6 +246,7 @@ def _manifest_from_registry(wanted: str, peer: str) -> dict[str, Any]:
     if not entry.get("holders"):
         print(f"warning: no alive peer holds the bundle of {entry['name']}@{entry['version']} "
               "right now; instances will wait in 'fetching' until one does", file=sys.stderr)
+    _refuse_redacted(entry["service"], f"{entry['name']}@{entry['version']}")
     raw = manifest_from_document(entry["service"])
     raw["bundle"] = {"sha256": entry["sha256"], "size": entry["size"]}
     print(f"deploying {entry['name']}@{entry['version']} from the registry "
@@ -296,10 +297,11 @@ def save_seed(name: str, path: Path, peer: str, token: str | None, timeout: floa
         time.sleep(0.2)
     # Read the service from the leader: the state the instances saved as they
     # stopped is committed there first; a follower may trail it.
-    docs = {d["name"]: d for d in get_json(_leader_api(peer), "/v1/services")}
+    docs = {d["name"]: d for d in get_json(_leader_api(peer), "/v1/services", token=token)}
     doc = docs.get(name)
     if doc is None:
         raise NanomeshError(f"no service named {name!r}")
+    _refuse_redacted(doc, name)
     bundle = doc.get("bundle")
     data = None
     if isinstance(bundle, dict):
@@ -311,6 +313,17 @@ def save_seed(name: str, path: Path, peer: str, token: str | None, timeout: floa
                           state=state, saved_at=time.time(), saved_from=str(status["peer"])))
     print(f"saved {name} to {path} ({len(state) if state else 0} bytes of state"
           f"{', bundle ' + bundle['sha256'][:12] if data is not None else ''})")
+
+
+def _refuse_redacted(doc: dict[str, Any], what: str) -> None:
+    """A document the peer redacted (no valid token) must not be saved or
+    deployed: its state and environment would be lost."""
+    from nanomesh.auth import REDACTED_KEY, TOKEN_SOURCES
+
+    if doc.get(REDACTED_KEY):
+        raise NanomeshError(f"{what}: the peer withheld {', '.join(doc[REDACTED_KEY])} "
+                            f"(no valid management token: {TOKEN_SOURCES}); nothing was "
+                            "saved or deployed from it")
 
 
 def _leader_api(peer: str) -> str:

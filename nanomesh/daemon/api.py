@@ -8,7 +8,11 @@ Shapes (a contract shared with the CLI's ``--json`` output):
 - ``GET /v1/self``: this peer's member object, plus ``"api": "IP:PORT"``.
 - ``GET /v1/health``: ``{"status": "ok", "name", "members": {state: count},
   "awareness", "uptime_s", "dropped": {reason: count}, "bytes_in", "bytes_out",
-  "counters": {...}}``
+  "counters": {...}, "api": {"open", "refused_per_client", "refused_full",
+  "evicted", "head_timeouts", "body_timeouts", "busy"}}`` (``api``: what
+  the HTTP server refused or cut off since start, see
+  `nanomesh.daemon.http_limits.ServerStats`). Served from reserved request
+  slots, so it answers while other clients hold the API busy.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ def api_routes(peer: PeerDaemon) -> dict[tuple[str, str], Handler]:
             "bytes_in": peer.bytes_in,
             "bytes_out": peer.bytes_out,
             "counters": dataclasses.asdict(c.stats),
+            "api": peer.api_stats.to_dict(),
         }
 
     return {("GET", "/v1/members"): members, ("GET", "/v1/self"): self_,

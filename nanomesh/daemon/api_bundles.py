@@ -16,7 +16,8 @@ Registry (the replicated ``"name@version" -> entry`` map, see
 `nanomesh.bundles.registry` for the entry schema):
 
 - ``GET /v1/registry`` (open, like every read): ``[entry + {"key",
-  "holders": [peer names]}, ...]`` sorted by key.
+  "holders": [peer names]}, ...]`` sorted by key; with the management token
+  in full, else each entry's ``service`` redacted (`nanomesh.auth`).
 - ``POST /v1/registry`` (management token) ``{"sha256": ..., "replace":
   false}``: reads and validates the manifest of a bundle this peer holds and
   commits its entry. 201 ``{"key", "entry", "changed": true}``; 200 with
@@ -38,6 +39,7 @@ from typing import Any, Protocol
 
 import trio
 
+from nanomesh.auth import redact_registry_entry
 from nanomesh.bundles import (
     MAX_BUNDLE_BYTES,
     BundleError,
@@ -115,8 +117,20 @@ def registry_routes(store: BundleStore, backend: RegistryBackend,
                     ) -> dict[tuple[str, str], Handler]:
     """The registry endpoints; entries pushed here name `peer_name` as pusher."""
 
-    async def listing(_: Request) -> tuple[int, Any]:
-        return 200, registry_listing(backend.entries(), backend.holders())
+    def sees_secrets(request: Request) -> bool:
+        """The operator (whom `authorize_management` lets through) sees entries
+        in full; anyone else without the environments of their services."""
+        try:
+            authorize_management(request)
+        except HttpError:
+            return False
+        return True
+
+    async def listing(request: Request) -> tuple[int, Any]:
+        entries = registry_listing(backend.entries(), backend.holders())
+        if sees_secrets(request):
+            return 200, entries
+        return 200, [redact_registry_entry(e) for e in entries]
 
     async def register(request: Request) -> tuple[int, Any]:
         authorize_management(request)

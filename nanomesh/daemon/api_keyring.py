@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from nanomesh.apiclient import ApiError, request_bytes, request_json
-from nanomesh.auth import internal_secret, is_internal_caller
+from nanomesh.auth import internal_secret
 from nanomesh.config import api_address
-from nanomesh.daemon.api_mesh import require_management_token
+from nanomesh.daemon.api_auth import require_management_token, require_member
 from nanomesh.daemon.http import Handler, HttpError, Request
 from nanomesh.errors import ConfigError, RemoteProtocolError
 from nanomesh.keys import KEY_ACTIONS, KeyOp, apply_key_op, fingerprint, write_key_file
@@ -83,8 +83,7 @@ def keyring_routes(peer: PeerDaemon) -> dict[tuple[str, str], Handler]:
         return 200, {"members": results, "summary": _summary(results)}
 
     async def internal(request: Request) -> tuple[int, Any]:
-        if not is_internal_caller(request.bearer_token(), peer.keyring):
-            raise HttpError(401, "internal calls need the mesh's cluster key")
+        require_member(peer, request)
         if request.method == "GET":
             return 200, {"ok": True, "keys": _fingerprints(peer)}
         return 200, apply_here(request.body)

@@ -7,7 +7,9 @@ returns once the change is committed. Reads are answered from this peer's
 committed state, which may trail the leader by a few milliseconds.
 
 Shapes:
-- ``GET /v1/services``: ``[service document, ...]`` sorted by name.
+- ``GET /v1/services``: ``[service document, ...]`` sorted by name; with
+  the management token in full, else redacted (no ``state``, ``run.env``
+  values hidden, ``"redacted": [fields]``; see `nanomesh.auth`).
 - ``GET /v1/placement``: ``{"epoch", "strategy", "instances": [{"instance",
   "service", "peer", "state", "health", "current"}], "unplaced": [instance
   ids], "unplaceable": {service: {peer: reason}}}``; ``state`` and ``health``
@@ -23,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from nanomesh.auth import TOKEN_META_KEY, token_matches
+from nanomesh.auth import redact_service
 from nanomesh.consensus import (
     CommitTimeout,
     ConsensusError,
@@ -31,6 +33,11 @@ from nanomesh.consensus import (
     NoLeaderError,
     NotRunningError,
 )
+from nanomesh.daemon.api_auth import reader_sees_secrets
+
+# Re-exported: nanomesh.daemon.mesh imports them from here.
+from nanomesh.daemon.api_auth import require_management_token as require_management_token
+from nanomesh.daemon.api_auth import running_node as running_node
 from nanomesh.daemon.http import Handler, HttpError, Request
 from nanomesh.lifecycle import PENDING
 from nanomesh.manifest import ManifestError, service_document
@@ -42,33 +49,6 @@ if TYPE_CHECKING:
 
 INSTANCES_KEY = "instances"
 """Where a peer's gossiped profile lists the state of the instances it runs."""
-
-
-def running_node(peer: PeerDaemon) -> ConsensusNode:
-    """This peer's consensus node, or 503."""
-    n = peer.consensus
-    if n is None or not n.running:
-        raise HttpError(503, "this peer's consensus node is not running yet")
-    return n
-
-
-def has_management_token(node: ConsensusNode, request: Request) -> bool:
-    """Whether ``request`` carries the mesh's management token (503 if the mesh
-    has none committed yet)."""
-    digest = node.state.meta.get(TOKEN_META_KEY)
-    if not isinstance(digest, str):
-        raise HttpError(503, "the mesh has no management token committed yet "
-                        "(is a Raft leader elected?)")
-    return token_matches(request.bearer_token(), digest)
-
-
-def require_management_token(peer: PeerDaemon, request: Request) -> ConsensusNode:
-    """The consensus node, if ``request`` carries the management token; else 401."""
-    n = running_node(peer)
-    if not has_management_token(n, request):
-        raise HttpError(401, "this call changes the mesh and needs its management "
-                        "token: --token, $NANOMESH_TOKEN or --token-file")
-    return n
 
 
 def mesh_routes(peer: PeerDaemon) -> dict[tuple[str, str], Handler]:
@@ -99,9 +79,12 @@ def mesh_routes(peer: PeerDaemon) -> dict[tuple[str, str], Handler]:
             raise HttpError(404, f"no service named {name!r}")
         return 200, {"name": name, "revision": outcome.revision}
 
-    async def services(_: Request) -> tuple[int, Any]:
+    async def services(request: Request) -> tuple[int, Any]:
         state = node().state
-        return 200, [state.services[name] for name in sorted(state.services)]
+        docs = [state.services[name] for name in sorted(state.services)]
+        if reader_sees_secrets(peer, request):
+            return 200, docs
+        return 200, [redact_service(doc) for doc in docs]
 
     async def placement(_: Request) -> tuple[int, Any]:
         state = node().state

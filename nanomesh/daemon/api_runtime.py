@@ -30,14 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from nanomesh.auth import secret_matches
-from nanomesh.consensus import ConsensusNode
-from nanomesh.daemon.api_mesh import (
-    _consensus_call,
-    has_management_token,
-    require_management_token,
-    running_node,
-)
+from nanomesh.daemon.api_auth import authorize_instance, require_management_token
+from nanomesh.daemon.api_mesh import _consensus_call
 from nanomesh.daemon.http import Handler, HttpError, RawBody, Request
 from nanomesh.manifest import MAX_STATE_BYTES
 from nanomesh.placement.spec import split_instance_id
@@ -72,22 +66,9 @@ def runtime_routes(peer: PeerDaemon) -> dict[tuple[str, str], Handler]:
             raise HttpError(400, str(exc)) from None
         return iid
 
-    def authorize_instance(request: Request, iid: str) -> ConsensusNode:
-        """The instance itself (its token) or the operator (the management token)."""
-        node = running_node(peer)
-        presented = request.bearer_token() or ""
-        assert peer.mesh is not None
-        own = peer.mesh.driver.instance_token(iid)
-        if own is not None and secret_matches(presented, own):
-            return node
-        if has_management_token(node, request):
-            return node
-        raise HttpError(401, f"only instance {iid} itself (NANOMESH_INSTANCE_TOKEN) or the "
-                        "operator (management token) may use its state")
-
     async def put_state(request: Request) -> tuple[int, Any]:
         iid = instance_of(request)
-        node = authorize_instance(request, iid)
+        node = authorize_instance(peer, request, iid)
         blob = request.body
         if len(blob) > MAX_STATE_BYTES:
             raise HttpError(413, f"a state blob is at most {MAX_STATE_BYTES} bytes, "
@@ -101,7 +82,7 @@ def runtime_routes(peer: PeerDaemon) -> dict[tuple[str, str], Handler]:
 
     async def get_state(request: Request) -> tuple[int, Any]:
         iid = instance_of(request)
-        node = authorize_instance(request, iid)
+        node = authorize_instance(peer, request, iid)
         service = node.state.services.get(iid.rpartition("/")[0])
         encoded = service.get("state") if service is not None else None
         if not isinstance(encoded, str):
@@ -110,7 +91,7 @@ def runtime_routes(peer: PeerDaemon) -> dict[tuple[str, str], Handler]:
 
     async def logs(request: Request) -> tuple[int, Any]:
         iid = instance_of(request)
-        require_management_token(peer, request)
+        require_management_token(peer, request, f"the log of {iid}")
         lines = _lines_param(request.query)
         service, index = split_instance_id(iid)
         log_dir = peer.config.data_dir / "logs"

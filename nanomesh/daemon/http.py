@@ -4,7 +4,17 @@ Deliberately tiny: one request per connection, JSON in and out, bounded
 request size and time. Routes are a plain dict of (method, path) to handler;
 a handler returns (status, JSON-able body). Bad requests get a 4xx with a JSON
 ``{"error": ...}``; a handler bug gets a 500 and is logged, and never takes
-the peer down.
+the peer down. Every 401 carries ``WWW-Authenticate: Bearer realm="nanomesh"``;
+every 429 and 503 ``Retry-After: 1``.
+
+Hostile and slow clients: which connections are served, for how long, and
+how ``/v1/health`` and ``/v1/status`` stay answerable while others hold
+sockets open, is decided by `nanomesh.daemon.http_limits` (its docstring
+explains the design; `ServerLimits` holds the defaults: a head within 10 s,
+a body within 10 s, 32 connections per client IP, 256 in all with the
+oldest idle one evicted for a newcomer, 64 request slots plus 8 reserved
+for health and status). This module applies those decisions to sockets and
+counts what it refused in `ServerStats` (``/v1/health`` shows them).
 
 Two escapes from JSON, for bundles (``nanomesh.daemon.api_bundles``):
 
@@ -21,6 +31,7 @@ Two escapes from JSON, for bundles (``nanomesh.daemon.api_bundles``):
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import tempfile
@@ -33,23 +44,33 @@ from typing import IO, Any, BinaryIO
 import h11
 import trio
 
+from nanomesh.auth import TOKEN_SOURCES
+from nanomesh.daemon.http_limits import (
+    ConnectionTable,
+    Refused,
+    ServerLimits,
+    ServerStats,
+)
+
 log = logging.getLogger("nanomesh.api")
 _STATUS_CODES = {s.value for s in HTTPStatus}
 
 MAX_REQUEST_BYTES = 1 << 20
-"""Largest request (headers and body) accepted, in bytes."""
-MAX_CONNECTIONS = 64
-"""Requests served at once; one more is answered 503 at once. Bounds the
-memory a flood of slow clients can pin (64 x MAX_REQUEST_BYTES) on a device
-whose API serves an operator, a few peers and local nanoservices."""
+"""Largest JSON request body accepted, in bytes (bundle uploads: `BodyLimit`)."""
 RESPONSE_TIMEOUT = 30.0
 """Seconds a client may take to read a reply, plus one second per
 RESPONSE_BYTES_PER_SECOND bytes of it: a client that stops reading cannot
 hold a connection (and an open file) forever."""
 RESPONSE_BYTES_PER_SECOND = 500_000
 """The slowest reading rate allowed for a large reply (a poor Wi-Fi link)."""
-REQUEST_TIMEOUT = 10.0
-"""Seconds a client may take to send its request."""
+REFUSAL_LINGER = 1.0
+"""Seconds spent on a refusal (429, 503, 408): reading what the client sent,
+so that closing does not reset the connection before it reads the answer."""
+REPORT_INTERVAL = 60.0
+"""Seconds between two log lines summarising refusals: an attack is logged,
+but cannot flood the log."""
+WWW_AUTHENTICATE = 'Bearer realm="nanomesh"'
+"""The challenge of every 401 (RFC 6750): a bearer token is what we want."""
 SPOOL_MEMORY_BYTES = 1 << 20
 """A large (spooled) request body stays in memory up to this size, then moves
 to a temporary file, so a 100 MiB upload does not cost 100 MiB of RAM."""
@@ -146,61 +167,152 @@ class HttpError(Exception):
 async def serve_http(routes: Mapping[tuple[str, str], Handler],
                      listeners: list[trio.SocketListener],
                      *, large_bodies: Mapping[str, BodyLimit] | None = None,
+                     limits: ServerLimits | None = None, stats: ServerStats | None = None,
                      task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve on already-open listeners (opened by the caller, so that a port in
     use is reported before anything starts). `large_bodies` maps path
-    prefixes to their own body limit (see the module docstring)."""
-    rules = dict(large_bodies or {})
-    slots = trio.CapacityLimiter(MAX_CONNECTIONS)
+    prefixes to their own body limit (see the module docstring); `limits`
+    default to `ServerLimits()`; `stats`, if given, is kept up to date."""
+    server = _Server(routes, dict(large_bodies or {}), limits or ServerLimits(),
+                     stats if stats is not None else ServerStats())
+    task_status.started()
+    await trio.serve_listeners(server.handle, listeners)
 
-    async def handle(stream: trio.SocketStream) -> None:
+
+class _Server:
+    """The trio shell around `ConnectionTable`: one `handle` task per socket."""
+
+    def __init__(self, routes: Mapping[tuple[str, str], Handler],
+                 rules: Mapping[str, BodyLimit], limits: ServerLimits,
+                 stats: ServerStats) -> None:
+        self.routes = routes
+        self.rules = rules
+        self.limits = limits
+        self.stats = stats
+        self.table = ConnectionTable(limits)
+        self.shared = trio.CapacityLimiter(limits.max_requests)
+        self.reserve = trio.CapacityLimiter(limits.reserved_requests)
+        self._scopes: dict[int, trio.CancelScope] = {}
+        self._ids = itertools.count()
+        self._reported = ServerStats()
+        self._reported_at = -REPORT_INTERVAL
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        conn, client = next(self._ids), _client_ip(stream)
         try:
-            try:
-                slots.acquire_nowait()
-            except trio.WouldBlock:
-                await _refuse_busy(stream)
+            decision = self.table.open(conn, client)
+            if isinstance(decision, Refused):
+                self._count("refused_per_client" if decision.status == 429 else "refused_full")
+                await _refuse(stream, decision.status, decision.reason)
                 return
-            try:
-                await _serve_one(stream, routes, rules)
-            finally:
-                slots.release()
+            evicted = self._scopes.pop(decision.evict, None) if decision.evict is not None else None
+            if evicted is not None:
+                self._count("evicted")
+                evicted.cancel()
+            self.stats.open = len(self.table)
+            with trio.CancelScope() as scope:
+                self._scopes[conn] = scope
+                await self._serve(stream, conn)
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
             pass
         finally:
+            self.table.close(conn)
+            self._scopes.pop(conn, None)
+            self.stats.open = len(self.table)
             await stream.aclose()
 
-    task_status.started()
-    await trio.serve_listeners(handle, listeners)
-
-
-async def _serve_one(stream: trio.SocketStream, routes: Mapping[tuple[str, str], Handler],
-                     rules: Mapping[str, BodyLimit] | None = None) -> None:
-    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_BYTES)
-    request = None
-    with trio.move_on_after(REQUEST_TIMEOUT) as scope:
+    async def _serve(self, stream: trio.SocketStream, conn: int) -> None:
+        h11conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_head_bytes)
+        with trio.move_on_after(self.limits.head_timeout) as head_scope:
+            try:
+                head = await _read_head(stream, h11conn, self.limits.max_head_bytes)
+            except h11.RemoteProtocolError as exc:
+                await _respond(stream, h11conn, exc.error_status_hint,
+                               {"error": f"malformed HTTP request: {exc}"})
+                await _drain(stream)
+                return
+        if head_scope.cancelled_caught:
+            self._count("head_timeouts")
+            await _refuse(stream, 408, f"no complete request head within "
+                          f"{self.limits.head_timeout:g} s", drain=False)
+            return
+        if head is None:
+            return
+        self.table.head_complete(conn)
+        method, target = head.method.decode("ascii"), head.target.decode("latin-1")
+        priority = method == "GET" and target.partition("?")[0] in self.limits.priority_paths
+        slots = self.reserve if priority else self.shared
         try:
-            request = await _read_request(stream, conn, rules or {}, scope)
-        except h11.RemoteProtocolError as exc:
-            await _respond(stream, conn, exc.error_status_hint,
-                           {"error": f"malformed HTTP request: {exc}"})
+            slots.acquire_nowait()
+        except trio.WouldBlock:
+            self._count("busy")
+            await _respond(stream, h11conn, 503,
+                           {"error": "too many concurrent requests; retry shortly"})
+            await _drain(stream)
             return
-        except _TooLarge as exc:
-            await _respond(stream, conn, 413,
-                           {"error": f"request body over {exc.limit} bytes"})
+        try:
+            await self._serve_request(stream, h11conn, head, read_body=not priority)
+        finally:
+            slots.release()
+
+    async def _serve_request(self, stream: trio.SocketStream, conn: h11.Connection,
+                             head: h11.Request, *, read_body: bool) -> None:
+        request = await self._read_body(stream, conn, head) if read_body else _request_of(head)
+        if request is None:
             return
-        except _Refused as exc:
-            await _respond(stream, conn, exc.status, {"error": exc.message})
+        try:
+            status, body = await _dispatch(self.routes, request)
+            size = body.size if isinstance(body, FileBody) else 0
+            with trio.move_on_after(RESPONSE_TIMEOUT + size / RESPONSE_BYTES_PER_SECOND):
+                await _respond(stream, conn, status, body)
+        finally:
+            if request.body_file is not None:
+                request.body_file.close()
+
+    async def _read_body(self, stream: trio.SocketStream, conn: h11.Connection,
+                         head: h11.Request) -> Request | None:
+        """The whole request within the body deadline; None if it was answered
+        already (4xx) or the client went away or was too slow."""
+        with trio.move_on_after(self.limits.body_timeout) as scope:
+            try:
+                return await _read_body(stream, conn, head, self.rules, scope)
+            except h11.RemoteProtocolError as exc:
+                await _respond(stream, conn, exc.error_status_hint,
+                               {"error": f"malformed HTTP request: {exc}"})
+            except _TooLarge as exc:
+                await _respond(stream, conn, 413,
+                               {"error": f"request body over {exc.limit} bytes"})
+            except _Refused as exc:
+                await _respond(stream, conn, exc.status, {"error": exc.message})
+            await _drain(stream)
+            return None
+        self._count("body_timeouts")
+        return None
+
+    def _count(self, what: str) -> None:
+        """Count a refusal or a cut-off, and log a summary at most every
+        REPORT_INTERVAL seconds (a flood of them must not flood the log)."""
+        setattr(self.stats, what, getattr(self.stats, what) + 1)
+        now = trio.current_time()
+        if now - self._reported_at < REPORT_INTERVAL:
             return
-    if request is None:
-        return
+        now_counts, before = self.stats.to_dict(), self._reported.to_dict()
+        delta = {k: v - before[k] for k, v in now_counts.items() if k != "open"}
+        log.warning("API under pressure (limits: %d per client, %d open, %d requests, head "
+                    "within %gs): %s since the last report; %d connections open",
+                    self.limits.max_per_client, self.limits.max_open, self.limits.max_requests,
+                    self.limits.head_timeout,
+                    ", ".join(f"{k} +{v}" for k, v in delta.items() if v) or "nothing",
+                    len(self.table))
+        self._reported = ServerStats(**now_counts)
+        self._reported_at = now
+
+
+def _client_ip(stream: trio.SocketStream) -> str:
     try:
-        status, body = await _dispatch(routes, request)
-        size = body.size if isinstance(body, FileBody) else 0
-        with trio.move_on_after(RESPONSE_TIMEOUT + size / RESPONSE_BYTES_PER_SECOND):
-            await _respond(stream, conn, status, body)
-    finally:
-        if request.body_file is not None:
-            request.body_file.close()
+        return str(stream.socket.getpeername()[0])
+    except OSError:
+        return "?"  # already gone; it is closed right away
 
 
 async def _respond(stream: trio.SocketStream, conn: h11.Connection, status: int, body: Any
@@ -218,10 +330,20 @@ async def _respond(stream: trio.SocketStream, conn: h11.Connection, status: int,
     await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
 
 
+def _extra_headers(status: int) -> list[tuple[str, str]]:
+    """Headers a status always carries: every 401 names the scheme it wants
+    (RFC 9110 section 11.6.1); a refusal for load says when to retry."""
+    if status == 401:
+        return [("www-authenticate", WWW_AUTHENTICATE)]
+    if status in (429, 503):
+        return [("retry-after", "1")]
+    return []
+
+
 async def _send_head(stream: trio.SocketStream, conn: h11.Connection, status: int,
                      content_type: str, length: int) -> None:
     headers = [("content-type", content_type), ("content-length", str(length)),
-               ("connection", "close")]
+               ("connection", "close"), *_extra_headers(status)]
     reason = HTTPStatus(status).phrase.encode() if status in _STATUS_CODES else b""
     await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers,
                                                  reason=reason)) or b"")
@@ -259,27 +381,80 @@ class _Refused(Exception):
         self.message = message
 
 
-async def _refuse_busy(stream: trio.SocketStream) -> None:
-    """503 without reading the request: every slot is taken."""
-    body = b'{"error": "too many concurrent requests; retry shortly"}\n'
-    head = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
-            b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n")
-    with trio.move_on_after(1.0):
-        # Take (and drop) what the client sent first: closing a socket with
-        # unread data resets the connection, and the client would never see
-        # the 503.
-        await stream.receive_some(65536)
-        await stream.send_all(head + body)
+async def _refuse(stream: trio.SocketStream, status: int, message: str, *,
+                  drain: bool = True) -> None:
+    """Answer ``status`` without h11 (the request was not, or not wholly, read)
+    and close. With `drain`, first take (and drop) what the client sent:
+    closing a socket with unread data resets the connection, and the client
+    would never see the answer. Bounded by REFUSAL_LINGER either way."""
+    body = (json.dumps({"error": message}) + "\n").encode()
+    head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
+            f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
+            "connection: close\r\n").encode()
+    head += b"".join(f"{k}: {v}\r\n".encode() for k, v in _extra_headers(status))
+    with trio.move_on_after(REFUSAL_LINGER):
+        if drain:
+            await stream.receive_some(65536)
+        await stream.send_all(head + b"\r\n" + body)
 
 
-async def _read_request(stream: trio.SocketStream, conn: h11.Connection,
-                        rules: Mapping[str, BodyLimit] | None = None,
-                        scope: trio.CancelScope | None = None) -> Request | None:
-    head: h11.Request | None = None
-    body = bytearray()
+async def _drain(stream: trio.SocketStream) -> None:
+    """After answering a request we did not read whole: say we are done
+    (FIN) and take (and drop) what the client still sends, for at most
+    REFUSAL_LINGER seconds. Closing with unread data resets the connection,
+    and the client would never see the answer."""
+    with trio.move_on_after(REFUSAL_LINGER):
+        await stream.send_eof()
+        while await stream.receive_some(65536):
+            pass
+
+
+async def _read_head(stream: trio.SocketStream, conn: h11.Connection, max_bytes: int
+                     ) -> h11.Request | None:
+    """The request head, or None if the client went away first. Reads at most
+    ``max_bytes`` at a time, so a pending connection never buffers much more
+    than the head limit (h11 raises 431 beyond it)."""
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            data = await stream.receive_some(max_bytes)
+            conn.receive_data(data)
+            continue
+        if isinstance(event, h11.Request):
+            return event
+        return None  # ConnectionClosed (h11 yields nothing else before a Request)
+
+
+def _request_of(head: h11.Request, body: bytes = b"", body_file: IO[bytes] | None = None
+                ) -> Request:
+    path, _, query = head.target.decode("latin-1").partition("?")
+    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in head.headers}
+    return Request(head.method.decode("ascii"), path, query, headers, body,
+                   body_file=body_file)
+
+
+async def _read_body(stream: trio.SocketStream, conn: h11.Connection, head: h11.Request,
+                     rules: Mapping[str, BodyLimit], scope: trio.CancelScope
+                     ) -> Request | None:
+    """The whole request, once its body is in (None if the client went away).
+    Raises _Refused, _TooLarge or h11.RemoteProtocolError."""
     limit = MAX_REQUEST_BYTES
     spool: IO[bytes] | None = None
+    body = bytearray()
     size = 0
+    rule = _body_rule(rules, head.method.decode("latin-1"),
+                      head.target.decode("latin-1").partition("?")[0])
+    if rule is not None and rule.admit is not None and not rule.admit(
+            {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in head.headers}):
+        raise _Refused(401, f"this upload needs the mesh's management token "
+                       f"({TOKEN_SOURCES}) or its internal secret")
+    if rule is not None:
+        limit = rule.max_bytes
+        scope.deadline = trio.current_time() + rule.timeout
+        # Not a `with`: on success the file outlives this function, owned by
+        # the Request; the finally below closes it otherwise.
+        spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES)  # noqa: SIM115
+    _check_declared_length(head, limit)
     try:
         while True:
             event = conn.next_event()
@@ -288,25 +463,6 @@ async def _read_request(stream: trio.SocketStream, conn: h11.Connection,
                 conn.receive_data(data)
                 if not data and conn.their_state is not h11.DONE:
                     return None
-                continue
-            if isinstance(event, h11.Request):
-                head = event
-                rule = _body_rule(rules or {}, head.method.decode("latin-1"),
-                                  head.target.decode("latin-1"))
-                if rule is not None and rule.admit is not None and not rule.admit(
-                        {k.decode("latin-1").lower(): v.decode("latin-1")
-                         for k, v in head.headers}):
-                    raise _Refused(401, "this upload needs the management token (or the "
-                                   "mesh's internal secret)")
-                if rule is not None:
-                    limit = rule.max_bytes
-                    # Not a `with`: on success the file outlives this function,
-                    # owned by the Request; the finally below closes it otherwise.
-                    spool = tempfile.SpooledTemporaryFile(  # noqa: SIM115
-                        max_size=SPOOL_MEMORY_BYTES)
-                    if scope is not None:
-                        scope.deadline = trio.current_time() + rule.timeout
-                _check_declared_length(head, limit)
             elif isinstance(event, h11.Data):
                 size += len(event.data)
                 if size > limit:
@@ -317,19 +473,14 @@ async def _read_request(stream: trio.SocketStream, conn: h11.Connection,
                     spool.write(event.data)
                 else:
                     body += event.data
-            elif isinstance(event, h11.EndOfMessage) and head is not None:
-                target = head.target.decode("latin-1")
-                path, _, query = target.partition("?")
-                headers = {k.decode("latin-1").lower(): v.decode("latin-1")
-                           for k, v in head.headers}
+            elif isinstance(event, h11.EndOfMessage):
                 if spool is not None:
                     spool.seek(0)
-                request = Request(head.method.decode("ascii"), path, query, headers,
-                                  bytes(body), body_file=spool)
+                request = _request_of(head, bytes(body), spool)
                 spool = None  # now owned by the request
                 return request
-            elif isinstance(event, h11.ConnectionClosed):
-                return None
+            else:
+                return None  # ConnectionClosed
     finally:
         if spool is not None:
             spool.close()

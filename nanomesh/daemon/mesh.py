@@ -50,8 +50,9 @@ from nanomesh.consensus import ConsensusError, ConsensusNode, RaftTiming, StaleP
 from nanomesh.consensus.roles import RaftRoleManager, RoleConfig, voters_from_profiles
 from nanomesh.consensus.voters import PeerInfo, peer_info
 from nanomesh.control import VIEW_GRACE, decide, unknown_hosts, worth_committing
+from nanomesh.daemon.api_auth import is_member, require_management_token, require_member
 from nanomesh.daemon.api_bundles import BUNDLE_BODY_LIMITS, bundle_routes, registry_routes
-from nanomesh.daemon.api_mesh import _consensus_call, require_management_token, running_node
+from nanomesh.daemon.api_mesh import _consensus_call, running_node
 from nanomesh.daemon.http import BodyLimit, Handler, HttpError, Request, bearer_token
 from nanomesh.placement import PlacementConfig
 from nanomesh.reconcile import InstanceStatus
@@ -182,10 +183,8 @@ class MeshControl:
     def bundle_and_registry_routes(self) -> dict[tuple[str, str], Handler]:
         def authorize(request: Request) -> None:
             """The operator (management token) or another peer (internal secret)."""
-            token = request.bearer_token() or ""
-            if is_internal_caller(token, self.peer.keyring):
-                return
-            require_management_token(self.peer, request)
+            if not is_member(self.peer, request):
+                require_management_token(self.peer, request)
 
         routes = bundle_routes(self.bundles, authorize)
         put = routes[("PUT", "/v1/bundles/{name}")]
@@ -396,9 +395,7 @@ class MeshControl:
 
     def internal_routes(self) -> dict[tuple[str, str], Handler]:
         def check(request: Request) -> None:
-            token = request.bearer_token() or ""
-            if not is_internal_caller(token, self.peer.keyring):
-                raise HttpError(401, "internal calls need the mesh's cluster key")
+            require_member(self.peer, request)
 
         async def promote(request: Request) -> tuple[int, Any]:
             check(request)

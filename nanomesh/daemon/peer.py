@@ -45,6 +45,7 @@ from nanomesh.daemon.api_mesh import mesh_routes
 from nanomesh.daemon.api_naming import naming_routes, service_names
 from nanomesh.daemon.api_runtime import runtime_routes
 from nanomesh.daemon.http import serve_http
+from nanomesh.daemon.http_limits import ServerStats
 from nanomesh.daemon.limits import StreamAdmission
 from nanomesh.daemon.mesh import MeshControl
 from nanomesh.daemon.profile import ProfileSource
@@ -106,6 +107,8 @@ class PeerDaemon:
         self.dropped: collections.Counter[str] = collections.Counter()
         self.bytes_out = 0
         self.bytes_in = 0
+        self.api_stats = ServerStats()
+        """What the HTTP API refused or cut off (``/v1/health`` shows it)."""
         self.core: Membership | None = None
         self.mesh: MeshControl | None = None
         self._discovered: dict[str, Any] = {}
@@ -158,7 +161,8 @@ class PeerDaemon:
                       **naming_routes(self), **runtime_routes(self),
                       **self.mesh.bundle_and_registry_routes()}
             await nursery.start(functools.partial(
-                serve_http, large_bodies=self.mesh.bundle_body_limits()), routes, api_listeners)
+                serve_http, large_bodies=self.mesh.bundle_body_limits(), stats=self.api_stats),
+                routes, api_listeners)
             if cfg.coap_port:
                 await nursery.start(self._serve_coap_gateway)
             if cfg.events_xpub_port and cfg.events_xsub_port:

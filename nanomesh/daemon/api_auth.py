@@ -1,0 +1,115 @@
+"""Who is calling the HTTP API and what they may do: the daemon's one place
+for checking credentials (the rules and the redaction are in
+`nanomesh.auth`).
+
+Callers, by the bearer token they present:
+
+- the **operator**: the management token (checked against the SHA-256 that
+  the founder committed to Raft, so every peer can check it); may do
+  anything and read everything;
+- an **instance**: its own ``NANOMESH_INSTANCE_TOKEN`` (known only to the
+  peer that runs it); may read and save its own state blob;
+- another **peer**: the internal secret, derived from the cluster key
+  (`nanomesh.auth.internal_secret`; any installed key's counts), for bundle
+  transfers, Raft role calls and key rotation (`require_member`);
+- **anyone**: open reads, with secrets redacted (`nanomesh.auth`).
+
+Every refusal is an HttpError 401 whose text says which credential the call
+needs and how to pass it (a read says "reading ...", a write "this call
+changes the mesh"); `nanomesh.daemon.http` adds ``WWW-Authenticate: Bearer
+realm="nanomesh"`` to every 401. 503 while the mesh has no token committed
+yet (no leader has ever been elected), since nobody can be checked then.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from nanomesh.auth import (
+    TOKEN_META_KEY,
+    is_internal_caller,
+    read_refusal,
+    secret_matches,
+    token_matches,
+    write_refusal,
+)
+from nanomesh.consensus import ConsensusNode
+from nanomesh.daemon.http import HttpError, Request
+
+if TYPE_CHECKING:
+    from nanomesh.daemon.peer import PeerDaemon
+
+
+def running_node(peer: PeerDaemon) -> ConsensusNode:
+    """This peer's consensus node, or 503."""
+    n = peer.consensus
+    if n is None or not n.running:
+        raise HttpError(503, "this peer's consensus node is not running yet")
+    return n
+
+
+def is_member(peer: PeerDaemon, request: Request) -> bool:
+    """Whether ``request`` comes from another peer of this mesh."""
+    return is_internal_caller(request.bearer_token(), peer.keyring)
+
+
+def require_member(peer: PeerDaemon, request: Request) -> None:
+    """401 unless ``request`` comes from another peer of this mesh."""
+    if not is_member(peer, request):
+        raise HttpError(401, "internal calls need a secret derived from the mesh's "
+                        "cluster key; they are made by peers, not by people")
+
+
+def has_management_token(node: ConsensusNode, request: Request) -> bool:
+    """Whether ``request`` carries the mesh's management token (503 if the mesh
+    has none committed yet)."""
+    digest = node.state.meta.get(TOKEN_META_KEY)
+    if not isinstance(digest, str):
+        raise HttpError(503, "the mesh has no management token committed yet "
+                        "(is a Raft leader elected?)")
+    return token_matches(request.bearer_token(), digest)
+
+
+def require_management_token(peer: PeerDaemon, request: Request, what: str | None = None
+                             ) -> ConsensusNode:
+    """The consensus node, if ``request`` carries the management token; else
+    401 saying so: for a GET, that reading ``what`` (default: the path)
+    needs the token; for anything else, that the call changes the mesh."""
+    n = running_node(peer)
+    if not has_management_token(n, request):
+        raise HttpError(401, refusal(request, what))
+    return n
+
+
+def refusal(request: Request, what: str | None = None) -> str:
+    """The 401 text for ``request`` (see `require_management_token`)."""
+    if request.method in ("GET", "HEAD"):
+        return read_refusal(what or request.path)
+    return write_refusal()
+
+
+def reader_sees_secrets(peer: PeerDaemon, request: Request) -> bool:
+    """Whether a read may show secrets (state blobs, environments): only to
+    the operator. Never raises: without a running node or a committed token
+    nobody can be checked, and the reader sees the redacted view."""
+    n = peer.consensus
+    if n is None or not n.running:
+        return False
+    digest = n.state.meta.get(TOKEN_META_KEY)
+    return isinstance(digest, str) and token_matches(request.bearer_token(), digest)
+
+
+def authorize_instance(peer: PeerDaemon, request: Request, iid: str) -> ConsensusNode:
+    """The consensus node, if the caller is instance ``iid`` itself (its own
+    token) or the operator (the management token); else 401."""
+    node = running_node(peer)
+    assert peer.mesh is not None
+    own = peer.mesh.driver.instance_token(iid)
+    if own is not None and secret_matches(request.bearer_token() or "", own):
+        return node
+    if has_management_token(node, request):
+        return node
+    verb = "read" if request.method == "GET" else "save"
+    raise HttpError(401, f"only instance {iid} itself (NANOMESH_INSTANCE_TOKEN) or the "
+                    f"operator (the management token: --token, $NANOMESH_TOKEN or "
+                    f"--token-file) may {verb} its state")
