@@ -11,7 +11,9 @@
 # mandatory: without --key-file the first device generates one and tells you
 # to copy it to the others; a device that joins must be given it.
 # Re-running upgrades in place; it keeps /etc/nanomesh/peer.toml unless
-# --config is given again and never replaces a different key.
+# --config is given again and never replaces a different key. Where podman is
+# installed the unit gets the extra privileges it needs (re-run after
+# installing podman).
 #
 #   --root DIR    install into DIR instead of / (an image being built; tests);
 #                 the unit is enabled there but not started
@@ -19,7 +21,7 @@
 #                 devices: only config, key and unit are installed)
 set -euo pipefail
 
-usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 die() { echo "install.sh: $*" >&2; exit 1; }
 
 config="" key="" bind="" root="" skip_venv="" join=()
@@ -130,6 +132,14 @@ chmod 0600 "$key_dest"
 # ---- the service.
 install -d -m 0755 "$unit_dir"
 install -m 0644 "$here/peers/nanomesh.service" "$unit_dir/nanomesh.service"
+# Podman needs more privileges than runc: give them only where it is installed.
+if [ -x "$root/usr/bin/podman" ] || [ -x "$root/usr/local/bin/podman" ]; then
+    install -d -m 0755 "$unit_dir/nanomesh.service.d"
+    install -m 0644 "$here/peers/nanomesh-podman.conf" "$unit_dir/nanomesh.service.d/podman.conf"
+    echo "install.sh: podman found: its privileges added (nanomesh.service.d/podman.conf)"
+else
+    rm -f "$unit_dir/nanomesh.service.d/podman.conf"
+fi
 if [ -n "$root" ]; then
     if command -v systemctl >/dev/null; then
         systemctl --root="$root" enable nanomesh.service
