@@ -15,13 +15,14 @@
 # installed the unit gets the extra privileges it needs (re-run after
 # installing podman).
 #
-#   --root DIR    install into DIR instead of / (an image being built; tests);
-#                 the unit is enabled there but not started
+#   --root DIR    install into DIR instead of / (tests; staging an image): the
+#                 unit is enabled there, not started; a venv made there runs
+#                 from DIR only (an image wants its own venv and --skip-venv)
 #   --skip-venv   keep the nanomesh already in /opt/nanomesh/venv (offline
 #                 devices: only config, key and unit are installed)
 set -euo pipefail
 
-usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 die() { echo "install.sh: $*" >&2; exit 1; }
 
 config="" key="" bind="" root="" skip_venv="" join=()
