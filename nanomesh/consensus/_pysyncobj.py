@@ -55,6 +55,7 @@ from typing import Any
 
 import pysyncobj  # type: ignore[import-untyped]
 
+from nanomesh.consensus import _journal
 from nanomesh.consensus.config import RaftTiming
 from nanomesh.consensus.state import (
     DesiredState,
@@ -69,6 +70,7 @@ from nanomesh.consensus.state import (
 from nanomesh.consensus.status import RaftStatus, Role
 
 log = logging.getLogger("nanomesh.consensus")
+_journal.install()  # durable journal and full dump: see `_journal`
 
 PYSYNCOBJ_VERSION: str = pysyncobj.syncobj.VERSION
 
@@ -157,7 +159,8 @@ class RaftNode:
                  journal_file: str | None, dump_file: str | None, password: str | None,
                  on_applied: Callable[[DesiredState], None],
                  on_status: Callable[[RaftStatus], None],
-                 on_leadership: Callable[[int], None], hold_elections: bool = False) -> None:
+                 on_leadership: Callable[[int], None], hold_elections: bool = False,
+                 on_storage_problem: _journal.ProblemCallback | None = None) -> None:
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError("create the Raft node on the main thread: pysyncobj's tick "
                                "thread stops silently when its creating thread exits")
@@ -182,6 +185,10 @@ class RaftNode:
         self._machine = _DesiredStateMachine(on_applied)
         self._obj = pysyncobj.SyncObj(self_address, list(peers), conf,
                                       consumers=[self._machine])
+        self._journal = self._obj._SyncObj__raftLog
+        if isinstance(self._journal, _journal.DurableJournal):
+            self._journal.on_problem = on_storage_problem
+            _journal.guard_sends(self._obj._SyncObj__transport, self._journal)
         if hold_elections:
             self._postpone_election()
         self._obj.addOnTickCallback(self._tick)
@@ -229,6 +236,8 @@ class RaftNode:
 
     def destroy(self) -> None:
         """Ask the tick thread to close sockets and the journal, then exit."""
+        if isinstance(self._journal, _journal.DurableJournal):
+            self._journal.abort()  # a journal write retried on a full disk gives up
         self._obj.destroy()
 
     def alive(self) -> bool:
@@ -242,6 +251,8 @@ class RaftNode:
     # ------------------------------------------------------------ tick thread
 
     def _tick(self) -> None:
+        if isinstance(self._journal, _journal.DurableJournal):
+            self._journal.sync()  # this tick's appends, before the next tick counts them
         if self._hold_elections:
             if self._obj._getLeader() is None:
                 self._postpone_election()
