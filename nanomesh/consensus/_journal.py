@@ -28,9 +28,10 @@ them). Term and vote are stored synchronously. The only entry that can count
 toward a commit before it is synced is the no-op a *single* voter appends
 when it elects itself (same tick); it carries no data.
 
-A failed write (ENOSPC, EIO, EROFS...) is retried with back-off *on the tick
-thread*, which therefore stops: no message leaves, nothing commits, no vote
-is granted, until the write succeeds. The rest of the cluster sees a silent
+A failed write (ENOSPC, EIO, EROFS...) is retried with back-off
+(`nanomesh.disk.retry_delay`) *on the tick thread*, which therefore stops:
+no message leaves, nothing commits, no vote is granted, until the write
+succeeds. The rest of the cluster sees a silent
 node (it elects another leader if this one led); when space is freed the
 write goes through, the node catches up and the problem is cleared. Every
 state change is logged and reported through ``on_problem``.
@@ -47,8 +48,6 @@ written to a temporary file, fsynced, renamed, and the directory fsynced.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import logging
 import os
 import struct
@@ -61,6 +60,8 @@ import pysyncobj.journal  # type: ignore[import-untyped]
 import pysyncobj.serializer  # type: ignore[import-untyped]
 from pysyncobj.pickle import dumps, loads, to_bytes  # type: ignore[import-untyped]
 
+from nanomesh.disk import RETRY_MAX, describe_disk_error, fsync_dir, retry_delay, write_durably
+
 log = logging.getLogger("nanomesh.consensus")
 
 FIRST_RECORD_OFFSET: int = pysyncobj.journal.FIRST_RECORD_OFFSET
@@ -69,12 +70,6 @@ _END = struct.Struct("<I")
 _LEN = struct.Struct("<I")
 _IDX_TERM = struct.Struct("<QQ")
 
-RETRY_FIRST = 0.1
-"""Seconds before the first retry of a failed journal write; doubles up to
-`RETRY_MAX`. Short: a transient EIO or a quickly freed disk costs little."""
-RETRY_MAX = 5.0
-"""Longest pause, in seconds, between retries of a failed journal write: a
-full disk is noticed within this long after space is freed."""
 
 Entry = tuple[bytes, int, int]
 """pysyncobj's log entry: (command, index, term)."""
@@ -85,18 +80,6 @@ and with None when it works again."""
 
 class JournalAborted(Exception):
     """The node is being destroyed while a journal write was being retried."""
-
-
-def retry_delay(attempt: int) -> float:
-    """Seconds to wait after the `attempt`-th consecutive failure (0-based)."""
-    return float(min(RETRY_FIRST * 2 ** min(attempt, 32), RETRY_MAX))
-
-
-def describe_disk_error(exc: OSError) -> str:
-    """One line for a log or an API answer: what happened to the disk."""
-    kind = {errno.ENOSPC: "data disk full", errno.EDQUOT: "disk quota exceeded",
-            errno.EROFS: "data disk read-only", errno.EIO: "I/O error on the data disk"}
-    return f"{kind.get(exc.errno or 0, 'cannot write the data disk')}: {exc.strerror or exc}"
 
 
 # ------------------------------------------------------------ the format (pure)
@@ -133,38 +116,6 @@ def parse_journal(data: bytes) -> tuple[list[Entry], int]:
         entries.append((data[offset + 4 + _IDX_TERM.size:offset + 4 + size], idx, term))
         offset += size + 8
     return entries, end
-
-
-# ------------------------------------------------------------ durable file helpers
-
-def fsync_dir(path: str) -> None:
-    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_durably(path: str, data: bytes) -> None:
-    """Replace `path` with `data` atomically and durably: temporary file,
-    fsync, rename, fsync of the directory. The temporary file is removed if
-    anything fails (a full disk must not keep a half-written file)."""
-    tmp = path + ".tmp"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path)
 
 
 def durable_replace(tmp: str, path: str) -> None:
@@ -284,10 +235,14 @@ class DurableJournal(pysyncobj.journal.Journal):  # type: ignore[misc]
         return self._meta.get("votedForNodeId")
 
     def onOneSecondTimer(self) -> None:
+        if not self._meta_dirty:
+            return
         try:
             self._store_meta_if_dirty()
         except OSError as exc:
             self._failed("store the Raft commit index", exc)  # retried next second
+            return
+        self._succeeded("store the Raft commit index", 0)
 
     # ------------------------------------------------ durability
 
@@ -348,9 +303,12 @@ class DurableJournal(pysyncobj.journal.Journal):  # type: ignore[misc]
                 attempt += 1
                 continue
             break
+        self._succeeded(what, attempt)
+
+    def _succeeded(self, what: str, retries: int) -> None:
         if self.problem is not None:
-            log.warning("raft journal: writing works again (%s after %d retries); "
-                        "this node takes part in Raft again", what, attempt)
+            log.warning("raft journal: writing works again (%s, after %d retries); "
+                        "this node takes part in Raft again", what, retries)
             self._report(None)
 
     def _failed(self, what: str, exc: OSError) -> None:

@@ -59,7 +59,6 @@ from typing import Any, TypeVar
 
 import trio
 
-from nanomesh.consensus._journal import describe_disk_error, write_durably
 from nanomesh.consensus._pysyncobj import CommandCallback, RaftNode
 from nanomesh.consensus.config import ConsensusConfig, parse_raft_address
 from nanomesh.consensus.errors import (
@@ -83,6 +82,7 @@ from nanomesh.consensus.state import (
     validate_set_plan,
 )
 from nanomesh.consensus.status import STOPPED, RaftStatus
+from nanomesh.disk import describe_disk_error, write_durably
 
 log = logging.getLogger("nanomesh.consensus")
 
@@ -150,13 +150,17 @@ class ConsensusNode:
         hold_elections = cfg.join and not memory.heard_leader
         self._token = trio.lowlevel.current_trio_token()
         self._stopped = False
-        self._raft = RaftNode(
-            self_address=self.address, peers=peers, timing=cfg.timing, password=cfg.password,
-            on_applied=lambda s: self._post(self._set_state, s),
-            on_status=lambda s: self._post(self._set_status, s),
-            on_leadership=lambda t: self._post(self._led, t),
-            on_storage_problem=lambda p: self._post(self._set_journal_problem, p),
-            hold_elections=hold_elections, **files)
+        try:
+            self._raft = RaftNode(
+                self_address=self.address, peers=peers, timing=cfg.timing,
+                password=cfg.password, on_applied=lambda s: self._post(self._set_state, s),
+                on_status=lambda s: self._post(self._set_status, s),
+                on_leadership=lambda t: self._post(self._led, t),
+                on_storage_problem=lambda p: self._post(self._set_journal_problem, p),
+                hold_elections=hold_elections, **files)
+        except OSError as exc:  # a new journal on a full disk: the caller retries later
+            raise StorageError(f"raft: cannot create the journal in {cfg.data_dir}: "
+                               f"{describe_disk_error(exc)}") from None
         self._set_state(self._raft.initial_state)
         try:
             await self._wait_bound()

@@ -31,11 +31,10 @@ from nanomesh.consensus import (
 from nanomesh.consensus._journal import (
     DurableJournal,
     JournalAborted,
-    describe_disk_error,
     guard_sends,
     parse_journal,
-    retry_delay,
 )
+from nanomesh.disk import RETRY_MAX, describe_disk_error, retry_delay
 
 IpFactory = Callable[[int], list[str]]
 ENTRIES = [(b"\x00", 1, 0), (b"put cam", 2, 1), (b"put mic", 3, 1)]
@@ -238,7 +237,7 @@ def test_guarded_sends_leave_only_after_the_journal_is_durable(tmp_path: Path) -
 
 def test_retry_delay_doubles_up_to_its_cap_and_errors_read_plainly() -> None:
     assert [retry_delay(i) for i in range(3)] == [0.1, 0.2, 0.4]
-    assert retry_delay(10) == retry_delay(1000) == _journal.RETRY_MAX
+    assert retry_delay(10) == retry_delay(1000) == RETRY_MAX
     assert describe_disk_error(OSError(errno.ENOSPC, "No space left on device")) == \
         "data disk full: No space left on device"
     assert describe_disk_error(OSError(errno.EIO, "Input/output error")).startswith(
