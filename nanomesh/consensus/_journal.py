@@ -20,9 +20,11 @@ durability barriers sit:
 
 So ``add`` only buffers, and `DurableJournal.sync` writes and fdatasyncs the
 buffer (one fsync pair per burst, however many entries it holds). `sync` runs
-(1) before *every* message this node sends (`guard_sends`: nothing leaves the
-node while its journal holds unsynced entries, which covers follower acks and
-the leader's AppendEntries alike) and (2) at every tick (`RaftNode._tick`,
+(1) before every message that carries or acknowledges log entries
+(`guard_sends`: a follower's ``next_node_idx``, a leader's
+``append_entries``; not the leader's per-command ``apply_command_response``
+to a forwarding follower, which would cost a sync per command) and (2) at
+every tick (`RaftNode._tick`,
 after the commands of the tick were appended, before the next tick counts
 them). Term and vote are stored synchronously. The only entry that can count
 toward a commit before it is synced is the no-op a *single* voter appends
@@ -359,13 +361,19 @@ def _load_meta(path: str) -> dict[str, Any]:
     return meta if isinstance(meta, dict) else {}
 
 
+LOG_MESSAGES = frozenset({"next_node_idx", "append_entries"})
+"""pysyncobj's message types that acknowledge or carry log entries: they
+leave only once the journal is durable."""
+
+
 def guard_sends(transport: Any, journal: DurableJournal) -> None:
-    """Make `transport.send` sync the journal first: no Raft message (an
-    acknowledgement above all) leaves this node ahead of its journal."""
+    """Make `transport.send` sync the journal before a `LOG_MESSAGES` message:
+    no acknowledgement (and no entry) leaves this node ahead of its journal."""
     send = transport.send
 
     def durable_send(node: Any, message: Any) -> Any:
-        journal.sync()
+        if isinstance(message, dict) and message.get("type") in LOG_MESSAGES:
+            journal.sync()
         return send(node, message)
 
     transport.send = durable_send

@@ -231,8 +231,13 @@ def test_guarded_sends_leave_only_after_the_journal_is_durable(tmp_path: Path) -
     t = Transport()
     guard_sends(t, j)
     j.add(b"x", 1, 1)
+    assert t.send("n", {"type": "apply_command_response"})
     assert t.send("n", {"type": "next_node_idx"})
-    assert t.sent == [({"type": "next_node_idx"}, False)]
+    j.add(b"y", 2, 1)
+    assert t.send("n", {"type": "append_entries"})
+    assert t.sent == [({"type": "apply_command_response"}, True),
+                      ({"type": "next_node_idx"}, False), ({"type": "append_entries"}, False)], \
+        "acks and entries wait for the sync; a per-command reply does not"
 
 
 def test_retry_delay_doubles_up_to_its_cap_and_errors_read_plainly() -> None:
@@ -268,3 +273,38 @@ async def test_a_voter_that_cannot_write_its_journal_acknowledges_nothing(
             while node.storage_problems:
                 await trio.sleep(0.05)
         assert (await node.put_service("mic", {"image": "mic:1"})).applied
+
+
+async def test_a_follower_that_cannot_write_its_journal_does_not_acknowledge(
+        ips: IpFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Raft §5.3: the leader commits an entry once a majority *stored* it. Two
+    voters: while the follower's journal writes fail, it acknowledges
+    nothing, so the leader cannot commit; once its disk works again it
+    writes, acknowledges, and the held write commits on both."""
+    monkeypatch.setattr(_journal, "retry_delay", lambda attempt: 0.05)
+    a, b = (f"{ip}:7948" for ip in ips(2))
+    configs = {addr: ConsensusConfig(address=(addr.split(":")[0], 7948), peers=(other,),
+                                     data_dir=tmp_path / addr)
+               for addr, other in ((a, b), (b, a))}
+    real = _journal._pwrite_all
+    broken: list[str] = []
+
+    def pwrite(fd: int, data: bytes, offset: int) -> None:
+        if broken and os.readlink(f"/proc/self/fd/{fd}").startswith(broken[0]):
+            _enospc()
+        real(fd, data, offset)
+
+    monkeypatch.setattr(_journal, "_pwrite_all", pwrite)
+    async with open_consensus(configs[a]) as node_a, open_consensus(configs[b]) as node_b:
+        nodes = {a: node_a, b: node_b}
+        leader = await node_a.wait_leader(timeout=10)
+        await nodes[leader].wait_status(lambda s: s.is_leader and s.ready, timeout=10)
+        follower = b if leader == a else a
+        broken.append(str(tmp_path / follower))
+        with pytest.raises(CommitTimeout):
+            await nodes[leader].put_service("cam", {"image": "cam:1"}, timeout=1.5)
+        assert "cam" not in nodes[leader].state.services, "committed without the follower"
+        assert nodes[follower].storage_problems
+        broken.clear()
+        for n in nodes.values():
+            await n.wait_state(lambda s: "cam" in s.services, timeout=10)
