@@ -40,6 +40,9 @@ Facts from pysyncobj's source (0.3.17) this module relies on:
 - An exception in an apply function makes pysyncobj retry that entry on
   every tick forever; the apply functions of `nanomesh.consensus.state` are
   total for that reason.
+- Its file journal writes through an mmap and never fsyncs (lost on power
+  loss; a SIGBUS on a full disk): `_journal` replaces it with one that is
+  durable before anything is acknowledged, and makes the full dump durable.
 - Full dumps fork by default (``useFork``); forking a multi-threaded process
   (trio + the tick thread) can deadlock the child on a lock another thread
   held, and our state is small: we serialize in the tick thread instead.
