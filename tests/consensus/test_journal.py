@@ -308,3 +308,17 @@ async def test_a_follower_that_cannot_write_its_journal_does_not_acknowledge(
         broken.clear()
         for n in nodes.values():
             await n.wait_state(lambda s: "cam" in s.services, timeout=10)
+
+
+def test_the_full_dump_is_fsynced_renamed_and_its_directory_fsynced(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pysyncobj.serializer  # type: ignore[import-untyped]
+    import pysyncobj.syncobj  # type: ignore[import-untyped]
+
+    assert pysyncobj.serializer.atomicReplace is _journal.durable_replace
+    assert pysyncobj.syncobj.createJournal is _journal.create_journal
+    (tmp_path / "dump.tmp").write_bytes(b"state")
+    syncs = SyncCounter(monkeypatch)
+    _journal.durable_replace(str(tmp_path / "dump.tmp"), str(tmp_path / "dump"))
+    assert syncs.calls == 2, "the file, then the directory"
+    assert (tmp_path / "dump").read_bytes() == b"state" and not (tmp_path / "dump.tmp").exists()
