@@ -184,6 +184,8 @@ class ConsensusNode:
         with trio.move_on_after(BIND_TIMEOUT):
             await self.wait_status(lambda s: s.bound)
             return
+        if self._journal_problem is not None:  # the tick thread waits for the disk
+            raise StorageError(f"raft: cannot start: {self._journal_problem}")
         raise ConsensusError(f"raft: could not listen on {self.address} "
                              f"within {BIND_TIMEOUT:.0f} s (address in use?)")
 
