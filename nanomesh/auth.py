@@ -29,12 +29,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from nanomesh.disk import write_durably
 from nanomesh.errors import ConfigError
 from nanomesh.wire import Keyring
 
@@ -118,9 +118,9 @@ def ensure_token_file(data_dir: Path) -> str:
     if path.exists():
         return read_token_file(path)
     token = generate_token()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
+    # Whole or absent (a full disk used to leave an empty file, refused ever
+    # after), and durable: its digest is committed to the mesh next.
+    write_durably(str(path), (token + "\n").encode())
     return token
 
 

@@ -243,12 +243,25 @@ def _members(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(members, indent=2, sort_keys=True))
         return 0
+    from nanomesh.disk import summary
+
     rows: list[tuple[str, ...]] = [
-        ("NAME", "ADDRESS", "STATE", "INC", "CPU", "MEM MB (free/total)", "POWER", "DEVICES")]
+        ("NAME", "ADDRESS", "STATE", "INC", "HEALTH", "CPU", "MEM MB (free/total)", "POWER",
+         "DEVICES")]
     rows += [(m["name"], m["address"], m["state"], str(m["incarnation"]),
-              *_profile_summary(m.get("profile"))) for m in members]
+              summary(_problems(m.get("profile"))), *_profile_summary(m.get("profile")))
+             for m in members]
     _print_table(rows)
+    for m in members:
+        for problem in _problems(m.get("profile")):
+            print(f"{m['name']}: {problem}")
     return 0
+
+
+def _problems(profile: dict[str, Any] | None) -> list[str]:
+    """A peer's gossiped data disk problems (`nanomesh.disk`)."""
+    problems = (profile or {}).get("degraded")
+    return [str(p) for p in problems] if isinstance(problems, list) else []
 
 
 def _profile_summary(p: dict[str, Any] | None) -> tuple[str, str, str, str]:

@@ -30,6 +30,7 @@ from nanomesh.consensus.errors import (
     NotLeaderError,
     NotRunningError,
     StalePlanError,
+    StorageError,
     WriteRejected,
 )
 from nanomesh.consensus.node import ConsensusNode, open_consensus
@@ -52,6 +53,7 @@ __all__ = [
     "RaftTiming",
     "Role",
     "StalePlanError",
+    "StorageError",
     "WriteRejected",
     "open_consensus",
     "parse_raft_address",

@@ -40,6 +40,9 @@ Facts from pysyncobj's source (0.3.17) this module relies on:
 - An exception in an apply function makes pysyncobj retry that entry on
   every tick forever; the apply functions of `nanomesh.consensus.state` are
   total for that reason.
+- Its file journal writes through an mmap and never fsyncs (lost on power
+  loss; a SIGBUS on a full disk): `_journal` replaces it with one that is
+  durable before anything is acknowledged, and makes the full dump durable.
 - Full dumps fork by default (``useFork``); forking a multi-threaded process
   (trio + the tick thread) can deadlock the child on a lock another thread
   held, and our state is small: we serialize in the tick thread instead.
@@ -55,6 +58,7 @@ from typing import Any
 
 import pysyncobj  # type: ignore[import-untyped]
 
+from nanomesh.consensus import _journal
 from nanomesh.consensus._transport import KeyedSyncObj, KeyringCipher, transport_class
 from nanomesh.consensus.config import RaftTiming
 from nanomesh.consensus.state import (
@@ -71,6 +75,7 @@ from nanomesh.consensus.status import RaftStatus, Role
 from nanomesh.wire import Keyring
 
 log = logging.getLogger("nanomesh.consensus")
+_journal.install()  # durable journal and full dump: see `_journal`
 
 PYSYNCOBJ_VERSION: str = pysyncobj.syncobj.VERSION
 
@@ -165,7 +170,8 @@ class RaftNode:
                  on_status: Callable[[RaftStatus], None],
                  on_leadership: Callable[[int], None], hold_elections: bool = False,
                  source_ip: str | None = None,
-                 on_dropped: Callable[[str], None] | None = None) -> None:
+                 on_dropped: Callable[[str], None] | None = None,
+                 on_storage_problem: _journal.ProblemCallback | None = None) -> None:
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError("create the Raft node on the main thread: pysyncobj's tick "
                                "thread stops silently when its creating thread exits")
@@ -194,6 +200,10 @@ class RaftNode:
         self._obj = KeyedSyncObj(
             self_address, list(peers), conf, consumers=[self._machine], cipher=cipher,
             transportClass=transport_class(cipher, source_ip, on_dropped or _ignore_drop))
+        self._journal = self._obj._SyncObj__raftLog
+        if isinstance(self._journal, _journal.DurableJournal):
+            self._journal.on_problem = on_storage_problem
+            _journal.guard_sends(self._obj._SyncObj__transport, self._journal)
         if hold_elections:
             self._postpone_election()
         self._obj.addOnTickCallback(self._tick)
@@ -241,6 +251,8 @@ class RaftNode:
 
     def destroy(self) -> None:
         """Ask the tick thread to close sockets and the journal, then exit."""
+        if isinstance(self._journal, _journal.DurableJournal):
+            self._journal.abort()  # a journal write retried on a full disk gives up
         self._obj.destroy()
 
     def alive(self) -> bool:
@@ -254,6 +266,8 @@ class RaftNode:
     # ------------------------------------------------------------ tick thread
 
     def _tick(self) -> None:
+        if isinstance(self._journal, _journal.DurableJournal):
+            self._journal.sync()  # this tick's appends, before the next tick counts them
         if self._hold_elections:
             if self._obj._getLeader() is None:
                 self._postpone_election()

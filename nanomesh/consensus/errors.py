@@ -75,6 +75,12 @@ class StalePlanError(WriteRejected):
         self.current_epoch = current_epoch
 
 
+class StorageError(ConsensusError):
+    """This node cannot write its Raft journal (a full or failing data disk):
+    it acknowledges nothing until the write succeeds, so it refuses commands
+    at once instead of letting them time out. Nothing was appended."""
+
+
 class NotRunningError(ConsensusError):
     """The consensus node is not running (not started yet, or stopped)."""
 

@@ -169,6 +169,7 @@ class NodeProcess:
         self._pending: dict[int, trio.MemorySendChannel[dict[str, Any]]] = {}
         self._started = trio.Event()
         self._exited = trio.Event()
+        self._send_lock = trio.Lock()  # concurrent calls: one line at a time on stdin
 
     @property
     def alive(self) -> bool:
@@ -226,7 +227,8 @@ class NodeProcess:
         self._pending[rid] = send
         line = json.dumps({"id": rid, "op": op, "args": args}).encode() + b"\n"
         try:
-            await self.process.stdin.send_all(line)
+            async with self._send_lock:
+                await self.process.stdin.send_all(line)
             reply = await receive.receive()
         except (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError):
             raise ProcessDied(f"{self.address}: exited during {op}") from None

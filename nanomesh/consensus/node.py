@@ -69,6 +69,7 @@ from nanomesh.consensus.errors import (
     NotLeaderError,
     NotRunningError,
     StalePlanError,
+    StorageError,
     WriteRejected,
     failure_error,
 )
@@ -81,6 +82,7 @@ from nanomesh.consensus.state import (
     validate_set_plan,
 )
 from nanomesh.consensus.status import STOPPED, RaftStatus
+from nanomesh.disk import describe_disk_error, write_durably
 
 log = logging.getLogger("nanomesh.consensus")
 
@@ -117,6 +119,8 @@ class ConsensusNode:
         self._changed = trio.Event()
         self._stopped = False
         self._membership = trio.Lock()
+        self._journal_problem: str | None = None
+        self._voters_file_problem: str | None = None
         self.leadership_history: collections.deque[int] = collections.deque(
             maxlen=LEADERSHIP_HISTORY)
         """Every term in which this node became leader, in order."""
@@ -152,13 +156,18 @@ class ConsensusNode:
         assert keyring is not None, "ConsensusConfig.check() refuses a node without a key"
         self._token = trio.lowlevel.current_trio_token()
         self._stopped = False
-        self._raft = RaftNode(
-            self_address=self.address, peers=peers, timing=cfg.timing, keyring=keyring,
-            source_ip=cfg.source_ip, on_dropped=self._count_drop,
-            on_applied=lambda s: self._post(self._set_state, s),
-            on_status=lambda s: self._post(self._set_status, s),
-            on_leadership=lambda t: self._post(self._led, t),
-            hold_elections=hold_elections, **files)
+        try:
+            self._raft = RaftNode(
+                self_address=self.address, peers=peers, timing=cfg.timing, keyring=keyring,
+                source_ip=cfg.source_ip, on_dropped=self._count_drop,
+                on_applied=lambda s: self._post(self._set_state, s),
+                on_status=lambda s: self._post(self._set_status, s),
+                on_leadership=lambda t: self._post(self._led, t),
+                on_storage_problem=lambda p: self._post(self._set_journal_problem, p),
+                hold_elections=hold_elections, **files)
+        except OSError as exc:  # a new journal on a full disk: the caller retries later
+            raise StorageError(f"raft: cannot create the journal in {cfg.data_dir}: "
+                               f"{describe_disk_error(exc)}") from None
         self._set_state(self._raft.initial_state)
         try:
             await self._wait_bound()
@@ -185,6 +194,8 @@ class ConsensusNode:
         with trio.move_on_after(BIND_TIMEOUT):
             await self.wait_status(lambda s: s.bound)
             return
+        if self._journal_problem is not None:  # the tick thread waits for the disk
+            raise StorageError(f"raft: cannot start: {self._journal_problem}")
         raise ConsensusError(f"raft: could not listen on {self.address} "
                              f"within {BIND_TIMEOUT:.0f} s (address in use?)")
 
@@ -197,9 +208,24 @@ class ConsensusNode:
             now = _Memory(tuple(sorted(status.voters)),
                           memory.heard_leader or status.leader is not None)
             if status.voters and now != memory and self.config.data_dir is not None:
-                await trio.to_thread.run_sync(now.store, self.config.data_dir)
-                memory = now
+                try:
+                    await trio.to_thread.run_sync(now.store, self.config.data_dir)
+                except OSError as exc:  # retried at the next status change
+                    self._failed_voters_file(exc)
+                else:
+                    memory = now
+                    self._failed_voters_file(None)
             await self._wait_status_change(status)
+
+    def _failed_voters_file(self, exc: OSError | None) -> None:
+        problem = None if exc is None else (
+            f"{describe_disk_error(exc)}: cannot save the Raft voters ({VOTERS_FILE})")
+        if problem != self._voters_file_problem:
+            if problem is None:
+                log.warning("raft: %s saved again", VOTERS_FILE)
+            else:
+                log.error("raft: %s; retried at the next change", problem)
+            self._voters_file_problem = problem
 
     async def _wait_status_change(self, status: RaftStatus) -> None:
         await self.wait_status(lambda s: s is not status)
@@ -227,6 +253,10 @@ class ConsensusNode:
             log.info("raft voters now %s", ", ".join(sorted(status.voters)))
         self._wake()
 
+    def _set_journal_problem(self, problem: str | None) -> None:
+        self._journal_problem = problem
+        self._wake()
+
     def _led(self, term: int) -> None:
         self.leadership_history.append(term)
         log.info("raft: this node became leader for term %d", term)
@@ -240,6 +270,14 @@ class ConsensusNode:
     @property
     def running(self) -> bool:
         return self._raft is not None
+
+    @property
+    def storage_problems(self) -> list[str]:
+        """What this node cannot write to its data directory right now (a
+        full disk, an I/O error); empty when all is well. While the journal
+        cannot be written the node sends nothing and writes fail fast with
+        `StorageError`; it recovers by itself when the write succeeds."""
+        return [p for p in (self._journal_problem, self._voters_file_problem) if p]
 
     @property
     def state(self) -> DesiredState:
@@ -482,6 +520,9 @@ class ConsensusNode:
         raft = self._raft
         if raft is None:
             raise NotRunningError(f"{what}: the consensus node is not running")
+        if self._journal_problem is not None:
+            raise StorageError(f"{what}: refused, this peer cannot persist it: "
+                               f"{self._journal_problem}")
         if self._status.leader is None:
             raise failure_error(Failure.MISSING_LEADER, what)
         done = trio.Event()
@@ -549,7 +590,5 @@ class _Memory:
         return cls(tuple(voters), heard is True)
 
     def store(self, data_dir: Path) -> None:
-        tmp = data_dir / (VOTERS_FILE + ".tmp")
-        tmp.write_text(json.dumps({"voters": list(self.voters),
-                                   "heard_leader": self.heard_leader}) + "\n")
-        tmp.replace(data_dir / VOTERS_FILE)
+        write_durably(str(data_dir / VOTERS_FILE), (json.dumps(
+            {"voters": list(self.voters), "heard_leader": self.heard_leader}) + "\n").encode())

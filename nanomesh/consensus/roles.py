@@ -94,6 +94,7 @@ from nanomesh.consensus.voters import (
     decide,
     with_absent_voters,
 )
+from nanomesh.disk import describe_disk_error
 from nanomesh.errors import ConfigError
 from nanomesh.wire import Keyring
 
@@ -657,7 +658,11 @@ class RaftRoleManager:
 
     async def _store(self, role: RaftRole, generation: int, peers: tuple[str, ...]) -> None:
         self._stored = _Stored(role, generation, peers)
-        await trio.to_thread.run_sync(self._stored.store, self.data_dir)
+        try:
+            await trio.to_thread.run_sync(self._stored.store, self.data_dir)
+        except OSError as exc:  # a full disk: the peer runs on (degraded), stored next change
+            log.error("raft role: cannot save %s (%s): %s", ROLE_FILE, role.value,
+                      describe_disk_error(exc))
 
     async def _next_generation(self) -> int:
         """A new generation number; deletes the directories of all but the

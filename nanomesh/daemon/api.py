@@ -6,13 +6,16 @@ Shapes (a contract shared with the CLI's ``--json`` output):
   ``{"name", "address": "IP:PORT", "state": "alive|suspect|dead|left",
   "incarnation", "profile_version", "profile": {...} | null}``
 - ``GET /v1/self``: this peer's member object, plus ``"api": "IP:PORT"``.
-- ``GET /v1/health``: ``{"status": "ok", "name", "members": {state: count},
-  "awareness", "uptime_s", "dropped": {reason: count}, "bytes_in", "bytes_out",
+- ``GET /v1/health``: ``{"status": "ok|degraded|leaving", "problems": [str],
+  "name", "members": {state: count}, "awareness", "uptime_s", "dropped":
+  {reason: count}, "raft_dropped": {reason: count}, "bytes_in", "bytes_out",
   "counters": {...}, "api": {"open", "refused_per_client", "refused_full",
-  "evicted", "head_timeouts", "body_timeouts", "busy"}}`` (``api``: what
-  the HTTP server refused or cut off since start, see
-  `nanomesh.daemon.http_limits.ServerStats`). Served from reserved request
-  slots, so it answers while other clients hold the API busy.
+  "evicted", "head_timeouts", "body_timeouts", "busy"}}``. "degraded" (still
+  200: the peer serves) when its data disk fails (`nanomesh.disk`), each
+  problem one plain sentence in ``problems``; ``api``: what the HTTP server
+  refused or cut off since start (`nanomesh.daemon.http_limits.ServerStats`).
+  Served from reserved request slots, so it answers while other clients hold
+  the API busy.
 """
 
 from __future__ import annotations
@@ -56,8 +59,10 @@ def api_routes(peer: PeerDaemon) -> dict[tuple[str, str], Handler]:
     async def health(_: Request) -> tuple[int, Any]:
         c = core()
         states = Counter(m.state.label for m in c.members())
+        problems = peer.disk_problems()
         return 200, {
-            "status": "leaving" if peer._stopping else "ok",
+            "status": "leaving" if peer._stopping else "degraded" if problems else "ok",
+            "problems": problems,
             "name": c.name,
             "members": dict(sorted(states.items())),
             "awareness": c.awareness.score,

@@ -33,6 +33,7 @@ without Raft; the daemon wires the consensus-backed one.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -50,7 +51,10 @@ from nanomesh.bundles import (
     registry_listing,
 )
 from nanomesh.daemon.http import BodyLimit, FileBody, Handler, HttpError, Request
+from nanomesh.disk import describe_disk_error
 from nanomesh.manifest import ManifestError, load_manifest
+
+log = logging.getLogger("nanomesh.bundles")
 
 BUNDLE_UPLOAD_TIMEOUT = 600.0
 """Seconds a client may take to upload one bundle: MAX_BUNDLE_BYTES at about
@@ -91,6 +95,10 @@ def bundle_routes(store: BundleStore, authorize: Authorize
             await trio.to_thread.run_sync(store.add, source, sha)
         except BundleError as exc:
             raise HttpError(400, str(exc)) from None
+        except OSError as exc:  # the store leaves no partial file behind
+            message = f"cannot store bundle {sha[:16]} on this peer: {describe_disk_error(exc)}"
+            log.error("%s", message)
+            raise HttpError(507, message) from None
         return 201, {"sha256": sha, "size": await _tar_size(store, sha), "stored": True}
 
     async def get_bundle(request: Request) -> tuple[int, Any]:

@@ -32,6 +32,7 @@ from nanomesh.consensus import (
     ConsensusNode,
     NoLeaderError,
     NotRunningError,
+    StorageError,
 )
 from nanomesh.daemon.api_auth import reader_sees_secrets
 
@@ -140,5 +141,7 @@ async def _consensus_call(call: Callable[[], Awaitable[Any]]) -> Any:
                         "committed: check `nanomesh services`") from None
     except NotRunningError:
         raise HttpError(503, "this peer's consensus node is not running") from None
+    except StorageError as exc:  # its data disk is full: 507 Insufficient Storage
+        raise HttpError(507, str(exc)) from None
     except ConsensusError as exc:
         raise HttpError(503, f"consensus: {exc}") from None

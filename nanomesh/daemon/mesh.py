@@ -54,6 +54,7 @@ from nanomesh.daemon.api_auth import is_member, require_management_token, requir
 from nanomesh.daemon.api_bundles import BUNDLE_BODY_LIMITS, bundle_routes, registry_routes
 from nanomesh.daemon.api_mesh import _consensus_call, running_node
 from nanomesh.daemon.http import BodyLimit, Handler, HttpError, Request, bearer_token
+from nanomesh.disk import retry_delay
 from nanomesh.placement import PlacementConfig
 from nanomesh.reconcile import InstanceStatus
 from nanomesh.runtime import HostLauncher, ProcessDriver, Reconciler
@@ -298,8 +299,24 @@ class MeshControl:
         return bool(waiting)
 
     async def _commit_token(self) -> None:
-        """The founder commits the management token's hash once a leader exists."""
-        token = await trio.to_thread.run_sync(ensure_token_file, self.peer.config.data_dir)
+        """The founder commits the management token's hash once a leader exists.
+        A token file that cannot be written (a full disk) is retried with
+        back-off; the peer is degraded meanwhile."""
+        attempt = 0
+        while True:
+            try:
+                token = await trio.to_thread.run_sync(ensure_token_file,
+                                                      self.peer.config.data_dir)
+            except OSError as exc:
+                problem = self.peer.disk.failed("token", "create the management token", exc)
+                if problem is not None:
+                    log.error("%s; retrying with back-off", problem)
+                await trio.sleep(retry_delay(attempt))
+                attempt += 1
+                continue
+            if self.peer.disk.succeeded("token"):
+                log.warning("management token written")
+            break
         while True:
             node = await self.roles.wait_ready()
             if TOKEN_META_KEY in node.state.meta:

@@ -49,6 +49,14 @@ from nanomesh.daemon.http_limits import ServerStats
 from nanomesh.daemon.limits import StreamAdmission
 from nanomesh.daemon.mesh import MeshControl
 from nanomesh.daemon.profile import ProfileSource
+from nanomesh.disk import (
+    WATCH_PERIOD,
+    DiskHealth,
+    free_bytes,
+    low_space_problem,
+    retry_delay,
+    write_atomically,
+)
 from nanomesh.errors import ConfigError, RemoteProtocolError
 from nanomesh.gossip.effects import (
     Effect,
@@ -114,6 +122,9 @@ class PeerDaemon:
         self._discovered: dict[str, Any] = {}
         self._saved_incarnation = -1
         self._membership_dirty = False
+        self.disk = DiskHealth()
+        """Writes to the data directory that fail right now (`nanomesh.disk`)."""
+        self._published_problems: list[str] = []
         self._seeds: tuple[Address, ...] = ()
         self._udp: socket.socket | None = None
         self._wake = trio.Event()
@@ -174,6 +185,7 @@ class PeerDaemon:
             # Raft; membership and the API are up meanwhile.
             nursery.start_soon(self.mesh.run)
             nursery.start_soon(self._refresh_profile)
+            nursery.start_soon(self._watch_disk)
             log.info("peer %s listening: gossip %s:%d (udp+tcp), api http://%s:%d, "
                      "encryption %s, preset probe_interval=%.2fs", cfg.name, *cfg.bind,
                      cfg.bind[0], cfg.api_port, "on" if self.keyring.enabled else "OFF",
@@ -302,13 +314,65 @@ class PeerDaemon:
 
     def _save_state_if_changed(self) -> None:
         core = self.core
-        if core is None or (core.incarnation == self._saved_incarnation
-                            and not self._membership_dirty):
-            return
-        self._saved_incarnation, self._membership_dirty = core.incarnation, False
+        if core is None or self.disk.failing(_PEER_STATE_KEY) or (
+                core.incarnation == self._saved_incarnation and not self._membership_dirty):
+            return  # a failed save is retried by _watch_disk, with back-off
+        self._save_state()
+
+    def _save_state(self) -> bool:
+        """Save peer.json now; on a failure keep it dirty, report the problem
+        and return False (the daemon goes on: it only matters at a restart)."""
+        assert self.core is not None
+        core = self.core
         alive = [m.addr for m in core.members()
                  if m.state is MemberState.ALIVE and m.name != core.name]
-        save_peer_state(self.config.data_dir, self._saved_incarnation, alive)
+        try:
+            save_peer_state(self.config.data_dir, core.incarnation, alive)
+        except OSError as exc:
+            problem = self.disk.failed(_PEER_STATE_KEY, f"save the peer state ({PEER_STATE})",
+                                       exc)
+            if problem is not None:
+                log.error("%s; the peer runs on and retries with back-off", problem)
+            return False
+        self._saved_incarnation, self._membership_dirty = core.incarnation, False
+        if self.disk.succeeded(_PEER_STATE_KEY):
+            log.warning("peer state (%s) saved again", PEER_STATE)
+        return True
+
+    # ------------------------------------------------------------ the data disk
+
+    async def _watch_disk(self) -> None:
+        """Retry a failed peer-state save (with back-off), read the free space
+        and the Raft node's storage problems, and publish the problems (log,
+        profile) when they change. Runs once a second while all is well."""
+        attempt = 0
+        while True:
+            failing = self.disk.failing(_PEER_STATE_KEY)
+            await trio.sleep(retry_delay(attempt) if failing else WATCH_PERIOD)
+            if failing:
+                attempt = 0 if self._save_state() else attempt + 1
+            try:
+                low = low_space_problem(free_bytes(self.config.data_dir), self.config.data_dir)
+            except OSError as exc:
+                low = f"cannot read the free space of {self.config.data_dir}: {exc.strerror}"
+            self.disk.set(_LOW_SPACE_KEY, low)
+            self._publish_disk_problems()
+
+    def disk_problems(self) -> list[str]:
+        """Every current problem of this peer's data disk (empty: healthy)."""
+        node = self.consensus
+        return self.disk.problems(node.storage_problems if node is not None else ())
+
+    def _publish_disk_problems(self) -> None:
+        problems = self.disk_problems()
+        if problems == self._published_problems:
+            return
+        if problems:
+            log.error("peer degraded: %s", "; ".join(problems))
+        else:
+            log.warning("peer no longer degraded: the data disk works again")
+        self._published_problems = problems
+        self.republish_profile()
 
     def _send_datagram(self, e: SendDatagram) -> None:
         assert self._udp is not None
@@ -426,6 +490,8 @@ class PeerDaemon:
         assert self.core is not None
         sections = self.mesh.profile_sections() if self.mesh is not None else {}
         profile = {**self._discovered, **sections}
+        if self._published_problems:
+            profile[DEGRADED_KEY] = list(self._published_problems)
         if profile != self.core.me.profile:
             self._execute(self.core.update_profile(profile, trio.current_time()))
 
@@ -494,6 +560,10 @@ def _bind_udp(addr: Address) -> socket.socket:
 
 
 PEER_STATE = "peer.json"
+DEGRADED_KEY = "degraded"
+"""Profile key of a degraded peer: the list of its data disk's problems
+(absent when the peer is healthy)."""
+_PEER_STATE_KEY, _LOW_SPACE_KEY = "peer-state", "low-space"
 REMEMBERED_PEERS = 16
 """How many alive peers we remember as rejoin seeds for a restart."""
 
@@ -522,13 +592,14 @@ def prepare_data_dir(path: Path) -> tuple[int, tuple[Address, ...]]:
 
 
 def save_peer_state(path: Path, incarnation: int, peers: Sequence[Address]) -> None:
-    """Persist (atomically) our incarnation, so a restart starts above it, and
-    a few peers we saw alive, so a restart without --join can rejoin them."""
+    """Persist (atomically) our incarnation, so a restart starts
+    above it, and a few peers we saw alive, so a restart without --join can
+    rejoin them. OSError (a full disk...) leaves the previous file intact."""
     doc = {"nanomesh": __version__, "incarnation": incarnation,
            "peers": [list(a) for a in sorted(peers)[:REMEMBERED_PEERS]]}
-    tmp = path / (PEER_STATE + ".tmp")
-    tmp.write_text(json.dumps(doc) + "\n")
-    tmp.replace(path / PEER_STATE)
+    # Not fsynced: it runs on the event loop, and an incarnation lost to a
+    # power cut only costs a refutation round after the restart.
+    write_atomically(str(path / PEER_STATE), (json.dumps(doc) + "\n").encode())
 
 
 def _log_notification(e: Effect) -> None:
