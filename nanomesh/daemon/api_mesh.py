@@ -7,20 +7,27 @@ returns once the change is committed. Reads are answered from this peer's
 committed state, which may trail the leader by a few milliseconds.
 
 Shapes:
-- ``GET /v1/services``: ``[service document, ...]`` sorted by name.
+- ``POST /v1/services``: body a manifest object, plus ``"reset_state": true``
+  to drop the state the service saved (kept by default on an update); reply
+  ``{"name", "revision", "changed"}`` and ``"deployment"`` (its id) when the
+  deploy started one (a new version), which the leader settles as
+  ``successful``, ``failed`` or ``reverted`` (`nanomesh.deployment`).
+- ``GET /v1/services``: ``[service document, ...]`` sorted by name, each with
+  its latest ``deployment``: ``{"id", "status", "reason", "reverted_from"}``.
 - ``GET /v1/placement``: ``{"epoch", "strategy", "instances": [{"instance",
   "service", "peer", "state", "health", "current"}], "unplaced": [instance
   ids], "unplaceable": {service: {peer: reason}}}``; ``state`` and ``health``
   are what the hosting peer gossips (``pending`` until it reports, and while
   its host is dead and the instance not yet re-placed); ``current`` is false
-  while the instance still runs an older spec of its service.
+  while the instance still runs an older spec of its service;
+  ``"deployments"``: service -> its latest deployment (as in ``/v1/services``).
 - ``GET /v1/status``: ``{"leader", "term", "voters", "epoch", "revision",
   "role", "peer"}``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from nanomesh.auth import TOKEN_META_KEY, token_matches
@@ -40,6 +47,10 @@ from nanomesh.wire import MemberState
 if TYPE_CHECKING:
     from nanomesh.daemon.peer import PeerDaemon
 
+RESET_STATE = "reset_state"
+"""Field of a deploy body (beside the manifest's own) that drops the
+service's saved state: `true` for ``nanomesh deploy --reset-state``. Without
+it a redeploy keeps the state (`nanomesh.consensus.state`)."""
 INSTANCES_KEY = "instances"
 """Where a peer's gossiped profile lists the state of the instances it runs."""
 
@@ -83,13 +94,22 @@ def mesh_routes(peer: PeerDaemon) -> dict[tuple[str, str], Handler]:
         body = request.json()
         if not isinstance(body, dict):
             raise HttpError(400, "the body must be a manifest object")
+        body = dict(body)
+        reset_state = body.pop(RESET_STATE, False)
+        if not isinstance(reset_state, bool):
+            raise HttpError(400, f"{RESET_STATE} must be true or false")
         try:
             doc = service_document(body, where="manifest")
         except ManifestError as exc:
             raise HttpError(400, str(exc)) from None
+        if reset_state and "state" not in doc:
+            doc["state"] = None  # merge-patch null: drop the saved state
         outcome = await _consensus_call(lambda: n.put_service(doc["name"], doc))
-        return 201 if outcome.changed else 200, {
-            "name": doc["name"], "revision": outcome.revision, "changed": outcome.changed}
+        reply = {"name": doc["name"], "revision": outcome.revision, "changed": outcome.changed}
+        dep = n.state.deployments.get(doc["name"])
+        if outcome.changed and dep is not None and dep.get("id") == outcome.revision:
+            reply["deployment"] = outcome.revision  # this put started a deployment
+        return 201 if outcome.changed else 200, reply
 
     async def undeploy(request: Request) -> tuple[int, Any]:
         n = require_token(request)
@@ -101,7 +121,8 @@ def mesh_routes(peer: PeerDaemon) -> dict[tuple[str, str], Handler]:
 
     async def services(_: Request) -> tuple[int, Any]:
         state = node().state
-        return 200, [state.services[name] for name in sorted(state.services)]
+        return 200, [_with_deployment(state.services[name], state.deployments.get(name))
+                     for name in sorted(state.services)]
 
     async def placement(_: Request) -> tuple[int, Any]:
         state = node().state
@@ -118,7 +139,8 @@ def mesh_routes(peer: PeerDaemon) -> dict[tuple[str, str], Handler]:
                 "current": seen.get("digest") == digests.get(service)})
         return 200, {"epoch": state.plan_epoch, "strategy": plan.get("strategy", ""),
                      "instances": instances, "unplaced": plan.get("unplaced", []),
-                     "unplaceable": plan.get("unplaceable", {})}
+                     "unplaceable": plan.get("unplaceable", {}),
+                     "deployments": dict(state.deployments)}
 
     async def status(_: Request) -> tuple[int, Any]:
         n = node()
@@ -131,6 +153,14 @@ def mesh_routes(peer: PeerDaemon) -> dict[tuple[str, str], Handler]:
     return {("POST", "/v1/services"): deploy, ("DELETE", "/v1/services/{name}"): undeploy,
             ("GET", "/v1/services"): services, ("GET", "/v1/placement"): placement,
             ("GET", "/v1/status"): status}
+
+
+def _with_deployment(doc: Mapping[str, Any], deployment: Mapping[str, Any] | None
+                     ) -> Mapping[str, Any]:
+    """A service document as ``GET /v1/services`` shows it: with its latest
+    deployment's record under ``deployment`` (read-only: a manifest may not
+    set it)."""
+    return doc if deployment is None else {**doc, "deployment": deployment}
 
 
 def _reported_instances(peer: PeerDaemon) -> dict[str, dict[str, dict[str, Any]]]:

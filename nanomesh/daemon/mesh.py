@@ -51,7 +51,13 @@ from nanomesh.consensus.roles import RaftRoleManager, RoleConfig, voters_from_pr
 from nanomesh.consensus.voters import PeerInfo, peer_info
 from nanomesh.control import VIEW_GRACE, decide, unknown_hosts, worth_committing
 from nanomesh.daemon.api_bundles import BUNDLE_BODY_LIMITS, bundle_routes, registry_routes
-from nanomesh.daemon.api_mesh import _consensus_call, require_management_token, running_node
+from nanomesh.daemon.api_mesh import (
+    _consensus_call,
+    _reported_instances,
+    require_management_token,
+    running_node,
+)
+from nanomesh.daemon.deployments import DeploymentWatcher
 from nanomesh.daemon.http import BodyLimit, Handler, HttpError, Request, bearer_token
 from nanomesh.placement import PlacementConfig
 from nanomesh.reconcile import InstanceStatus
@@ -230,6 +236,8 @@ class MeshControl:
             await nursery.start(self.roles.run)
             nursery.start_soon(self._follow_committed)
             nursery.start_soon(self._plan_loop)
+            nursery.start_soon(DeploymentWatcher(lambda: self.roles.node,
+                                                 lambda: _reported_instances(self.peer)).run)
             nursery.start_soon(self._publish_changes)
             if not self.peer.config.join:
                 nursery.start_soon(self._commit_token)
