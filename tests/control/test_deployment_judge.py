@@ -124,8 +124,8 @@ def test_a_new_leader_starts_the_deadline_again() -> None:
 
 
 def test_reason_names_the_instances() -> None:
-    watch, verdict = judge(DOC, DEP, {"web/0": None, "web/1": report(health="starting")},
-                           True, Watch(7, started=0.0), 60.0)
+    _, verdict = judge(DOC, DEP, {"web/0": None, "web/1": report(health="starting")},
+                       True, Watch(7, started=0.0), 60.0)
     assert verdict is not None and "web/0 not placed" in verdict.reason
     assert "web/1 running/starting" in verdict.reason
 
