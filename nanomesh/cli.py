@@ -300,6 +300,7 @@ def _services(args: argparse.Namespace) -> int:
     from nanomesh.apiclient import get_json
 
     docs = get_json(_peer_api(args.peer), "/v1/services")
+    deployments = get_json(_peer_api(args.peer), "/v1/deployments")
     if args.json:
         print(json.dumps(docs, indent=2, sort_keys=True))
         return 0
@@ -311,7 +312,7 @@ def _services(args: argparse.Namespace) -> int:
         needs = ",".join(req.get("capabilities", [])) or "-"
         container = d.get("container") or {}
         runs = " ".join(d["run"]["command"]) or container.get("image") or "(image default)"
-        dep = d.get("deployment") or {}
+        dep = deployments.get(d["name"]) or {}
         rows.append((d["name"], d.get("version") or "-", d.get("kind", "process"),
                      d.get("mode", "active"), str(d["spec"]["replicas"]), needs,
                      dep.get("status", "-"), " ".join(runs.split())[:40]))

@@ -177,7 +177,8 @@ def watch_deployment(name: str, peer: str, timeout: float, *,
         except ApiError:
             plan, docs = None, {}
         mode = {n: d.get("mode", "active") for n, d in docs.items()}
-        verdict = _deployment_verdict(name, docs.get(name), deployment)
+        dep = plan.get("deployments", {}).get(name) if plan is not None else None
+        verdict = _deployment_verdict(name, docs.get(name), dep, deployment)
         if verdict is not None:
             return verdict
         if plan is not None:
@@ -211,13 +212,13 @@ def watch_deployment(name: str, peer: str, timeout: float, *,
         time.sleep(0.1)
 
 
-def _deployment_verdict(name: str, doc: dict[str, Any] | None, deployment: int | None
-                        ) -> bool | None:
-    """Whether deployment ``deployment`` of ``name`` succeeded (printing the
-    verdict), or None while it runs (or there is none to watch)."""
-    if deployment is None or doc is None:
+def _deployment_verdict(name: str, doc: dict[str, Any] | None, dep: dict[str, Any] | None,
+                        deployment: int | None) -> bool | None:
+    """Whether deployment ``deployment`` of ``name`` (its record ``dep``, from
+    ``/v1/placement``) succeeded, printing the verdict; None while it runs
+    (or there is none to watch)."""
+    if deployment is None or doc is None or dep is None:
         return None
-    dep = doc.get("deployment") or {}
     if dep.get("id") != deployment:
         print(f"{name}: a newer deploy replaced this one (deployment {dep.get('id')})",
               file=sys.stderr)

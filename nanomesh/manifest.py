@@ -175,7 +175,7 @@ def manifest_from_document(doc: Mapping[str, Any]) -> dict[str, Any]:
     :func:`service_document`, up to normalisation): the placement fields come
     back out of ``spec``. Used to re-deploy a document read from a seed file
     or another mesh; the result is validated again on deploy."""
-    raw = {k: v for k, v in doc.items() if k not in ("spec", "deployment")}
+    raw = {k: v for k, v in doc.items() if k not in ("spec", "state_reset")}
     spec = doc.get("spec")
     if isinstance(spec, Mapping):
         for key in ("replicas", "requires", "placement"):

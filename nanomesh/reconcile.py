@@ -75,12 +75,11 @@ from nanomesh.lifecycle import check_transition as check_transition
 from nanomesh.placement.spec import split_instance_id
 
 PLACEMENT_ONLY_KEYS = frozenset({"replicas", "placement", "description", "mode", "state",
-                                 "update", "deployment"})
+                                 "update"})
 """Keys that do not shape a running instance: ``replicas`` and ``placement``
 decide *where* instances run, and the plan carries that out (an instance moves
 or is added/removed); ``description`` is for people; ``update`` says how a
-new version is rolled out (:mod:`nanomesh.deployment`) and ``deployment`` is
-the rollout's status as ``GET /v1/services`` shows it. They are left out of
+new version is rolled out (:mod:`nanomesh.deployment`). They are left out of
 :func:`spec_digest`, at the top level and inside a nested ``"spec"`` section
 (the service document of :mod:`nanomesh.manifest` nests the placement spec
 there), so changing them never restarts an instance. Every other key (``run``,

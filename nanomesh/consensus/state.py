@@ -34,7 +34,10 @@ them as JSON merge-patch (RFC 7396) does for ``state``:
 
 - ``state`` absent from the new document: the saved state is kept (a spec
   update never loses it; ``nanomesh deploy`` sends no state);
-- ``state`` null: the saved state is dropped (``deploy --reset-state``);
+- ``state`` null: the saved state is dropped (``deploy --reset-state``), and
+  ``state_reset`` is set to the revision of the drop: it is part of what
+  instances run (`nanomesh.reconcile.spec_digest`), so they restart and
+  start from no state instead of saving their old one back;
 - ``state`` a string: it replaces the saved state (a seed file restored).
 
 A put that changes the version starts a *deployment*, recorded in
@@ -217,7 +220,7 @@ def _is_count(value: Any) -> bool:
 # --------------------------------------------------------------------------- apply
 
 
-VERSIONLESS_KEYS = frozenset({"state", "mode"})
+VERSIONLESS_KEYS = frozenset({"state", "state_reset", "mode"})
 """Keys of a service document that are not part of the deployed version: a
 put that differs only in them starts no deployment, and a revert keeps the
 current values (see the module docstring)."""
@@ -246,7 +249,7 @@ def apply_put_service(state: DesiredState, name: Any, spec: Any
     if service_name_problem(name) is not None or not (isinstance(spec, dict) and is_json(spec)):
         return state, _refused(state, "invalid")
     old = state.services.get(name)
-    new = _merged(old, spec)
+    new = _merged(old, spec, state.revision + 1)
     if old == new:
         return state, _unchanged(state)
     services = {**state.services, name: new}
@@ -259,16 +262,21 @@ def apply_put_service(state: DesiredState, name: Any, spec: Any
     return _changed(state, services=services, previous=previous, deployments=deployments)
 
 
-def _merged(old: JsonObject | None, spec: JsonObject) -> dict[str, Any]:
-    """`spec` as stored: the saved state kept if `spec` has no ``state`` key,
-    dropped if it is null."""
-    new = {k: v for k, v in spec.items() if k != "state"}
+def _merged(old: JsonObject | None, spec: JsonObject, revision: int) -> dict[str, Any]:
+    """`spec` as stored: the saved state (and its last reset) kept if `spec`
+    has no ``state`` key; dropped if it is null, recording the reset at
+    `revision` when there was a state to drop."""
+    new = {k: v for k, v in spec.items() if k not in ("state", "state_reset")}
+    kept = {k: old[k] for k in ("state", "state_reset") if k in old} if old is not None else {}
     if "state" not in spec:
-        kept = old.get("state") if old is not None else None
-        if kept is not None:
-            new["state"] = kept
+        new.update(kept)
     elif spec["state"] is not None:
         new["state"] = spec["state"]
+        new.update({k: v for k, v in kept.items() if k == "state_reset"})
+    elif "state" in kept:
+        new["state_reset"] = revision
+    elif "state_reset" in kept:
+        new["state_reset"] = kept["state_reset"]
     return new
 
 

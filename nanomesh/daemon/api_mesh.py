@@ -12,22 +12,26 @@ Shapes:
   ``{"name", "revision", "changed"}`` and ``"deployment"`` (its id) when the
   deploy started one (a new version), which the leader settles as
   ``successful``, ``failed`` or ``reverted`` (`nanomesh.deployment`).
-- ``GET /v1/services``: ``[service document, ...]`` sorted by name, each with
-  its latest ``deployment``: ``{"id", "status", "reason", "reverted_from"}``.
+- ``GET /v1/services``: ``[service document, ...]`` sorted by name.
+- ``GET /v1/deployments``: ``{service: its latest deployment}``, each
+  ``{"id", "status"}`` plus, once settled, ``"reason"`` and, after a revert,
+  ``"reverted_from"`` (the version given up). Apart from the documents, as
+  Nomad keeps deployments apart from job versions: a settling deployment
+  never makes a service document change under a reader.
 - ``GET /v1/placement``: ``{"epoch", "strategy", "instances": [{"instance",
   "service", "peer", "state", "health", "current"}], "unplaced": [instance
   ids], "unplaceable": {service: {peer: reason}}}``; ``state`` and ``health``
   are what the hosting peer gossips (``pending`` until it reports, and while
   its host is dead and the instance not yet re-placed); ``current`` is false
   while the instance still runs an older spec of its service;
-  ``"deployments"``: service -> its latest deployment (as in ``/v1/services``).
+  ``"deployments"``: as ``GET /v1/deployments``.
 - ``GET /v1/status``: ``{"leader", "term", "voters", "epoch", "revision",
   "role", "peer"}``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from nanomesh.auth import TOKEN_META_KEY, token_matches
@@ -121,8 +125,11 @@ def mesh_routes(peer: PeerDaemon) -> dict[tuple[str, str], Handler]:
 
     async def services(_: Request) -> tuple[int, Any]:
         state = node().state
-        return 200, [_with_deployment(state.services[name], state.deployments.get(name))
-                     for name in sorted(state.services)]
+        return 200, [state.services[name] for name in sorted(state.services)]
+
+    async def deployments(_: Request) -> tuple[int, Any]:
+        state = node().state
+        return 200, {name: state.deployments[name] for name in sorted(state.deployments)}
 
     async def placement(_: Request) -> tuple[int, Any]:
         state = node().state
@@ -152,15 +159,8 @@ def mesh_routes(peer: PeerDaemon) -> dict[tuple[str, str], Handler]:
 
     return {("POST", "/v1/services"): deploy, ("DELETE", "/v1/services/{name}"): undeploy,
             ("GET", "/v1/services"): services, ("GET", "/v1/placement"): placement,
+            ("GET", "/v1/deployments"): deployments,
             ("GET", "/v1/status"): status}
-
-
-def _with_deployment(doc: Mapping[str, Any], deployment: Mapping[str, Any] | None
-                     ) -> Mapping[str, Any]:
-    """A service document as ``GET /v1/services`` shows it: with its latest
-    deployment's record under ``deployment`` (read-only: a manifest may not
-    set it)."""
-    return doc if deployment is None else {**doc, "deployment": deployment}
 
 
 def _reported_instances(peer: PeerDaemon) -> dict[str, dict[str, dict[str, Any]]]:

@@ -14,6 +14,8 @@ from nanomesh.consensus.state import (
     apply_put_service,
     apply_settle_deployment,
 )
+from nanomesh.manifest import manifest_from_document
+from nanomesh.reconcile import spec_digest
 
 V1 = {"name": "counter", "version": "1", "run": {"command": ["python3", "counter.py"]}}
 V2 = {**V1, "version": "2", "run": {"command": ["python3", "counter2.py"]}}
@@ -62,18 +64,33 @@ def test_redeploy_of_the_same_document_changes_nothing() -> None:
     assert outcome.applied and not outcome.changed and after is s
 
 
-def test_state_null_drops_the_saved_state() -> None:
-    """``deploy --reset-state`` sends ``"state": null`` (merge-patch)."""
+def test_state_null_drops_the_saved_state_and_restarts_the_instances() -> None:
+    """``deploy --reset-state`` sends ``"state": null`` (merge-patch). The
+    reset is recorded in a key the runtime digests, so running instances
+    restart from no state (else the next save_state would write the old
+    count back); it starts no deployment, and is kept by later deploys."""
     s = saved(put(DesiredState(), V1))
+    before = spec_digest(s.services["counter"])
     s = put(s, {**V1, "state": None})
-    assert "state" not in s.services["counter"]
-    assert s.services["counter"] == V1
+    assert s.services["counter"] == {**V1, "state_reset": s.revision}
+    assert spec_digest(s.services["counter"]) != before
+    assert s.deployments["counter"]["id"] == 1
+    again = put(saved(s), V1)
+    assert again.services["counter"]["state_reset"] == s.revision
+    _, outcome = apply_put_service(s, "counter", {**V1, "state": None})
+    assert not outcome.changed  # nothing saved since: nothing to drop
 
 
 def test_a_seed_files_state_replaces_the_saved_one() -> None:
     s = saved(put(DesiredState(), V1))
     s = put(s, {**V1, "state": "c2VlZA=="})
     assert s.services["counter"]["state"] == "c2VlZA=="
+
+
+def test_a_seed_of_a_reset_service_deploys_again() -> None:
+    s = put(saved(put(DesiredState(), V1)), {**V1, "state": None})
+    raw = manifest_from_document(s.services["counter"])
+    assert "state_reset" not in raw
 
 
 def test_mode_is_the_manifests_on_redeploy() -> None:
