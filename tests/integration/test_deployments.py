@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from mesh_harness import AddressPool, Cluster, Peer
 from service_helpers import cli, cli_ok, cli_retry, copy_service, instances, wait_instances
-from test_control_plane import read_token, read_token_when_ready, wait_agreed
+from test_control_plane import peer_of, read_token, read_token_when_ready, wait_agreed
 
 pytestmark = pytest.mark.integration
 
@@ -38,6 +38,8 @@ are the same; `tests/control/test_deployment_judge.py` covers the times)."""
 
 
 class Mesh:
+    """Three converged peers, all Raft voters, one shared cluster key."""
+
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
         self.peers = cluster.start_mesh(3, key_file=cluster.new_key())
@@ -188,6 +190,11 @@ def edit(folder: Path, old: str, new: str) -> None:
     manifest.write_text(text.replace(old, new))
 
 
+def all_current(entries: list[dict[str, Any]]) -> bool:
+    """Every instance runs the service's current (here: reverted-to) spec."""
+    return all(e["current"] for e in entries)
+
+
 def assert_rolled_back(mesh: Mesh, name: str, result: Any, why: str) -> None:
     """The deploy said it rolled back and failed; the mesh runs 1.0 again,
     every instance current and healthy; services and placement say why."""
@@ -197,7 +204,7 @@ def assert_rolled_back(mesh: Mesh, name: str, result: Any, why: str) -> None:
     for peer in mesh.peers:
         mesh.cluster.wait(lambda p=peer: mesh.service(name, p)["version"] == "1.0", WAIT,
                           what=f"{peer.name} to see version 1.0 again")
-    wait_instances(mesh.cluster, mesh.peers, name, 2, timeout=WAIT)
+    wait_instances(mesh.cluster, mesh.peers, name, 2, timeout=WAIT, also=all_current)
     dep = mesh.deployment(name, mesh.peers[2])
     assert dep["status"] == "reverted" and why in dep["reason"], dep
     assert dep["reverted_from"] == "2.0"
@@ -264,3 +271,35 @@ def test_auto_revert_off_keeps_the_broken_version(mesh: Mesh, tmp_path: Path) ->
     assert mesh.service("stubborn")["version"] == "2.0"
     assert mesh.deployment("stubborn")["status"] == "failed"
     cli_retry(mesh.cluster, "undeploy", "stubborn", peer=mesh.peers[0], token=mesh.token)
+
+
+def test_a_new_leader_finishes_the_revert(cluster: Cluster, tmp_path: Path) -> None:
+    """The previous version lives in Raft, not in the leader's memory: deploy
+    1.0, then a 2.0 that never passes its health check (a long start period,
+    so it fails by the deadline, not by restarts), and SIGKILL the leader as
+    soon as 2.0 is committed. A new leader starts the deadline again and
+    reverts: the survivors run 1.0, healthy, and report the revert."""
+    mesh = Mesh(cluster)
+    folder = copy_service("echo", tmp_path / "handover", {
+        'name = "echo"': 'name = "handover"', r"replicas = .*": "replicas = 1",
+        r"version = .*": 'version = "1.0"'},
+        append="\n[update]\nmin_healthy_time = 2.0\nhealthy_deadline = 10.0\n")
+    out = cli_retry(cluster, "deploy", str(folder), peer=mesh.peers[0], token=mesh.token)
+    assert "successful" in out, out
+    edit(folder, 'version = "1.0"', 'version = "2.0"')
+    edit(folder, 'check = "zmq"\npath = "health"\ninterval = 2.0\ntimeout = 1.0\nretries = 3',
+         'check = "exec"\ncommand = ["false"]\ninterval = 1.0\ntimeout = 1.0\nretries = 3\n'
+         'start_period = 300.0')
+    leader = peer_of(mesh.peers, wait_agreed(cluster, mesh.peers)["leader"])
+    assert leader is not None
+    via = next(p for p in mesh.peers if p is not leader)
+    out = cli_retry(cluster, "deploy", str(folder), "--detach", peer=via, token=mesh.token)
+    assert "deployed handover" in out, out
+    leader.kill()
+    survivors = [p for p in mesh.peers if p is not leader]
+    wait_agreed(cluster, survivors)
+    cluster.wait(lambda: all(mesh.deployment("handover", p)["status"] == "reverted"
+                             for p in survivors), WAIT, what="the new leader's revert")
+    assert "not healthy within 10 s" in mesh.deployment("handover", via)["reason"]
+    assert all(mesh.service("handover", p)["version"] == "1.0" for p in survivors)
+    wait_instances(cluster, survivors, "handover", 1, timeout=WAIT, also=all_current)
