@@ -122,7 +122,7 @@ def test_update_section_is_normalised_and_validated() -> None:
                              "healthy_deadline": 120.0}
     assert "update" not in service_document(GOOD)
     assert manifest_from_document(doc)["update"] == doc["update"]
-    with pytest.raises(ManifestError, match="update.healthy_deadline must be longer"):
+    with pytest.raises(ManifestError, match=r"update\.healthy_deadline must be longer"):
         service_document({**GOOD, "update": {"healthy_deadline": 1, "min_healthy_time": 2}})
-    with pytest.raises(ManifestError, match="update.auto_revert must be true or false"):
+    with pytest.raises(ManifestError, match=r"update\.auto_revert must be true or false"):
         service_document({**GOOD, "update": {"auto_revert": 1}})
