@@ -28,9 +28,9 @@ has its stale plan rejected instead of overwriting a newer one.
 Versions, saved state and deployments (issue 8, items 10 and 13). A service
 document has parts that belong to the *version* the operator deployed (the
 manifest's fields, the bundle) and parts the mesh keeps across versions
-(`VERSIONLESS_KEYS`): the state blob the service saved, the mode set by
-`activate`/`idle`, and the deployment record. `apply_put_service` merges
-them as JSON merge-patch (RFC 7396) does for ``state``:
+(`VERSIONLESS_KEYS`): the state blob the service saved (and when it was last
+reset) and the mode set by `activate`/`idle`. `apply_put_service` merges
+``state`` as JSON merge-patch (RFC 7396) does:
 
 - ``state`` absent from the new document: the saved state is kept (a spec
   update never loses it; ``nanomesh deploy`` sends no state);
@@ -45,7 +45,7 @@ A put that changes the version starts a *deployment*, recorded in
 (`DEPLOYMENT_STATUSES`), and files the version it replaces in
 `DesiredState.previous` (the last version known good, Nomad's "stable job
 version"), so whichever peer leads can finish a revert. The leader watches
-the new instances (`nanomesh.control.judge_deployment`) and settles the
+the new instances (`nanomesh.deployment.judge`) and settles the
 deployment with `apply_settle_deployment`: ``successful``, ``failed``, or
 ``reverted``, which puts the previous version back in the same command.
 """
