@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nanomesh.consensus.state import (
     DesiredState,
@@ -13,6 +15,7 @@ from nanomesh.consensus.state import (
     apply_patch_service,
     apply_put_service,
     apply_settle_deployment,
+    version_of,
 )
 from nanomesh.manifest import manifest_from_document
 from nanomesh.reconcile import spec_digest
@@ -200,3 +203,44 @@ def test_dump_round_trip_and_old_dumps() -> None:
     assert restored.previous == {} and restored.deployments == {}
     with pytest.raises(ValueError, match="previous"):
         DesiredState.from_doc({**s.to_doc(), "previous": []})
+
+
+VERSIONS = [V1, V2, V3]
+OPS = st.lists(st.one_of(
+    st.tuples(st.just("put"), st.sampled_from(range(3)), st.sampled_from(["keep", "reset",
+                                                                           "seed"])),
+    st.tuples(st.just("save"), st.sampled_from(["YQ==", "Yg=="]), st.just("")),
+    st.tuples(st.just("settle"), st.sampled_from(["successful", "failed", "reverted"]),
+              st.just(""))), max_size=25)
+
+
+@settings(max_examples=300, deadline=None)
+@given(OPS)
+def test_only_a_reset_or_a_seed_changes_the_saved_state(ops: list[tuple[Any, ...]]) -> None:
+    """Invariants over any sequence of deploys (keeping, resetting or seeding
+    the state), saves and verdicts: the saved state is what the last save or
+    seed wrote, unless a reset came after; the current version is always one
+    that was deployed; a revert puts back exactly the filed previous version."""
+    s, expected = DesiredState(), None
+    for op, arg, how in ops:
+        if op == "put":
+            doc = dict(VERSIONS[arg])
+            if how == "reset":
+                doc["state"] = None
+                expected = None
+            elif how == "seed":
+                doc["state"] = expected = "c2VlZA=="
+            s, _ = apply_put_service(s, "counter", doc)
+        elif op == "save" and "counter" in s.services:
+            s, _ = apply_patch_service(s, "counter", "state", arg)
+            expected = arg
+        elif op == "settle" and "counter" in s.deployments:
+            filed = s.previous.get("counter")
+            dep = s.deployments["counter"]
+            s, outcome = apply_settle_deployment(
+                s, "counter", {"id": dep["id"], "status": arg, "reason": ""})
+            if outcome.applied and arg == "reverted":
+                assert filed is not None and version_of(s.services["counter"]) == filed
+        if "counter" in s.services:
+            assert s.services["counter"].get("state") == expected
+            assert version_of(s.services["counter"]) in VERSIONS
