@@ -322,20 +322,30 @@ def _services(args: argparse.Namespace) -> int:
     token = _token(args)
     docs = get_json(_peer_api(args.peer), "/v1/services", token=token)
     note_redacted(docs, token)
+    deployments = get_json(_peer_api(args.peer), "/v1/deployments")
     if args.json:
         print(json.dumps(docs, indent=2, sort_keys=True))
         return 0
     rows: list[tuple[str, ...]] = [("NAME", "VERSION", "KIND", "MODE", "REPLICAS", "REQUIRES",
-                                    "RUNS")]
+                                    "DEPLOYMENT", "RUNS")]
+    notes = []
     for d in docs:
         req = d["spec"]["requires"]
         needs = ",".join(req.get("capabilities", [])) or "-"
         container = d.get("container") or {}
         runs = " ".join(d["run"]["command"]) or container.get("image") or "(image default)"
+        dep = deployments.get(d["name"]) or {}
         rows.append((d["name"], d.get("version") or "-", d.get("kind", "process"),
                      d.get("mode", "active"), str(d["spec"]["replicas"]), needs,
-                     " ".join(runs.split())[:40]))
+                     dep.get("status", "-"), " ".join(runs.split())[:40]))
+        if dep.get("status") in ("failed", "reverted"):
+            undone = f" (version {dep['reverted_from']} undone)" if dep.get("reverted_from") \
+                else ""
+            notes.append(f"{d['name']}: deployment {dep.get('id')} {dep['status']}{undone}: "
+                         f"{dep.get('reason', '')}")
     _print_table(rows)
+    for note in notes:
+        print(note)
     return 0
 
 
@@ -362,6 +372,10 @@ def _placement(args: argparse.Namespace) -> int:
     rows += [(i["instance"], i["peer"], i["state"], i.get("health", "-"))
              for i in p["instances"]]
     _print_table(rows)
+    for svc, dep in sorted(p.get("deployments", {}).items()):
+        if dep.get("status") != "successful":
+            reason = f": {dep['reason']}" if dep.get("reason") else ""
+            print(f"{svc}: deployment {dep.get('id')} {dep.get('status')}{reason}")
     for svc, reasons in sorted(p["unplaceable"].items()):
         print(f"\n{svc} cannot be placed (it will be as soon as a suitable peer appears):")
         for peer, why in sorted(reasons.items()):

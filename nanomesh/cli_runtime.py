@@ -22,10 +22,12 @@ from typing import Any
 
 from nanomesh.errors import ConfigError, NanomeshError
 
-DEPLOY_WAIT = 60.0
-"""Seconds ``deploy`` watches the instances come up (as ``nomad job run``
-monitors a deployment), long enough for a Pi to fetch a bundle and start a
-Python service; ``--detach`` skips the wait."""
+DEPLOY_WAIT = 150.0
+"""Seconds ``deploy`` watches the instances come up and waits for the mesh's
+verdict on the new version (as ``nomad job run`` monitors a deployment):
+longer than the default ``update.healthy_deadline`` (120 s,
+`nanomesh.deployment.UpdatePolicy`), so the default wait ends with a verdict;
+``--detach`` skips the wait."""
 SAVE_TIMEOUT = 30.0
 """Seconds ``undeploy --save`` waits for the instances to stop (and hand over
 their state) before it gives up without deleting anything."""
@@ -38,7 +40,12 @@ def add_runtime_commands(sub: Any, peer_help: str, token_args: Callable[[Any], N
         description="Deploy a nanoservice, or update it. MANIFEST is a service folder (or its "
         "nanoservice.toml): the folder is packed into a content-addressed bundle and uploaded, "
         "so peers fetch the code from the mesh. --from-seed restores a service saved with "
-        "`nanomesh undeploy --save`, with its state. Needs the management token.")
+        "`nanomesh undeploy --save`, with its state. An update keeps the state the service "
+        "saved (unless --reset-state) and is watched by the mesh: if the new version's "
+        "instances do not become healthy (they crash, fail their health check, or are not "
+        "healthy within the manifest's update.healthy_deadline, default 120 s), the mesh "
+        "puts the previous version back (update.auto_revert, default true) and this command "
+        "says so and exits 1. Needs the management token.")
     deploy.add_argument("manifest", type=Path, metavar="MANIFEST", nargs="?")
     deploy.add_argument("--from-seed", type=Path, metavar="SEED",
                         help="restore a service and its state from a seed file")
@@ -47,12 +54,17 @@ def add_runtime_commands(sub: Any, peer_help: str, token_args: Callable[[Any], N
                         "version unless given); works with no internet")
     deploy.add_argument("--no-bundle", action="store_true",
                         help="send the manifest only: the command must exist on every peer")
+    deploy.add_argument("--reset-state", action="store_true",
+                        help="drop the state the service saved (by default an update keeps "
+                        "it; a seed file's state replaces it)")
     deploy.add_argument("--detach", action="store_true",
                         help="return once the change is committed, without waiting for the "
                         "instances to run")
     deploy.add_argument("--wait", type=float, default=DEPLOY_WAIT, metavar="SECONDS",
-                        help=f"how long to wait for every instance to be running and healthy "
-                        f"(default {DEPLOY_WAIT:g}); exit status 1 if they are not")
+                        help=f"how long to wait for the mesh's verdict on the new version "
+                        f"(every instance running and healthy for update.min_healthy_time) "
+                        f"(default {DEPLOY_WAIT:g}); exit status 1 if it failed, was rolled "
+                        f"back, or is still undecided")
     token_args(deploy)
     deploy.set_defaults(func=deploy_command)
 
@@ -133,18 +145,27 @@ def deploy_command(args: argparse.Namespace) -> int:
         raw = _manifest_with_bundle(args.manifest, peer, token, bundle=not args.no_bundle)
     from nanomesh.apiclient import request_json
 
+    if args.reset_state:
+        if args.from_seed is not None:
+            raise ConfigError("--reset-state and --from-seed: the seed file's state replaces "
+                              "the saved one anyway; give one of them")
+        raw["reset_state"] = True
     reply = request_json("POST", peer, "/v1/services", raw, token)
     verb = "deployed" if reply["changed"] else "unchanged:"
     print(f"{verb} {reply['name']} (revision {reply['revision']})")
     if args.detach:
         return 0
-    return 0 if watch_deployment(reply["name"], peer, args.wait) else 1
+    return 0 if watch_deployment(reply["name"], peer, args.wait,
+                                 deployment=reply.get("deployment")) else 1
 
 
-def watch_deployment(name: str, peer: str, timeout: float) -> bool:
-    """Print the service's instances as they come up; True once every one is
-    running and healthy (or has no check), False at the deadline or when the
-    service cannot be placed (the reasons are printed)."""
+def watch_deployment(name: str, peer: str, timeout: float, *,
+                     deployment: int | None = None) -> bool:
+    """Print the service's instances as they come up. With ``deployment``
+    (the id a deploy reply gave): True once the mesh settles it successful,
+    False if it failed or was reverted (the reason is printed). Without: True
+    once every instance is running and healthy (or has no check). False at
+    the deadline, or when the service cannot be placed (reasons printed)."""
     from nanomesh.apiclient import ApiError, get_json
 
     deadline = time.monotonic() + timeout
@@ -152,9 +173,14 @@ def watch_deployment(name: str, peer: str, timeout: float) -> bool:
     while True:
         try:
             plan = get_json(peer, "/v1/placement")
-            mode = {d["name"]: d.get("mode", "active") for d in get_json(peer, "/v1/services")}
+            docs = {d["name"]: d for d in get_json(peer, "/v1/services")}
         except ApiError:
-            plan, mode = None, {}
+            plan, docs = None, {}
+        mode = {n: d.get("mode", "active") for n, d in docs.items()}
+        dep = plan.get("deployments", {}).get(name) if plan is not None else None
+        verdict = _deployment_verdict(name, docs.get(name), dep, deployment)
+        if verdict is not None:
+            return verdict
         if plan is not None:
             mine = [i for i in plan["instances"] if i["service"] == name]
             for inst in mine:
@@ -172,15 +198,49 @@ def watch_deployment(name: str, peer: str, timeout: float) -> bool:
                     print(f"  {peer_name}: {why}")
                 return False
             wanted = "idle" if mode.get(name) == "idle" else "running"
-            if mine and all(i["state"] == wanted and i.get("current", True)
-                            and i.get("health", "none") in ("healthy", "none") for i in mine):
+            if deployment is None and mine and all(
+                    i["state"] == wanted and i.get("current", True)
+                    and i.get("health", "none") in ("healthy", "none") for i in mine):
                 print(f"{name}: {len(mine)} instance(s) {wanted}")
                 return True
         if time.monotonic() > deadline:
-            print(f"{name}: not every instance is up after {timeout:g} s; see `nanomesh "
-                  f"placement` and `nanomesh logs {name}`", file=sys.stderr)
+            undecided = " (the mesh is still judging the new version: see `nanomesh " \
+                "services`)" if deployment is not None else ""
+            print(f"{name}: not every instance is up after {timeout:g} s{undecided}; see "
+                  f"`nanomesh placement` and `nanomesh logs {name}`", file=sys.stderr)
             return False
         time.sleep(0.1)
+
+
+def _deployment_verdict(name: str, doc: dict[str, Any] | None, dep: dict[str, Any] | None,
+                        deployment: int | None) -> bool | None:
+    """Whether deployment ``deployment`` of ``name`` (its record ``dep``, from
+    ``/v1/placement``) succeeded, printing the verdict; None while it runs
+    (or there is none to watch)."""
+    if deployment is None or doc is None or dep is None:
+        return None
+    if dep.get("id") != deployment:
+        print(f"{name}: a newer deploy replaced this one (deployment {dep.get('id')})",
+              file=sys.stderr)
+        return False
+    status, reason = dep.get("status"), dep.get("reason", "")
+    if status == "successful":
+        print(f"{name}: deployment {deployment} successful ({reason})")
+        return True
+    if status == "reverted":
+        print(f"{name}: deployment {deployment} failed: {reason}\n{name}: rolled back to the "
+              f"previous version{_version_text(doc)}", file=sys.stderr)
+        return False
+    if status == "failed":
+        print(f"{name}: deployment {deployment} failed: {reason} (no previous version to "
+              f"roll back to, or update.auto_revert is off)", file=sys.stderr)
+        return False
+    return None
+
+
+def _version_text(doc: dict[str, Any]) -> str:
+    version = doc.get("version")
+    return f" ({version})" if version else ""
 
 
 def _manifest_with_bundle(path: Path, peer: str, token: str | None, *, bundle: bool

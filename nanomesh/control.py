@@ -6,6 +6,9 @@ Which peers count as alive for placement: gossip's *alive* and *suspect*
 peers. A suspect may only have lost packets; moving its instances on
 suspicion would churn services for every false alarm, so they move once the
 peer is declared dead (about 1.2 s later with the ``lan`` preset).
+
+The leader's other decision, whether a new version of a service is healthy
+or must be reverted, is `nanomesh.deployment.judge`.
 """
 
 from __future__ import annotations

@@ -33,6 +33,11 @@ start_period = 30.0
 [restart]
 policy = "always"                # always | on-failure | never
 
+[update]                         # how an update (a new version) is rolled out
+auto_revert = true               # back to the previous version if this one is not healthy
+min_healthy_time = 5.0           # seconds every instance must stay healthy
+healthy_deadline = 120.0         # seconds the new version has to get there
+
 [limits]                         # cgroups where the machine has them (warns where not)
 memory_mb = 64
 cpu = 0.5
@@ -71,13 +76,14 @@ from pathlib import Path
 from typing import Any
 
 from nanomesh.consensus.state import is_text
+from nanomesh.deployment import update_policy, update_policy_problem
 from nanomesh.errors import NanomeshError
 from nanomesh.placement import SpecError, service_spec_from_dict
 from nanomesh.runtime.spec import KINDS, MODES, runtime_sections
 
 KNOWN_KEYS = {"name", "version", "description", "kind", "mode", "replicas", "run", "container",
               "endpoints", "health", "restart", "limits", "requires", "placement", "bundle",
-              "state"}
+              "state", "update"}
 MAX_STATE_BYTES = 64 * 1024
 """Largest state blob a nanoservice may hand the runtime (and a seed file may
 restore). It is replicated by Raft to every voter, so it is for a service's
@@ -128,6 +134,9 @@ def service_document(raw: Mapping[str, Any], where: str = "manifest") -> dict[st
     if state is not None and not (isinstance(state, str) and len(state) <= MAX_STATE_CHARS):
         raise ManifestError(f"{where}: state must be a base64 string of at most "
                             f"{MAX_STATE_CHARS} characters")
+    update_problem = update_policy_problem(raw["update"]) if "update" in raw else None
+    if update_problem is not None:
+        raise ManifestError(f"{where}: {update_problem}")
     try:
         # The runtime's own validator, so a manifest accepted here is one the
         # runtime can start (no NUL, no NANOMESH_* overrides, known endpoints).
@@ -141,6 +150,8 @@ def service_document(raw: Mapping[str, Any], where: str = "manifest") -> dict[st
                            **sections, "spec": spec.to_dict()}
     if mode != "active":
         doc["mode"] = mode
+    if "update" in raw:
+        doc["update"] = update_policy(raw["update"]).to_dict()
     if "bundle" in raw:
         doc["bundle"] = _bundle_ref(raw["bundle"], where)
     if state is not None:
@@ -164,7 +175,7 @@ def manifest_from_document(doc: Mapping[str, Any]) -> dict[str, Any]:
     :func:`service_document`, up to normalisation): the placement fields come
     back out of ``spec``. Used to re-deploy a document read from a seed file
     or another mesh; the result is validated again on deploy."""
-    raw = {k: v for k, v in doc.items() if k != "spec"}
+    raw = {k: v for k, v in doc.items() if k not in ("spec", "state_reset")}
     spec = doc.get("spec")
     if isinstance(spec, Mapping):
         for key in ("replicas", "requires", "placement"):

@@ -74,10 +74,12 @@ from nanomesh.lifecycle import State as State
 from nanomesh.lifecycle import check_transition as check_transition
 from nanomesh.placement.spec import split_instance_id
 
-PLACEMENT_ONLY_KEYS = frozenset({"replicas", "placement", "description", "mode", "state"})
+PLACEMENT_ONLY_KEYS = frozenset({"replicas", "placement", "description", "mode", "state",
+                                 "update"})
 """Keys that do not shape a running instance: ``replicas`` and ``placement``
 decide *where* instances run, and the plan carries that out (an instance moves
-or is added/removed); ``description`` is for people. They are left out of
+or is added/removed); ``description`` is for people; ``update`` says how a
+new version is rolled out (:mod:`nanomesh.deployment`). They are left out of
 :func:`spec_digest`, at the top level and inside a nested ``"spec"`` section
 (the service document of :mod:`nanomesh.manifest` nests the placement spec
 there), so changing them never restarts an instance. Every other key (``run``,

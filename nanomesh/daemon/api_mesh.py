@@ -7,15 +7,26 @@ returns once the change is committed. Reads are answered from this peer's
 committed state, which may trail the leader by a few milliseconds.
 
 Shapes:
+- ``POST /v1/services``: body a manifest object, plus ``"reset_state": true``
+  to drop the state the service saved (kept by default on an update); reply
+  ``{"name", "revision", "changed"}`` and ``"deployment"`` (its id) when the
+  deploy started one (a new version), which the leader settles as
+  ``successful``, ``failed`` or ``reverted`` (`nanomesh.deployment`).
 - ``GET /v1/services``: ``[service document, ...]`` sorted by name; with
   the management token in full, else redacted (no ``state``, ``run.env``
   values hidden, ``"redacted": [fields]``; see `nanomesh.auth`).
+- ``GET /v1/deployments``: ``{service: its latest deployment}``, each
+  ``{"id", "status"}`` plus, once settled, ``"reason"`` and, after a revert,
+  ``"reverted_from"`` (the version given up). Apart from the documents, as
+  Nomad keeps deployments apart from job versions: a settling deployment
+  never makes a service document change under a reader.
 - ``GET /v1/placement``: ``{"epoch", "strategy", "instances": [{"instance",
   "service", "peer", "state", "health", "current"}], "unplaced": [instance
   ids], "unplaceable": {service: {peer: reason}}}``; ``state`` and ``health``
   are what the hosting peer gossips (``pending`` until it reports, and while
   its host is dead and the instance not yet re-placed); ``current`` is false
-  while the instance still runs an older spec of its service.
+  while the instance still runs an older spec of its service;
+  ``"deployments"``: as ``GET /v1/deployments``.
 - ``GET /v1/status``: ``{"leader", "term", "voters", "epoch", "revision",
   "role", "peer"}``.
 """
@@ -48,6 +59,10 @@ from nanomesh.wire import MemberState
 if TYPE_CHECKING:
     from nanomesh.daemon.peer import PeerDaemon
 
+RESET_STATE = "reset_state"
+"""Field of a deploy body (beside the manifest's own) that drops the
+service's saved state: `true` for ``nanomesh deploy --reset-state``. Without
+it a redeploy keeps the state (`nanomesh.consensus.state`)."""
 INSTANCES_KEY = "instances"
 """Where a peer's gossiped profile lists the state of the instances it runs."""
 
@@ -64,13 +79,22 @@ def mesh_routes(peer: PeerDaemon) -> dict[tuple[str, str], Handler]:
         body = request.json()
         if not isinstance(body, dict):
             raise HttpError(400, "the body must be a manifest object")
+        body = dict(body)
+        reset_state = body.pop(RESET_STATE, False)
+        if not isinstance(reset_state, bool):
+            raise HttpError(400, f"{RESET_STATE} must be true or false")
         try:
             doc = service_document(body, where="manifest")
         except ManifestError as exc:
             raise HttpError(400, str(exc)) from None
+        if reset_state and "state" not in doc:
+            doc["state"] = None  # merge-patch null: drop the saved state
         outcome = await _consensus_call(lambda: n.put_service(doc["name"], doc))
-        return 201 if outcome.changed else 200, {
-            "name": doc["name"], "revision": outcome.revision, "changed": outcome.changed}
+        reply = {"name": doc["name"], "revision": outcome.revision, "changed": outcome.changed}
+        dep = n.state.deployments.get(doc["name"])
+        if outcome.changed and dep is not None and dep.get("id") == outcome.revision:
+            reply["deployment"] = outcome.revision  # this put started a deployment
+        return 201 if outcome.changed else 200, reply
 
     async def undeploy(request: Request) -> tuple[int, Any]:
         n = require_token(request)
@@ -87,6 +111,10 @@ def mesh_routes(peer: PeerDaemon) -> dict[tuple[str, str], Handler]:
             return 200, docs
         return 200, [redact_service(doc) for doc in docs]
 
+    async def deployments(_: Request) -> tuple[int, Any]:
+        state = node().state
+        return 200, {name: state.deployments[name] for name in sorted(state.deployments)}
+
     async def placement(_: Request) -> tuple[int, Any]:
         state = node().state
         plan = state.plan
@@ -102,7 +130,8 @@ def mesh_routes(peer: PeerDaemon) -> dict[tuple[str, str], Handler]:
                 "current": seen.get("digest") == digests.get(service)})
         return 200, {"epoch": state.plan_epoch, "strategy": plan.get("strategy", ""),
                      "instances": instances, "unplaced": plan.get("unplaced", []),
-                     "unplaceable": plan.get("unplaceable", {})}
+                     "unplaceable": plan.get("unplaceable", {}),
+                     "deployments": dict(state.deployments)}
 
     async def status(_: Request) -> tuple[int, Any]:
         n = node()
@@ -114,6 +143,7 @@ def mesh_routes(peer: PeerDaemon) -> dict[tuple[str, str], Handler]:
 
     return {("POST", "/v1/services"): deploy, ("DELETE", "/v1/services/{name}"): undeploy,
             ("GET", "/v1/services"): services, ("GET", "/v1/placement"): placement,
+            ("GET", "/v1/deployments"): deployments,
             ("GET", "/v1/status"): status}
 
 

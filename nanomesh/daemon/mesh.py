@@ -52,7 +52,8 @@ from nanomesh.consensus.voters import PeerInfo, peer_info
 from nanomesh.control import VIEW_GRACE, decide, unknown_hosts, worth_committing
 from nanomesh.daemon.api_auth import is_member, require_management_token, require_member
 from nanomesh.daemon.api_bundles import BUNDLE_BODY_LIMITS, bundle_routes, registry_routes
-from nanomesh.daemon.api_mesh import _consensus_call, running_node
+from nanomesh.daemon.api_mesh import _consensus_call, _reported_instances, running_node
+from nanomesh.daemon.deployments import DeploymentWatcher
 from nanomesh.daemon.http import BodyLimit, Handler, HttpError, Request, bearer_token
 from nanomesh.disk import retry_delay
 from nanomesh.placement import PlacementConfig
@@ -229,6 +230,8 @@ class MeshControl:
             await nursery.start(self.roles.run)
             nursery.start_soon(self._follow_committed)
             nursery.start_soon(self._plan_loop)
+            nursery.start_soon(DeploymentWatcher(lambda: self.roles.node,
+                                                 lambda: _reported_instances(self.peer)).run)
             nursery.start_soon(self._publish_changes)
             if not self.peer.config.join:
                 nursery.start_soon(self._commit_token)

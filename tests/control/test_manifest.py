@@ -113,3 +113,16 @@ def test_full_manifest_normalises_defaults_and_round_trips() -> None:
     assert doc["limits"] == {"memory_mb": 32, "cpu": 0.5, "pids": None}
     assert doc["mode"] == "idle" and doc["container"] == {"image": None, "rootfs": "rootfs"}
     assert service_document(manifest_from_document(doc)) == doc
+
+
+def test_update_section_is_normalised_and_validated() -> None:
+    """``[update]`` (issue 8 item 13): defaults filled in, bad values named."""
+    doc = service_document({**GOOD, "update": {"auto_revert": False}})
+    assert doc["update"] == {"auto_revert": False, "min_healthy_time": 5.0,
+                             "healthy_deadline": 120.0}
+    assert "update" not in service_document(GOOD)
+    assert manifest_from_document(doc)["update"] == doc["update"]
+    with pytest.raises(ManifestError, match=r"update\.healthy_deadline must be longer"):
+        service_document({**GOOD, "update": {"healthy_deadline": 1, "min_healthy_time": 2}})
+    with pytest.raises(ManifestError, match=r"update\.auto_revert must be true or false"):
+        service_document({**GOOD, "update": {"auto_revert": 1}})

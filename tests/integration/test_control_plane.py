@@ -419,6 +419,10 @@ def test_bad_manifest_is_refused_and_disturbs_nothing(cluster: Cluster,
     # "running", or a late state update reads as a change the test did not make.
     cluster.wait(lambda: all(running_instances(p, "steady") for p in peers),
                  what="every peer seeing steady/0 running")
+    # The leader settles the deployment once steady/0 has stayed healthy (a
+    # commit of its own): snapshot after it, on every peer.
+    cluster.wait(lambda: all(p.get("/v1/deployments")["steady"]["status"] == "successful"
+                             for p in peers), what="steady's deployment settled")
     lead = wait_agreed(cluster, peers)
     before = {p.name: (placement(p), p.get("/v1/services")) for p in peers}
 
