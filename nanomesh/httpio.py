@@ -126,19 +126,26 @@ async def http_call(address: str, request: Request, timeout: float) -> Response:
 
 
 async def serve_http_calls(host: str, port: int, handler: Handler, *,
+                           only_from: str | None = None,
                            task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                            ) -> None:
-    """Serve ``handler`` over HTTP on ``host:port`` until cancelled."""
+    """Serve ``handler`` over HTTP on ``host:port`` until cancelled. With
+    ``only_from`` (a private service), a connection from any other IP is
+    answered 403 (as `nanomesh.coapio.serve_coap` does for CoAP)."""
     try:
         listeners = await trio.open_tcp_listeners(port, host=host)
     except OSError as exc:
         raise ConfigError(f"cannot listen for HTTP on {host}:{port}: "
                           f"{exc.strerror or exc}") from None
 
+    async def refuse(_request: Request) -> Response:
+        return Response(403, error="private service: reach it through the mesh")
+
     async def serve_one(stream: trio.SocketStream) -> None:
         async with stream:
             with contextlib.suppress(trio.BrokenResourceError, h11.ProtocolError, OSError):
-                await _serve_connection(stream, handler)
+                allowed = only_from is None or stream.socket.getpeername()[0] == only_from
+                await _serve_connection(stream, handler if allowed else refuse)
 
     task_status.started()
     await trio.serve_listeners(serve_one, listeners)
