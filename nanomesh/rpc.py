@@ -50,6 +50,7 @@ import os
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import trio
 import zmq
@@ -73,6 +74,7 @@ from nanomesh.wire.rpc import (
 log = logging.getLogger("nanomesh.rpc")
 
 Handler = Callable[[Request], Awaitable[Response]]
+T = TypeVar("T")
 
 
 class InstalledKeys:
@@ -126,7 +128,10 @@ def next_link_state(state: str, event: int) -> str:
 
     ``connecting`` -> ``up`` on a finished ZMTP handshake; a connect retry
     before that means nothing listens there (``refused``); a disconnect or a
-    failed handshake after that means the server went away (``down``).
+    failed handshake after that means the server went away (``down``), and so
+    does a disconnect before it: the server closed the connection during the
+    handshake (a CURVE server that does not admit us, which libzmq does not
+    always report as a failed handshake).
     ``refused`` and ``down`` are final: such a DEALER is closed."""
     if state in (_REFUSED, _DOWN):
         return state
@@ -137,6 +142,8 @@ def next_link_state(state: str, event: int) -> str:
         return _DOWN
     if state == _CONNECTING and event in (zmq.EVENT_CONNECT_RETRIED, zmq.EVENT_CLOSED):
         return _REFUSED
+    if state == _CONNECTING and event == zmq.EVENT_DISCONNECTED:
+        return _DOWN
     if state == _UP and event in (zmq.EVENT_DISCONNECTED, zmq.EVENT_CONNECT_RETRIED,
                                   zmq.EVENT_CLOSED):
         return _DOWN
@@ -218,31 +225,39 @@ class _Link:
 
         Most answers arrive within `FAST_PATH` seconds: waiting for them in
         this task alone saves the cost of a watcher task per call. Only a call
-        that takes longer also watches the monitor for a lost connection."""
+        that takes longer also watches the monitor for a lost connection. A
+        request that cannot even be queued means the connection already ended
+        (a CURVE server refused us in the handshake): the monitor says why."""
         call_id = next(self._ids).to_bytes(8, "big")
-        await self.dealer.send_multipart(call_frames(call_id, payload))
+        frames = call_frames(call_id, payload)
+        if not self.dealer.send_multipart_nowait(frames):
+            await self._until_broken(lambda: self.dealer.send_multipart(frames))
         with trio.move_on_after(FAST_PATH):
             return await self._reply_to(call_id)
-        reply: list[bytes] = []
+        return await self._until_broken(lambda: self._reply_to(call_id))
+
+    async def _until_broken(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """`operation`'s result, or RpcError once the monitor says the link broke."""
+        result: list[T] = []
 
         async def watch(scope: trio.CancelScope) -> None:
             while self.usable:
                 self._apply(await self.monitor.recv_multipart())
             scope.cancel()
 
-        async def wait_reply(scope: trio.CancelScope) -> None:
-            reply.append(await self._reply_to(call_id))
+        async def run(scope: trio.CancelScope) -> None:
+            result.append(await operation())
             scope.cancel()
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch, nursery.cancel_scope)
-            nursery.start_soon(wait_reply, nursery.cancel_scope)
-        if not reply:
+            nursery.start_soon(run, nursery.cancel_scope)
+        if not result:
             what = ("connection refused" if self.state == _REFUSED
                     else "handshake failed (not the mesh's key?)" if self.handshake_failed
                     else "connection lost")
             raise RpcError(f"ZeroMQ call to {self.address}: {what}")
-        return reply[0]
+        return result[0]
 
     async def _reply_to(self, call_id: bytes) -> bytes:
         while True:
