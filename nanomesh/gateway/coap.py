@@ -43,7 +43,12 @@ from nanomesh.gateway.forward import (
     GatewayResponse,
 )
 from nanomesh.gateway.link import link_upstream, serve_gateway_link
-from nanomesh.gateway.upstream import Upstream, UpstreamError, http_upstream, zmq_upstream
+from nanomesh.gateway.upstream import (
+    Upstream,
+    UpstreamError,
+    http_upstream,
+    keyed_zmq_upstream,
+)
 from nanomesh.naming import Endpoint
 from nanomesh.servicekeys import ServiceKeys
 from nanomesh.wire import Address
@@ -86,8 +91,9 @@ async def serve_coap_gateway(bind: Address, resolver: Resolver, *,
             raise ConfigError(f"cannot listen for the CoAP gateway (UDP) on "
                               f"{host_port(*bind)}: {getattr(exc, 'strerror', None) or exc}"
                               ) from None
-        gateway.upstreams.update({"coap": _coap_upstream(context), "zmq": zmq_upstream,
-                                  "http": http_upstream, LINK: link_upstream(bind[1])})
+        gateway.upstreams.update({"coap": _coap_upstream(context),
+                                  "zmq": keyed_zmq_upstream(keys), "http": http_upstream,
+                                  LINK: link_upstream(bind[1], keys)})
         try:
             async with trio.open_nursery() as nursery:
                 if keys is not None:

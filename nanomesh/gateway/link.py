@@ -35,9 +35,9 @@ import trio
 from nanomesh.coapio import split_path
 from nanomesh.gateway.core import Gateway
 from nanomesh.gateway.forward import GatewayRequest, GatewayResponse
-from nanomesh.gateway.upstream import Upstream, rpc_upstream
+from nanomesh.gateway.upstream import Upstream, keyed_zmq_upstream
 from nanomesh.naming import Endpoint
-from nanomesh.rpc import serve_rpc, zmq_call
+from nanomesh.rpc import serve_rpc
 from nanomesh.servicekeys import ServiceKeys
 from nanomesh.wire import Address
 from nanomesh.wire.rpc import MAX_ERROR, Request, Response, coap_code_to_status
@@ -88,13 +88,14 @@ async def serve_gateway_link(bind: Address, gateway: Gateway, keys: ServiceKeys,
     await serve_rpc(address, link_handler(gateway), keys=keys, task_status=task_status)
 
 
-def link_upstream(port: int) -> Upstream:
+def link_upstream(port: int, keys: ServiceKeys | None) -> Upstream:
     """Forward to a CoAP or HTTP instance on another peer through that peer's
     link (at `port` on the instance's host, which is its peer's IP)."""
+    zmq = keyed_zmq_upstream(keys)
 
     async def call(ep: Endpoint, request: GatewayRequest, timeout: float) -> GatewayResponse:
         via = dataclasses.replace(ep, port=port)
         inner = dataclasses.replace(request, path=(LOCAL_PREFIX, ep.service, *request.path))
-        return await rpc_upstream(zmq_call, via, inner, timeout)
+        return await zmq(via, inner, timeout)
 
     return call
