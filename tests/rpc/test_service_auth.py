@@ -14,15 +14,16 @@ from collections.abc import AsyncIterator
 
 import pytest
 import trio
+import zmq
 from rpc_helpers import free_port
 
-from nanomesh import servicekeys
+from nanomesh import servicekeys, zmqtrio
 from nanomesh.errors import ConfigError
 from nanomesh.events import check_source, open_publisher, open_subscription, serve_event_relay
 from nanomesh.rpc import RpcError, serve_rpc, zmq_call
 from nanomesh.servicekeys import Credentials, ServiceKeys, zap_reply
 from nanomesh.wire.envelope import Keyring
-from nanomesh.wire.rpc import Event, Request, Response
+from nanomesh.wire.rpc import Event, Request, Response, call_frames, encode_request
 
 IP = "127.0.51.41"
 K1, K2, K3 = os.urandom(32), os.urandom(32), os.urandom(32)
@@ -61,6 +62,26 @@ async def test_a_server_answers_members_only(nursery: trio.Nursery) -> None:
             with pytest.raises(RpcError):
                 await zmq_call(address, Request("POST", "outsider"), 5.0, keys=outsider)
         assert served[1:] == ["member"]
+
+
+async def test_zap_refuses_a_client_that_only_knows_the_server_key(
+        nursery: trio.Nursery) -> None:
+    """The service *public* key is no secret (every instance's environment
+    lists it): one who knows it but holds no member's secret key completes
+    no handshake (ZAP refuses its own key), and its request is never served."""
+    member = keys_of(K1)
+    async with server(nursery, member) as served:
+        own = servicekeys.CurveKey.from_secret(os.urandom(32))
+        async with zmqtrio.socket(zmq.DEALER) as sock:
+            sock.raw.curve_secretkey = own.secret
+            sock.raw.curve_publickey = own.public
+            sock.raw.curve_serverkey = member.service.public
+            sock.raw.connect(f"tcp://{served[0]}")
+            sock.send_multipart_nowait(call_frames(b"12345678",
+                                                   encode_request(Request("POST", "x"))))
+            with trio.move_on_after(1.0) as waited:
+                await sock.recv_multipart()
+        assert waited.cancelled_caught and served[1:] == []
 
 
 async def test_a_server_admits_clients_of_every_installed_key(nursery: trio.Nursery) -> None:
