@@ -6,11 +6,13 @@ Addresses: 127.0.51.4x only."""
 
 from __future__ import annotations
 
+import base64
 import collections
 import contextlib
 import functools
 import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import trio
@@ -207,3 +209,26 @@ def test_zap_reply_admits_only_what_a_policy_names() -> None:
     assert ask(b"d", b"CURVE", raw, version=b"2.0")[2] == b"500"
     assert ask(b"\xff", b"CURVE", raw)[2] == b"400"
     assert zap_reply([b"1.0"], policies)[2] == b"500"
+
+
+def test_a_client_finds_the_key_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--key-file, else $NANOMESH_KEY_FILE, else the running lab's key; an
+    instance of a mesh without a key looks for none; an unreadable file is
+    a ConfigError naming it."""
+    lab_dir, named = tmp_path / "lab", tmp_path / "named.key"
+    lab_dir.mkdir()
+    (lab_dir / "cluster.key").write_text(base64.b64encode(K1).decode() + "\n")
+    named.write_text(base64.b64encode(K2).decode() + "\n")
+    monkeypatch.setattr(servicekeys, "_installed", None)
+    monkeypatch.setenv("NANOMESH_LAB_DIR", str(lab_dir))
+    monkeypatch.delenv("NANOMESH_KEY_FILE", raising=False)
+    monkeypatch.delenv("NANOMESH_INSTANCE", raising=False)
+    assert servicekeys.client_keys() == keys_of(K1)
+    monkeypatch.setenv("NANOMESH_KEY_FILE", str(named))
+    assert servicekeys.client_keys() == keys_of(K2)
+    assert servicekeys.client_keys(lab_dir / "cluster.key") == keys_of(K1)
+    with pytest.raises(ConfigError, match="nonexistent"):
+        servicekeys.client_keys(tmp_path / "nonexistent")
+    monkeypatch.delenv("NANOMESH_KEY_FILE")
+    monkeypatch.setenv("NANOMESH_INSTANCE", "x/0")
+    assert servicekeys.client_keys() is None
