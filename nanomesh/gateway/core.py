@@ -117,8 +117,9 @@ class Gateway:
                     if not (member or public):
                         self.refused += 1
                         return error_response(UNAUTHORIZED, f"{service} is a private service: "
-                                              "only mesh members reach it (nanomesh call, "
-                                              "nanomesh.client, with the cluster key)")
+                                              "only mesh members reach it, with the cluster "
+                                              "key (nanomesh call --key-file FILE, "
+                                              "nanomesh.client.connect(key_file=...))")
                     return await self.forward(service, inner, private=not public)
                 case NoRoute(response):
                     return response
