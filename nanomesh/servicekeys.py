@@ -86,6 +86,9 @@ DOMAIN_EVENTS_SUB = "nanomesh-events-sub"
 DOMAIN_EVENTS_PUB = "nanomesh-events-pub"
 """ZAP domain of a relay's XSUB: publishers (operator keys, local instances)."""
 
+Policy = Callable[[bytes], "str | None"]
+"""ZAP policy: Z85 client public key -> the user id to admit it as, or None to refuse."""
+
 ANY_SOURCE = "*"
 """ZAP user id of an operator key: its events' sources are taken as named."""
 MEMBER = "member"
@@ -293,9 +296,6 @@ def user_id(frame: zmq.Frame) -> str | None:
 # ------------------------------------------------------------------ ZAP
 
 
-Policy = Callable[[bytes], "str | None"]
-"""Z85 client public key -> the user id to admit it as, or None to refuse."""
-
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 _policies: dict[str, Policy] = {}
 _handler_pid: int | None = None
@@ -318,7 +318,11 @@ def zap_reply(frames: list[bytes], policies: Mapping[str, Policy]) -> list[bytes
     if version != b"1.0":
         status, text = b"500", b"unsupported ZAP version"
     elif mechanism == b"CURVE" and len(frames) == 7 and len(frames[6]) == 32 and policy:
-        who = policy(zmq.utils.z85.encode(frames[6]))
+        try:
+            who = policy(zmq.utils.z85.encode(frames[6]))
+        except Exception:  # a policy bug refuses one client; the handler lives on
+            log.exception("ZAP policy for %r failed", domain)
+            who = None
         if who is not None:
             status, text, user = b"200", b"OK", who.encode()
     return [b"1.0", request_id, status, text, user, b""]
@@ -357,8 +361,9 @@ def _serve_zap(sock: zmq.Socket[bytes]) -> None:
         if reply[2] != b"200":
             refused += 1
             if refused in (1, 10, 100) or refused % 1000 == 0:
-                log.warning("refused a ZeroMQ client without the mesh's key (domain %r, "
-                            "from %s; %d so far)", frames[2:3], frames[3:4], refused)
+                where = [f.decode("utf-8", "replace") for f in frames[2:4]]
+                log.warning("refused a ZeroMQ client without the mesh's key (%s from %s; "
+                            "%d so far)", *(where + ["?", "?"])[:2], refused)
         sock.send_multipart(reply)
 
 

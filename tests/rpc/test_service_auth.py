@@ -210,6 +210,10 @@ def test_zap_reply_admits_only_what_a_policy_names() -> None:
     assert ask(b"\xff", b"CURVE", raw)[2] == b"400"
     assert zap_reply([b"1.0"], policies)[2] == b"500"
 
+    def buggy(public: bytes) -> str | None:
+        raise RuntimeError("bug")
+    assert zap_reply([b"1.0", b"8", b"d", b"", b"", b"CURVE", raw], {"d": buggy})[2] == b"400"
+
 
 def test_a_client_finds_the_key_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """--key-file, else $NANOMESH_KEY_FILE, else the running lab's key; an
