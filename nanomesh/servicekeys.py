@@ -363,7 +363,7 @@ def _serve_zap(sock: zmq.Socket[bytes]) -> None:
             if refused in (1, 10, 100) or refused % 1000 == 0:
                 where = [f.decode("utf-8", "replace") for f in frames[2:4]]
                 log.warning("refused a ZeroMQ client without the mesh's key (%s from %s; "
-                            "%d so far)", *(where + ["?", "?"])[:2], refused)
+                            "%d so far)", *[*where, "?", "?"][:2], refused)
         sock.send_multipart(reply)
 
 
