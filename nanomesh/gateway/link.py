@@ -21,7 +21,12 @@ between members, ZeroMQ CURVE is already there, keyed from the cluster key,
 with no per-pair security contexts, sequence numbers to persist across
 restarts (OSCORE), or experimental DTLS server code (aiocoap's tinydtls
 server) to trust. The cost is one ZeroMQ hop in place of a CoAP one, which
-is faster (see the README's measurements).
+is faster: measured with `experiments/name_latency.py --quick` on a loaded
+2-core machine, a member's call of a private echo through its peer's link
+(CURVE to the gateway, CURVE to the instance) p50 1.34 ms, against 3.9 ms for
+plain CoAP through the gateway before this change (3.8 ms after, for a
+public service: unchanged) and 0.41 -> 0.50 ms for a direct ZeroMQ call once
+CURVE encrypts it.
 """
 
 from __future__ import annotations
