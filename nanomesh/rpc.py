@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import itertools
 import logging
 import os
@@ -114,6 +115,10 @@ class RpcError(NanomeshError):
     mid-call, or answered with bytes that are not a response."""
 
 
+class HandshakeFailed(RpcError):
+    """The server refused our CURVE handshake (another key, or not ours)."""
+
+
 class RpcTimeout(RpcError):
     """No response within the call's timeout. The server may still have run it."""
 
@@ -160,7 +165,10 @@ _MONITORED = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETA
 def _pool_key(address: str, keys: ServiceKeys | None) -> str:
     """Links are pooled per address and client key: calls with other keys
     (a test's outsider, a rotated key) never share a connection."""
-    return address if keys is None else f"{address} {keys.service.public.decode()}"
+    if keys is None:
+        return address
+    server = keys.server or keys.service.public
+    return f"{address} {keys.service.public.decode()} {server.decode()}"
 
 
 def zmq_endpoint(address: str) -> str:
@@ -253,9 +261,10 @@ class _Link:
             nursery.start_soon(watch, nursery.cancel_scope)
             nursery.start_soon(run, nursery.cancel_scope)
         if not result:
-            what = ("connection refused" if self.state == _REFUSED
-                    else "handshake failed (not the mesh's key?)" if self.handshake_failed
-                    else "connection lost")
+            if self.handshake_failed:
+                raise HandshakeFailed(f"ZeroMQ call to {self.address}: handshake failed "
+                                      "(not the mesh's key?)")
+            what = "connection refused" if self.state == _REFUSED else "connection lost"
             raise RpcError(f"ZeroMQ call to {self.address}: {what}")
         return result[0]
 
@@ -285,6 +294,21 @@ class _Pool:
         default_factory=collections.OrderedDict)
     slots: trio.Semaphore = field(default_factory=lambda: trio.Semaphore(MAX_LINKS))
     """One per open link (`MAX_LINKS`), released when the link closes."""
+    servers: dict[str, bytes] = field(default_factory=dict)
+    """Address -> the server key that last answered there (see `server_order`)."""
+
+    def server_order(self, address: str, keys: ServiceKeys | None
+                     ) -> list[ServiceKeys | None]:
+        """`keys` aimed at each server key it may meet at `address`: the one
+        that worked there last first, then the primary's, then the others
+        (a key rotation in progress, see `nanomesh.servicekeys`)."""
+        if keys is None:
+            return [None]
+        if len(self.servers) > MAX_POOLED_ADDRESSES:
+            self.servers.clear()
+        known = self.servers.get(address)
+        order = sorted(keys.server_keys, key=lambda k: k != known)
+        return [dataclasses.replace(keys, server=k) for k in order]
 
     async def take(self, address: str, keys: ServiceKeys | None = None) -> _Link:
         """An idle link to `address` (with `keys`), or a new one once a slot is
@@ -366,8 +390,20 @@ async def zmq_call(address: str, request: Request, timeout: float, *,
     reusable = False
     try:
         with trio.fail_after(timeout):
-            link = await pool.take(address, resolve_keys(keys))
-            raw = await link.call(payload)
+            candidates = pool.server_order(address, resolve_keys(keys))
+            for i, attempt in enumerate(candidates):
+                link = await pool.take(address, attempt)
+                try:
+                    raw = await link.call(payload)
+                except HandshakeFailed:
+                    if i + 1 == len(candidates):
+                        raise
+                    link.close()
+                    link = None
+                    continue
+                if attempt is not None:
+                    pool.servers[address] = attempt.server or attempt.service.public
+                break
         response = decode_response(raw)
         reusable = True
         return response

@@ -25,13 +25,17 @@ instance environment gives away: calls to and events of every service, until
 the cluster key is rotated; not gossip, Raft or the management API.
 
 **Key rotation.** A server presents one keypair: the primary's at the time it
-started. Clients use the primary's server key. Servers admit clients of every
-installed key. So after a new key is installed everywhere (step 1), nothing
-changes; while it is made primary peer by peer (step 2), a client whose
-primary differs from a server's fails the CURVE handshake (it sees the
-server as unreachable and fails over); each restarted peer and its instances
-agree again once every peer has the same primary. Make the new key primary on
-every peer within a short window.
+started, and admits clients of every installed key. A call
+(`nanomesh.rpc.zmq_call`) expects its primary's server key first and, if the
+handshake fails, the other installed keys' (remembering per address which
+one worked). So after a new key is installed everywhere (step 1) nothing
+changes, and while it is made primary peer by peer (step 2) calls between
+peers on different primaries still succeed, at the cost of one failed
+handshake per new connection. Event subscriptions do not fall back (one SUB
+socket listens to every relay with one server key): events from a peer whose
+primary differs pause until both have the same primary. Make the new key
+primary on every peer within a short window; remove the old key (step 3) only
+after that.
 
 **ZAP** (ZeroMQ RFC 27): one handler thread per process answers libzmq's
 authentication requests for every server socket of the process's context, by
@@ -139,6 +143,14 @@ class ServiceKeys:
     """Client public keys a server admits (the service key of each installed cluster key)."""
     publisher: CurveKey
     """What events are published with: the operator key, or an instance's own."""
+    server: bytes | None = None
+    """The server key a client expects; None: ``service.public`` (see `server_keys`)."""
+
+    @property
+    def server_keys(self) -> tuple[bytes, ...]:
+        """Server keys a client may meet, its primary's first: during a key
+        rotation a server may still present another installed key's."""
+        return (self.service.public, *sorted(self.accepted - {self.service.public}))
 
     @classmethod
     def from_keyring(cls, keyring: Keyring) -> ServiceKeys:
@@ -281,7 +293,7 @@ def make_client(sock: zmq.Socket[bytes], keys: ServiceKeys, *, publisher: bool =
     own = keys.publisher if publisher else keys.service
     sock.curve_secretkey = own.secret
     sock.curve_publickey = own.public
-    sock.curve_serverkey = keys.service.public
+    sock.curve_serverkey = keys.server or keys.service.public
 
 
 def user_id(frame: zmq.Frame) -> str | None:

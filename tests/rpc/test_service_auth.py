@@ -86,17 +86,22 @@ async def test_zap_refuses_a_client_that_only_knows_the_server_key(
         assert waited.cancelled_caught and served[1:] == []
 
 
-async def test_a_server_admits_clients_of_every_installed_key(nursery: trio.Nursery) -> None:
-    """Key rotation: a server with keys [K1, K2] admits clients whose
-    primary is K1, whatever else they have installed. The server presents
-    its primary's key, so a client whose primary is already K2 fails until
-    the server's primary changes too (see `nanomesh.servicekeys`)."""
+async def test_calls_survive_a_rolling_key_rotation(nursery: trio.Nursery) -> None:
+    """Key rotation (see `nanomesh.servicekeys`): a server with keys [K1, K2]
+    admits clients of either key. A client whose primary is already K2 meets
+    the server's K1 key, fails that handshake and tries its other installed
+    key's, and remembers it; a client without K1 at all cannot get in."""
     async with server(nursery, keys_of(K1, K2)) as served:
         address = served[0]
-        for client in (keys_of(K1), keys_of(K1, K2), keys_of(K1, K3)):
+        for client in (keys_of(K1), keys_of(K1, K2), keys_of(K1, K3), keys_of(K2, K1)):
             assert (await zmq_call(address, Request("GET", "x"), 5.0, keys=client)).ok
-        with pytest.raises(RpcError):
-            await zmq_call(address, Request("GET", "y"), 5.0, keys=keys_of(K2, K1))
+        assert (await zmq_call(address, Request("GET", "again"), 5.0,
+                               keys=keys_of(K2, K1))).ok
+        for stranger in (keys_of(K2), keys_of(K3, K2)):
+            with pytest.raises(RpcError):
+                await zmq_call(address, Request("GET", "y"), 5.0, keys=stranger)
+    async with server(nursery, keys_of(K2, K1)) as served:  # the server moved first
+        assert (await zmq_call(served[0], Request("GET", "x"), 5.0, keys=keys_of(K1, K2))).ok
 
 
 # ------------------------------------------------------------------ events
