@@ -46,7 +46,7 @@ from nanomesh.gateway.link import link_upstream, serve_gateway_link
 from nanomesh.gateway.upstream import (
     Upstream,
     UpstreamError,
-    http_upstream,
+    bound_http_upstream,
     keyed_zmq_upstream,
 )
 from nanomesh.naming import Endpoint
@@ -92,7 +92,8 @@ async def serve_coap_gateway(bind: Address, resolver: Resolver, *,
                               f"{host_port(*bind)}: {getattr(exc, 'strerror', None) or exc}"
                               ) from None
         gateway.upstreams.update({"coap": _coap_upstream(context),
-                                  "zmq": keyed_zmq_upstream(keys), "http": http_upstream,
+                                  "zmq": keyed_zmq_upstream(keys),
+                                  "http": bound_http_upstream(bind[0]),
                                   LINK: link_upstream(bind[1], keys)})
         try:
             async with trio.open_nursery() as nursery:

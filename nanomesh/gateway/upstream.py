@@ -52,6 +52,18 @@ async def zmq_upstream(ep: Endpoint, request: GatewayRequest, timeout: float
     return await rpc_upstream(zmq_call, ep, request, timeout)
 
 
+def bound_http_upstream(ip: str) -> Upstream:
+    """HTTP from the gateway's own `ip`: a private service's SDK server answers
+    only its peer's address (`nanomesh.service`)."""
+    from nanomesh.httpio import http_call
+
+    async def call(ep: Endpoint, request: GatewayRequest, timeout: float) -> GatewayResponse:
+        return await rpc_upstream(functools.partial(http_call, local_address=ip), ep, request,
+                                  timeout)
+
+    return call
+
+
 def keyed_zmq_upstream(keys: ServiceKeys | None) -> Upstream:
     """ZeroMQ with `keys` (None: plain, a mesh without a cluster key)."""
     from nanomesh.rpc import zmq_call
@@ -108,5 +120,5 @@ def coap_response(reply: Response, method: str) -> GatewayResponse:
     return GatewayResponse(code, reply.body, reply.content_format)
 
 
-__all__ = ["UpstreamError", "http_upstream", "keyed_zmq_upstream", "rpc_upstream",
-           "zmq_upstream"]
+__all__ = ["UpstreamError", "bound_http_upstream", "http_upstream", "keyed_zmq_upstream",
+           "rpc_upstream", "zmq_upstream"]

@@ -27,6 +27,7 @@ from nanomesh.gateway.forward import (
     GatewayResponse,
 )
 from nanomesh.gateway.link import link_path
+from nanomesh.httpio import http_call, serve_http_calls
 from nanomesh.naming import Endpoint
 from nanomesh.rpc import RpcError, zmq_call
 from nanomesh.servicekeys import ServiceKeys
@@ -101,6 +102,7 @@ async def test_private_services_travel_authenticated() -> None:
 IP_A, IP_B = "127.0.50.11", "127.0.50.12"
 PORT = 5683
 INSTANCE_PORT = 5791
+HTTP_PORT = 5792
 
 
 async def private_instance(request: Request) -> Response:
@@ -113,14 +115,18 @@ async def two_peers(nursery: trio.Nursery) -> AsyncIterator[ServiceKeys]:
     CoAP instance on b that answers b's IP only (as the SDK serves it)."""
     from nanomesh.gateway.coap import serve_coap_gateway
     keys = ServiceKeys.from_keyring(Keyring([os.urandom(32)]))
-    eps = [Endpoint("priv", "priv/0", "b", IP_B, "coap", "coap", INSTANCE_PORT, "healthy",
-                    "running")]
+    eps = {"priv": [Endpoint("priv", "priv/0", "b", IP_B, "coap", "coap", INSTANCE_PORT,
+                             "healthy", "running")],
+           "privh": [Endpoint("privh", "privh/0", "b", IP_B, "http", "http", HTTP_PORT,
+                              "healthy", "running")]}
     await nursery.start(functools.partial(serve_coap, only_from=IP_B), IP_B, INSTANCE_PORT,
+                        private_instance)
+    await nursery.start(functools.partial(serve_http_calls, only_from=IP_B), IP_B, HTTP_PORT,
                         private_instance)
     for ip, me in ((IP_A, "a"), (IP_B, "b")):
         await nursery.start(functools.partial(
-            serve_coap_gateway, services=lambda: {"priv"}, visibility=lambda s: "private",
-            me=me, keys=keys), (ip, PORT), lambda s: eps if s == "priv" else [])
+            serve_coap_gateway, services=lambda: set(eps), visibility=lambda s: "private",
+            me=me, keys=keys), (ip, PORT), lambda s: eps.get(s, []))
     yield keys
 
 
@@ -139,3 +145,8 @@ async def test_private_coap_service_answers_members_through_the_link_only(
     for outsider in (None, ServiceKeys.from_keyring(Keyring([os.urandom(32)]))):
         with pytest.raises(RpcError):
             await zmq_call(f"{IP_A}:{PORT}", member, 5.0, keys=outsider)
+    # The same for a private HTTP instance (as the SDK serves one).
+    via_link = await zmq_call(f"{IP_A}:{PORT}", Request("GET", "s/privh/y"), 10.0, keys=keys)
+    assert via_link.status == 200 and via_link.body == b"secret y", via_link
+    direct_http = await http_call(f"{IP_B}:{HTTP_PORT}", Request("GET", "y"), 5.0)
+    assert direct_http.status == 403, direct_http
