@@ -75,7 +75,6 @@ ENV_PUBLISHER = "NANOMESH_CURVE_PUBLISHER"
 """The instance's own secret key (Z85), for publishing events."""
 ENV_VISIBILITY = "NANOMESH_VISIBILITY"
 """``private`` or ``public`` (the manifest's ``visibility``)."""
-ENV_NAMES = (ENV_SECRET, ENV_ACCEPT, ENV_PUBLISHER, ENV_VISIBILITY)
 
 ENV_KEY_FILE = "NANOMESH_KEY_FILE"
 """The key file a client reads when none is given (`find_key_file`)."""
