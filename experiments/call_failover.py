@@ -276,6 +276,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="nm-cfo-") as tmp:
         root = Path(tmp)
         key = ml.keygen(root / "cluster.key")
+        os.environ["NANOMESH_KEY_FILE"] = str(key)  # nanomesh.client: a member's calls
         mesh = Mesh60(args.peers, root, preset=args.preset, key_file=key,
                       first_octet=args.first_octet, prefix="cfo")
         try:

@@ -17,9 +17,21 @@ requests per path, ``--requests`` sequential ``GET echo/bench`` per path, in
   ``Mesh.call("echo", "echo/bench")``: resolution by name (``GET
   /v1/resolve/echo``, cached 2 s, so ~1 request in a few hundred includes
   it), then ZeroMQ straight to the instance;
+- ``link_gateway``: what a member's call of a *private* service through the
+  gateway costs: ``GET s/echo/echo/bench`` over ZeroMQ CURVE to the caller's
+  peer's gateway link (``tcp://<peer>:5683``, `nanomesh.gateway.link`), which
+  forwards it over CURVE to the instance;
 - baselines without naming: ``coap_direct`` (aiocoap to the instance's CoAP
   endpoint) and ``zmq_direct`` (``nanomesh.rpc.zmq_call`` to its ZeroMQ
   endpoint).
+
+ZeroMQ paths are authenticated and encrypted with CURVE keys derived from the
+mesh's cluster key (`nanomesh.servicekeys`); echo is a public service, so its
+CoAP paths are plain CoAP as before, and the link forwards it to the
+instance's CoAP endpoint. ``--visibility private`` deploys it private: plain
+CoAP is then refused (those paths are skipped), and the link forwards over
+CURVE to the instance's ZeroMQ endpoint, the path members' calls of private
+services take.
 
 Then requests per second through the gateway: sequential (from the timed
 runs above) and with ``--concurrency`` (default 16) tasks sharing the client
@@ -61,6 +73,8 @@ from control_failover import Mesh60, read_token, start_mesh
 from nanomesh import client
 from nanomesh.apiclient import ApiError
 from nanomesh.rpc import zmq_call
+from nanomesh.servicekeys import ServiceKeys
+from nanomesh.wire.envelope import Keyring
 from nanomesh.wire.rpc import Request
 
 COAP_PORT = 5683
@@ -73,14 +87,16 @@ SERVICE = "echo"
 # --------------------------------------------------------------------------- deploying
 
 
-def echo_copy(dest: Path, name: str = SERVICE, replicas: int = 1) -> Path:
-    """A copy of services/echo with another name and replica count."""
+def echo_copy(dest: Path, name: str = SERVICE, replicas: int = 1,
+              visibility: str = "public") -> Path:
+    """A copy of services/echo with another name, replica count and visibility."""
     shutil.copytree(ml.REPO_ROOT / "services" / "echo", dest,
                     ignore=shutil.ignore_patterns("__pycache__"))
     manifest = dest / "nanoservice.toml"
     text = manifest.read_text()
     text = re.sub(r'(?m)^name = "echo"$', f'name = "{name}"', text)
     text = re.sub(r"(?m)^replicas = \d+$", f"replicas = {replicas}", text)
+    text = re.sub(r'(?m)^visibility = "public"$', f'visibility = "{visibility}"', text)
     manifest.write_text(text)
     return dest
 
@@ -152,9 +168,12 @@ class Caller:
     """The requests of each path, as awaitables returning nothing (or raising)."""
 
     def __init__(self, ctx: Any, mesh: client.Mesh, gateway_ip: str,
-                 eps: dict[str, str]) -> None:
+                 eps: dict[str, str], keys: ServiceKeys) -> None:
         self.ctx = ctx
         self.mesh = mesh
+        self.keys = keys
+        self.link = f"{gateway_ip}:{COAP_PORT}"
+        self.link_request = Request("GET", f"s/{SERVICE}/echo/{TEXT}")
         self.gateway = f"coap://{gateway_ip}:{COAP_PORT}/s/{SERVICE}/echo/{TEXT}"
         self.coap_direct = f"coap://{eps['coap']}/echo/{TEXT}"
         self.zmq_address = eps["zmq"]
@@ -179,13 +198,19 @@ class Caller:
             raise RuntimeError(f"bad answer: {reply}")
 
     async def zmq_direct(self) -> None:
-        response = await zmq_call(self.zmq_address, self.request, 5.0)
+        response = await zmq_call(self.zmq_address, self.request, 5.0, keys=self.keys)
+        if response.status != 200 or TEXT.encode() not in response.body:
+            raise RuntimeError(f"bad answer: {response}")
+
+    async def link_gateway(self) -> None:
+        response = await zmq_call(self.link, self.link_request, 5.0, keys=self.keys)
         if response.status != 200 or TEXT.encode() not in response.body:
             raise RuntimeError(f"bad answer: {response}")
 
     def paths(self) -> dict[str, Callable[[], Awaitable[None]]]:
         return {"coap_gateway": self.coap_gateway, "client_zmq": self.client_zmq,
-                "coap_direct": self.coap_direct_, "zmq_direct": self.zmq_direct}
+                "link_gateway": self.link_gateway, "coap_direct": self.coap_direct_,
+                "zmq_direct": self.zmq_direct}
 
 
 async def timed(fn: Callable[[], Awaitable[None]], n: int) -> tuple[list[float], float]:
@@ -229,15 +254,18 @@ def cpu_seconds(pids: list[int]) -> float:
 
 
 async def measure(args: argparse.Namespace, caller_peer: ml.Peer, eps: dict[str, str],
-                  gateway_pid: int, instance_pids: list[int]) -> dict[str, Any]:
+                  gateway_pid: int, instance_pids: list[int], key: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"rows": []}
     async with trio_asyncio.open_loop():
         ctx = await trio_asyncio.aio_as_trio(aiocoap.Context.create_client_context)(
             transports=["udp6"])
         try:
-            async with client.connect(caller_peer.api) as mesh:
-                caller = Caller(ctx, mesh, caller_peer.ip, eps)
+            keys = ServiceKeys.from_keyring(Keyring.from_file(key))
+            async with client.connect(caller_peer.api, keys=keys) as mesh:
+                caller = Caller(ctx, mesh, caller_peer.ip, eps, keys)
                 paths = caller.paths()
+                if args.visibility == "private":  # plain CoAP is refused (4.01)
+                    paths = {k: v for k, v in paths.items() if not k.startswith("coap")}
                 for fn in paths.values():
                     for _ in range(WARMUP):
                         await fn()
@@ -250,7 +278,7 @@ async def measure(args: argparse.Namespace, caller_peer: ml.Peer, eps: dict[str,
                     for name, fn in paths.items():
                         c0, i0 = cpu_seconds([gateway_pid]), cpu_seconds(instance_pids)
                         vals, w = await timed(fn, per_round)
-                        if name == "coap_gateway":
+                        if name in ("coap_gateway", "link_gateway"):
                             cpu_gw += cpu_seconds([gateway_pid]) - c0
                             cpu_inst += cpu_seconds(instance_pids) - i0
                         out["rows"] += [(name, rnd, i, v * 1e3) for i, v in enumerate(vals)]
@@ -263,11 +291,11 @@ async def measure(args: argparse.Namespace, caller_peer: ml.Peer, eps: dict[str,
                     ms = ml.describe([v * 1e3 for v in lat[name]])  # 4 decimals of a ms
                     out[name] = {"requests": ms.pop("n"), **{f"{k}_ms": v for k, v in ms.items()},
                                  "rps_sequential": round(len(lat[name]) / wall[name], 1)}
-                n_gw = len(lat["coap_gateway"])
-                out["coap_gateway"]["gateway_cpu_ms_per_request"] = round(cpu_gw / n_gw * 1e3, 3)
-                out["coap_gateway"]["instance_cpu_ms_per_request"] = round(
-                    cpu_inst / n_gw * 1e3, 3)
-                for name in ("coap_gateway", "client_zmq"):
+                gw = "coap_gateway" if "coap_gateway" in paths else "link_gateway"
+                n_gw = len(lat[gw])
+                out[gw]["gateway_cpu_ms_per_request"] = round(cpu_gw / n_gw * 1e3, 3)
+                out[gw]["instance_cpu_ms_per_request"] = round(cpu_inst / n_gw * 1e3, 3)
+                for name in (gw, "client_zmq"):
                     vals, w = await concurrent(paths[name], args.requests, args.concurrency)
                     out["rows"] += [(f"{name}_c{args.concurrency}", ROUNDS, i, v * 1e3)
                                     for i, v in enumerate(vals)]
@@ -290,6 +318,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--requests", type=int, default=None,
                    help="timed requests per path (default 2000; 500 with --quick)")
     p.add_argument("--quick", action="store_true", help="short run: 500 requests per path")
+    p.add_argument("--visibility", choices=["public", "private"], default="public",
+                   help="deploy echo public (default) or private (see the docstring)")
     p.add_argument("--concurrency", type=int, default=16,
                    help="concurrent tasks for the throughput runs (default 16)")
     ml.add_run_options(p, name="name_latency", subnet="127.0.60", first_octet=31)
@@ -316,7 +346,8 @@ def main() -> int:
         try:
             _, up_s = start_mesh(mesh)
             token = read_token(mesh)
-            cli_deploy(echo_copy(root / "echo"), mesh.peers[0], token)
+            cli_deploy(echo_copy(root / "echo", visibility=args.visibility), mesh.peers[0],
+                       token)
             [(iid, host)] = wait_running(mesh, SERVICE, 1, 60).items()
             caller = next(p for p in mesh.peers if p.name != host)
             eps = endpoints(caller, SERVICE)
@@ -324,7 +355,7 @@ def main() -> int:
             pids = instance_pids(root, iid)
             print(f"{args.peers} peers up in {up_s:.1f}s; {iid} runs on {host}; caller's peer "
                   f"{caller.name} ({caller.ip}); endpoints {eps}", flush=True)
-            result = trio.run(measure, args, caller, eps, caller.proc.pid, pids)
+            result = trio.run(measure, args, caller, eps, caller.proc.pid, pids, key)
         finally:
             mesh.close()
     wall = time.monotonic() - started
@@ -339,7 +370,7 @@ def main() -> int:
         "concurrency": c,
         "quick": args.quick,
         "gossip_preset": args.preset,
-        "service": "services/echo, replicas = 1, GET echo/bench",
+        "service": f"services/echo, replicas = 1, {args.visibility}, GET echo/bench",
         **result,
         "targets": "none set in issue 4 (report p50 / p99 and requests per second)",
         "wall_s": round(wall, 1),
@@ -349,18 +380,18 @@ def main() -> int:
         "csv": str(csv_path.relative_to(ml.REPO_ROOT)),
     }
     ml.write_json(json_path, summary)
-    g, z = result["coap_gateway"], result["client_zmq"]
+    gw = "coap_gateway" if "coap_gateway" in result else "link_gateway"
+    g, z = result[gw], result["client_zmq"]
+    latencies = "; ".join(f"{name} p50 {result[name]['median_ms']:.2f} ms, p99 "
+                          f"{result[name]['p99_ms']:.2f} ms" for name in result
+                          if isinstance(result[name], dict) and "median_ms" in result[name])
     print()
     print(f"By name from a remote peer ({args.requests} sequential requests per path, "
-          f"{args.peers} loopback peers): CoAP gateway p50 {g['median_ms']:.2f} ms, p99 "
-          f"{g['p99_ms']:.2f} ms; nanomesh.client (ZeroMQ) p50 {z['median_ms']:.2f} ms, p99 "
-          f"{z['p99_ms']:.2f} ms. Baselines without naming: CoAP direct p50 "
-          f"{result['coap_direct']['median_ms']:.2f} ms, ZeroMQ direct p50 "
-          f"{result['zmq_direct']['median_ms']:.2f} ms. Through one gateway: "
-          f"{g['rps_sequential']:.0f} req/s sequential, {g[f'rps_concurrent_{c}']:.0f} req/s "
-          f"with {c} concurrent (client: {z['rps_sequential']:.0f} / "
-          f"{z[f'rps_concurrent_{c}']:.0f}). Load {load:.2f} at start; run took {wall:.0f}s. "
-          f"Wrote {csv_path} and {json_path}.")
+          f"{args.peers} loopback peers, echo {args.visibility}): {latencies}. Through one "
+          f"gateway ({gw}): {g['rps_sequential']:.0f} req/s sequential, "
+          f"{g[f'rps_concurrent_{c}']:.0f} req/s with {c} concurrent (client: "
+          f"{z['rps_sequential']:.0f} / {z[f'rps_concurrent_{c}']:.0f}). Load {load:.2f} at "
+          f"start; run took {wall:.0f}s. Wrote {csv_path} and {json_path}.")
     return 0
 
 

@@ -123,6 +123,11 @@ def add_runtime_commands(sub: Any, peer_help: str, token_args: Callable[[Any], N
                       help="default GET, or POST with --data")
     call.add_argument("--timeout", type=float, default=2.0, help="seconds per try (default 2)")
     call.add_argument("--peer", metavar="IP[:PORT]", help=peer_help)
+    call.add_argument("--key-file", type=Path, metavar="FILE",
+                      help="the cluster key file, for private services (default: "
+                      "$NANOMESH_KEY_FILE, else the running lab's, else "
+                      "/etc/nanomesh/cluster.key when readable; without one only public "
+                      "services answer, through the CoAP gateway)")
     call.set_defaults(func=call_command)
 
 
@@ -516,7 +521,7 @@ def call_command(args: argparse.Namespace) -> int:
         body = args.data.encode()
     method = args.method or ("POST" if args.data is not None else "GET")
     reply = call_sync(args.service, args.path, body, method=method, timeout=args.timeout,
-                      peer=_peer_api(args.peer))
+                      peer=_peer_api(args.peer), key_file=args.key_file)
     sys.stdout.buffer.write(reply.body)
     if reply.body and not reply.body.endswith(b"\n"):
         sys.stdout.buffer.write(b"\n")

@@ -12,12 +12,21 @@ async with nanomesh.client.connect() as mesh:          # $NANOMESH_PEER_API, ...
 nanomesh.client.call_sync("echo", "health")             # from plain scripts
 ```
 
+**Keys.** In a mesh with a cluster key, calls, events and the gateway are
+authenticated with CURVE keys derived from it (`nanomesh.servicekeys`). An
+instance gets them from its environment; an operator's client reads the key
+file: ``connect(key_file=...)``, else ``$NANOMESH_KEY_FILE``, else the running
+lab's, else ``/etc/nanomesh/cluster.key`` (when readable). Without keys a
+client speaks plain ZeroMQ and CoAP: it reaches only a mesh without a key,
+and public services at the CoAP gateways.
+
 **Resolution.** A name is resolved with ``GET /v1/resolve/<service>`` on the
 peer API and cached for `RESOLVE_TTL` seconds. Endpoints of running instances
 are tried in this order (`attempt_order`): ZeroMQ endpoints directly (rotating
 between replicas call by call, healthy ones first), then the peer's CoAP
-gateway (``coap://<peer>:5683/s/<service>/<path>``, which can reach ZeroMQ and
-CoAP instances), then HTTP endpoints directly.
+gateway (with keys its authenticated link, ``tcp://<peer>:5683``, see
+`nanomesh.gateway.link`; without, ``coap://<peer>:5683/s/<service>/<path>``),
+which can reach ZeroMQ, CoAP and HTTP instances, then HTTP endpoints directly.
 
 **Failures are values the caller handles** (the actor model: a failed callee
 never takes the caller down). Each attempt has ``timeout`` seconds; a
@@ -51,11 +60,13 @@ import socket
 import urllib.parse
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import h11
 import trio
 
+from nanomesh import servicekeys
 from nanomesh.coapio import CoapClient, open_coap_client
 from nanomesh.errors import NanomeshError
 from nanomesh.events import (
@@ -68,7 +79,8 @@ from nanomesh.events import (
 )
 from nanomesh.httpio import http_call, http_request
 from nanomesh.naming import Endpoint
-from nanomesh.rpc import RpcError, RpcTimeout, zmq_call
+from nanomesh.rpc import INSTALLED, InstalledKeys, Keys, RpcError, RpcTimeout, zmq_call
+from nanomesh.servicekeys import ServiceKeys
 from nanomesh.wire.rpc import Event, Request, Response, encode_body
 
 DEFAULT_PEER = "127.0.0.1:7947"
@@ -212,8 +224,11 @@ class Mesh:
     """A connection to the mesh through one peer; make one with `connect`."""
 
     def __init__(self, peer: str, nursery: trio.Nursery, *, coap_port: int,
-                 xpub_port: int, xsub_port: int, token: str | None, source: str) -> None:
+                 xpub_port: int, xsub_port: int, token: str | None, source: str,
+                 keys: ServiceKeys | None = None) -> None:
         self.peer = peer
+        self.keys = keys
+        """CURVE keys of service traffic; None: plain (see the module docstring)."""
         self.host, self.api_port = _split_peer(peer)
         self._nursery = nursery
         self._coap_port = coap_port
@@ -281,9 +296,15 @@ class Mesh:
     async def _attempt(self, target: Target, service: str, request: Request, timeout: float
                        ) -> Response:
         if target.kind == "zmq":
-            return await zmq_call(target.address, request, timeout)
+            return await zmq_call(target.address, request, timeout, keys=self.keys)
         if target.kind == "http":
             return await http_call(target.address, request, timeout)
+        if self.keys is not None:  # the gateway's authenticated link
+            from nanomesh.gateway.link import GATEWAY_PREFIX, link_path
+            linked = Request(request.method, link_path(GATEWAY_PREFIX, service, request.path),
+                             request.body, request.content_format, request.query)
+            return await zmq_call(_host_port(self.host, self._coap_port), linked, timeout,
+                                  keys=self.keys)
         coap = await self._coap_client()
         return await coap.call(self.host, self._coap_port, ("s", service), request, timeout)
 
@@ -332,7 +353,7 @@ class Mesh:
     @contextlib.asynccontextmanager
     async def subscribe(self, topic_prefix: str = "") -> AsyncIterator[Subscription]:
         """Events whose topic starts with ``topic_prefix``, from every live peer."""
-        async with open_subscription(topic_prefix, self._relays) as sub:
+        async with open_subscription(topic_prefix, self._relays, keys=self.keys) as sub:
             yield sub
 
     async def _relays(self) -> list[str]:
@@ -373,10 +394,15 @@ class Mesh:
         if self._publisher is not None:
             task_status.started(self._publisher)
             return
-        async with open_publisher(self.host, self._xsub_port, self.source) as publisher:
+        async with open_publisher(self.host, self._xsub_port, self.source,
+                                  keys=self.keys) as publisher:
             self._publisher = publisher
             task_status.started(publisher)
             await trio.sleep_forever()
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _api_error(doc: Any) -> str:
@@ -392,11 +418,16 @@ def default_source() -> str:
 async def connect(peer: str | None = None, *, coap_port: int = DEFAULT_COAP_PORT,
                   events_xpub_port: int = DEFAULT_XPUB_PORT,
                   events_xsub_port: int = DEFAULT_XSUB_PORT,
-                  token: str | None = None) -> AsyncIterator[Mesh]:
+                  token: str | None = None, key_file: Path | None = None,
+                  keys: Keys = INSTALLED) -> AsyncIterator[Mesh]:
     """A `Mesh` talking to ``peer``'s API (``IP:PORT``; default
     ``$NANOMESH_PEER_API``, else ``$NANOMESH_PEER``, else `DEFAULT_PEER`).
     ``token`` (default ``$NANOMESH_INSTANCE_TOKEN``) is sent to the peer API.
-    The ports must match the mesh's peer configuration."""
+    ``keys`` (default: this process's, else read from ``key_file``, see the
+    module docstring; None: plain) authenticate service traffic; ConfigError
+    if a key file cannot be read. The ports must match the mesh's peer
+    configuration."""
+    own = servicekeys.client_keys(key_file) if isinstance(keys, InstalledKeys) else keys
     # An error in the caller's block is re-raised as itself after the nursery
     # closes, not wrapped in an ExceptionGroup, so `except RemoteError` works.
     error: BaseException | None = None
@@ -404,7 +435,7 @@ async def connect(peer: str | None = None, *, coap_port: int = DEFAULT_COAP_PORT
         mesh = Mesh(peer or default_peer(), nursery, coap_port=coap_port,
                     xpub_port=events_xpub_port, xsub_port=events_xsub_port,
                     token=token or os.environ.get("NANOMESH_INSTANCE_TOKEN"),
-                    source=default_source())
+                    source=default_source(), keys=own)
         try:
             yield mesh
         except BaseException as exc:
@@ -416,11 +447,11 @@ async def connect(peer: str | None = None, *, coap_port: int = DEFAULT_COAP_PORT
 
 def call_sync(service: str, path: str, data: object = None, *, peer: str | None = None,
               method: str = "GET", timeout: float = 2.0, retries: int = 2,
-              idempotent: bool | None = None) -> Reply:
+              idempotent: bool | None = None, key_file: Path | None = None) -> Reply:
     """`Mesh.call` for code without an event loop (scripts, the CLI)."""
 
     async def run() -> Reply:
-        async with connect(peer) as mesh:
+        async with connect(peer, key_file=key_file) as mesh:
             return await mesh.call(service, path, data, method=method, timeout=timeout,
                                    retries=retries, idempotent=idempotent)
 

@@ -15,6 +15,14 @@ Status codes map with `nanomesh.wire.rpc.status_to_coap_code` /
 `coap_code_to_status`; an error response carries its message as the CoAP
 diagnostic payload (text), as RFC 7252 section 5.5.2 suggests.
 
+A private service's server (``only_from``, set by `nanomesh.service` from
+``NANOMESH_VISIBILITY``) answers only requests from its own peer's IP, where
+the peer's gateway (and health checks) come from; anything else gets 4.01.
+Members elsewhere reach it through their gateway and this peer's
+authenticated gateway link (`nanomesh.gateway.link`). On Linux a datagram
+from the network claiming a local source address is dropped by the kernel
+(``accept_local`` is off by default), so only this machine can pass that check.
+
 Only the UDP transport is used (``udp6``, which also serves IPv4): CoAP over
 TCP and WebSockets would open more listening ports than the manifest declares.
 """
@@ -120,10 +128,11 @@ class _TooLarge(aiocoap.error.ConstructionRenderableError):  # type: ignore[misc
 class _Root(aiocoap.resource.Resource, aiocoap.resource.PathCapable):  # type: ignore[misc]
     """Every path on the server: hands the request to the trio handler."""
 
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler, only_from: str | None = None) -> None:
         super().__init__()
         self._raw = handler
         self._handler = trio_asyncio.trio_as_aio(call_guarded)
+        self._only_from = only_from
 
     async def needs_blockwise_assembly(self, request: Any) -> bool:
         # aiocoap asks this for every Block1 block before adding it to the
@@ -134,6 +143,9 @@ class _Root(aiocoap.resource.Resource, aiocoap.resource.PathCapable):  # type: i
         return True
 
     async def render(self, request: Any) -> aiocoap.Message:
+        if self._only_from is not None and remote_ip(request) != self._only_from:
+            return aiocoap.Message(code=aiocoap.numbers.codes.Code.UNAUTHORIZED,
+                                   payload=b"private service: reach it through the mesh")
         if len(request.payload) > MAX_BODY:
             raise _TooLarge()
         try:
@@ -145,14 +157,25 @@ class _Root(aiocoap.resource.Resource, aiocoap.resource.PathCapable):  # type: i
         return response_to_coap(response, req.method)
 
 
-async def serve_coap(host: str, port: int, handler: Handler, *,
+def remote_ip(message: Any) -> str | None:
+    """The source IP of an incoming message (IPv4-mapped addresses as IPv4)."""
+    sockaddr = getattr(message.remote, "sockaddr", None)
+    if not sockaddr:
+        return None
+    ip = str(sockaddr[0])
+    return ip.removeprefix("::ffff:") if ip.startswith("::ffff:") and "." in ip else ip
+
+
+async def serve_coap(host: str, port: int, handler: Handler, *, only_from: str | None = None,
                      task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve ``handler`` over CoAP on ``host:port`` (UDP) until cancelled. A
-    handler that raises answers 5.00 with its message; the server carries on."""
+    handler that raises answers 5.00 with its message; the server carries on.
+    With ``only_from``, requests from any other IP are answered 4.01 (see
+    the module docstring)."""
     async with asyncio_loop():
         try:
             context = await trio_asyncio.aio_as_trio(aiocoap.Context.create_server_context)(
-                _Root(handler), bind=(host, port), transports=TRANSPORTS)
+                _Root(handler, only_from), bind=(host, port), transports=TRANSPORTS)
         except OSError as exc:
             raise ConfigError(f"cannot listen for CoAP on {host}:{port}: "
                               f"{exc.strerror or exc}") from None

@@ -17,8 +17,17 @@ use calls, not events, for anything that must arrive. Frames are
 `nanomesh.wire.rpc`'s event frames; the relay checks each one and drops
 garbage (counted), so a broken publisher cannot feed subscribers junk.
 
-An event's ``src`` is what its publisher *claims* to be: neither the relay
-nor the subscriber verifies it, so it identifies, it does not authenticate.
+**Authentication** (a mesh with a cluster key, `nanomesh.servicekeys`): both
+relay sockets are CURVE servers. The XPUB admits members only (the service
+or operator key), so only members subscribe and events travel encrypted.
+The XSUB admits the operator key (daemons, clients that read the key file)
+and the instance keys of the peer's own instances, and ZAP names each
+connection: an instance's events must carry that instance's id as ``src``,
+or the relay drops them (counted ``dropped-forged-source``); an operator
+key's events keep the ``src`` they name. So an event's ``src`` is either an
+instance id the relay verified or a claim by a holder of the cluster key.
+Without a key (``credentials`` None) the relay is open and ``src`` is only
+what the publisher claims.
 
 Memory is bounded by bytes, not only by count: events are notifications, not
 bulk data, so an event over `MAX_EVENT` is refused by `Publisher.publish`, and
@@ -41,8 +50,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 import trio
 import zmq
 
-from nanomesh import zmqtrio
+from nanomesh import servicekeys, zmqtrio
 from nanomesh.errors import ConfigError, RemoteProtocolError
+from nanomesh.servicekeys import Credentials, ServiceKeys
 from nanomesh.wire.rpc import Event, decode_event, encode_event
 
 log = logging.getLogger("nanomesh.events")
@@ -77,7 +87,8 @@ def _tcp(ip: str, port: int) -> str:
     return f"tcp://[{ip}]:{port}" if ":" in ip else f"tcp://{ip}:{port}"
 
 
-def _bind(kind: int, ip: str, port: int, what: str) -> zmqtrio.Socket:
+def _bind(kind: int, ip: str, port: int, what: str,
+          credentials: Credentials | None = None) -> zmqtrio.Socket:
     # MAXMSGSIZE applies per frame: a frame over it drops the sender's
     # connection. Whole-event size is checked again in `_downstream`.
     sock = zmqtrio.socket(kind, max_message=MAX_EVENT)
@@ -85,6 +96,14 @@ def _bind(kind: int, ip: str, port: int, what: str) -> zmqtrio.Socket:
         sock.raw.setsockopt(zmq.IPV6, 1)
     sock.raw.setsockopt(zmq.SNDHWM, RELAY_HWM)
     sock.raw.setsockopt(zmq.RCVHWM, RELAY_HWM)
+    if credentials is not None:
+        if kind == zmq.XSUB:
+            domain, policy = servicekeys.DOMAIN_EVENTS_PUB, credentials.publisher_identity
+        else:
+            domain, policy = servicekeys.DOMAIN_EVENTS_SUB, credentials.subscriber_identity
+        domain = f"{domain}-{ip}-{port}"  # one policy per relay (tests run several)
+        servicekeys.set_policy(domain, policy)
+        servicekeys.make_server(sock.raw, credentials.keys, domain)
     try:
         sock.raw.bind(_tcp(ip, port))
     except zmq.ZMQError as exc:
@@ -97,34 +116,56 @@ def _bind(kind: int, ip: str, port: int, what: str) -> zmqtrio.Socket:
 
 async def serve_event_relay(ip: str, xsub_port: int, xpub_port: int, *,
                             stats: collections.Counter[str] | None = None,
+                            credentials: Credentials | None = None,
                             task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                             ) -> None:
     """Relay events on ``ip`` until cancelled. Binds both sockets before
-    reporting readiness; ConfigError (naming the port) if one cannot be bound."""
+    reporting readiness; ConfigError (naming the port) if one cannot be bound.
+    With ``credentials``, only members connect and sources are verified (see
+    the module docstring)."""
     stats = stats if stats is not None else collections.Counter()
-    xsub = _bind(zmq.XSUB, ip, xsub_port, "XSUB")
+    xsub = _bind(zmq.XSUB, ip, xsub_port, "XSUB", credentials)
     try:
-        xpub = _bind(zmq.XPUB, ip, xpub_port, "XPUB")
+        xpub = _bind(zmq.XPUB, ip, xpub_port, "XPUB", credentials)
     except ConfigError:
         xsub.close()
         raise
     async with xsub, xpub, trio.open_nursery() as nursery:
-        nursery.start_soon(_downstream, xsub, xpub, stats)
+        nursery.start_soon(_downstream, xsub, xpub, stats, credentials is not None)
         nursery.start_soon(_upstream, xpub, xsub)
         task_status.started()
 
 
+def check_source(event: Event, publisher: str | None) -> str | None:
+    """Why an event from a connection ZAP admitted as `publisher` is dropped,
+    or None to relay it. Pure."""
+    if publisher is None:
+        return "unauthenticated"
+    if publisher != servicekeys.ANY_SOURCE and event.source != publisher:
+        return "forged-source"
+    return None
+
+
 async def _downstream(xsub: zmqtrio.Socket, xpub: zmqtrio.Socket,
-                      stats: collections.Counter[str]) -> None:
+                      stats: collections.Counter[str], verify: bool) -> None:
     while True:
-        frames = await xsub.recv_multipart()
+        raw = await xsub.recv_frames()
+        frames = [f.bytes for f in raw]
         if sum(map(len, frames)) > MAX_EVENT:
             stats["dropped-oversize"] += 1
             continue
         try:
-            decode_event(frames)
+            event = decode_event(frames)
         except RemoteProtocolError as exc:
             stats[f"dropped-{exc.reason}"] += 1
+            continue
+        why = check_source(event, servicekeys.user_id(raw[0])) if verify else None
+        if why is not None:
+            stats[f"dropped-{why}"] += 1
+            if stats[f"dropped-{why}"] in (1, 100, 10_000):
+                log.warning("event relay: dropped an event on %r claiming source %r (%s; "
+                            "%d so far)", event.topic, event.source, why,
+                            stats[f"dropped-{why}"])
             continue
         xpub.send_multipart_nowait(frames)  # XPUB drops for a slow subscriber
         stats["relayed"] += 1
@@ -161,11 +202,15 @@ class Publisher:
 
 
 @contextlib.asynccontextmanager
-async def open_publisher(ip: str, xsub_port: int, source: str) -> AsyncIterator[Publisher]:
-    """A publisher connected to the relay at ``ip:xsub_port``."""
+async def open_publisher(ip: str, xsub_port: int, source: str,
+                         keys: ServiceKeys | None = None) -> AsyncIterator[Publisher]:
+    """A publisher connected to the relay at ``ip:xsub_port`` (with `keys`, as
+    a CURVE client with their publisher key)."""
     sock = zmqtrio.socket(zmq.PUB)
     if ":" in ip:
         sock.raw.setsockopt(zmq.IPV6, 1)
+    if keys is not None:
+        servicekeys.make_client(sock.raw, keys, publisher=True)
     async with sock:
         monitor = zmqtrio.monitor(sock, zmq.EVENT_HANDSHAKE_SUCCEEDED)
         try:
@@ -195,7 +240,8 @@ def relay_changes(current: set[str], wanted: set[str]) -> tuple[list[str], list[
 
 class Subscription:
     """Events whose topic starts with a prefix; ``async for ev in sub``. An
-    event's ``source`` is claimed by its publisher, not verified."""
+    event's ``source`` was verified by its relay in a mesh with a key (see
+    the module docstring)."""
 
     def __init__(self, sock: zmqtrio.Socket, stats: collections.Counter[str]) -> None:
         self._sock = sock
@@ -231,13 +277,17 @@ class Subscription:
 
 @contextlib.asynccontextmanager
 async def open_subscription(topic_prefix: str, relays: Relays,
-                            refresh: float = SUBSCRIBER_REFRESH
+                            refresh: float = SUBSCRIBER_REFRESH,
+                            keys: ServiceKeys | None = None
                             ) -> AsyncIterator[Subscription]:
     """Subscribe to ``topic_prefix`` (``""``: everything) at every relay that
-    ``relays()`` names, re-asking it every ``refresh`` seconds. A failing
-    ``relays()`` keeps the current set (logged) until the next refresh."""
+    ``relays()`` names, re-asking it every ``refresh`` seconds (with `keys`,
+    as a CURVE client with the service key). A failing ``relays()`` keeps the
+    current set (logged) until the next refresh."""
     sock = zmqtrio.socket(zmq.SUB, max_message=MAX_EVENT)
     sock.raw.setsockopt(zmq.IPV6, 1)
+    if keys is not None:
+        servicekeys.make_client(sock.raw, keys)
     sock.raw.setsockopt(zmq.SUBSCRIBE, topic_prefix.encode())
     sub = Subscription(sock, collections.Counter())
     sub.update(set(await relays()))

@@ -52,11 +52,13 @@ def _host_port(host: str, port: int) -> str:
 
 
 async def http_request(host: str, port: int, method: str, target: str, body: bytes = b"",
-                       headers: Sequence[tuple[str, str]] = ()) -> HttpReply:
-    """One request on a fresh connection. No timeout of its own (wrap it).
-    OSError / trio.BrokenResourceError / h11.ProtocolError on transport trouble."""
+                       headers: Sequence[tuple[str, str]] = (),
+                       local_address: str | None = None) -> HttpReply:
+    """One request on a fresh connection (from `local_address` if given). No
+    timeout of its own (wrap it). OSError / trio.BrokenResourceError /
+    h11.ProtocolError on transport trouble."""
     conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HTTP_MESSAGE)
-    stream = await trio.open_tcp_stream(host, port)
+    stream = await trio.open_tcp_stream(host, port, local_address=local_address)
     async with stream:
         head = [("host", _host_port(host, port)), ("connection", "close"),
                 ("content-length", str(len(body))), *headers]
@@ -101,16 +103,18 @@ def _format_of(headers: dict[str, str]) -> int | None:
     return _FORMAT_OF.get(media)
 
 
-async def http_call(address: str, request: Request, timeout: float) -> Response:
-    """Send ``request`` to the nanoservice HTTP endpoint at ``IP:PORT``.
-    RpcTimeout / RpcError like `nanomesh.rpc.zmq_call`."""
+async def http_call(address: str, request: Request, timeout: float, *,
+                    local_address: str | None = None) -> Response:
+    """Send ``request`` to the nanoservice HTTP endpoint at ``IP:PORT`` (from
+    `local_address` if given: a peer's gateway calls from its own IP, the one
+    a private service answers). RpcTimeout / RpcError like `nanomesh.rpc.zmq_call`."""
     host, _, port = address.rpartition(":")
     host = host.strip("[]")
     target = "/" + request.path + (f"?{request.query}" if request.query else "")
     try:
         with trio.fail_after(timeout):
             reply = await http_request(host, int(port), request.method, target, request.body,
-                                       _format_headers(request.content_format))
+                                       _format_headers(request.content_format), local_address)
     except trio.TooSlowError:
         raise RpcTimeout(f"HTTP call to {address}: no answer in {timeout:g}s") from None
     except (OSError, trio.BrokenResourceError, h11.ProtocolError, ValueError) as exc:
@@ -126,19 +130,26 @@ async def http_call(address: str, request: Request, timeout: float) -> Response:
 
 
 async def serve_http_calls(host: str, port: int, handler: Handler, *,
+                           only_from: str | None = None,
                            task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                            ) -> None:
-    """Serve ``handler`` over HTTP on ``host:port`` until cancelled."""
+    """Serve ``handler`` over HTTP on ``host:port`` until cancelled. With
+    ``only_from`` (a private service), a connection from any other IP is
+    answered 403 (as `nanomesh.coapio.serve_coap` does for CoAP)."""
     try:
         listeners = await trio.open_tcp_listeners(port, host=host)
     except OSError as exc:
         raise ConfigError(f"cannot listen for HTTP on {host}:{port}: "
                           f"{exc.strerror or exc}") from None
 
+    async def refuse(_request: Request) -> Response:
+        return Response(403, error="private service: reach it through the mesh")
+
     async def serve_one(stream: trio.SocketStream) -> None:
         async with stream:
             with contextlib.suppress(trio.BrokenResourceError, h11.ProtocolError, OSError):
-                await _serve_connection(stream, handler)
+                allowed = only_from is None or stream.socket.getpeername()[0] == only_from
+                await _serve_connection(stream, handler if allowed else refuse)
 
     task_status.started()
     await trio.serve_listeners(serve_one, listeners)

@@ -8,6 +8,7 @@ description = "SpO2 and heart rate from the pulse oximeter"
 kind = "process"                 # or "container"
 replicas = 1
 mode = "active"                  # "idle": placed and fetched, started by `nanomesh activate`
+visibility = "private"           # "public": also answers anyone at the CoAP gateways
 
 [run]                            # argv, no shell; cwd defaults to the service folder
 command = ["python3", "-u", "spo2.py"]
@@ -81,9 +82,16 @@ from nanomesh.errors import NanomeshError
 from nanomesh.placement import SpecError, service_spec_from_dict
 from nanomesh.runtime.spec import KINDS, MODES, runtime_sections
 
-KNOWN_KEYS = {"name", "version", "description", "kind", "mode", "replicas", "run", "container",
-              "endpoints", "health", "restart", "limits", "requires", "placement", "bundle",
-              "state", "update"}
+KNOWN_KEYS = {"name", "version", "description", "kind", "mode", "visibility", "replicas", "run",
+              "container", "endpoints", "health", "restart", "limits", "requires", "placement",
+              "bundle", "state", "update"}
+VISIBILITIES = ("private", "public")
+"""Who a service answers (the research's private and public local services).
+``private`` (the default: secure unless said otherwise): mesh members only,
+over authenticated traffic (ZeroMQ CURVE with keys derived from the cluster
+key). ``public``: also anyone who reaches a peer's CoAP gateway, such as a
+constrained device without the key. See `nanomesh.servicekeys`."""
+DEFAULT_VISIBILITY = "private"
 MAX_STATE_BYTES = 64 * 1024
 """Largest state blob a nanoservice may hand the runtime (and a seed file may
 restore). It is replicated by Raft to every voter, so it is for a service's
@@ -130,6 +138,10 @@ def service_document(raw: Mapping[str, Any], where: str = "manifest") -> dict[st
     mode = raw.get("mode", "active")
     if mode not in MODES:
         raise ManifestError(f"{where}: mode must be one of {', '.join(MODES)}, not {mode!r}")
+    visibility = raw.get("visibility", DEFAULT_VISIBILITY)
+    if visibility not in VISIBILITIES:
+        raise ManifestError(f"{where}: visibility must be one of {', '.join(VISIBILITIES)}, "
+                            f"not {visibility!r}")
     state = raw.get("state")
     if state is not None and not (isinstance(state, str) and len(state) <= MAX_STATE_CHARS):
         raise ManifestError(f"{where}: state must be a base64 string of at most "
@@ -147,7 +159,7 @@ def service_document(raw: Mapping[str, Any], where: str = "manifest") -> dict[st
         raise ManifestError(f"{where}: {exc}") from None
     doc: dict[str, Any] = {"name": spec.name, "version": raw.get("version", ""),
                            "description": raw.get("description", ""), "kind": kind,
-                           **sections, "spec": spec.to_dict()}
+                           "visibility": visibility, **sections, "spec": spec.to_dict()}
     if mode != "active":
         doc["mode"] = mode
     if "update" in raw:
@@ -157,6 +169,13 @@ def service_document(raw: Mapping[str, Any], where: str = "manifest") -> dict[st
     if state is not None:
         doc["state"] = state
     return doc
+
+
+def visibility_of(doc: Mapping[str, Any] | None) -> str:
+    """A service document's visibility; `DEFAULT_VISIBILITY` for a document
+    without a valid one (deployed before the field existed, or unknown)."""
+    value = doc.get("visibility") if isinstance(doc, Mapping) else None
+    return value if value in VISIBILITIES else DEFAULT_VISIBILITY
 
 
 def _bundle_ref(value: Any, where: str) -> dict[str, Any]:

@@ -28,6 +28,13 @@ DEALER, the monitor's PAIR and libzmq's end of it). So a thread keeps at most
 an idle link of another address, else waits (within its timeout) for a link to
 be given back. Every ZeroMQ failure of a call surfaces as `RpcError`.
 
+**Authentication.** With `nanomesh.servicekeys` keys (a mesh with a cluster
+key), every link is a CURVE client and every server a CURVE server that
+admits only clients holding the mesh's service key (ZAP): traffic is
+encrypted and authenticated, and an outsider's handshake fails (the call
+raises `RpcError`, as for a server that is down). ``keys`` defaults to this
+process's installed keys; None means plain ZeroMQ (a mesh without a key).
+
 Delivery is at most once per attempt, and a timed-out call may still have run on
 the server: callers that retry (``nanomesh.client`` does) get at-least-once
 semantics and should keep non-idempotent handlers tolerant of repeats.
@@ -37,19 +44,22 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import itertools
 import logging
 import os
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import trio
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from nanomesh import zmqtrio
+from nanomesh import servicekeys, zmqtrio
 from nanomesh.errors import ConfigError, NanomeshError, RemoteProtocolError
+from nanomesh.servicekeys import ServiceKeys
 from nanomesh.wire.rpc import (
     Request,
     Response,
@@ -65,6 +75,19 @@ from nanomesh.wire.rpc import (
 log = logging.getLogger("nanomesh.rpc")
 
 Handler = Callable[[Request], Awaitable[Response]]
+T = TypeVar("T")
+
+
+class InstalledKeys:
+    """Default of ``keys=``: this process's `nanomesh.servicekeys.installed` keys."""
+
+
+INSTALLED = InstalledKeys()
+Keys = ServiceKeys | None | InstalledKeys
+
+
+def resolve_keys(keys: Keys) -> ServiceKeys | None:
+    return servicekeys.installed() if isinstance(keys, InstalledKeys) else keys
 
 IDLE_PER_ADDRESS = 8
 """Connected DEALERs kept per server address for reuse (one per concurrent call;
@@ -92,6 +115,10 @@ class RpcError(NanomeshError):
     mid-call, or answered with bytes that are not a response."""
 
 
+class HandshakeFailed(RpcError):
+    """The server refused our CURVE handshake (another key, or not ours)."""
+
+
 class RpcTimeout(RpcError):
     """No response within the call's timeout. The server may still have run it."""
 
@@ -106,7 +133,10 @@ def next_link_state(state: str, event: int) -> str:
 
     ``connecting`` -> ``up`` on a finished ZMTP handshake; a connect retry
     before that means nothing listens there (``refused``); a disconnect or a
-    failed handshake after that means the server went away (``down``).
+    failed handshake after that means the server went away (``down``), and so
+    does a disconnect before it: the server closed the connection during the
+    handshake (a CURVE server that does not admit us, which libzmq does not
+    always report as a failed handshake).
     ``refused`` and ``down`` are final: such a DEALER is closed."""
     if state in (_REFUSED, _DOWN):
         return state
@@ -117,15 +147,28 @@ def next_link_state(state: str, event: int) -> str:
         return _DOWN
     if state == _CONNECTING and event in (zmq.EVENT_CONNECT_RETRIED, zmq.EVENT_CLOSED):
         return _REFUSED
+    if state == _CONNECTING and event == zmq.EVENT_DISCONNECTED:
+        return _DOWN
     if state == _UP and event in (zmq.EVENT_DISCONNECTED, zmq.EVENT_CONNECT_RETRIED,
                                   zmq.EVENT_CLOSED):
         return _DOWN
     return state
 
 
+_HANDSHAKE_FAILED = {zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+                     zmq.EVENT_HANDSHAKE_FAILED_AUTH}
 _MONITORED = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
               | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
               | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED)
+
+
+def _pool_key(address: str, keys: ServiceKeys | None) -> str:
+    """Links are pooled per address and client key: calls with other keys
+    (a test's outsider, a rotated key) never share a connection."""
+    if keys is None:
+        return address
+    server = keys.server or keys.service.public
+    return f"{address} {keys.service.public.decode()} {server.decode()}"
 
 
 def zmq_endpoint(address: str) -> str:
@@ -139,8 +182,9 @@ class _Link:
 
     _ids = itertools.count(1)
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, keys: ServiceKeys | None = None) -> None:
         self.address = address
+        self.key = _pool_key(address, keys)
         self.state = _CONNECTING
         self.on_close: Callable[[], None] | None = None
         """Called once when the link closes (the pool's slot comes back)."""
@@ -149,6 +193,8 @@ class _Link:
             if "[" in address:
                 self.dealer.raw.setsockopt(zmq.IPV6, 1)
             self.dealer.raw.setsockopt(zmq.RECONNECT_IVL, -1)  # see the module docstring
+            if keys is not None:
+                servicekeys.make_client(self.dealer.raw, keys)
             self.monitor = zmqtrio.monitor(self.dealer, _MONITORED)
         except zmq.ZMQError:
             self.dealer.close()
@@ -159,8 +205,15 @@ class _Link:
             self.close()
             raise RpcError(f"bad ZeroMQ address {address!r}: {exc}") from None
 
+    handshake_failed = False
+
     def _apply(self, frames: list[bytes]) -> None:
-        self.state = next_link_state(self.state, parse_monitor_message(frames)["event"])
+        event = parse_monitor_message(frames)["event"]
+        if self.state == _CONNECTING and event in _HANDSHAKE_FAILED | {zmq.EVENT_DISCONNECTED}:
+            # A CURVE server that does not admit us closes the connection
+            # during the handshake: "disconnected" before "succeeded".
+            self.handshake_failed = True
+        self.state = next_link_state(self.state, event)
 
     def drain_events(self) -> None:
         """Apply the monitor events that arrived while the link was idle."""
@@ -180,29 +233,40 @@ class _Link:
 
         Most answers arrive within `FAST_PATH` seconds: waiting for them in
         this task alone saves the cost of a watcher task per call. Only a call
-        that takes longer also watches the monitor for a lost connection."""
+        that takes longer also watches the monitor for a lost connection. A
+        request that cannot even be queued means the connection already ended
+        (a CURVE server refused us in the handshake): the monitor says why."""
         call_id = next(self._ids).to_bytes(8, "big")
-        await self.dealer.send_multipart(call_frames(call_id, payload))
+        frames = call_frames(call_id, payload)
+        if not self.dealer.send_multipart_nowait(frames):
+            await self._until_broken(lambda: self.dealer.send_multipart(frames))
         with trio.move_on_after(FAST_PATH):
             return await self._reply_to(call_id)
-        reply: list[bytes] = []
+        return await self._until_broken(lambda: self._reply_to(call_id))
+
+    async def _until_broken(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """`operation`'s result, or RpcError once the monitor says the link broke."""
+        result: list[T] = []
 
         async def watch(scope: trio.CancelScope) -> None:
             while self.usable:
                 self._apply(await self.monitor.recv_multipart())
             scope.cancel()
 
-        async def wait_reply(scope: trio.CancelScope) -> None:
-            reply.append(await self._reply_to(call_id))
+        async def run(scope: trio.CancelScope) -> None:
+            result.append(await operation())
             scope.cancel()
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch, nursery.cancel_scope)
-            nursery.start_soon(wait_reply, nursery.cancel_scope)
-        if not reply:
+            nursery.start_soon(run, nursery.cancel_scope)
+        if not result:
+            if self.handshake_failed:
+                raise HandshakeFailed(f"ZeroMQ call to {self.address}: handshake failed "
+                                      "(not the mesh's key?)")
             what = "connection refused" if self.state == _REFUSED else "connection lost"
             raise RpcError(f"ZeroMQ call to {self.address}: {what}")
-        return reply[0]
+        return result[0]
 
     async def _reply_to(self, call_id: bytes) -> bytes:
         while True:
@@ -230,11 +294,26 @@ class _Pool:
         default_factory=collections.OrderedDict)
     slots: trio.Semaphore = field(default_factory=lambda: trio.Semaphore(MAX_LINKS))
     """One per open link (`MAX_LINKS`), released when the link closes."""
+    servers: dict[str, bytes] = field(default_factory=dict)
+    """Address -> the server key that last answered there (see `server_order`)."""
 
-    async def take(self, address: str) -> _Link:
-        """An idle link to `address`, or a new one once a slot is free.
-        ZMQError if libzmq still refuses the sockets; RpcError for a bad address."""
-        links = self.idle.get(address, [])
+    def server_order(self, address: str, keys: ServiceKeys | None
+                     ) -> list[ServiceKeys | None]:
+        """`keys` aimed at each server key it may meet at `address`: the one
+        that worked there last first, then the primary's, then the others
+        (a key rotation in progress, see `nanomesh.servicekeys`)."""
+        if keys is None:
+            return [None]
+        if len(self.servers) > MAX_POOLED_ADDRESSES:
+            self.servers.clear()
+        known = self.servers.get(address)
+        order = sorted(keys.server_keys, key=lambda k: k != known)
+        return [dataclasses.replace(keys, server=k) for k in order]
+
+    async def take(self, address: str, keys: ServiceKeys | None = None) -> _Link:
+        """An idle link to `address` (with `keys`), or a new one once a slot is
+        free. ZMQError if libzmq still refuses the sockets; RpcError for a bad address."""
+        links = self.idle.get(_pool_key(address, keys), [])
         while links:
             link = links.pop()
             link.drain_events()
@@ -243,7 +322,7 @@ class _Pool:
             link.close()
         await self._reserve()
         try:
-            link = _Link(address)
+            link = _Link(address, keys)
         except BaseException:
             self.slots.release()
             raise
@@ -273,8 +352,8 @@ class _Pool:
         return False
 
     def give_back(self, link: _Link) -> None:
-        links = self.idle.setdefault(link.address, [])
-        self.idle.move_to_end(link.address)
+        links = self.idle.setdefault(link.key, [])
+        self.idle.move_to_end(link.key)
         if len(links) >= IDLE_PER_ADDRESS or self.slots.statistics().tasks_waiting:
             link.close()  # a call waits for a slot: hand it this one
         else:
@@ -295,22 +374,36 @@ def _pool() -> _Pool:
     return pool
 
 
-async def zmq_call(address: str, request: Request, timeout: float) -> Response:
+async def zmq_call(address: str, request: Request, timeout: float, *,
+                   keys: Keys = INSTALLED) -> Response:
     """Call the nanoservice whose ROUTER listens at ``address`` (``IP:PORT``).
 
     Returns its `Response` (any status: a 4xx/5xx is an answer, not an error
     here). Raises `RpcTimeout` after ``timeout`` seconds without an answer,
     `RpcError` if the server is unreachable, drops the connection or answers
     with garbage, or ZeroMQ itself fails (too many sockets, ...). Waiting for
-    a free link (`MAX_LINKS`) counts towards ``timeout``."""
+    a free link (`MAX_LINKS`) counts towards ``timeout``. ``keys``: see the
+    module docstring."""
     payload = encode_request(request)
     pool = _pool()
     link: _Link | None = None
     reusable = False
     try:
         with trio.fail_after(timeout):
-            link = await pool.take(address)
-            raw = await link.call(payload)
+            candidates = pool.server_order(address, resolve_keys(keys))
+            for i, attempt in enumerate(candidates):
+                link = await pool.take(address, attempt)
+                try:
+                    raw = await link.call(payload)
+                except HandshakeFailed:
+                    if i + 1 == len(candidates):
+                        raise
+                    link.close()
+                    link = None
+                    continue
+                if attempt is not None:
+                    pool.servers[address] = attempt.server or attempt.service.public
+                break
         response = decode_response(raw)
         reusable = True
         return response
@@ -341,10 +434,13 @@ def close_pooled_connections() -> None:
 # ------------------------------------------------------------------ server
 
 
-def bind_router(bind_address: str) -> zmqtrio.Socket:
+def bind_router(bind_address: str, keys: ServiceKeys | None = None) -> zmqtrio.Socket:
     """A ROUTER bound to ``IP:PORT`` (port 0: any free port); ConfigError if
-    the address cannot be bound, naming it."""
+    the address cannot be bound, naming it. With `keys`, a CURVE server that
+    admits holders of the service key (`nanomesh.servicekeys.member_policy`)."""
     sock = zmqtrio.socket(zmq.ROUTER)
+    if keys is not None:
+        servicekeys.make_member_server(sock.raw, keys)
     if "[" in bind_address:
         sock.raw.setsockopt(zmq.IPV6, 1)
     endpoint = zmq_endpoint(bind_address)
@@ -366,7 +462,7 @@ def bound_address(sock: zmqtrio.Socket) -> str:
 
 
 async def serve_rpc(bind_address: str, handler: Handler, *,
-                    stats: collections.Counter[str] | None = None,
+                    stats: collections.Counter[str] | None = None, keys: Keys = INSTALLED,
                     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
     """Answer calls on a ROUTER bound to ``bind_address`` (``IP:PORT``) until
     cancelled. Reports the bound ``IP:PORT`` to ``task_status``.
@@ -374,10 +470,12 @@ async def serve_rpc(bind_address: str, handler: Handler, *,
     Requests run concurrently (up to `MAX_CONCURRENT`). Garbage frames are
     dropped and counted in ``stats``; a request that parses as frames but not
     as a request is answered 400; a handler that raises is answered 500 with
-    its message; none of these stop the server."""
+    its message; none of these stop the server. ``keys``: see the module
+    docstring."""
     stats = stats if stats is not None else collections.Counter()
     slots = trio.Semaphore(MAX_CONCURRENT)
-    async with bind_router(bind_address) as router, trio.open_nursery() as nursery:
+    async with bind_router(bind_address, resolve_keys(keys)) as router, \
+            trio.open_nursery() as nursery:
         task_status.started(bound_address(router))
         while True:
             frames = await router.recv_multipart()

@@ -28,7 +28,15 @@ The nanomesh runtime starts the program as a process with this environment
 ``NANOMESH_ENDPOINTS`` (JSON ``{"api": {"protocol": "zmq", "port": 5701}}``),
 ``NANOMESH_PORT_<ENDPOINT>`` and ``NANOMESH_PORT`` (the same ports, for
 programs that do not use this SDK), ``NANOMESH_PEER_API`` (``ip:port`` of the
-local peer's HTTP API) and ``NANOMESH_INSTANCE_TOKEN`` (bearer token for it).
+local peer's HTTP API), ``NANOMESH_INSTANCE_TOKEN`` (bearer token for it),
+``NANOMESH_VISIBILITY`` and, in a mesh with a cluster key, the CURVE keys of
+service traffic (``NANOMESH_CURVE_*``, `nanomesh.servicekeys`).
+
+**Who is answered.** In a mesh with a key, the ZeroMQ endpoints admit only
+mesh members (CURVE, whatever the visibility). A ``private`` service's CoAP
+and HTTP endpoints answer only the instance's own peer (its gateway, which
+forwards members' requests) and refuse everyone else (4.01 / 403); a
+``public`` one answers anyone.
 
 `NanoService.run` serves every declared endpoint with the same routes, by
 protocol: ``zmq`` (`nanomesh.rpc.serve_rpc`), ``coap`` (`nanomesh.coapio`) and
@@ -59,6 +67,7 @@ from nanomesh.coapio import serve_coap
 from nanomesh.errors import ConfigError, NanomeshError
 from nanomesh.httpio import http_request, serve_http_calls
 from nanomesh.rpc import serve_rpc
+from nanomesh.servicekeys import ENV_VISIBILITY, ServiceKeys
 from nanomesh.wire.rpc import METHODS, Request, Response, encode_body
 
 log = logging.getLogger("nanomesh.service")
@@ -161,6 +170,9 @@ class ServiceEnv:
     """name -> (protocol, port)"""
     peer_api: str | None
     token: str | None
+    keys: ServiceKeys | None = None
+    """CURVE keys of service traffic; None in a mesh without a cluster key."""
+    visibility: str = "private"
 
     @classmethod
     def from_environ(cls, env: Mapping[str, str]) -> ServiceEnv:
@@ -179,9 +191,13 @@ class ServiceEnv:
         if not isinstance(raw, dict):
             raise ConfigError("$NANOMESH_ENDPOINTS must be a JSON object of endpoints")
         endpoints = {str(name): _endpoint(str(name), spec) for name, spec in raw.items()}
+        visibility = env.get(ENV_VISIBILITY) or "private"
+        if visibility not in ("private", "public"):
+            raise ConfigError(f"${ENV_VISIBILITY} must be private or public, got {visibility!r}")
         return cls(need("NANOMESH_SERVICE"), need("NANOMESH_INSTANCE"), need("NANOMESH_HOST"),
                    endpoints, env.get("NANOMESH_PEER_API") or None,
-                   env.get("NANOMESH_INSTANCE_TOKEN") or None)
+                   env.get("NANOMESH_INSTANCE_TOKEN") or None,
+                   ServiceKeys.from_environ(env), visibility)
 
 
 def _endpoint(name: str, spec: object) -> tuple[str, int]:
@@ -263,7 +279,7 @@ class NanoService:
         self.env = env or ServiceEnv.from_environ(os.environ)
         if self.name is None:
             self.name = self.env.service
-        async with connect(self.env.peer_api, token=self.env.token) as mesh, \
+        async with connect(self.env.peer_api, token=self.env.token, keys=self.env.keys) as mesh, \
                 trio.open_nursery() as nursery:
             self._mesh = mesh
             await nursery.start(self._watch_signals, nursery.cancel_scope)
@@ -278,13 +294,17 @@ class NanoService:
                               task_status: trio.TaskStatus[Any]) -> None:
         assert self.env is not None
         host = self.env.host
+        # A private service's plain endpoints answer only its own peer (see
+        # the module docstring); without keys nothing is private.
+        only = host if self.env.visibility == "private" and self.env.keys else None
         if protocol == "zmq":
             address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            await serve_rpc(address, self.dispatch, task_status=task_status)
+            await serve_rpc(address, self.dispatch, keys=self.env.keys, task_status=task_status)
         elif protocol == "coap":
-            await serve_coap(host, port, self.dispatch, task_status=task_status)
+            await serve_coap(host, port, self.dispatch, only_from=only, task_status=task_status)
         else:
-            await serve_http_calls(host, port, self.dispatch, task_status=task_status)
+            await serve_http_calls(host, port, self.dispatch, only_from=only,
+                                   task_status=task_status)
 
     async def _watch_signals(self, scope: trio.CancelScope, *,
                              task_status: trio.TaskStatus[None]) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import itertools
 import os
 from types import TracebackType
+from typing import Any
 
 import trio
 import zmq
@@ -86,11 +87,21 @@ class Socket:
 
     async def recv_multipart(self) -> list[bytes]:
         """Receive one whole message (all its frames)."""
+        frames: list[bytes] = await self._recv(copy=True)
+        return frames
+
+    async def recv_frames(self) -> list[zmq.Frame]:
+        """Receive one whole message as `zmq.Frame`s, which carry the
+        connection's metadata (``frame.get("User-Id")``: who ZAP admitted)."""
+        frames: list[zmq.Frame] = await self._recv(copy=False)
+        return frames
+
+    async def _recv(self, copy: bool) -> Any:
         await trio.lowlevel.checkpoint_if_cancelled()
         while True:
             self._check_open()
             try:
-                frames = self.raw.recv_multipart(flags=zmq.NOBLOCK, copy=True)
+                frames = self.raw.recv_multipart(flags=zmq.NOBLOCK, copy=copy)
                 break
             except zmq.Again:
                 await self._wait_for(zmq.POLLIN)

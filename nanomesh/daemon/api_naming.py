@@ -60,6 +60,15 @@ def service_names(peer: PeerDaemon) -> Collection[str]:
     return known_services(peer.core.members())
 
 
+def service_visibility(peer: PeerDaemon, service: str) -> str:
+    """``public`` or ``private`` (`nanomesh.manifest.VISIBILITIES`) from the
+    committed desired state; ``private`` while it is unknown (the secure default)."""
+    from nanomesh.manifest import visibility_of
+    node = peer.consensus
+    doc = node.state.services.get(service) if node is not None and node.running else None
+    return visibility_of(doc)
+
+
 def _one(query: dict[str, list[str]], key: str) -> str | None:
     values = query.get(key)
     if not values:

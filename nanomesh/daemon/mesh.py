@@ -105,7 +105,8 @@ class MeshControl:
         self.reconciler = Reconciler(
             cfg.name, self.driver, cfg.data_dir / "logs", fetch=self.fetch_bundle,
             host_ip=cfg.bind[0], peer_api=host_port(*cfg.api_addr),
-            state_root=cfg.data_dir / "instances")
+            state_root=cfg.data_dir / "instances",
+            credentials=None if peer.credentials is None else peer.credentials.instance_env)
         self._runtime_section: dict[str, Any] = {}
         self.roles = RaftRoleManager(
             cfg.bind[0], cfg.data_dir / "consensus",

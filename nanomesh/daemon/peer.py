@@ -36,13 +36,13 @@ from typing import Any, TypeVar
 
 import trio
 
-from nanomesh import __version__
+from nanomesh import __version__, servicekeys
 from nanomesh.config import PeerConfig
 from nanomesh.consensus import ConsensusNode
 from nanomesh.daemon.api import api_routes
 from nanomesh.daemon.api_keyring import keyring_routes
 from nanomesh.daemon.api_mesh import mesh_routes
-from nanomesh.daemon.api_naming import naming_routes, service_names
+from nanomesh.daemon.api_naming import naming_routes, service_names, service_visibility
 from nanomesh.daemon.api_runtime import runtime_routes
 from nanomesh.daemon.http import serve_http
 from nanomesh.daemon.http_limits import ServerStats
@@ -111,6 +111,10 @@ class PeerDaemon:
         self.key_path = key_path
         """The key file, rewritten on a live key rotation (None: not kept)."""
         self.profiles = profiles
+        # Service traffic (instances' ZeroMQ, the event relay, the gateway
+        # link) is authenticated with keys derived from the cluster key.
+        self.credentials = servicekeys.Credentials(keyring) if keyring.enabled else None
+        servicekeys.install(None if self.credentials is None else self.credentials.keys)
         self.started_wall = time.time()
         self.dropped: collections.Counter[str] = collections.Counter()
         self.bytes_out = 0
@@ -179,8 +183,9 @@ class PeerDaemon:
             if cfg.events_xpub_port and cfg.events_xsub_port:
                 # Pub/sub relay between nanoservices (ConfigError if a port is taken).
                 from nanomesh.events import serve_event_relay
-                await nursery.start(serve_event_relay, cfg.bind[0], cfg.events_xsub_port,
-                                    cfg.events_xpub_port)
+                await nursery.start(functools.partial(
+                    serve_event_relay, credentials=self.credentials),
+                    cfg.bind[0], cfg.events_xsub_port, cfg.events_xpub_port)
             # The control plane may wait seconds for gossip before it bootstraps
             # Raft; membership and the API are up meanwhile.
             nursery.start_soon(self.mesh.run)
@@ -204,7 +209,10 @@ class PeerDaemon:
         assert core is not None
         await serve_coap_gateway((self.config.bind[0], self.config.coap_port),
                                  lambda service: resolve(core.members(), service, me=me),
-                                 services=lambda: service_names(self), task_status=task_status)
+                                 services=lambda: service_names(self),
+                                 visibility=lambda service: service_visibility(self, service),
+                                 me=me, keys=None if self.credentials is None
+                                 else self.credentials.keys, task_status=task_status)
 
     async def _watch_signals(self, scope: trio.CancelScope, *,
                              task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

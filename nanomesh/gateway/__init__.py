@@ -4,7 +4,11 @@ reaches a healthy instance of ``<service>`` wherever it runs.
 - `nanomesh.gateway.forward`: routes, target choice, limits (pure);
 - `nanomesh.gateway.core`: `Gateway`, resolution and fail-over (trio);
 - `nanomesh.gateway.upstream`: calls to zmq and http instances;
-- `nanomesh.gateway.coap`: aiocoap through trio-asyncio, `serve_coap_gateway`.
+- `nanomesh.gateway.coap`: aiocoap through trio-asyncio, `serve_coap_gateway`;
+- `nanomesh.gateway.link`: the members' authenticated way in (ZeroMQ CURVE on
+  TCP at the gateway's port), for private services.
+
+Plain CoAP reaches public services only (`nanomesh.manifest.VISIBILITIES`).
 
 The port is `nanomesh.config.DEFAULT_COAP_PORT` (5683) unless configured.
 Importing this package does not import aiocoap; import

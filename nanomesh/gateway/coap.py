@@ -33,7 +33,7 @@ import trio_asyncio  # type: ignore[import-untyped,unused-ignore]
 
 from nanomesh.config import DEFAULT_COAP_PORT, host_port
 from nanomesh.errors import ConfigError
-from nanomesh.gateway.core import Gateway, Resolver, Services
+from nanomesh.gateway.core import LINK, Gateway, Resolver, Services, Visibility
 from nanomesh.gateway.forward import (
     DEFAULT_GATEWAY,
     METHOD_CODES,
@@ -42,8 +42,15 @@ from nanomesh.gateway.forward import (
     GatewayRequest,
     GatewayResponse,
 )
-from nanomesh.gateway.upstream import Upstream, UpstreamError, http_upstream, zmq_upstream
+from nanomesh.gateway.link import link_upstream, serve_gateway_link
+from nanomesh.gateway.upstream import (
+    Upstream,
+    UpstreamError,
+    bound_http_upstream,
+    keyed_zmq_upstream,
+)
 from nanomesh.naming import Endpoint
+from nanomesh.servicekeys import ServiceKeys
 from nanomesh.wire import Address
 
 __all__ = ["DEFAULT_COAP_PORT", "check_gateway_port", "serve_coap_gateway"]
@@ -54,14 +61,22 @@ log = logging.getLogger("nanomesh.gateway")
 async def serve_coap_gateway(bind: Address, resolver: Resolver, *,
                              services: Services | None = None,
                              config: GatewayConfig = DEFAULT_GATEWAY,
+                             visibility: Visibility | None = None, me: str | None = None,
+                             keys: ServiceKeys | None = None,
                              task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED
                              ) -> None:
     """Serve ``coap://IP:PORT/s/<service>/<path>`` on `bind` (UDP) until
     cancelled, forwarding to an instance that `resolver` names. Reports the
     `Gateway` (its counters) through ``task_status`` once it listens; raises
-    ConfigError if it cannot listen (address not local, port taken)."""
+    ConfigError if it cannot listen (address not local, port taken).
+
+    With `keys` (a mesh with a cluster key) the gateway also serves its link
+    on TCP `bind` (`nanomesh.gateway.link`) and enforces `visibility`: plain
+    CoAP reaches public services only. Without keys nothing can be
+    authenticated and every service is public. `me` names this peer."""
     check_gateway_port(bind)
-    gateway = Gateway(resolver, {}, services=services, config=config)
+    gateway = Gateway(resolver, {}, services=services, config=config,
+                      visibility=visibility if keys is not None else None, me=me)
     resource = _GatewayResource(gateway.handle, config.max_payload)
     async with trio_asyncio.open_loop() as loop:
         # trio-asyncio's default handler re-raises an error in an asyncio
@@ -76,12 +91,19 @@ async def serve_coap_gateway(bind: Address, resolver: Resolver, *,
             raise ConfigError(f"cannot listen for the CoAP gateway (UDP) on "
                               f"{host_port(*bind)}: {getattr(exc, 'strerror', None) or exc}"
                               ) from None
-        gateway.upstreams.update({"coap": _coap_upstream(context), "zmq": zmq_upstream,
-                                  "http": http_upstream})
+        gateway.upstreams.update({"coap": _coap_upstream(context),
+                                  "zmq": keyed_zmq_upstream(keys),
+                                  "http": bound_http_upstream(bind[0]),
+                                  LINK: link_upstream(bind[1], keys)})
         try:
-            log.info("CoAP gateway on coap://%s", host_port(*bind))
-            task_status.started(gateway)
-            await trio.sleep_forever()
+            async with trio.open_nursery() as nursery:
+                if keys is not None:
+                    await nursery.start(serve_gateway_link, bind, gateway, keys)
+                log.info("CoAP gateway on coap://%s%s", host_port(*bind),
+                         f", members' link on tcp://{host_port(*bind)} (CURVE)"
+                         if keys is not None else " (no cluster key: every service public)")
+                task_status.started(gateway)
+                await trio.sleep_forever()
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(2):
                 await trio_asyncio.aio_as_trio(context.shutdown)()

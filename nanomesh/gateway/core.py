@@ -9,6 +9,15 @@ out may have reached its instance: for a non-idempotent request (POST) the
 next instance may then do the work a second time, as with any retrying
 client; an instance that *answers*, even with an error, is never retried.
 
+Visibility (`nanomesh.manifest.VISIBILITIES`): a request from a client that
+is not a member (plain CoAP) reaches only ``public`` services; a private one
+is answered 4.01 and left out of ``/.well-known/core``. Members (the
+authenticated gateway link, `nanomesh.gateway.link`) reach every service. A
+private service is forwarded preferably to a ZeroMQ endpoint (CURVE,
+`nanomesh.gateway.forward.PRIVATE_PROTOCOLS`); its CoAP or HTTP instances on
+another peer are reached through that peer's gateway link, never by plain
+CoAP or HTTP across the network.
+
 Loops: every forwarded request carries a Hop-Limit (RFC 8768,
 `nanomesh.gateway.forward.DEFAULT_HOP_LIMIT`); a gateway that gets one at its
 last hop answers 5.08 without forwarding, so a request that resolves back to a
@@ -28,8 +37,10 @@ from nanomesh.gateway.forward import (
     HOP_LIMIT_REACHED,
     INTERNAL_ERROR,
     NOT_FOUND,
+    PRIVATE_PROTOCOLS,
     RETRY_AFTER,
     SERVICE_UNAVAILABLE,
+    UNAUTHORIZED,
     Attempts,
     GatewayConfig,
     GatewayRequest,
@@ -44,7 +55,7 @@ from nanomesh.gateway.forward import (
     well_known_core,
 )
 from nanomesh.gateway.upstream import Upstream, UpstreamError
-from nanomesh.naming import Endpoint
+from nanomesh.naming import PROTOCOLS, Endpoint
 
 log = logging.getLogger("nanomesh.gateway")
 
@@ -52,6 +63,10 @@ Resolver = Callable[[str], list[Endpoint]]
 """Service name -> endpoints, best first (`nanomesh.naming.resolve` bound to a view)."""
 Services = Callable[[], Collection[str]]
 """The names of the services that exist (deployed), healthy or not."""
+Visibility = Callable[[str], str]
+"""Service name -> ``"public"`` or ``"private"``."""
+LINK = "link"
+"""Key in `Gateway.upstreams` of the upstream through another peer's gateway link."""
 
 
 class Gateway:
@@ -63,11 +78,19 @@ class Gateway:
 
     def __init__(self, resolver: Resolver, upstreams: Mapping[str, Upstream], *,
                  services: Services | None = None,
-                 config: GatewayConfig = DEFAULT_GATEWAY) -> None:
+                 config: GatewayConfig = DEFAULT_GATEWAY,
+                 visibility: Visibility | None = None, me: str | None = None) -> None:
         self.resolver = resolver
         self.upstreams = dict(upstreams)
         self.services = services
         self.config = config
+        self.visibility = visibility
+        """None: every service is public (a mesh without a key: nothing can
+        be authenticated, see the module docstring)."""
+        self.me = me
+        """This peer's name: its own instances are called directly."""
+        self.refused = 0
+        """Requests for a private service from a client that is not a member."""
         self.forwarded = 0
         """Requests an instance answered."""
         self.failed_over = 0
@@ -77,14 +100,27 @@ class Gateway:
         self.hop_limited = 0
         """Requests answered 5.08: their Hop-Limit ran out (a forwarding loop)."""
 
-    async def handle(self, request: GatewayRequest) -> GatewayResponse:
-        """Never raises (but for cancellation): a bug becomes a logged 5.00."""
+    def is_public(self, service: str) -> bool:
+        return self.visibility is None or self.visibility(service) == "public"
+
+    async def handle(self, request: GatewayRequest, *, member: bool = False
+                     ) -> GatewayResponse:
+        """Answer `request` from a `member` of the mesh or (False) anyone.
+        Never raises (but for cancellation): a bug becomes a logged 5.00."""
         try:
             match route(request):
                 case WellKnownRoute():
-                    return well_known_core(self.services() if self.services else ())
+                    names = self.services() if self.services else ()
+                    return well_known_core(n for n in names if member or self.is_public(n))
                 case ServiceRoute(service, inner):
-                    return await self.forward(service, inner)
+                    public = self.is_public(service)
+                    if not (member or public):
+                        self.refused += 1
+                        return error_response(UNAUTHORIZED, f"{service} is a private service: "
+                                              "only mesh members reach it, with the cluster "
+                                              "key (nanomesh call --key-file FILE, "
+                                              "nanomesh.client.connect(key_file=...))")
+                    return await self.forward(service, inner, private=not public)
                 case NoRoute(response):
                     return response
         except Exception:
@@ -92,7 +128,10 @@ class Gateway:
             return error_response(INTERNAL_ERROR, "internal gateway error; see the peer's log")
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def forward(self, service: str, request: GatewayRequest) -> GatewayResponse:
+    async def forward(self, service: str, request: GatewayRequest, *, private: bool = False,
+                      local_only: bool = False) -> GatewayResponse:
+        """Forward to an instance of `service` (only this peer's with
+        `local_only`: a request that came through another peer's gateway)."""
         hops = outgoing_hop_limit(request.hop_limit, self.config.hop_limit)
         if hops is None:
             self.hop_limited += 1
@@ -100,6 +139,8 @@ class Gateway:
                                   f"{service}: a loop between gateways?")
         request = dataclasses.replace(request, hop_limit=hops)
         endpoints = self.resolver(service)
+        if local_only:
+            endpoints = [ep for ep in endpoints if ep.peer == self.me]
         if not endpoints:
             if self.services is not None and service not in self.services():
                 return error_response(NOT_FOUND, f"no service named {service!r}")
@@ -111,13 +152,14 @@ class Gateway:
         # outer scope for the deadline would swallow the last try's timeout
         # before it could be recorded).
         deadline = trio.current_time() + cfg.deadline
-        for i, ep in enumerate(pick_targets(endpoints, cfg.max_tries)):
+        protocols = PRIVATE_PROTOCOLS if private else PROTOCOLS
+        for i, ep in enumerate(pick_targets(endpoints, cfg.max_tries, protocols)):
             remaining = deadline - trio.current_time()
             if remaining <= 0:
                 break
             if i:
                 self.failed_over += 1
-            upstream = self.upstreams.get(ep.protocol)
+            upstream = self.upstreams.get(self._way(ep, private))
             if upstream is None:
                 attempts.failed(ep, f"this gateway does not forward {ep.protocol}")
                 continue
@@ -133,3 +175,10 @@ class Gateway:
             attempts.failed(ep, f"no answer within {timeout:.1f}s", timeout=True)
         log.info("gateway: %s", attempts.response().payload.decode())
         return attempts.response()
+
+    def _way(self, ep: Endpoint, private: bool) -> str:
+        """The upstream for `ep`: its protocol, or `LINK` for a private
+        service's coap/http instance on another peer (see the module docstring)."""
+        if private and ep.protocol != "zmq" and self.me is not None and ep.peer != self.me:
+            return LINK
+        return ep.protocol

@@ -33,6 +33,8 @@ def code_text(code: int) -> str:
 
 CONTENT, CREATED, DELETED, VALID, CHANGED = (coap_code(2, d) for d in (5, 1, 2, 3, 4))
 BAD_REQUEST, NOT_FOUND, METHOD_NOT_ALLOWED = coap_code(4, 0), coap_code(4, 4), coap_code(4, 5)
+UNAUTHORIZED = coap_code(4, 1)
+"""4.01: a private service asked for by a client that is not a mesh member."""
 REQUEST_TOO_LARGE = coap_code(4, 13)
 INTERNAL_ERROR, BAD_GATEWAY = coap_code(5, 0), coap_code(5, 2)
 SERVICE_UNAVAILABLE, GATEWAY_TIMEOUT = coap_code(5, 3), coap_code(5, 4)
@@ -188,17 +190,25 @@ def well_known_core(services: Iterable[str]) -> GatewayResponse:
 # ------------------------------------------------------------ targets
 
 
-def pick_targets(endpoints: Sequence[Endpoint], max_tries: int) -> list[Endpoint]:
+PRIVATE_PROTOCOLS = ("zmq", "coap", "http")
+"""Protocol preference for a private service: ZeroMQ first, since it reaches
+an instance on any peer authenticated (CURVE); coap and http instances on
+another peer are reached through that peer's gateway link."""
+
+
+def pick_targets(endpoints: Sequence[Endpoint], max_tries: int,
+                 protocols: Sequence[str] = PROTOCOLS) -> list[Endpoint]:
     """Up to `max_tries` endpoints to try in turn: one per instance (fail-over
     goes to another instance, not to another port of the same one), keeping
     resolve's order of instances, and per instance the protocol earliest in
-    `nanomesh.naming.PROTOCOLS` (coap first: no translation needed)."""
+    `protocols` (default `nanomesh.naming.PROTOCOLS`, coap first: no
+    translation needed; `PRIVATE_PROTOCOLS` for private services)."""
     best: dict[str, Endpoint] = {}
     for ep in endpoints:
-        if ep.protocol not in PROTOCOLS:
+        if ep.protocol not in protocols:
             continue
         held = best.get(ep.instance)
-        if held is None or PROTOCOLS.index(ep.protocol) < PROTOCOLS.index(held.protocol):
+        if held is None or protocols.index(ep.protocol) < protocols.index(held.protocol):
             best[ep.instance] = ep
     return list(best.values())[:max_tries]
 

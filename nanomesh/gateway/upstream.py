@@ -12,8 +12,10 @@ back (no fail-over on a 5xx: the request may have had its effect).
 
 from __future__ import annotations
 
+import functools
 import urllib.parse
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from nanomesh.gateway.forward import (
     BAD_REQUEST,
@@ -25,6 +27,9 @@ from nanomesh.gateway.forward import (
 )
 from nanomesh.naming import Endpoint
 from nanomesh.wire.rpc import METHODS, Request, Response, status_to_coap_code
+
+if TYPE_CHECKING:
+    from nanomesh.servicekeys import ServiceKeys
 
 Upstream = Callable[[Endpoint, GatewayRequest, float], Awaitable[GatewayResponse]]
 RpcCall = Callable[[str, Request, float], Awaitable[Response]]
@@ -42,8 +47,31 @@ class UpstreamError(Exception):
 
 async def zmq_upstream(ep: Endpoint, request: GatewayRequest, timeout: float
                        ) -> GatewayResponse:
+    """ZeroMQ with this process's installed keys (`nanomesh.servicekeys`)."""
     from nanomesh.rpc import zmq_call  # pyzmq loads only once a zmq instance is called
     return await rpc_upstream(zmq_call, ep, request, timeout)
+
+
+def bound_http_upstream(ip: str) -> Upstream:
+    """HTTP from the gateway's own `ip`: a private service's SDK server answers
+    only its peer's address (`nanomesh.service`)."""
+    from nanomesh.httpio import http_call
+
+    async def call(ep: Endpoint, request: GatewayRequest, timeout: float) -> GatewayResponse:
+        return await rpc_upstream(functools.partial(http_call, local_address=ip), ep, request,
+                                  timeout)
+
+    return call
+
+
+def keyed_zmq_upstream(keys: ServiceKeys | None) -> Upstream:
+    """ZeroMQ with `keys` (None: plain, a mesh without a cluster key)."""
+    from nanomesh.rpc import zmq_call
+
+    async def call(ep: Endpoint, request: GatewayRequest, timeout: float) -> GatewayResponse:
+        return await rpc_upstream(functools.partial(zmq_call, keys=keys), ep, request, timeout)
+
+    return call
 
 
 async def http_upstream(ep: Endpoint, request: GatewayRequest, timeout: float
@@ -92,4 +120,5 @@ def coap_response(reply: Response, method: str) -> GatewayResponse:
     return GatewayResponse(code, reply.body, reply.content_format)
 
 
-__all__ = ["UpstreamError", "http_upstream", "rpc_upstream", "zmq_upstream"]
+__all__ = ["UpstreamError", "bound_http_upstream", "http_upstream", "keyed_zmq_upstream",
+           "rpc_upstream", "zmq_upstream"]

@@ -30,7 +30,7 @@ A driver's duties, in the order the daemon relies on them:
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -73,6 +73,10 @@ class StartContext:
     ``log_dir/.state``)."""
     spec_digest: str = ""
     restarts: int = 0
+    credentials: Callable[[str, str], Mapping[str, str]] | None = None
+    """``(instance id, visibility) -> variables`` the daemon adds to the run's
+    environment: its service keys (`nanomesh.servicekeys.Credentials.instance_env`);
+    None in a mesh without a cluster key (only ``NANOMESH_VISIBILITY`` is set)."""
 
 
 class InstanceDriver(Protocol):

@@ -288,12 +288,21 @@ def _port(target: Target) -> int:
     return target.port
 
 
+async def _bind_source(sock: trio.socket.SocketType, host: str) -> None:
+    """Probe from the instance's own (the peer's) IP: a private service's
+    CoAP and HTTP servers answer only that address (`nanomesh.service`); on
+    loopback the kernel would otherwise pick 127.0.0.1. Best effort."""
+    with contextlib.suppress(OSError):
+        await sock.bind((host, 0))
+
+
 async def _connect(host: str, port: int) -> trio.SocketStream:
     """One TCP connection to an IP (``trio.open_tcp_stream`` would hide the
     reason, "connection refused", inside a group of attempts)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = trio.socket.socket(family, socket.SOCK_STREAM)
     try:
+        await _bind_source(sock, host)
         await sock.connect((host, port))
     except BaseException:
         sock.close()
@@ -328,6 +337,7 @@ async def _http(host: str, port: int, path: str) -> str | None:
 async def _coap(host: str, port: int, path: str, timeout: float) -> str | None:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with trio.socket.socket(family, socket.SOCK_DGRAM) as sock:
+        await _bind_source(sock, host)
         await sock.connect((host, port))
         message_id = secrets.randbelow(1 << 16)
         token = secrets.token_bytes(4)

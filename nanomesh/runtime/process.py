@@ -312,6 +312,9 @@ class ProcessDriver:
         inst.token = new_token()
         env = instance_env(spec, ContractValues(iid, service, ctx.host_ip, endpoints,
                                                 ctx.peer_api, inst.token))
+        env["NANOMESH_VISIBILITY"] = spec.visibility
+        if ctx.credentials is not None:
+            env.update(ctx.credentials(iid, spec.visibility))
         inst.state_dir = (ctx.state_root or Path(ctx.log_dir) / ".state") / f"{service}.{index}"
         inst.log = log_path(ctx.log_dir, service, index)
         await trio.to_thread.run_sync(_make_dirs, inst.state_dir, inst.log.parent)

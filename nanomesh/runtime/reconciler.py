@@ -79,7 +79,7 @@ class _Part:
 class Reconciler:
     """Runs :func:`~nanomesh.reconcile.reconcile` against ``driver`` for peer ``me``.
 
-    ``log_dir``, ``host_ip``, ``peer_api`` and ``state_root`` are handed to every
+    ``log_dir``, ``host_ip``, ``peer_api``, ``state_root`` and ``credentials`` are handed to every
     start (:class:`~nanomesh.runtime.driver.StartContext`); ``fetch`` gets a
     service's bundle before its start (:data:`~nanomesh.runtime.driver.Fetch`;
     None: bundles are not fetched, runs start in their ``run.cwd``).
@@ -89,13 +89,14 @@ class Reconciler:
                  fetch: Fetch | None = None, host_ip: str = "127.0.0.1", peer_api: str = "",
                  state_root: Path | None = None,
                  backoff: BackoffPolicy | None = None, stop_timeout: float | None = None,
-                 clock: Callable[[], float] = trio.current_time) -> None:
+                 clock: Callable[[], float] = trio.current_time,
+                 credentials: Callable[[str, str], Mapping[str, str]] | None = None) -> None:
         self.me = me
         self.driver = driver
         self.log_dir = Path(log_dir)
         self.fetch = fetch
         self.context = StartContext(log_dir=self.log_dir, host_ip=host_ip, peer_api=peer_api,
-                                    state_root=state_root)
+                                    state_root=state_root, credentials=credentials)
         self.backoff = BackoffPolicy() if backoff is None else backoff
         self.stop_timeout = stop_timeout
         self._clock = clock

@@ -43,7 +43,9 @@ from nanomesh.placement.spec import SpecError
 
 RESERVED_ENV = frozenset({"NANOMESH_INSTANCE", "NANOMESH_SERVICE", "NANOMESH_HOST",
                           "NANOMESH_PORT", "NANOMESH_ENDPOINTS", "NANOMESH_PEER_API",
-                          "NANOMESH_INSTANCE_TOKEN"})
+                          "NANOMESH_INSTANCE_TOKEN", "NANOMESH_VISIBILITY",
+                          "NANOMESH_CURVE_SECRET", "NANOMESH_CURVE_ACCEPT",
+                          "NANOMESH_CURVE_PUBLISHER"})
 """Variables the runtime sets for every instance (see :data:`ENV_CONTRACT`);
 a spec may not override them, nor any ``NANOMESH_PORT_*``."""
 
@@ -56,6 +58,10 @@ NANOMESH_PORT           the first endpoint's port
 NANOMESH_ENDPOINTS      JSON {"name": {"protocol": ..., "port": ...}}
 NANOMESH_PEER_API       "ip:port" of the local peer's HTTP API
 NANOMESH_INSTANCE_TOKEN bearer token for this instance's calls to that API
+NANOMESH_VISIBILITY     "private" or "public" (the manifest's visibility)
+NANOMESH_CURVE_SECRET   the mesh's service CURVE secret key (Z85), in a mesh with a
+NANOMESH_CURVE_ACCEPT   cluster key: the keys of service traffic (nanomesh.servicekeys),
+NANOMESH_CURVE_PUBLISHER derived from it; never the cluster key itself
 PATH                    the daemon's PATH with its own Python's directory first, so
                         "python3" is the interpreter nanomesh (and its SDK) lives in"""
 """What every instance finds in its environment (the SDK, ``nanomesh.service``,
@@ -323,6 +329,9 @@ class InstanceSpec:
     mode: str = "active"
     """``idle``: placed and prepared (bundle fetched) but not started until
     ``nanomesh activate``."""
+    visibility: str = "private"
+    """``private`` or ``public`` (`nanomesh.manifest.VISIBILITIES`); the
+    instance learns it from ``NANOMESH_VISIBILITY``."""
 
 
 def instance_spec_from(doc: Mapping[str, Any]) -> InstanceSpec:
@@ -345,7 +354,9 @@ def instance_spec_from(doc: Mapping[str, Any]) -> InstanceSpec:
             "policy", "always"), RESTART_POLICIES, "restart.policy", service),
         limits=_limits(doc.get("limits"), service),
         bundle=_bundle(doc.get("bundle"), service),
-        mode=_choice(doc.get("mode", "active"), MODES, "mode", service))
+        mode=_choice(doc.get("mode", "active"), MODES, "mode", service),
+        visibility=_choice(doc.get("visibility", "private"), ("private", "public"),
+                           "visibility", service))
 
 
 def runtime_sections(doc: Mapping[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from nanomesh.manifest import (
     load_manifest,
     manifest_from_document,
     service_document,
+    visibility_of,
 )
 
 GOOD = {
@@ -73,6 +74,8 @@ def test_good_manifest_becomes_a_document_with_the_placement_spec() -> None:
     ({"requires": {"memroy_mb": 5}}, "memroy_mb"),
     ({"replicas": -1}, "replicas"),
     ({"version": 3}, "version must be a string"),
+    ({"visibility": "secret"}, "visibility must be one of private, public"),
+    ({"visibility": True}, "visibility must be one of"),
 ])
 def test_bad_manifest_names_the_field(change: dict, needle: str) -> None:
     raw = {**GOOD, **change}
@@ -126,3 +129,24 @@ def test_update_section_is_normalised_and_validated() -> None:
         service_document({**GOOD, "update": {"healthy_deadline": 1, "min_healthy_time": 2}})
     with pytest.raises(ManifestError, match=r"update\.auto_revert must be true or false"):
         service_document({**GOOD, "update": {"auto_revert": 1}})
+
+
+def test_visibility_is_private_unless_said_otherwise() -> None:
+    """The secure default: a manifest without `visibility` makes a private
+    service; a document from before the field existed reads as private."""
+    assert service_document(GOOD)["visibility"] == "private"
+    public = service_document({**GOOD, "visibility": "public"})
+    assert public["visibility"] == "public" and visibility_of(public) == "public"
+    assert visibility_of({"name": "old"}) == "private" and visibility_of(None) == "private"
+    assert service_document(manifest_from_document(public))["visibility"] == "public"
+
+
+@pytest.mark.parametrize(("folder", "visibility"), [
+    ("echo", "public"), ("counter", "private"), ("hello", "private"),
+    ("counter-container", "public")])
+def test_shipped_services_declare_their_visibility(folder: str, visibility: str) -> None:
+    services = Path(__file__).resolve().parents[2] / "services"
+    text = (services / folder / "nanoservice.toml").read_text()
+    assert f'visibility = "{visibility}"' in text
+    if folder != "counter-container":  # its rootfs is built separately
+        assert load_manifest(services / folder)["visibility"] == visibility

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 import pytest
-from mesh_harness import AddressPool, Cluster, NetnsCluster
+from mesh_harness import AddressPool, Cluster, NetnsCluster, session_key_file
 
 
 class HasLogs(Protocol):
@@ -46,6 +46,22 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
 def attach_logs(request: pytest.FixtureRequest) -> Callable[[HasLogs], None]:
     """``attach_logs(obj)``: on failure, add ``obj.log_tails()`` to the report."""
     return lambda obj: _register(request, obj)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cluster_key_for_clients() -> Iterator[Path]:
+    """Every peer the harness starts holds the session's key by default; the
+    clients tests run (`nanomesh call`, `nanomesh.client`) find it here."""
+    key = session_key_file()
+    old = os.environ.get("NANOMESH_KEY_FILE")
+    os.environ["NANOMESH_KEY_FILE"] = str(key)
+    try:
+        yield key
+    finally:
+        if old is None:
+            os.environ.pop("NANOMESH_KEY_FILE", None)
+        else:
+            os.environ["NANOMESH_KEY_FILE"] = old
 
 
 @pytest.fixture(scope="session")

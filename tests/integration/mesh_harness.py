@@ -97,6 +97,17 @@ def tail(path: Path, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+_SESSION_KEY: Path | None = None
+
+
+def session_key_file() -> Path:
+    """The test session's default cluster key (created on first use)."""
+    global _SESSION_KEY
+    if _SESSION_KEY is None:
+        _SESSION_KEY = write_key(Path(tempfile.mkdtemp(prefix="nanomesh-key-")) / "cluster.key")
+    return _SESSION_KEY
+
+
 def write_key(path: Path) -> Path:
     path.write_text(generate_key() + "\n")
     path.chmod(0o600)
@@ -314,7 +325,6 @@ class BaseCluster:
         self.root = root
         self.peers: list[Peer] = []
         self._keys = 0
-        self._default_key: Path | None = None
 
     def new_key(self, name: str | None = None) -> Path:
         self._keys += 1
@@ -323,10 +333,10 @@ class BaseCluster:
     @property
     def default_key(self) -> Path:
         """The key every peer gets unless a test names another (or `NO_KEY`):
-        a peer never runs without one."""
-        if self._default_key is None:
-            self._default_key = self.new_key("cluster.key")
-        return self._default_key
+        a peer never runs without one. One key for the whole test session
+        (`session_key_file`), so clients started by tests (`nanomesh call`,
+        `nanomesh.client`) find it through ``$NANOMESH_KEY_FILE``."""
+        return session_key_file()
 
     def _make_peer(self, name: str, ip: str, *, key_file: Path | None, join: Sequence[str],
                    preset: str, extra_args: Sequence[str] = (), starter: Starter = _root_start,

@@ -167,6 +167,8 @@ def test_link_state_table() -> None:
     assert step("connecting", zmq.EVENT_CLOSED) == "refused"
     assert step("connecting", zmq.EVENT_CONNECT_RETRIED) == "refused"
     assert step("up", zmq.EVENT_DISCONNECTED) == "down"
+    assert step("connecting", zmq.EVENT_DISCONNECTED) == "down"      # closed mid-handshake
+    assert step("connecting", zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL) == "down"
     assert step("up", zmq.EVENT_HANDSHAKE_SUCCEEDED) == "up"
     assert step("down", zmq.EVENT_HANDSHAKE_SUCCEEDED) == "down"    # final
     assert step("refused", zmq.EVENT_HANDSHAKE_SUCCEEDED) == "refused"
