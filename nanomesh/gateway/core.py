@@ -100,6 +100,9 @@ class Gateway:
         self.hop_limited = 0
         """Requests answered 5.08: their Hop-Limit ran out (a forwarding loop)."""
 
+    def _known(self, service: str) -> bool:
+        return self.services is None or service in set(self.services())
+
     def is_public(self, service: str) -> bool:
         return self.visibility is None or self.visibility(service) == "public"
 
@@ -114,7 +117,9 @@ class Gateway:
                     return well_known_core(n for n in names if member or self.is_public(n))
                 case ServiceRoute(service, inner):
                     public = self.is_public(service)
-                    if not (member or public):
+                    # An unknown name is 4.04 for everyone (from `forward`):
+                    # 4.01 for it would claim a private service that is not there.
+                    if not (member or public) and self._known(service):
                         self.refused += 1
                         return error_response(UNAUTHORIZED, f"{service} is a private service: "
                                               "only mesh members reach it, with the cluster "

@@ -50,7 +50,10 @@ def cli(*args: str, peer: Peer | None = None, token: str | None = None,
         argv += ["--peer", peer.api]
     if token is not None:
         argv += ["--token", token]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NANOMESH_")}
+    # No lab token or peer from the environment, but the session's cluster key
+    # (conftest: the key every test mesh holds unless a test names another).
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("NANOMESH_") or k == "NANOMESH_KEY_FILE"}
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env,
                           stdin=subprocess.DEVNULL, check=False, cwd=REPO)
 
