@@ -182,6 +182,8 @@ class RaftNode:
         self._machine = _DesiredStateMachine(on_applied)
         self._obj = pysyncobj.SyncObj(self_address, list(peers), conf,
                                       consumers=[self._machine])
+        if journal_file is not None:
+            self._store_commit_index_at_once()
         if hold_elections:
             self._postpone_election()
         self._obj.addOnTickCallback(self._tick)
@@ -290,6 +292,23 @@ class RaftNode:
             learners=len(obj.readonlyNodes),
             bound=bool(obj._SyncObj__transport.ready),
         )
+
+    def _store_commit_index_at_once(self) -> None:
+        """pysyncobj's file journal writes the commit index to ``journal.meta``
+        only once a second (and not at all on destroy), but a restarted node
+        replays membership changes only up to the stored index. A voter whose
+        removal committed (and who, told so, became a learner) then came back
+        into the configuration of the last voter after its restart, which
+        waited forever for that learner's vote. Stored at every change
+        instead, before the commit is applied and reported: one small file
+        write per commit-index change (about one per heartbeat under writes)."""
+        journal = self._obj._SyncObj__raftLog
+        set_index, store = journal.setRaftCommitIndex, journal.onOneSecondTimer
+
+        def set_and_store(index: int) -> None:
+            set_index(index)
+            store()
+        journal.setRaftCommitIndex = set_and_store
 
     def _postpone_election(self) -> None:
         """Push this node's election deadline past the next tick (runs first

@@ -59,6 +59,17 @@ remove it (``ask_remove``: pysyncobj would forward the change to the leader,
 but the removed node would never hear the commit, so `ConsensusNode` refuses
 to remove itself); then it stops. If the ask fails, the leader removes it
 anyway once gossip says it LEFT.
+
+**Durability of a stop** (what etcd and Consul servers keep too): a leaving
+voter must never persist a state in which the cluster it belonged to cannot
+re-form. It records itself as a learner only once its removal is known to be
+committed, i.e. once the remaining voters form a configuration that does not
+need it. The last voter (no successor could be promoted), a voter whose
+removal cannot commit (no quorum left), and one whose hand-over was cut short
+keep their stored role and journal, so once a majority of the last
+configuration is back it elects a leader again, whatever the order of stops
+(SIGTERM or SIGKILL) and restarts. A voter whose removal did commit unseen
+finds itself orphaned after a restart and becomes a learner (removal above).
 """
 
 from __future__ import annotations
@@ -515,6 +526,11 @@ class RaftRoleManager:
             return False
         try:
             await node.remove_voter(raft_addr, timeout=self.config.call_timeout)
+            # remove_voter is a no-op when the change is already in this node's
+            # configuration (applied on append), possibly still uncommitted (an
+            # earlier ask that timed out): the asker must not believe it is out
+            # before it is, so wait for a later entry to commit.
+            await node.barrier(timeout=self.config.call_timeout)
         except ConsensusError as exc:
             log.warning("raft voters: removing %s on request failed: %s", raft_addr, exc)
             return False
@@ -524,12 +540,20 @@ class RaftRoleManager:
     async def hand_over(self) -> None:
         """Leave gracefully (module doc): promote a successor if this is the
         only voter, transfer leadership if leading, ask to be removed, stop.
-        The stored role becomes learner, so a restart does not resume a
-        membership this peer gave up."""
+
+        What is stored decides whether the cluster can re-form: the stored
+        role becomes learner ONLY once the removal of this voter is known to
+        be committed. Otherwise (the last voter, no quorum left to commit the
+        removal, the hand-over cut short) it stays what it was, so a restart
+        resumes the membership the configuration still counts on; if the
+        removal did commit unseen, the restarted node finds itself orphaned
+        and becomes a learner (`_check_voter`)."""
         async with self._lock:
             self._leaving = True
             node = self.node
-            if self._role is RaftRole.VOTER and node is not None:
+            removed = False
+            if self._role in (RaftRole.VOTER, RaftRole.JOINING) and node is not None \
+                    and node.leader is not None:
                 if node.voters == {self.raft_addr} and node.is_leader:
                     await self._promote_successor(node)
                 if node.voters - {self.raft_addr}:
@@ -540,11 +564,18 @@ class RaftRoleManager:
                             log.info("raft role: leadership handed to %s", new)
                         except ConsensusError as exc:
                             log.warning("raft role: leadership transfer failed: %s", exc)
-                    await self._call_ask_remove()
+                    removed = await self._call_ask_remove()
+                else:
+                    log.info("raft role: %s is the last voter: it stays a voter across "
+                             "this stop, so the mesh re-forms when it returns", self.raft_addr)
             await self._stop_node()
             if self._role is not RaftRole.NONE:
                 await self._set_role(RaftRole.NONE)
-            await self._store(RaftRole.LEARNER, self._stored.generation, ())
+            if removed:
+                await self._store(RaftRole.LEARNER, self._stored.generation, ())
+            elif self._stored.role in (RaftRole.VOTER, RaftRole.JOINING):
+                log.info("raft role: still a member of the configuration; a restart "
+                         "resumes as %s", self._stored.role.value)
 
     async def _promote_successor(self, node: ConsensusNode) -> None:
         if self._view is None or self._ask_promote is None:
