@@ -165,6 +165,7 @@ class RaftNode:
         self._on_leadership = on_leadership
         self._hold_elections = hold_elections
         self._hold_for = timing.raft_max_timeout
+        self._leader_stale_after = timing.leader_fallback_timeout
         self._keepalive_period = timing.connection_timeout / KEEPALIVES_PER_TIMEOUT
         self._next_keepalive = 0.0
         self._status: RaftStatus | None = None
@@ -277,11 +278,14 @@ class RaftNode:
     def _read_status(self) -> RaftStatus:
         obj = self._obj
         me = obj.selfNode
+        role = Role.LEARNER if me is None else _ROLES[int(obj._SyncObj__raftState)]
         leader = obj._getLeader()
+        if leader is not None and role is not Role.LEADER and self._leader_silent(obj):
+            leader = None
         others = frozenset(n.address for n in obj.otherNodes)
         return RaftStatus(
             address=None if me is None else me.address,
-            role=Role.LEARNER if me is None else _ROLES[int(obj._SyncObj__raftState)],
+            role=role,
             term=int(obj.raftCurrentTerm),
             leader=None if leader is None else str(leader.address),
             voters=others if me is None else others | {me.address},
@@ -309,6 +313,15 @@ class RaftNode:
             set_index(index)
             store()
         journal.setRaftCommitIndex = set_and_store
+
+    def _leader_silent(self, obj: Any) -> bool:
+        """Has the leader this node last heard been silent for longer than an
+        election timeout plus ``leader_fallback_timeout``? pysyncobj pushes
+        the election deadline forward on every message from the leader, but
+        only a voter that can campaign ever forgets its leader: a learner (or
+        a follower connected to nobody) kept reporting a dead one forever."""
+        deadline = obj._SyncObj__raftElectionDeadline
+        return bool(pysyncobj.syncobj.monotonicTime() > deadline + self._leader_stale_after)
 
     def _postpone_election(self) -> None:
         """Push this node's election deadline past the next tick (runs first

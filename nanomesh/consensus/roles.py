@@ -74,6 +74,7 @@ finds itself orphaned after a restart and becomes a learner (removal above).
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 import json
@@ -81,7 +82,8 @@ import logging
 import math
 import operator
 import shutil
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,6 +98,14 @@ from nanomesh.consensus.config import (
 )
 from nanomesh.consensus.errors import ConsensusError
 from nanomesh.consensus.node import ConsensusNode
+from nanomesh.consensus.recovery import (
+    JournalReader,
+    RecoveryError,
+    RecoveryRequest,
+    hold_lock,
+)
+from nanomesh.consensus.state import DesiredState
+from nanomesh.consensus.status import LeaderWatch
 from nanomesh.consensus.voters import (
     PeerInfo,
     Promote,
@@ -115,6 +125,9 @@ GENERATION_PREFIX = "raft-"
 (re)join starts a new generation, because a node re-added under the same
 address must come back with an empty log and term."""
 
+LOCK_WAIT = 10.0
+"""Seconds a starting manager waits for the data directory's lock (held by a
+previous manager of this process that is still stopping)."""
 ASK_REMOVE_RETRY = 0.2
 """Seconds between two asks for this voter's removal (a few heartbeats: the
 time for a new leader to be known by everyone)."""
@@ -281,12 +294,22 @@ class RaftRoleManager:
         self._ghost_since: float | None = None
         self._absent_since: dict[str, float] = {}
         self._avoid: dict[str, float] = {}
+        self._restoring = False
+        self.leader_watch = LeaderWatch()
+        """When this peer last had a leader (wall clock), across node restarts."""
+        self.leader_watch.observe(None, time.time())
 
     # ------------------------------------------------------------ reads
 
     @property
     def role(self) -> RaftRole:
         return self._role
+
+    @property
+    def restoring(self) -> bool:
+        """An operator's recovery is writing the old state back: the state is
+        incomplete, so nobody may act on it (placement, reconciliation)."""
+        return self._restoring
 
     @property
     def node(self) -> ConsensusNode | None:
@@ -322,7 +345,7 @@ class RaftRoleManager:
             while True:
                 node = self.node
                 if (node is not None and self._role in (RaftRole.LEARNER, RaftRole.VOTER)
-                        and node.leader is not None):
+                        and node.leader is not None and not self._restoring):
                     return node
                 await self._changed.wait()
 
@@ -333,12 +356,17 @@ class RaftRoleManager:
         """Start in the stored role (or bootstrap, or wait for the voters),
         report started, then check the role every `RoleConfig.period` until
         cancelled; the node stops with it."""
-        async with trio.open_nursery() as nursery:
+        async with trio.open_nursery() as nursery, self._data_dir_lock():
             self._nursery = nursery
             try:
                 self._stored = await trio.to_thread.run_sync(_Stored.load, self.data_dir)
                 async with self._lock:
-                    await self._start_in_stored_role()
+                    request = await trio.to_thread.run_sync(RecoveryRequest.load,
+                                                            self.data_dir)
+                    if request is not None:
+                        await self._recover(request)
+                    else:
+                        await self._start_in_stored_role()
                 task_status.started()
                 while True:
                     await trio.sleep(self.config.period)
@@ -351,6 +379,51 @@ class RaftRoleManager:
                 self._role = RaftRole.NONE
                 self._nursery = None
                 self._wake()
+
+    @contextlib.asynccontextmanager
+    async def _data_dir_lock(self) -> AsyncIterator[None]:
+        """Hold the data directory's lock (`nanomesh.consensus.recovery`
+        refuses to touch a running peer's journal). Retried briefly: a
+        manager restarted in the same process waits for the old one's exit."""
+        with trio.fail_after(LOCK_WAIT):
+            while True:
+                try:
+                    with hold_lock(self.data_dir):
+                        yield
+                        return
+                except RecoveryError:
+                    await trio.sleep(0.1)
+
+    async def _recover(self, request: RecoveryRequest) -> None:
+        """Apply an operator's recovery request (`nanomesh.consensus.recovery`):
+        a new one-voter cluster in a new generation, holding the committed
+        state of generation ``request.generation``. role.json and the request
+        change only once it is all committed, so a crash midway redoes it."""
+        source = self.data_dir / f"{GENERATION_PREFIX}{request.generation}"
+        log.warning("raft role: RECOVERY requested by the operator: rebuilding the control "
+                    "plane from %s as its only voter", source)
+        self._restoring = True
+        try:
+            state = await _read_state(source)
+            generation = await self._next_generation(keep=request.generation)
+            config = ConsensusConfig(
+                address=(self.address_ip, self.config.raft_port), peers=(),
+                data_dir=self.data_dir / f"{GENERATION_PREFIX}{generation}",
+                password=self._password, join=False, timing=self._timing)
+            if not await self._start(config, RaftRole.VOTER):
+                raise RecoveryError("the recovered voter could not start (see above)")
+            node = self._node_or_fail()
+            await node.wait_status(lambda s: s.is_leader, timeout=self.config.call_timeout)
+            await _restore(node, state, self.config.call_timeout)
+            await self._store(RaftRole.VOTER, generation, ())
+            await trio.to_thread.run_sync(RecoveryRequest.done, self.data_dir)
+        finally:
+            self._restoring = False
+            self._wake()
+        log.warning("raft role: recovered: %d services, plan epoch %d, %d registry entries "
+                    "restored; this peer is the only voter (generation %d); the others "
+                    "rejoin and are promoted as usual", len(state.services),
+                    node.state.plan_epoch, len(state.registry), generation)
 
     async def _start_in_stored_role(self) -> None:
         stored = self._stored
@@ -688,17 +761,17 @@ class RaftRoleManager:
         self._stored = _Stored(role, generation, peers)
         await trio.to_thread.run_sync(self._stored.store, self.data_dir)
 
-    async def _next_generation(self) -> int:
+    async def _next_generation(self, keep: int | None = None) -> int:
         """A new generation number; deletes the directories of all but the
-        current one (kept: it is the last journal, for an operator)."""
-        current = self._stored.generation
+        current one (kept: it is the last journal, for an operator) or `keep`."""
+        current = self._stored.generation if keep is None else keep
 
         def prune() -> None:
             for d in self.data_dir.glob(GENERATION_PREFIX + "*"):
                 if d.name != f"{GENERATION_PREFIX}{current}" and d.is_dir():
                     shutil.rmtree(d, ignore_errors=True)
         await trio.to_thread.run_sync(prune)
-        return current + 1
+        return max(current, self._stored.generation) + 1
 
     def _node_or_fail(self) -> ConsensusNode:
         node = self.node
@@ -707,8 +780,37 @@ class RaftRoleManager:
         return node
 
     def _wake(self) -> None:
+        node = self.node
+        self.leader_watch.observe(None if node is None else node.leader, time.time())
         self._changed.set()
         self._changed = trio.Event()
+
+
+async def _read_state(generation_dir: Path) -> DesiredState:
+    """`nanomesh.consensus.recovery.JournalReader` without blocking trio
+    (the reader's node is created here, on trio's main thread)."""
+    reader = JournalReader(generation_dir)
+    try:
+        while (result := reader.poll()) is None:
+            await trio.sleep(0.01)
+        return result[0]
+    finally:
+        await trio.to_thread.run_sync(reader.close)
+
+
+async def _restore(node: ConsensusNode, state: DesiredState, timeout: float) -> None:
+    """Write `state` into the new cluster of `node` (its only voter, leading):
+    mesh settings first (the token hash), the registry, the services (their
+    saved state and mode are part of the document), then the plan, so the
+    instances keep running where they ran."""
+    for key, value in state.meta.items():
+        await node.init_meta(key, value, timeout=timeout)
+    for key, entry in state.registry.items():
+        await node.put_registry(key, entry, timeout=timeout)
+    for name, doc in state.services.items():
+        await node.put_service(name, doc, timeout=timeout)
+    if state.plan:
+        await node.set_plan(state.plan, node.state.plan_epoch, timeout=timeout)
 
 
 def raft_profile_section(manager: RaftRoleManager) -> dict[str, Any]:

@@ -262,7 +262,8 @@ class MeshControl:
                 await self._plan_wanted.wait()
             self._plan_wanted = trio.Event()
             node = self.roles.node
-            if node is None or not node.is_leader or not node.status.has_quorum:
+            if node is None or not node.is_leader or not node.status.has_quorum \
+                    or self.roles.restoring:
                 continue
             await self._plan_once(node)
 
