@@ -117,18 +117,26 @@ class Survivor:
 # --------------------------------------------------------------------------- the lock
 
 
-@contextlib.contextmanager
-def hold_lock(consensus_dir: Path) -> Iterator[None]:
-    """Held by the role manager while it runs. RecoveryError if another
+def acquire_lock(consensus_dir: Path) -> int:
+    """Take the data directory's lock (held by a running role manager); the
+    file descriptor to close to release it. RecoveryError if another
     process (a running daemon) holds it."""
     consensus_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(consensus_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise RecoveryError(f"a peer is running on {consensus_dir.parent}: stop it "
-                                "first (systemctl stop nanomesh, or SIGTERM)") from None
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise RecoveryError(f"a peer is running on {consensus_dir.parent}: stop it "
+                            "first (systemctl stop nanomesh, or SIGTERM)") from None
+    return fd
+
+
+@contextlib.contextmanager
+def hold_lock(consensus_dir: Path) -> Iterator[None]:
+    """`acquire_lock` for the duration of the block."""
+    fd = acquire_lock(consensus_dir)
+    try:
         yield
     finally:
         os.close(fd)

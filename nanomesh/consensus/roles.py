@@ -81,6 +81,7 @@ import json
 import logging
 import math
 import operator
+import os
 import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -102,7 +103,7 @@ from nanomesh.consensus.recovery import (
     JournalReader,
     RecoveryError,
     RecoveryRequest,
-    hold_lock,
+    acquire_lock,
 )
 from nanomesh.consensus.state import DesiredState
 from nanomesh.consensus.status import LeaderWatch
@@ -217,24 +218,28 @@ class _Stored:
     role: RaftRole = RaftRole.NONE
     generation: int = 0
     peers: tuple[str, ...] = ()
+    epoch: int = 0
+    """The control plane's incarnation: 0 until an operator's recovery
+    (`_recover`) starts a new one; see `RaftRoleManager.epoch`."""
 
     @classmethod
     def load(cls, data_dir: Path) -> _Stored:
         try:
             doc = json.loads((data_dir / ROLE_FILE).read_text())
             role, gen, peers = RaftRole(doc["role"]), doc["generation"], doc["peers"]
-        except (OSError, ValueError, KeyError, TypeError):
+            epoch = doc.get("epoch", 0)  # absent in files written before recovery existed
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return cls()
-        if not (isinstance(gen, int) and isinstance(peers, list)
+        if not (isinstance(gen, int) and isinstance(peers, list) and isinstance(epoch, int)
                 and all(isinstance(p, str) for p in peers)):
             return cls()
-        return cls(role, gen, tuple(peers))
+        return cls(role, gen, tuple(peers), epoch)
 
     def store(self, data_dir: Path) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         tmp = data_dir / (ROLE_FILE + ".tmp")
         tmp.write_text(json.dumps({"role": self.role.value, "generation": self.generation,
-                                   "peers": list(self.peers)}) + "\n")
+                                   "peers": list(self.peers), "epoch": self.epoch}) + "\n")
         tmp.replace(data_dir / ROLE_FILE)
 
 
@@ -267,6 +272,7 @@ class RaftRoleManager:
                  *, config: RoleConfig | None = None,
                  view: Callable[[], Sequence[PeerInfo]] | None = None,
                  ask_promote: AskPromote | None = None, ask_remove: AskRemove | None = None,
+                 epoch_hint: Callable[[], int] = lambda: 0,
                  clock: Callable[[], float] = trio.current_time) -> None:
         self.config = config or RoleConfig()
         self.config.check()
@@ -278,6 +284,7 @@ class RaftRoleManager:
         self._timing = timing
         self._founder = founder
         self._voters_hint = voters_hint
+        self._epoch_hint = epoch_hint
         self._view = view
         self._ask_promote = ask_promote
         self._ask_remove = ask_remove
@@ -313,8 +320,9 @@ class RaftRoleManager:
 
     @property
     def node(self) -> ConsensusNode | None:
-        """The running node (None in role ``none``)."""
-        return None if self._running is None else self._running.node
+        """The running node (None in role ``none``, and while a recovery
+        writes the old state back: nobody may read a partial state)."""
+        return None if self._running is None or self._restoring else self._running.node
 
     def profile_section(self) -> dict[str, Any]:
         """What this peer gossips under ``profile["raft"]``: ``role``, ``addr``
@@ -328,6 +336,7 @@ class RaftRoleManager:
             "leader": None if status is None else status.leader,
             "term": 0 if status is None else status.term,
             "voters": [] if status is None else sorted(status.voters),
+            "epoch": self._stored.epoch,
         }
 
     async def wait_profile_change(self, last: Mapping[str, Any]) -> dict[str, Any]:
@@ -385,14 +394,19 @@ class RaftRoleManager:
         """Hold the data directory's lock (`nanomesh.consensus.recovery`
         refuses to touch a running peer's journal). Retried briefly: a
         manager restarted in the same process waits for the old one's exit."""
-        with trio.fail_after(LOCK_WAIT):
-            while True:
-                try:
-                    with hold_lock(self.data_dir):
-                        yield
-                        return
-                except RecoveryError:
-                    await trio.sleep(0.1)
+        deadline = trio.current_time() + LOCK_WAIT
+        while True:
+            try:
+                fd = acquire_lock(self.data_dir)
+                break
+            except RecoveryError:
+                if trio.current_time() >= deadline:
+                    raise
+                await trio.sleep(0.1)
+        try:
+            yield
+        finally:
+            os.close(fd)
 
     async def _recover(self, request: RecoveryRequest) -> None:
         """Apply an operator's recovery request (`nanomesh.consensus.recovery`):
@@ -406,16 +420,17 @@ class RaftRoleManager:
         try:
             state = await _read_state(source)
             generation = await self._next_generation(keep=request.generation)
+            epoch = max(self._stored.epoch, self._epoch_hint()) + 1
             config = ConsensusConfig(
                 address=(self.address_ip, self.config.raft_port), peers=(),
                 data_dir=self.data_dir / f"{GENERATION_PREFIX}{generation}",
-                password=self._password, join=False, timing=self._timing)
+                password=self._password_for(epoch), join=False, timing=self._timing)
             if not await self._start(config, RaftRole.VOTER):
                 raise RecoveryError("the recovered voter could not start (see above)")
             node = self._node_or_fail()
             await node.wait_status(lambda s: s.is_leader, timeout=self.config.call_timeout)
             await _restore(node, state, self.config.call_timeout)
-            await self._store(RaftRole.VOTER, generation, ())
+            await self._store(RaftRole.VOTER, generation, (), epoch)
             await trio.to_thread.run_sync(RecoveryRequest.done, self.data_dir)
         finally:
             self._restoring = False
@@ -450,6 +465,12 @@ class RaftRoleManager:
 
     async def _step(self) -> None:
         now = self._clock()
+        if self._role is not RaftRole.NONE and self._epoch_hint() > self._stored.epoch:
+            log.warning("raft role: an operator recovered the control plane (epoch %d; this "
+                        "peer's is %d): following the recovered one as a learner",
+                        self._epoch_hint(), self._stored.epoch)
+            await self._start_learner(self._voters_hint())
+            return
         match self._role:
             case RaftRole.NONE:
                 if hint := self._voters_hint():
@@ -588,7 +609,8 @@ class RaftRoleManager:
                 return False
             log.info("raft role: asked to become a voter; joining %s", ", ".join(peers))
             return await self._start_voter(await self._next_generation(), peers,
-                                           RaftRole.JOINING)
+                                           RaftRole.JOINING,
+                                           max(self._stored.epoch, self._epoch_hint()))
 
     async def handle_remove(self, raft_addr: str) -> bool:
         """Called when a peer asks (``ask_remove``): remove the voter
@@ -681,15 +703,16 @@ class RaftRoleManager:
         peers = tuple(sorted(set(voters) - {self.raft_addr}))  # we no longer serve ours
         if not peers:
             return False
-        config = ConsensusConfig(address=None, peers=peers, password=self._password,
+        epoch = max(self._stored.epoch, self._epoch_hint())
+        config = ConsensusConfig(address=None, peers=peers, password=self._password_for(epoch),
                                  timing=self._timing)
         if await self._start(config, RaftRole.LEARNER):
-            await self._store(RaftRole.LEARNER, self._stored.generation, ())
+            await self._store(RaftRole.LEARNER, self._stored.generation, (), epoch)
             return True
         return False
 
     async def _start_voter(self, generation: int, peers: tuple[str, ...],
-                           role: RaftRole) -> bool:
+                           role: RaftRole, epoch: int | None = None) -> bool:
         """Start a voter node on generation `generation`'s directory (its
         journal if it has one): bootstrap when `peers` is empty and the
         directory is new, else join (`join` only holds elections until the
@@ -697,10 +720,11 @@ class RaftRoleManager:
         config = ConsensusConfig(
             address=(self.address_ip, self.config.raft_port), peers=peers,
             data_dir=self.data_dir / f"{GENERATION_PREFIX}{generation}",
-            password=self._password, join=bool(peers), timing=self._timing)
+            password=self._password_for(epoch := self._stored.epoch if epoch is None else epoch),
+            join=bool(peers), timing=self._timing)
         if not await self._start(config, role):
             return False
-        await self._store(role, generation, peers)
+        await self._store(role, generation, peers, epoch)
         return True
 
     async def _start(self, config: ConsensusConfig, role: RaftRole) -> bool:
@@ -757,8 +781,10 @@ class RaftRoleManager:
         self._ghost_since = None
         self._wake()
 
-    async def _store(self, role: RaftRole, generation: int, peers: tuple[str, ...]) -> None:
-        self._stored = _Stored(role, generation, peers)
+    async def _store(self, role: RaftRole, generation: int, peers: tuple[str, ...],
+                     epoch: int | None = None) -> None:
+        self._stored = _Stored(role, generation, peers,
+                               self._stored.epoch if epoch is None else epoch)
         await trio.to_thread.run_sync(self._stored.store, self.data_dir)
 
     async def _next_generation(self, keep: int | None = None) -> int:
@@ -773,8 +799,18 @@ class RaftRoleManager:
         await trio.to_thread.run_sync(prune)
         return max(current, self._stored.generation) + 1
 
+    def _password_for(self, epoch: int) -> str | None:
+        """The Raft transport's key for control-plane incarnation `epoch`. A
+        recovered control plane gets its own, so that nodes of the superseded
+        one (a learner still connected to the recovered peer's address, a
+        lost voter that comes back with its old journal) cannot exchange a
+        single entry with it; they follow it once gossip shows its epoch."""
+        if self._password is None or epoch == 0:
+            return self._password
+        return f"{self._password}/epoch-{epoch}"
+
     def _node_or_fail(self) -> ConsensusNode:
-        node = self.node
+        node = None if self._running is None else self._running.node
         if node is None:
             raise RuntimeError(f"raft role {self._role.value} without a node")
         return node
@@ -829,11 +865,15 @@ def voters_from_profiles(sections: Iterable[Any]) -> frozenset[str]:
     highest term (a self-declared leader first at equal terms) — a removed
     voter that keeps campaigning has a high term but no leader, so it never
     counts; failing that (no leader anywhere) the union of all reported
-    lists, which only ever errs towards "still a voter"."""
+    lists, which only ever errs towards "still a voter". Only the sections
+    of the newest control-plane epoch count (`epoch_from_profiles`): after an
+    operator's recovery the superseded voters are no voters at all."""
+    sections = [s for s in sections if isinstance(s, Mapping)]
+    epoch = epoch_from_profiles(sections)
     best: tuple[int, int, tuple[str, ...]] | None = None
     union: set[str] = set()
     for s in sections:
-        if not isinstance(s, Mapping):
+        if _epoch_of(s) != epoch:
             continue
         voters, term, leader, addr = s.get("voters"), s.get("term"), s.get("leader"), \
             s.get("addr")
@@ -846,3 +886,14 @@ def voters_from_profiles(sections: Iterable[Any]) -> frozenset[str]:
         if best is None or key > best:
             best = key
     return frozenset(best[2]) if best is not None else frozenset(union)
+
+
+def epoch_from_profiles(sections: Iterable[Any]) -> int:
+    """The newest control-plane epoch the ``profile["raft"]`` sections report
+    (0 if none does); the daemon's ``epoch_hint``. Malformed ones count as 0."""
+    return max((_epoch_of(s) for s in sections if isinstance(s, Mapping)), default=0)
+
+
+def _epoch_of(section: Mapping[str, Any]) -> int:
+    epoch = section.get("epoch", 0)
+    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0 else 0

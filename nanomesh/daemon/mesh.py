@@ -47,7 +47,12 @@ from nanomesh.bundles import (
 )
 from nanomesh.config import api_address, host_port
 from nanomesh.consensus import ConsensusError, ConsensusNode, RaftTiming, StalePlanError
-from nanomesh.consensus.roles import RaftRoleManager, RoleConfig, voters_from_profiles
+from nanomesh.consensus.roles import (
+    RaftRoleManager,
+    RoleConfig,
+    epoch_from_profiles,
+    voters_from_profiles,
+)
 from nanomesh.consensus.voters import PeerInfo, peer_info
 from nanomesh.control import VIEW_GRACE, decide, unknown_hosts, worth_committing
 from nanomesh.daemon.api_bundles import BUNDLE_BODY_LIMITS, bundle_routes, registry_routes
@@ -111,7 +116,8 @@ class MeshControl:
             password=key.hex() if key else None,
             timing=timing or RaftTiming.lan(), founder=not cfg.join,
             voters_hint=self._voters_hint, config=role_config, view=self._view,
-            ask_promote=self._ask_promote, ask_remove=self._ask_remove)
+            ask_promote=self._ask_promote, ask_remove=self._ask_remove,
+            epoch_hint=self._epoch_hint)
         self._plan_wanted = trio.Event()
         self._unknown_since: dict[str, float] = {}
         self.bundles = BundleStore(cfg.data_dir / "bundles")
@@ -340,6 +346,12 @@ class MeshControl:
     def _voters_hint(self) -> frozenset[str]:
         assert self.peer.core is not None
         return voters_from_profiles(
+            (m.profile or {}).get("raft") for m in self.peer.core.members()
+            if m.state in (MemberState.ALIVE, MemberState.SUSPECT))
+
+    def _epoch_hint(self) -> int:
+        assert self.peer.core is not None
+        return epoch_from_profiles(
             (m.profile or {}).get("raft") for m in self.peer.core.members()
             if m.state in (MemberState.ALIVE, MemberState.SUSPECT))
 
