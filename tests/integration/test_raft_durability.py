@@ -174,7 +174,7 @@ def test_random_stops_kills_and_restarts_never_lose_the_mesh(
     subset of the peers) until a step where every peer runs.
     ``NANOMESH_DURABILITY_SEED`` replays a sequence; the seed is printed."""
     seed = int(os.environ.get("NANOMESH_DURABILITY_SEED", random.randrange(1 << 32)))
-    steps = int(os.environ.get("NANOMESH_DURABILITY_STEPS", "8"))
+    steps = int(os.environ.get("NANOMESH_DURABILITY_STEPS", "10"))
     print(f"durability property: seed {seed}, {steps} steps")
     rng = random.Random(seed)
     peers = cluster.start_mesh(3, key_file=cluster.new_key())
