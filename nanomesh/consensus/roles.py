@@ -313,6 +313,13 @@ class RaftRoleManager:
         return self._role
 
     @property
+    def epoch(self) -> int:
+        """This peer's control-plane epoch ("cluster_epoch" in gossip and
+        ``/v1/status``): 0, plus one per operator recovery. Peers of an older
+        epoch follow the newest one as learners."""
+        return self._stored.epoch
+
+    @property
     def restoring(self) -> bool:
         """An operator's recovery is writing the old state back: the state is
         incomplete, so nobody may act on it (placement, reconciliation)."""
@@ -336,7 +343,7 @@ class RaftRoleManager:
             "leader": None if status is None else status.leader,
             "term": 0 if status is None else status.term,
             "voters": [] if status is None else sorted(status.voters),
-            "epoch": self._stored.epoch,
+            "cluster_epoch": self._stored.epoch,
         }
 
     async def wait_profile_change(self, last: Mapping[str, Any]) -> dict[str, Any]:
@@ -895,5 +902,5 @@ def epoch_from_profiles(sections: Iterable[Any]) -> int:
 
 
 def _epoch_of(section: Mapping[str, Any]) -> int:
-    epoch = section.get("epoch", 0)
+    epoch = section.get("cluster_epoch", 0)
     return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0 else 0

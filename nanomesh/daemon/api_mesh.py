@@ -15,7 +15,8 @@ Shapes:
   its host is dead and the instance not yet re-placed); ``current`` is false
   while the instance still runs an older spec of its service.
 - ``GET /v1/status``: ``{"leader", "term", "voters", "epoch", "revision",
-  "role", "no_leader_since", "last_leader", "peer"}`` (`status_document`).
+  "role", "no_leader_since", "last_leader", "cluster_epoch", "peer"}``
+  (`status_document`).
 """
 
 from __future__ import annotations
@@ -133,7 +134,8 @@ def status_document(peer: PeerDaemon) -> dict[str, Any]:
     even while its Raft node is down (role ``none``). ``leader`` is null
     when this peer has not heard a leader recently; ``no_leader_since``
     (seconds since the epoch, or null) says since when, ``last_leader``
-    which one it last heard."""
+    which one it last heard; ``cluster_epoch`` counts operator recoveries
+    (`nanomesh.consensus.recovery`)."""
     assert peer.mesh is not None
     watch = peer.mesh.roles.leader_watch
     n = peer.consensus
@@ -145,7 +147,7 @@ def status_document(peer: PeerDaemon) -> dict[str, Any]:
                 "epoch": n.state.plan_epoch, "revision": n.state.revision,
                 "role": n.status.role.value}
     return {**raft, "no_leader_since": watch.since, "last_leader": watch.last_leader,
-            "peer": peer.config.name}
+            "cluster_epoch": peer.mesh.roles.epoch, "peer": peer.config.name}
 
 
 def _reported_instances(peer: PeerDaemon) -> dict[str, dict[str, dict[str, Any]]]:

@@ -181,7 +181,7 @@ async def test_founder_alone_bootstraps_and_leads(mesh: Mesh) -> None:
     assert await _write(node, "cam") == 1
     section = raft_profile_section(founder)
     assert section == {"role": "voter", "addr": founder.raft_addr, "leader": founder.raft_addr,
-                       "term": node.term, "voters": [founder.raft_addr], "epoch": 0}
+                       "term": node.term, "voters": [founder.raft_addr], "cluster_epoch": 0}
     stored = json.loads((mesh.tmp_path / "a" / ROLE_FILE).read_text())
     assert stored["role"] == "voter"
 

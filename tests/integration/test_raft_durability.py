@@ -282,7 +282,8 @@ def test_quorum_lost_for_good_is_reported_and_recovered(cluster: Cluster,
     dead leader forever) and since when; `nanomesh peer recover` refuses a
     running peer, reports on a stopped one, and with --yes makes it, at its
     next start, the only voter of a control plane that still has the
-    service (running again), the token, and accepts writes."""
+    service (running again), the token, and accepts writes. A lost voter
+    that returns with its old data follows the recovered control plane."""
     peers = cluster.start_mesh(4, key_file=cluster.new_key())
     token = read_token_when_ready(cluster, peers[0])
     st = wait_agreed(cluster, peers, voters=3)
@@ -331,5 +332,16 @@ def test_quorum_lost_for_good_is_reported_and_recovered(cluster: Cluster,
     deploy(cluster, learner, manifest("after", second), token)  # the token still works
     wait_running(cluster, alive, "after", second)
     assert not (survivor.data_dir / "consensus" / "recover.json").exists()
-    assert running_instances(learner, "keep")
-    assert marker_procs(marker)
+    assert status(survivor)["cluster_epoch"] == 1
+
+    # A lost voter comes back with its old journal anyway: it cannot talk to
+    # the recovered plane (another Raft key per epoch) and follows it.
+    returned = lost[0]
+    returned.start()
+    back = [survivor, learner, returned]
+    final = wait_leader(cluster, back)
+    assert final["leader"] == raft_addr(survivor)
+    cluster.wait(lambda: status(returned)["cluster_epoch"] == 1, LEADER_TIMEOUT,
+                 what=f"{returned.name} to follow the recovered control plane")
+    assert {d["name"] for d in returned.get("/v1/services")} == {"keep", "after"}
+    assert running_instances(learner, "keep") and marker_procs(marker)
