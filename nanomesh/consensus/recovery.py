@@ -148,7 +148,8 @@ def hold_lock(consensus_dir: Path) -> Iterator[None]:
 class JournalReader:
     """Replays one generation's journal (and full dump) into a `DesiredState`,
     on a scratch copy, with a read-only pysyncobj node that knows no peer and
-    no key (so it can talk to nobody). Construct it on the main thread (see
+    a random key (so it can talk to nobody, even through the peers the
+    journal's membership changes name). Construct it on the main thread (see
     `nanomesh.consensus._pysyncobj`), then `poll()` until it returns."""
 
     def __init__(self, generation_dir: Path) -> None:
@@ -164,7 +165,7 @@ class JournalReader:
         self._node = RaftNode(
             self_address=None, peers=[], timing=RaftTiming.lan(),
             journal_file=str(self._scratch / "journal"),
-            dump_file=str(dump) if dump.exists() else None, password=None,
+            dump_file=str(dump) if dump.exists() else None, password=os.urandom(16).hex(),
             on_applied=self._applied, on_status=self._status_seen, on_leadership=lambda _: None)
         self._state = self._node.initial_state
         self._deadline = time.monotonic() + READ_TIMEOUT

@@ -85,8 +85,9 @@ HOLDER_WAIT = 5.0
 (profiles reach every peer in well under a second; see README)."""
 HAND_OVER_TIMEOUT = 3.0
 """Seconds a leaving peer spends giving up its Raft membership before it
-leaves anyway (the leader then removes it when gossip reports it left).
-Bounded so that SIGTERM always ends the peer promptly."""
+leaves anyway (the leader then removes it when gossip reports it left; cut
+short, it stays a voter on disk, see `RaftRoleManager.hand_over`). Bounded
+so that SIGTERM always ends the peer promptly."""
 
 
 class MeshControl:
