@@ -131,9 +131,14 @@ def test_three_peers_stopped_one_after_another_then_all_started(
     """Three voters stopped gracefully one after another, then all started:
     the first two were removed, the last remembered it is the voter; the mesh
     has its leader and its service again. Then the same with all three
-    stopped at once (`nanomesh lab down`)."""
+    stopped at once (`nanomesh lab down`); first, all three stopped at once
+    1 s after the mesh has a leader."""
     peers = cluster.start_mesh(3, key_file=cluster.new_key())
     token = read_token_when_ready(cluster, peers[0])
+    wait_leader(cluster, peers)
+    time.sleep(1.0)  # `lab down` 1 s after `lab up`: one voter, two learners
+    terminate_all(peers)
+    start_all(peers)
     wait_agreed(cluster, peers, voters=3)
     marker = new_marker()
     kill_markers.append(marker)
@@ -341,7 +346,7 @@ def test_quorum_lost_for_good_is_reported_and_recovered(cluster: Cluster,
     back = [survivor, learner, returned]
     final = wait_leader(cluster, back)
     assert final["leader"] == raft_addr(survivor)
-    cluster.wait(lambda: status(returned)["cluster_epoch"] == 1, LEADER_TIMEOUT,
-                 what=f"{returned.name} to follow the recovered control plane")
-    assert {d["name"] for d in returned.get("/v1/services")} == {"keep", "after"}
+    cluster.wait(lambda: status(returned)["cluster_epoch"] == 1
+                 and {d["name"] for d in returned.get("/v1/services")} == {"keep", "after"},
+                 LEADER_TIMEOUT, what=f"{returned.name} to follow the recovered control plane")
     assert running_instances(learner, "keep") and marker_procs(marker)
