@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,24 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", default=os.environ.get("NANOMESH_LOG_LEVEL", "INFO"),
                      choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     run.set_defaults(func=_peer_run)
+    recover = peer.add_parser(
+        "recover", help="rebuild the control plane from this stopped peer when a majority "
+        "of the Raft voters is lost for good",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Operator recovery, like Consul's peers.json or etcd's "
+        "--force-new-cluster. Run it on a STOPPED peer that was a voter: without --yes it "
+        "only reports what that peer's journal holds (run it on every survivor and pick the "
+        "highest commit index); with --yes it asks the peer to become, at its next start, "
+        "the only voter of a new control plane that keeps its committed state (services, "
+        "their saved state, plan, registry, management token). The other peers rejoin and "
+        "are promoted again by themselves.",
+        epilog="steps: systemctl stop nanomesh; nanomesh peer recover --data-dir DIR; "
+        "nanomesh peer recover --data-dir DIR --yes; systemctl start nanomesh")
+    recover.add_argument("--data-dir", type=Path, metavar="DIR", required=True,
+                         help="the stopped peer's data directory (as given to `peer run`)")
+    recover.add_argument("--yes", action="store_true",
+                         help="really request the recovery (default: only report)")
+    recover.set_defaults(func=_peer_recover)
 
     members = sub.add_parser("members", help="list the mesh as a peer sees it")
     members.add_argument("--peer", metavar="IP[:PORT]", help=PEER_HELP)
@@ -210,6 +229,30 @@ def _peer_run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise ConfigError(f"cannot start peer on {config.bind[0]}: {exc.strerror or exc}"
                           ) from None
+    return 0
+
+
+def _peer_recover(args: argparse.Namespace) -> int:
+    from nanomesh.auth import TOKEN_META_KEY
+    from nanomesh.consensus import recovery
+
+    consensus_dir = Path(args.data_dir) / "consensus"
+    with recovery.hold_lock(consensus_dir):  # refuses while the peer runs
+        found = recovery.inspect(consensus_dir)
+    st, status = found.state, found.status
+    print(f"peer data   {args.data_dir}\nrole        {found.role} (generation "
+          f"{found.generation})\nterm        {status.term}\ncommit      "
+          f"{status.commit_index}\nrevision    {st.revision}\nplan epoch  "
+          f"{st.plan_epoch}\nservices    {', '.join(sorted(st.services)) or '(none)'}\n"
+          f"registry    {len(st.registry)} entries\ntoken hash  "
+          f"{'yes' if TOKEN_META_KEY in st.meta else 'no'}\n")
+    print(recovery.WARNING)
+    if not args.yes:
+        print("\nnothing changed; re-run with --yes to request the recovery")
+        return 0
+    recovery.request(consensus_dir, found.generation, time.time())
+    print(f"\nrecovery requested ({consensus_dir / recovery.RECOVER_FILE}): start the "
+          "peer; it becomes the only voter and the others follow it")
     return 0
 
 
@@ -390,10 +433,32 @@ def _status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(st, indent=2, sort_keys=True))
         return 0
-    print(f"leader   {st['leader'] or '(none: election under way)'}\nterm     {st['term']}\n"
-          f"voters   {', '.join(st['voters'])}\nepoch    {st['epoch']}\n"
+    print(f"leader   {_leader_line(st)}\nterm     {st['term']}\n"
+          f"voters   {', '.join(st['voters']) or '(unknown)'}\nepoch    {st['epoch']}\n"
           f"revision {st['revision']}\nthis peer {st['peer']} ({st['role']})")
     return 0
+
+
+NO_QUORUM_HINT_AFTER = 30.0
+"""Seconds without a leader after which `nanomesh status` points at
+`nanomesh peer recover` (elections take well under a second)."""
+
+
+def _leader_line(st: dict[str, Any], now: float | None = None) -> str:
+    """The leader, or "none since T" with the last leader this peer heard."""
+    if st.get("leader"):
+        return str(st["leader"])
+    since = st.get("no_leader_since")
+    if not isinstance(since, int | float):
+        return "none"
+    now = time.time() if now is None else now
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(since))
+    line = f"none since {when} ({max(0.0, now - since):.0f} s"
+    line += f"; last {st['last_leader']})" if st.get("last_leader") else ")"
+    if now - since >= NO_QUORUM_HINT_AFTER:
+        line += ("\n         a majority of the voters may be lost for good: once they are "
+                 "gone, see `nanomesh peer recover --help`")
+    return line
 
 
 # ------------------------------------------------------------------ lab

@@ -169,7 +169,7 @@ class RaftNode:
                  on_applied: Callable[[DesiredState], None],
                  on_status: Callable[[RaftStatus], None],
                  on_leadership: Callable[[int], None], hold_elections: bool = False,
-                 source_ip: str | None = None,
+                 epoch: int = 0, source_ip: str | None = None,
                  on_dropped: Callable[[str], None] | None = None,
                  on_storage_problem: _journal.ProblemCallback | None = None) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -179,6 +179,7 @@ class RaftNode:
         self._on_leadership = on_leadership
         self._hold_elections = hold_elections
         self._hold_for = timing.raft_max_timeout
+        self._leader_stale_after = timing.leader_fallback_timeout
         self._keepalive_period = timing.connection_timeout / KEEPALIVES_PER_TIMEOUT
         self._next_keepalive = 0.0
         self._status: RaftStatus | None = None
@@ -194,7 +195,7 @@ class RaftNode:
             onStateChanged=self._state_changed,
         )
         self._machine = _DesiredStateMachine(on_applied)
-        cipher = KeyringCipher(keyring)  # ValueError without a key: never unauthenticated
+        cipher = KeyringCipher(keyring, epoch)  # ValueError without a key
         if source_ip is None and self_address is not None:
             source_ip = self_address.rsplit(":", 1)[0]
         self._obj = KeyedSyncObj(
@@ -204,6 +205,8 @@ class RaftNode:
         if isinstance(self._journal, _journal.DurableJournal):
             self._journal.on_problem = on_storage_problem
             _journal.guard_sends(self._obj._SyncObj__transport, self._journal)
+        if journal_file is not None:
+            self._store_commit_index_at_once()
         if hold_elections:
             self._postpone_election()
         self._obj.addOnTickCallback(self._tick)
@@ -301,11 +304,14 @@ class RaftNode:
     def _read_status(self) -> RaftStatus:
         obj = self._obj
         me = obj.selfNode
+        role = Role.LEARNER if me is None else _ROLES[int(obj._SyncObj__raftState)]
         leader = obj._getLeader()
+        if leader is not None and role is not Role.LEADER and self._leader_silent(obj):
+            leader = None
         others = frozenset(n.address for n in obj.otherNodes)
         return RaftStatus(
             address=None if me is None else me.address,
-            role=Role.LEARNER if me is None else _ROLES[int(obj._SyncObj__raftState)],
+            role=role,
             term=int(obj.raftCurrentTerm),
             leader=None if leader is None else str(leader.address),
             voters=others if me is None else others | {me.address},
@@ -316,6 +322,32 @@ class RaftNode:
             learners=len(obj.readonlyNodes),
             bound=bool(obj._SyncObj__transport.ready),
         )
+
+    def _store_commit_index_at_once(self) -> None:
+        """pysyncobj's file journal writes the commit index to ``journal.meta``
+        only once a second (and not at all on destroy), but a restarted node
+        replays membership changes only up to the stored index. A voter whose
+        removal committed (and who, told so, became a learner) then came back
+        into the configuration of the last voter after its restart, which
+        waited forever for that learner's vote. Stored at every change
+        instead, before the commit is applied and reported: one small file
+        write per commit-index change (about one per heartbeat under writes)."""
+        journal = self._obj._SyncObj__raftLog
+        set_index, store = journal.setRaftCommitIndex, journal.onOneSecondTimer
+
+        def set_and_store(index: int) -> None:
+            set_index(index)
+            store()
+        journal.setRaftCommitIndex = set_and_store
+
+    def _leader_silent(self, obj: Any) -> bool:
+        """Has the leader this node last heard been silent for longer than an
+        election timeout plus ``leader_fallback_timeout``? pysyncobj pushes
+        the election deadline forward on every message from the leader, but
+        only a voter that can campaign ever forgets its leader: a learner (or
+        a follower connected to nobody) kept reporting a dead one forever."""
+        deadline = obj._SyncObj__raftElectionDeadline
+        return bool(pysyncobj.syncobj.monotonicTime() > deadline + self._leader_stale_after)
 
     def _postpone_election(self) -> None:
         """Push this node's election deadline past the next tick (runs first

@@ -44,6 +44,7 @@ replaces atomically (`Keyring` is copy-on-write).
 
 from __future__ import annotations
 
+import base64
 import functools
 import logging
 import socket
@@ -63,12 +64,18 @@ from pysyncobj.tcp_connection import (  # type: ignore[import-untyped]
 )
 from pysyncobj.transport import TCPTransport  # type: ignore[import-untyped]
 
-from nanomesh.wire import Keyring
+from nanomesh.wire import Keyring, derive_secret
 
 log = logging.getLogger("nanomesh.consensus.transport")
 
 RAFT_KEY_PURPOSE = "raft-transport"
-"""`Keyring.derive` purpose of the Raft link keys."""
+"""`Keyring.derive` purpose of the Raft link keys (`raft_key_purpose`)."""
+
+
+def raft_key_purpose(epoch: int) -> str:
+    """The derivation purpose of the link keys of control-plane `epoch`
+    (`ConsensusConfig.epoch`): each recovery gets keys of its own."""
+    return RAFT_KEY_PURPOSE if epoch == 0 else f"{RAFT_KEY_PURPOSE}/epoch-{epoch}"
 PRE_AUTH_FRAME_LIMIT = 1024
 """Largest frame, in bytes, accepted on a connection that has not yet
 authenticated. The handshake's frames (a 32-byte random key, a node address,
@@ -110,17 +117,18 @@ class KeyringCipher:
     of an ``encryptor`` (`encrypt_at_time`, `extract_timestamp`, `decrypt`),
     plus `open`, which does the last two with one key search."""
 
-    def __init__(self, keyring: Keyring) -> None:
+    def __init__(self, keyring: Keyring, epoch: int = 0) -> None:
         if not keyring.enabled:
             raise ValueError("the Raft transport needs a cluster key")
         self._keyring = keyring
+        self._purpose = raft_key_purpose(epoch)
         self._cache: tuple[tuple[bytes, ...], tuple[Fernet, ...]] = ((), ())
 
     def _fernets(self) -> tuple[Fernet, ...]:
         keys = tuple(self._keyring.keys)
         cached_keys, fernets = self._cache
         if keys != cached_keys:
-            fernets = tuple(Fernet(_fernet_key(k)) for k in keys)
+            fernets = tuple(Fernet(_fernet_key(k, self._purpose)) for k in keys)
             self._cache = (keys, fernets)
         return fernets
 
@@ -145,11 +153,8 @@ class KeyringCipher:
         return self.open(token)[1]
 
 
-def _fernet_key(cluster_key: bytes) -> bytes:
-    import base64
-
-    from nanomesh.wire import derive_secret
-    return base64.urlsafe_b64encode(derive_secret(cluster_key, RAFT_KEY_PURPOSE))
+def _fernet_key(cluster_key: bytes, purpose: str) -> bytes:
+    return base64.urlsafe_b64encode(derive_secret(cluster_key, purpose))
 
 
 def _ignore(reason: str) -> None:

@@ -157,6 +157,13 @@ class ConsensusConfig:
     data_dir: Path | None = None
     keyring: Keyring | None = None
     join: bool = False
+    epoch: int = 0
+    """The control plane's incarnation: 0, raised by each operator recovery
+    (`nanomesh.consensus.recovery`). Links authenticate with keys derived for
+    their epoch (`_transport.raft_key_purpose`), so nodes of a superseded
+    control plane (a learner still connected to the recovered peer's address,
+    a lost voter back with its old journal) cannot exchange a single entry
+    with the new one; they follow it once gossip shows its epoch."""
     source_ip: str | None = None
     """The IP this node's Raft links leave from (default: `address`'s). A
     learner has no address: give it the peer's IP, so voters count its

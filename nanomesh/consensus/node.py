@@ -98,6 +98,9 @@ that takes about one heartbeat."""
 LEADERSHIP_HISTORY = 1000
 """How many terms this node led are kept in `leadership_history`."""
 JOURNAL_FILE, DUMP_FILE, VOTERS_FILE = "journal", "dump", "voters.json"
+BARRIER_SERVICE = ""
+"""`barrier` patches this service, which cannot exist (an empty name is
+invalid): the command is refused as not-found by every replica, a no-op."""
 
 
 class ConsensusNode:
@@ -159,7 +162,7 @@ class ConsensusNode:
         try:
             self._raft = RaftNode(
                 self_address=self.address, peers=peers, timing=cfg.timing, keyring=keyring,
-                source_ip=cfg.source_ip, on_dropped=self._count_drop,
+                epoch=cfg.epoch, source_ip=cfg.source_ip, on_dropped=self._count_drop,
                 on_applied=lambda s: self._post(self._set_state, s),
                 on_status=lambda s: self._post(self._set_status, s),
                 on_leadership=lambda t: self._post(self._led, t),
@@ -425,6 +428,13 @@ class ConsensusNode:
         outcome: Outcome = await self._command(
             f"put_registry {key!r}", timeout, lambda r, cb: r.put_registry(key, value, cb))
         return outcome
+
+    async def barrier(self, *, timeout: float | None = None) -> None:
+        """Commit a command that changes nothing; once it returns, every entry
+        that was in the leader's log before it is committed too (Raft commits
+        a log prefix), membership changes included."""
+        await self._command("barrier", timeout,
+                            lambda r, cb: r.patch_service(BARRIER_SERVICE, "mode", None, cb))
 
     async def add_voter(self, address: str, *, timeout: float | None = None) -> None:
         """Make `address` (``ip[:port]``) a voter; returns once the change is

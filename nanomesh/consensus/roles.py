@@ -59,18 +59,32 @@ remove it (``ask_remove``: pysyncobj would forward the change to the leader,
 but the removed node would never hear the commit, so `ConsensusNode` refuses
 to remove itself); then it stops. If the ask fails, the leader removes it
 anyway once gossip says it LEFT.
+
+**Durability of a stop** (what etcd and Consul servers keep too): a leaving
+voter must never persist a state in which the cluster it belonged to cannot
+re-form. It records itself as a learner only once its removal is known to be
+committed, i.e. once the remaining voters form a configuration that does not
+need it. The last voter (no successor could be promoted), a voter whose
+removal cannot commit (no quorum left), and one whose hand-over was cut short
+keep their stored role and journal, so once a majority of the last
+configuration is back it elects a leader again, whatever the order of stops
+(SIGTERM or SIGKILL) and restarts. A voter whose removal did commit unseen
+finds itself orphaned after a restart and becomes a learner (removal above).
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 import json
 import logging
 import math
 import operator
+import os
 import shutil
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,6 +99,14 @@ from nanomesh.consensus.config import (
 )
 from nanomesh.consensus.errors import ConsensusError
 from nanomesh.consensus.node import ConsensusNode
+from nanomesh.consensus.recovery import (
+    JournalReader,
+    RecoveryError,
+    RecoveryRequest,
+    acquire_lock,
+)
+from nanomesh.consensus.state import DesiredState
+from nanomesh.consensus.status import LeaderWatch
 from nanomesh.consensus.voters import (
     PeerInfo,
     Promote,
@@ -106,6 +128,9 @@ GENERATION_PREFIX = "raft-"
 (re)join starts a new generation, because a node re-added under the same
 address must come back with an empty log and term."""
 
+LOCK_WAIT = 10.0
+"""Seconds a starting manager waits for the data directory's lock (held by a
+previous manager of this process that is still stopping)."""
 ASK_REMOVE_RETRY = 0.2
 """Seconds between two asks for this voter's removal (a few heartbeats: the
 time for a new leader to be known by everyone)."""
@@ -195,24 +220,28 @@ class _Stored:
     role: RaftRole = RaftRole.NONE
     generation: int = 0
     peers: tuple[str, ...] = ()
+    epoch: int = 0
+    """The control plane's incarnation: 0 until an operator's recovery
+    (`_recover`) starts a new one; see `RaftRoleManager.epoch`."""
 
     @classmethod
     def load(cls, data_dir: Path) -> _Stored:
         try:
             doc = json.loads((data_dir / ROLE_FILE).read_text())
             role, gen, peers = RaftRole(doc["role"]), doc["generation"], doc["peers"]
-        except (OSError, ValueError, KeyError, TypeError):
+            epoch = doc.get("epoch", 0)  # absent in files written before recovery existed
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return cls()
-        if not (isinstance(gen, int) and isinstance(peers, list)
+        if not (isinstance(gen, int) and isinstance(peers, list) and isinstance(epoch, int)
                 and all(isinstance(p, str) for p in peers)):
             return cls()
-        return cls(role, gen, tuple(peers))
+        return cls(role, gen, tuple(peers), epoch)
 
     def store(self, data_dir: Path) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         tmp = data_dir / (ROLE_FILE + ".tmp")
         tmp.write_text(json.dumps({"role": self.role.value, "generation": self.generation,
-                                   "peers": list(self.peers)}) + "\n")
+                                   "peers": list(self.peers), "epoch": self.epoch}) + "\n")
         tmp.replace(data_dir / ROLE_FILE)
 
 
@@ -246,6 +275,7 @@ class RaftRoleManager:
                  *, config: RoleConfig | None = None,
                  view: Callable[[], Sequence[PeerInfo]] | None = None,
                  ask_promote: AskPromote | None = None, ask_remove: AskRemove | None = None,
+                 epoch_hint: Callable[[], int] = lambda: 0,
                  clock: Callable[[], float] = trio.current_time) -> None:
         self.config = config or RoleConfig()
         self.config.check()
@@ -257,6 +287,7 @@ class RaftRoleManager:
         self._timing = timing
         self._founder = founder
         self._voters_hint = voters_hint
+        self._epoch_hint = epoch_hint
         self._view = view
         self._ask_promote = ask_promote
         self._ask_remove = ask_remove
@@ -273,6 +304,10 @@ class RaftRoleManager:
         self._ghost_since: float | None = None
         self._absent_since: dict[str, float] = {}
         self._avoid: dict[str, float] = {}
+        self._restoring = False
+        self.leader_watch = LeaderWatch()
+        """When this peer last had a leader (wall clock), across node restarts."""
+        self.leader_watch.observe(None, time.time())
 
     # ------------------------------------------------------------ reads
 
@@ -281,9 +316,23 @@ class RaftRoleManager:
         return self._role
 
     @property
+    def epoch(self) -> int:
+        """This peer's control-plane epoch ("cluster_epoch" in gossip and
+        ``/v1/status``): 0, plus one per operator recovery. Peers of an older
+        epoch follow the newest one as learners."""
+        return self._stored.epoch
+
+    @property
+    def restoring(self) -> bool:
+        """An operator's recovery is writing the old state back: the state is
+        incomplete, so nobody may act on it (placement, reconciliation)."""
+        return self._restoring
+
+    @property
     def node(self) -> ConsensusNode | None:
-        """The running node (None in role ``none``)."""
-        return None if self._running is None else self._running.node
+        """The running node (None in role ``none``, and while a recovery
+        writes the old state back: nobody may read a partial state)."""
+        return None if self._running is None or self._restoring else self._running.node
 
     def profile_section(self) -> dict[str, Any]:
         """What this peer gossips under ``profile["raft"]``: ``role``, ``addr``
@@ -297,6 +346,7 @@ class RaftRoleManager:
             "leader": None if status is None else status.leader,
             "term": 0 if status is None else status.term,
             "voters": [] if status is None else sorted(status.voters),
+            "cluster_epoch": self._stored.epoch,
         }
 
     async def wait_profile_change(self, last: Mapping[str, Any]) -> dict[str, Any]:
@@ -314,7 +364,7 @@ class RaftRoleManager:
             while True:
                 node = self.node
                 if (node is not None and self._role in (RaftRole.LEARNER, RaftRole.VOTER)
-                        and node.leader is not None):
+                        and node.leader is not None and not self._restoring):
                     return node
                 await self._changed.wait()
 
@@ -325,12 +375,17 @@ class RaftRoleManager:
         """Start in the stored role (or bootstrap, or wait for the voters),
         report started, then check the role every `RoleConfig.period` until
         cancelled; the node stops with it."""
-        async with trio.open_nursery() as nursery:
+        async with trio.open_nursery() as nursery, self._data_dir_lock():
             self._nursery = nursery
             try:
                 self._stored = await trio.to_thread.run_sync(_Stored.load, self.data_dir)
                 async with self._lock:
-                    await self._start_in_stored_role()
+                    request = await trio.to_thread.run_sync(RecoveryRequest.load,
+                                                            self.data_dir)
+                    if request is not None:
+                        await self._recover(request)
+                    else:
+                        await self._start_in_stored_role()
                 task_status.started()
                 while True:
                     await trio.sleep(self.config.period)
@@ -343,6 +398,57 @@ class RaftRoleManager:
                 self._role = RaftRole.NONE
                 self._nursery = None
                 self._wake()
+
+    @contextlib.asynccontextmanager
+    async def _data_dir_lock(self) -> AsyncIterator[None]:
+        """Hold the data directory's lock (`nanomesh.consensus.recovery`
+        refuses to touch a running peer's journal). Retried briefly: a
+        manager restarted in the same process waits for the old one's exit."""
+        deadline = trio.current_time() + LOCK_WAIT
+        while True:
+            try:
+                fd = acquire_lock(self.data_dir)
+                break
+            except RecoveryError:
+                if trio.current_time() >= deadline:
+                    raise
+                await trio.sleep(0.1)
+        try:
+            yield
+        finally:
+            os.close(fd)
+
+    async def _recover(self, request: RecoveryRequest) -> None:
+        """Apply an operator's recovery request (`nanomesh.consensus.recovery`):
+        a new one-voter cluster in a new generation, holding the committed
+        state of generation ``request.generation``. role.json and the request
+        change only once it is all committed, so a crash midway redoes it."""
+        source = self.data_dir / f"{GENERATION_PREFIX}{request.generation}"
+        log.warning("raft role: RECOVERY requested by the operator: rebuilding the control "
+                    "plane from %s as its only voter", source)
+        self._restoring = True
+        try:
+            state = await _read_state(source)
+            generation = await self._next_generation(keep=request.generation)
+            epoch = max(self._stored.epoch, self._epoch_hint()) + 1
+            config = ConsensusConfig(
+                address=(self.address_ip, self.config.raft_port), peers=(),
+                data_dir=self.data_dir / f"{GENERATION_PREFIX}{generation}",
+                keyring=self._keyring, epoch=epoch, join=False, timing=self._timing)
+            if not await self._start(config, RaftRole.VOTER):
+                raise RecoveryError("the recovered voter could not start (see above)")
+            node = self._node_or_fail()
+            await node.wait_status(lambda s: s.is_leader, timeout=self.config.call_timeout)
+            await _restore(node, state, self.config.call_timeout)
+            await self._store(RaftRole.VOTER, generation, (), epoch)
+            await trio.to_thread.run_sync(RecoveryRequest.done, self.data_dir)
+        finally:
+            self._restoring = False
+            self._wake()
+        log.warning("raft role: recovered: %d services, plan epoch %d, %d registry entries "
+                    "restored; this peer is the only voter (generation %d); the others "
+                    "rejoin and are promoted as usual", len(state.services),
+                    node.state.plan_epoch, len(state.registry), generation)
 
     async def _start_in_stored_role(self) -> None:
         stored = self._stored
@@ -369,6 +475,12 @@ class RaftRoleManager:
 
     async def _step(self) -> None:
         now = self._clock()
+        if self._role is not RaftRole.NONE and self._epoch_hint() > self._stored.epoch:
+            log.warning("raft role: an operator recovered the control plane (epoch %d; this "
+                        "peer's is %d): following the recovered one as a learner",
+                        self._epoch_hint(), self._stored.epoch)
+            await self._start_learner(self._voters_hint())
+            return
         match self._role:
             case RaftRole.NONE:
                 if hint := self._voters_hint():
@@ -507,7 +619,8 @@ class RaftRoleManager:
                 return False
             log.info("raft role: asked to become a voter; joining %s", ", ".join(peers))
             return await self._start_voter(await self._next_generation(), peers,
-                                           RaftRole.JOINING)
+                                           RaftRole.JOINING,
+                                           max(self._stored.epoch, self._epoch_hint()))
 
     async def handle_remove(self, raft_addr: str) -> bool:
         """Called when a peer asks (``ask_remove``): remove the voter
@@ -518,6 +631,11 @@ class RaftRoleManager:
             return False
         try:
             await node.remove_voter(raft_addr, timeout=self.config.call_timeout)
+            # remove_voter is a no-op when the change is already in this node's
+            # configuration (applied on append), possibly still uncommitted (an
+            # earlier ask that timed out): the asker must not believe it is out
+            # before it is, so wait for a later entry to commit.
+            await node.barrier(timeout=self.config.call_timeout)
         except ConsensusError as exc:
             log.warning("raft voters: removing %s on request failed: %s", raft_addr, exc)
             return False
@@ -527,12 +645,20 @@ class RaftRoleManager:
     async def hand_over(self) -> None:
         """Leave gracefully (module doc): promote a successor if this is the
         only voter, transfer leadership if leading, ask to be removed, stop.
-        The stored role becomes learner, so a restart does not resume a
-        membership this peer gave up."""
+
+        What is stored decides whether the cluster can re-form: the stored
+        role becomes learner ONLY once the removal of this voter is known to
+        be committed. Otherwise (the last voter, no quorum left to commit the
+        removal, the hand-over cut short) it stays what it was, so a restart
+        resumes the membership the configuration still counts on; if the
+        removal did commit unseen, the restarted node finds itself orphaned
+        and becomes a learner (`_check_voter`)."""
         async with self._lock:
             self._leaving = True
             node = self.node
-            if self._role is RaftRole.VOTER and node is not None:
+            removed = False
+            if self._role in (RaftRole.VOTER, RaftRole.JOINING) and node is not None \
+                    and node.leader is not None:
                 if node.voters == {self.raft_addr} and node.is_leader:
                     await self._promote_successor(node)
                 if node.voters - {self.raft_addr}:
@@ -543,11 +669,18 @@ class RaftRoleManager:
                             log.info("raft role: leadership handed to %s", new)
                         except ConsensusError as exc:
                             log.warning("raft role: leadership transfer failed: %s", exc)
-                    await self._call_ask_remove()
+                    removed = await self._call_ask_remove()
+                else:
+                    log.info("raft role: %s is the last voter: it stays a voter across "
+                             "this stop, so the mesh re-forms when it returns", self.raft_addr)
             await self._stop_node()
             if self._role is not RaftRole.NONE:
                 await self._set_role(RaftRole.NONE)
-            await self._store(RaftRole.LEARNER, self._stored.generation, ())
+            if removed:
+                await self._store(RaftRole.LEARNER, self._stored.generation, ())
+            elif self._stored.role in (RaftRole.VOTER, RaftRole.JOINING):
+                log.info("raft role: still a member of the configuration; a restart "
+                         "resumes as %s", self._stored.role.value)
 
     async def _promote_successor(self, node: ConsensusNode) -> None:
         if self._view is None or self._ask_promote is None:
@@ -580,15 +713,16 @@ class RaftRoleManager:
         peers = tuple(sorted(set(voters) - {self.raft_addr}))  # we no longer serve ours
         if not peers:
             return False
+        epoch = max(self._stored.epoch, self._epoch_hint())
         config = ConsensusConfig(address=None, peers=peers, keyring=self._keyring,
-                                 timing=self._timing, source_ip=self.address_ip)
+                                 epoch=epoch, timing=self._timing, source_ip=self.address_ip)
         if await self._start(config, RaftRole.LEARNER):
-            await self._store(RaftRole.LEARNER, self._stored.generation, ())
+            await self._store(RaftRole.LEARNER, self._stored.generation, (), epoch)
             return True
         return False
 
     async def _start_voter(self, generation: int, peers: tuple[str, ...],
-                           role: RaftRole) -> bool:
+                           role: RaftRole, epoch: int | None = None) -> bool:
         """Start a voter node on generation `generation`'s directory (its
         journal if it has one): bootstrap when `peers` is empty and the
         directory is new, else join (`join` only holds elections until the
@@ -596,10 +730,11 @@ class RaftRoleManager:
         config = ConsensusConfig(
             address=(self.address_ip, self.config.raft_port), peers=peers,
             data_dir=self.data_dir / f"{GENERATION_PREFIX}{generation}",
-            keyring=self._keyring, join=bool(peers), timing=self._timing)
+            keyring=self._keyring, epoch=self._stored.epoch if epoch is None else epoch,
+            join=bool(peers), timing=self._timing)
         if not await self._start(config, role):
             return False
-        await self._store(role, generation, peers)
+        await self._store(role, generation, peers, epoch)
         return True
 
     async def _start(self, config: ConsensusConfig, role: RaftRole) -> bool:
@@ -656,35 +791,66 @@ class RaftRoleManager:
         self._ghost_since = None
         self._wake()
 
-    async def _store(self, role: RaftRole, generation: int, peers: tuple[str, ...]) -> None:
-        self._stored = _Stored(role, generation, peers)
+    async def _store(self, role: RaftRole, generation: int, peers: tuple[str, ...],
+                     epoch: int | None = None) -> None:
+        self._stored = _Stored(role, generation, peers,
+                               self._stored.epoch if epoch is None else epoch)
         try:
             await trio.to_thread.run_sync(self._stored.store, self.data_dir)
         except OSError as exc:  # a full disk: the peer runs on (degraded), stored next change
             log.error("raft role: cannot save %s (%s): %s", ROLE_FILE, role.value,
                       describe_disk_error(exc))
 
-    async def _next_generation(self) -> int:
+    async def _next_generation(self, keep: int | None = None) -> int:
         """A new generation number; deletes the directories of all but the
-        current one (kept: it is the last journal, for an operator)."""
-        current = self._stored.generation
+        current one (kept: it is the last journal, for an operator) or `keep`."""
+        current = self._stored.generation if keep is None else keep
 
         def prune() -> None:
             for d in self.data_dir.glob(GENERATION_PREFIX + "*"):
                 if d.name != f"{GENERATION_PREFIX}{current}" and d.is_dir():
                     shutil.rmtree(d, ignore_errors=True)
         await trio.to_thread.run_sync(prune)
-        return current + 1
+        return max(current, self._stored.generation) + 1
 
     def _node_or_fail(self) -> ConsensusNode:
-        node = self.node
+        node = None if self._running is None else self._running.node
         if node is None:
             raise RuntimeError(f"raft role {self._role.value} without a node")
         return node
 
     def _wake(self) -> None:
+        node = self.node
+        self.leader_watch.observe(None if node is None else node.leader, time.time())
         self._changed.set()
         self._changed = trio.Event()
+
+
+async def _read_state(generation_dir: Path) -> DesiredState:
+    """`nanomesh.consensus.recovery.JournalReader` without blocking trio
+    (the reader's node is created here, on trio's main thread)."""
+    reader = JournalReader(generation_dir)
+    try:
+        while (result := reader.poll()) is None:
+            await trio.sleep(0.01)
+        return result[0]
+    finally:
+        await trio.to_thread.run_sync(reader.close)
+
+
+async def _restore(node: ConsensusNode, state: DesiredState, timeout: float) -> None:
+    """Write `state` into the new cluster of `node` (its only voter, leading):
+    mesh settings first (the token hash), the registry, the services (their
+    saved state and mode are part of the document), then the plan, so the
+    instances keep running where they ran."""
+    for key, value in state.meta.items():
+        await node.init_meta(key, value, timeout=timeout)
+    for key, entry in state.registry.items():
+        await node.put_registry(key, entry, timeout=timeout)
+    for name, doc in state.services.items():
+        await node.put_service(name, doc, timeout=timeout)
+    if state.plan:
+        await node.set_plan(state.plan, node.state.plan_epoch, timeout=timeout)
 
 
 def raft_profile_section(manager: RaftRoleManager) -> dict[str, Any]:
@@ -703,11 +869,15 @@ def voters_from_profiles(sections: Iterable[Any]) -> frozenset[str]:
     highest term (a self-declared leader first at equal terms) — a removed
     voter that keeps campaigning has a high term but no leader, so it never
     counts; failing that (no leader anywhere) the union of all reported
-    lists, which only ever errs towards "still a voter"."""
+    lists, which only ever errs towards "still a voter". Only the sections
+    of the newest control-plane epoch count (`epoch_from_profiles`): after an
+    operator's recovery the superseded voters are no voters at all."""
+    sections = [s for s in sections if isinstance(s, Mapping)]
+    epoch = epoch_from_profiles(sections)
     best: tuple[int, int, tuple[str, ...]] | None = None
     union: set[str] = set()
     for s in sections:
-        if not isinstance(s, Mapping):
+        if _epoch_of(s) != epoch:
             continue
         voters, term, leader, addr = s.get("voters"), s.get("term"), s.get("leader"), \
             s.get("addr")
@@ -720,3 +890,14 @@ def voters_from_profiles(sections: Iterable[Any]) -> frozenset[str]:
         if best is None or key > best:
             best = key
     return frozenset(best[2]) if best is not None else frozenset(union)
+
+
+def epoch_from_profiles(sections: Iterable[Any]) -> int:
+    """The newest control-plane epoch the ``profile["raft"]`` sections report
+    (0 if none does); the daemon's ``epoch_hint``. Malformed ones count as 0."""
+    return max((_epoch_of(s) for s in sections if isinstance(s, Mapping)), default=0)
+
+
+def _epoch_of(section: Mapping[str, Any]) -> int:
+    epoch = section.get("cluster_epoch", 0)
+    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0 else 0

@@ -50,3 +50,23 @@ class RaftStatus:
 
 STOPPED = RaftStatus(None, Role.FOLLOWER, 0, None, frozenset(), 0, 0, False, False, 0, False)
 """The status of a node that is not running."""
+
+
+@dataclass
+class LeaderWatch:
+    """When this peer last had a leader, across node restarts and role
+    changes (what ``/v1/status`` reports as ``no_leader_since``).
+
+    `observe(leader, now)` after every status change; `now` is wall-clock
+    time (seconds since the epoch: it is shown to operators, and compared
+    across peers). `since` is when the leader was lost (None while one is
+    known); `last_leader` the last one known."""
+
+    since: float | None = None
+    last_leader: str | None = None
+
+    def observe(self, leader: str | None, now: float) -> None:
+        if leader is not None:
+            self.since, self.last_leader = None, leader
+        elif self.since is None:
+            self.since = now

@@ -28,7 +28,8 @@ Shapes:
   while the instance still runs an older spec of its service;
   ``"deployments"``: as ``GET /v1/deployments``.
 - ``GET /v1/status``: ``{"leader", "term", "voters", "epoch", "revision",
-  "role", "peer"}``.
+  "role", "no_leader_since", "last_leader", "cluster_epoch", "peer"}``
+  (`status_document`).
 """
 
 from __future__ import annotations
@@ -134,17 +135,33 @@ def mesh_routes(peer: PeerDaemon) -> dict[tuple[str, str], Handler]:
                      "deployments": dict(state.deployments)}
 
     async def status(_: Request) -> tuple[int, Any]:
-        n = node()
-        st = n.status
-        return 200, {"leader": n.leader, "term": n.term, "voters": sorted(n.voters),
-                     "epoch": n.state.plan_epoch, "revision": n.state.revision,
-                     "role": st.role.value,
-                     "peer": peer.config.name}
+        return 200, status_document(peer)
 
     return {("POST", "/v1/services"): deploy, ("DELETE", "/v1/services/{name}"): undeploy,
             ("GET", "/v1/services"): services, ("GET", "/v1/placement"): placement,
             ("GET", "/v1/deployments"): deployments,
             ("GET", "/v1/status"): status}
+
+
+def status_document(peer: PeerDaemon) -> dict[str, Any]:
+    """``GET /v1/status``: this peer's view of the control plane. Answered
+    even while its Raft node is down (role ``none``). ``leader`` is null
+    when this peer has not heard a leader recently; ``no_leader_since``
+    (seconds since the epoch, or null) says since when, ``last_leader``
+    which one it last heard; ``cluster_epoch`` counts operator recoveries
+    (`nanomesh.consensus.recovery`)."""
+    assert peer.mesh is not None
+    watch = peer.mesh.roles.leader_watch
+    n = peer.consensus
+    if n is None or not n.running:
+        raft: dict[str, Any] = {"leader": None, "term": 0, "voters": [], "epoch": None,
+                                "revision": None, "role": "none"}
+    else:
+        raft = {"leader": n.leader, "term": n.term, "voters": sorted(n.voters),
+                "epoch": n.state.plan_epoch, "revision": n.state.revision,
+                "role": n.status.role.value}
+    return {**raft, "no_leader_since": watch.since, "last_leader": watch.last_leader,
+            "cluster_epoch": peer.mesh.roles.epoch, "peer": peer.config.name}
 
 
 def _reported_instances(peer: PeerDaemon) -> dict[str, dict[str, dict[str, Any]]]:

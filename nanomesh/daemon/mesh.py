@@ -47,7 +47,12 @@ from nanomesh.bundles import (
 )
 from nanomesh.config import api_address, host_port
 from nanomesh.consensus import ConsensusError, ConsensusNode, RaftTiming, StalePlanError
-from nanomesh.consensus.roles import RaftRoleManager, RoleConfig, voters_from_profiles
+from nanomesh.consensus.roles import (
+    RaftRoleManager,
+    RoleConfig,
+    epoch_from_profiles,
+    voters_from_profiles,
+)
 from nanomesh.consensus.voters import PeerInfo, peer_info
 from nanomesh.control import VIEW_GRACE, decide, unknown_hosts, worth_committing
 from nanomesh.daemon.api_auth import is_member, require_management_token, require_member
@@ -83,8 +88,9 @@ HOLDER_WAIT = 5.0
 (profiles reach every peer in well under a second; see README)."""
 HAND_OVER_TIMEOUT = 3.0
 """Seconds a leaving peer spends giving up its Raft membership before it
-leaves anyway (the leader then removes it when gossip reports it left).
-Bounded so that SIGTERM always ends the peer promptly."""
+leaves anyway (the leader then removes it when gossip reports it left; cut
+short, it stays a voter on disk, see `RaftRoleManager.hand_over`). Bounded
+so that SIGTERM always ends the peer promptly."""
 
 
 class MeshControl:
@@ -113,7 +119,8 @@ class MeshControl:
             keyring=peer.keyring,
             timing=timing or RaftTiming.lan(), founder=not cfg.join,
             voters_hint=self._voters_hint, config=role_config, view=self._view,
-            ask_promote=self._ask_promote, ask_remove=self._ask_remove)
+            ask_promote=self._ask_promote, ask_remove=self._ask_remove,
+            epoch_hint=self._epoch_hint)
         self._plan_wanted = trio.Event()
         self._unknown_since: dict[str, float] = {}
         self.bundles = BundleStore(cfg.data_dir / "bundles")
@@ -265,7 +272,8 @@ class MeshControl:
                 await self._plan_wanted.wait()
             self._plan_wanted = trio.Event()
             node = self.roles.node
-            if node is None or not node.is_leader or not node.status.has_quorum:
+            if node is None or not node.is_leader or not node.status.has_quorum \
+                    or self.roles.restoring:
                 continue
             await self._plan_once(node)
 
@@ -358,6 +366,12 @@ class MeshControl:
     def _voters_hint(self) -> frozenset[str]:
         assert self.peer.core is not None
         return voters_from_profiles(
+            (m.profile or {}).get("raft") for m in self.peer.core.members()
+            if m.state in (MemberState.ALIVE, MemberState.SUSPECT))
+
+    def _epoch_hint(self) -> int:
+        assert self.peer.core is not None
+        return epoch_from_profiles(
             (m.profile or {}).get("raft") for m in self.peer.core.members()
             if m.state in (MemberState.ALIVE, MemberState.SUSPECT))
 

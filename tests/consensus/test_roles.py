@@ -183,7 +183,7 @@ async def test_founder_alone_bootstraps_and_leads(mesh: Mesh) -> None:
     assert await _write(node, "cam") == 1
     section = raft_profile_section(founder)
     assert section == {"role": "voter", "addr": founder.raft_addr, "leader": founder.raft_addr,
-                       "term": node.term, "voters": [founder.raft_addr]}
+                       "term": node.term, "voters": [founder.raft_addr], "cluster_epoch": 0}
     stored = json.loads((mesh.tmp_path / "a" / ROLE_FILE).read_text())
     assert stored["role"] == "voter"
 
@@ -291,6 +291,71 @@ async def test_sole_voter_promotes_a_successor_before_leaving(mesh: Mesh) -> Non
     assert leader is b and b.node is not None
     assert b.node.voters == {b.raft_addr}
     assert await _write(b.node, "after") == 2
+
+
+async def test_last_voter_leaving_stays_a_voter_and_resumes(mesh: Mesh) -> None:
+    """Issue 8, item 8: the only peer stops gracefully with no successor to
+    hand over to; it must remember itself as a voter (it used to record
+    "learner", and the restarted mesh had no voter at all)."""
+    founder = await mesh.start("a", founder=True)
+    await _write(await founder.wait_ready(timeout=SETTLE), "cam")
+    with trio.fail_after(SETTLE):
+        await founder.hand_over()
+    mesh.kill("a", MemberState.LEFT)
+    assert json.loads((mesh.tmp_path / "a" / ROLE_FILE).read_text())["role"] == "voter"
+    again = await mesh.start("a", founder=True)
+    node = await again.wait_ready(timeout=SETTLE)
+    assert again.role is RaftRole.VOTER and node.is_leader
+    await node.wait_state(lambda s: "cam" in s.services, timeout=SETTLE)
+    assert await _write(node, "after") == 2
+
+
+async def test_voters_leaving_one_after_another_then_all_back(mesh: Mesh) -> None:
+    """Three voters leave one after another: the first two are removed (the
+    remaining set keeps its quorum), the last one remembers it is the voter;
+    all restarted, the mesh has its leader and its state again."""
+    mesh.config = RoleConfig(**{**FAST.__dict__, "target_voters": 3})
+    founder = await mesh.start("a", founder=True)
+    await _write(await founder.wait_ready(timeout=SETTLE), "cam")
+    for name in "bc":
+        await mesh.start(name)
+    await mesh.wait_settled(3)
+    stored = {}
+    for name in "abc":
+        with trio.fail_after(SETTLE):
+            await mesh.peers[name].manager.hand_over()
+        mesh.kill(name, MemberState.LEFT)
+        stored[name] = json.loads((mesh.tmp_path / name / ROLE_FILE).read_text())["role"]
+    assert stored == {"a": "learner", "b": "learner", "c": "voter"}
+    for name in "abc":
+        await mesh.start(name, founder=name == "a")
+    leader = await mesh.wait_settled(3)
+    assert leader.node is not None
+    await leader.node.wait_state(lambda s: "cam" in s.services, timeout=SETTLE)
+    assert await _write(leader.node, "after") == 2
+
+
+async def test_voter_without_quorum_keeps_its_membership_on_leave(mesh: Mesh) -> None:
+    """Two of three voters crash; the third is stopped gracefully: its
+    removal cannot commit, so it must stay a voter, and the three restarted
+    re-form the cluster."""
+    mesh.config = RoleConfig(**{**FAST.__dict__, "target_voters": 3})
+    founder = await mesh.start("a", founder=True)
+    await _write(await founder.wait_ready(timeout=SETTLE), "cam")
+    for name in "bc":
+        await mesh.start(name)
+    await mesh.wait_settled(3)
+    mesh.kill("a")
+    mesh.kill("b")
+    with trio.fail_after(SETTLE):
+        await mesh.peers["c"].manager.hand_over()
+    mesh.kill("c", MemberState.LEFT)
+    assert json.loads((mesh.tmp_path / "c" / ROLE_FILE).read_text())["role"] == "voter"
+    for name in "abc":
+        await mesh.start(name, founder=name == "a")
+    leader = await mesh.wait_settled(3)
+    assert leader.node is not None
+    await leader.node.wait_state(lambda s: "cam" in s.services, timeout=SETTLE)
 
 
 async def test_joining_node_not_added_returns_to_learner(mesh: Mesh) -> None:
