@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nanomesh.config import PeerConfig
+from nanomesh.disk import describe_disk_error, write_durably
 from nanomesh.errors import ConfigError, RemoteProtocolError
 from nanomesh.wire import Keyring, generate_key, open_box, seal_box
 
@@ -80,25 +81,13 @@ def _prepare(data_dir: Path) -> None:
 
 
 def write_key_file(path: Path, keyring: Keyring) -> None:
-    """Write `keyring` to `path` atomically, owner-only: a crash or a power
-    cut leaves the old file or the new one, never a torn one."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    """Write `keyring` to `path` atomically and durably, owner-only: a crash
+    or a power cut leaves the old file or the new one, never a torn one."""
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(keyring.to_text())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_durably(str(path), keyring.to_text().encode())
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise ConfigError(f"cannot write key file {path}: {exc.strerror or exc}") from None
-
+        raise ConfigError(f"cannot write key file {path}: {describe_disk_error(exc)}"
+                          ) from None
 
 
 # ------------------------------------------------------------------ live rotation
