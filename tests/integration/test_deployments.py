@@ -44,7 +44,7 @@ class Mesh:
 
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
-        self.peers = cluster.start_mesh(3, key_file=cluster.new_key())
+        self.peers = cluster.start_mesh(3)  # the session key, which the CLI reads
         read_token_when_ready(cluster, self.peers[0])
         # The founder creates the file, then writes it: wait for the token.
         self.token = cluster.wait(lambda: read_token(self.peers[0]) or None,

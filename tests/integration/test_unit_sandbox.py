@@ -260,7 +260,7 @@ def sandboxed_peer(cluster: Cluster, tmp_path: Path) -> Iterator[Peer]:
     settings = unit_settings()
     spec_file = tmp_path / "seccomp.json"
     spec_file.write_text(json.dumps(seccomp_spec(settings)))
-    key = cluster.new_key()
+    key = cluster.default_key  # the session's: the test's `nanomesh call` reads it
     ip = cluster.pool.take()
     data_dir = cluster.root / "data" / "hardened"
     data_dir.mkdir(parents=True, mode=0o700)
