@@ -48,20 +48,15 @@ def attach_logs(request: pytest.FixtureRequest) -> Callable[[HasLogs], None]:
     return lambda obj: _register(request, obj)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def cluster_key_for_clients() -> Iterator[Path]:
+@pytest.fixture(autouse=True)
+def cluster_key_for_clients(monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every peer the harness starts holds the session's key by default; the
-    clients tests run (`nanomesh call`, `nanomesh.client`) find it here."""
+    clients an integration test runs (`nanomesh call`, `nanomesh.client`)
+    find it in ``$NANOMESH_KEY_FILE``, for this test only (the unit tests of
+    other folders run keyless clients)."""
     key = session_key_file()
-    old = os.environ.get("NANOMESH_KEY_FILE")
-    os.environ["NANOMESH_KEY_FILE"] = str(key)
-    try:
-        yield key
-    finally:
-        if old is None:
-            os.environ.pop("NANOMESH_KEY_FILE", None)
-        else:
-            os.environ["NANOMESH_KEY_FILE"] = old
+    monkeypatch.setenv("NANOMESH_KEY_FILE", str(key))
+    return key
 
 
 @pytest.fixture(scope="session")
