@@ -102,3 +102,49 @@ def test_a_key_operation_sealed_under_a_foreign_key_changes_nothing(
          "--key-file", str(cluster.default_key)], capture_output=True, text=True, timeout=60,
         env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"})
     assert result.returncode != 0 and "HTTP 401" in result.stderr, result
+
+
+def test_private_service_calls_survive_the_documented_rotation(
+        cluster: Cluster, tmp_path: Path) -> None:
+    """README's procedure for service traffic, whose endpoints keep the keys
+    they started with: install and use the new key, restart the peers one at
+    a time with clients still on the old key, then move clients to the new
+    key and remove the old one. A private service answers at every step."""
+    from service_helpers import SERVICES, cli_retry, wait_instances
+
+    peers = cluster.start_mesh(3)
+    token = management_token(cluster, peers[0], cluster.default_key)
+    cli_retry(cluster, "deploy", str(SERVICES / "counter"), peer=peers[0], token=token)
+    wait_instances(cluster, peers, "counter", 1, timeout=60)
+    old, new = cluster.default_key, cluster.new_key("new.key")
+    both = tmp_path / "old-then-new.key"
+    both.write_text(old.read_text() + new.read_text())
+
+    def count(key_file: Path) -> int:
+        result = subprocess.run(
+            [PY, "-m", "nanomesh", "call", "counter", "count", "--data", '{"by": 1}',
+             "--peer", peers[1].api, "--key-file", str(key_file)],
+            capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, (key_file.name, result.stderr)
+        return int(json.loads(result.stdout)["count"])
+
+    first = count(old)
+    assert keys_cli(peers[0], token, old, "install", str(new))[0] == 0
+    assert keys_cli(peers[0], token, old, "use", str(new))[0] == 0
+    assert count(both) == first + 1, "clients on the old key, before any restart"
+    # The limitation README documents: endpoints started before the rotation
+    # do not admit a client holding only the new key. When service keys follow
+    # a rotation live, this check fails: drop it and README's restart step.
+    refused = subprocess.run(
+        [PY, "-m", "nanomesh", "call", "counter", "count", "--peer", peers[1].api,
+         "--key-file", str(new)], capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "handshake failed" in refused.stderr, refused
+    for p in peers:
+        p.terminate()
+        p.start()
+        cluster.wait_converged(peers)
+        wait_instances(cluster, peers, "counter", 1, timeout=60)
+        count(both)
+    assert count(new) > first, "clients on the new key only, after every restart"
+    assert keys_cli(peers[0], token, new, "remove", fp(old))[0] == 0
+    count(new)
