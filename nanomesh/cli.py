@@ -211,6 +211,7 @@ def _peer_run(args: argparse.Namespace) -> int:
     import trio
 
     from nanomesh.config import build_config
+    from nanomesh.consensus.recovery import hold_lock
     from nanomesh.daemon.peer import PeerDaemon
     from nanomesh.daemon.profile import ProfileSource
     from nanomesh.keys import resolve_keyring
@@ -222,6 +223,10 @@ def _peer_run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level, stream=sys.stderr,
         format=f"%(asctime)s {config.name} %(levelname)s %(name)s: %(message)s")
+    # One daemon per data directory: say so in one line, before anything
+    # starts (the role manager takes the same lock for good later).
+    with hold_lock(config.data_dir / "consensus"):
+        pass
     keyring, key_path = resolve_keyring(config)
     daemon = PeerDaemon(config, keyring, ProfileSource(config), key_path=key_path)
     try:

@@ -203,6 +203,11 @@ def test_peer_run_rejects_bad_configuration(tmp_path: Path, cluster: Cluster) ->
                                 *data), f"cannot listen for gossip (UDP) on {running.ip}:7946",
                        "Address already in use")
     assert running.running
+    # A second daemon on a running peer's data directory (another address).
+    assert_clean_error(nanomesh("peer", "run", "--bind", "127.0.10.251",
+                                "--data-dir", str(running.data_dir)),
+                       "a peer is running on", "stop it first")
+    assert running.running
 
 
 def test_peer_run_with_api_port_in_use_fails_cleanly(tmp_path: Path, cluster: Cluster) -> None:
