@@ -25,13 +25,15 @@ sweep of connections that do not authenticate in time). Rules they keep:
    is decrypted; only then is it decompressed and unpickled. There is no
    plaintext mode: a node without a cluster key is refused at construction.
 2. **Nothing unauthenticated is buffered beyond `PRE_AUTH_FRAME_LIMIT`.** A
-   connection's first frame must authenticate; until it has, a length
-   prefix above that limit closes the connection at once, before any byte
-   of the body is kept. After it has (the other side holds the key), frames
+   link is authenticated by the first frame that carries the random key we
+   sent on it (a valid MAC alone is not enough: a frame recorded on another
+   link has one). Until then a length prefix above that limit closes the
+   connection at once, before any byte of the body is kept; after, frames
    may be up to `MAX_FRAME`.
-3. **Nothing unauthenticated lasts beyond `HANDSHAKE_TIMEOUT`,** and at most
-   `MAX_PENDING_PER_SOURCE` such connections per source address and
-   `MAX_PENDING` in all exist at once: more are closed on accept.
+3. **Nothing unauthenticated lasts beyond `HANDSHAKE_TIMEOUT`,** at most
+   `MAX_PENDING_PER_SOURCE` such connections per source address exist (more
+   are closed on accept), and at most `MAX_PENDING` in all (the oldest makes
+   room for a newcomer, so a full table never locks a member out).
 4. **Any installed key is accepted; the primary one is used to send**
    (`KeyringCipher`, which reads the live `Keyring`): a rolling key rotation
    (install everywhere, make primary everywhere, remove the old one) never
@@ -186,7 +188,7 @@ class GuardedConnection:
         self._read = bytearray()
         self._write = bytearray()
         self._last_read = _monotonic()
-        self._opened_at = self._last_read
+        self.opened_at = self._last_read
         self._on_message: Callable[[Any], None] | None = None
         self._on_connected: Callable[[], None] | None = None
         self._on_disconnected: Callable[[], None] | None = None
@@ -269,7 +271,7 @@ class GuardedConnection:
     def handshake_overdue(self, now: float) -> bool:
         """Rule 3: connected for HANDSHAKE_TIMEOUT without one authenticated frame."""
         return (not self.authenticated and self._state != CONNECTION_STATE.DISCONNECTED
-                and now - self._opened_at > HANDSHAKE_TIMEOUT)
+                and now - self.opened_at > HANDSHAKE_TIMEOUT)
 
     def _next_frame(self) -> bytes | None:
         """The next whole frame's body, or None (need more bytes, or the
@@ -289,7 +291,15 @@ class GuardedConnection:
         return body
 
     def _decode(self, token: bytes) -> Any:
-        """Rule 1: the MAC first; zlib and pickle only for a member's frame."""
+        """Rule 1: the MAC first; zlib and pickle only for a member's frame.
+
+        A valid MAC alone does not authenticate the *link*: a frame recorded
+        on another link passes it too. pysyncobj's handshake makes each side
+        send a fresh random key and the other wrap every later frame with
+        it; only a frame carrying our own key (`recvRandKey`) proves that
+        the sender holds the cluster key now, on this link. Until one
+        arrives the link stays under rule 2 and rule 3 (on an incoming link
+        the first frame, the sender's random key, cannot carry ours)."""
         try:
             stamp, data = self.encryptor.open(token)
         except InvalidToken:
@@ -299,19 +309,21 @@ class GuardedConnection:
             self._refuse("replayed")
             return _NOTHING
         self.recvLastTimestamp = stamp
-        self.authenticated = True
         try:
             message = _pickle.loads(zlib.decompress(data))
-            if self.recvRandKey:
-                rand_key, message = message
-                if rand_key != self.recvRandKey:
-                    raise ValueError("frame of another connection")
         except Exception:
-            # A member holding the key sent garbage: a bug or a compromised
+            # Authentic bytes that do not decode: a bug or a compromised
             # member, not an outsider; close and say so.
             log.warning("raft: closing the link from %s: undecodable frame", self.peer_ip)
             self._refuse("undecodable")
             return _NOTHING
+        if self.recvRandKey:
+            if not (isinstance(message, tuple) and len(message) == 2
+                    and message[0] == self.recvRandKey):
+                self._refuse("replayed")  # a frame recorded on another link
+                return _NOTHING
+            message = message[1]
+            self.authenticated = True
         return message
 
     def _refuse(self, reason: str) -> None:
@@ -417,7 +429,7 @@ class GuardedConnection:
         self._read = bytearray()
         self._write = bytearray()
         self._state = CONNECTION_STATE.DISCONNECTED
-        self._last_read = self._opened_at = _monotonic()
+        self._last_read = self.opened_at = _monotonic()
 
     def _set_keepalive(self) -> None:
         if self._sock is not None and self._keepalive is not None:
@@ -527,13 +539,17 @@ class GuardedTransport(TCPTransport):  # type: ignore[misc]
             admit=self._admit, on_connection=self._onNewIncomingConnection)
 
     def _admit(self, ip: str | None) -> bool:
+        """Rule 3 on accept. A source over its share is refused; when the
+        table is full, the oldest pending link makes room, so an outsider
+        who keeps it full cannot lock members out (theirs authenticate
+        within a round trip; his wait out the deadline)."""
         pending = [c for c in self._unknownConnections if not c.authenticated]
-        if len(pending) >= MAX_PENDING:
-            self._dropped("too-many-pending")
-            return False
         if sum(1 for c in pending if c.peer_ip == ip) >= MAX_PENDING_PER_SOURCE:
             self._dropped("too-many-from-source")
             return False
+        if len(pending) >= MAX_PENDING:
+            self._dropped("evicted-pending")
+            min(pending, key=lambda c: c.opened_at).disconnect()
         return True
 
     def addNode(self, node: Any) -> None:

@@ -219,3 +219,76 @@ async def test_a_node_with_another_key_hears_nothing(ips: IpFactory) -> None:
         await trio.sleep(1.5)
         assert first.status.leader is None and second.status.leader is None
         assert first.dropped["unauthenticated"] + second.dropped["unauthenticated"] > 0
+
+
+def _recorded_first_frame(keyring: Keyring) -> bytes:
+    """A frame as a member sends it first on a link (its random key), sealed
+    with the cluster key: what someone recording the LAN can replay."""
+    cipher = transport.KeyringCipher(keyring)
+    token = cipher.encrypt_at_time(zlib.compress(pickle.dumps(os.urandom(32)), 3),
+                                   int(time.monotonic()))
+    return struct.pack("<I", len(token)) + token
+
+
+async def test_a_replayed_member_frame_does_not_authenticate_a_link(ips: IpFactory) -> None:
+    """Review finding: a valid MAC is not enough. A recorded first frame,
+    replayed on a new connection, passes the MAC but carries no key of this
+    link: the link keeps the pre-authentication frame cap and deadline."""
+    ip = ips(1)[0]
+    ring = Keyring([KEY_A])
+    async with open_consensus(_voter(ip, ring)) as node:
+        await _leader(node)
+
+        def attack() -> int:
+            sent = 0
+            with socket.create_connection((ip, 7948), timeout=2) as s:
+                s.sendall(_recorded_first_frame(ring))
+                s.sendall(struct.pack("<I", 16 * 1024 * 1024))
+                try:
+                    for _ in range(256):
+                        s.sendall(bytes(64 * 1024))
+                        sent += 64 * 1024
+                except OSError:
+                    return sent
+            return sent
+
+        sent = await trio.to_thread.run_sync(attack)
+        assert sent < 8 * 1024 * 1024, f"a replayed frame lifted the cap ({sent} bytes taken)"
+        assert node.dropped["oversized-frame"] == 1
+
+
+async def test_a_full_table_of_pending_links_makes_room_for_newcomers(
+        ips: IpFactory) -> None:
+    """Review finding: outsiders holding MAX_PENDING silent links from several
+    sources must not lock a member out: the oldest pending link is closed."""
+    ip = ips(1)[0]
+    async with open_consensus(_voter(ip, Keyring([KEY_A]))) as node:
+        await _leader(node)
+        sources = [f"127.0.33.{i}" for i in range(1, 9)]
+
+        def flood_then_newcomer() -> tuple[int, bool]:
+            socks = []
+            for src in sources:
+                for _ in range(transport.MAX_PENDING_PER_SOURCE):
+                    s = socket.socket()
+                    s.bind((src, 0))
+                    s.connect((ip, 7948))
+                    socks.append(s)
+            time.sleep(0.3)
+            newcomer = socket.socket()
+            newcomer.bind(("127.0.33.100", 0))
+            newcomer.connect((ip, 7948))
+            time.sleep(0.3)
+            try:
+                # The newcomer first: checking 64 sockets takes longer than
+                # the handshake deadline, which then closes every link.
+                newcomer_open = not _closed_by_peer(newcomer, 0.3)
+                closed = sum(1 for s in socks if _closed_by_peer(s, 0.01))
+                return closed, newcomer_open
+            finally:
+                for s in [*socks, newcomer]:
+                    s.close()
+
+        closed, newcomer_open = await trio.to_thread.run_sync(flood_then_newcomer)
+        assert newcomer_open, f"the newcomer was refused while the table was full: {dict(node.dropped)}"
+        assert closed >= 1 and node.dropped["evicted-pending"] >= 1
