@@ -437,16 +437,16 @@ class PeerDaemon:
             await stream.aclose()
             return
         try:
-            await self._serve_admitted_stream(stream)
+            await self._serve_admitted_stream(stream, source)
         finally:
             self._streams.release(source)
 
-    async def _serve_admitted_stream(self, stream: trio.SocketStream) -> None:
+    async def _serve_admitted_stream(self, stream: trio.SocketStream, source: str) -> None:
         assert self.core is not None
         async with stream:
             with trio.move_on_after(self.config.gossip.stream_timeout):
                 try:
-                    request = _only_stream(await self._read_frame(stream))
+                    request = _only_stream(await self._read_frame(stream, source=source))
                 except RemoteProtocolError as exc:
                     self._drop(exc, _peer_of(stream))
                     return
@@ -469,18 +469,39 @@ class PeerDaemon:
                         return
                     self.bytes_out += len(data)
 
-    async def _read_frame(self, stream: trio.SocketStream) -> list[Any]:
+    async def _read_frame(self, stream: trio.SocketStream, *, source: str | None = None
+                          ) -> list[Any]:
+        """Read and open one sealed frame. With `source` (an inbound stream,
+        not yet authenticated), each chunk is charged to that IP as it
+        arrives (`StreamAdmission`); replies to our own calls are not."""
         prefix = await _receive_exactly(stream, FRAME_PREFIX_LEN)
         length = frame_length(prefix)
-        if not self._streams.reserve(length):
-            raise RemoteProtocolError("busy", f"a {length}-byte frame over the budget of "
-                                      "unauthenticated bytes; the sender retries later")
-        try:
+        if source is None:
             body = await _receive_exactly(stream, length)
-        finally:
-            self._streams.free(length)
+        else:
+            body = await self._receive_admitted(stream, source, length)
         self.bytes_in += FRAME_PREFIX_LEN + len(body)
         return open_envelope(body, self.keyring, limit=MAX_FRAME)
+
+    async def _receive_admitted(self, stream: trio.SocketStream, source: str, length: int
+                                ) -> bytes:
+        if not self._streams.fits(length):
+            raise RemoteProtocolError("oversized", f"a {length}-byte frame from {source}, over "
+                                      "the quota of unauthenticated bytes per source")
+        buf = bytearray()
+        try:
+            while len(buf) < length:
+                chunk = await stream.receive_some(min(length - len(buf), 65536))
+                if not chunk:
+                    raise RemoteProtocolError("malformed", "stream closed mid-frame")
+                if not self._streams.reserve(source, len(chunk)):
+                    raise RemoteProtocolError(
+                        "busy", f"{source} (or all sources) holds the most unauthenticated "
+                        "bytes allowed; the sender retries later")
+                buf += chunk
+        finally:
+            self._streams.free(source, len(buf))
+        return bytes(buf)
 
     # ------------------------------------------------------------ profile
 

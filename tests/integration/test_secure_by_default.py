@@ -7,14 +7,18 @@
   ``--key-file``) does not run an outsider's pickle.
 - An unauthenticated flood of the leader's Raft port neither grows it by
   more than a few MiB nor moves leadership.
+- Unauthenticated gossip streams neither grow a peer much nor, sent slowly
+  from a few sources, stop other peers' push-pulls and profile pulls.
 """
 
 from __future__ import annotations
 
+import collections
 import os
 import pickle
 import socket
 import struct
+import threading
 import time
 import zlib
 from collections.abc import Callable
@@ -210,8 +214,76 @@ def test_unauthenticated_gossip_streams_cannot_make_a_peer_buffer_much(
         assert rss_after - rss_before < RSS_GROWTH_LIMIT, (
             f"the peer grew by {(rss_after - rss_before) / 2**20:.1f} MiB")
         dropped = target.health()["dropped"]
-        assert dropped.get("stream-limit", 0) + dropped.get("busy", 0) > 0, dropped
+        refused = sum(dropped.get(k, 0) for k in ("stream-limit", "busy", "oversized"))
+        assert refused > 0, dropped
     finally:
         for s in socks:
             s.close()
     cluster.wait_converged(peers)
+
+
+SLOW_SOURCES = ("127.0.0.1", "127.0.0.2", "127.0.0.3")
+"""Attacker source IPs, outside the harness's 127.0.10.x pool."""
+
+
+def _slow_announcer(source: str, target: str, length: int, stop: threading.Event,
+                    counts: dict[str, int]) -> None:
+    """The confirmed attack: announce a large frame, send 1 KB, then one byte
+    every 0.5 s until the peer hangs up; then do it again."""
+    while not stop.is_set():
+        try:
+            s = socket.create_connection((target, 7946), timeout=2,
+                                         source_address=(source, 0))
+        except OSError:
+            stop.wait(0.1)
+            continue
+        counts["connections"] += 1
+        with s:
+            try:
+                s.sendall(struct.pack(">I", length) + os.urandom(1024))
+                while not stop.wait(0.5):
+                    s.sendall(b"x")
+            except OSError:
+                pass  # the peer hung up: reconnect
+        stop.wait(0.1)
+
+
+def test_slow_large_announces_from_a_few_sources_do_not_stop_push_pull(
+        cluster: Cluster) -> None:
+    """Connections from three outsider IPs announce 8 MiB (refused outright
+    now) or 1 MiB (read as it trickles in, one byte every 0.5 s) while a
+    member joins by push-pull and both pull each other's profiles. On main
+    one such connection reserved the whole 4 MiB budget for up to
+    ``stream_timeout`` and every other stream was refused as "busy"."""
+    key = cluster.new_key()
+    founder = cluster.add("founder", key_file=key)
+    cluster.wait_api([founder])
+    stop = threading.Event()
+    counts: dict[str, int] = collections.Counter()
+    threads = [threading.Thread(target=_slow_announcer, daemon=True,
+                                args=(source, founder.ip, length, stop, counts))
+               for source in SLOW_SOURCES
+               for length in (8 * 1024 * 1024 - 16, 1024 * 1024, 1024 * 1024)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)  # the attack is under way before the member joins
+        member = cluster.add("member", key_file=key, join=[founder.gossip])
+        peers = [founder, member]
+        cluster.wait_converged(peers)
+
+        def profiles_held() -> bool:
+            return all(m["profile"] is not None
+                       for p in peers for m in p.members().values())
+
+        cluster.wait(profiles_held, what="each peer holding the other's profile")
+        dropped = founder.health()["dropped"]
+        print(f"slow announces: {dict(counts)}, founder dropped {dropped}")
+        assert counts["connections"] >= len(threads), counts
+        assert dropped.get("oversized", 0) >= 1, dropped
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=5)
+    for p in peers:
+        p.check_alive()
