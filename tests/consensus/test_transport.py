@@ -290,5 +290,5 @@ async def test_a_full_table_of_pending_links_makes_room_for_newcomers(
                     s.close()
 
         closed, newcomer_open = await trio.to_thread.run_sync(flood_then_newcomer)
-        assert newcomer_open, f"the newcomer was refused while the table was full: {dict(node.dropped)}"
+        assert newcomer_open, f"newcomer refused with the table full: {dict(node.dropped)}"
         assert closed >= 1 and node.dropped["evicted-pending"] >= 1
