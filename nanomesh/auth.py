@@ -135,19 +135,51 @@ def read_token_file(path: Path) -> str:
 
 
 INTERNAL_PURPOSE = "internal-api"
-"""`Keyring.derive` purpose of the secret peers present to each other's API
-(``/v1/internal/*``, bundle transfers)."""
+"""`Keyring.derive` purpose of the key peers sign their calls to each other's
+API with (``/v1/internal/*``, bundle transfers, key rotation)."""
+NONCES_REMEMBERED = 10_000
+"""Internal-call nonces a peer remembers, to refuse a replayed request."""
 
 
-def internal_secret(keyring: Keyring) -> str:
-    """The bearer secret this peer presents on peer-to-peer API calls: derived
-    from the primary cluster key, so only members know it (never a constant)."""
-    return keyring.derive(INTERNAL_PURPOSE).hex()
+def internal_token(keyring: Keyring, method: str, path: str, body: bytes = b"") -> str:
+    """The bearer token of one peer-to-peer call: a fresh nonce and an
+    HMAC-SHA256, under a key derived from the primary cluster key, of the
+    method, path, nonce and body. The API is plain HTTP: someone who records
+    a call learns nothing they can use for another request, and the same
+    request replayed is refused (`InternalCalls`)."""
+    nonce = secrets.token_hex(12)
+    return f"v1.{nonce}.{_sign(keyring.derive(INTERNAL_PURPOSE), method, path, nonce, body)}"
 
 
-def is_internal_caller(presented: str | None, keyring: Keyring) -> bool:
-    """Does `presented` come from a member? Any installed key's secret counts,
-    so peers whose primary keys differ during a rotation still trust each
-    other."""
-    return any(secret_matches(presented, secret.hex())
-               for secret in keyring.derive_all(INTERNAL_PURPOSE))
+def _sign(key: bytes, method: str, path: str, nonce: str, body: bytes) -> str:
+    message = "\n".join((method.upper(), path, nonce, hashlib.sha256(body).hexdigest()))
+    return hmac.new(key, message.encode("utf-8", "surrogateescape"), hashlib.sha256
+                    ).hexdigest()
+
+
+class InternalCalls:
+    """Checks the tokens of peer-to-peer calls (`internal_token`): signed by
+    any installed key (peers whose primaries differ during a rotation still
+    trust each other), and each nonce once. Nonces are remembered in memory,
+    the last `NONCES_REMEMBERED`: a recorded call can be replayed only after
+    that many others, and only as the identical request."""
+
+    def __init__(self, remembered: int = NONCES_REMEMBERED) -> None:
+        self._seen: dict[str, None] = {}
+        self._remembered = remembered
+
+    def check(self, presented: str | None, keyring: Keyring, method: str, path: str,
+              body: bytes = b"") -> bool:
+        version, _, rest = (presented or "").partition(".")
+        nonce, _, signature = rest.partition(".")
+        if version != "v1" or not nonce or not signature or nonce in self._seen:
+            return False
+        if not any(hmac.compare_digest(
+                signature.encode("utf-8", "surrogateescape"),
+                _sign(key, method, path, nonce, body).encode())
+                for key in keyring.derive_all(INTERNAL_PURPOSE)):
+            return False
+        self._seen[nonce] = None
+        if len(self._seen) > self._remembered:
+            del self._seen[next(iter(self._seen))]
+        return True

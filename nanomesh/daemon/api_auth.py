@@ -9,9 +9,10 @@ Callers, by the bearer token they present:
   anything and read everything;
 - an **instance**: its own ``NANOMESH_INSTANCE_TOKEN`` (known only to the
   peer that runs it); may read and save its own state blob;
-- another **peer**: the internal secret, derived from the cluster key
-  (`nanomesh.auth.internal_secret`; any installed key's counts), for bundle
-  transfers, Raft role calls and key rotation (`require_member`);
+- another **peer**: a token that signs the very request with a key derived
+  from the cluster key (`nanomesh.auth.internal_token`; any installed key's
+  counts, each token once), for bundle transfers, Raft role calls and key
+  rotation (`require_member`);
 - **anyone**: open reads, with secrets redacted (`nanomesh.auth`).
 
 Every refusal is an HttpError 401 whose text says which credential the call
@@ -27,7 +28,6 @@ from typing import TYPE_CHECKING
 
 from nanomesh.auth import (
     TOKEN_META_KEY,
-    is_internal_caller,
     read_refusal,
     secret_matches,
     token_matches,
@@ -49,8 +49,10 @@ def running_node(peer: PeerDaemon) -> ConsensusNode:
 
 
 def is_member(peer: PeerDaemon, request: Request) -> bool:
-    """Whether ``request`` comes from another peer of this mesh."""
-    return is_internal_caller(request.bearer_token(), peer.keyring)
+    """Whether ``request`` comes from another peer of this mesh: its token
+    signs this very request (`nanomesh.auth.internal_token`)."""
+    return peer.internal_calls.check(request.bearer_token(), peer.keyring, request.method,
+                                     request.path, request.body)
 
 
 def require_member(peer: PeerDaemon, request: Request) -> None:

@@ -5,8 +5,8 @@
 clear) applies the operation on this peer and on every alive member, and
 answers with each member's outcome. ``GET /v1/keyring`` (management token)
 lists, per member, the fingerprints of its keys and its primary. Peers reach
-each other on ``/v1/internal/keyring``, authenticated with the internal
-secret (`nanomesh.auth.internal_secret`), which any installed key derives.
+each other on ``/v1/internal/keyring`` with calls signed under a key derived
+from the keyring (`nanomesh.auth.internal_token`).
 
 The rotation order is the operator's (install, use, remove, each
 everywhere before the next), as in Serf: gossip, Raft and the internal API
@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from nanomesh.apiclient import ApiError, request_bytes, request_json
-from nanomesh.auth import internal_secret
+from nanomesh.apiclient import ApiError, request_bytes
+from nanomesh.auth import internal_token
 from nanomesh.config import api_address
 from nanomesh.daemon.api_auth import require_management_token, require_member
 from nanomesh.daemon.http import Handler, HttpError, Request
@@ -117,14 +117,11 @@ async def _fan_out(peer: PeerDaemon, method: str, body: bytes | None) -> dict[st
     members = [m for m in peer.core.members()
                if m.name != peer.config.name and m.state == MemberState.ALIVE]
     results: dict[str, Any] = {}
-    token = internal_secret(peer.keyring)
+    path = "/v1/internal/keyring"
 
     def call(api: str) -> Any:
-        if method == "GET":
-            return request_json("GET", api, "/v1/internal/keyring", token=token,
-                                timeout=FAN_OUT_TIMEOUT)
-        reply = request_bytes("POST", api, "/v1/internal/keyring", body, token=token,
-                              timeout=FAN_OUT_TIMEOUT)
+        token = internal_token(peer.keyring, method, path, body or b"")
+        reply = request_bytes(method, api, path, body, token=token, timeout=FAN_OUT_TIMEOUT)
         return json.loads(reply)
 
     async def one(name: str, api: str) -> None:

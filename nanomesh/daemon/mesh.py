@@ -21,6 +21,7 @@ operator has).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,12 +29,11 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from nanomesh.apiclient import ApiError, request_json
+from nanomesh.apiclient import ApiError, request_bytes
 from nanomesh.auth import (
     TOKEN_META_KEY,
     ensure_token_file,
-    internal_secret,
-    is_internal_caller,
+    internal_token,
     token_digest,
     token_matches,
 )
@@ -150,7 +150,8 @@ class MeshControl:
         assert self.peer.core is not None
         apis = {m.name: api_address(m.profile, m.addr[0]) for m in self.peer.core.members()}
         path = await fetch_bundle(self.bundles, sha, [apis[h] for h in holders if h in apis],
-                                  token=internal_secret(self.peer.keyring),
+                                  token=internal_token(self.peer.keyring, "GET",
+                                                       f"/v1/bundles/{sha}"),
                                   timeout=BUNDLE_FETCH_TIMEOUT)
         log.info("fetched bundle %s from the mesh", sha[:12])
         await self.bundles_changed()
@@ -183,9 +184,8 @@ class MeshControl:
                 for prefix, rule in BUNDLE_BODY_LIMITS.items()}
 
     def _may_upload(self, headers: Mapping[str, str]) -> bool:
+        """Only the operator uploads bundles (peers fetch them with GET)."""
         token = bearer_token(headers)
-        if is_internal_caller(token, self.peer.keyring):
-            return True
         node = self.roles.node
         digest = node.state.meta.get(TOKEN_META_KEY) if node is not None else None
         return isinstance(digest, str) and token_matches(token, digest)
@@ -417,11 +417,15 @@ class MeshControl:
         try:
             # abandon_on_cancel: a leaving peer's hand-over deadline must be able
             # to cut a call that blocks on an unresponsive peer.
-            token = internal_secret(self.peer.keyring)
-            reply = await trio.to_thread.run_sync(
-                lambda: request_json("POST", api, path, body, token=token,
-                                     timeout=INTERNAL_CALL_TIMEOUT), abandon_on_cancel=True)
-        except ApiError as exc:
+            data = json.dumps(body).encode()
+            token = internal_token(self.peer.keyring, "POST", path, data)
+            raw = await trio.to_thread.run_sync(
+                lambda: request_bytes("POST", api, path, data, token=token,
+                                      timeout=INTERNAL_CALL_TIMEOUT,
+                                      content_type="application/json"),
+                abandon_on_cancel=True)
+            reply = json.loads(raw)
+        except (ApiError, ValueError) as exc:
             log.warning("raft roles: %s on %s failed: %s", path, name, exc)
             return False
         return bool(reply.get("ok"))

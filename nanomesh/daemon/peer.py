@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 import trio
 
 from nanomesh import __version__, servicekeys
+from nanomesh.auth import InternalCalls
 from nanomesh.config import PeerConfig
 from nanomesh.consensus import ConsensusNode
 from nanomesh.daemon.api import api_routes
@@ -110,6 +111,8 @@ class PeerDaemon:
         self.keyring = keyring
         self.key_path = key_path
         """The key file, rewritten on a live key rotation (None: not kept)."""
+        self.internal_calls = InternalCalls()
+        """Checks other peers' signed calls to this one (`nanomesh.auth`)."""
         self.profiles = profiles
         # Service traffic (instances' ZeroMQ, the event relay, the gateway
         # link) is authenticated with keys derived from the cluster key.

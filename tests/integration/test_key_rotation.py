@@ -143,6 +143,9 @@ def test_private_service_calls_survive_the_documented_rotation(
         p.terminate()
         p.start()
         cluster.wait_converged(peers)
+        cluster.wait(lambda: all(len(q.get("/v1/status").get("voters") or []) == 3
+                                 and q.get("/v1/status").get("leader") for q in peers),
+                     timeout=60, what="a leader and 3 voters again")
         wait_instances(cluster, peers, "counter", 1, timeout=60)
         count(both)
     assert count(new) > first, "clients on the new key only, after every restart"

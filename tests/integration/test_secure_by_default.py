@@ -287,3 +287,37 @@ def test_slow_large_announces_from_a_few_sources_do_not_stop_push_pull(
             t.join(timeout=5)
     for p in peers:
         p.check_alive()
+
+
+def test_a_recorded_internal_call_cannot_be_replayed_or_reused(cluster: Cluster) -> None:
+    """Review finding: the internal secret was a fixed bearer token on plain
+    HTTP; whoever recorded one call had member rights. Now each call carries
+    a token that signs that very request, once."""
+    import urllib.error
+    import urllib.request
+
+    from nanomesh.auth import INTERNAL_PURPOSE, internal_token
+    from nanomesh.wire import Keyring
+
+    peer = cluster.add("device")
+    cluster.wait(lambda: peer.get("/v1/status").get("leader"), what="a Raft leader")
+    keyring = Keyring.from_file(cluster.default_key)
+
+    def call(method: str, path: str, token: str, body: bytes | None = None) -> int:
+        request = urllib.request.Request(
+            f"http://{peer.api}{path}", data=body, method=method,
+            headers={"authorization": f"Bearer {token}"})
+        try:
+            with urllib.request.urlopen(request, timeout=5) as reply:
+                return int(reply.status)
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    recorded = internal_token(keyring, "GET", "/v1/internal/keyring")
+    assert call("GET", "/v1/internal/keyring", recorded) == 200, "a member's own call"
+    assert call("GET", "/v1/internal/keyring", recorded) == 401, "the same call replayed"
+    other = internal_token(keyring, "GET", "/v1/internal/keyring")
+    assert call("POST", "/v1/internal/raft/remove", other, b'{"addr": "x:1"}') == 401, \
+        "a recorded token used for another request"
+    static = keyring.derive(INTERNAL_PURPOSE).hex()
+    assert call("GET", "/v1/internal/keyring", static) == 401, "the old static bearer"
