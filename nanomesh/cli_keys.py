@@ -10,6 +10,14 @@ A rotation without downtime, as with ``serf keys``::
 The operation travels sealed under the cluster key (``--key-file``), so the
 new key never crosses the network in clear; the management token authorises
 it. Each member writes its keyring to its data directory before answering.
+
+Each operation carries a random id and its issue time, sealed with it: a
+peer refuses one issued more than 5 minutes before or after its own clock
+(keep the clocks in sync, e.g. with NTP) and one it has already received,
+so a recorded request cannot be replayed. ``use`` is refused while an alive
+member lacks the key, and ``remove`` while any member that has not left
+(alive, suspect or dead) still has the key as its primary or does not
+answer: such a member would be cut off for good. --force overrides both.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +36,12 @@ KEY_FILE_HELP = ("a file holding the mesh's current cluster key, to seal the ope
                  "with (default: $NANOMESH_KEY_FILE, else the running lab's key, else "
                  "/etc/nanomesh/cluster.key)")
 SYSTEM_KEY_FILE = Path("/etc/nanomesh/cluster.key")
+FORCE_HELP = {
+    "use": "make it the primary even if some alive member lacks the key or does not "
+           "answer (those members are cut off until they get it)",
+    "remove": "remove it even if some member that has not left (alive, suspect or dead) "
+              "still has it as its primary or does not answer (such a member can never "
+              "rejoin: it must be given the new key by hand)"}
 
 
 def add_key_commands(sub: Any, peer_help: str, token_args: Callable[[Any], None]) -> None:
@@ -49,7 +64,9 @@ def add_key_commands(sub: Any, peer_help: str, token_args: Callable[[Any], None]
         token_args(cmd)
         cmd.add_argument("--key-file", type=Path, metavar="FILE", help=KEY_FILE_HELP)
         cmd.add_argument("--json", action="store_true", help="print JSON")
-        cmd.set_defaults(func=operate_command, action=action)
+        if action != "install":
+            cmd.add_argument("--force", action="store_true", help=FORCE_HELP[action])
+        cmd.set_defaults(func=operate_command, action=action, force=False)
 
 
 def operate_command(args: argparse.Namespace) -> int:
@@ -57,7 +74,8 @@ def operate_command(args: argparse.Namespace) -> int:
     from nanomesh.cli import _peer_api, _print_table, _token
     from nanomesh.keys import KeyOp
 
-    op = KeyOp(args.action, *_key_or_fingerprint(args.key, args.action))
+    op = KeyOp.new(args.action, *_key_or_fingerprint(args.key, args.action),
+                   now=time.time(), force=args.force)
     sealed = op.seal(_sealing_keyring(args.key_file))
     reply = json.loads(request_bytes("POST", _peer_api(args.peer),
                                      f"/v1/keyring/{args.action}", sealed,

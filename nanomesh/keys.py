@@ -28,9 +28,13 @@ import base64
 import hashlib
 import json
 import logging
+import math
 import os
+import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from nanomesh.config import PeerConfig
 from nanomesh.disk import describe_disk_error, write_durably
@@ -106,32 +110,161 @@ def fingerprint(key: bytes) -> str:
     return hashlib.sha256(key).hexdigest()[:16]
 
 
+KEY_OP_WINDOW = 300.0
+"""Seconds a sealed key operation stays valid either side of its issue time
+(by the clock of the machine that ran ``nanomesh keys``). HTTP is not
+encrypted, so a recorded sealed body could be sent again: outside this
+window it is refused as stale; inside it, by its op id (`SeenKeyOps`). The
+window tolerates up to 5 minutes of clock skew between the operator's
+machine and each peer (less the seconds the operation itself takes), as
+Kerberos does; a larger skew gets an error naming it."""
+MAX_SEEN_KEY_OPS = 4096
+"""Op ids a peer remembers at once (each for at most two windows). Key
+operations need the management token or the internal secret, so only an
+operator fills this; a full table refuses new operations rather than
+forgetting one that could then be replayed."""
+
+
 @dataclass(frozen=True)
 class KeyOp:
     """One keyring change. `key` is the key itself for install; use and
-    remove may name an installed key by `fingerprint` alone."""
+    remove may name an installed key by `fingerprint` alone. `op_id` (random)
+    and `issued_at` (Unix seconds) make a replay detectable; `force` skips
+    the checks that keep every member reachable (`remove_blockers`,
+    `use_blockers`). All of it is sealed: none can be altered in transit."""
 
     action: str
+    op_id: str
+    issued_at: float
     key: bytes | None = None
     fingerprint: str | None = None
+    force: bool = False
+
+    @classmethod
+    def new(cls, action: str, key: bytes | None, fp: str | None, *, now: float,
+            force: bool = False) -> KeyOp:
+        """A fresh operation issued at `now` (the operator's wall clock)."""
+        return cls(action, secrets.token_hex(16), now, key, fp, force)
+
+    @property
+    def target(self) -> str:
+        """The fingerprint of the key this operation is about."""
+        return fingerprint(self.key) if self.key is not None else self.fingerprint or "?"
 
     def seal(self, keyring: Keyring) -> bytes:
         doc = {"action": self.action, "fingerprint": self.fingerprint,
-               "key": base64.b64encode(self.key).decode() if self.key else None}
+               "key": base64.b64encode(self.key).decode() if self.key else None,
+               "op_id": self.op_id, "issued_at": self.issued_at, "force": self.force}
         return seal_box(keyring, KEY_OP_PURPOSE, json.dumps(doc).encode())
 
     @classmethod
     def open(cls, keyring: Keyring, data: bytes) -> KeyOp:
         """The operation in a sealed body; RemoteProtocolError if no installed
-        key opens it or it is malformed."""
+        key opens it or it is malformed (an operation without an op id and an
+        issue time, from an older ``nanomesh keys``, included)."""
         try:
             doc = json.loads(open_box(keyring, KEY_OP_PURPOSE, data))
             action, fp, key = doc["action"], doc.get("fingerprint"), doc.get("key")
+            op_id, issued, force = doc["op_id"], doc["issued_at"], doc.get("force", False)
             if action not in KEY_ACTIONS or not (fp is None or isinstance(fp, str)):
                 raise ValueError(action)
-            return cls(action, base64.b64decode(key, validate=True) if key else None, fp)
+            if not (isinstance(op_id, str) and 16 <= len(op_id) <= 64):
+                raise ValueError("op_id")
+            if isinstance(issued, bool) or not isinstance(issued, (int, float)) or \
+                    not math.isfinite(issued) or not isinstance(force, bool):
+                raise ValueError("issued_at/force")
+            return cls(action, op_id, float(issued),
+                       base64.b64decode(key, validate=True) if key else None, fp, force)
         except (ValueError, KeyError, TypeError) as exc:
             raise RemoteProtocolError("malformed", f"key operation: {exc}") from None
+
+
+class KeyOpRefused(ConfigError):
+    """A well-sealed key operation this peer will not apply: `reason` is one
+    of ``"action"`` (sent to another action's URL), ``"stale"``, ``"future"``
+    (outside `KEY_OP_WINDOW`), ``"replay"`` (op id already seen), ``"busy"``."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class SeenKeyOps:
+    """The op ids a peer has accepted, each kept while its operation could
+    still pass the freshness check: with `KEY_OP_WINDOW` this refuses every
+    replay of a recorded operation, on every peer. Each peer keeps its own
+    table, so the one operation fanned out to every member applies once on
+    each. Kept in memory: a peer restarted inside the window forgets the ids
+    (a replay to it within those minutes would re-apply an operation it had
+    already applied). Pure: the caller passes `now` (wall-clock seconds)."""
+
+    def __init__(self, window: float = KEY_OP_WINDOW, limit: int = MAX_SEEN_KEY_OPS) -> None:
+        self.window = window
+        self.limit = limit
+        self._expiry: dict[str, float] = {}
+
+    def admit(self, op: KeyOp, now: float, url_action: str | None = None) -> None:
+        """Accept `op` (and remember its id) or raise `KeyOpRefused`.
+        `url_action` is the action named by the URL it came on, if any."""
+        if url_action is not None and url_action != op.action:
+            raise KeyOpRefused("action", f"the sealed operation is {op.action!r} but was "
+                               f"sent to /v1/keyring/{url_action}; refused")
+        check_fresh(op, now, self.window)
+        self._expiry = {i: t for i, t in self._expiry.items() if t >= now}
+        if op.op_id in self._expiry:
+            raise KeyOpRefused("replay", f"key operation {op.op_id[:8]} was already received "
+                               "by this peer (a replay of a recorded request?); run the "
+                               "command again to make a new operation")
+        if len(self._expiry) >= self.limit:
+            raise KeyOpRefused("busy", f"{self.limit} key operations in the last "
+                               f"{self.window:.0f} s; wait and run the command again")
+        # Acceptable until issued_at + window; max() keeps it longer when the
+        # sender's clock is behind ours, never shorter.
+        self._expiry[op.op_id] = max(op.issued_at, now) + self.window
+
+
+def check_fresh(op: KeyOp, now: float, window: float = KEY_OP_WINDOW) -> None:
+    """`KeyOpRefused` if `op` was issued more than `window` seconds before or
+    after `now`; the message names the skew, the likely cause."""
+    age = now - op.issued_at
+    if abs(age) <= window:
+        return
+    when, reason = (f"{age:.0f} s ago", "stale") if age > 0 else (
+        f"{-age:.0f} s in the future", "future")
+    raise KeyOpRefused(reason, (
+        f"key operation {op.op_id[:8]} was issued {when} by this peer's clock, outside "
+        f"the {window:.0f} s a key operation stays valid: the clocks of the machine that "
+        f"ran `nanomesh keys` and of this peer differ by {abs(age):.0f} s (more than "
+        f"{window:.0f} s allowed), or a recorded operation was replayed; sync the clocks "
+        "(NTP) and run the command again"))
+
+
+def use_blockers(target: str, replies: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The alive members (`replies`: name -> its ``GET /v1/internal/keyring``
+    answer) that ``use target`` would cut off: they lack the key, so they
+    could not open what the others seal with it, or did not answer."""
+    out = []
+    for name, reply in sorted(replies.items()):
+        if not reply.get("ok"):
+            out.append(f"{name} (did not answer: {reply.get('error', '?')})")
+        elif target not in (reply.get("keys") or []):
+            out.append(f"{name} (does not have key {target})")
+    return out
+
+
+def remove_blockers(target: str, replies: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The members that have not left (alive, suspect or dead; `replies` as in
+    `use_blockers`) that ``remove target`` could strand: one that did not
+    answer, or still seals with `target`, would come back unable to talk to
+    anyone, and no key operation could reach it any more."""
+    out = []
+    for name, reply in sorted(replies.items()):
+        keys = reply.get("keys") or []
+        if not reply.get("ok"):
+            out.append(f"{name} (did not answer: {reply.get('error', '?')})")
+        elif not keys or keys[0] == target:
+            out.append(f"{name} (its primary is still {target})")
+    return out
 
 
 def apply_key_op(keyring: Keyring, op: KeyOp) -> bool:

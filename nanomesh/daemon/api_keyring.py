@@ -8,6 +8,17 @@ lists, per member, the fingerprints of its keys and its primary. Peers reach
 each other on ``/v1/internal/keyring`` with calls signed under a key derived
 from the keyring (`nanomesh.auth.internal_token`).
 
+Each operation carries a random op id and its issue time, sealed with it,
+and a peer refuses one outside `nanomesh.keys.KEY_OP_WINDOW` of its clock,
+one whose id it has already seen, and one sent to another action's URL: a
+recorded body (HTTP is not encrypted) cannot be replayed, on either route.
+Before ``use`` the receiving peer asks every alive member for its keys and
+refuses (409) if one lacks the key; before ``remove``, every member that has
+not left (alive, suspect or dead), refusing unless all answered with another
+primary: a member down during ``use`` would otherwise come back sealing
+with a removed key and never rejoin. A ``force`` sealed in the op skips
+both checks.
+
 The rotation order is the operator's (install, use, remove, each
 everywhere before the next), as in Serf: gossip, Raft and the internal API
 accept any installed key and seal with the primary, so at every step each
@@ -20,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -30,7 +42,17 @@ from nanomesh.config import api_address
 from nanomesh.daemon.api_auth import require_management_token, require_member
 from nanomesh.daemon.http import Handler, HttpError, Request
 from nanomesh.errors import ConfigError, RemoteProtocolError
-from nanomesh.keys import KEY_ACTIONS, KeyOp, apply_key_op, fingerprint, write_key_file
+from nanomesh.keys import (
+    KEY_ACTIONS,
+    KeyOp,
+    KeyOpRefused,
+    SeenKeyOps,
+    apply_key_op,
+    fingerprint,
+    remove_blockers,
+    use_blockers,
+    write_key_file,
+)
 from nanomesh.wire import Keyring, MemberState
 
 if TYPE_CHECKING:
@@ -43,13 +65,26 @@ FAN_OUT_TIMEOUT = 10.0
 
 
 def keyring_routes(peer: PeerDaemon) -> dict[tuple[str, str], Handler]:
-    def apply_here(body: bytes) -> dict[str, Any]:
-        """Open, apply and persist one sealed operation on this peer."""
+    seen = SeenKeyOps()
+
+    def open_op(body: bytes, url_action: str | None) -> KeyOp:
+        """The sealed operation, if it is authentic, fresh and not a replay
+        (`nanomesh.keys.SeenKeyOps`); HttpError otherwise."""
         try:
             op = KeyOp.open(peer.keyring, body)
         except RemoteProtocolError as exc:
             raise HttpError(400, f"key operation refused: {exc} (seal it with a key this "
                             "mesh has: --key-file)") from None
+        try:
+            seen.admit(op, time.time(), url_action)
+        except KeyOpRefused as exc:
+            log.warning("keyring: refused a %s operation: %s", op.action, exc)
+            status = 409 if exc.reason in ("replay", "busy") else 400
+            raise HttpError(status, f"key operation refused: {exc}") from None
+        return op
+
+    def apply_here(op: KeyOp) -> dict[str, Any]:
+        """Apply and persist one operation on this peer."""
         candidate = Keyring(peer.keyring.keys)
         try:
             changed = apply_key_op(candidate, op)
@@ -60,19 +95,38 @@ def keyring_routes(peer: PeerDaemon) -> dict[tuple[str, str], Handler]:
         peer.keyring.replace_keys(candidate)
         if changed:
             log.warning("keyring: %s %s; keys now %s (primary first)", op.action,
-                        op.fingerprint or fingerprint(op.key or b""), _fingerprints(peer))
+                        op.target, _fingerprints(peer))
         return {"ok": True, "changed": changed, "keys": _fingerprints(peer)}
+
+    async def refuse_cut_offs(op: KeyOp) -> None:
+        """409 if `op` would cut a member off (`use_blockers`,
+        `remove_blockers`), unless it was sealed with force."""
+        if op.force or op.action == "install":
+            return
+        states = ((MemberState.ALIVE,) if op.action == "use" else
+                  (MemberState.ALIVE, MemberState.SUSPECT, MemberState.DEAD))
+        replies = await _fan_out(peer, "GET", None, states)
+        replies[peer.config.name] = {"ok": True, "keys": _fingerprints(peer)}
+        blockers = (use_blockers if op.action == "use" else remove_blockers)(
+            op.target, replies)
+        if blockers:
+            why = ("needs the key installed on every alive member first"
+                   if op.action == "use" else
+                   "needs every member that has not left to use another primary first")
+            raise HttpError(409, f"{op.action} {op.target} refused: it {why}; not ready: "
+                            f"{'; '.join(blockers)}. Bring them back (or install/use the "
+                            "new key on them) and run the command again, or pass --force "
+                            "to cut them off")
 
     async def operate(request: Request) -> tuple[int, Any]:
         require_management_token(peer, request)
         action = request.params["action"]
         if action not in KEY_ACTIONS:
             raise HttpError(404, f"no key action {action!r}; one of {', '.join(KEY_ACTIONS)}")
-        body = request.body
-        local = apply_here(body)
-        results: dict[str, Any] = {peer.config.name: local}
-        others = await _fan_out(peer, "POST", body)
-        results.update(others)
+        op = open_op(request.body, action)
+        await refuse_cut_offs(op)
+        results: dict[str, Any] = {peer.config.name: apply_here(op)}
+        results.update(await _fan_out(peer, "POST", request.body))
         failed = sorted(n for n, r in results.items() if not r.get("ok"))
         return 200, {"action": action, "members": results, "failed": failed}
 
@@ -86,7 +140,7 @@ def keyring_routes(peer: PeerDaemon) -> dict[tuple[str, str], Handler]:
         require_member(peer, request)
         if request.method == "GET":
             return 200, {"ok": True, "keys": _fingerprints(peer)}
-        return 200, apply_here(request.body)
+        return 200, apply_here(open_op(request.body, None))
 
     return {("POST", "/v1/keyring/{action}"): operate,
             ("GET", "/v1/keyring"): list_keys,
@@ -110,12 +164,14 @@ def _summary(results: dict[str, Any]) -> dict[str, dict[str, int]]:
     return out
 
 
-async def _fan_out(peer: PeerDaemon, method: str, body: bytes | None) -> dict[str, Any]:
-    """The same call on every other alive member, concurrently: name -> reply
-    (or ``{"ok": False, "error": ...}``)."""
+async def _fan_out(peer: PeerDaemon, method: str, body: bytes | None,
+                   states: tuple[MemberState, ...] = (MemberState.ALIVE,)
+                   ) -> dict[str, Any]:
+    """The same call on every other member in `states` (alive ones by
+    default), concurrently: name -> reply (or ``{"ok": False, "error": ...}``)."""
     assert peer.core is not None
     members = [m for m in peer.core.members()
-               if m.name != peer.config.name and m.state == MemberState.ALIVE]
+               if m.name != peer.config.name and m.state in states]
     results: dict[str, Any] = {}
     path = "/v1/internal/keyring"
 

@@ -8,21 +8,28 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 from mesh_harness import PY, Cluster, Peer
 
+from nanomesh.auth import internal_secret
 from nanomesh.keys import fingerprint
 from nanomesh.wire import Keyring
 
 pytestmark = pytest.mark.integration
 
 
-def keys_cli(peer: Peer, token: str, key_file: Path, *args: str) -> tuple[int, Any]:
+def keys_cli(peer: Peer | str, token: str, key_file: Path, *args: str) -> tuple[int, Any]:
+    """(exit status, JSON reply), or (exit status, stderr) without a reply."""
+    api = peer if isinstance(peer, str) else peer.api
     result = subprocess.run(
-        [PY, "-m", "nanomesh", "keys", *args, "--peer", peer.api, "--token", token,
+        [PY, "-m", "nanomesh", "keys", *args, "--peer", api, "--token", token,
          "--json", *(["--key-file", str(key_file)] if args[0] != "list" else [])],
         capture_output=True, text=True, timeout=60)
     if not result.stdout:
@@ -35,8 +42,13 @@ def management_token(cluster: Cluster, founder: Peer, key: Path) -> str:
     token_file = founder.data_dir / "management.token"
     cluster.wait(token_file.exists, what="the management token")
     token = token_file.read_text().strip()
-    cluster.wait(lambda: keys_cli(founder, token, key, "list")[0] == 0,
-                 what="the token committed (keys list answers)")
+    last: list[Any] = [None]
+
+    def listed() -> bool:
+        last[0] = keys_cli(founder, token, key, "list")
+        return bool(last[0][0] == 0)
+    cluster.wait(listed, what="the token committed (keys list answers)",
+                 describe=lambda: f"last keys list: {last[0]}")
     return token
 
 
@@ -121,12 +133,23 @@ def test_private_service_calls_survive_the_documented_rotation(
     both.write_text(old.read_text() + new.read_text())
 
     def count(key_file: Path) -> int:
-        result = subprocess.run(
-            [PY, "-m", "nanomesh", "call", "counter", "count", "--data", '{"by": 1}',
-             "--peer", peers[1].api, "--key-file", str(key_file)],
-            capture_output=True, text=True, timeout=60)
-        assert result.returncode == 0, (key_file.name, result.stderr)
-        return int(json.loads(result.stdout)["count"])
+        last = [""]
+
+        def once() -> int | None:
+            result = subprocess.run(
+                [PY, "-m", "nanomesh", "call", "counter", "count", "--data", '{"by": 1}',
+                 "--peer", peers[1].api, "--key-file", str(key_file)],
+                capture_output=True, text=True, timeout=60)
+            last[0] = result.stderr
+            # A key problem fails the handshake: at once, and for good. Right
+            # after a restart other errors are the mesh settling (an election,
+            # a consensus node starting, a catalog or endpoint catching up with
+            # the placement view), waited out within the harness's timeout.
+            assert "handshake" not in result.stderr, (key_file.name, result.stderr)
+            return int(json.loads(result.stdout)["count"]) if result.returncode == 0 else None
+        counted: int = cluster.wait(once, what=f"a counter call with {key_file.name}",
+                                    describe=lambda: f"last error: {last[0]}")
+        return counted
 
     first = count(old)
     assert keys_cli(peers[0], token, old, "install", str(new))[0] == 0
@@ -151,3 +174,123 @@ def test_private_service_calls_survive_the_documented_rotation(
     assert count(new) > first, "clients on the new key only, after every restart"
     assert keys_cli(peers[0], token, new, "remove", fp(old))[0] == 0
     count(new)
+
+
+def post_raw(api: str, path: str, body: bytes, token: str) -> tuple[int, str]:
+    """POST `body` as recorded, bypassing the CLI: (status, reply text)."""
+    req = urllib.request.Request(f"http://{api}{path}", data=body, method="POST", headers={
+        "authorization": f"Bearer {token}", "content-type": "application/octet-stream"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+class Recorder:
+    """An HTTP forwarder in front of a peer's API that keeps a copy of every
+    request body: what anyone on the LAN can capture (the API is plain HTTP)."""
+
+    def __init__(self, target: str) -> None:
+        self.bodies: list[tuple[str, bytes]] = []
+        recorder = self
+
+        class Forward(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["content-length"]))
+                recorder.bodies.append((self.path, body))
+                status, text = post_raw(target, self.path, body,
+                                        self.headers["authorization"].split()[-1])
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(text.encode())))
+                self.end_headers()
+                self.wfile.write(text.encode())
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Forward)
+        self.address = f"127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Recorder:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+def test_a_recorded_key_operation_cannot_be_replayed(cluster: Cluster) -> None:
+    """The security review's attack: the operator installs K2 and removes it;
+    a recorded install body, replayed (to the operator route with the
+    recorded token, or to a member's internal route with the recorded
+    internal secret), must not bring K2 back; nor may a sealed install be
+    passed off as another action."""
+    peers = cluster.start_mesh(2)
+    token = management_token(cluster, peers[0], cluster.default_key)
+    old, new = cluster.default_key, cluster.new_key("k2.key")
+    with Recorder(peers[0].api) as recorder:
+        code, out = keys_cli(recorder.address, token, old, "install", str(new))
+    assert code == 0 and not out["failed"], out
+    [(path, install)] = recorder.bodies
+    assert path == "/v1/keyring/install"
+    code, out = keys_cli(peers[0], token, old, "remove", fp(new))
+    assert code == 0 and all(r["keys"] == [fp(old)] for r in out["members"].values()), out
+
+    # What a member presents on the fan-out; an eavesdropper records it too.
+    secret = internal_secret(Keyring.from_file(old))
+    status, reply = post_raw(peers[1].api, "/v1/internal/keyring", install, secret)
+    assert status == 409 and "already received" in reply, (status, reply)
+    status, reply = post_raw(peers[0].api, "/v1/keyring/install", install, token)
+    assert status == 409 and "already received" in reply, (status, reply)
+    status, reply = post_raw(peers[0].api, "/v1/keyring/use", install, token)
+    assert status == 400 and "sent to /v1/keyring/use" in reply, (status, reply)
+    for p in peers:
+        assert Keyring.from_file(p.data_dir / "cluster.key").keys == \
+            Keyring.from_file(old).keys, p.name
+
+
+def wait_not_alive(cluster: Cluster, seen_by: Peer, gone: Peer) -> None:
+    cluster.wait(lambda: seen_by.states().get(gone.name) in ("suspect", "dead"),
+                 what=f"{gone.name} seen as down by {seen_by.name}")
+
+
+def test_use_and_remove_refuse_to_cut_a_member_off_unless_forced(cluster: Cluster) -> None:
+    """A member that missed an install must not be cut off by ``use``; one
+    down during ``use`` must not be stranded by ``remove`` (it would come
+    back sealing with the removed key and never rejoin), unless forced."""
+    peers = cluster.start_mesh(3)
+    a, b, c = peers
+    token = management_token(cluster, a, cluster.default_key)
+    old, new = cluster.default_key, cluster.new_key("new.key")
+
+    c.kill()
+    wait_not_alive(cluster, a, c)
+    assert keys_cli(a, token, old, "install", str(new))[0] == 0
+    c.start()
+    cluster.wait_converged(peers)
+    code, err = keys_cli(b, token, old, "use", str(new))
+    assert code != 0 and "HTTP 409" in err and f"{c.name} (does not have key {fp(new)})" \
+        in err and a.name + " (" not in err, err
+    assert all(Keyring.from_file(p.data_dir / "cluster.key").keys[0] ==
+               Keyring.from_file(old).keys[0] for p in peers), "nothing switched"
+
+    code, out = keys_cli(a, token, old, "install", str(new))
+    assert code == 0 and not out["failed"], out
+    c.kill()
+    wait_not_alive(cluster, a, c)
+    code, out = keys_cli(a, token, old, "use", str(new))
+    assert code == 0 and set(out["members"]) == {a.name, b.name}, out
+    code, err = keys_cli(b, token, new, "remove", fp(old))
+    assert code != 0 and "HTTP 409" in err and f"{c.name} (did not answer" in err, err
+    for p in (a, b):
+        assert Keyring.from_file(p.data_dir / "cluster.key").keys == \
+            Keyring.from_file(new).keys + Keyring.from_file(old).keys, "nothing removed"
+
+    code, out = keys_cli(b, token, new, "remove", fp(old), "--force")
+    assert code == 0 and all(r["keys"] == [fp(new)] for r in out["members"].values()), out
+    assert set(out["members"]) == {a.name, b.name}, out
