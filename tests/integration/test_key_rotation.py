@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from mesh_harness import PY, Cluster, Peer
 
-from nanomesh.auth import internal_secret
+from nanomesh.auth import internal_token
 from nanomesh.keys import fingerprint
 from nanomesh.wire import Keyring
 
@@ -241,9 +241,10 @@ def test_a_recorded_key_operation_cannot_be_replayed(cluster: Cluster) -> None:
     code, out = keys_cli(peers[0], token, old, "remove", fp(new))
     assert code == 0 and all(r["keys"] == [fp(old)] for r in out["members"].values()), out
 
-    # What a member presents on the fan-out; an eavesdropper records it too.
-    secret = internal_secret(Keyring.from_file(old))
-    status, reply = post_raw(peers[1].api, "/v1/internal/keyring", install, secret)
+    # Even a freshly signed internal call (a recorded one is refused by its
+    # nonce: test_secure_by_default) cannot replay the sealed operation.
+    signed = internal_token(Keyring.from_file(old), "POST", "/v1/internal/keyring", install)
+    status, reply = post_raw(peers[1].api, "/v1/internal/keyring", install, signed)
     assert status == 409 and "already received" in reply, (status, reply)
     status, reply = post_raw(peers[0].api, "/v1/keyring/install", install, token)
     assert status == 409 and "already received" in reply, (status, reply)
