@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,7 +34,6 @@ from nanomesh.errors import ConfigError
 KEY_FILE_HELP = ("a file holding the mesh's current cluster key, to seal the operation "
                  "with (default: $NANOMESH_KEY_FILE, else the running lab's key, else "
                  "/etc/nanomesh/cluster.key)")
-SYSTEM_KEY_FILE = Path("/etc/nanomesh/cluster.key")
 FORCE_HELP = {
     "use": "make it the primary even if some alive member lacks the key or does not "
            "answer (those members are cut off until they get it)",
@@ -136,15 +134,12 @@ def _key_or_fingerprint(text: str, action: str) -> tuple[bytes | None, str | Non
 
 
 def _sealing_keyring(given: Path | None) -> Any:
-    from nanomesh import lab
+    from nanomesh.servicekeys import find_key_file
     from nanomesh.wire import Keyring
 
-    candidates = [given] if given else [
-        Path(p) for p in (os.environ.get("NANOMESH_KEY_FILE"),) if p] + [
-        lab.default_dir() / "cluster.key", SYSTEM_KEY_FILE]
-    for path in candidates:
-        if path.exists() or given:
-            return Keyring.from_file(path)
-    raise ConfigError("no cluster key to seal the operation with: pass --key-file FILE "
-                      "(a file holding the mesh's current key)")
+    path = find_key_file(given)  # the same search as every other client's
+    if path is None:
+        raise ConfigError("no cluster key to seal the operation with: pass --key-file FILE "
+                          "(a file holding the mesh's current key)")
+    return Keyring.from_file(path)
 

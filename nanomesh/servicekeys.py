@@ -113,21 +113,23 @@ class CurveKey:
 
     @classmethod
     def from_z85(cls, secret: str, where: str) -> CurveKey:
-        try:
-            raw = zmq.utils.z85.decode(secret.encode())
-        except (ValueError, TypeError, KeyError, IndexError):
-            raw = b""
-        if len(raw) != 32:
+        raw = _z85_key(secret)
+        if raw is None:
             raise ConfigError(f"{where} is not a Z85 CURVE secret key (40 characters)")
         return cls.from_secret(raw)
 
 
-def _z85_public(text: str, where: str) -> bytes:
+def _z85_key(text: str) -> bytes | None:
+    """The 32 bytes of a Z85-encoded CURVE key, or None if `text` is not one."""
     try:
         raw = zmq.utils.z85.decode(text.encode())
     except (ValueError, TypeError, KeyError, IndexError):
-        raw = b""
-    if len(raw) != 32:
+        return None
+    return raw if len(raw) == 32 else None
+
+
+def _z85_public(text: str, where: str) -> bytes:
+    if _z85_key(text) is None:
         raise ConfigError(f"{where}: {text!r} is not a Z85 CURVE public key")
     return text.encode()
 
