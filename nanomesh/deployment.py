@@ -27,11 +27,12 @@ side of waiting longer, never of reverting a version too soon.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from nanomesh.checks import is_int, is_number
+from nanomesh.ids import service_of
 from nanomesh.reconcile import restart_policy, spec_digest
 
 CRASH_LIMIT = 3
@@ -79,9 +80,7 @@ def update_policy_problem(raw: Any) -> str | None:
         return "update.auto_revert must be true or false"
     for key in ("min_healthy_time", "healthy_deadline"):
         value = raw.get(key)
-        if value is not None and not (isinstance(value, int | float)
-                                      and not isinstance(value, bool)
-                                      and math.isfinite(value) and value >= 0):
+        if value is not None and not (is_number(value) and value >= 0):
             return f"update.{key} must be a number of seconds >= 0"
     policy = update_policy(raw)
     if policy.healthy_deadline <= policy.min_healthy_time:
@@ -103,9 +102,7 @@ def update_policy(raw: Any) -> UpdatePolicy:
 
 
 def _seconds(value: Any, default: float) -> float:
-    ok = (isinstance(value, int | float) and not isinstance(value, bool)
-          and math.isfinite(value) and value >= 0)
-    return float(value) if ok else default
+    return float(value) if is_number(value) and value >= 0 else default
 
 
 # -- the leader's memory and verdict -----------------------------------------------------
@@ -212,7 +209,7 @@ def _healthy(doc: Mapping[str, Any], report: Mapping[str, Any]) -> bool:
 def _replicas(doc: Mapping[str, Any]) -> int:
     spec = doc.get("spec")
     replicas = spec.get("replicas") if isinstance(spec, Mapping) else None
-    return replicas if isinstance(replicas, int) and not isinstance(replicas, bool) else 1
+    return replicas if is_int(replicas) else 1
 
 
 def _summary(instances: Mapping[str, Mapping[str, Any] | None], digest: str) -> str:
@@ -231,7 +228,7 @@ def _summary(instances: Mapping[str, Mapping[str, Any] | None], digest: str) -> 
 
 
 def _count(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+    return value if is_int(value) and value > 0 else 0
 
 
 def instance_reports(plan: Mapping[str, Any], service: str,
@@ -245,9 +242,9 @@ def instance_reports(plan: Mapping[str, Any], service: str,
     out: dict[str, Mapping[str, Any] | None] = {}
     if isinstance(assignments, Mapping):
         for iid, host in assignments.items():
-            if isinstance(iid, str) and iid.rpartition("/")[0] == service:
+            if isinstance(iid, str) and service_of(iid) == service:
                 out[iid] = reported.get(host, {}).get(iid) if isinstance(host, str) else None
     if isinstance(unplaced, list):
         out.update({iid: None for iid in unplaced
-                    if isinstance(iid, str) and iid.rpartition("/")[0] == service})
+                    if isinstance(iid, str) and service_of(iid) == service})
     return out

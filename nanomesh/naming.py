@@ -25,9 +25,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeGuard
+from typing import Any, Protocol
 
+from nanomesh.checks import is_port
 from nanomesh.config import host_port
+from nanomesh.ids import service_of
 from nanomesh.wire import Address, MemberState
 
 INSTANCES_KEY = "instances"
@@ -104,7 +106,7 @@ class Endpoint:
         for f in _ENDPOINT_FIELDS:
             value = doc.get(f)
             if f == "port":
-                if not _is_port(value):
+                if not is_port(value):
                     raise ValueError(f"endpoint.port: must be an integer 1-65535, got {value!r}")
             elif not isinstance(value, str) or not value:
                 raise ValueError(f"endpoint.{f}: must be a non-empty string, got {value!r}")
@@ -114,12 +116,6 @@ class Endpoint:
         if values["health"] not in HEALTH_VALUES:
             raise ValueError(f"endpoint.health: must be one of {', '.join(HEALTH_VALUES)}")
         return cls(**values)
-
-
-def service_of(instance_id: str) -> str:
-    """``hello/0`` -> ``hello``; ``""`` if the id has no service part."""
-    service, slash, _ = instance_id.rpartition("/")
-    return service if slash else ""
 
 
 def resolve(members: Iterable[MemberView], service: str, *, protocol: str | None = None,
@@ -171,7 +167,7 @@ def member_endpoints(member: MemberView) -> list[Endpoint]:
             if not (isinstance(name, str) and name and isinstance(spec, dict)):
                 continue
             proto, port = spec.get("protocol"), spec.get("port")
-            if proto in PROTOCOLS and _is_port(port):
+            if proto in PROTOCOLS and is_port(port):
                 out.append(Endpoint(service, instance, member.name, addr[0], name, proto, port,
                                     health, state))
     return out
@@ -186,5 +182,3 @@ def _instance_entries(profile: Any) -> list[tuple[str, dict[str, Any]]]:
     return [(k, v) for k, v in section.items() if isinstance(k, str) and isinstance(v, dict)]
 
 
-def _is_port(value: Any) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 65536

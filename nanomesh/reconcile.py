@@ -63,7 +63,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from nanomesh.checks import is_int, is_number
 from nanomesh.errors import ConfigError
+from nanomesh.ids import is_instance_id, service_of
 from nanomesh.lifecycle import ACTIVE as ACTIVE
 from nanomesh.lifecycle import ENDED as ENDED
 from nanomesh.lifecycle import RESTING as RESTING
@@ -72,7 +74,6 @@ from nanomesh.lifecycle import TRANSITIONS as TRANSITIONS
 from nanomesh.lifecycle import IllegalTransition as IllegalTransition
 from nanomesh.lifecycle import State as State
 from nanomesh.lifecycle import check_transition as check_transition
-from nanomesh.placement.spec import split_instance_id
 
 PLACEMENT_ONLY_KEYS = frozenset({"replicas", "placement", "description", "mode", "state",
                                  "update"})
@@ -195,33 +196,26 @@ def _check_field(name: str, value: Any) -> Any:
         case "state":
             ok = value in STATES
         case "since":
-            ok = _is_real(value)
+            ok = is_number(value)
         case "started_at":
-            ok = value is None or _is_real(value)
+            ok = value is None or is_number(value)
         case "restarts":
-            ok = _is_int(value) and value >= 0
+            ok = is_int(value) and value >= 0
         case "health":
             ok = value in HEALTH_STATES
         case "endpoints":
             ok = isinstance(value, list | tuple) and all(
                 isinstance(e, list | tuple) and len(e) == 3 and isinstance(e[0], str)
-                and isinstance(e[1], str) and _is_int(e[2]) for e in value)
+                and isinstance(e[1], str) and is_int(e[2]) for e in value)
             if ok:
                 value = tuple((e[0], e[1], e[2]) for e in value)
         case _:  # exit_code, pid
-            ok = value is None or _is_int(value)
+            ok = value is None or is_int(value)
     if not ok:
         raise ValueError(f"instance status: bad {name!r}: {value!r}")
     return float(value) if name in ("since", "started_at") and value is not None else value
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_real(value: Any) -> bool:
-    return (isinstance(value, int | float) and not isinstance(value, bool)
-            and math.isfinite(value))
 
 
 def transition(status: InstanceStatus, state: State, now: float,
@@ -323,10 +317,10 @@ def wanted_here(me: str, plan_assignments: Mapping[str, str],
     Malformed instance ids in the plan are skipped."""
     out: dict[str, str] = {}
     for iid, peer in plan_assignments.items():
-        if peer != me:
+        if peer != me or not is_instance_id(iid):
             continue
-        service = _service_of(iid)
-        if service is not None and service in services:
+        service = service_of(iid)
+        if service in services:
             out[iid] = service
     return out
 
@@ -425,11 +419,4 @@ def next_retry_at(me: str, plan_assignments: Mapping[str, str],
                   if services[wanted[iid]].get("mode") != "idle" else status.state == "failed")
              and status.spec_digest == spec_digest(services[wanted[iid]])]
     return min(times, default=None)
-
-
-def _service_of(iid: str) -> str | None:
-    try:
-        return split_instance_id(iid)[0]
-    except ValueError:
-        return None
 

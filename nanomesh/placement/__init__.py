@@ -25,11 +25,12 @@ Capacity is the profile's ``cpu.cores``, ``memory.available_mb`` and
 ``storage.free_mb`` (see :mod:`~nanomesh.placement.peers` for why and for the
 caveat about live figures); a plan never reserves more than that on a peer.
 
-Instance identity is ``"<service>/<replica>"``; every data type is a frozen
+Instance identity is ``"<service>/<replica>"`` (:mod:`nanomesh.ids`); every data type is a frozen
 dataclass with ``to_dict`` / ``from_dict`` that round-trip exactly through
 JSON and msgpack.
 """
 
+from nanomesh.ids import instance_id, split_instance_id
 from nanomesh.placement.config import PlacementConfig
 from nanomesh.placement.feasible import FILTERS, Usage, first_failure, why_not
 from nanomesh.placement.peers import PeerView, peer_view_from_profile
@@ -42,11 +43,9 @@ from nanomesh.placement.spec import (
     ServiceSpec,
     SpecError,
     constraints_from_dict,
-    instance_id,
     requirements_from_dict,
     service_spec_from_dict,
     services_from_list,
-    split_instance_id,
 )
 
 __all__ = [

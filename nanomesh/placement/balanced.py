@@ -45,13 +45,14 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from nanomesh.ids import instance_id
 from nanomesh.placement.config import Mode, PlacementConfig
 from nanomesh.placement.feasible import CAPACITY_FILTERS, EPSILON, STATIC_FILTERS, Usage
 from nanomesh.placement.index import CandidateIndex, Cluster, Signature, static_signature
 from nanomesh.placement.peers import PeerView
 from nanomesh.placement.plan import Plan
 from nanomesh.placement.rank import score
-from nanomesh.placement.spec import ServiceSpec, check_unique, instance_id
+from nanomesh.placement.spec import ServiceSpec, check_unique
 from nanomesh.placement.stats import compare
 
 Entry = tuple[float, int, int, int, int]

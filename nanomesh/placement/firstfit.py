@@ -24,11 +24,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from nanomesh.ids import instance_id
 from nanomesh.placement.feasible import first_failure, why_not
 from nanomesh.placement.index import Cluster
 from nanomesh.placement.peers import PeerView
 from nanomesh.placement.plan import Plan
-from nanomesh.placement.spec import ServiceSpec, check_unique, instance_id
+from nanomesh.placement.spec import ServiceSpec, check_unique
 from nanomesh.placement.stats import compare
 
 

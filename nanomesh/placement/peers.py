@@ -33,12 +33,12 @@ as 100 % busy, so a peer that reports nothing ranks last rather than first.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, cast
 
+from nanomesh.checks import is_number
 from nanomesh.placement.spec import (
     COMPUTE,
     NETWORK_KINDS,
@@ -137,7 +137,7 @@ def peer_view_from_profile(name: str, profile: Mapping[str, Any], alive: bool) -
         networks=frozenset(k for k in NETWORK_KINDS if network.get(k) is True),
         labels={k: v for k, v in labels.items() if isinstance(k, str) and isinstance(v, str)}
         if isinstance(labels, Mapping) else {},
-        cpu_load_percent=min(100.0, _amount(cpu_load)) if _is_number(cpu_load) else 100.0,
+        cpu_load_percent=min(100.0, _amount(cpu_load)) if is_number(cpu_load) else 100.0,
     )
 
 
@@ -146,13 +146,8 @@ def _section(profile: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
-def _is_number(value: object) -> bool:
-    return (isinstance(value, int | float) and not isinstance(value, bool)
-            and math.isfinite(value))
-
-
 def _amount(value: object) -> float:
     """A non-negative finite number, or 0 for anything else."""
-    if not _is_number(value):
+    if not is_number(value):
         return 0.0
-    return max(0.0, float(cast(float, value)))
+    return max(0.0, float(value))

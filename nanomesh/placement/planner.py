@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
+from nanomesh.ids import service_of
 from nanomesh.placement.balanced import plan_balanced
 from nanomesh.placement.config import PlacementConfig
 from nanomesh.placement.feasible import Usage
@@ -44,7 +45,7 @@ def usage_by_peer(plan: Plan, specs: Sequence[ServiceSpec]) -> dict[str, Usage]:
     by_name = {spec.name: spec for spec in specs}
     usage: dict[str, Usage] = {}
     for iid, peer in plan.assignments.items():
-        spec = by_name.get(iid.rpartition("/")[0])
+        spec = by_name.get(service_of(iid))
         if spec is not None:
             usage.setdefault(peer, Usage()).add(spec)
     return usage

@@ -32,7 +32,12 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, cast
 
+from nanomesh.checks import is_number, kind_name
 from nanomesh.errors import NanomeshError
+from nanomesh.ids import SERVICE_NAME_RULE, instance_id, is_service_name
+
+# Re-exported for nanomesh/daemon/api_runtime.py until it imports nanomesh.ids.
+from nanomesh.ids import split_instance_id as split_instance_id
 
 PowerSource = Literal["ac", "battery"]
 NetworkKind = Literal["wifi", "ethernet", "bluetooth"]
@@ -46,10 +51,6 @@ COMPUTE = "compute"
 
 _TOKEN = re.compile(r"[a-z0-9][a-z0-9-]*")
 """Capability names are device types, so they follow discovery's token rule."""
-
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
-"""Service names become instance ids (``name/index``) and resolvable names:
-no ``/``, at most 63 characters."""
 
 
 class SpecError(NanomeshError, ValueError):
@@ -182,19 +183,6 @@ def _replicas(r: _Reader) -> int:
     return replicas
 
 
-def instance_id(service: str, index: int) -> str:
-    """``"sensor-reader/0"``: the identity of replica ``index`` of ``service``."""
-    return f"{service}/{index}"
-
-
-def split_instance_id(iid: str) -> tuple[str, int]:
-    """Inverse of :func:`instance_id`; raises ValueError on a malformed id."""
-    service, sep, index = iid.rpartition("/")
-    if not sep or not service or not index.isdigit():
-        raise ValueError(f"malformed instance id {iid!r}")
-    return service, int(index)
-
-
 # -- parsing -------------------------------------------------------------------------------
 
 
@@ -205,7 +193,7 @@ class _Reader:
         self.where = where
         self.service = service
         if not isinstance(data, Mapping):
-            raise SpecError(where or "spec", f"must be a mapping, got {_kind(data)}", service)
+            raise SpecError(where or "spec", f"must be a mapping, got {kind_name(data)}", service)
         self.data: Mapping[str, Any] = data
 
     def fail(self, key: str, problem: str) -> SpecError:
@@ -219,7 +207,7 @@ class _Reader:
 
     def number(self, key: str, default: float, upper: float = math.inf) -> float:
         value = self.data.get(key, default)
-        if not _is_number(value) or not 0 <= value <= upper:
+        if not is_number(value) or not 0 <= value <= upper:
             bound = f" and <= {upper:g}" if upper != math.inf else ""
             raise self.fail(key, f"must be a number >= 0{bound}, got {value!r}")
         return float(value)
@@ -247,18 +235,9 @@ class _Reader:
         return cast(str, value)
 
 
-def _is_number(value: object) -> bool:
-    return (isinstance(value, int | float) and not isinstance(value, bool)
-            and math.isfinite(value))
-
-
 def _or_empty(section: Any) -> Any:
     """A section left out or null is an empty one (no requirement)."""
     return {} if section is None else section
-
-
-def _kind(value: object) -> str:
-    return "null" if value is None else type(value).__name__
 
 
 def requirements_from_dict(data: Mapping[str, Any], *, where: str = "requires",
@@ -274,7 +253,7 @@ def requirements_from_dict(data: Mapping[str, Any], *, where: str = "requires",
                   "network", "storage_mb"))
     caps = r.data.get("capabilities", [])
     if not isinstance(caps, list | tuple | set | frozenset):
-        raise r.fail("capabilities", f"must be a list of strings, got {_kind(caps)}")
+        raise r.fail("capabilities", f"must be a list of strings, got {kind_name(caps)}")
     for i, cap in enumerate(caps):
         if not isinstance(cap, str) or not _TOKEN.fullmatch(cap):
             raise r.fail(f"capabilities[{i}]",
@@ -305,12 +284,12 @@ def constraints_from_dict(data: Mapping[str, Any], *, where: str = "placement",
     if labels is None:
         labels = {}
     if not isinstance(labels, Mapping):
-        raise r.fail("labels", f"must be a mapping of strings, got {_kind(labels)}")
+        raise r.fail("labels", f"must be a mapping of strings, got {kind_name(labels)}")
     for key, value in labels.items():
         if not isinstance(key, str) or not key:
             raise r.fail(f"labels[{key!r}]", "keys must be non-empty strings")
         if not isinstance(value, str):
-            raise r.fail(f"labels.{key}", f"must be a string, got {_kind(value)}")
+            raise r.fail(f"labels.{key}", f"must be a string, got {kind_name(value)}")
     return Constraints(peer=peer, labels=labels, spread=r.boolean("spread", True),
                        max_per_peer=r.whole("max_per_peer", 0))
 
@@ -319,9 +298,8 @@ def service_spec_from_dict(data: Mapping[str, Any]) -> ServiceSpec:
     """Parse one service (shape in the module docstring). Raises :class:`SpecError`."""
     r = _Reader(data, "", None)
     name = r.data.get("name")
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise r.fail("name", "must be 1-63 letters, digits, '.', '_' or '-', starting with "
-                             f"a letter or digit, got {name!r}")
+    if not is_service_name(name):
+        raise r.fail("name", f"must be {SERVICE_NAME_RULE}, got {name!r}")
     r.service = name
     r.check_keys(("name", "replicas", "requires", "placement"))
     return ServiceSpec(
@@ -335,7 +313,7 @@ def service_spec_from_dict(data: Mapping[str, Any]) -> ServiceSpec:
 def services_from_list(data: Sequence[Mapping[str, Any]]) -> list[ServiceSpec]:
     """Parse a list of services; duplicate names raise :class:`SpecError`."""
     if not isinstance(data, list | tuple):
-        raise SpecError("services", f"must be a list, got {_kind(data)}")
+        raise SpecError("services", f"must be a list, got {kind_name(data)}")
     specs = [service_spec_from_dict(item) for item in data]
     check_unique(specs)
     return specs

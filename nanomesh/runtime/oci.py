@@ -47,6 +47,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from nanomesh.ids import partition_instance_id
 from nanomesh.runtime.spec import RESERVED_ENV, InstanceSpec, Limits
 
 OCI_VERSION = "1.0.2"
@@ -110,7 +111,7 @@ def container_id(iid: str, peer: str = "") -> str:
     ``_ . -`` replaced by ``-`` (runc's and docker's rule). The peer name keeps
     two lab peers on one machine apart where names are global (podman,
     docker, cgroup paths); runc state is per peer already (``--root``)."""
-    service, _, index = iid.rpartition("/")
+    service, index = partition_instance_id(iid)
     parts = ["nm", service or iid, index if service else ""]
     if peer:
         parts.append(peer)

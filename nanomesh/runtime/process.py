@@ -59,8 +59,8 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from nanomesh.ids import split_instance_id
 from nanomesh.lifecycle import State
-from nanomesh.placement.spec import split_instance_id
 from nanomesh.reconcile import ACTIVE, InstanceStatus, check_transition, transition
 from nanomesh.runtime import health as hc
 from nanomesh.runtime.cgroups import Cgroups, InstanceCgroup, Layout

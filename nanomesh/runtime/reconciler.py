@@ -44,7 +44,7 @@ from typing import Any
 
 import trio
 
-from nanomesh.placement.spec import split_instance_id
+from nanomesh.ids import split_instance_id
 from nanomesh.reconcile import (
     ACTIVE,
     RESTING,
