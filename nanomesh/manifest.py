@@ -76,6 +76,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from nanomesh.checks import is_int, is_sha256_hex
 from nanomesh.consensus.state import is_text
 from nanomesh.deployment import update_policy, update_policy_problem
 from nanomesh.errors import NanomeshError
@@ -181,10 +182,9 @@ def visibility_of(doc: Mapping[str, Any] | None) -> str:
 def _bundle_ref(value: Any, where: str) -> dict[str, Any]:
     sha = value.get("sha256") if isinstance(value, Mapping) else None
     size = value.get("size") if isinstance(value, Mapping) else None
-    if not (isinstance(sha, str) and len(sha) == 64
-            and all(c in "0123456789abcdef" for c in sha)):
+    if not is_sha256_hex(sha):
         raise ManifestError(f"{where}: bundle.sha256 must be 64 lowercase hex digits")
-    if not (isinstance(size, int) and not isinstance(size, bool) and size >= 0):
+    if not (is_int(size) and size >= 0):
         raise ManifestError(f"{where}: bundle.size must be a byte count")
     return {"sha256": sha, "size": size}
 

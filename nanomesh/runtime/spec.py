@@ -24,7 +24,6 @@ limits (each documented on its class; manifest syntax in
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from nanomesh.checks import is_int, is_number, is_port, is_sha256_hex, kind_name
 from nanomesh.config import (
     DEFAULT_API_PORT,
     DEFAULT_COAP_PORT,
@@ -110,7 +110,7 @@ def run_spec_from(spec: Mapping[str, Any], *, required: bool = True) -> RunSpec:
     name = spec.get("name") if isinstance(spec, Mapping) else None
     service = name if isinstance(name, str) else None
     if not isinstance(spec, Mapping):
-        raise RunSpecError("spec", f"must be a mapping, got {_kind(spec)}")
+        raise RunSpecError("spec", f"must be a mapping, got {kind_name(spec)}")
     run = spec.get("run")
     if run is None and not required:
         run = {}
@@ -118,7 +118,7 @@ def run_spec_from(spec: Mapping[str, Any], *, required: bool = True) -> RunSpec:
         raise RunSpecError("run", "missing: a nanoservice needs a run section with a command",
                            service)
     if not isinstance(run, Mapping):
-        raise RunSpecError("run", f"must be a mapping, got {_kind(run)}", service)
+        raise RunSpecError("run", f"must be a mapping, got {kind_name(run)}", service)
     for key in run:
         if key not in RUN_KEYS:
             raise RunSpecError(f"run.{key}", f"unknown key; expected one of {', '.join(RUN_KEYS)}",
@@ -133,12 +133,13 @@ def _command(value: Any, service: str | None, optional: bool = False) -> tuple[s
         return ()
     if not isinstance(value, list | tuple):
         raise RunSpecError("run.command", "must be a non-empty list of strings (argv, no shell), "
-                                          f"got {_kind(value)}", service)
+                                          f"got {kind_name(value)}", service)
     if not value:
         raise RunSpecError("run.command", "must not be empty", service)
     for i, arg in enumerate(value):
         if not isinstance(arg, str):
-            raise RunSpecError(f"run.command[{i}]", f"must be a string, got {_kind(arg)}", service)
+            raise RunSpecError(f"run.command[{i}]", f"must be a string, got {kind_name(arg)}",
+                               service)
         if "\0" in arg:
             raise RunSpecError(f"run.command[{i}]", "must not contain NUL characters", service)
     if not value[0]:
@@ -150,7 +151,7 @@ def _env(value: Any, service: str | None) -> dict[str, str]:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise RunSpecError("run.env", f"must be a mapping of strings, got {_kind(value)}",
+        raise RunSpecError("run.env", f"must be a mapping of strings, got {kind_name(value)}",
                            service)
     for key, val in value.items():
         if not isinstance(key, str) or not key or "=" in key or "\0" in key:
@@ -160,7 +161,7 @@ def _env(value: Any, service: str | None) -> dict[str, str]:
             raise RunSpecError(f"run.env.{key}", "is set by the runtime and cannot be overridden",
                                service)
         if not isinstance(val, str):
-            raise RunSpecError(f"run.env.{key}", f"must be a string, got {_kind(val)}", service)
+            raise RunSpecError(f"run.env.{key}", f"must be a string, got {kind_name(val)}", service)
         if "\0" in val:
             raise RunSpecError(f"run.env.{key}", "must not contain NUL characters", service)
     return dict(value)
@@ -175,10 +176,6 @@ def _cwd(value: Any, service: str | None) -> str | None:
         raise RunSpecError("run.cwd", f"a relative cwd must stay inside the bundle, got {value!r}",
                            service)
     return value
-
-
-def _kind(value: object) -> str:
-    return "null" if value is None else type(value).__name__
 
 
 # -- the rest of the runtime's view of a service ---------------------------------------------
@@ -338,7 +335,7 @@ def instance_spec_from(doc: Mapping[str, Any]) -> InstanceSpec:
     """Read a service document (see :mod:`nanomesh.manifest`) into an
     :class:`InstanceSpec`. Raises :class:`RunSpecError` naming the field."""
     if not isinstance(doc, Mapping):
-        raise RunSpecError("spec", f"must be a mapping, got {_kind(doc)}")
+        raise RunSpecError("spec", f"must be a mapping, got {kind_name(doc)}")
     name = doc.get("name")
     service = name if isinstance(name, str) else "?"
     kind = doc.get("kind", "process")
@@ -377,7 +374,7 @@ def _table(value: Any, where: str, service: str, keys: tuple[str, ...]) -> Mappi
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise SpecFieldError(where, f"must be a table, got {_kind(value)}", service)
+        raise SpecFieldError(where, f"must be a table, got {kind_name(value)}", service)
     for key in value:
         if key not in keys:
             raise SpecFieldError(f"{where}.{key}", f"unknown key; expected one of "
@@ -435,7 +432,7 @@ def _endpoints(value: Any, service: str) -> tuple[EndpointSpec, ...]:
         port = table.get("port", "auto")
         if port == "auto":
             port = None
-        elif not (isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536):
+        elif not is_port(port):
             raise SpecFieldError(f"{where}.port", f'must be 1-65535 or "auto", got {port!r}',
                                  service)
         elif port in RESERVED_PORTS:
@@ -475,13 +472,12 @@ def _health(value: Any, endpoints: tuple[EndpointSpec, ...], service: str) -> He
                                         ("timeout", DEFAULT_HEALTH_TIMEOUT, 0.01),
                                         ("start_period", DEFAULT_START_PERIOD, 0.0)):
         v = table.get(key, default_value)
-        if not (isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-                and minimum <= v <= 3600):
+        if not (is_number(v) and minimum <= v <= 3600):
             raise SpecFieldError(f"health.{key}", f"must be seconds in [{minimum}, 3600], "
                                  f"got {v!r}", service)
         numbers[key] = float(v)
     retries = table.get("retries", DEFAULT_HEALTH_RETRIES)
-    if not (isinstance(retries, int) and not isinstance(retries, bool) and 1 <= retries <= 100):
+    if not (is_int(retries) and 1 <= retries <= 100):
         raise SpecFieldError("health.retries", f"must be an integer 1-100, got {retries!r}",
                              service)
     return HealthSpec(check=check, endpoint=endpoint, path=path, command=command,
@@ -502,7 +498,7 @@ def _health_path(path: Any, service: str) -> str:
     :data:`HEALTH_PATH_MAX` characters, segments of at most
     :data:`HEALTH_SEGMENT_MAX` bytes."""
     if not isinstance(path, str):
-        raise SpecFieldError("health.path", f"must be a string, got {_kind(path)}", service)
+        raise SpecFieldError("health.path", f"must be a string, got {kind_name(path)}", service)
     if len(path) > HEALTH_PATH_MAX:
         raise SpecFieldError("health.path", f"at most {HEALTH_PATH_MAX} characters, got "
                              f"{len(path)}", service)
@@ -522,16 +518,13 @@ def _health_path(path: Any, service: str) -> str:
 def _limits(value: Any, service: str) -> Limits:
     table = _table(value, "limits", service, ("memory_mb", "cpu", "pids"))
     memory, cpu, pids = table.get("memory_mb"), table.get("cpu"), table.get("pids")
-    if memory is not None and not (isinstance(memory, int) and not isinstance(memory, bool)
-                                   and 4 <= memory <= 1 << 20):
+    if memory is not None and not (is_int(memory) and 4 <= memory <= 1 << 20):
         raise SpecFieldError("limits.memory_mb", f"must be an integer >= 4 (MiB), got {memory!r}",
                              service)
-    if cpu is not None and not (isinstance(cpu, int | float) and not isinstance(cpu, bool)
-                                and math.isfinite(cpu) and 0.01 <= cpu <= 1024):
+    if cpu is not None and not (is_number(cpu) and 0.01 <= cpu <= 1024):
         raise SpecFieldError("limits.cpu", f"must be cores in [0.01, 1024], got {cpu!r}",
                              service)
-    if pids is not None and not (isinstance(pids, int) and not isinstance(pids, bool)
-                                 and 1 <= pids <= 1 << 22):
+    if pids is not None and not (is_int(pids) and 1 <= pids <= 1 << 22):
         raise SpecFieldError("limits.pids", f"must be an integer >= 1, got {pids!r}", service)
     return Limits(memory_mb=memory, cpu=None if cpu is None else float(cpu), pids=pids)
 
@@ -540,7 +533,6 @@ def _bundle(value: Any, service: str) -> str | None:
     if value is None:
         return None
     sha = value.get("sha256") if isinstance(value, Mapping) else None
-    if not (isinstance(sha, str) and len(sha) == 64
-            and all(c in "0123456789abcdef" for c in sha)):
+    if not is_sha256_hex(sha):
         raise SpecFieldError("bundle.sha256", "must be 64 lowercase hex digits", service)
     return sha
