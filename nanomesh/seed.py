@@ -4,7 +4,8 @@ The research saved a terminated nanoservice's state to a "seed file" from
 which it could be re-established later, anywhere. `nanomesh undeploy NAME
 --save SEED` writes one; `nanomesh deploy --from-seed SEED` reads it.
 
-Format (msgpack map; this module is its only home)::
+Format (a msgpack map; this module owns its fields, `nanomesh.wire.seedfile`
+its bytes)::
 
     {"format": "nanomesh-seed", "version": 1,
      "service": {...},               # the service document (nanomesh.manifest)
@@ -29,19 +30,18 @@ Public API: `Seed` (dataclass, fields as above), `write_seed(path, seed)`,
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import msgpack
-
 from nanomesh.bundles import MAX_BUNDLE_BYTES
+from nanomesh.checks import is_number
 from nanomesh.consensus.state import is_json
-from nanomesh.errors import NanomeshError
+from nanomesh.errors import NanomeshError, RemoteProtocolError
 from nanomesh.manifest import MAX_STATE_BYTES as MANIFEST_MAX_STATE_BYTES
+from nanomesh.wire.seedfile import pack_seed_file, unpack_seed_file
 
 SEED_FORMAT = "nanomesh-seed"
 SEED_VERSION = 1
@@ -82,7 +82,7 @@ class Seed:
 def encode_seed(seed: Seed) -> bytes:
     """The file bytes of `seed`; SeedError if the seed itself is inconsistent."""
     _check(_as_map(seed), "seed")
-    return msgpack.packb(_as_map(seed), use_bin_type=True)
+    return pack_seed_file(_as_map(seed))
 
 
 def write_seed(path: Path, seed: Seed) -> None:
@@ -123,13 +123,12 @@ def decode_seed(data: bytes, where: str = "seed") -> Seed:
     if len(data) > MAX_SEED_BYTES:
         raise SeedError(f"{where}: larger than {MAX_SEED_BYTES} bytes; not a seed file")
     try:
-        obj = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True,
-                              max_bin_len=MAX_BUNDLE_BYTES, max_str_len=MAX_SERVICE_BYTES,
-                              max_array_len=MAX_SERVICE_BYTES, max_map_len=MAX_SERVICE_BYTES)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError,
-            TypeError, RecursionError) as exc:
+        obj = unpack_seed_file(data, max_bin_len=MAX_BUNDLE_BYTES,
+                               max_str_len=MAX_SERVICE_BYTES,
+                               max_container_len=MAX_SERVICE_BYTES)
+    except RemoteProtocolError as exc:
         raise SeedError(f"{where}: not a seed file (truncated or corrupt: "
-                        f"{type(exc).__name__})") from None
+                        f"{exc.detail})") from None
     _check(obj, where)
     return Seed(service=obj["service"], bundle=obj["bundle"],
                 bundle_sha256=obj["bundle_sha256"], state=obj["state"],
@@ -158,8 +157,7 @@ def _check(obj: Any, where: str) -> None:
     if state is not None and (not isinstance(state, bytes) or len(state) > MAX_STATE_BYTES):
         raise SeedError(f"{where}: state must be bytes of at most {MAX_STATE_BYTES}, or nil")
     saved_at = obj["saved_at"]
-    if (not isinstance(saved_at, int | float) or isinstance(saved_at, bool)
-            or not math.isfinite(saved_at) or saved_at < 0):
+    if not (is_number(saved_at) and saved_at >= 0):
         raise SeedError(f"{where}: saved_at must be a unix time")
     if not isinstance(obj["saved_from"], str):
         raise SeedError(f"{where}: saved_from must be a peer name")

@@ -1,4 +1,5 @@
-"""The only package that knows bytes: messages, codec, envelope and framing."""
+"""The only package that knows bytes: messages, codec, envelope and framing,
+the RPC frames and the seed-file encoding."""
 
 from nanomesh.wire.codec import pack_message_obj, pack_messages, unpack_messages
 from nanomesh.wire.envelope import (
@@ -51,6 +52,7 @@ from nanomesh.wire.rpc import (
     encode_request,
     encode_response,
 )
+from nanomesh.wire.seedfile import pack_seed_file, unpack_seed_file
 
 __all__ = [
     "FRAME_PREFIX_LEN", "MAX_DATAGRAM", "MAX_DATAGRAM_IN", "MAX_FRAME", "PROTOCOL_MAX",
@@ -60,5 +62,6 @@ __all__ = [
     "Request", "Response", "StreamMessage", "Suspect", "decode_event", "decode_request",
     "decode_response", "derive_secret", "encode_event", "encode_request", "encode_response",
     "frame", "frame_length", "generate_key", "open_box", "open_envelope", "pack_message_obj",
-    "pack_messages", "seal", "seal_box", "unpack_messages",
+    "pack_messages", "pack_seed_file", "seal", "seal_box", "unpack_messages",
+    "unpack_seed_file",
 ]

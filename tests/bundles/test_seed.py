@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from pathlib import Path
@@ -130,3 +131,35 @@ def test_mutated_seed_is_refused_or_valid(seed: Seed, data: st.DataObject) -> No
 def test_round_trip_property(state: bytes | None, saved_at: float, saved_from: str) -> None:
     s = Seed({"name": "x", "spec": {"requires": {}}}, None, None, state, saved_at, saved_from)
     assert decode_seed(encode_seed(s)) == s
+
+
+# Written by `encode_seed` before the encoding moved to nanomesh.wire.seedfile
+# (commit 8be6a2f): seed files on disk from then must still load, byte for byte.
+GOLDEN_SEED = bytes.fromhex(
+    "88a6666f726d6174ad6e616e6f6d6573682d73656564a776657273696f6e01a7736572766963"
+    "6583a46e616d65a6746865726d6fa776657273696f6ea5312e302e30a47370656383a46e616d"
+    "65a6746865726d6fa87265706c6963617302a8726571756972657381a3637075cb3fe0000000"
+    "000000a662756e646c65c4166e6f742061207461722c206f6e6c7920686173686564ad62756e"
+    "646c655f736861323536d940333562343539393331346533333938663831613662323566643430"
+    "35303462636532643635656262666638396430313835346337316265666436326630633631a5"
+    "7374617465c40c00636f756e7465723d3431ffa873617665645f6174cb41d954fc40100000aa"
+    "73617665645f66726f6da9776172642d70692d34")
+
+
+def test_golden_seed_bytes_still_load() -> None:
+    bundle = b"not a tar, only hashed"
+    expected = Seed(
+        service={"name": "thermo", "version": "1.0.0",
+                 "spec": {"name": "thermo", "replicas": 2, "requires": {"cpu": 0.5}}},
+        bundle=bundle, bundle_sha256=hashlib.sha256(bundle).hexdigest(),
+        state=b"\x00counter=41\xff", saved_at=1_700_000_000.25, saved_from="ward-pi-4")
+    assert decode_seed(GOLDEN_SEED) == expected
+    assert encode_seed(expected) == GOLDEN_SEED
+
+
+def test_corrupt_bytes_name_the_msgpack_error() -> None:
+    with pytest.raises(SeedError, match=r"^seed: not a seed file \(truncated or corrupt: "
+                                        r"ExtraData\)$"):
+        decode_seed(GOLDEN_SEED + b"\x00")
+    with pytest.raises(SeedError, match=r"truncated or corrupt: ValueError\)$"):
+        decode_seed(GOLDEN_SEED[:-1])
