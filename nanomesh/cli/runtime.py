@@ -16,11 +16,15 @@ import sys
 import time
 import tomllib
 import urllib.parse
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from nanomesh.cli.common import PEER_HELP, add_token_args, management_token, peer_api, print_table
 from nanomesh.errors import ConfigError, NanomeshError
+
+# The API client, the bundle, manifest and seed modules and the service
+# client (trio, ZeroMQ) are imported inside the commands that use them, so
+# that `nanomesh --help` and the other commands do not load them.
 
 DEPLOY_WAIT = 150.0
 """Seconds ``deploy`` watches the instances come up and waits for the mesh's
@@ -33,9 +37,9 @@ SAVE_TIMEOUT = 30.0
 their state) before it gives up without deleting anything."""
 
 
-def add_runtime_commands(sub: Any, peer_help: str, token_args: Callable[[Any], None]) -> None:
-    """Add the commands to the ``nanomesh`` sub-parsers (``sub``)."""
-    deploy = sub.add_parser(
+def register(subparsers: Any) -> None:
+    """Add the commands to the top-level ``subparsers``."""
+    deploy = subparsers.add_parser(
         "deploy", help="deploy (or update) a nanoservice",
         description="Deploy a nanoservice, or update it. MANIFEST is a service folder (or its "
         "nanoservice.toml): the folder is packed into a content-addressed bundle and uploaded, "
@@ -65,10 +69,10 @@ def add_runtime_commands(sub: Any, peer_help: str, token_args: Callable[[Any], N
                         f"(every instance running and healthy for update.min_healthy_time) "
                         f"(default {DEPLOY_WAIT:g}); exit status 1 if it failed, was rolled "
                         f"back, or is still undecided")
-    token_args(deploy)
+    add_token_args(deploy)
     deploy.set_defaults(func=deploy_command)
 
-    undeploy = sub.add_parser(
+    undeploy = subparsers.add_parser(
         "undeploy", help="remove a nanoservice from the mesh",
         description="Remove a nanoservice. With --save SEED, first stop its instances "
         "(they may hand over their state as they stop), then write the service, its bundle "
@@ -80,39 +84,39 @@ def add_runtime_commands(sub: Any, peer_help: str, token_args: Callable[[Any], N
     undeploy.add_argument("--timeout", type=float, default=SAVE_TIMEOUT,
                           help=f"seconds to wait for the instances to stop (default "
                           f"{SAVE_TIMEOUT:g})")
-    token_args(undeploy)
+    add_token_args(undeploy)
     undeploy.set_defaults(func=undeploy_command)
 
     for verb, text in (("activate", "start a service's idle instances"),
                        ("idle", "stop a service's instances but keep them placed and ready")):
-        cmd = sub.add_parser(verb, help=text, description=text[0].upper() + text[1:] +
+        cmd = subparsers.add_parser(verb, help=text, description=text[0].upper() + text[1:] +
                              ". Needs the management token.")
         cmd.add_argument("name", metavar="NAME")
-        token_args(cmd)
+        add_token_args(cmd)
         cmd.set_defaults(func=mode_command, verb=verb)
 
-    logs = sub.add_parser("logs", help="show the output of a service's instances",
+    logs = subparsers.add_parser("logs", help="show the output of a service's instances",
                           description="Print the last lines of each instance's log, fetched "
                           "from the peer that runs it. Needs the management token.")
     logs.add_argument("name", metavar="NAME")
     logs.add_argument("--instance", type=int, metavar="INDEX", help="only instance NAME/INDEX")
     logs.add_argument("-n", "--lines", type=int, default=50, help="lines per instance "
                       "(default 50)")
-    token_args(logs)
+    add_token_args(logs)
     logs.set_defaults(func=logs_command)
 
-    resolve = sub.add_parser("resolve", help="where a service can be reached",
+    resolve = subparsers.add_parser("resolve", help="where a service can be reached",
                              description="List the endpoints of a service's running "
                              "instances as a peer's gossip shows them: peer, protocol, "
                              "address, health.")
     resolve.add_argument("name", metavar="NAME")
     resolve.add_argument("--protocol", choices=["coap", "zmq", "http"])
     resolve.add_argument("--all", action="store_true", help="include unhealthy instances")
-    resolve.add_argument("--peer", metavar="IP[:PORT]", help=peer_help)
+    resolve.add_argument("--peer", metavar="IP[:PORT]", help=PEER_HELP)
     resolve.add_argument("--json", action="store_true", help="print JSON")
     resolve.set_defaults(func=resolve_command)
 
-    call = sub.add_parser("call", help="call a service by name",
+    call = subparsers.add_parser("call", help="call a service by name",
                           description="Send one request to SERVICE (any healthy instance, "
                           "failing over between replicas) and print the reply body. Exit "
                           "status 0 on a 2xx reply, 1 otherwise.")
@@ -122,7 +126,7 @@ def add_runtime_commands(sub: Any, peer_help: str, token_args: Callable[[Any], N
     call.add_argument("--method", default=None, choices=["GET", "POST", "PUT", "DELETE"],
                       help="default GET, or POST with --data")
     call.add_argument("--timeout", type=float, default=2.0, help="seconds per try (default 2)")
-    call.add_argument("--peer", metavar="IP[:PORT]", help=peer_help)
+    call.add_argument("--peer", metavar="IP[:PORT]", help=PEER_HELP)
     call.add_argument("--key-file", type=Path, metavar="FILE",
                       help="the cluster key file, for private services (default: "
                       "$NANOMESH_KEY_FILE, else the running lab's, else "
@@ -135,13 +139,12 @@ def add_runtime_commands(sub: Any, peer_help: str, token_args: Callable[[Any], N
 
 
 def deploy_command(args: argparse.Namespace) -> int:
-    from nanomesh.cli import _peer_api, _token
 
     sources = [args.manifest, args.from_seed, args.from_registry]
     if sum(x is not None for x in sources) != 1:
         raise ConfigError("give one of: a service folder or manifest, --from-seed SEED, "
                           "--from-registry NAME[@VERSION]")
-    peer, token = _peer_api(args.peer), _token(args)
+    peer, token = peer_api(args.peer), management_token(args)
     if args.from_seed is not None:
         raw = _manifest_from_seed(args.from_seed, peer, token)
     elif args.from_registry is not None:
@@ -329,9 +332,8 @@ def _version_key(version: str) -> tuple[tuple[int, int | str], ...]:
 
 def undeploy_command(args: argparse.Namespace) -> int:
     from nanomesh.apiclient import request_json
-    from nanomesh.cli import _peer_api, _token
 
-    peer, token = _peer_api(args.peer), _token(args)
+    peer, token = peer_api(args.peer), management_token(args)
     quoted = urllib.parse.quote(args.name, safe="")
     if args.save is not None:
         save_seed(args.name, args.save, peer, token, args.timeout)
@@ -439,11 +441,10 @@ def _bundle_bytes(sha: str, peer: str, token: str | None) -> bytes:
 
 def mode_command(args: argparse.Namespace) -> int:
     from nanomesh.apiclient import request_json
-    from nanomesh.cli import _peer_api, _token
 
     quoted = urllib.parse.quote(args.name, safe="")
-    reply = request_json("POST", _peer_api(args.peer), f"/v1/services/{quoted}/{args.verb}",
-                         token=_token(args))
+    reply = request_json("POST", peer_api(args.peer), f"/v1/services/{quoted}/{args.verb}",
+                         token=management_token(args))
     state = "active" if reply["mode"] == "active" else "idle"
     print(f"{reply['name']} is {state}" + ("" if reply["changed"] else " (already)"))
     return 0
@@ -451,10 +452,9 @@ def mode_command(args: argparse.Namespace) -> int:
 
 def logs_command(args: argparse.Namespace) -> int:
     from nanomesh.apiclient import ApiError, get_json, request_json
-    from nanomesh.cli import _peer_api, _token
     from nanomesh.config import member_api
 
-    peer, token = _peer_api(args.peer), _token(args)
+    peer, token = peer_api(args.peer), management_token(args)
     placement = get_json(peer, "/v1/placement")
     apis = {m["name"]: member_api(m) for m in get_json(peer, "/v1/members")}
     wanted = [i for i in placement["instances"] if i["service"] == args.name
@@ -483,7 +483,6 @@ def logs_command(args: argparse.Namespace) -> int:
 
 def resolve_command(args: argparse.Namespace) -> int:
     from nanomesh.apiclient import get_json
-    from nanomesh.cli import _peer_api, _print_table
     from nanomesh.config import host_port
 
     query = {k: v for k, v in (("protocol", args.protocol), ("all", "1" if args.all else None))
@@ -491,7 +490,7 @@ def resolve_command(args: argparse.Namespace) -> int:
     path = f"/v1/resolve/{urllib.parse.quote(args.name, safe='')}"
     if query:
         path += "?" + urllib.parse.urlencode(query)
-    reply = get_json(_peer_api(args.peer), path)
+    reply = get_json(peer_api(args.peer), path)
     if args.json:
         print(json.dumps(reply, indent=2, sort_keys=True))
         return 0
@@ -504,12 +503,11 @@ def resolve_command(args: argparse.Namespace) -> int:
                                     "HEALTH")]
     rows += [(e["instance"], e["peer"], e["name"], e["protocol"],
               host_port(e["host"], e["port"]), e["health"]) for e in endpoints]
-    _print_table(rows)
+    print_table(rows)
     return 0
 
 
 def call_command(args: argparse.Namespace) -> int:
-    from nanomesh.cli import _peer_api
     from nanomesh.client import call_sync
 
     body = b""
@@ -521,7 +519,7 @@ def call_command(args: argparse.Namespace) -> int:
         body = args.data.encode()
     method = args.method or ("POST" if args.data is not None else "GET")
     reply = call_sync(args.service, args.path, body, method=method, timeout=args.timeout,
-                      peer=_peer_api(args.peer), key_file=args.key_file)
+                      peer=peer_api(args.peer), key_file=args.key_file)
     sys.stdout.buffer.write(reply.body)
     if reply.body and not reply.body.endswith(b"\n"):
         sys.stdout.buffer.write(b"\n")
