@@ -12,9 +12,9 @@
   behind `local`'s commands.
 
 Imports go one way: `main` -> command modules -> `common` -> `lab`. Modules
-outside the package that are slow to load (the daemon, trio, the API client)
-are imported inside the commands that use them, so that ``nanomesh --help``
-starts fast.
+outside the package that are slow to load (the daemon, trio, ZeroMQ, the
+consensus package, the manifest loader) are imported inside the commands
+that use them, so that ``nanomesh --help`` starts fast.
 """
 
 from nanomesh.cli.main import main

@@ -28,14 +28,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+from nanomesh.apiclient import request_bytes, request_json
 from nanomesh.cli.common import add_token_args, management_token, peer_api, print_table
 from nanomesh.errors import ConfigError
+from nanomesh.keys import KeyOp, fingerprint
+from nanomesh.wire import Keyring, generate_key
 
 # This module also holds ``nanomesh keygen`` (`register_keygen`). Its
 # docstring is the help text of ``nanomesh keys``.
 #
-# The API client, the key operations and the wire format (cryptography) are
-# imported inside the commands: `nanomesh --help` does not need them.
+# The service-key search (ZeroMQ) is imported inside the one function that
+# uses it: `nanomesh --help` does not need it.
 
 KEY_FILE_HELP = ("a file holding the mesh's current cluster key, to seal the operation "
                  "with (default: $NANOMESH_KEY_FILE, else the running lab's key, else "
@@ -81,16 +84,11 @@ def register_keygen(subparsers: Any) -> None:
 
 
 def _keygen(args: argparse.Namespace) -> int:
-    from nanomesh.wire import generate_key
-
     print(generate_key())
     return 0
 
 
 def operate_command(args: argparse.Namespace) -> int:
-    from nanomesh.apiclient import request_bytes
-    from nanomesh.keys import KeyOp
-
     op = KeyOp.new(args.action, *_key_or_fingerprint(args.key, args.action),
                    now=time.time(), force=args.force)
     sealed = op.seal(_sealing_keyring(args.key_file))
@@ -114,8 +112,6 @@ def operate_command(args: argparse.Namespace) -> int:
 
 
 def list_command(args: argparse.Namespace) -> int:
-    from nanomesh.apiclient import request_json
-
     reply = request_json("GET", peer_api(args.peer), "/v1/keyring",
                          token=management_token(args))
     if args.json:
@@ -137,9 +133,6 @@ def list_command(args: argparse.Namespace) -> int:
 def _key_or_fingerprint(text: str, action: str) -> tuple[bytes | None, str | None]:
     """(key, None) for a key file or a base64 key; (None, fingerprint) for a
     16-hex-digit fingerprint (use and remove only)."""
-    from nanomesh.keys import fingerprint
-    from nanomesh.wire import Keyring
-
     path = Path(text)
     if path.is_file():
         ring = Keyring.from_file(path)
@@ -154,7 +147,6 @@ def _key_or_fingerprint(text: str, action: str) -> tuple[bytes | None, str | Non
 
 def _sealing_keyring(given: Path | None) -> Any:
     from nanomesh.servicekeys import find_key_file
-    from nanomesh.wire import Keyring
 
     path = find_key_file(given)  # the same search as every other client's
     if path is None:

@@ -12,10 +12,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from nanomesh.apiclient import get_json
+from nanomesh.auth import REDACTED_KEY, TOKEN_SOURCES
 from nanomesh.cli.common import PEER_HELP, add_token_args, management_token, peer_api, print_table
-
-# The API client and the auth module are imported inside the commands, so
-# that `nanomesh --help` does not load urllib and the wire format.
+from nanomesh.disk import summary
 
 
 def register_views(subparsers: Any) -> None:
@@ -54,13 +54,10 @@ def register_state(subparsers: Any) -> None:
 
 
 def _members(args: argparse.Namespace) -> int:
-    from nanomesh.apiclient import get_json
-
     members = get_json(peer_api(args.peer), "/v1/members")
     if args.json:
         print(json.dumps(members, indent=2, sort_keys=True))
         return 0
-    from nanomesh.disk import summary
 
     rows: list[tuple[str, ...]] = [
         ("NAME", "ADDRESS", "STATE", "INC", "HEALTH", "CPU", "MEM MB (free/total)", "POWER",
@@ -95,8 +92,6 @@ def _profile_summary(p: dict[str, Any] | None) -> tuple[str, str, str, str]:
 
 
 def _profile(args: argparse.Namespace) -> int:
-    from nanomesh.apiclient import get_json
-
     me = get_json(peer_api(args.peer), "/v1/self")
     if args.json:
         print(json.dumps(me["profile"], indent=2, sort_keys=True))
@@ -128,8 +123,6 @@ def _print_nested(value: Any, indent: int) -> None:
 
 
 def _services(args: argparse.Namespace) -> int:
-    from nanomesh.apiclient import get_json
-
     token = management_token(args)
     docs = get_json(peer_api(args.peer), "/v1/services", token=token)
     note_redacted(docs, token)
@@ -162,8 +155,6 @@ def _services(args: argparse.Namespace) -> int:
 
 def note_redacted(docs: Sequence[Any], token: str | None) -> None:
     """Tell the operator (on stderr) when the peer withheld secrets, and why."""
-    from nanomesh.auth import REDACTED_KEY, TOKEN_SOURCES
-
     if not any(isinstance(d, dict) and d.get(REDACTED_KEY) for d in docs):
         return
     why = ("the management token given was not accepted by this mesh" if token
@@ -172,8 +163,6 @@ def note_redacted(docs: Sequence[Any], token: str | None) -> None:
 
 
 def _placement(args: argparse.Namespace) -> int:
-    from nanomesh.apiclient import get_json
-
     p = get_json(peer_api(args.peer), "/v1/placement")
     if args.json:
         print(json.dumps(p, indent=2, sort_keys=True))
@@ -195,8 +184,6 @@ def _placement(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from nanomesh.apiclient import get_json
-
     st = get_json(peer_api(args.peer), "/v1/status")
     if args.json:
         print(json.dumps(st, indent=2, sort_keys=True))

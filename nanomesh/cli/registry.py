@@ -19,10 +19,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from nanomesh.apiclient import get_json, request_bytes, request_json
 from nanomesh.cli.common import PEER_HELP, add_token_args, management_token, peer_api, print_table
 
-# The API client, the bundle packer and the manifest loader are imported
-# inside the commands: `nanomesh --help` does not need them.
+# The bundle packer and the manifest loader (which loads the placement and
+# runtime packages) are imported inside `push`: `nanomesh --help` does not
+# need them.
 
 PUSH_TIMEOUT = 600.0
 """Seconds the CLI waits for a bundle upload (matches the server's
@@ -52,8 +54,6 @@ def register(subparsers: Any) -> None:
 
 
 def _registry_list(args: argparse.Namespace) -> int:
-    from nanomesh.apiclient import get_json
-
     listing = get_json(peer_api(args.registry_peer), "/v1/registry")
     if args.json:
         print(json.dumps(listing, indent=2, sort_keys=True))
@@ -66,7 +66,6 @@ def _registry_list(args: argparse.Namespace) -> int:
 
 
 def _registry_push(args: argparse.Namespace) -> int:
-    from nanomesh.apiclient import request_bytes, request_json
     from nanomesh.bundles import pack_bundle
     from nanomesh.manifest import load_manifest
 

@@ -19,12 +19,16 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
+from nanomesh.apiclient import ApiError, get_json, request_bytes, request_json
+from nanomesh.auth import REDACTED_KEY, TOKEN_SOURCES
 from nanomesh.cli.common import PEER_HELP, add_token_args, management_token, peer_api, print_table
+from nanomesh.config import host_port, member_api
 from nanomesh.errors import ConfigError, NanomeshError
 
-# The API client, the bundle, manifest and seed modules and the service
-# client (trio, ZeroMQ) are imported inside the commands that use them, so
-# that `nanomesh --help` and the other commands do not load them.
+# The bundle, manifest and seed modules (they load the placement and runtime
+# packages) and the service client (trio, ZeroMQ) are imported inside the
+# commands that use them, so that `nanomesh --help` and the other commands
+# do not load them.
 
 DEPLOY_WAIT = 150.0
 """Seconds ``deploy`` watches the instances come up and waits for the mesh's
@@ -151,7 +155,6 @@ def deploy_command(args: argparse.Namespace) -> int:
         raw = _manifest_from_registry(args.from_registry, peer, token)
     else:
         raw = _manifest_with_bundle(args.manifest, peer, token, bundle=not args.no_bundle)
-    from nanomesh.apiclient import request_json
 
     if args.reset_state:
         if args.from_seed is not None:
@@ -174,8 +177,6 @@ def watch_deployment(name: str, peer: str, timeout: float, *,
     False if it failed or was reverted (the reason is printed). Without: True
     once every instance is running and healthy (or has no check). False at
     the deadline, or when the service cannot be placed (reasons printed)."""
-    from nanomesh.apiclient import ApiError, get_json
-
     deadline = time.monotonic() + timeout
     shown: dict[str, tuple[str, str]] = {}
     while True:
@@ -269,7 +270,6 @@ def _manifest_with_bundle(path: Path, peer: str, token: str | None, *, bundle: b
 
 def upload_bundle(folder: Path, peer: str, token: str | None) -> dict[str, Any]:
     """Pack ``folder`` and upload it to ``peer``; the service document's bundle ref."""
-    from nanomesh.apiclient import request_bytes
     from nanomesh.bundles import pack_bundle
 
     bundle = pack_bundle(folder)
@@ -280,7 +280,6 @@ def upload_bundle(folder: Path, peer: str, token: str | None) -> dict[str, Any]:
 
 
 def _manifest_from_seed(path: Path, peer: str, token: str | None) -> dict[str, Any]:
-    from nanomesh.apiclient import request_bytes
     from nanomesh.manifest import manifest_from_document
     from nanomesh.seed import read_seed
 
@@ -302,7 +301,6 @@ def _manifest_from_seed(path: Path, peer: str, token: str | None) -> dict[str, A
 
 
 def _manifest_from_registry(wanted: str, peer: str, token: str | None) -> dict[str, Any]:
-    from nanomesh.apiclient import get_json
     from nanomesh.manifest import manifest_from_document
 
     name, _, version = wanted.partition("@")
@@ -331,8 +329,6 @@ def _version_key(version: str) -> tuple[tuple[int, int | str], ...]:
 
 
 def undeploy_command(args: argparse.Namespace) -> int:
-    from nanomesh.apiclient import request_json
-
     peer, token = peer_api(args.peer), management_token(args)
     quoted = urllib.parse.quote(args.name, safe="")
     if args.save is not None:
@@ -345,7 +341,6 @@ def undeploy_command(args: argparse.Namespace) -> int:
 def save_seed(name: str, path: Path, peer: str, token: str | None, timeout: float) -> None:
     """Idle the service, wait until no instance runs, and write its seed file.
     Raises (and deletes nothing) if the instances do not stop in time."""
-    from nanomesh.apiclient import get_json, request_json
     from nanomesh.seed import Seed, write_seed
 
     quoted = urllib.parse.quote(name, safe="")
@@ -385,8 +380,6 @@ def save_seed(name: str, path: Path, peer: str, token: str | None, timeout: floa
 def _refuse_redacted(doc: dict[str, Any], what: str) -> None:
     """A document the peer redacted (no valid token) must not be saved or
     deployed: its state and environment would be lost."""
-    from nanomesh.auth import REDACTED_KEY, TOKEN_SOURCES
-
     if doc.get(REDACTED_KEY):
         raise NanomeshError(f"{what}: the peer withheld {', '.join(doc[REDACTED_KEY])} "
                             f"(no valid management token: {TOKEN_SOURCES}); nothing was "
@@ -395,9 +388,6 @@ def _refuse_redacted(doc: dict[str, Any], what: str) -> None:
 
 def _leader_api(peer: str) -> str:
     """The API of the Raft leader as ``peer`` knows it (else ``peer`` itself)."""
-    from nanomesh.apiclient import get_json
-    from nanomesh.config import member_api
-
     leader = get_json(peer, "/v1/status").get("leader")
     for member in get_json(peer, "/v1/members"):
         profile = member.get("profile") or {}
@@ -411,9 +401,7 @@ def _bundle_bytes(sha: str, peer: str, token: str | None) -> bytes:
     """Bundle ``sha`` from ``peer``, else from an alive peer that gossips it:
     a peer serves only the bundles it holds (uploaded to it, or fetched to run
     an instance), and ``peer`` may be neither."""
-    from nanomesh.apiclient import ApiError, get_json, request_bytes
     from nanomesh.bundles import holders_index, holders_of
-    from nanomesh.config import member_api
 
     path = f"/v1/bundles/{sha}"
     try:
@@ -440,8 +428,6 @@ def _bundle_bytes(sha: str, peer: str, token: str | None) -> bytes:
 
 
 def mode_command(args: argparse.Namespace) -> int:
-    from nanomesh.apiclient import request_json
-
     quoted = urllib.parse.quote(args.name, safe="")
     reply = request_json("POST", peer_api(args.peer), f"/v1/services/{quoted}/{args.verb}",
                          token=management_token(args))
@@ -451,9 +437,6 @@ def mode_command(args: argparse.Namespace) -> int:
 
 
 def logs_command(args: argparse.Namespace) -> int:
-    from nanomesh.apiclient import ApiError, get_json, request_json
-    from nanomesh.config import member_api
-
     peer, token = peer_api(args.peer), management_token(args)
     placement = get_json(peer, "/v1/placement")
     apis = {m["name"]: member_api(m) for m in get_json(peer, "/v1/members")}
@@ -482,9 +465,6 @@ def logs_command(args: argparse.Namespace) -> int:
 
 
 def resolve_command(args: argparse.Namespace) -> int:
-    from nanomesh.apiclient import get_json
-    from nanomesh.config import host_port
-
     query = {k: v for k, v in (("protocol", args.protocol), ("all", "1" if args.all else None))
              if v}
     path = f"/v1/resolve/{urllib.parse.quote(args.name, safe='')}"
