@@ -118,6 +118,18 @@ def default_data_dir(name: str) -> Path:
     return Path(base) / "nanomesh" / name
 
 
+def default_lab_dir() -> Path:
+    """Where `nanomesh lab` runs its peers unless told (``--dir``):
+    ``$NANOMESH_LAB_DIR``, else ``$XDG_STATE_HOME/nanomesh/lab``
+    (``~/.local/state/...``). The clients (`nanomesh.cli`, `nanomesh.client`)
+    look there for a running lab's peers, cluster key and management token."""
+    env = os.environ.get("NANOMESH_LAB_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "nanomesh" / "lab"
+
+
 @dataclass(frozen=True)
 class PeerConfig:
     name: str

@@ -247,8 +247,8 @@ def find_key_file(explicit: Path | None = None) -> Path | None:
         return explicit
     if os.environ.get(ENV_KEY_FILE):
         return Path(os.environ[ENV_KEY_FILE])
-    from nanomesh import lab
-    for candidate in (lab.default_dir() / "cluster.key", INSTALLED_KEY_FILE):
+    from nanomesh.config import default_lab_dir
+    for candidate in (default_lab_dir() / "cluster.key", INSTALLED_KEY_FILE):
         if os.access(candidate, os.R_OK):
             return candidate
     return None

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from nanomesh import disk
-from nanomesh.cli import _problems
+from nanomesh.cli.mesh import problems as _problems
 from nanomesh.daemon.peer import PEER_STATE, prepare_data_dir, save_peer_state
 from nanomesh.disk import (
     DiskHealth,

@@ -12,7 +12,8 @@ from bundle_helpers import TOKEN, authorize, http_server, make_service
 from test_routes import FakeRegistry
 
 from nanomesh.bundles import BundleStore
-from nanomesh.cli_bundles import add_registry_commands, format_size, registry_rows
+from nanomesh.cli.registry import format_size, registry_rows
+from nanomesh.cli.registry import register as add_registry_commands
 from nanomesh.daemon.api_bundles import bundle_routes, registry_routes
 
 HOST = "127.0.52.20"

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from nanomesh.cli import NO_QUORUM_HINT_AFTER, _leader_line
+from nanomesh.cli.mesh import NO_QUORUM_HINT_AFTER
+from nanomesh.cli.mesh import leader_line as _leader_line
 from nanomesh.consensus import ConsensusConfig, RaftTiming, open_consensus
 from nanomesh.consensus.recovery import (
     RECOVER_FILE,

@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 from mesh_harness import MEMBER_KEYS, PY, UNREACHABLE_IP, Cluster, tail, wait_until
 
-from nanomesh import lab as lab_module
+from nanomesh.cli import lab as lab_module
 
 pytestmark = pytest.mark.integration
 
 LAB_IPS = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
-"""Where `nanomesh lab up -n 3` puts its peers (fixed by nanomesh/lab.py)."""
+"""Where `nanomesh lab up -n 3` puts its peers (fixed by nanomesh/cli/lab.py)."""
 
 
 def nanomesh(*args: str, env_extra: dict[str, str] | None = None, timeout: float = 60

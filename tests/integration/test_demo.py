@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from mesh_harness import PY
 
-from nanomesh import lab as lab_module
+from nanomesh.cli import lab as lab_module
 
 pytestmark = pytest.mark.integration
 

@@ -25,11 +25,20 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from nanomesh.apiclient import request_bytes, request_json
+from nanomesh.cli.common import add_token_args, management_token, peer_api, print_table
 from nanomesh.errors import ConfigError
+from nanomesh.keys import KeyOp, fingerprint
+from nanomesh.wire import Keyring, generate_key
+
+# This module also holds ``nanomesh keygen`` (`register_keygen`). Its
+# docstring is the help text of ``nanomesh keys``.
+#
+# The service-key search (ZeroMQ) is imported inside the one function that
+# uses it: `nanomesh --help` does not need it.
 
 KEY_FILE_HELP = ("a file holding the mesh's current cluster key, to seal the operation "
                  "with (default: $NANOMESH_KEY_FILE, else the running lab's key, else "
@@ -42,13 +51,14 @@ FORCE_HELP = {
               "rejoin: it must be given the new key by hand)"}
 
 
-def add_key_commands(sub: Any, peer_help: str, token_args: Callable[[Any], None]) -> None:
-    keys = sub.add_parser(
+def register(subparsers: Any) -> None:
+    """Add ``keys list|install|use|remove`` to the top-level ``subparsers``."""
+    keys = subparsers.add_parser(
         "keys", help="list and rotate the cluster keys of the running mesh",
         description=__doc__.replace("``", ""), formatter_class=argparse.RawDescriptionHelpFormatter,
     ).add_subparsers(metavar="ACTION")
     listing = keys.add_parser("list", help="each member's keys (fingerprints), primary first")
-    token_args(listing)
+    add_token_args(listing)
     listing.add_argument("--json", action="store_true", help="print JSON")
     listing.set_defaults(func=list_command)
     for action, text in (("install", "install a key on every member (it is accepted)"),
@@ -59,7 +69,7 @@ def add_key_commands(sub: Any, peer_help: str, token_args: Callable[[Any], None]
         cmd.add_argument("key", metavar="KEY",
                          help="a key file, a base64 key" + (
                              "" if action == "install" else ", or a key's fingerprint"))
-        token_args(cmd)
+        add_token_args(cmd)
         cmd.add_argument("--key-file", type=Path, metavar="FILE", help=KEY_FILE_HELP)
         cmd.add_argument("--json", action="store_true", help="print JSON")
         if action != "install":
@@ -67,17 +77,24 @@ def add_key_commands(sub: Any, peer_help: str, token_args: Callable[[Any], None]
         cmd.set_defaults(func=operate_command, action=action, force=False)
 
 
-def operate_command(args: argparse.Namespace) -> int:
-    from nanomesh.apiclient import request_bytes
-    from nanomesh.cli import _peer_api, _print_table, _token
-    from nanomesh.keys import KeyOp
+def register_keygen(subparsers: Any) -> None:
+    """Add ``keygen`` to the top-level ``subparsers``."""
+    keygen = subparsers.add_parser("keygen", help="print a new random cluster key (base64)")
+    keygen.set_defaults(func=_keygen)
 
+
+def _keygen(args: argparse.Namespace) -> int:
+    print(generate_key())
+    return 0
+
+
+def operate_command(args: argparse.Namespace) -> int:
     op = KeyOp.new(args.action, *_key_or_fingerprint(args.key, args.action),
                    now=time.time(), force=args.force)
     sealed = op.seal(_sealing_keyring(args.key_file))
-    reply = json.loads(request_bytes("POST", _peer_api(args.peer),
+    reply = json.loads(request_bytes("POST", peer_api(args.peer),
                                      f"/v1/keyring/{args.action}", sealed,
-                                     token=_token(args)))
+                                     token=management_token(args)))
     if args.json:
         print(json.dumps(reply, indent=2, sort_keys=True))
     else:
@@ -86,7 +103,7 @@ def operate_command(args: argparse.Namespace) -> int:
             outcome = ("changed" if result.get("changed") else "unchanged") if result.get(
                 "ok") else f"FAILED: {result.get('error', '?')}"
             rows.append((name, outcome, " ".join(result.get("keys") or []) or "-"))
-        _print_table(rows)
+        print_table(rows)
     if reply["failed"]:
         print(f"nanomesh: error: {len(reply['failed'])} member(s) failed: "
               f"{', '.join(reply['failed'])}; fix them and run the same command again")
@@ -95,10 +112,8 @@ def operate_command(args: argparse.Namespace) -> int:
 
 
 def list_command(args: argparse.Namespace) -> int:
-    from nanomesh.apiclient import request_json
-    from nanomesh.cli import _peer_api, _print_table, _token
-
-    reply = request_json("GET", _peer_api(args.peer), "/v1/keyring", token=_token(args))
+    reply = request_json("GET", peer_api(args.peer), "/v1/keyring",
+                         token=management_token(args))
     if args.json:
         print(json.dumps(reply, indent=2, sort_keys=True))
         return 0
@@ -107,7 +122,7 @@ def list_command(args: argparse.Namespace) -> int:
     for fp, counts in sorted(reply["summary"].items()):
         rows.append((fp, f"{counts['installed']}/{len(members)}",
                      f"{counts['primary']}/{len(members)}"))
-    _print_table(rows)
+    print_table(rows)
     failed = sorted(n for n, r in members.items() if not r.get("ok"))
     if failed:
         print(f"no answer from: {', '.join(failed)}")
@@ -118,9 +133,6 @@ def list_command(args: argparse.Namespace) -> int:
 def _key_or_fingerprint(text: str, action: str) -> tuple[bytes | None, str | None]:
     """(key, None) for a key file or a base64 key; (None, fingerprint) for a
     16-hex-digit fingerprint (use and remove only)."""
-    from nanomesh.keys import fingerprint
-    from nanomesh.wire import Keyring
-
     path = Path(text)
     if path.is_file():
         ring = Keyring.from_file(path)
@@ -135,7 +147,6 @@ def _key_or_fingerprint(text: str, action: str) -> tuple[bytes | None, str | Non
 
 def _sealing_keyring(given: Path | None) -> Any:
     from nanomesh.servicekeys import find_key_file
-    from nanomesh.wire import Keyring
 
     path = find_key_file(given)  # the same search as every other client's
     if path is None:

@@ -1,4 +1,4 @@
-"""The `nanomesh registry` commands (wired into `nanomesh.cli` by its parser).
+"""The `nanomesh registry` commands.
 
 - ``nanomesh registry [--peer IP[:PORT]] [--json]``: what the mesh can deploy,
   as a table NAME VERSION KIND REQUIRES SIZE HOLDERS (or the raw JSON list).
@@ -7,7 +7,7 @@
   its registry entry (``POST /v1/registry``); ``--replace`` overwrites an
   existing ``name@version`` that names different content.
 
-Public API: `add_registry_commands(subparsers)`, `format_size(n)`,
+Public API: `register(subparsers)`, `format_size(n)`,
 `requires_summary(requires)`, `registry_rows(listing)`.
 """
 
@@ -19,15 +19,20 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from nanomesh.apiclient import get_json, request_bytes, request_json
+from nanomesh.cli.common import PEER_HELP, add_token_args, management_token, peer_api, print_table
+
+# The bundle packer and the manifest loader (which loads the placement and
+# runtime packages) are imported inside `push`: `nanomesh --help` does not
+# need them.
+
 PUSH_TIMEOUT = 600.0
 """Seconds the CLI waits for a bundle upload (matches the server's
 BUNDLE_UPLOAD_TIMEOUT, sized for MAX_BUNDLE_BYTES over a slow link)."""
 
 
-def add_registry_commands(subparsers: Any) -> None:
-    """Add ``registry`` (list) and ``registry push`` to the CLI's subparsers."""
-    from nanomesh.cli import PEER_HELP, _token_args
-
+def register(subparsers: Any) -> None:
+    """Add ``registry`` (list) and ``registry push`` to the top-level ``subparsers``."""
     registry = subparsers.add_parser(
         "registry", help="list deployable services (bundles) and their requirements",
         description="List the mesh's service registry: every pushed name@version, "
@@ -44,34 +49,29 @@ def add_registry_commands(subparsers: Any) -> None:
     push.add_argument("dir", type=Path, metavar="DIR", help="service folder")
     push.add_argument("--replace", action="store_true",
                       help="overwrite an existing name@version that names other content")
-    _token_args(push)
+    add_token_args(push)
     push.set_defaults(func=_registry_push)
 
 
 def _registry_list(args: argparse.Namespace) -> int:
-    from nanomesh.apiclient import get_json
-    from nanomesh.cli import _peer_api, _print_table
-
-    listing = get_json(_peer_api(args.registry_peer), "/v1/registry")
+    listing = get_json(peer_api(args.registry_peer), "/v1/registry")
     if args.json:
         print(json.dumps(listing, indent=2, sort_keys=True))
         return 0
     if not listing:
         print("the registry is empty; publish a service with `nanomesh registry push DIR`")
         return 0
-    _print_table(registry_rows(listing))
+    print_table(registry_rows(listing))
     return 0
 
 
 def _registry_push(args: argparse.Namespace) -> int:
-    from nanomesh.apiclient import request_bytes, request_json
     from nanomesh.bundles import pack_bundle
-    from nanomesh.cli import _peer_api, _token
     from nanomesh.manifest import load_manifest
 
     load_manifest(args.dir)  # a bad manifest is refused here, before any upload
     bundle = pack_bundle(args.dir)
-    peer, token = _peer_api(args.peer or args.registry_peer), _token(args)
+    peer, token = peer_api(args.peer or args.registry_peer), management_token(args)
     request_bytes("PUT", peer, f"/v1/bundles/{bundle.sha256}", bundle.data, token=token,
                   timeout=PUSH_TIMEOUT, content_type="application/x-tar")
     reply = request_json("POST", peer, "/v1/registry",

@@ -2,8 +2,9 @@
 
 Each peer binds its own loopback address (127.0.0.2, 127.0.0.3, ...) with the
 default ports, exactly as separate devices would on a LAN. The lab directory
-holds the cluster key, one data directory and one log file per peer, and
-``lab.json`` with what `status` and `down` need.
+(``--dir``, else `nanomesh.config.default_lab_dir`) holds the cluster key, one
+data directory and one log file per peer, and ``lab.json`` with what `status`
+and `down` need. The commands themselves are in `nanomesh.cli.local`.
 """
 
 from __future__ import annotations
@@ -52,14 +53,6 @@ class LabPeer:
     @property
     def api(self) -> str:
         return f"{self.ip}:{self.api_port}"
-
-
-def default_dir() -> Path:
-    env = os.environ.get("NANOMESH_LAB_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "nanomesh" / "lab"
 
 
 def peer_ip(index: int) -> str:

@@ -16,11 +16,19 @@ import sys
 import time
 import tomllib
 import urllib.parse
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from nanomesh.apiclient import ApiError, get_json, request_bytes, request_json
+from nanomesh.auth import REDACTED_KEY, TOKEN_SOURCES
+from nanomesh.cli.common import PEER_HELP, add_token_args, management_token, peer_api, print_table
+from nanomesh.config import host_port, member_api
 from nanomesh.errors import ConfigError, NanomeshError
+
+# The bundle, manifest and seed modules (they load the placement and runtime
+# packages) and the service client (trio, ZeroMQ) are imported inside the
+# commands that use them, so that `nanomesh --help` and the other commands
+# do not load them.
 
 DEPLOY_WAIT = 150.0
 """Seconds ``deploy`` watches the instances come up and waits for the mesh's
@@ -33,9 +41,9 @@ SAVE_TIMEOUT = 30.0
 their state) before it gives up without deleting anything."""
 
 
-def add_runtime_commands(sub: Any, peer_help: str, token_args: Callable[[Any], None]) -> None:
-    """Add the commands to the ``nanomesh`` sub-parsers (``sub``)."""
-    deploy = sub.add_parser(
+def register(subparsers: Any) -> None:
+    """Add the commands to the top-level ``subparsers``."""
+    deploy = subparsers.add_parser(
         "deploy", help="deploy (or update) a nanoservice",
         description="Deploy a nanoservice, or update it. MANIFEST is a service folder (or its "
         "nanoservice.toml): the folder is packed into a content-addressed bundle and uploaded, "
@@ -65,10 +73,10 @@ def add_runtime_commands(sub: Any, peer_help: str, token_args: Callable[[Any], N
                         f"(every instance running and healthy for update.min_healthy_time) "
                         f"(default {DEPLOY_WAIT:g}); exit status 1 if it failed, was rolled "
                         f"back, or is still undecided")
-    token_args(deploy)
+    add_token_args(deploy)
     deploy.set_defaults(func=deploy_command)
 
-    undeploy = sub.add_parser(
+    undeploy = subparsers.add_parser(
         "undeploy", help="remove a nanoservice from the mesh",
         description="Remove a nanoservice. With --save SEED, first stop its instances "
         "(they may hand over their state as they stop), then write the service, its bundle "
@@ -80,39 +88,39 @@ def add_runtime_commands(sub: Any, peer_help: str, token_args: Callable[[Any], N
     undeploy.add_argument("--timeout", type=float, default=SAVE_TIMEOUT,
                           help=f"seconds to wait for the instances to stop (default "
                           f"{SAVE_TIMEOUT:g})")
-    token_args(undeploy)
+    add_token_args(undeploy)
     undeploy.set_defaults(func=undeploy_command)
 
     for verb, text in (("activate", "start a service's idle instances"),
                        ("idle", "stop a service's instances but keep them placed and ready")):
-        cmd = sub.add_parser(verb, help=text, description=text[0].upper() + text[1:] +
+        cmd = subparsers.add_parser(verb, help=text, description=text[0].upper() + text[1:] +
                              ". Needs the management token.")
         cmd.add_argument("name", metavar="NAME")
-        token_args(cmd)
+        add_token_args(cmd)
         cmd.set_defaults(func=mode_command, verb=verb)
 
-    logs = sub.add_parser("logs", help="show the output of a service's instances",
+    logs = subparsers.add_parser("logs", help="show the output of a service's instances",
                           description="Print the last lines of each instance's log, fetched "
                           "from the peer that runs it. Needs the management token.")
     logs.add_argument("name", metavar="NAME")
     logs.add_argument("--instance", type=int, metavar="INDEX", help="only instance NAME/INDEX")
     logs.add_argument("-n", "--lines", type=int, default=50, help="lines per instance "
                       "(default 50)")
-    token_args(logs)
+    add_token_args(logs)
     logs.set_defaults(func=logs_command)
 
-    resolve = sub.add_parser("resolve", help="where a service can be reached",
+    resolve = subparsers.add_parser("resolve", help="where a service can be reached",
                              description="List the endpoints of a service's running "
                              "instances as a peer's gossip shows them: peer, protocol, "
                              "address, health.")
     resolve.add_argument("name", metavar="NAME")
     resolve.add_argument("--protocol", choices=["coap", "zmq", "http"])
     resolve.add_argument("--all", action="store_true", help="include unhealthy instances")
-    resolve.add_argument("--peer", metavar="IP[:PORT]", help=peer_help)
+    resolve.add_argument("--peer", metavar="IP[:PORT]", help=PEER_HELP)
     resolve.add_argument("--json", action="store_true", help="print JSON")
     resolve.set_defaults(func=resolve_command)
 
-    call = sub.add_parser("call", help="call a service by name",
+    call = subparsers.add_parser("call", help="call a service by name",
                           description="Send one request to SERVICE (any healthy instance, "
                           "failing over between replicas) and print the reply body. Exit "
                           "status 0 on a 2xx reply, 1 otherwise.")
@@ -122,7 +130,7 @@ def add_runtime_commands(sub: Any, peer_help: str, token_args: Callable[[Any], N
     call.add_argument("--method", default=None, choices=["GET", "POST", "PUT", "DELETE"],
                       help="default GET, or POST with --data")
     call.add_argument("--timeout", type=float, default=2.0, help="seconds per try (default 2)")
-    call.add_argument("--peer", metavar="IP[:PORT]", help=peer_help)
+    call.add_argument("--peer", metavar="IP[:PORT]", help=PEER_HELP)
     call.add_argument("--key-file", type=Path, metavar="FILE",
                       help="the cluster key file, for private services (default: "
                       "$NANOMESH_KEY_FILE, else the running lab's, else "
@@ -135,20 +143,18 @@ def add_runtime_commands(sub: Any, peer_help: str, token_args: Callable[[Any], N
 
 
 def deploy_command(args: argparse.Namespace) -> int:
-    from nanomesh.cli import _peer_api, _token
 
     sources = [args.manifest, args.from_seed, args.from_registry]
     if sum(x is not None for x in sources) != 1:
         raise ConfigError("give one of: a service folder or manifest, --from-seed SEED, "
                           "--from-registry NAME[@VERSION]")
-    peer, token = _peer_api(args.peer), _token(args)
+    peer, token = peer_api(args.peer), management_token(args)
     if args.from_seed is not None:
         raw = _manifest_from_seed(args.from_seed, peer, token)
     elif args.from_registry is not None:
         raw = _manifest_from_registry(args.from_registry, peer, token)
     else:
         raw = _manifest_with_bundle(args.manifest, peer, token, bundle=not args.no_bundle)
-    from nanomesh.apiclient import request_json
 
     if args.reset_state:
         if args.from_seed is not None:
@@ -171,8 +177,6 @@ def watch_deployment(name: str, peer: str, timeout: float, *,
     False if it failed or was reverted (the reason is printed). Without: True
     once every instance is running and healthy (or has no check). False at
     the deadline, or when the service cannot be placed (reasons printed)."""
-    from nanomesh.apiclient import ApiError, get_json
-
     deadline = time.monotonic() + timeout
     shown: dict[str, tuple[str, str]] = {}
     while True:
@@ -266,7 +270,6 @@ def _manifest_with_bundle(path: Path, peer: str, token: str | None, *, bundle: b
 
 def upload_bundle(folder: Path, peer: str, token: str | None) -> dict[str, Any]:
     """Pack ``folder`` and upload it to ``peer``; the service document's bundle ref."""
-    from nanomesh.apiclient import request_bytes
     from nanomesh.bundles import pack_bundle
 
     bundle = pack_bundle(folder)
@@ -277,7 +280,6 @@ def upload_bundle(folder: Path, peer: str, token: str | None) -> dict[str, Any]:
 
 
 def _manifest_from_seed(path: Path, peer: str, token: str | None) -> dict[str, Any]:
-    from nanomesh.apiclient import request_bytes
     from nanomesh.manifest import manifest_from_document
     from nanomesh.seed import read_seed
 
@@ -299,7 +301,6 @@ def _manifest_from_seed(path: Path, peer: str, token: str | None) -> dict[str, A
 
 
 def _manifest_from_registry(wanted: str, peer: str, token: str | None) -> dict[str, Any]:
-    from nanomesh.apiclient import get_json
     from nanomesh.manifest import manifest_from_document
 
     name, _, version = wanted.partition("@")
@@ -328,10 +329,7 @@ def _version_key(version: str) -> tuple[tuple[int, int | str], ...]:
 
 
 def undeploy_command(args: argparse.Namespace) -> int:
-    from nanomesh.apiclient import request_json
-    from nanomesh.cli import _peer_api, _token
-
-    peer, token = _peer_api(args.peer), _token(args)
+    peer, token = peer_api(args.peer), management_token(args)
     quoted = urllib.parse.quote(args.name, safe="")
     if args.save is not None:
         save_seed(args.name, args.save, peer, token, args.timeout)
@@ -343,7 +341,6 @@ def undeploy_command(args: argparse.Namespace) -> int:
 def save_seed(name: str, path: Path, peer: str, token: str | None, timeout: float) -> None:
     """Idle the service, wait until no instance runs, and write its seed file.
     Raises (and deletes nothing) if the instances do not stop in time."""
-    from nanomesh.apiclient import get_json, request_json
     from nanomesh.seed import Seed, write_seed
 
     quoted = urllib.parse.quote(name, safe="")
@@ -383,8 +380,6 @@ def save_seed(name: str, path: Path, peer: str, token: str | None, timeout: floa
 def _refuse_redacted(doc: dict[str, Any], what: str) -> None:
     """A document the peer redacted (no valid token) must not be saved or
     deployed: its state and environment would be lost."""
-    from nanomesh.auth import REDACTED_KEY, TOKEN_SOURCES
-
     if doc.get(REDACTED_KEY):
         raise NanomeshError(f"{what}: the peer withheld {', '.join(doc[REDACTED_KEY])} "
                             f"(no valid management token: {TOKEN_SOURCES}); nothing was "
@@ -393,9 +388,6 @@ def _refuse_redacted(doc: dict[str, Any], what: str) -> None:
 
 def _leader_api(peer: str) -> str:
     """The API of the Raft leader as ``peer`` knows it (else ``peer`` itself)."""
-    from nanomesh.apiclient import get_json
-    from nanomesh.config import member_api
-
     leader = get_json(peer, "/v1/status").get("leader")
     for member in get_json(peer, "/v1/members"):
         profile = member.get("profile") or {}
@@ -409,9 +401,7 @@ def _bundle_bytes(sha: str, peer: str, token: str | None) -> bytes:
     """Bundle ``sha`` from ``peer``, else from an alive peer that gossips it:
     a peer serves only the bundles it holds (uploaded to it, or fetched to run
     an instance), and ``peer`` may be neither."""
-    from nanomesh.apiclient import ApiError, get_json, request_bytes
     from nanomesh.bundles import holders_index, holders_of
-    from nanomesh.config import member_api
 
     path = f"/v1/bundles/{sha}"
     try:
@@ -438,23 +428,16 @@ def _bundle_bytes(sha: str, peer: str, token: str | None) -> bytes:
 
 
 def mode_command(args: argparse.Namespace) -> int:
-    from nanomesh.apiclient import request_json
-    from nanomesh.cli import _peer_api, _token
-
     quoted = urllib.parse.quote(args.name, safe="")
-    reply = request_json("POST", _peer_api(args.peer), f"/v1/services/{quoted}/{args.verb}",
-                         token=_token(args))
+    reply = request_json("POST", peer_api(args.peer), f"/v1/services/{quoted}/{args.verb}",
+                         token=management_token(args))
     state = "active" if reply["mode"] == "active" else "idle"
     print(f"{reply['name']} is {state}" + ("" if reply["changed"] else " (already)"))
     return 0
 
 
 def logs_command(args: argparse.Namespace) -> int:
-    from nanomesh.apiclient import ApiError, get_json, request_json
-    from nanomesh.cli import _peer_api, _token
-    from nanomesh.config import member_api
-
-    peer, token = _peer_api(args.peer), _token(args)
+    peer, token = peer_api(args.peer), management_token(args)
     placement = get_json(peer, "/v1/placement")
     apis = {m["name"]: member_api(m) for m in get_json(peer, "/v1/members")}
     wanted = [i for i in placement["instances"] if i["service"] == args.name
@@ -482,16 +465,12 @@ def logs_command(args: argparse.Namespace) -> int:
 
 
 def resolve_command(args: argparse.Namespace) -> int:
-    from nanomesh.apiclient import get_json
-    from nanomesh.cli import _peer_api, _print_table
-    from nanomesh.config import host_port
-
     query = {k: v for k, v in (("protocol", args.protocol), ("all", "1" if args.all else None))
              if v}
     path = f"/v1/resolve/{urllib.parse.quote(args.name, safe='')}"
     if query:
         path += "?" + urllib.parse.urlencode(query)
-    reply = get_json(_peer_api(args.peer), path)
+    reply = get_json(peer_api(args.peer), path)
     if args.json:
         print(json.dumps(reply, indent=2, sort_keys=True))
         return 0
@@ -504,12 +483,11 @@ def resolve_command(args: argparse.Namespace) -> int:
                                     "HEALTH")]
     rows += [(e["instance"], e["peer"], e["name"], e["protocol"],
               host_port(e["host"], e["port"]), e["health"]) for e in endpoints]
-    _print_table(rows)
+    print_table(rows)
     return 0
 
 
 def call_command(args: argparse.Namespace) -> int:
-    from nanomesh.cli import _peer_api
     from nanomesh.client import call_sync
 
     body = b""
@@ -521,7 +499,7 @@ def call_command(args: argparse.Namespace) -> int:
         body = args.data.encode()
     method = args.method or ("POST" if args.data is not None else "GET")
     reply = call_sync(args.service, args.path, body, method=method, timeout=args.timeout,
-                      peer=_peer_api(args.peer), key_file=args.key_file)
+                      peer=peer_api(args.peer), key_file=args.key_file)
     sys.stdout.buffer.write(reply.body)
     if reply.body and not reply.body.endswith(b"\n"):
         sys.stdout.buffer.write(b"\n")

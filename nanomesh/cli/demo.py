@@ -1,6 +1,6 @@
 """`nanomesh demo failover`: watch the mesh survive the loss of its leader.
 
-The demo starts a local mesh with `nanomesh.lab` (in its own directory, so a
+The demo starts a local mesh with `nanomesh.cli.lab` (in its own directory, so a
 lab of yours is never touched), deploys three small services from manifests
 it writes itself, SIGKILLs the peer that leads Raft and narrates what the
 survivors do about it, each step with the seconds since the kill:
@@ -53,14 +53,16 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
 
-from nanomesh import lab
 from nanomesh.apiclient import ApiError, get_json, request_json
 from nanomesh.auth import TOKEN_FILE, read_token_file
+from nanomesh.cli import lab
 from nanomesh.config import DEFAULT_API_PORT, DEFAULT_GOSSIP_PORT
-from nanomesh.consensus.roles import RoleConfig
-from nanomesh.consensus.voters import voter_goal
 from nanomesh.errors import NanomeshError
-from nanomesh.manifest import load_manifest
+
+# The consensus package (trio, pysyncobj) and the manifest loader (placement,
+# runtime) are imported inside the two functions that use them: every
+# `nanomesh` command imports this module, and they would add a quarter of a
+# second to each.
 
 T = TypeVar("T")
 
@@ -189,6 +191,8 @@ def write_manifest(doc: Mapping[str, Any], folder: Path) -> dict[str, Any]:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"# written by `nanomesh demo failover`; deploy it with "
                     f"`nanomesh deploy {path.parent}`\n" + to_toml(doc))
+    from nanomesh.manifest import load_manifest
+
     load_manifest(path)
     with path.open("rb") as f:
         return tomllib.load(f)
@@ -287,6 +291,9 @@ class _Demo:
                                        "each run\n")
 
     def start_mesh(self) -> None:
+        from nanomesh.consensus.roles import RoleConfig
+        from nanomesh.consensus.voters import voter_goal
+
         started = time.monotonic()
         self.say(f"starting {self.n} peers on {lab.peer_ip(0)}-{lab.peer_ip(self.n - 1)} "
                  f"(gossip preset {GOSSIP_PRESET})...")

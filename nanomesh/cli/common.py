@@ -1,0 +1,69 @@
+"""What the `nanomesh` commands share: which peer API to ask, the management
+token, and plain-text tables.
+
+A command finds its peer as ``--peer``, else ``$NANOMESH_PEER``, else the
+first alive peer of a running lab, else the default API address on
+loopback; the management token as ``--token``, ``$NANOMESH_TOKEN``,
+``--token-file``, else the running lab's (`management_token`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from nanomesh.auth import TOKEN_FILE, read_token_file
+from nanomesh.cli import lab
+from nanomesh.config import DEFAULT_API_PORT, default_lab_dir, host_port, parse_address
+
+PEER_HELP = ("peer API to ask, IP[:PORT] (default: $NANOMESH_PEER, else the first peer "
+             "of a running lab, else 127.0.0.1:7947)")
+
+
+def add_token_args(cmd: argparse.ArgumentParser) -> None:
+    """Add ``--peer``, ``--token`` and ``--token-file`` (a command that writes)."""
+    cmd.add_argument("--peer", metavar="IP[:PORT]", help=PEER_HELP)
+    cmd.add_argument("--token", help="management token (default: $NANOMESH_TOKEN, "
+                     "--token-file, else the running lab's token)")
+    cmd.add_argument("--token-file", type=Path, metavar="FILE",
+                     help="file holding the management token (the bootstrapping peer "
+                     "writes DATA_DIR/management.token)")
+
+
+def management_token(args: argparse.Namespace) -> str | None:
+    """The management token from --token, $NANOMESH_TOKEN, --token-file or the
+    running lab (commands without the flags use the last two)."""
+    if getattr(args, "token", None):
+        return str(args.token)
+    if os.environ.get("NANOMESH_TOKEN"):
+        return os.environ["NANOMESH_TOKEN"]
+    if getattr(args, "token_file", None):
+        return read_token_file(args.token_file)
+    lab_token = default_lab_dir() / lab.FOUNDER / TOKEN_FILE
+    return read_token_file(lab_token) if lab_token.exists() else None
+
+
+def default_peer() -> str:
+    """The API to ask without ``--peer`` (module docstring)."""
+    env = os.environ.get("NANOMESH_PEER")
+    if env:
+        return env
+    for p in lab.load_state(default_lab_dir()):
+        if lab.alive(p.pid):
+            return p.api
+    return f"127.0.0.1:{DEFAULT_API_PORT}"
+
+
+def peer_api(text: str | None) -> str:
+    """``HOST:PORT`` of the peer API named by ``--peer`` (``text``), else `default_peer`."""
+    host, port = parse_address(text or default_peer(), DEFAULT_API_PORT, "--peer")
+    return host_port(host, port)
+
+
+def print_table(rows: Sequence[Sequence[str]]) -> None:
+    """Print ``rows`` (the header first) in left-aligned columns."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
