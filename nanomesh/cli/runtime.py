@@ -24,6 +24,7 @@ from nanomesh.auth import REDACTED_KEY, TOKEN_SOURCES
 from nanomesh.cli.common import PEER_HELP, add_token_args, management_token, peer_api, print_table
 from nanomesh.config import host_port, member_api
 from nanomesh.errors import ConfigError, NanomeshError
+from nanomesh.ids import partition_instance_id, service_of
 
 # The bundle, manifest and seed modules (they load the placement and runtime
 # packages) and the service client (trio, ZeroMQ) are imported inside the
@@ -198,7 +199,7 @@ def watch_deployment(name: str, peer: str, timeout: float, *,
                 if shown.get(inst["instance"]) != now:
                     shown[inst["instance"]] = now
                     print(f"  {inst['instance']:<24} on {inst['peer']:<16} {now[0]:<9} {now[1]}")
-            unplaced = [i for i in plan.get("unplaced", []) if i.rpartition("/")[0] == name]
+            unplaced = [i for i in plan.get("unplaced", []) if service_of(i) == name]
             if name in plan["unplaceable"] or unplaced:
                 reasons = plan["unplaceable"].get(name, {})
                 print(f"{name}: not all instances can be placed now (they will be once a "
@@ -446,7 +447,7 @@ def logs_command(args: argparse.Namespace) -> int:
         raise NanomeshError(f"no placed instance of {args.name!r}; see `nanomesh placement`")
     failures = 0
     for inst in wanted:
-        service, _, index = inst["instance"].rpartition("/")
+        service, index = partition_instance_id(inst["instance"])
         path = (f"/v1/instances/{urllib.parse.quote(service, safe='')}/{index}/logs"
                 f"?lines={args.lines}")
         print(f"==> {inst['instance']} on {inst['peer']} ({inst['state']}) <==")
