@@ -57,7 +57,7 @@ from nanomesh import lab
 from nanomesh.apiclient import ApiError, get_json, request_json
 from nanomesh.auth import TOKEN_FILE, read_token_file
 from nanomesh.config import DEFAULT_API_PORT, DEFAULT_GOSSIP_PORT
-from nanomesh.consensus.roles import RoleConfig
+from nanomesh.consensus.role_core import RoleConfig
 from nanomesh.consensus.voters import voter_goal
 from nanomesh.errors import NanomeshError
 from nanomesh.manifest import load_manifest
