@@ -13,8 +13,8 @@ Layers, as elsewhere in nanomesh:
 - `node`: the trio shell — `ConsensusNode`, with commit-confirmed async
   writes, committed-state snapshots and `watch()`, status, voter management;
 - `voters` (pure: who should vote), `role_core` (pure: this peer's role,
-  its transition table and decisions) and `role_manager` (their trio shell,
-  `RaftRoleManager`);
+  its transition table and decisions; its actions in `role_effects`) and
+  `role_manager` (their trio shell, `RaftRoleManager`);
 - `harness`: one node as a subprocess driven over stdin/stdout, for tests
   and experiments.
 """

@@ -97,6 +97,7 @@ from typing import Any
 import trio
 
 from nanomesh.consensus import role_core as core
+from nanomesh.consensus import role_effects as fx
 from nanomesh.consensus.config import ConsensusConfig, RaftTiming, format_address
 from nanomesh.consensus.errors import ConsensusError
 from nanomesh.consensus.node import ConsensusNode
@@ -407,7 +408,7 @@ class RaftRoleManager:
         return core.GossipView(self._voters_hint(), self._epoch_hint(),
                                None if self._view is None else list(self._view()))
 
-    async def _drive(self, actions: Iterable[core.Action]) -> bool:
+    async def _drive(self, actions: Iterable[fx.Action]) -> bool:
         """Carry out `actions` in order. The outcome of each action that has
         one goes back to the core, and what the core returns for it runs
         next. Returns the batch's `Reply` (False without one)."""
@@ -415,51 +416,51 @@ class RaftRoleManager:
         queue = deque(actions)
         while queue:
             action = queue.popleft()
-            if isinstance(action, core.Reply):
+            if isinstance(action, fx.Reply):
                 reply = action.ok
                 continue
             outcome = await self._execute(action)
             if outcome is not None:
                 queue.extendleft(reversed(self._core.feed(outcome, self._status(),
                                                           self._gossip(), self._clock())))
-            if not isinstance(action, core.Log):
+            if not isinstance(action, fx.Log):
                 self._wake()
         return reply
 
-    async def _execute(self, action: core.Action) -> core.Outcome | None:
+    async def _execute(self, action: fx.Action) -> fx.Outcome | None:
         """Carry out one action; its outcome, if it has one."""
         match action:
-            case core.Log(level=level, text=text):
+            case fx.Log(level=level, text=text):
                 log.log(_LEVELS[level], "raft role: %s", text)
-            case core.RoleChanged(old=old, new=new):
+            case fx.RoleChanged(old=old, new=new):
                 log.info("raft role: %s -> %s", old.value, new.value)
-            case core.StartLearner() | core.StartVoter():
-                return core.Started(action, await self._start(action))
-            case core.PruneGenerations(keep=keep):
+            case fx.StartLearner() | fx.StartVoter():
+                return fx.Started(action, await self._start(action))
+            case fx.PruneGenerations(keep=keep):
                 await trio.to_thread.run_sync(self._prune, keep)
-            case core.Store(stored=stored):
+            case fx.Store(stored=stored):
                 await self._save(stored)
-            case core.AwaitVoters(timeout=timeout):
+            case fx.AwaitVoters(timeout=timeout):
                 with trio.move_on_after(timeout):
                     while not self._voters_hint():
                         await trio.sleep(min(VOTERS_POLL, self.config.period))
-                return core.VotersAwaited()
-            case core.Promote():
-                return core.Promoted(action.name, await self._promote(action))
-            case core.RemoveVoter(raft_addr=addr, reason=reason):
-                return core.VoterRemoved(addr, reason, await self._remove_voter(addr, reason))
-            case core.TransferLeadership():
+                return fx.VotersAwaited()
+            case fx.Promote():
+                return fx.Promoted(action.name, await self._promote(action))
+            case fx.RemoveVoter(raft_addr=addr, reason=reason):
+                return fx.VoterRemoved(addr, reason, await self._remove_voter(addr, reason))
+            case fx.TransferLeadership():
                 await self._transfer_leadership()
-            case core.AskRemove():
-                return core.RemovalAsked(await self._call_ask_remove())
-            case core.StopNode():
+            case fx.AskRemove():
+                return fx.RemovalAsked(await self._call_ask_remove())
+            case fx.StopNode():
                 await self._stop_node()
-                return core.Stopped()
-            case core.Reply():
+                return fx.Stopped()
+            case fx.Reply():
                 pass
         return None
 
-    async def _promote(self, action: core.Promote) -> bool:
+    async def _promote(self, action: fx.Promote) -> bool:
         """Ask the peer to restart as a joining voter, then add it."""
         assert self._ask_promote is not None
         log.info("raft voters: promoting %s (%s)", action.name, action.raft_addr)
@@ -528,12 +529,12 @@ class RaftRoleManager:
 
     # ------------------------------------------------------------ node lifecycle
 
-    def _node_config(self, start: core.StartLearner | core.StartVoter) -> ConsensusConfig:
+    def _node_config(self, start: fx.StartLearner | fx.StartVoter) -> ConsensusConfig:
         """A learner follows its peers and listens nowhere; a voter listens
         on `RoleConfig.raft_port` with its generation's journal (``join``
         only holds elections until the node first hears a leader, so
         resuming with it is harmless)."""
-        if isinstance(start, core.StartLearner):
+        if isinstance(start, fx.StartLearner):
             return ConsensusConfig(address=None, peers=start.peers, keyring=self._keyring,
                                    epoch=start.epoch, timing=self._timing,
                                    source_ip=self.address_ip)
@@ -543,7 +544,7 @@ class RaftRoleManager:
             keyring=self._keyring, epoch=start.epoch, join=bool(start.peers),
             timing=self._timing)
 
-    async def _start(self, start: core.StartLearner | core.StartVoter) -> bool:
+    async def _start(self, start: fx.StartLearner | fx.StartVoter) -> bool:
         """Stop the current node (if any) and start the one `start` asks
         for. False if it could not start (its port is taken: logged; the
         core decides what follows)."""
@@ -554,7 +555,7 @@ class RaftRoleManager:
         try:
             await self._nursery.start(self._host, running)
         except ConsensusError as exc:
-            role = RaftRole.LEARNER if isinstance(start, core.StartLearner) else start.role
+            role = RaftRole.LEARNER if isinstance(start, fx.StartLearner) else start.role
             log.warning("raft role: could not start as %s: %s", role.value, exc)
             return False
         self._running = running

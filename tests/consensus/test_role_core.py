@@ -20,33 +20,35 @@ import pytest
 from nanomesh import lifecycle
 from nanomesh.consensus.role_core import (
     TRANSITIONS,
+    GossipView,
+    RaftRole,
+    RoleConfig,
+    RoleCore,
+    StoredRole,
+    check_transition,
+)
+from nanomesh.consensus.role_effects import (
     Action,
     AskRemove,
     AwaitVoters,
-    GossipView,
     Log,
     Outcome,
     Promote,
     Promoted,
     PruneGenerations,
-    RaftRole,
     RemovalAsked,
     RemoveVoter,
     Reply,
     RoleChanged,
-    RoleConfig,
-    RoleCore,
     Started,
     StartLearner,
     StartVoter,
     StopNode,
     Stopped,
     Store,
-    StoredRole,
     TransferLeadership,
     VoterRemoved,
     VotersAwaited,
-    check_transition,
 )
 from nanomesh.consensus.status import RaftStatus, Role
 from nanomesh.consensus.voters import PeerInfo, VoterPolicy
