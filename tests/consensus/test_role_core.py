@@ -11,13 +11,17 @@ sockets, no files, no clock: these run in milliseconds.
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import product
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 from nanomesh import lifecycle
+from nanomesh.consensus import role_core, role_effects
 from nanomesh.consensus.role_core import (
     TRANSITIONS,
     GossipView,
@@ -587,3 +591,19 @@ def test_one_illegal_transition_class_for_roles_and_instances() -> None:
                                                                          ValueError)
     with pytest.raises(IllegalTransition):
         lifecycle.check_transition("running", "fetching")
+
+
+# --------------------------------------------------------------------------- purity
+
+IMPURE = {"trio", "socket", "os", "pathlib", "time", "random", "shutil", "json", "logging",
+          "threading", "nanomesh.consensus.node", "nanomesh.consensus.role_manager"}
+
+
+@pytest.mark.parametrize("module", [role_core, role_effects], ids=lambda m: m.__name__)
+def test_the_core_imports_no_io(module: ModuleType) -> None:
+    """No trio, socket, file, clock or randomness in the core's own imports."""
+    assert module.__file__ is not None
+    tree = ast.parse(Path(module.__file__).read_text())
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert not {m for m in imported if m in IMPURE or m.split(".")[0] in IMPURE}
