@@ -16,10 +16,10 @@ reads no clock: its shell feeds it
 
 where `status` is the node's latest `RaftStatus` (None: no node runs) and
 `gossip` the `GossipView`. Each call returns the actions to carry out
-(`nanomesh.consensus.role_effects`), in order; an action with an outcome is followed by whatever ``feed`` returns
-for it before the rest of its batch. Every role change goes through
-`check_transition` (`TRANSITIONS`); an illegal one raises `IllegalTransition`
-and changes nothing.
+(`nanomesh.consensus.role_effects`), in order; an action with an outcome
+is followed by whatever ``feed`` returns for it before the rest of its
+batch. Every role change goes through `check_transition` (`TRANSITIONS`);
+an illegal one raises `IllegalTransition` and changes nothing.
 
 The core decides what is stored (``Store``) and keeps the stored role as it
 will be on disk; the shell only writes it.
