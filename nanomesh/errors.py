@@ -27,3 +27,9 @@ class RemoteProtocolError(NanomeshError):
 
 class ConfigError(NanomeshError):
     """A configuration value or combination is invalid; the message names it."""
+
+
+class IllegalTransition(NanomeshError, ValueError):
+    """A state change that its transition table forbids: an instance's
+    lifecycle state (`nanomesh.lifecycle`) or this peer's Raft role
+    (`nanomesh.consensus.role_core`). Always a bug; the state is unchanged."""

@@ -33,7 +33,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Literal, get_args
 
-from nanomesh.errors import NanomeshError
+# One class for every transition table (instances here, Raft roles in
+# nanomesh.consensus.role_core); re-exported so callers keep importing it here.
+from nanomesh.errors import IllegalTransition as IllegalTransition
 
 State = Literal["fetching", "starting", "running", "idle", "stopping", "exited", "failed"]
 STATES: tuple[State, ...] = get_args(State)
@@ -61,10 +63,6 @@ TRANSITIONS: Mapping[State | None, frozenset[State]] = {
 """The legal state changes (``None``: no record, i.e. pending). ``failed →
 failed`` and ``idle → idle`` record a repeated outcome (a second failed fetch,
 a spec change while idle) as a fresh record."""
-
-
-class IllegalTransition(NanomeshError, ValueError):
-    """An instance was asked to move between two states the table forbids."""
 
 
 def check_transition(old: State | None, new: State, iid: str = "?") -> None:

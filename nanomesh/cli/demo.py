@@ -291,7 +291,7 @@ class _Demo:
                                        "each run\n")
 
     def start_mesh(self) -> None:
-        from nanomesh.consensus.roles import RoleConfig
+        from nanomesh.consensus.role_core import RoleConfig
         from nanomesh.consensus.voters import voter_goal
 
         started = time.monotonic()

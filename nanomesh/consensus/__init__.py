@@ -12,6 +12,9 @@ Layers, as elsewhere in nanomesh:
   facade that keeps all access to its internals on its tick thread;
 - `node`: the trio shell — `ConsensusNode`, with commit-confirmed async
   writes, committed-state snapshots and `watch()`, status, voter management;
+- `voters` (pure: who should vote), `role_core` (pure: this peer's role,
+  its transition table and decisions; its actions in `role_effects`) and
+  `role_manager` (their trio shell, `RaftRoleManager`);
 - `harness`: one node as a subprocess driven over stdin/stdout, for tests
   and experiments.
 """

@@ -12,7 +12,7 @@ report on each survivor, highest commit index wins):
    (``consensus/recover.json``) next to the peer's Raft data; it refuses
    while the peer runs (the role manager holds ``consensus/lock``);
 3. start the peer. Before anything else, its role manager
-   (`nanomesh.consensus.roles`) reads the committed state of its last
+   (`nanomesh.consensus.role_manager`) reads the committed state of its last
    journal (`read_state`, on a scratch copy: the old journal is kept for
    the operator), bootstraps a new one-voter cluster in a new generation
    directory, writes that state back (token hash, registry, services with

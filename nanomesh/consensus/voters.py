@@ -3,7 +3,7 @@
 Every peer is identical and runs a Raft node; a few of them vote, the others
 are learners (read-only replicas). The leader calls `decide` about once a
 second with a snapshot of the gossip view and the current configuration and
-executes what it returns (`nanomesh.consensus.roles`). This module does no
+executes what it returns (`nanomesh.consensus.role_core`). This module does no
 I/O and reads no clock: ``now`` is passed in, on the same clock as the
 view's timestamps.
 

@@ -47,7 +47,7 @@ from nanomesh.bundles import (
 )
 from nanomesh.config import api_address, host_port
 from nanomesh.consensus import ConsensusError, ConsensusNode, RaftTiming, StalePlanError
-from nanomesh.consensus.roles import (
+from nanomesh.consensus.role_manager import (
     RaftRoleManager,
     RoleConfig,
     epoch_from_profiles,

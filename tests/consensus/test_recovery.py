@@ -28,7 +28,7 @@ from nanomesh.consensus.recovery import (
     hold_lock,
     read_state,
 )
-from nanomesh.consensus.roles import epoch_from_profiles, voters_from_profiles
+from nanomesh.consensus.role_core import epoch_from_profiles, voters_from_profiles
 from nanomesh.consensus.status import LeaderWatch
 from nanomesh.wire import Keyring
 
@@ -120,7 +120,7 @@ def test_status_leader_line() -> None:
 
 async def test_trio_reader_matches(tmp_path: Path) -> None:
     """The role manager reads without blocking trio; same result."""
-    from nanomesh.consensus.roles import _read_state
+    from nanomesh.consensus.role_manager import _read_state
 
     data = tmp_path / "raft-1"
     config = ConsensusConfig(address=("127.0.40.252", 7948), data_dir=data,

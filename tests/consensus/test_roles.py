@@ -1,4 +1,4 @@
-"""The role manager (`nanomesh.consensus.roles`) with real pysyncobj nodes in
+"""The role manager (`nanomesh.consensus.role_manager`) with real pysyncobj nodes in
 this process, one loopback address per peer (127.0.40.x, this suite's range),
 a fake membership view the test controls, and the peer-API calls
 (``ask_promote``/``ask_remove``) as direct calls between managers.
@@ -19,18 +19,19 @@ import pytest
 import trio
 
 from nanomesh.consensus import ConsensusError, ConsensusNode, RaftTiming
-from nanomesh.consensus.roles import (
-    ROLE_FILE,
+from nanomesh.consensus.role_core import (
     TRANSITIONS,
-    IllegalTransition,
     RaftRole,
-    RaftRoleManager,
     RoleConfig,
-    raft_profile_section,
     voters_from_profiles,
 )
+from nanomesh.consensus.role_manager import (
+    ROLE_FILE,
+    RaftRoleManager,
+    raft_profile_section,
+)
 from nanomesh.consensus.voters import PeerInfo, VoterPolicy
-from nanomesh.errors import ConfigError
+from nanomesh.errors import ConfigError, IllegalTransition
 from nanomesh.wire import Keyring, MemberState
 
 KEYRING = Keyring([bytes(range(32))])
