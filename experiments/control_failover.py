@@ -230,7 +230,7 @@ def copy_logs(mesh: Mesh60, dest: Path | None) -> None:
 
 
 def timing_info() -> dict[str, Any]:
-    return {"preset": "RaftTiming.lan() (daemon default, nanomesh/daemon/mesh.py)",
+    return {"preset": "RaftTiming.lan() (daemon default, nanomesh/daemon/assemble.py)",
             **dataclasses.asdict(RaftTiming.lan())}
 
 

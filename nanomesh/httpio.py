@@ -1,7 +1,10 @@
-"""Minimal HTTP/1.1 on trio with h11, for nanoservice calls and for talking
-to the local peer's API from async code.
+"""Minimal HTTP/1.1 on trio with h11, for nanoservice calls, for talking
+to the local peer's API from async code, and the peer daemon's one client for
+calls to other peers (`nanomesh.daemon.peer_calls`, bundle fetching).
 
 - `http_request`: one request on a fresh connection (``connection: close``);
+  `connect`, `send_request` and `next_event` are its steps, for a caller
+  that streams the reply (bundle transfers);
 - `http_call`: a `Request` to a nanoservice's ``http`` endpoint;
 - `serve_http_calls`: a nanoservice's ``http`` endpoint, sharing the
   ``async (Request) -> Response`` handler of the other transports.
@@ -57,25 +60,59 @@ async def http_request(host: str, port: int, method: str, target: str, body: byt
     """One request on a fresh connection (from `local_address` if given). No
     timeout of its own (wrap it). OSError / trio.BrokenResourceError /
     h11.ProtocolError on transport trouble."""
-    conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HTTP_MESSAGE)
-    stream = await trio.open_tcp_stream(host, port, local_address=local_address)
+    stream, conn = await connect(host, port, local_address)
     async with stream:
-        head = [("host", _host_port(host, port)), ("connection", "close"),
-                ("content-length", str(len(body))), *headers]
-        await stream.send_all(conn.send(h11.Request(method=method, target=target,
-                                                    headers=head)) or b"")
-        await stream.send_all(conn.send(h11.Data(data=body)) or b"")
-        await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
+        await send_request(stream, conn, method, target, body,
+                           [("host", _host_port(host, port)), *headers])
         return await _read_reply(stream, conn)
+
+
+async def connect(host: str, port: int, local_address: str | None = None, *,
+                  max_message: int = MAX_HTTP_MESSAGE
+                  ) -> tuple[trio.SocketStream, h11.Connection]:
+    """A fresh client connection: the stream (the caller closes it) and its
+    h11 state, which buffers at most `max_message` bytes of one head or body
+    chunk. For callers that stream a reply (`next_event`), such as bundle
+    transfers (`nanomesh.bundles.fetch`); others use `http_request`."""
+    conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_message)
+    return await trio.open_tcp_stream(host, port, local_address=local_address), conn
+
+
+async def send_request(stream: trio.SocketStream, conn: h11.Connection, method: str,
+                       target: str, body: bytes = b"", headers: Sequence[tuple[str, str]] = ()
+                       ) -> None:
+    """Send one whole request (``connection: close``, a content-length) on
+    `stream`; `headers` must include ``host``."""
+    head = [("connection", "close"), ("content-length", str(len(body))), *headers]
+    await stream.send_all(conn.send(h11.Request(method=method, target=target,
+                                                headers=head)) or b"")
+    await stream.send_all(conn.send(h11.Data(data=body)) or b"")
+    await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
+
+
+async def next_event(stream: trio.SocketStream, conn: h11.Connection,
+                     idle_timeout: float | None = None) -> h11.Event | type[h11.PAUSED]:
+    """The next event of the reply, reading from `stream` as needed;
+    trio.TooSlowError if the peer stays silent for `idle_timeout` seconds
+    (an idle limit, not a total one: a large body on a slow link still
+    arrives). Transport errors as `http_request`."""
+    while True:
+        event = conn.next_event()
+        if event is not h11.NEED_DATA:
+            return event  # type: ignore[return-value]
+        if idle_timeout is None:
+            data = await stream.receive_some(65536)
+        else:
+            with trio.fail_after(idle_timeout):
+                data = await stream.receive_some(65536)
+        conn.receive_data(data)
 
 
 async def _read_reply(stream: trio.SocketStream, conn: h11.Connection) -> HttpReply:
     status, reply_headers, data = 0, {}, bytearray()
     while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            conn.receive_data(await stream.receive_some(65536))
-        elif isinstance(event, h11.Response):
+        event = await next_event(stream, conn)
+        if isinstance(event, h11.Response):
             status = event.status_code
             reply_headers = {k.decode("latin-1").lower(): v.decode("latin-1")
                              for k, v in event.headers}

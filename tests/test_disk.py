@@ -14,7 +14,7 @@ import pytest
 
 from nanomesh import disk
 from nanomesh.cli.mesh import problems as _problems
-from nanomesh.daemon.peer import PEER_STATE, prepare_data_dir, save_peer_state
+from nanomesh.daemon.membership import PEER_STATE, prepare_data_dir, save_peer_state
 from nanomesh.disk import (
     DiskHealth,
     low_space_problem,

@@ -1,4 +1,5 @@
-"""Fetching a bundle from the peers that hold it (trio, h11 over TCP).
+"""Fetching a bundle from the peers that hold it (trio, h11 over TCP, through
+the steps of `nanomesh.httpio.http_request`, the daemon's one HTTP client).
 
 `fetch_bundle` tries each source peer's API in order with
 ``GET /v1/bundles/{sha}``, streams the body into the store's staging
@@ -26,6 +27,7 @@ from nanomesh.bundles.pack import MAX_BUNDLE_BYTES
 from nanomesh.bundles.store import BundleStore, check_sha
 from nanomesh.config import DEFAULT_API_PORT, parse_address
 from nanomesh.errors import ConfigError
+from nanomesh.httpio import connect, next_event, send_request
 
 log = logging.getLogger("nanomesh.bundles")
 
@@ -86,17 +88,13 @@ async def _download(staged: Path, sha: str, source: str, token: str, timeout: fl
         raise _SourceFailed(str(exc)) from None
     try:
         with trio.fail_after(timeout):
-            stream = await trio.open_tcp_stream(host, port)
+            stream, conn = await connect(host, port)
     except (OSError, trio.TooSlowError) as exc:
         raise _SourceFailed(f"cannot connect: {exc or 'timed out'}") from None
     async with stream:
-        conn = h11.Connection(h11.CLIENT)
-        request = h11.Request(method="GET", target=f"/v1/bundles/{sha}", headers=[
-            ("host", source), ("authorization", f"Bearer {token}"),
-            ("connection", "close")])
         try:
-            head = (conn.send(request) or b"") + (conn.send(h11.EndOfMessage()) or b"")
-            await stream.send_all(head)
+            await send_request(stream, conn, "GET", f"/v1/bundles/{sha}", headers=[
+                ("host", source), ("authorization", f"Bearer {token}")])
             return await _receive(stream, conn, staged, timeout)
         except (trio.BrokenResourceError, OSError) as exc:
             raise _SourceFailed(f"connection failed: {exc}") from None
@@ -106,15 +104,10 @@ async def _download(staged: Path, sha: str, source: str, token: str, timeout: fl
 
 async def _next_event(stream: trio.SocketStream, conn: h11.Connection, timeout: float
                       ) -> h11.Event | type[h11.PAUSED]:
-    while True:
-        event = conn.next_event()
-        if event is not h11.NEED_DATA:
-            return event  # type: ignore[return-value]
-        with trio.move_on_after(timeout) as scope:
-            data = await stream.receive_some(1 << 16)
-        if scope.cancelled_caught:
-            raise _SourceFailed(f"stalled for {timeout:g} s")
-        conn.receive_data(data)
+    try:
+        return await next_event(stream, conn, timeout)
+    except trio.TooSlowError:
+        raise _SourceFailed(f"stalled for {timeout:g} s") from None
 
 
 async def _receive(stream: trio.SocketStream, conn: h11.Connection, staged: Path,

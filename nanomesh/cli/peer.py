@@ -76,7 +76,7 @@ def _peer_run(args: argparse.Namespace) -> int:
 
     from nanomesh.config import build_config
     from nanomesh.consensus.recovery import hold_lock
-    from nanomesh.daemon.peer import PeerDaemon
+    from nanomesh.daemon.assemble import PeerAssembly
     from nanomesh.daemon.profile import ProfileSource
     from nanomesh.keys import resolve_keyring
 
@@ -92,7 +92,7 @@ def _peer_run(args: argparse.Namespace) -> int:
     with hold_lock(config.data_dir / "consensus"):
         pass
     keyring, key_path = resolve_keyring(config)
-    daemon = PeerDaemon(config, keyring, ProfileSource(config), key_path=key_path)
+    daemon = PeerAssembly(config, keyring, ProfileSource(config), key_path=key_path)
     try:
         trio.run(daemon.run)
     except OSError as exc:

@@ -23,13 +23,35 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
+from nanomesh.consensus import ConsensusNode
 from nanomesh.daemon.http import Handler, Request
+from nanomesh.daemon.http_limits import ServerStats
+from nanomesh.daemon.views import Traffic
+from nanomesh.gossip.machine import Membership
 from nanomesh.gossip.members import Member
 
-if TYPE_CHECKING:
-    from nanomesh.daemon.peer import PeerDaemon
+
+@dataclass(frozen=True)
+class HealthContext:
+    """What the membership and health routes read."""
+
+    core: Membership
+    """The gossip view (members, our own entry, awareness, counters)."""
+    api: str
+    """This peer's API address, ``IP:PORT``."""
+    started_wall: float
+    """When the daemon started (seconds since the epoch)."""
+    disk_problems: Callable[[], list[str]]
+    stopping: Callable[[], bool]
+    """True once a graceful leave began."""
+    consensus: Callable[[], ConsensusNode | None]
+    """For the Raft connections its node dropped."""
+    traffic: Traffic
+    api_stats: ServerStats
 
 
 def member_json(m: Member) -> dict[str, Any]:
@@ -43,44 +65,40 @@ def member_json(m: Member) -> dict[str, Any]:
     }
 
 
-def api_routes(peer: PeerDaemon) -> dict[tuple[str, str], Handler]:
-    def core() -> Any:
-        assert peer.core is not None
-        return peer.core
+def api_routes(ctx: HealthContext) -> dict[tuple[str, str], Handler]:
+    core = ctx.core
 
     async def members(_: Request) -> tuple[int, Any]:
-        return 200, [member_json(m) for m in core().members()]
+        return 200, [member_json(m) for m in core.members()]
 
     async def self_(_: Request) -> tuple[int, Any]:
-        body = member_json(core().me)
-        body["api"] = f"{peer.config.bind[0]}:{peer.config.api_port}"
+        body = member_json(core.me)
+        body["api"] = ctx.api
         return 200, body
 
     async def health(_: Request) -> tuple[int, Any]:
-        c = core()
-        states = Counter(m.state.label for m in c.members())
-        problems = peer.disk_problems()
+        states = Counter(m.state.label for m in core.members())
+        problems = ctx.disk_problems()
         return 200, {
-            "status": "leaving" if peer._stopping else "degraded" if problems else "ok",
+            "status": "leaving" if ctx.stopping() else "degraded" if problems else "ok",
             "problems": problems,
-            "name": c.name,
+            "name": core.name,
             "members": dict(sorted(states.items())),
-            "awareness": c.awareness.score,
-            "uptime_s": round(time.time() - peer.started_wall, 3),
-            "dropped": dict(peer.dropped),
-            "raft_dropped": _raft_dropped(peer),
-            "bytes_in": peer.bytes_in,
-            "bytes_out": peer.bytes_out,
-            "counters": dataclasses.asdict(c.stats),
-            "api": peer.api_stats.to_dict(),
+            "awareness": core.awareness.score,
+            "uptime_s": round(time.time() - ctx.started_wall, 3),
+            "dropped": dict(ctx.traffic.dropped),
+            "raft_dropped": _raft_dropped(ctx.consensus()),
+            "bytes_in": ctx.traffic.bytes_in,
+            "bytes_out": ctx.traffic.bytes_out,
+            "counters": dataclasses.asdict(core.stats),
+            "api": ctx.api_stats.to_dict(),
         }
 
     return {("GET", "/v1/members"): members, ("GET", "/v1/self"): self_,
             ("GET", "/v1/health"): health}
 
 
-def _raft_dropped(peer: PeerDaemon) -> dict[str, int]:
+def _raft_dropped(node: ConsensusNode | None) -> dict[str, int]:
     """Raft connections this peer's current consensus node closed, by reason
     (`nanomesh.consensus._transport`; restarts with each role change)."""
-    node = peer.mesh.consensus if peer.mesh is not None else None
     return dict(node.dropped) if node is not None else {}

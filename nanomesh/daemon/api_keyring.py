@@ -29,18 +29,20 @@ with the keys it had (`nanomesh.keys`).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import trio
 
-from nanomesh.apiclient import ApiError, request_bytes
-from nanomesh.auth import internal_token
+from nanomesh.apiclient import ApiError
 from nanomesh.config import api_address
-from nanomesh.daemon.api_auth import require_management_token, require_member
+from nanomesh.daemon.api_auth import Access
 from nanomesh.daemon.http import Handler, HttpError, Request
+from nanomesh.daemon.peer_calls import PeerCalls
+from nanomesh.daemon.views import Members
 from nanomesh.errors import ConfigError, RemoteProtocolError
 from nanomesh.keys import (
     KEY_ACTIONS,
@@ -55,23 +57,35 @@ from nanomesh.keys import (
 )
 from nanomesh.wire import Keyring, MemberState
 
-if TYPE_CHECKING:
-    from nanomesh.daemon.peer import PeerDaemon
-
 log = logging.getLogger("nanomesh.keys")
 
 FAN_OUT_TIMEOUT = 10.0
 """Seconds a member may take to apply a key operation or list its keys."""
 
 
-def keyring_routes(peer: PeerDaemon) -> dict[tuple[str, str], Handler]:
+@dataclass(frozen=True)
+class KeyringContext:
+    """What the key-rotation routes use."""
+
+    name: str
+    """This peer's name."""
+    keyring: Keyring
+    """The live keyring, replaced in place by an operation."""
+    key_path: Path | None
+    """The key file, rewritten on a live key rotation (None: not kept)."""
+    access: Access
+    members: Members
+    calls: PeerCalls
+
+
+def keyring_routes(ctx: KeyringContext) -> dict[tuple[str, str], Handler]:
     seen = SeenKeyOps()
 
     def open_op(body: bytes, url_action: str | None) -> KeyOp:
         """The sealed operation, if it is authentic, fresh and not a replay
         (`nanomesh.keys.SeenKeyOps`); HttpError otherwise."""
         try:
-            op = KeyOp.open(peer.keyring, body)
+            op = KeyOp.open(ctx.keyring, body)
         except RemoteProtocolError as exc:
             raise HttpError(400, f"key operation refused: {exc} (seal it with a key this "
                             "mesh has: --key-file)") from None
@@ -85,18 +99,18 @@ def keyring_routes(peer: PeerDaemon) -> dict[tuple[str, str], Handler]:
 
     def apply_here(op: KeyOp) -> dict[str, Any]:
         """Apply and persist one operation on this peer."""
-        candidate = Keyring(peer.keyring.keys)
+        candidate = Keyring(ctx.keyring.keys)
         try:
             changed = apply_key_op(candidate, op)
-            if changed and peer.key_path is not None:
-                write_key_file(peer.key_path, candidate)  # durable before it takes effect
+            if changed and ctx.key_path is not None:
+                write_key_file(ctx.key_path, candidate)  # durable before it takes effect
         except ConfigError as exc:
             raise HttpError(409, str(exc)) from None
-        peer.keyring.replace_keys(candidate)
+        ctx.keyring.replace_keys(candidate)
         if changed:
             log.warning("keyring: %s %s; keys now %s (primary first)", op.action,
-                        op.target, _fingerprints(peer))
-        return {"ok": True, "changed": changed, "keys": _fingerprints(peer)}
+                        op.target, _fingerprints(ctx.keyring))
+        return {"ok": True, "changed": changed, "keys": _fingerprints(ctx.keyring)}
 
     async def refuse_cut_offs(op: KeyOp) -> None:
         """409 if `op` would cut a member off (`use_blockers`,
@@ -105,8 +119,8 @@ def keyring_routes(peer: PeerDaemon) -> dict[tuple[str, str], Handler]:
             return
         states = ((MemberState.ALIVE,) if op.action == "use" else
                   (MemberState.ALIVE, MemberState.SUSPECT, MemberState.DEAD))
-        replies = await _fan_out(peer, "GET", None, states)
-        replies[peer.config.name] = {"ok": True, "keys": _fingerprints(peer)}
+        replies = await _fan_out(ctx, "GET", None, states)
+        replies[ctx.name] = {"ok": True, "keys": _fingerprints(ctx.keyring)}
         blockers = (use_blockers if op.action == "use" else remove_blockers)(
             op.target, replies)
         if blockers:
@@ -119,27 +133,27 @@ def keyring_routes(peer: PeerDaemon) -> dict[tuple[str, str], Handler]:
                             "to cut them off")
 
     async def operate(request: Request) -> tuple[int, Any]:
-        require_management_token(peer, request)
+        ctx.access.require_management_token(request)
         action = request.params["action"]
         if action not in KEY_ACTIONS:
             raise HttpError(404, f"no key action {action!r}; one of {', '.join(KEY_ACTIONS)}")
         op = open_op(request.body, action)
         await refuse_cut_offs(op)
-        results: dict[str, Any] = {peer.config.name: apply_here(op)}
-        results.update(await _fan_out(peer, "POST", request.body))
+        results: dict[str, Any] = {ctx.name: apply_here(op)}
+        results.update(await _fan_out(ctx, "POST", request.body))
         failed = sorted(n for n, r in results.items() if not r.get("ok"))
         return 200, {"action": action, "members": results, "failed": failed}
 
     async def list_keys(request: Request) -> tuple[int, Any]:
-        require_management_token(peer, request)
-        results: dict[str, Any] = {peer.config.name: {"ok": True, "keys": _fingerprints(peer)}}
-        results.update(await _fan_out(peer, "GET", None))
+        ctx.access.require_management_token(request)
+        results: dict[str, Any] = {ctx.name: {"ok": True, "keys": _fingerprints(ctx.keyring)}}
+        results.update(await _fan_out(ctx, "GET", None))
         return 200, {"members": results, "summary": _summary(results)}
 
     async def internal(request: Request) -> tuple[int, Any]:
-        require_member(peer, request)
+        ctx.access.require_member(request)
         if request.method == "GET":
-            return 200, {"ok": True, "keys": _fingerprints(peer)}
+            return 200, {"ok": True, "keys": _fingerprints(ctx.keyring)}
         return 200, apply_here(open_op(request.body, None))
 
     return {("POST", "/v1/keyring/{action}"): operate,
@@ -148,8 +162,8 @@ def keyring_routes(peer: PeerDaemon) -> dict[tuple[str, str], Handler]:
             ("GET", "/v1/internal/keyring"): internal}
 
 
-def _fingerprints(peer: PeerDaemon) -> list[str]:
-    return [fingerprint(k) for k in peer.keyring.keys]
+def _fingerprints(keyring: Keyring) -> list[str]:
+    return [fingerprint(k) for k in keyring.keys]
 
 
 def _summary(results: dict[str, Any]) -> dict[str, dict[str, int]]:
@@ -164,26 +178,20 @@ def _summary(results: dict[str, Any]) -> dict[str, dict[str, int]]:
     return out
 
 
-async def _fan_out(peer: PeerDaemon, method: str, body: bytes | None,
+async def _fan_out(ctx: KeyringContext, method: str, body: bytes | None,
                    states: tuple[MemberState, ...] = (MemberState.ALIVE,)
                    ) -> dict[str, Any]:
     """The same call on every other member in `states` (alive ones by
     default), concurrently: name -> reply (or ``{"ok": False, "error": ...}``)."""
-    assert peer.core is not None
-    members = [m for m in peer.core.members()
-               if m.name != peer.config.name and m.state in states]
+    members = [m for m in ctx.members() if m.name != ctx.name and m.state in states]
     results: dict[str, Any] = {}
     path = "/v1/internal/keyring"
 
-    def call(api: str) -> Any:
-        token = internal_token(peer.keyring, method, path, body or b"")
-        reply = request_bytes(method, api, path, body, token=token, timeout=FAN_OUT_TIMEOUT)
-        return json.loads(reply)
-
     async def one(name: str, api: str) -> None:
         try:
-            results[name] = await trio.to_thread.run_sync(call, api, abandon_on_cancel=True)
-        except (ApiError, ValueError) as exc:
+            results[name] = await ctx.calls.call_json(method, api, path, body,
+                                                      timeout=FAN_OUT_TIMEOUT)
+        except ApiError as exc:
             results[name] = {"ok": False, "error": str(exc)}
 
     with trio.move_on_after(FAN_OUT_TIMEOUT + 1):

@@ -35,7 +35,8 @@ Shapes:
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from nanomesh.auth import redact_service
 from nanomesh.consensus import (
@@ -46,19 +47,16 @@ from nanomesh.consensus import (
     NotRunningError,
     StorageError,
 )
-from nanomesh.daemon.api_auth import reader_sees_secrets
-
-# Re-exported: nanomesh.daemon.mesh imports them from here.
-from nanomesh.daemon.api_auth import require_management_token as require_management_token
-from nanomesh.daemon.api_auth import running_node as running_node
+from nanomesh.consensus.status import LeaderWatch
+from nanomesh.daemon.api_auth import Access, running_node
 from nanomesh.daemon.http import Handler, HttpError, Request
+from nanomesh.daemon.views import Members, NodeSource
+from nanomesh.gossip.members import Member
+from nanomesh.ids import service_of
 from nanomesh.lifecycle import PENDING
 from nanomesh.manifest import ManifestError, service_document
 from nanomesh.reconcile import spec_digest
 from nanomesh.wire import MemberState
-
-if TYPE_CHECKING:
-    from nanomesh.daemon.peer import PeerDaemon
 
 RESET_STATE = "reset_state"
 """Field of a deploy body (beside the manifest's own) that drops the
@@ -68,12 +66,34 @@ INSTANCES_KEY = "instances"
 """Where a peer's gossiped profile lists the state of the instances it runs."""
 
 
-def mesh_routes(peer: PeerDaemon) -> dict[tuple[str, str], Handler]:
+class RoleStatus(Protocol):
+    """What ``/v1/status`` reads of the Raft role manager."""
+
+    @property
+    def leader_watch(self) -> LeaderWatch: ...
+
+    @property
+    def epoch(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class MeshContext:
+    """What the desired-state routes use."""
+
+    name: str
+    """This peer's name."""
+    access: Access
+    consensus: NodeSource
+    members: Members
+    roles: RoleStatus
+
+
+def mesh_routes(ctx: MeshContext) -> dict[tuple[str, str], Handler]:
     def node() -> ConsensusNode:
-        return running_node(peer)
+        return running_node(ctx.consensus())
 
     def require_token(request: Request) -> ConsensusNode:
-        return require_management_token(peer, request)
+        return ctx.access.require_management_token(request)
 
     async def deploy(request: Request) -> tuple[int, Any]:
         n = require_token(request)
@@ -90,7 +110,7 @@ def mesh_routes(peer: PeerDaemon) -> dict[tuple[str, str], Handler]:
             raise HttpError(400, str(exc)) from None
         if reset_state and "state" not in doc:
             doc["state"] = None  # merge-patch null: drop the saved state
-        outcome = await _consensus_call(lambda: n.put_service(doc["name"], doc))
+        outcome = await consensus_call(lambda: n.put_service(doc["name"], doc))
         reply = {"name": doc["name"], "revision": outcome.revision, "changed": outcome.changed}
         dep = n.state.deployments.get(doc["name"])
         if outcome.changed and dep is not None and dep.get("id") == outcome.revision:
@@ -100,7 +120,7 @@ def mesh_routes(peer: PeerDaemon) -> dict[tuple[str, str], Handler]:
     async def undeploy(request: Request) -> tuple[int, Any]:
         n = require_token(request)
         name = request.params["name"]
-        outcome = await _consensus_call(lambda: n.delete_service(name))
+        outcome = await consensus_call(lambda: n.delete_service(name))
         if not outcome.applied:
             raise HttpError(404, f"no service named {name!r}")
         return 200, {"name": name, "revision": outcome.revision}
@@ -108,7 +128,7 @@ def mesh_routes(peer: PeerDaemon) -> dict[tuple[str, str], Handler]:
     async def services(request: Request) -> tuple[int, Any]:
         state = node().state
         docs = [state.services[name] for name in sorted(state.services)]
-        if reader_sees_secrets(peer, request):
+        if ctx.access.reader_sees_secrets(request):
             return 200, docs
         return 200, [redact_service(doc) for doc in docs]
 
@@ -119,11 +139,11 @@ def mesh_routes(peer: PeerDaemon) -> dict[tuple[str, str], Handler]:
     async def placement(_: Request) -> tuple[int, Any]:
         state = node().state
         plan = state.plan
-        reported = _reported_instances(peer)
+        reported = reported_instances(ctx.members())
         digests = {name: spec_digest(doc) for name, doc in state.services.items()}
         instances = []
         for iid, host in sorted(plan.get("assignments", {}).items()):
-            service = iid.rpartition("/")[0]
+            service = service_of(iid)
             seen = reported.get(host, {}).get(iid, {})
             instances.append({
                 "instance": iid, "service": service, "peer": host,
@@ -135,7 +155,7 @@ def mesh_routes(peer: PeerDaemon) -> dict[tuple[str, str], Handler]:
                      "deployments": dict(state.deployments)}
 
     async def status(_: Request) -> tuple[int, Any]:
-        return 200, status_document(peer)
+        return 200, status_document(ctx)
 
     return {("POST", "/v1/services"): deploy, ("DELETE", "/v1/services/{name}"): undeploy,
             ("GET", "/v1/services"): services, ("GET", "/v1/placement"): placement,
@@ -143,16 +163,15 @@ def mesh_routes(peer: PeerDaemon) -> dict[tuple[str, str], Handler]:
             ("GET", "/v1/status"): status}
 
 
-def status_document(peer: PeerDaemon) -> dict[str, Any]:
+def status_document(ctx: MeshContext) -> dict[str, Any]:
     """``GET /v1/status``: this peer's view of the control plane. Answered
     even while its Raft node is down (role ``none``). ``leader`` is null
     when this peer has not heard a leader recently; ``no_leader_since``
     (seconds since the epoch, or null) says since when, ``last_leader``
     which one it last heard; ``cluster_epoch`` counts operator recoveries
     (`nanomesh.consensus.recovery`)."""
-    assert peer.mesh is not None
-    watch = peer.mesh.roles.leader_watch
-    n = peer.consensus
+    watch = ctx.roles.leader_watch
+    n = ctx.consensus()
     if n is None or not n.running:
         raft: dict[str, Any] = {"leader": None, "term": 0, "voters": [], "epoch": None,
                                 "revision": None, "role": "none"}
@@ -161,14 +180,13 @@ def status_document(peer: PeerDaemon) -> dict[str, Any]:
                 "epoch": n.state.plan_epoch, "revision": n.state.revision,
                 "role": n.status.role.value}
     return {**raft, "no_leader_since": watch.since, "last_leader": watch.last_leader,
-            "cluster_epoch": peer.mesh.roles.epoch, "peer": peer.config.name}
+            "cluster_epoch": ctx.roles.epoch, "peer": ctx.name}
 
 
-def _reported_instances(peer: PeerDaemon) -> dict[str, dict[str, dict[str, Any]]]:
-    """peer name -> instance id -> status, as each peer gossips it."""
-    assert peer.core is not None
+def reported_instances(members: list[Member]) -> dict[str, dict[str, dict[str, Any]]]:
+    """peer name -> instance id -> status, as each of `members` gossips it."""
     out: dict[str, dict[str, dict[str, Any]]] = {}
-    for m in peer.core.members():
+    for m in members:
         if m.state not in (MemberState.ALIVE, MemberState.SUSPECT):
             continue  # its last report is stale: show "pending" until re-placed
         section = (m.profile or {}).get(INSTANCES_KEY)
@@ -177,7 +195,8 @@ def _reported_instances(peer: PeerDaemon) -> dict[str, dict[str, dict[str, Any]]
     return out
 
 
-async def _consensus_call(call: Callable[[], Awaitable[Any]]) -> Any:
+async def consensus_call(call: Callable[[], Awaitable[Any]]) -> Any:
+    """``await call()``, its consensus errors turned into HTTP answers."""
     try:
         return await call()
     except NoLeaderError:

@@ -16,18 +16,29 @@ from __future__ import annotations
 
 import urllib.parse
 from collections.abc import Collection
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
+from nanomesh.consensus import ConsensusNode
 from nanomesh.daemon.http import Handler, HttpError, Request
+from nanomesh.daemon.views import Members, NodeSource
+from nanomesh.gossip.members import Member
 from nanomesh.naming import PROTOCOLS, known_services, resolve
-
-if TYPE_CHECKING:
-    from nanomesh.daemon.peer import PeerDaemon
 
 _TRUE = ("1", "true", "yes")
 
 
-def naming_routes(peer: PeerDaemon) -> dict[tuple[str, str], Handler]:
+@dataclass(frozen=True)
+class NamingContext:
+    """What name resolution reads: the gossip view and the committed state."""
+
+    name: str
+    """This peer's name (its own instances come first among equals)."""
+    members: Members
+    consensus: NodeSource
+
+
+def naming_routes(ctx: NamingContext) -> dict[tuple[str, str], Handler]:
     async def resolve_(request: Request) -> tuple[int, Any]:
         name = request.params["name"]
         query = urllib.parse.parse_qs(request.query)
@@ -36,35 +47,31 @@ def naming_routes(peer: PeerDaemon) -> dict[tuple[str, str], Handler]:
             raise HttpError(400, f"protocol must be one of {', '.join(PROTOCOLS)}, "
                             f"not {protocol!r}")
         include_unhealthy = (_one(query, "all") or "0").lower() in _TRUE
-        assert peer.core is not None
-        members = peer.core.members()
-        if name not in service_names(peer):
+        members = ctx.members()
+        if name not in service_names(ctx.consensus(), members):
             raise HttpError(404, f"no service named {name!r} is deployed "
                             "(see `nanomesh services`)")
-        endpoints = resolve(members, name, protocol=protocol, me=peer.config.name,
+        endpoints = resolve(members, name, protocol=protocol, me=ctx.name,
                             include_unhealthy=include_unhealthy)
         return 200, {"service": name, "endpoints": [e.to_dict() for e in endpoints]}
 
     return {("GET", "/v1/resolve/{name}"): resolve_}
 
 
-def service_names(peer: PeerDaemon) -> Collection[str]:
+def service_names(node: ConsensusNode | None, members: list[Member]) -> Collection[str]:
     """The services this peer knows to exist: those in its committed desired
     state, or, while its consensus node is not running, those that some live
     peer gossips an instance of. Used by the resolve endpoint and the CoAP
     gateway to tell "no such service" (404) from "no healthy instance" (503)."""
-    node = peer.consensus
     if node is not None and node.running:
         return node.state.services.keys()
-    assert peer.core is not None
-    return known_services(peer.core.members())
+    return known_services(members)
 
 
-def service_visibility(peer: PeerDaemon, service: str) -> str:
+def service_visibility(node: ConsensusNode | None, service: str) -> str:
     """``public`` or ``private`` (`nanomesh.manifest.VISIBILITIES`) from the
     committed desired state; ``private`` while it is unknown (the secure default)."""
     from nanomesh.manifest import visibility_of
-    node = peer.consensus
     doc = node.state.services.get(service) if node is not None and node.running else None
     return visibility_of(doc)
 

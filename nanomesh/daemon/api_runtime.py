@@ -26,31 +26,41 @@ from __future__ import annotations
 
 import base64
 import urllib.parse
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import trio
 
-from nanomesh.daemon.api_auth import authorize_instance, require_management_token
-from nanomesh.daemon.api_mesh import _consensus_call
+from nanomesh.daemon.api_auth import Access
+from nanomesh.daemon.api_mesh import consensus_call
 from nanomesh.daemon.http import Handler, HttpError, RawBody, Request
+from nanomesh.ids import service_of, split_instance_id
 from nanomesh.manifest import MAX_STATE_BYTES
-from nanomesh.placement.spec import split_instance_id
 from nanomesh.runtime.logs import read_log_tail
-
-if TYPE_CHECKING:
-    from nanomesh.daemon.peer import PeerDaemon
 
 DEFAULT_LOG_LINES = 200
 MAX_LOG_LINES = 10_000
 
 
-def runtime_routes(peer: PeerDaemon) -> dict[tuple[str, str], Handler]:
+@dataclass(frozen=True)
+class RuntimeContext:
+    """What the runtime routes use."""
+
+    name: str
+    """This peer's name."""
+    log_dir: Path
+    """Where this peer's instances log (`nanomesh.runtime.logs`)."""
+    access: Access
+
+
+def runtime_routes(ctx: RuntimeContext) -> dict[tuple[str, str], Handler]:
     def mode_route(mode: str) -> Handler:
         async def handler(request: Request) -> tuple[int, Any]:
-            node = require_management_token(peer, request)
+            node = ctx.access.require_management_token(request)
             name = request.params["name"]
             value = None if mode == "active" else mode
-            outcome = await _consensus_call(lambda: node.patch_service(name, "mode", value))
+            outcome = await consensus_call(lambda: node.patch_service(name, "mode", value))
             if not outcome.applied:
                 raise HttpError(404, f"no service named {name!r}")
             return 200, {"name": name, "mode": mode, "revision": outcome.revision,
@@ -68,37 +78,36 @@ def runtime_routes(peer: PeerDaemon) -> dict[tuple[str, str], Handler]:
 
     async def put_state(request: Request) -> tuple[int, Any]:
         iid = instance_of(request)
-        node = authorize_instance(peer, request, iid)
+        node = ctx.access.authorize_instance(request, iid)
         blob = request.body
         if len(blob) > MAX_STATE_BYTES:
             raise HttpError(413, f"a state blob is at most {MAX_STATE_BYTES} bytes, "
                             f"got {len(blob)}")
-        service = iid.rpartition("/")[0]
+        service = service_of(iid)
         encoded = base64.b64encode(blob).decode("ascii")
-        outcome = await _consensus_call(lambda: node.patch_service(service, "state", encoded))
+        outcome = await consensus_call(lambda: node.patch_service(service, "state", encoded))
         if not outcome.applied:
             raise HttpError(404, f"no service named {service!r}")
         return 200, {"instance": iid, "bytes": len(blob), "revision": outcome.revision}
 
     async def get_state(request: Request) -> tuple[int, Any]:
         iid = instance_of(request)
-        node = authorize_instance(peer, request, iid)
-        service = node.state.services.get(iid.rpartition("/")[0])
+        node = ctx.access.authorize_instance(request, iid)
+        service = node.state.services.get(service_of(iid))
         encoded = service.get("state") if service is not None else None
         if not isinstance(encoded, str):
-            raise HttpError(404, f"no state saved for {iid.rpartition('/')[0]!r}")
+            raise HttpError(404, f"no state saved for {service_of(iid)!r}")
         return 200, RawBody(base64.b64decode(encoded), "application/octet-stream")
 
     async def logs(request: Request) -> tuple[int, Any]:
         iid = instance_of(request)
-        require_management_token(peer, request, f"the log of {iid}")
+        ctx.access.require_management_token(request, f"the log of {iid}")
         lines = _lines_param(request.query)
         service, index = split_instance_id(iid)
-        log_dir = peer.config.data_dir / "logs"
-        text = await trio.to_thread.run_sync(read_log_tail, log_dir, service, index, lines)
+        text = await trio.to_thread.run_sync(read_log_tail, ctx.log_dir, service, index, lines)
         if not text:
-            raise HttpError(404, f"no log of {iid} on peer {peer.config.name}")
-        return 200, {"instance": iid, "peer": peer.config.name, "lines": text}
+            raise HttpError(404, f"no log of {iid} on peer {ctx.name}")
+        return 200, {"instance": iid, "peer": ctx.name, "lines": text}
 
     return {("POST", "/v1/services/{name}/activate"): mode_route("active"),
             ("POST", "/v1/services/{name}/idle"): mode_route("idle"),

@@ -24,7 +24,7 @@ push-pull is small and the large answer is a reply to its own call. A
 profile request is a list of names. A stream refused under attack is
 retried by its sender at its next push-pull or profile pull.
 
-Replies to our own calls (`PeerDaemon._stream_call`) are not charged: we
+Replies to our own calls (`GossipShell._stream_call`) are not charged: we
 chose the member we dialled, each reply is bounded by `MAX_FRAME`, and a
 large profile reply must not fail because outsiders fill the budget.
 """

@@ -37,7 +37,6 @@ from nanomesh.errors import NanomeshError
 from nanomesh.ids import SERVICE_NAME_RULE, instance_id, is_service_name
 
 # Re-exported for nanomesh/daemon/api_runtime.py until it imports nanomesh.ids.
-from nanomesh.ids import split_instance_id as split_instance_id
 
 PowerSource = Literal["ac", "battery"]
 NetworkKind = Literal["wifi", "ethernet", "bluetooth"]

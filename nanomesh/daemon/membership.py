@@ -1,4 +1,4 @@
-"""The peer daemon: a thin trio shell around the membership core.
+"""The gossip shell: a thin trio shell around the membership core.
 
 Duties of the shell, in the order it performs them for every input:
 decode the bytes at the boundary (garbage is counted and dropped), feed the
@@ -6,50 +6,39 @@ core the message and ``trio.current_time()``, then carry out the returned
 effects in order: send datagrams, start stream calls, log notifications.
 Nothing here decides anything about membership.
 
-Tasks, all in one nursery:
+Tasks (`GossipShell.serve` runs the first three in its own nursery; the
+composition root, `nanomesh.daemon.assemble`, starts the others):
 - ``_receive_datagrams``: UDP in → core;
 - ``_run_timers``: sleeps until the core's next deadline (or until an input
   may have moved it) and ticks the core;
 - the TCP stream server (push-pull and profile pulls) and one task per
   outgoing stream call;
-- ``_refresh_profile``: samples live load and republishes when it moved;
-- the HTTP API;
-- the CoAP gateway (`nanomesh.gateway`), unless ``coap_port`` is 0;
-- ``_watch_signals``: SIGINT/SIGTERM → graceful leave, then exit.
+- ``refresh_profile``: samples live load and republishes when it moved;
+- ``watch_disk``: retries a failed state save, watches the free space;
+- ``join_until_joined``: contacts the seeds until one answers.
+
+Also here: the peer state file (``peer.json``: our incarnation and the peers
+we last saw alive) and the data directory's preparation.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import functools
 import json
 import logging
 import os
-import random
-import signal
 import socket
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import trio
 
-from nanomesh import __version__, servicekeys
-from nanomesh.auth import InternalCalls
+from nanomesh import __version__
 from nanomesh.config import PeerConfig
-from nanomesh.consensus import ConsensusNode
-from nanomesh.daemon.api import api_routes
-from nanomesh.daemon.api_keyring import keyring_routes
-from nanomesh.daemon.api_mesh import mesh_routes
-from nanomesh.daemon.api_naming import naming_routes, service_names, service_visibility
-from nanomesh.daemon.api_runtime import runtime_routes
-from nanomesh.daemon.http import serve_http
-from nanomesh.daemon.http_limits import ServerStats
 from nanomesh.daemon.limits import StreamAdmission
-from nanomesh.daemon.mesh import MeshControl
 from nanomesh.daemon.profile import ProfileSource
+from nanomesh.daemon.views import Traffic
 from nanomesh.disk import (
     WATCH_PERIOD,
     DiskHealth,
@@ -58,7 +47,7 @@ from nanomesh.disk import (
     retry_delay,
     write_atomically,
 )
-from nanomesh.errors import ConfigError, RemoteProtocolError
+from nanomesh.errors import RemoteProtocolError
 from nanomesh.gossip.effects import (
     Effect,
     MemberFailed,
@@ -91,7 +80,6 @@ from nanomesh.wire import (
 from nanomesh.wire import ProfileRequest as _ProfileRequest
 
 log = logging.getLogger("nanomesh.peer")
-T = TypeVar("T")
 
 LEAVE_PROPAGATION = 0.5
 """Seconds we keep gossiping after announcing a graceful leave, so the leave
@@ -102,150 +90,70 @@ JOIN_RETRY_MAX = 30.0
 _STREAM_REQUESTS = (PushPull, _ProfileRequest)
 
 
-class PeerDaemon:
-    def __init__(self, config: PeerConfig, keyring: Keyring, profiles: ProfileSource, *,
-                 key_path: Path | None = None) -> None:
-        if not keyring.enabled:
-            raise ConfigError("a peer never runs without the cluster key (see --key-file)")
+class GossipShell:
+    """The trio shell of one peer's `Membership` core. Built by the
+    composition root (`nanomesh.daemon.assemble`) once the core exists; the
+    control plane's profile sections and its wish to replan come in and go
+    out as callables, so the shell knows nothing above membership."""
+
+    def __init__(self, config: PeerConfig, keyring: Keyring, core: Membership,
+                 profiles: ProfileSource, discovered: dict[str, Any], *,
+                 disk: DiskHealth, traffic: Traffic,
+                 sections: Callable[[], Mapping[str, Any]],
+                 membership_changed: Callable[[], None],
+                 storage_problems: Callable[[], Sequence[str]]) -> None:
         self.config = config
         self.keyring = keyring
-        self.key_path = key_path
-        """The key file, rewritten on a live key rotation (None: not kept)."""
-        self.internal_calls = InternalCalls()
-        """Checks other peers' signed calls to this one (`nanomesh.auth`)."""
+        self.core = core
         self.profiles = profiles
-        # Service traffic (instances' ZeroMQ, the event relay, the gateway
-        # link) is authenticated with keys derived from the cluster key.
-        self.credentials = servicekeys.Credentials(keyring) if keyring.enabled else None
-        servicekeys.install(None if self.credentials is None else self.credentials.keys)
-        self.started_wall = time.time()
-        self.dropped: collections.Counter[str] = collections.Counter()
-        self.bytes_out = 0
-        self.bytes_in = 0
-        self.api_stats = ServerStats()
-        """What the HTTP API refused or cut off (``/v1/health`` shows it)."""
-        self.core: Membership | None = None
-        self.mesh: MeshControl | None = None
-        self._discovered: dict[str, Any] = {}
+        self._discovered = discovered
+        self.disk = disk
+        """Writes to the data directory that fail right now (`nanomesh.disk`)."""
+        self.traffic = traffic
+        self._sections = sections
+        """The control plane's part of our profile (Raft role, instances, bundles)."""
+        self._membership_changed = membership_changed
+        self._storage_problems = storage_problems
+        """The Raft node's storage problems, part of `disk_problems`."""
         self._saved_incarnation = -1
         self._membership_dirty = False
-        self.disk = DiskHealth()
-        """Writes to the data directory that fail right now (`nanomesh.disk`)."""
         self._published_problems: list[str] = []
-        self._seeds: tuple[Address, ...] = ()
         self._udp: socket.socket | None = None
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._joined = trio.Event()
         self._join_round_done = trio.Event()
         self._join_pending = 0
-        self._stopping = False
         self._streams = StreamAdmission()
 
     # ------------------------------------------------------------ lifecycle
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-                  ) -> None:
-        cfg = self.config
-        last_incarnation, remembered = prepare_data_dir(cfg.data_dir)
-        # Without --join (the founder, typically), rejoin the peers we knew
-        # before a restart instead of waiting for them to find us.
-        self._seeds = cfg.join or tuple(a for a in remembered if a != cfg.bind)
-        self._discovered = await trio.to_thread.run_sync(self.profiles.initial)
-        # One above our previous life's incarnation: what we say now outranks
-        # anything the mesh remembers about us, profile version included.
-        self.core = Membership(cfg.name, cfg.bind, cfg.gossip,
-                               random.Random(int.from_bytes(os.urandom(8), "big")),
-                               trio.current_time(), profile=self._discovered,
-                               incarnation=last_incarnation + 1)
-        self.mesh = MeshControl(self)
-        # Open every socket before starting anything, so that a port in use or
-        # an address this host does not have is one clear error.
-        self._udp = _listening("gossip (UDP)", cfg.bind, lambda: _bind_udp(cfg.bind))
-        listeners = await _open_tcp("gossip (TCP)", cfg.bind)
-        api_listeners = await _open_tcp("HTTP API", cfg.api_addr)
-        if cfg.coap_port:
-            from nanomesh.gateway.coap import check_gateway_port
-            check_gateway_port((cfg.bind[0], cfg.coap_port))
+    async def serve(self, udp: socket.socket, listeners: list[trio.SocketListener], *,
+                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Receive datagrams, tick the core's timers and serve gossip streams on
+        the already-open sockets; outgoing stream calls run here too."""
+        self._udp = udp
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            # Signals first: a SIGTERM during start-up must still mean "leave".
-            await nursery.start(self._watch_signals, nursery.cancel_scope)
             nursery.start_soon(self._receive_datagrams)
             nursery.start_soon(self._run_timers)
             nursery.start_soon(trio.serve_listeners, self._serve_stream, listeners)
-            routes = {**api_routes(self), **mesh_routes(self), **self.mesh.internal_routes(),
-                      **keyring_routes(self),
-                      **naming_routes(self), **runtime_routes(self),
-                      **self.mesh.bundle_and_registry_routes()}
-            await nursery.start(functools.partial(
-                serve_http, large_bodies=self.mesh.bundle_body_limits(), stats=self.api_stats),
-                routes, api_listeners)
-            if cfg.coap_port:
-                await nursery.start(self._serve_coap_gateway)
-            if cfg.events_xpub_port and cfg.events_xsub_port:
-                # Pub/sub relay between nanoservices (ConfigError if a port is taken).
-                from nanomesh.events import serve_event_relay
-                await nursery.start(functools.partial(
-                    serve_event_relay, credentials=self.credentials),
-                    cfg.bind[0], cfg.events_xsub_port, cfg.events_xpub_port)
-            # The control plane may wait seconds for gossip before it bootstraps
-            # Raft; membership and the API are up meanwhile.
-            nursery.start_soon(self.mesh.run)
-            nursery.start_soon(self._refresh_profile)
-            nursery.start_soon(self._watch_disk)
-            log.info("peer %s listening: gossip %s:%d (udp+tcp), api http://%s:%d, "
-                     "encryption %s, preset probe_interval=%.2fs", cfg.name, *cfg.bind,
-                     cfg.bind[0], cfg.api_port, "on" if self.keyring.enabled else "OFF",
-                     cfg.gossip.probe_interval)
-            if self._seeds:
-                nursery.start_soon(self._join_until_joined)
             task_status.started()
-
-    async def _serve_coap_gateway(
-            self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
-        """``coap://<our IP>:<coap_port>/s/<service>/<path>``, resolved
-        through our gossip view (our own instances first)."""
-        from nanomesh.gateway.coap import serve_coap_gateway
-        from nanomesh.naming import resolve
-        core, me = self.core, self.config.name
-        assert core is not None
-        await serve_coap_gateway((self.config.bind[0], self.config.coap_port),
-                                 lambda service: resolve(core.members(), service, me=me),
-                                 services=lambda: service_names(self),
-                                 visibility=lambda service: service_visibility(self, service),
-                                 me=me, keys=None if self.credentials is None
-                                 else self.credentials.keys, task_status=task_status)
-
-    async def _watch_signals(self, scope: trio.CancelScope, *,
-                             task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-                             ) -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            task_status.started()
-            async for signum in signals:
-                log.info("received %s: leaving the mesh", signal.Signals(signum).name)
-                await self.leave()
-                scope.cancel()
-                return
 
     async def leave(self) -> None:
         """Announce a graceful leave and give it time to spread."""
-        assert self.core is not None and self.mesh is not None
-        self._stopping = True
-        await self.mesh.hand_over()
         self._execute(self.core.leave(trio.current_time()))
         await trio.sleep(LEAVE_PROPAGATION)
         log.info("left the mesh")
 
-    async def _join_until_joined(self) -> None:
+    async def join_until_joined(self, seeds: tuple[Address, ...]) -> None:
         """Contact the seeds until one answers, with capped exponential back-off
         (Consul's retry_join): seeds that boot later are still found."""
-        assert self.core is not None
         delay = 1.0
-        seeds = ", ".join(f"{h}:{p}" for h, p in self._seeds)
+        shown = ", ".join(f"{h}:{p}" for h, p in seeds)
         while not self._joined.is_set():
-            log.info("joining via %s", seeds)
-            calls = self.core.join(self._seeds, trio.current_time())
+            log.info("joining via %s", shown)
+            calls = self.core.join(seeds, trio.current_time())
             self._join_round_done = trio.Event()
             self._join_pending = len(calls)
             self._execute(calls)
@@ -253,22 +161,22 @@ class PeerDaemon:
             if self._joined.is_set():
                 return
             log.warning("no seed answered (%s); retrying in %.0fs. If the seeds are up, check "
-                        "that this peer has the mesh's cluster key (--key-file)", seeds, delay)
+                        "that this peer has the mesh's cluster key (--key-file)", shown, delay)
             await trio.sleep(delay)
             delay = min(delay * 2, JOIN_RETRY_MAX)
 
     # ------------------------------------------------------------ datagrams and timers
 
     async def _receive_datagrams(self) -> None:
-        assert self._udp is not None and self.core is not None
+        assert self._udp is not None
         sock = trio.socket.from_stdlib_socket(self._udp)
         while True:
             try:
                 data, addr = await sock.recvfrom(MAX_DATAGRAM_IN + 1)
             except OSError as exc:  # e.g. ICMP errors surfacing on the socket
-                self.dropped["recv-" + type(exc).__name__] += 1
+                self.traffic.dropped["recv-" + type(exc).__name__] += 1
                 continue
-            self.bytes_in += len(data)
+            self.traffic.bytes_in += len(data)
             try:
                 messages = open_envelope(data, self.keyring)
             except RemoteProtocolError as exc:
@@ -286,11 +194,10 @@ class PeerDaemon:
         try:
             yield
         except Exception:
-            self.dropped["internal-error"] += 1
+            self.traffic.dropped["internal-error"] += 1
             log.exception("BUG: handling a %s from %s raised; the input was dropped", what, addr)
 
     async def _run_timers(self) -> None:
-        assert self.core is not None
         while True:
             self._wake = trio.Event()
             with trio.move_on_at(self.core.next_deadline()):
@@ -298,11 +205,11 @@ class PeerDaemon:
             self._execute(self.core.tick(trio.current_time()))
 
     def _drop(self, exc: RemoteProtocolError, addr: Any) -> None:
-        self.dropped[exc.reason] += 1
+        self.traffic.dropped[exc.reason] += 1
         log.debug("dropped packet from %s: %s", addr, exc)
-        if self.dropped[exc.reason] in (1, 100, 10_000):
+        if self.traffic.dropped[exc.reason] in (1, 100, 10_000):
             log.warning("dropping %s packets (%d so far), latest from %s: %s",
-                        exc.reason, self.dropped[exc.reason], addr, exc)
+                        exc.reason, self.traffic.dropped[exc.reason], addr, exc)
 
     # ------------------------------------------------------------ effects
 
@@ -318,22 +225,21 @@ class PeerDaemon:
                     _log_notification(e)
                     if isinstance(e, MemberJoined | MemberFailed | MemberLeft):
                         self._membership_dirty = True
-                    if self.mesh is not None and not isinstance(e, Refuted):
-                        self.mesh.membership_changed()
+                    if not isinstance(e, Refuted):
+                        self._membership_changed()
         self._wake.set()  # the core's next deadline may have moved
         self._save_state_if_changed()
 
     def _save_state_if_changed(self) -> None:
         core = self.core
-        if core is None or self.disk.failing(_PEER_STATE_KEY) or (
+        if self.disk.failing(_PEER_STATE_KEY) or (
                 core.incarnation == self._saved_incarnation and not self._membership_dirty):
-            return  # a failed save is retried by _watch_disk, with back-off
+            return  # a failed save is retried by watch_disk, with back-off
         self._save_state()
 
     def _save_state(self) -> bool:
         """Save peer.json now; on a failure keep it dirty, report the problem
         and return False (the daemon goes on: it only matters at a restart)."""
-        assert self.core is not None
         core = self.core
         alive = [m.addr for m in core.members()
                  if m.state is MemberState.ALIVE and m.name != core.name]
@@ -352,7 +258,7 @@ class PeerDaemon:
 
     # ------------------------------------------------------------ the data disk
 
-    async def _watch_disk(self) -> None:
+    async def watch_disk(self) -> None:
         """Retry a failed peer-state save (with back-off), read the free space
         and the Raft node's storage problems, and publish the problems (log,
         profile) when they change. Runs once a second while all is well."""
@@ -371,8 +277,7 @@ class PeerDaemon:
 
     def disk_problems(self) -> list[str]:
         """Every current problem of this peer's data disk (empty: healthy)."""
-        node = self.consensus
-        return self.disk.problems(node.storage_problems if node is not None else ())
+        return self.disk.problems(self._storage_problems())
 
     def _publish_disk_problems(self) -> None:
         problems = self.disk_problems()
@@ -390,16 +295,15 @@ class PeerDaemon:
         data = seal(e.messages, self.keyring)
         try:
             self._udp.sendto(data, e.addr)
-            self.bytes_out += len(data)
+            self.traffic.bytes_out += len(data)
         except (BlockingIOError, OSError) as exc:
             # UDP is lossy anyway: a full buffer or an unreachable network is
             # a lost packet, which SWIM is built to survive.
-            self.dropped["send-" + type(exc).__name__] += 1
+            self.traffic.dropped["send-" + type(exc).__name__] += 1
 
     # ------------------------------------------------------------ streams
 
     async def _stream_call(self, call: StreamCall) -> None:
-        assert self.core is not None
         reply: StreamMessage | None = None
         with trio.move_on_after(self.config.gossip.stream_timeout):
             try:
@@ -408,7 +312,7 @@ class PeerDaemon:
                 async with stream:
                     request = frame(seal([call.request], self.keyring))
                     await stream.send_all(request)
-                    self.bytes_out += len(request)
+                    self.traffic.bytes_out += len(request)
                     reply = _only_stream(await self._read_frame(stream))
             except (OSError, trio.BrokenResourceError) as exc:
                 log.debug("%s call to %s:%d failed: %s", call.purpose, *call.addr, exc)
@@ -424,7 +328,6 @@ class PeerDaemon:
             self._join_finished(call, reply is not None)
 
     def _join_finished(self, call: StreamCall, ok: bool) -> None:
-        assert self.core is not None
         if ok and not self._joined.is_set():
             self._joined.set()
             log.info("joined the mesh via %s:%d (%d members known)", *call.addr,
@@ -436,7 +339,7 @@ class PeerDaemon:
     async def _serve_stream(self, stream: trio.SocketStream) -> None:
         source = _peer_ip(stream)
         if not self._streams.admit(source):
-            self.dropped["stream-limit"] += 1
+            self.traffic.dropped["stream-limit"] += 1
             await stream.aclose()
             return
         try:
@@ -445,7 +348,6 @@ class PeerDaemon:
             self._streams.release(source)
 
     async def _serve_admitted_stream(self, stream: trio.SocketStream, source: str) -> None:
-        assert self.core is not None
         async with stream:
             with trio.move_on_after(self.config.gossip.stream_timeout):
                 try:
@@ -456,7 +358,7 @@ class PeerDaemon:
                 except (OSError, trio.BrokenResourceError):
                     return
                 if not isinstance(request, _STREAM_REQUESTS):
-                    self.dropped["unexpected"] += 1
+                    self.traffic.dropped["unexpected"] += 1
                     return
                 reply: StreamMessage | None = None
                 effects: list[Effect] = []
@@ -470,7 +372,7 @@ class PeerDaemon:
                         await stream.send_all(data)
                     except (OSError, trio.BrokenResourceError):
                         return
-                    self.bytes_out += len(data)
+                    self.traffic.bytes_out += len(data)
 
     async def _read_frame(self, stream: trio.SocketStream, *, source: str | None = None
                           ) -> list[Any]:
@@ -483,7 +385,7 @@ class PeerDaemon:
             body = await _receive_exactly(stream, length)
         else:
             body = await self._receive_admitted(stream, source, length)
-        self.bytes_in += FRAME_PREFIX_LEN + len(body)
+        self.traffic.bytes_in += FRAME_PREFIX_LEN + len(body)
         return open_envelope(body, self.keyring, limit=MAX_FRAME)
 
     async def _receive_admitted(self, stream: trio.SocketStream, source: str, length: int
@@ -508,7 +410,7 @@ class PeerDaemon:
 
     # ------------------------------------------------------------ profile
 
-    async def _refresh_profile(self) -> None:
+    async def refresh_profile(self) -> None:
         while True:
             await trio.sleep(self.config.profile_refresh)
             fresh = await trio.to_thread.run_sync(self.profiles.refresh, self._discovered)
@@ -519,17 +421,11 @@ class PeerDaemon:
     def republish_profile(self) -> None:
         """Gossip the discovered profile plus the control plane's sections, if
         that differs from what we published last (a new profile version)."""
-        assert self.core is not None
-        sections = self.mesh.profile_sections() if self.mesh is not None else {}
-        profile = {**self._discovered, **sections}
+        profile = {**self._discovered, **self._sections()}
         if self._published_problems:
             profile[DEGRADED_KEY] = list(self._published_problems)
         if profile != self.core.me.profile:
             self._execute(self.core.update_profile(profile, trio.current_time()))
-
-    @property
-    def consensus(self) -> ConsensusNode | None:
-        return self.mesh.consensus if self.mesh is not None else None
 
 
 def _as_datagram(messages: list[Any]) -> list[DatagramMessage]:
@@ -563,32 +459,6 @@ async def _receive_exactly(stream: trio.SocketStream, n: int) -> bytes:
             raise RemoteProtocolError("malformed", "stream closed mid-frame")
         buf += chunk
     return bytes(buf)
-
-
-def _listening(what: str, addr: Address, open_: Callable[[], T]) -> T:
-    try:
-        return open_()
-    except OSError as exc:
-        raise ConfigError(f"cannot listen for {what} on {addr[0]}:{addr[1]}: "
-                          f"{exc.strerror or exc}") from None
-
-
-async def _open_tcp(what: str, addr: Address) -> list[trio.SocketListener]:
-    try:
-        return await trio.open_tcp_listeners(addr[1], host=addr[0])
-    except OSError as exc:
-        raise ConfigError(f"cannot listen for {what} on {addr[0]}:{addr[1]}: "
-                          f"{exc.strerror or exc}") from None
-
-
-def _bind_udp(addr: Address) -> socket.socket:
-    family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    sock.setblocking(False)
-    # Room for bursts of acks and gossip while the event loop is busy.
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-    sock.bind(addr)
-    return sock
 
 
 PEER_STATE = "peer.json"

@@ -1,0 +1,312 @@
+"""The composition root of the peer daemon: the one module that builds every
+part and runs them. No other module under `nanomesh.daemon` imports it;
+parts see each other only through the narrow views it hands them
+(`nanomesh.daemon.views`, each route group's context).
+
+Parts, built in `PeerAssembly.run` once the gossip core exists:
+
+- the membership shell (`membership.GossipShell`) around the SWIM core;
+- the runtime of our instances (`local_runtime.LocalRuntime`: driver, port
+  allocator, reconciler);
+- the Raft role manager (`nanomesh.consensus.roles`) with its view of the
+  mesh and its calls to other peers (`control_loop.RoleCalls`);
+- the bundle store and its service (`bundle_service`);
+- the control loop (`control_loop.ControlLoop`);
+- who may do what (`api_auth.Access`);
+- the HTTP API with every route group.
+
+Start order (all tasks in one nursery):
+
+1. prepare the data directory, read the previous life's incarnation and
+   peers, discover this machine's profile, build the core and the parts;
+2. open every socket (gossip UDP and TCP, the API, the CoAP port check)
+   before starting anything, so that a port in use or an address this host
+   does not have is one clear error;
+3. signals first: a SIGTERM during start-up must still mean "leave";
+4. the gossip shell, then the HTTP API, the CoAP gateway, the event relay;
+5. the control plane (bundles checked, runtime, Raft roles, control loop):
+   it may wait seconds for gossip before it bootstraps Raft, while
+   membership and the API are up;
+6. the profile refresher, the disk watcher, and joining the seeds.
+
+Graceful leave (SIGINT/SIGTERM): mark the peer as leaving (``/v1/health``
+says so), hand Raft membership over (bounded, `control_loop.HAND_OVER_TIMEOUT`),
+then announce the leave by gossip and give it time to spread; then exit.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import random
+import signal
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import trio
+
+from nanomesh import servicekeys
+from nanomesh.auth import InternalCalls
+from nanomesh.bundles import BUNDLES_SECTION
+from nanomesh.config import PeerConfig
+from nanomesh.consensus import ConsensusNode, RaftTiming
+from nanomesh.consensus.roles import RaftRoleManager, RoleConfig
+from nanomesh.daemon.api import HealthContext, api_routes
+from nanomesh.daemon.api_auth import Access
+from nanomesh.daemon.api_keyring import KeyringContext, keyring_routes
+from nanomesh.daemon.api_mesh import MeshContext, mesh_routes
+from nanomesh.daemon.api_naming import (
+    NamingContext,
+    naming_routes,
+    service_names,
+    service_visibility,
+)
+from nanomesh.daemon.api_raft import raft_routes
+from nanomesh.daemon.api_runtime import RuntimeContext, runtime_routes
+from nanomesh.daemon.bundle_service import (
+    BundleService,
+    bundle_and_registry_routes,
+    bundle_body_limits,
+)
+from nanomesh.daemon.control_loop import ControlLoop, RoleCalls, instances_section
+from nanomesh.daemon.http import serve_http
+from nanomesh.daemon.http_limits import ServerStats
+from nanomesh.daemon.local_runtime import LocalRuntime
+from nanomesh.daemon.membership import GossipShell, prepare_data_dir
+from nanomesh.daemon.peer_calls import PeerCalls
+from nanomesh.daemon.profile import ProfileSource
+from nanomesh.daemon.views import Routes, Traffic
+from nanomesh.disk import DiskHealth
+from nanomesh.errors import ConfigError
+from nanomesh.gossip.machine import Membership
+from nanomesh.wire import Address, Keyring
+
+log = logging.getLogger("nanomesh.peer")
+T = TypeVar("T")
+
+
+class PeerAssembly:
+    """One peer daemon: `run` builds its parts and runs them until a signal."""
+
+    def __init__(self, config: PeerConfig, keyring: Keyring, profiles: ProfileSource, *,
+                 key_path: Path | None = None, roles: RoleConfig | None = None,
+                 timing: RaftTiming | None = None) -> None:
+        if not keyring.enabled:
+            raise ConfigError("a peer never runs without the cluster key (see --key-file)")
+        self.config = config
+        self.keyring = keyring
+        self.key_path = key_path
+        """The key file, rewritten on a live key rotation (None: not kept)."""
+        self.profiles = profiles
+        self._role_config = roles or RoleConfig()
+        self._timing = timing or RaftTiming.lan()
+        # Service traffic (instances' ZeroMQ, the event relay, the gateway
+        # link) is authenticated with keys derived from the cluster key.
+        self.credentials = servicekeys.Credentials(keyring)
+        servicekeys.install(self.credentials.keys)
+        self.started_wall = time.time()
+        self.stopping = False
+        """True once a graceful leave began (``/v1/health`` says "leaving")."""
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        cfg = self.config
+        last_incarnation, remembered = prepare_data_dir(cfg.data_dir)
+        # Without --join (the founder, typically), rejoin the peers we knew
+        # before a restart instead of waiting for them to find us.
+        seeds = cfg.join or tuple(a for a in remembered if a != cfg.bind)
+        discovered = await trio.to_thread.run_sync(self.profiles.initial)
+        # One above our previous life's incarnation: what we say now outranks
+        # anything the mesh remembers about us, profile version included.
+        core = Membership(cfg.name, cfg.bind, cfg.gossip,
+                          random.Random(int.from_bytes(os.urandom(8), "big")),
+                          trio.current_time(), profile=discovered,
+                          incarnation=last_incarnation + 1)
+        parts = self._build(core, discovered)
+        # Open every socket before starting anything, so that a port in use or
+        # an address this host does not have is one clear error.
+        udp = _listening("gossip (UDP)", cfg.bind, lambda: _bind_udp(cfg.bind))
+        listeners = await _open_tcp("gossip (TCP)", cfg.bind)
+        api_listeners = await _open_tcp("HTTP API", cfg.api_addr)
+        if cfg.coap_port:
+            from nanomesh.gateway.coap import check_gateway_port
+            check_gateway_port((cfg.bind[0], cfg.coap_port))
+        async with trio.open_nursery() as nursery:
+            # Signals first: a SIGTERM during start-up must still mean "leave".
+            await nursery.start(self._watch_signals, parts, nursery.cancel_scope)
+            await nursery.start(parts.shell.serve, udp, listeners)
+            await nursery.start(functools.partial(
+                serve_http, large_bodies=bundle_body_limits(parts.access),
+                stats=parts.api_stats), parts.routes, api_listeners)
+            if cfg.coap_port:
+                await nursery.start(self._serve_coap_gateway, parts)
+            if cfg.events_xpub_port and cfg.events_xsub_port:
+                # Pub/sub relay between nanoservices (ConfigError if a port is taken).
+                from nanomesh.events import serve_event_relay
+                await nursery.start(functools.partial(
+                    serve_event_relay, credentials=self.credentials),
+                    cfg.bind[0], cfg.events_xsub_port, cfg.events_xpub_port)
+            # The control plane may wait seconds for gossip before it bootstraps
+            # Raft; membership and the API are up meanwhile.
+            nursery.start_soon(_run_control_plane, parts)
+            nursery.start_soon(parts.shell.refresh_profile)
+            nursery.start_soon(parts.shell.watch_disk)
+            log.info("peer %s listening: gossip %s:%d (udp+tcp), api http://%s:%d, "
+                     "encryption %s, preset probe_interval=%.2fs", cfg.name, *cfg.bind,
+                     cfg.bind[0], cfg.api_port, "on" if self.keyring.enabled else "OFF",
+                     cfg.gossip.probe_interval)
+            if seeds:
+                nursery.start_soon(parts.shell.join_until_joined, seeds)
+            task_status.started()
+
+    def _build(self, core: Membership, discovered: dict[str, Any]) -> _Parts:
+        """Every part, wired through callables and narrow contexts. The
+        closures below name parts built after them (``shell``, ``roles``):
+        they are only called once everything is built and running."""
+        cfg = self.config
+        members = core.members
+        disk = DiskHealth()
+        calls = PeerCalls(self.keyring)
+
+        def consensus() -> ConsensusNode | None:
+            return roles.node
+
+        def republish() -> None:
+            shell.republish_profile()
+
+        bundles = BundleService(cfg.name, cfg.data_dir, self.keyring, members, republish)
+        runtime = LocalRuntime(cfg, self._role_config.raft_port, bundles.fetch_bundle,
+                               self.credentials.instance_env, republish)
+        role_calls = RoleCalls(cfg.name, members, calls, consensus)
+        roles = RaftRoleManager(
+            cfg.bind[0], cfg.data_dir / "consensus", keyring=self.keyring,
+            timing=self._timing, founder=not cfg.join,
+            voters_hint=role_calls.voters_hint, config=self._role_config,
+            view=role_calls.view, ask_promote=role_calls.ask_promote,
+            ask_remove=role_calls.ask_remove, epoch_hint=role_calls.epoch_hint)
+        control = ControlLoop(cfg.name, cfg.data_dir, founder=not cfg.join, roles=roles,
+                              driver=runtime.driver, reconciler=runtime.reconciler,
+                              members=members, disk=disk, republish=republish)
+
+        def profile_sections() -> dict[str, Any]:
+            """What the control plane adds to our gossiped profile: the Raft
+            role, our instances' states, the bundles we serve, the runtime."""
+            return {"raft": roles.profile_section(),
+                    "instances": instances_section(runtime.driver.status()),
+                    BUNDLES_SECTION: bundles.held, "runtime": runtime.section}
+
+        def storage_problems() -> tuple[str, ...]:
+            node = roles.node
+            return tuple(node.storage_problems) if node is not None else ()
+
+        traffic = Traffic()
+        shell = GossipShell(cfg, self.keyring, core, self.profiles, discovered,
+                            disk=disk, traffic=traffic, sections=profile_sections,
+                            membership_changed=control.membership_changed,
+                            storage_problems=storage_problems)
+        access = Access(self.keyring, InternalCalls(), consensus,
+                        runtime.driver.instance_token)
+        api_stats = ServerStats()
+        """What the HTTP API refused or cut off (``/v1/health`` shows it)."""
+        routes: Routes = {
+            **api_routes(HealthContext(
+                core, f"{cfg.bind[0]}:{cfg.api_port}", self.started_wall,
+                shell.disk_problems, lambda: self.stopping, consensus, traffic, api_stats)),
+            **mesh_routes(MeshContext(cfg.name, access, consensus, members, roles)),
+            **raft_routes(roles, access),
+            **keyring_routes(KeyringContext(cfg.name, self.keyring, self.key_path, access,
+                                            members, calls)),
+            **naming_routes(NamingContext(cfg.name, members, consensus)),
+            **runtime_routes(RuntimeContext(cfg.name, runtime.log_dir, access)),
+            **bundle_and_registry_routes(bundles, access, consensus)}
+        return _Parts(core, shell, bundles, runtime, roles, control, access, routes,
+                      api_stats)
+
+    async def _serve_coap_gateway(
+            self, parts: _Parts, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """``coap://<our IP>:<coap_port>/s/<service>/<path>``, resolved
+        through our gossip view (our own instances first)."""
+        from nanomesh.gateway.coap import serve_coap_gateway
+        from nanomesh.naming import resolve
+        core, me, roles = parts.core, self.config.name, parts.roles
+        await serve_coap_gateway((self.config.bind[0], self.config.coap_port),
+                                 lambda service: resolve(core.members(), service, me=me),
+                                 services=lambda: service_names(roles.node, core.members()),
+                                 visibility=lambda service: service_visibility(roles.node,
+                                                                               service),
+                                 me=me, keys=self.credentials.keys, task_status=task_status)
+
+    async def _watch_signals(self, parts: _Parts, scope: trio.CancelScope, *,
+                             task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                             ) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            task_status.started()
+            async for signum in signals:
+                log.info("received %s: leaving the mesh", signal.Signals(signum).name)
+                await self._leave(parts)
+                scope.cancel()
+                return
+
+    async def _leave(self, parts: _Parts) -> None:
+        """Hand Raft membership over, then announce the leave by gossip."""
+        self.stopping = True
+        await parts.control.hand_over()
+        await parts.shell.leave()
+
+
+class _Parts:
+    """Everything `PeerAssembly._build` made (kept together for `run`)."""
+
+    def __init__(self, core: Membership, shell: GossipShell, bundles: BundleService,
+                 runtime: LocalRuntime, roles: RaftRoleManager, control: ControlLoop,
+                 access: Access, routes: Routes, api_stats: ServerStats) -> None:
+        self.core = core
+        self.shell = shell
+        self.bundles = bundles
+        self.runtime = runtime
+        self.roles = roles
+        self.control = control
+        self.access = access
+        self.routes = routes
+        self.api_stats = api_stats
+
+
+async def _run_control_plane(parts: _Parts) -> None:
+    """Bundles checked, then the runtime (it republishes our profile once it
+    knows its cgroups and engines), the Raft role manager, the control loop."""
+    await parts.bundles.prepare()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(parts.runtime.run)
+        await nursery.start(parts.roles.run)
+        await nursery.start(parts.control.run)
+
+
+def _listening(what: str, addr: Address, open_: Callable[[], T]) -> T:
+    try:
+        return open_()
+    except OSError as exc:
+        raise ConfigError(f"cannot listen for {what} on {addr[0]}:{addr[1]}: "
+                          f"{exc.strerror or exc}") from None
+
+
+async def _open_tcp(what: str, addr: Address) -> list[trio.SocketListener]:
+    try:
+        return await trio.open_tcp_listeners(addr[1], host=addr[0])
+    except OSError as exc:
+        raise ConfigError(f"cannot listen for {what} on {addr[0]}:{addr[1]}: "
+                          f"{exc.strerror or exc}") from None
+
+
+def _bind_udp(addr: Address) -> socket.socket:
+    family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    # Room for bursts of acks and gossip while the event loop is busy.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    sock.bind(addr)
+    return sock

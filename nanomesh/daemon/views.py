@@ -1,0 +1,35 @@
+"""Small shared types through which the daemon's parts see each other.
+
+The composition root (`nanomesh.daemon.assemble`) builds every part and
+hands each one these views instead of the part that owns the data, so no
+part holds another part, let alone the root.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from nanomesh.consensus import ConsensusNode
+from nanomesh.daemon.http import Handler
+from nanomesh.gossip.members import Member
+
+Members = Callable[[], list[Member]]
+"""The gossip view: every member this peer knows, itself included."""
+
+NodeSource = Callable[[], ConsensusNode | None]
+"""This peer's current consensus node (None while the role manager runs none)."""
+
+Routes = dict[tuple[str, str], Handler]
+"""A route group: ``(method, path pattern) -> handler`` (`nanomesh.daemon.http`)."""
+
+
+@dataclass
+class Traffic:
+    """Gossip bytes in and out, and packets dropped by reason (counted by
+    `nanomesh.daemon.membership.GossipShell`, shown by ``GET /v1/health``)."""
+
+    dropped: collections.Counter[str] = field(default_factory=collections.Counter)
+    bytes_in: int = 0
+    bytes_out: int = 0
