@@ -38,8 +38,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from nanomesh.apiclient import ApiError, get_json  # noqa: E402
 from nanomesh.gossip.config import PRESETS  # noqa: E402
+from nanomesh.transport.apiclient import ApiError, get_json  # noqa: E402
 
 RESULTS_DIR = REPO_ROOT / "experiments" / "results"
 PY = sys.executable

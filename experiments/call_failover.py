@@ -8,7 +8,7 @@ nanomesh deploy``, bundle upload included), and runs T trials. Each trial:
 
 1. waits until every peer sees the instance running and healthy on the same
    peer, twice ``--settle`` s apart; picks a random surviving peer as the
-   caller's peer and opens, before the kill, a ``nanomesh.client`` connection
+   caller's peer and opens, before the kill, a ``nanomesh.sdk.client`` connection
    to its API (one successful call) and an aiocoap client context;
 2. SIGKILLs the hosting peer (t0 = just before the kill);
 3. waits until the victim's instance process has ended (its shim stops it
@@ -61,8 +61,8 @@ from name_latency import (
     wait_running,
 )
 
-from nanomesh import client
-from nanomesh.apiclient import ApiError
+from nanomesh.sdk import client
+from nanomesh.transport.apiclient import ApiError
 
 COLUMNS = ["trial", "victim", "victim_was_leader", "caller", "new_host", "client_ok_s",
            "coap_ok_s", "old_instance_gone_s", "client_attempts", "coap_attempts",
@@ -276,7 +276,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="nm-cfo-") as tmp:
         root = Path(tmp)
         key = ml.keygen(root / "cluster.key")
-        os.environ["NANOMESH_KEY_FILE"] = str(key)  # nanomesh.client: a member's calls
+        os.environ["NANOMESH_KEY_FILE"] = str(key)  # nanomesh.sdk.client: a member's calls
         mesh = Mesh60(args.peers, root, preset=args.preset, key_file=key,
                       first_octet=args.first_octet, prefix="cfo")
         try:
@@ -352,7 +352,7 @@ def main() -> int:
     print(f"Call failover, {args.peers} loopback peers, {len(rows)}/{args.trials} SIGKILLs of "
           f"the peer hosting echo (replicas = 1): a call by name from a survivor succeeds "
           f"again after median {c.get('median', nan):.3f}s, max {c.get('max', nan):.3f}s "
-          f"(nanomesh.client) and median {k.get('median', nan):.3f}s, max "
+          f"(nanomesh.sdk.client) and median {k.get('median', nan):.3f}s, max "
           f"{k.get('max', nan):.3f}s (CoAP gateway); the instance was seen running elsewhere "
           f"after median {summary['running_seen_s'].get('median', nan):.3f}s; "
           f"{summary['orphans_left']} orphans. Load {load:.2f} at start; run took "

@@ -34,11 +34,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from nanomesh.manifest import load_manifest  # noqa: E402
 from nanomesh.runtime.container import RuncLauncher  # noqa: E402
+from nanomesh.runtime.instance_spec import instance_spec_from  # noqa: E402
 from nanomesh.runtime.launch import LaunchContext  # noqa: E402
+from nanomesh.runtime.manifest import load_manifest  # noqa: E402
 from nanomesh.runtime.process import SHIM_ARGV  # noqa: E402
-from nanomesh.runtime.spec import instance_spec_from  # noqa: E402
 
 SERVICE = REPO_ROOT / "services" / "counter-container"
 HOST = "127.0.53.60"

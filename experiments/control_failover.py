@@ -54,8 +54,8 @@ from typing import Any
 
 import _meshlib as ml
 
-from nanomesh.apiclient import ApiError, request_json
 from nanomesh.consensus import RaftTiming
+from nanomesh.transport.apiclient import ApiError, request_json
 
 TARGET_MEDIAN_S = 0.5
 TARGET_MAX_S = 1.0

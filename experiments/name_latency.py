@@ -13,7 +13,7 @@ requests per path, ``--requests`` sequential ``GET echo/bench`` per path, in
 
 - ``coap_gateway``: ``coap://<caller's peer>:5683/s/echo/echo/bench`` with one
   aiocoap client context, as a constrained device would call by name;
-- ``client_zmq``: ``nanomesh.client`` connected to the caller's peer API,
+- ``client_zmq``: ``nanomesh.sdk.client`` connected to the caller's peer API,
   ``Mesh.call("echo", "echo/bench")``: resolution by name (``GET
   /v1/resolve/echo``, cached 2 s, so ~1 request in a few hundred includes
   it), then ZeroMQ straight to the instance;
@@ -22,11 +22,11 @@ requests per path, ``--requests`` sequential ``GET echo/bench`` per path, in
   peer's gateway link (``tcp://<peer>:5683``, `nanomesh.gateway.link`), which
   forwards it over CURVE to the instance;
 - baselines without naming: ``coap_direct`` (aiocoap to the instance's CoAP
-  endpoint) and ``zmq_direct`` (``nanomesh.rpc.zmq_call`` to its ZeroMQ
+  endpoint) and ``zmq_direct`` (``nanomesh.transport.rpc.zmq_call`` to its ZeroMQ
   endpoint).
 
 ZeroMQ paths are authenticated and encrypted with CURVE keys derived from the
-mesh's cluster key (`nanomesh.servicekeys`); echo is a public service, so its
+mesh's cluster key (`nanomesh.security.servicekeys`); echo is a public service, so its
 CoAP paths are plain CoAP as before, and the link forwards it to the
 instance's CoAP endpoint. ``--visibility private`` deploys it private: plain
 CoAP is then refused (those paths are skipped), and the link forwards over
@@ -70,12 +70,12 @@ import trio
 import trio_asyncio
 from control_failover import Mesh60, read_token, start_mesh
 
-from nanomesh import client
-from nanomesh.apiclient import ApiError
-from nanomesh.rpc import zmq_call
-from nanomesh.servicekeys import ServiceKeys
+from nanomesh.sdk import client
+from nanomesh.security.servicekeys import ServiceKeys
+from nanomesh.transport.apiclient import ApiError
+from nanomesh.transport.rpc import zmq_call
 from nanomesh.wire.envelope import Keyring
-from nanomesh.wire.rpc import Request
+from nanomesh.wire.service_traffic import Request
 
 COAP_PORT = 5683
 WARMUP = 200

@@ -49,7 +49,7 @@ from nanomesh.placement import (  # noqa: E402
     service_spec_from_dict,
     usage_by_peer,
 )
-from nanomesh.placement.spec import NetworkKind  # noqa: E402
+from nanomesh.placement.requirements import NetworkKind  # noqa: E402
 
 DEVICES = ["pir", "ble", "display", "camera", "pulse-oximeter", "body-temperature",
            "oxygen-controller", "speaker", "temperature", "humidity"]

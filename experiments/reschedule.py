@@ -61,7 +61,7 @@ from control_failover import (
     write_retry,
 )
 
-from nanomesh.apiclient import ApiError
+from nanomesh.transport.apiclient import ApiError
 
 TARGET_MEDIAN_S = 2.5
 SERVICE = "resched"

@@ -2,7 +2,7 @@
 
 Starts ``services/echo`` as a real process (the runtime's environment
 contract, loopback 127.0.51.100) and calls ``GET echo/bench`` from this
-process: sequential calls through `nanomesh.rpc.zmq_call` (p50 / p99 latency
+process: sequential calls through `nanomesh.transport.rpc.zmq_call` (p50 / p99 latency
 and calls per second), the same with 16 calls in flight, and sequential CoAP
 calls straight to the instance's CoAP endpoint (no gateway). Prints the
 numbers and writes one row per measurement to ``experiments/results/rpc.csv``.
@@ -29,9 +29,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from nanomesh.coapio import open_coap_client  # noqa: E402
-from nanomesh.rpc import RpcError, zmq_call  # noqa: E402
-from nanomesh.wire.rpc import Request  # noqa: E402
+from nanomesh.transport.coapio import open_coap_client  # noqa: E402
+from nanomesh.transport.rpc import RpcError, zmq_call  # noqa: E402
+from nanomesh.wire.service_traffic import Request  # noqa: E402
 
 IP = "127.0.51.100"
 REQUEST = Request("GET", "echo/bench")

@@ -30,8 +30,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from nanomesh.reconcile import StartInstance, spec_digest  # noqa: E402
 from nanomesh.runtime import ProcessDriver, StartContext, execute, open_process_driver  # noqa: E402
+from nanomesh.runtime.reconcile_core import StartInstance, spec_digest  # noqa: E402
 
 HOST = "127.0.53.61"
 """A loopback address of its own, so the experiment meets nothing else."""

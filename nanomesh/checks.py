@@ -47,3 +47,40 @@ def is_sha256_hex(value: Any) -> TypeGuard[str]:
 def kind_name(value: object) -> str:
     """What `value` is, for an error message: ``"null"`` or its type's name."""
     return "null" if value is None else type(value).__name__
+
+
+MAX_JSON_DEPTH = 32
+"""Deepest nesting of lists/dicts accepted in a spec or plan."""
+
+
+def is_json(value: Any, depth: int = 0) -> bool:
+    """True if `value` is JSON-shaped (see `JsonObject`), at most
+    `MAX_JSON_DEPTH` deep. Floats must be finite (NaN != NaN would make two
+    equal states compare unequal); strings must be valid Unicode (JSON can
+    carry a lone surrogate such as ``"\ud800"``, which no peer could encode
+    to run, digest or send)."""
+    if depth > MAX_JSON_DEPTH:
+        return False
+    if isinstance(value, str):
+        return is_text(value)
+    if value is None or isinstance(value, bool | int):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        return all(is_json(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and is_text(k) and is_json(v, depth + 1)
+                   for k, v in value.items())
+    return False
+
+
+def is_text(value: str) -> bool:
+    """Whether ``value`` encodes as UTF-8 (no lone surrogates)."""
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -51,10 +51,10 @@ gossip: CoAP's own default (RFC 7252 §6.1), so that ``coap://<peer>/s/NAME``
 needs no port. 0 in the config disables the gateway."""
 DEFAULT_EVENTS_XPUB_PORT = 7950
 """TCP port of the event relay's XPUB (subscribers connect), same IP as gossip
-(`nanomesh.events.DEFAULT_XPUB_PORT`)."""
+(`nanomesh.sdk.events.DEFAULT_XPUB_PORT`)."""
 DEFAULT_EVENTS_XSUB_PORT = 7951
 """TCP port of the event relay's XSUB (local publishers connect), same IP as
-gossip (`nanomesh.events.DEFAULT_XSUB_PORT`)."""
+gossip (`nanomesh.sdk.events.DEFAULT_XSUB_PORT`)."""
 DEFAULT_PROFILE_REFRESH = 5.0
 """Seconds between samples of live load. A sample only changes the published
 profile when it moved past `nanomesh.discovery.load_changed`'s thresholds."""
@@ -121,7 +121,7 @@ def default_data_dir(name: str) -> Path:
 def default_lab_dir() -> Path:
     """Where `nanomesh lab` runs its peers unless told (``--dir``):
     ``$NANOMESH_LAB_DIR``, else ``$XDG_STATE_HOME/nanomesh/lab``
-    (``~/.local/state/...``). The clients (`nanomesh.cli`, `nanomesh.client`)
+    (``~/.local/state/...``). The clients (`nanomesh.cli`, `nanomesh.sdk.client`)
     look there for a running lab's peers, cluster key and management token."""
     env = os.environ.get("NANOMESH_LAB_DIR")
     if env:

@@ -31,5 +31,5 @@ class ConfigError(NanomeshError):
 
 class IllegalTransition(NanomeshError, ValueError):
     """A state change that its transition table forbids: an instance's
-    lifecycle state (`nanomesh.lifecycle`) or this peer's Raft role
+    lifecycle state (`nanomesh.runtime.lifecycle`) or this peer's Raft role
     (`nanomesh.consensus.role_core`). Always a bug; the state is unchanged."""

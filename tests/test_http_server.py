@@ -10,10 +10,10 @@ from typing import Any
 
 import trio
 
-from nanomesh.auth import secret_matches
 from nanomesh.daemon import http
 from nanomesh.daemon.http import BodyLimit, Request, serve_http
 from nanomesh.daemon.http_limits import ServerLimits, ServerStats
+from nanomesh.security.auth import secret_matches
 
 HOST = "127.0.57.10"
 

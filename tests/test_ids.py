@@ -24,8 +24,8 @@ from nanomesh.ids import (
     split_instance_id,
 )
 from nanomesh.placement import SpecError, service_spec_from_dict
-from nanomesh.reconcile import wanted_here
 from nanomesh.runtime.oci import container_id
+from nanomesh.runtime.reconcile_core import wanted_here
 
 # id, strict split (None: ValueError), tolerant service, container id
 ID_TABLE: list[tuple[str, tuple[str, int] | None, str, str]] = [

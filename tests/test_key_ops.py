@@ -1,4 +1,4 @@
-"""Sealed key operations (`nanomesh.keys`): the replay defences (op id,
+"""Sealed key operations (`nanomesh.security.keys`): the replay defences (op id,
 issue time, action binding) and the checks that keep ``use`` and
 ``remove`` from cutting a member off. Pure: `now` is passed in."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from nanomesh.errors import RemoteProtocolError
-from nanomesh.keys import (
+from nanomesh.security.keys import (
     KEY_OP_WINDOW,
     KeyOp,
     KeyOpRefused,

@@ -1,4 +1,4 @@
-"""The reconcile core: one table row per rule of ``nanomesh.reconcile``'s docstring."""
+"""The reconcile core: one table row per rule of ``nanomesh.runtime.reconcile_core``'s docstring."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from nanomesh.errors import ConfigError
-from nanomesh.reconcile import (
+from nanomesh.runtime.reconcile_core import (
     STATES,
     TRANSITIONS,
     BackoffPolicy,
@@ -275,7 +275,7 @@ def test_spec_digest_ignores_placement_only_keys() -> None:
                         "description": "new words"}) == D
 
 
-DOC: dict[str, Any] = {  # the service document of nanomesh.manifest
+DOC: dict[str, Any] = {  # the service document of nanomesh.runtime.manifest
     "name": "spo2", "version": "1.0.0", "description": "SpO2", "kind": "process",
     "run": {"command": ["python3", "spo2.py"], "env": {}, "cwd": None},
     "spec": {"name": "spo2", "replicas": 1, "requires": {"cpu": 0.5},

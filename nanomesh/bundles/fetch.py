@@ -1,5 +1,5 @@
 """Fetching a bundle from the peers that hold it (trio, h11 over TCP, through
-the steps of `nanomesh.httpio.http_request`, the daemon's one HTTP client).
+the steps of `nanomesh.transport.httpio.http_request`, the daemon's one HTTP client).
 
 `fetch_bundle` tries each source peer's API in order with
 ``GET /v1/bundles/{sha}``, streams the body into the store's staging
@@ -27,7 +27,7 @@ from nanomesh.bundles.pack import MAX_BUNDLE_BYTES
 from nanomesh.bundles.store import BundleStore, check_sha
 from nanomesh.config import DEFAULT_API_PORT, parse_address
 from nanomesh.errors import ConfigError
-from nanomesh.httpio import connect, next_event, send_request
+from nanomesh.transport.httpio import connect, next_event, send_request
 
 log = logging.getLogger("nanomesh.bundles")
 

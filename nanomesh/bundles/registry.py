@@ -42,7 +42,7 @@ def registry_key(name: str, version: str) -> str:
 def registry_entry(manifest_doc: Mapping[str, Any], sha: str, size: int, pushed_by: str
                    ) -> dict[str, Any]:
     """The registry entry for a bundle whose manifest gave `manifest_doc` (a
-    service document from `nanomesh.manifest`); BundleError if the document or
+    service document from `nanomesh.runtime.manifest`); BundleError if the document or
     the other fields are unusable (a registry entry needs a version)."""
     spec = manifest_doc.get("spec")
     requires = spec.get("requires") if isinstance(spec, Mapping) else None

@@ -14,9 +14,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from nanomesh.auth import TOKEN_FILE, read_token_file
 from nanomesh.cli import lab
 from nanomesh.config import DEFAULT_API_PORT, default_lab_dir, host_port, parse_address
+from nanomesh.security.auth import TOKEN_FILE, read_token_file
 
 PEER_HELP = ("peer API to ask, IP[:PORT] (default: $NANOMESH_PEER, else the first peer "
              "of a running lab, else 127.0.0.1:7947)")

@@ -53,11 +53,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
 
-from nanomesh.apiclient import ApiError, get_json, request_json
-from nanomesh.auth import TOKEN_FILE, read_token_file
 from nanomesh.cli import lab
 from nanomesh.config import DEFAULT_API_PORT, DEFAULT_GOSSIP_PORT
 from nanomesh.errors import NanomeshError
+from nanomesh.security.auth import TOKEN_FILE, read_token_file
+from nanomesh.transport.apiclient import ApiError, get_json, request_json
 
 # The consensus package (trio, pysyncobj) and the manifest loader (placement,
 # runtime) are imported inside the two functions that use them: every
@@ -191,7 +191,7 @@ def write_manifest(doc: Mapping[str, Any], folder: Path) -> dict[str, Any]:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"# written by `nanomesh demo failover`; deploy it with "
                     f"`nanomesh deploy {path.parent}`\n" + to_toml(doc))
-    from nanomesh.manifest import load_manifest
+    from nanomesh.runtime.manifest import load_manifest
 
     load_manifest(path)
     with path.open("rb") as f:

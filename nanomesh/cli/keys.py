@@ -28,10 +28,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nanomesh.apiclient import request_bytes, request_json
 from nanomesh.cli.common import add_token_args, management_token, peer_api, print_table
 from nanomesh.errors import ConfigError
-from nanomesh.keys import KeyOp, fingerprint
+from nanomesh.security.keys import KeyOp, fingerprint
+from nanomesh.transport.apiclient import request_bytes, request_json
 from nanomesh.wire import Keyring, generate_key
 
 # This module also holds ``nanomesh keygen`` (`register_keygen`). Its
@@ -146,7 +146,7 @@ def _key_or_fingerprint(text: str, action: str) -> tuple[bytes | None, str | Non
 
 
 def _sealing_keyring(given: Path | None) -> Any:
-    from nanomesh.servicekeys import find_key_file
+    from nanomesh.security.servicekeys import find_key_file
 
     path = find_key_file(given)  # the same search as every other client's
     if path is None:

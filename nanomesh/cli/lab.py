@@ -21,9 +21,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from nanomesh.apiclient import ApiError, get_json
 from nanomesh.config import DEFAULT_API_PORT, DEFAULT_GOSSIP_PORT
 from nanomesh.errors import NanomeshError
+from nanomesh.transport.apiclient import ApiError, get_json
 from nanomesh.wire import generate_key
 
 STATE_FILE = "lab.json"

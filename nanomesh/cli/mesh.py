@@ -12,10 +12,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from nanomesh.apiclient import get_json
-from nanomesh.auth import REDACTED_KEY, TOKEN_SOURCES
 from nanomesh.cli.common import PEER_HELP, add_token_args, management_token, peer_api, print_table
 from nanomesh.disk import summary
+from nanomesh.security.auth import REDACTED_KEY, TOKEN_SOURCES
+from nanomesh.transport.apiclient import get_json
 
 
 def register_views(subparsers: Any) -> None:

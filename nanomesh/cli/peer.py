@@ -78,7 +78,7 @@ def _peer_run(args: argparse.Namespace) -> int:
     from nanomesh.consensus.recovery import hold_lock
     from nanomesh.daemon.assemble import PeerAssembly
     from nanomesh.daemon.profile import ProfileSource
-    from nanomesh.keys import resolve_keyring
+    from nanomesh.security.keys import resolve_keyring
 
     config = build_config(config_file=args.config, name=args.name, bind=args.bind,
                           join=args.join, data_dir=args.data_dir, key_file=args.key_file,
@@ -102,8 +102,8 @@ def _peer_run(args: argparse.Namespace) -> int:
 
 
 def _peer_recover(args: argparse.Namespace) -> int:
-    from nanomesh.auth import TOKEN_META_KEY
     from nanomesh.consensus import recovery
+    from nanomesh.security.auth import TOKEN_META_KEY
 
     consensus_dir = Path(args.data_dir) / "consensus"
     with recovery.hold_lock(consensus_dir):  # refuses while the peer runs

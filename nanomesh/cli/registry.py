@@ -19,8 +19,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from nanomesh.apiclient import get_json, request_bytes, request_json
 from nanomesh.cli.common import PEER_HELP, add_token_args, management_token, peer_api, print_table
+from nanomesh.transport.apiclient import get_json, request_bytes, request_json
 
 # The bundle packer and the manifest loader (which loads the placement and
 # runtime packages) are imported inside `push`: `nanomesh --help` does not
@@ -67,7 +67,7 @@ def _registry_list(args: argparse.Namespace) -> int:
 
 def _registry_push(args: argparse.Namespace) -> int:
     from nanomesh.bundles import pack_bundle
-    from nanomesh.manifest import load_manifest
+    from nanomesh.runtime.manifest import load_manifest
 
     load_manifest(args.dir)  # a bad manifest is refused here, before any upload
     bundle = pack_bundle(args.dir)

@@ -19,12 +19,12 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from nanomesh.apiclient import ApiError, get_json, request_bytes, request_json
-from nanomesh.auth import REDACTED_KEY, TOKEN_SOURCES
 from nanomesh.cli.common import PEER_HELP, add_token_args, management_token, peer_api, print_table
 from nanomesh.config import host_port, member_api
 from nanomesh.errors import ConfigError, NanomeshError
 from nanomesh.ids import partition_instance_id, service_of
+from nanomesh.security.auth import REDACTED_KEY, TOKEN_SOURCES
+from nanomesh.transport.apiclient import ApiError, get_json, request_bytes, request_json
 
 # The bundle, manifest and seed modules (they load the placement and runtime
 # packages) and the service client (trio, ZeroMQ) are imported inside the
@@ -35,7 +35,7 @@ DEPLOY_WAIT = 150.0
 """Seconds ``deploy`` watches the instances come up and waits for the mesh's
 verdict on the new version (as ``nomad job run`` monitors a deployment):
 longer than the default ``update.healthy_deadline`` (120 s,
-`nanomesh.deployment.UpdatePolicy`), so the default wait ends with a verdict;
+`nanomesh.runtime.deployment_core.UpdatePolicy`), so the default wait ends with a verdict;
 ``--detach`` skips the wait."""
 SAVE_TIMEOUT = 30.0
 """Seconds ``undeploy --save`` waits for the instances to stop (and hand over
@@ -255,7 +255,7 @@ def _version_text(doc: dict[str, Any]) -> str:
 
 def _manifest_with_bundle(path: Path, peer: str, token: str | None, *, bundle: bool
                           ) -> dict[str, Any]:
-    from nanomesh.manifest import ManifestError, load_manifest
+    from nanomesh.runtime.manifest import ManifestError, load_manifest
 
     load_manifest(path)  # refuse a bad manifest before touching the mesh
     manifest = path / "nanoservice.toml" if path.is_dir() else path
@@ -281,8 +281,8 @@ def upload_bundle(folder: Path, peer: str, token: str | None) -> dict[str, Any]:
 
 
 def _manifest_from_seed(path: Path, peer: str, token: str | None) -> dict[str, Any]:
-    from nanomesh.manifest import manifest_from_document
-    from nanomesh.seed import read_seed
+    from nanomesh.bundles.seed import read_seed
+    from nanomesh.runtime.manifest import manifest_from_document
 
     seed = read_seed(path)
     raw = manifest_from_document(seed.service)
@@ -302,7 +302,7 @@ def _manifest_from_seed(path: Path, peer: str, token: str | None) -> dict[str, A
 
 
 def _manifest_from_registry(wanted: str, peer: str, token: str | None) -> dict[str, Any]:
-    from nanomesh.manifest import manifest_from_document
+    from nanomesh.runtime.manifest import manifest_from_document
 
     name, _, version = wanted.partition("@")
     entries = [e for e in get_json(peer, "/v1/registry", token=token) if e["name"] == name
@@ -342,7 +342,7 @@ def undeploy_command(args: argparse.Namespace) -> int:
 def save_seed(name: str, path: Path, peer: str, token: str | None, timeout: float) -> None:
     """Idle the service, wait until no instance runs, and write its seed file.
     Raises (and deletes nothing) if the instances do not stop in time."""
-    from nanomesh.seed import Seed, write_seed
+    from nanomesh.bundles.seed import Seed, write_seed
 
     quoted = urllib.parse.quote(name, safe="")
     request_json("POST", peer, f"/v1/services/{quoted}/idle", token=token)
@@ -489,7 +489,7 @@ def resolve_command(args: argparse.Namespace) -> int:
 
 
 def call_command(args: argparse.Namespace) -> int:
-    from nanomesh.client import call_sync
+    from nanomesh.sdk.client import call_sync
 
     body = b""
     if args.data is not None:

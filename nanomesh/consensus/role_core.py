@@ -57,6 +57,8 @@ from nanomesh.consensus.role_effects import (
     VoterRemoved,
     VotersAwaited,
 )
+from nanomesh.consensus.role_effects import RaftRole as RaftRole
+from nanomesh.consensus.role_effects import StoredRole as StoredRole
 from nanomesh.consensus.status import RaftStatus
 from nanomesh.consensus.voters import (
     PeerInfo,
@@ -68,14 +70,6 @@ from nanomesh.consensus.voters import (
 )
 from nanomesh.consensus.voters import Promote as PolicyPromote
 from nanomesh.errors import ConfigError, IllegalTransition
-
-
-class RaftRole(enum.Enum):
-    NONE = "none"
-    LEARNER = "learner"
-    JOINING = "joining"
-    VOTER = "voter"
-
 
 TRANSITIONS: Mapping[RaftRole, frozenset[RaftRole]] = {
     RaftRole.NONE: frozenset({RaftRole.LEARNER, RaftRole.VOTER, RaftRole.JOINING}),
@@ -143,21 +137,6 @@ class RoleConfig:
     def check(self) -> None:
         if problems := self.problems():
             raise ConfigError("raft roles: " + "; ".join(problems))
-
-
-@dataclass(frozen=True)
-class StoredRole:
-    """This peer's role across restarts (the shell keeps it in ``role.json``)."""
-
-    role: RaftRole = RaftRole.NONE
-    generation: int = 0
-    """Voter data directories are numbered; every (re)join starts a new
-    generation, because a node re-added under the same address must come
-    back with an empty log and term."""
-    peers: tuple[str, ...] = ()
-    epoch: int = 0
-    """The control plane's incarnation: 0 until an operator's recovery starts
-    a new one; see `RoleCore.epoch`."""
 
 
 @dataclass(frozen=True)

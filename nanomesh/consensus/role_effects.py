@@ -1,5 +1,6 @@
-"""The effects of the Raft role core (`nanomesh.consensus.role_core`): the
-actions it returns and the outcomes its shell feeds back.
+"""The vocabulary of the Raft role core (`nanomesh.consensus.role_core`): the
+roles and the stored role, the actions the core returns and the outcomes its
+shell feeds back.
 
 Actions are commands (``StartLearner``, ``Promote``) except `RoleChanged`, a
 notification. An action that has an outcome says so; the shell feeds that
@@ -9,11 +10,33 @@ of the batch.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-if TYPE_CHECKING:  # only in annotations: role_core imports this module
-    from nanomesh.consensus.role_core import RaftRole, StoredRole
+# --------------------------------------------------------------------------- state
+
+
+class RaftRole(enum.Enum):
+    NONE = "none"
+    LEARNER = "learner"
+    JOINING = "joining"
+    VOTER = "voter"
+
+
+@dataclass(frozen=True)
+class StoredRole:
+    """This peer's role across restarts (the shell keeps it in ``role.json``)."""
+
+    role: RaftRole = RaftRole.NONE
+    generation: int = 0
+    """Voter data directories are numbered; every (re)join starts a new
+    generation, because a node re-added under the same address must come
+    back with an empty log and term."""
+    peers: tuple[str, ...] = ()
+    epoch: int = 0
+    """The control plane's incarnation: 0 until an operator's recovery starts
+    a new one; see `RoleCore.epoch`."""
 
 
 # --------------------------------------------------------------------------- actions

@@ -118,7 +118,7 @@ from nanomesh.consensus.voters import PeerInfo
 from nanomesh.disk import describe_disk_error
 from nanomesh.wire import Keyring
 
-log = logging.getLogger("nanomesh.consensus.roles")
+log = logging.getLogger("nanomesh.consensus.role_manager")
 
 ROLE_FILE = "role.json"
 GENERATION_PREFIX = "raft-"

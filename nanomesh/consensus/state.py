@@ -36,7 +36,7 @@ reset) and the mode set by `activate`/`idle`. `apply_put_service` merges
   update never loses it; ``nanomesh deploy`` sends no state);
 - ``state`` null: the saved state is dropped (``deploy --reset-state``), and
   ``state_reset`` is set to the revision of the drop: it is part of what
-  instances run (`nanomesh.reconcile.spec_digest`), so they restart and
+  instances run (`nanomesh.runtime.reconcile_core.spec_digest`), so they restart and
   start from no state instead of saving their old one back;
 - ``state`` a string: it replaces the saved state (a seed file restored).
 
@@ -45,22 +45,23 @@ A put that changes the version starts a *deployment*, recorded in
 (`DEPLOYMENT_STATUSES`), and files the version it replaces in
 `DesiredState.previous` (the last version known good, Nomad's "stable job
 version"), so whichever peer leads can finish a revert. The leader watches
-the new instances (`nanomesh.deployment.judge`) and settles the
+the new instances (`nanomesh.runtime.deployment_core.judge`) and settles the
 deployment with `apply_settle_deployment`: ``successful``, ``failed``, or
 ``reverted``, which puts the previous version back in the same command.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from nanomesh.checks import MAX_JSON_DEPTH as MAX_JSON_DEPTH
+from nanomesh.checks import is_json as is_json
+from nanomesh.checks import is_text as is_text
+
 MAX_NAME_LEN = 128
 """Longest service name, in characters."""
-MAX_JSON_DEPTH = 32
-"""Deepest nesting of lists/dicts accepted in a spec or plan."""
 
 JsonObject = Mapping[str, Any]
 """A JSON-shaped object: str keys; values None, bool, int, finite float, str,
@@ -150,39 +151,6 @@ class Outcome:
 
 
 # --------------------------------------------------------------------------- validation
-
-
-def is_json(value: Any, depth: int = 0) -> bool:
-    """True if `value` is JSON-shaped (see `JsonObject`), at most
-    `MAX_JSON_DEPTH` deep. Floats must be finite (NaN != NaN would make two
-    equal states compare unequal); strings must be valid Unicode (JSON can
-    carry a lone surrogate such as ``"\ud800"``, which no peer could encode
-    to run, digest or send)."""
-    if depth > MAX_JSON_DEPTH:
-        return False
-    if isinstance(value, str):
-        return is_text(value)
-    if value is None or isinstance(value, bool | int):
-        return True
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, list):
-        return all(is_json(v, depth + 1) for v in value)
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and is_text(k) and is_json(v, depth + 1)
-                   for k, v in value.items())
-    return False
-
-
-def is_text(value: str) -> bool:
-    """Whether ``value`` encodes as UTF-8 (no lone surrogates)."""
-    if value.isascii():
-        return True
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def service_name_problem(name: Any) -> str | None:
@@ -362,7 +330,7 @@ PATCHABLE_KEYS = frozenset({"mode", "state", DEPLOYMENT_KEY})
 without a whole new manifest: ``mode`` (``"active"`` / ``"idle"``, by
 ``nanomesh activate`` / ``idle``), ``state`` (the state blob a nanoservice
 hands the runtime, for seed files); neither restarts a running instance
-(`nanomesh.reconcile.spec_digest` leaves them out). The key ``deployment``
+(`nanomesh.runtime.reconcile_core.spec_digest` leaves them out). The key ``deployment``
 carries the leader's verdict on a deployment to `apply_settle_deployment`
 (a revert does restart instances: it changes the version)."""
 MAX_REGISTRY_KEY_LEN = 2 * MAX_NAME_LEN + 1

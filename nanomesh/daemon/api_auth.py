@@ -1,6 +1,6 @@
 """Who is calling the HTTP API and what they may do: the daemon's one place
 for checking credentials (the rules and the redaction are in
-`nanomesh.auth`).
+`nanomesh.security.auth`).
 
 Callers, by the bearer token they present:
 
@@ -10,10 +10,10 @@ Callers, by the bearer token they present:
 - an **instance**: its own ``NANOMESH_INSTANCE_TOKEN`` (known only to the
   peer that runs it); may read and save its own state blob;
 - another **peer**: a token that signs the very request with a key derived
-  from the cluster key (`nanomesh.auth.internal_token`; any installed key's
+  from the cluster key (`nanomesh.security.auth.internal_token`; any installed key's
   counts, each token once), for bundle transfers, Raft role calls and key
   rotation (`require_member`);
-- **anyone**: open reads, with secrets redacted (`nanomesh.auth`).
+- **anyone**: open reads, with secrets redacted (`nanomesh.security.auth`).
 
 Every refusal is an HttpError 401 whose text says which credential the call
 needs and how to pass it (a read says "reading ...", a write "this call
@@ -32,7 +32,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from nanomesh.auth import (
+from nanomesh.consensus import ConsensusNode
+from nanomesh.daemon.http import HttpError, Request, bearer_token
+from nanomesh.daemon.views import NodeSource
+from nanomesh.security.auth import (
     TOKEN_META_KEY,
     InternalCalls,
     read_refusal,
@@ -40,9 +43,6 @@ from nanomesh.auth import (
     token_matches,
     write_refusal,
 )
-from nanomesh.consensus import ConsensusNode
-from nanomesh.daemon.http import HttpError, Request, bearer_token
-from nanomesh.daemon.views import NodeSource
 from nanomesh.wire import Keyring
 
 
@@ -71,7 +71,7 @@ class Access:
 
     def is_member(self, request: Request) -> bool:
         """Whether ``request`` comes from another peer of this mesh: its token
-        signs this very request (`nanomesh.auth.internal_token`)."""
+        signs this very request (`nanomesh.security.auth.internal_token`)."""
         return self._internal_calls.check(request.bearer_token(), self._keyring,
                                           request.method, request.path, request.body)
 

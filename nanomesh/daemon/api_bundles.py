@@ -17,7 +17,7 @@ Registry (the replicated ``"name@version" -> entry`` map, see
 
 - ``GET /v1/registry`` (open, like every read): ``[entry + {"key",
   "holders": [peer names]}, ...]`` sorted by key; with the management token
-  in full, else each entry's ``service`` redacted (`nanomesh.auth`).
+  in full, else each entry's ``service`` redacted (`nanomesh.security.auth`).
 - ``POST /v1/registry`` (management token) ``{"sha256": ..., "replace":
   false}``: reads and validates the manifest of a bundle this peer holds and
   commits its entry. 201 ``{"key", "entry", "changed": true}``; 200 with
@@ -40,7 +40,6 @@ from typing import Any, Protocol
 
 import trio
 
-from nanomesh.auth import redact_registry_entry
 from nanomesh.bundles import (
     MAX_BUNDLE_BYTES,
     BundleError,
@@ -52,7 +51,8 @@ from nanomesh.bundles import (
 )
 from nanomesh.daemon.http import BodyLimit, FileBody, Handler, HttpError, Request
 from nanomesh.disk import describe_disk_error
-from nanomesh.manifest import ManifestError, load_manifest
+from nanomesh.runtime.manifest import ManifestError, load_manifest
+from nanomesh.security.auth import redact_registry_entry
 
 log = logging.getLogger("nanomesh.bundles")
 

@@ -6,10 +6,10 @@ clear) applies the operation on this peer and on every alive member, and
 answers with each member's outcome. ``GET /v1/keyring`` (management token)
 lists, per member, the fingerprints of its keys and its primary. Peers reach
 each other on ``/v1/internal/keyring`` with calls signed under a key derived
-from the keyring (`nanomesh.auth.internal_token`).
+from the keyring (`nanomesh.security.auth.internal_token`).
 
 Each operation carries a random op id and its issue time, sealed with it,
-and a peer refuses one outside `nanomesh.keys.KEY_OP_WINDOW` of its clock,
+and a peer refuses one outside `nanomesh.security.keys.KEY_OP_WINDOW` of its clock,
 one whose id it has already seen, and one sent to another action's URL: a
 recorded body (HTTP is not encrypted) cannot be replayed, on either route.
 Before ``use`` the receiving peer asks every alive member for its keys and
@@ -24,7 +24,7 @@ everywhere before the next), as in Serf: gossip, Raft and the internal API
 accept any installed key and seal with the primary, so at every step each
 pair of peers shares a key. Each peer writes its keyring to its data
 directory before it answers: a peer restarted after a rotation comes back
-with the keys it had (`nanomesh.keys`).
+with the keys it had (`nanomesh.security.keys`).
 """
 
 from __future__ import annotations
@@ -37,14 +37,13 @@ from typing import Any
 
 import trio
 
-from nanomesh.apiclient import ApiError
 from nanomesh.config import api_address
 from nanomesh.daemon.api_auth import Access
 from nanomesh.daemon.http import Handler, HttpError, Request
 from nanomesh.daemon.peer_calls import PeerCalls
 from nanomesh.daemon.views import Members
 from nanomesh.errors import ConfigError, RemoteProtocolError
-from nanomesh.keys import (
+from nanomesh.security.keys import (
     KEY_ACTIONS,
     KeyOp,
     KeyOpRefused,
@@ -55,9 +54,10 @@ from nanomesh.keys import (
     use_blockers,
     write_key_file,
 )
+from nanomesh.transport.apiclient import ApiError
 from nanomesh.wire import Keyring, MemberState
 
-log = logging.getLogger("nanomesh.keys")
+log = logging.getLogger("nanomesh.security.keys")
 
 FAN_OUT_TIMEOUT = 10.0
 """Seconds a member may take to apply a key operation or list its keys."""
@@ -83,7 +83,7 @@ def keyring_routes(ctx: KeyringContext) -> dict[tuple[str, str], Handler]:
 
     def open_op(body: bytes, url_action: str | None) -> KeyOp:
         """The sealed operation, if it is authentic, fresh and not a replay
-        (`nanomesh.keys.SeenKeyOps`); HttpError otherwise."""
+        (`nanomesh.security.keys.SeenKeyOps`); HttpError otherwise."""
         try:
             op = KeyOp.open(ctx.keyring, body)
         except RemoteProtocolError as exc:

@@ -11,10 +11,10 @@ Shapes:
   to drop the state the service saved (kept by default on an update); reply
   ``{"name", "revision", "changed"}`` and ``"deployment"`` (its id) when the
   deploy started one (a new version), which the leader settles as
-  ``successful``, ``failed`` or ``reverted`` (`nanomesh.deployment`).
+  ``successful``, ``failed`` or ``reverted`` (`nanomesh.runtime.deployment_core`).
 - ``GET /v1/services``: ``[service document, ...]`` sorted by name; with
   the management token in full, else redacted (no ``state``, ``run.env``
-  values hidden, ``"redacted": [fields]``; see `nanomesh.auth`).
+  values hidden, ``"redacted": [fields]``; see `nanomesh.security.auth`).
 - ``GET /v1/deployments``: ``{service: its latest deployment}``, each
   ``{"id", "status"}`` plus, once settled, ``"reason"`` and, after a revert,
   ``"reverted_from"`` (the version given up). Apart from the documents, as
@@ -38,7 +38,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from nanomesh.auth import redact_service
 from nanomesh.consensus import (
     CommitTimeout,
     ConsensusError,
@@ -53,9 +52,10 @@ from nanomesh.daemon.http import Handler, HttpError, Request
 from nanomesh.daemon.views import Members, NodeSource
 from nanomesh.gossip.members import Member
 from nanomesh.ids import service_of
-from nanomesh.lifecycle import PENDING
-from nanomesh.manifest import ManifestError, service_document
-from nanomesh.reconcile import spec_digest
+from nanomesh.runtime.lifecycle import PENDING
+from nanomesh.runtime.manifest import ManifestError, service_document
+from nanomesh.runtime.reconcile_core import spec_digest
+from nanomesh.security.auth import redact_service
 from nanomesh.wire import MemberState
 
 RESET_STATE = "reset_state"

@@ -69,9 +69,9 @@ def service_names(node: ConsensusNode | None, members: list[Member]) -> Collecti
 
 
 def service_visibility(node: ConsensusNode | None, service: str) -> str:
-    """``public`` or ``private`` (`nanomesh.manifest.VISIBILITIES`) from the
+    """``public`` or ``private`` (`nanomesh.runtime.manifest.VISIBILITIES`) from the
     committed desired state; ``private`` while it is unknown (the secure default)."""
-    from nanomesh.manifest import visibility_of
+    from nanomesh.runtime.manifest import visibility_of
     doc = node.state.services.get(service) if node is not None and node.running else None
     return visibility_of(doc)
 

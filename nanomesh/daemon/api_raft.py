@@ -1,5 +1,5 @@
 """The peer-to-peer routes of the Raft promotion protocol
-(`nanomesh.consensus.roles`), called by other peers' control loops
+(`nanomesh.consensus.role_manager`), called by other peers' control loops
 (`nanomesh.daemon.control_loop.RoleCalls`), never by people:
 
 - ``POST /v1/internal/raft/promote`` ``{"voters": [raft address, ...]}``:

@@ -6,7 +6,7 @@
   ``{"name", "mode", "revision", "changed"}``.
 - ``PUT /v1/instances/{service}/{index}/state`` (raw bytes, at most
   :data:`MAX_STATE_BYTES`): a nanoservice hands the runtime its state blob
-  (``nanomesh.service.NanoService.save_state``). Authorised by the
+  (``nanomesh.sdk.service.NanoService.save_state``). Authorised by the
   instance's own token (``NANOMESH_INSTANCE_TOKEN``, known only to the peer
   that runs it) or the management token. The blob is committed with the
   service (Raft), so it survives the instance, its peer and a leader change,
@@ -36,8 +36,8 @@ from nanomesh.daemon.api_auth import Access
 from nanomesh.daemon.api_mesh import consensus_call
 from nanomesh.daemon.http import Handler, HttpError, RawBody, Request
 from nanomesh.ids import service_of, split_instance_id
-from nanomesh.manifest import MAX_STATE_BYTES
 from nanomesh.runtime.logs import read_log_tail
+from nanomesh.runtime.manifest import MAX_STATE_BYTES
 
 DEFAULT_LOG_LINES = 200
 MAX_LOG_LINES = 10_000

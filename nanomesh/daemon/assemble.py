@@ -8,7 +8,7 @@ Parts, built in `PeerAssembly.run` once the gossip core exists:
 - the membership shell (`membership.GossipShell`) around the SWIM core;
 - the runtime of our instances (`local_runtime.LocalRuntime`: driver, port
   allocator, reconciler);
-- the Raft role manager (`nanomesh.consensus.roles`) with its view of the
+- the Raft role manager (`nanomesh.consensus.role_manager`) with its view of the
   mesh and its calls to other peers (`control_loop.RoleCalls`);
 - the bundle store and its service (`bundle_service`);
 - the control loop (`control_loop.ControlLoop`);
@@ -49,12 +49,10 @@ from typing import Any, TypeVar
 
 import trio
 
-from nanomesh import servicekeys
-from nanomesh.auth import InternalCalls
 from nanomesh.bundles import BUNDLES_SECTION
 from nanomesh.config import PeerConfig
 from nanomesh.consensus import ConsensusNode, RaftTiming
-from nanomesh.consensus.roles import RaftRoleManager, RoleConfig
+from nanomesh.consensus.role_manager import RaftRoleManager, RoleConfig
 from nanomesh.daemon.api import HealthContext, api_routes
 from nanomesh.daemon.api_auth import Access
 from nanomesh.daemon.api_keyring import KeyringContext, keyring_routes
@@ -83,6 +81,8 @@ from nanomesh.daemon.views import Routes, Traffic
 from nanomesh.disk import DiskHealth
 from nanomesh.errors import ConfigError
 from nanomesh.gossip.machine import Membership
+from nanomesh.security import servicekeys
+from nanomesh.security.auth import InternalCalls
 from nanomesh.wire import Address, Keyring
 
 log = logging.getLogger("nanomesh.peer")
@@ -146,7 +146,7 @@ class PeerAssembly:
                 await nursery.start(self._serve_coap_gateway, parts)
             if cfg.events_xpub_port and cfg.events_xsub_port:
                 # Pub/sub relay between nanoservices (ConfigError if a port is taken).
-                from nanomesh.events import serve_event_relay
+                from nanomesh.sdk.events import serve_event_relay
                 await nursery.start(functools.partial(
                     serve_event_relay, credentials=self.credentials),
                     cfg.bind[0], cfg.events_xsub_port, cfg.events_xpub_port)

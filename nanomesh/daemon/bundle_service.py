@@ -17,7 +17,6 @@ from typing import Any
 
 import trio
 
-from nanomesh.auth import internal_token
 from nanomesh.bundles import (
     BundleError,
     BundleStore,
@@ -31,6 +30,7 @@ from nanomesh.daemon.api_bundles import BUNDLE_BODY_LIMITS, bundle_routes, regis
 from nanomesh.daemon.api_mesh import consensus_call
 from nanomesh.daemon.http import BodyLimit, HttpError, Request
 from nanomesh.daemon.views import Members, NodeSource, Routes
+from nanomesh.security.auth import internal_token
 from nanomesh.wire import Keyring, MemberState
 
 log = logging.getLogger("nanomesh.mesh")

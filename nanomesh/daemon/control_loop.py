@@ -7,13 +7,13 @@ Rules it keeps (ARCHITECTURE.md §3):
 - Only committed state takes effect. Instances start and stop from the
   committed plan (`ControlLoop._follow_committed`); the leader commits plans
   with a compare-and-set on the epoch, so a deposed leader's plan is refused.
-- The leader plans (`nanomesh.control.decide`) whenever membership or the
+- The leader plans (`nanomesh.placement.decide.decide`) whenever membership or the
   desired state changes, and at least every `PLAN_PERIOD`; it commits only a
   plan that changes what runs where (`worth_committing`).
 - A peer whose consensus node is down keeps its instances running as last
   committed: local services survive a lost leader or a partition.
 
-Peer-to-peer calls of the promotion protocol (`nanomesh.consensus.roles`,
+Peer-to-peer calls of the promotion protocol (`nanomesh.consensus.role_manager`,
 made by `RoleCalls`) go over the peer API under ``/v1/internal/``
 (`nanomesh.daemon.api_raft`), authenticated with a key derived from the
 cluster key (every peer has it; the management token only the operator has).
@@ -29,25 +29,25 @@ from typing import Any
 
 import trio
 
-from nanomesh.apiclient import ApiError
-from nanomesh.auth import TOKEN_META_KEY, ensure_token_file, token_digest
 from nanomesh.config import api_address
 from nanomesh.consensus import ConsensusError, ConsensusNode, StalePlanError
-from nanomesh.consensus.roles import (
+from nanomesh.consensus.role_manager import (
     RaftRoleManager,
     epoch_from_profiles,
     voters_from_profiles,
 )
 from nanomesh.consensus.voters import PeerInfo, peer_info
-from nanomesh.control import VIEW_GRACE, decide, unknown_hosts, worth_committing
 from nanomesh.daemon.api_mesh import reported_instances
-from nanomesh.daemon.deployments import DeploymentWatcher
+from nanomesh.daemon.deployment_watcher import DeploymentWatcher
 from nanomesh.daemon.peer_calls import PeerCalls
 from nanomesh.daemon.views import Members, NodeSource
 from nanomesh.disk import DiskHealth, retry_delay
 from nanomesh.placement import PlacementConfig
-from nanomesh.reconcile import InstanceStatus
+from nanomesh.placement.decide import VIEW_GRACE, decide, unknown_hosts, worth_committing
 from nanomesh.runtime import ProcessDriver, Reconciler
+from nanomesh.runtime.reconcile_core import InstanceStatus
+from nanomesh.security.auth import TOKEN_META_KEY, ensure_token_file, token_digest
+from nanomesh.transport.apiclient import ApiError
 from nanomesh.wire import MemberState
 
 log = logging.getLogger("nanomesh.mesh")

@@ -44,13 +44,13 @@ from typing import IO, Any, BinaryIO
 import h11
 import trio
 
-from nanomesh.auth import TOKEN_SOURCES
 from nanomesh.daemon.http_limits import (
     ConnectionTable,
     Refused,
     ServerLimits,
     ServerStats,
 )
+from nanomesh.security.auth import TOKEN_SOURCES
 
 log = logging.getLogger("nanomesh.api")
 _STATUS_CODES = {s.value for s in HTTPStatus}

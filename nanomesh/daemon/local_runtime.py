@@ -15,8 +15,8 @@ import trio
 from nanomesh.config import PeerConfig, host_port
 from nanomesh.runtime import HostLauncher, ProcessDriver, Reconciler
 from nanomesh.runtime.container import choose_container_launcher
+from nanomesh.runtime.instance_spec import RESERVED_PORTS
 from nanomesh.runtime.ports import PortAllocator
-from nanomesh.runtime.spec import RESERVED_PORTS
 
 log = logging.getLogger("nanomesh.mesh")
 

@@ -1,10 +1,10 @@
 """The daemon's one client for calls to other peers' APIs: signed HTTP/1.1
-on trio (`nanomesh.httpio.http_request`, h11), cancellable without threads.
+on trio (`nanomesh.transport.httpio.http_request`, h11), cancellable without threads.
 
 Every call is signed for the very request with a key derived from the
-cluster key (`nanomesh.auth.internal_token`), so the receiving peer's
+cluster key (`nanomesh.security.auth.internal_token`), so the receiving peer's
 `nanomesh.daemon.api_auth.Access.require_member` admits it. Failures are an
-`ApiError` worded as `nanomesh.apiclient` words them (the CLI's blocking
+`ApiError` worded as `nanomesh.transport.apiclient` words them (the CLI's blocking
 client, which the daemon no longer uses): ``{url}: HTTP {status} {error}``
 for an error reply, ``cannot reach the peer API at {url}: {reason}`` when the
 peer cannot be reached or does not answer within the timeout.
@@ -20,11 +20,11 @@ from typing import Any
 import h11
 import trio
 
-from nanomesh.apiclient import ApiError
-from nanomesh.auth import internal_token
 from nanomesh.config import DEFAULT_API_PORT, parse_address
 from nanomesh.errors import ConfigError
-from nanomesh.httpio import http_request
+from nanomesh.security.auth import internal_token
+from nanomesh.transport.apiclient import ApiError
+from nanomesh.transport.httpio import http_request
 from nanomesh.wire import Keyring
 
 

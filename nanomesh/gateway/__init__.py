@@ -8,7 +8,7 @@ reaches a healthy instance of ``<service>`` wherever it runs.
 - `nanomesh.gateway.link`: the members' authenticated way in (ZeroMQ CURVE on
   TCP at the gateway's port), for private services.
 
-Plain CoAP reaches public services only (`nanomesh.manifest.VISIBILITIES`).
+Plain CoAP reaches public services only (`nanomesh.runtime.manifest.VISIBILITIES`).
 
 The port is `nanomesh.config.DEFAULT_COAP_PORT` (5683) unless configured.
 Importing this package does not import aiocoap; import

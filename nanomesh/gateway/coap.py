@@ -50,7 +50,7 @@ from nanomesh.gateway.upstream import (
     keyed_zmq_upstream,
 )
 from nanomesh.naming import Endpoint
-from nanomesh.servicekeys import ServiceKeys
+from nanomesh.security.servicekeys import ServiceKeys
 from nanomesh.wire import Address
 
 __all__ = ["DEFAULT_COAP_PORT", "check_gateway_port", "serve_coap_gateway"]

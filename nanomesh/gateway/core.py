@@ -9,7 +9,7 @@ out may have reached its instance: for a non-idempotent request (POST) the
 next instance may then do the work a second time, as with any retrying
 client; an instance that *answers*, even with an error, is never retried.
 
-Visibility (`nanomesh.manifest.VISIBILITIES`): a request from a client that
+Visibility (`nanomesh.runtime.manifest.VISIBILITIES`): a request from a client that
 is not a member (plain CoAP) reaches only ``public`` services; a private one
 is answered 4.01 and left out of ``/.well-known/core``. Members (the
 authenticated gateway link, `nanomesh.gateway.link`) reach every service. A
@@ -124,7 +124,7 @@ class Gateway:
                         return error_response(UNAUTHORIZED, f"{service} is a private service: "
                                               "only mesh members reach it, with the cluster "
                                               "key (nanomesh call --key-file FILE, "
-                                              "nanomesh.client.connect(key_file=...))")
+                                              "nanomesh.sdk.client.connect(key_file=...))")
                     return await self.forward(service, inner, private=not public)
                 case NoRoute(response):
                     return response

@@ -5,7 +5,7 @@ A request to the gateway is a protocol-neutral `GatewayRequest`; the answer a
 `GatewayResponse` carrying a CoAP code (``class << 5 | detail``: 2.05 is 69).
 The aiocoap adapter (`nanomesh.gateway.coap`) converts to and from messages;
 upstream calls (`nanomesh.gateway.upstream`) speak each instance's protocol
-(zmq and http answers are mapped by `nanomesh.wire.rpc.status_to_coap_code`).
+(zmq and http answers are mapped by `nanomesh.wire.service_traffic.status_to_coap_code`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from nanomesh.naming import PROTOCOLS, Endpoint
-from nanomesh.wire.rpc import MAX_BODY
+from nanomesh.wire.service_traffic import MAX_BODY
 
 SERVICE_PREFIX = "s"
 """First path segment of a forwarded request: ``/s/<service>/<path...>``."""
@@ -80,7 +80,7 @@ class GatewayConfig:
     that a broken service costs a client seconds, not minutes."""
     max_payload: int = MAX_BODY
     """Largest request body, in bytes, a client may send (block-wise): the
-    limit of a call body (`nanomesh.wire.rpc.MAX_BODY`, 1 MiB). A larger one
+    limit of a call body (`nanomesh.wire.service_traffic.MAX_BODY`, 1 MiB). A larger one
     gets 4.13 at its first block past the limit, before it is buffered."""
 
     hop_limit: int = DEFAULT_HOP_LIMIT

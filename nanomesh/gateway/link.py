@@ -3,12 +3,12 @@
 Plain CoAP cannot tell a member from an outsider, so the CoAP gateway
 (`nanomesh.gateway.coap`) answers anyone for public services only. Each
 peer's gateway also listens on **TCP** at the same port number (5683 by
-default) for `nanomesh.wire.rpc` calls over ZeroMQ CURVE, keyed from the
-cluster key (`nanomesh.servicekeys`): only members get through. Two kinds of
+default) for `nanomesh.wire.service_traffic` calls over ZeroMQ CURVE, keyed from the
+cluster key (`nanomesh.security.servicekeys`): only members get through. Two kinds of
 path:
 
 - ``s/<service>/<path>``: the whole gateway, private services included, for
-  member clients (`nanomesh.client` uses it for its "gateway" attempt);
+  member clients (`nanomesh.sdk.client` uses it for its "gateway" attempt);
 - ``l/<service>/<path>``: only this peer's own instances, for another peer's
   gateway that forwards a private service's request to a CoAP or HTTP
   instance here (`link_upstream`). Such instances are then called from this
@@ -37,15 +37,15 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from nanomesh.coapio import split_path
 from nanomesh.gateway.core import Gateway
 from nanomesh.gateway.forward import GatewayRequest, GatewayResponse
 from nanomesh.gateway.upstream import Upstream, keyed_zmq_upstream
 from nanomesh.naming import Endpoint
-from nanomesh.rpc import serve_rpc
-from nanomesh.servicekeys import ServiceKeys
+from nanomesh.security.servicekeys import ServiceKeys
+from nanomesh.transport.coapio import split_path
+from nanomesh.transport.rpc import serve_rpc
 from nanomesh.wire import Address
-from nanomesh.wire.rpc import MAX_ERROR, Request, Response, coap_code_to_status
+from nanomesh.wire.service_traffic import MAX_ERROR, Request, Response, coap_code_to_status
 
 GATEWAY_PREFIX = "s"
 """``s/<service>/<path>``: the whole gateway (member clients)."""

@@ -1,6 +1,6 @@
 """Calls from the gateway to an instance that speaks zmq or http, through the
-same clients that nanoservices use (`nanomesh.rpc.zmq_call`,
-`nanomesh.httpio.http_call`) and their `nanomesh.wire.rpc` values. (The CoAP
+same clients that nanoservices use (`nanomesh.transport.rpc.zmq_call`,
+`nanomesh.transport.httpio.http_call`) and their `nanomesh.wire.service_traffic` values. (The CoAP
 upstream forwards the CoAP message as it is, in `nanomesh.gateway.coap`.)
 
 Each upstream is ``async (endpoint, request, timeout) -> GatewayResponse``
@@ -26,10 +26,10 @@ from nanomesh.gateway.forward import (
     error_response,
 )
 from nanomesh.naming import Endpoint
-from nanomesh.wire.rpc import METHODS, Request, Response, status_to_coap_code
+from nanomesh.wire.service_traffic import METHODS, Request, Response, status_to_coap_code
 
 if TYPE_CHECKING:
-    from nanomesh.servicekeys import ServiceKeys
+    from nanomesh.security.servicekeys import ServiceKeys
 
 Upstream = Callable[[Endpoint, GatewayRequest, float], Awaitable[GatewayResponse]]
 RpcCall = Callable[[str, Request, float], Awaitable[Response]]
@@ -47,15 +47,15 @@ class UpstreamError(Exception):
 
 async def zmq_upstream(ep: Endpoint, request: GatewayRequest, timeout: float
                        ) -> GatewayResponse:
-    """ZeroMQ with this process's installed keys (`nanomesh.servicekeys`)."""
-    from nanomesh.rpc import zmq_call  # pyzmq loads only once a zmq instance is called
+    """ZeroMQ with this process's installed keys (`nanomesh.security.servicekeys`)."""
+    from nanomesh.transport.rpc import zmq_call  # pyzmq loads only once a zmq instance is called
     return await rpc_upstream(zmq_call, ep, request, timeout)
 
 
 def bound_http_upstream(ip: str) -> Upstream:
     """HTTP from the gateway's own `ip`: a private service's SDK server answers
-    only its peer's address (`nanomesh.service`)."""
-    from nanomesh.httpio import http_call
+    only its peer's address (`nanomesh.sdk.service`)."""
+    from nanomesh.transport.httpio import http_call
 
     async def call(ep: Endpoint, request: GatewayRequest, timeout: float) -> GatewayResponse:
         return await rpc_upstream(functools.partial(http_call, local_address=ip), ep, request,
@@ -66,7 +66,7 @@ def bound_http_upstream(ip: str) -> Upstream:
 
 def keyed_zmq_upstream(keys: ServiceKeys | None) -> Upstream:
     """ZeroMQ with `keys` (None: plain, a mesh without a cluster key)."""
-    from nanomesh.rpc import zmq_call
+    from nanomesh.transport.rpc import zmq_call
 
     async def call(ep: Endpoint, request: GatewayRequest, timeout: float) -> GatewayResponse:
         return await rpc_upstream(functools.partial(zmq_call, keys=keys), ep, request, timeout)
@@ -76,7 +76,7 @@ def keyed_zmq_upstream(keys: ServiceKeys | None) -> Upstream:
 
 async def http_upstream(ep: Endpoint, request: GatewayRequest, timeout: float
                         ) -> GatewayResponse:
-    from nanomesh.httpio import http_call
+    from nanomesh.transport.httpio import http_call
     return await rpc_upstream(http_call, ep, request, timeout)
 
 
@@ -84,7 +84,7 @@ async def rpc_upstream(call: RpcCall, ep: Endpoint, request: GatewayRequest, tim
                        ) -> GatewayResponse:
     """Forward `request` with `call`; CoAP-only methods (FETCH, PATCH, iPATCH)
     are answered 4.05 here, since these transports cannot carry them."""
-    from nanomesh.rpc import RpcError, RpcTimeout
+    from nanomesh.transport.rpc import RpcError, RpcTimeout
     if request.method not in METHODS:
         return error_response(METHOD_NOT_ALLOWED, f"{request.method} cannot be forwarded to a "
                               f"{ep.protocol} instance (only {', '.join(METHODS)})")
@@ -103,7 +103,7 @@ async def rpc_upstream(call: RpcCall, ep: Endpoint, request: GatewayRequest, tim
 
 def rpc_request(request: GatewayRequest) -> Request:
     """The `Request` a zmq/http instance gets: path without a leading slash,
-    each segment percent-encoded (as `nanomesh.coapio` builds it), query
+    each segment percent-encoded (as `nanomesh.transport.coapio` builds it), query
     items joined by ``&``. ValueError if it cannot be one (too long, ...)."""
     path = "/".join(urllib.parse.quote(s, safe="") for s in request.path)
     return Request(request.method, path, request.payload, request.content_format,
@@ -112,7 +112,7 @@ def rpc_request(request: GatewayRequest) -> Request:
 
 def coap_response(reply: Response, method: str) -> GatewayResponse:
     """A zmq/http `Response` as CoAP: the status mapped by
-    `nanomesh.wire.rpc.status_to_coap_code`; an error's message as the
+    `nanomesh.wire.service_traffic.status_to_coap_code`; an error's message as the
     diagnostic payload (text/plain, RFC 7252 §5.5.2)."""
     code = status_to_coap_code(reply.status, method)
     if not reply.ok:

@@ -37,7 +37,7 @@ from nanomesh.placement.peers import PeerView, peer_view_from_profile
 from nanomesh.placement.plan import Plan, PlanStats
 from nanomesh.placement.planner import place, usage_by_peer
 from nanomesh.placement.rank import score
-from nanomesh.placement.spec import (
+from nanomesh.placement.requirements import (
     Constraints,
     Requirements,
     ServiceSpec,

@@ -52,7 +52,7 @@ from nanomesh.placement.index import CandidateIndex, Cluster, Signature, static_
 from nanomesh.placement.peers import PeerView
 from nanomesh.placement.plan import Plan
 from nanomesh.placement.rank import score
-from nanomesh.placement.spec import ServiceSpec, check_unique
+from nanomesh.placement.requirements import ServiceSpec, check_unique
 from nanomesh.placement.stats import compare
 
 Entry = tuple[float, int, int, int, int]

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from nanomesh.placement.peers import PeerView
-from nanomesh.placement.spec import COMPUTE, ServiceSpec
+from nanomesh.placement.requirements import COMPUTE, ServiceSpec
 
 EPSILON = 1e-9
 """Slack for comparing sums of fractional CPU cores (0.1 + 0.2 cores fit 0.3)."""

@@ -29,7 +29,7 @@ from nanomesh.placement.feasible import first_failure, why_not
 from nanomesh.placement.index import Cluster
 from nanomesh.placement.peers import PeerView
 from nanomesh.placement.plan import Plan
-from nanomesh.placement.spec import ServiceSpec, check_unique
+from nanomesh.placement.requirements import ServiceSpec, check_unique
 from nanomesh.placement.stats import compare
 
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from nanomesh.placement.feasible import EPSILON, Usage
 from nanomesh.placement.peers import PeerView
-from nanomesh.placement.spec import ServiceSpec
+from nanomesh.placement.requirements import ServiceSpec
 
 Signature = tuple[frozenset[str], str | None, float, str | None, tuple[tuple[str, str], ...],
                   str | None]

@@ -39,7 +39,7 @@ from types import MappingProxyType
 from typing import Any, cast
 
 from nanomesh.checks import is_number
-from nanomesh.placement.spec import (
+from nanomesh.placement.requirements import (
     COMPUTE,
     NETWORK_KINDS,
     POWER_SOURCES,

@@ -12,7 +12,7 @@ from nanomesh.placement.feasible import Usage
 from nanomesh.placement.firstfit import plan_first_fit
 from nanomesh.placement.peers import PeerView
 from nanomesh.placement.plan import Plan
-from nanomesh.placement.spec import ServiceSpec
+from nanomesh.placement.requirements import ServiceSpec
 
 DEFAULT_CONFIG = PlacementConfig()
 
@@ -28,7 +28,7 @@ def place(specs: Sequence[ServiceSpec], peers: Sequence[PeerView],
     ``previous`` is the last committed plan: the balanced strategy keeps what
     still fits there and limits voluntary moves to ``config.max_moves``.
 
-    Raises :class:`~nanomesh.placement.spec.SpecError` for duplicate service
+    Raises :class:`~nanomesh.placement.requirements.SpecError` for duplicate service
     names, ValueError for duplicate peer names, and
     :class:`~nanomesh.errors.ConfigError` for an invalid config.
     """

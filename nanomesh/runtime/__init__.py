@@ -1,7 +1,7 @@
 """The runtime: the only code that spawns nanoservice instances.
 
 The daemon decides *what* should run here with the pure
-:func:`nanomesh.reconcile.reconcile` and carries out its effects through the
+:func:`nanomesh.runtime.reconcile_core.reconcile` and carries out its effects through the
 driver (:func:`execute`, looped by :class:`Reconciler`). The driver,
 :class:`ProcessDriver`, runs every instance as a process tree led by a small
 supervisor shim (killed as a whole, even if the daemon dies by SIGKILL), in a
@@ -29,20 +29,11 @@ interface, :func:`execute`), :mod:`.process` (the driver), :mod:`.shim` (the
 supervisor), :mod:`.launch` (launchers), :mod:`.cgroups` (limits and the tree
 kill), :mod:`.ports` (ports and the environment contract), :mod:`.health`
 (health checks), :mod:`.logs` (log files), :mod:`.reconciler` (the loop
-around :func:`nanomesh.reconcile.reconcile`).
+around :func:`nanomesh.runtime.reconcile_core.reconcile`).
 """
 
 from nanomesh.runtime.driver import DriverError, Fetch, InstanceDriver, StartContext, execute
-from nanomesh.runtime.launch import HostLauncher, Launch, LaunchContext, Launcher, LaunchError
-from nanomesh.runtime.logs import ROTATE_BYTES, ROTATE_KEEP, log_path, read_log_tail
-from nanomesh.runtime.process import (
-    STOP_TIMEOUT,
-    ProcessDriver,
-    describe_exit,
-    open_process_driver,
-)
-from nanomesh.runtime.reconciler import Reconciler
-from nanomesh.runtime.spec import (
+from nanomesh.runtime.instance_spec import (
     ENV_CONTRACT,
     RESERVED_ENV,
     InstanceSpec,
@@ -51,6 +42,15 @@ from nanomesh.runtime.spec import (
     instance_spec_from,
     run_spec_from,
 )
+from nanomesh.runtime.launch import HostLauncher, Launch, LaunchContext, Launcher, LaunchError
+from nanomesh.runtime.logs import ROTATE_BYTES, ROTATE_KEEP, log_path, read_log_tail
+from nanomesh.runtime.process import (
+    STOP_TIMEOUT,
+    ProcessDriver,
+    describe_exit,
+    open_process_driver,
+)
+from nanomesh.runtime.reconcile_shell import Reconciler
 
 __all__ = [
     "ENV_CONTRACT",

@@ -53,7 +53,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from nanomesh.runtime.spec import Limits
+from nanomesh.runtime.instance_spec import Limits
 
 log = logging.getLogger("nanomesh.runtime")
 

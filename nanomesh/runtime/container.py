@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from nanomesh.config import CONTAINER_ENGINES
+from nanomesh.runtime.instance_spec import InstanceSpec
 from nanomesh.runtime.launch import Launch, LaunchContext, Launcher, LaunchError
 from nanomesh.runtime.oci import (
     HOST_FILES,
@@ -55,7 +56,6 @@ from nanomesh.runtime.oci import (
     container_id,
     oci_config,
 )
-from nanomesh.runtime.spec import InstanceSpec
 
 if TYPE_CHECKING:
     from nanomesh.runtime.cgroups import InstanceCgroup

@@ -21,7 +21,7 @@ A driver's duties, in the order the daemon relies on them:
    ``record`` notes a state without a process: ``fetching``, ``idle``, or a
    run that ended (``exited``, ``failed``) before it could start.
 3. **status.** ``status()`` is a snapshot of every instance it knows, ended
-   ones included, as :class:`~nanomesh.reconcile.InstanceStatus` values
+   ones included, as :class:`~nanomesh.runtime.reconcile_core.InstanceStatus` values
    stamped with the driver's clock (the daemon's ``trio.current_time()``);
    ``wait_changed(seen)`` wakes the daemon when it changes; ``forget(iid)``
    drops a resting instance's record.
@@ -38,9 +38,14 @@ from typing import Protocol
 import trio
 
 from nanomesh.errors import NanomeshError
-from nanomesh.lifecycle import State
-from nanomesh.reconcile import IdleInstance, InstanceStatus, StartInstance, StopInstance
-from nanomesh.runtime.spec import InstanceSpec, RunSpecError, instance_spec_from
+from nanomesh.runtime.instance_spec import InstanceSpec, RunSpecError, instance_spec_from
+from nanomesh.runtime.lifecycle import State
+from nanomesh.runtime.reconcile_core import (
+    IdleInstance,
+    InstanceStatus,
+    StartInstance,
+    StopInstance,
+)
 
 log = logging.getLogger("nanomesh.runtime")
 
@@ -75,7 +80,7 @@ class StartContext:
     restarts: int = 0
     credentials: Callable[[str, str], Mapping[str, str]] | None = None
     """``(instance id, visibility) -> variables`` the daemon adds to the run's
-    environment: its service keys (`nanomesh.servicekeys.Credentials.instance_env`);
+    environment: its service keys (`nanomesh.security.servicekeys.Credentials.instance_env`);
     None in a mesh without a cluster key (only ``NANOMESH_VISIBILITY`` is set)."""
 
 

@@ -1,9 +1,9 @@
 """Health checks: a pure state machine, and the probes that feed it.
 
 **The machine** (:func:`begin`, :func:`observe`; check results and ``now``
-in, a :class:`Health` out), per :class:`~nanomesh.runtime.spec.HealthSpec`:
+in, a :class:`Health` out), per :class:`~nanomesh.runtime.instance_spec.HealthSpec`:
 
-* ``starting``: checks every :data:`~nanomesh.runtime.spec.START_POLL`
+* ``starting``: checks every :data:`~nanomesh.runtime.instance_spec.START_POLL`
   seconds (:data:`EXEC_START_POLL` for an ``exec`` check: each one is a new
   process) until the first success (then ``healthy``); a check that fails at
   or after ``start_period`` seconds from the start gives up: the instance
@@ -13,13 +13,13 @@ in, a :class:`Health` out), per :class:`~nanomesh.runtime.spec.HealthSpec`:
 
 Giving up means the driver stops the instance and records it ``failed`` with
 ``"unhealthy: <last probe error>"``; the restart policy and the back-off in
-:mod:`nanomesh.reconcile` decide what comes next, as for a crash.
+:mod:`nanomesh.runtime.reconcile_core` decide what comes next, as for a crash.
 
 **The probes** (:func:`probe`, the thin trio shell): ``tcp`` connect;
 ``http`` ``GET path`` answering 2xx; ``coap`` a CoAP ping (an empty
 confirmable message, answered by a reset) or, with ``path``, ``GET path``
 answering 2.xx (RFC 7252 §3, the few bytes built here with the stdlib);
-``zmq`` an rpc ``GET path`` (:func:`nanomesh.rpc.zmq_call`) answering 2xx;
+``zmq`` an rpc ``GET path`` (:func:`nanomesh.transport.rpc.zmq_call`) answering 2xx;
 ``exec`` the command *inside the instance*, exiting 0 (:func:`exec_argv`).
 A probe returns None on success, else a short error text; it never raises
 for a failed check, nor for an answer it cannot understand: any exception
@@ -60,13 +60,13 @@ from dataclasses import dataclass, replace
 import trio
 
 from nanomesh.errors import RemoteProtocolError
-from nanomesh.runtime.spec import START_POLL, HealthSpec
+from nanomesh.runtime.instance_spec import START_POLL, HealthSpec
 
 log = logging.getLogger("nanomesh.runtime")
 
 EXEC_START_POLL = 0.25
 """Seconds between ``exec`` checks until the first success (other checks use
-:data:`~nanomesh.runtime.spec.START_POLL`, 20 ms): every exec check is a new
+:data:`~nanomesh.runtime.instance_spec.START_POLL`, 20 ms): every exec check is a new
 process (through a container engine, 50-200 ms of CPU), so polling as fast as
 a connect would spawn 50 a second on a small device for the whole start
 period. A quarter second still finds a ready service quickly."""
@@ -290,7 +290,7 @@ def _port(target: Target) -> int:
 
 async def _bind_source(sock: trio.socket.SocketType, host: str) -> None:
     """Probe from the instance's own (the peer's) IP: a private service's
-    CoAP and HTTP servers answer only that address (`nanomesh.service`); on
+    CoAP and HTTP servers answer only that address (`nanomesh.sdk.service`); on
     loopback the kernel would otherwise pick 127.0.0.1. Best effort."""
     with contextlib.suppress(OSError):
         await sock.bind((host, 0))
@@ -392,8 +392,8 @@ def _coap_verdict(reply: CoapHeader, message_id: int, token: bytes,
 async def _zmq(host: str, port: int, path: str, timeout: float) -> str | None:
     # Imported here: the runtime must not need pyzmq unless a service asks
     # for a zmq check.
-    from nanomesh.rpc import RpcError, zmq_call
-    from nanomesh.wire.rpc import Request
+    from nanomesh.transport.rpc import RpcError, zmq_call
+    from nanomesh.wire.service_traffic import Request
 
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:

@@ -30,7 +30,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Protocol
 
 from nanomesh.errors import NanomeshError
-from nanomesh.runtime.spec import InstanceSpec
+from nanomesh.runtime.instance_spec import InstanceSpec
 
 if TYPE_CHECKING:
     from nanomesh.runtime.cgroups import InstanceCgroup
@@ -49,7 +49,7 @@ class LaunchContext:
     iid: str
     env: Mapping[str, str]
     """The instance's environment: the daemon's, the spec's ``run.env`` and the
-    runtime's contract (``nanomesh.runtime.spec.ENV_CONTRACT``)."""
+    runtime's contract (``nanomesh.runtime.instance_spec.ENV_CONTRACT``)."""
     workdir: Path | None
     """The service's extracted bundle, None if it was deployed without one."""
     state_dir: Path

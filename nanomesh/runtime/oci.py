@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from nanomesh.ids import partition_instance_id
-from nanomesh.runtime.spec import RESERVED_ENV, InstanceSpec, Limits
+from nanomesh.runtime.instance_spec import RESERVED_ENV, InstanceSpec, Limits
 
 OCI_VERSION = "1.0.2"
 """The runtime-spec version runc 1.1.5 writes with ``runc spec``."""
@@ -125,7 +125,7 @@ def container_id(iid: str, peer: str = "") -> str:
 
 def container_env(spec: InstanceSpec, env: Mapping[str, str]) -> dict[str, str]:
     """The container's environment: the runtime's contract (the variables of
-    ``env`` named in :data:`~nanomesh.runtime.spec.RESERVED_ENV` and the
+    ``env`` named in :data:`~nanomesh.runtime.instance_spec.RESERVED_ENV` and the
     ``NANOMESH_PORT_*`` ones) and the spec's ``run.env``, over a default
     ``PATH``, ``HOME`` and ``TERM``. The rest of the daemon's environment
     stays outside: host paths and settings mean nothing in another root

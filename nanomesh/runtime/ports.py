@@ -14,7 +14,7 @@ check and the instance's own ``bind`` another program could take it (the
 instance then fails and is restarted on a fresh port).
 
 The peer's own ports (`PortAllocator`'s ``reserved``: by default nanomesh's
-default ports, `nanomesh.runtime.spec.RESERVED_PORTS`) are never handed out,
+default ports, `nanomesh.runtime.instance_spec.RESERVED_PORTS`) are never handed out,
 and a fixed port among them is refused with `PortError` (the validator
 already refuses the defaults; this also covers a document from an older peer
 and a peer configured with other ports).
@@ -31,7 +31,7 @@ import sys
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
-from nanomesh.runtime.spec import RESERVED_PORTS, EndpointSpec, InstanceSpec
+from nanomesh.runtime.instance_spec import RESERVED_PORTS, EndpointSpec, InstanceSpec
 
 AUTO_PORT_ATTEMPTS = 32
 """Kernel picks tried before giving up on a free port not held by another
@@ -50,7 +50,8 @@ class PortError(OSError):
 
 
 Endpoint = tuple[str, str, int]
-"""``(name, protocol, port)``, as in :attr:`nanomesh.reconcile.InstanceStatus.endpoints`."""
+"""``(name, protocol, port)``, as in
+:attr:`nanomesh.runtime.reconcile_core.InstanceStatus.endpoints`."""
 
 
 class PortAllocator:
@@ -162,7 +163,7 @@ def new_token() -> str:
 
 
 def contract_env(values: ContractValues) -> dict[str, str]:
-    """The variables of :data:`nanomesh.runtime.spec.ENV_CONTRACT` for one run."""
+    """The variables of :data:`nanomesh.runtime.instance_spec.ENV_CONTRACT` for one run."""
     env = {"NANOMESH_SERVICE": values.service, "NANOMESH_INSTANCE": values.iid,
            "NANOMESH_HOST": values.host_ip, "NANOMESH_PEER_API": values.peer_api,
            "NANOMESH_INSTANCE_TOKEN": values.token,
@@ -193,7 +194,7 @@ def instance_env(spec: InstanceSpec, values: ContractValues,
 def daemon_first_path(path: str) -> str:
     """``PATH`` with the directory of the daemon's own Python first, so that a
     service's ``python3`` is the interpreter nanomesh is installed in (a venv
-    on a device), and ``import nanomesh.service`` works in every nanoservice.
+    on a device), and ``import nanomesh.sdk.service`` works in every nanoservice.
     A service that wants another Python names it by absolute path."""
     own = os.path.dirname(sys.executable)
     rest = [p for p in path.split(os.pathsep) if p and p != own]

@@ -60,15 +60,15 @@ from typing import TYPE_CHECKING
 import trio
 
 from nanomesh.ids import split_instance_id
-from nanomesh.lifecycle import State
-from nanomesh.reconcile import ACTIVE, InstanceStatus, check_transition, transition
 from nanomesh.runtime import health as hc
 from nanomesh.runtime.cgroups import Cgroups, InstanceCgroup, Layout
 from nanomesh.runtime.driver import DriverError, InstanceDriver, StartContext
+from nanomesh.runtime.instance_spec import InstanceSpec
 from nanomesh.runtime.launch import HostLauncher, Launch, LaunchContext, Launcher, LaunchError
+from nanomesh.runtime.lifecycle import State
 from nanomesh.runtime.logs import ROTATE_BYTES, ROTATE_KEEP, append_line, log_path, open_log
 from nanomesh.runtime.ports import ContractValues, PortAllocator, instance_env, new_token
-from nanomesh.runtime.spec import InstanceSpec
+from nanomesh.runtime.reconcile_core import ACTIVE, InstanceStatus, check_transition, transition
 
 log = logging.getLogger("nanomesh.runtime")
 
@@ -127,7 +127,7 @@ class ProcessDriver:
     only, on the host); ``peer`` names this daemon's cgroup scope;
     ``cgroups=False`` runs without cgroups (no limits, group kill only);
     ``clock`` stamps statuses (the daemon's ``trio.current_time``, the same
-    clock :func:`nanomesh.reconcile.reconcile` is given); ``rotate_bytes`` and
+    clock :func:`nanomesh.runtime.reconcile_core.reconcile` is given); ``rotate_bytes`` and
     ``rotate_keep`` size the logs (:mod:`.logs`).
     """
 

@@ -41,7 +41,8 @@ from nanomesh.wire.messages import (
     StreamMessage,
     Suspect,
 )
-from nanomesh.wire.rpc import (
+from nanomesh.wire.seedfile import pack_seed_file, unpack_seed_file
+from nanomesh.wire.service_traffic import (
     Event,
     Request,
     Response,
@@ -52,7 +53,6 @@ from nanomesh.wire.rpc import (
     encode_request,
     encode_response,
 )
-from nanomesh.wire.seedfile import pack_seed_file, unpack_seed_file
 
 __all__ = [
     "FRAME_PREFIX_LEN", "MAX_DATAGRAM", "MAX_DATAGRAM_IN", "MAX_FRAME", "PROTOCOL_MAX",

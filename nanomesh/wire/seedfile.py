@@ -1,9 +1,9 @@
-"""The bytes of a seed file: one msgpack map (format in :mod:`nanomesh.seed`).
+"""The bytes of a seed file: one msgpack map (format in :mod:`nanomesh.bundles.seed`).
 
 Text is msgpack ``str``, the bundle and the state blob are ``bin``
 (``use_bin_type``), so bytes and text stay apart on a round trip. This
 module only turns the map into bytes and back, within size limits;
-:mod:`nanomesh.seed` owns the fields and checks every one of them.
+:mod:`nanomesh.bundles.seed` owns the fields and checks every one of them.
 """
 
 from __future__ import annotations

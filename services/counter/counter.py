@@ -15,7 +15,7 @@ import json
 
 import trio
 
-from nanomesh.service import Call, NanoService, ServiceError
+from nanomesh.sdk.service import Call, NanoService, ServiceError
 
 svc = NanoService()
 _state: dict[str, int] = {}

@@ -1,4 +1,4 @@
-"""echo: the smallest useful nanoservice, written with nanomesh.service.
+"""echo: the smallest useful nanoservice, written with nanomesh.sdk.service.
 
 Routes (on every endpoint, ZeroMQ ``api`` and CoAP ``coap``):
   GET  echo/{text}   -> the text
@@ -9,8 +9,8 @@ Routes (on every endpoint, ZeroMQ ``api`` and CoAP ``coap``):
 
 import os
 
-from nanomesh.service import Call, NanoService
-from nanomesh.wire.rpc import Response
+from nanomesh.sdk.service import Call, NanoService
+from nanomesh.wire.service_traffic import Response
 
 svc = NanoService()
 

@@ -16,7 +16,7 @@ from nanomesh.bundles import (
     registry_listing,
     validate_registry_entry,
 )
-from nanomesh.manifest import load_manifest
+from nanomesh.runtime.manifest import load_manifest
 
 SHA_A, SHA_B = "a" * 64, "b" * 64
 

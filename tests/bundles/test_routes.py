@@ -21,10 +21,10 @@ from bundle_helpers import (
     raw_tar,
 )
 
-from nanomesh.apiclient import ApiError, request_bytes, request_json
 from nanomesh.bundles import BundleStore, holders_index, pack_bundle, sha256_of
 from nanomesh.daemon.api_bundles import bundle_routes, registry_routes
 from nanomesh.daemon.http import MAX_REQUEST_BYTES, BodyLimit, HttpError, RawBody, Request
+from nanomesh.transport.apiclient import ApiError, request_bytes, request_json
 
 HOST = "127.0.52.10"
 MGMT = "mgmt-token"

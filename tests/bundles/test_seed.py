@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nanomesh.bundles import pack_bundle
-from nanomesh.manifest import load_manifest
-from nanomesh.seed import Seed, SeedError, decode_seed, encode_seed, read_seed, write_seed
+from nanomesh.bundles.seed import Seed, SeedError, decode_seed, encode_seed, read_seed, write_seed
+from nanomesh.runtime.manifest import load_manifest
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,8 @@ from nanomesh.consensus.state import (
     apply_settle_deployment,
     version_of,
 )
-from nanomesh.manifest import manifest_from_document
-from nanomesh.reconcile import spec_digest
+from nanomesh.runtime.manifest import manifest_from_document
+from nanomesh.runtime.reconcile_core import spec_digest
 
 V1 = {"name": "counter", "version": "1", "run": {"command": ["python3", "counter.py"]}}
 V2 = {**V1, "version": "2", "run": {"command": ["python3", "counter2.py"]}}

@@ -20,7 +20,6 @@ from types import ModuleType
 
 import pytest
 
-from nanomesh import lifecycle
 from nanomesh.consensus import role_core, role_effects
 from nanomesh.consensus.role_core import (
     TRANSITIONS,
@@ -57,6 +56,7 @@ from nanomesh.consensus.role_effects import (
 from nanomesh.consensus.status import RaftStatus, Role
 from nanomesh.consensus.voters import PeerInfo, VoterPolicy
 from nanomesh.errors import IllegalTransition, NanomeshError
+from nanomesh.runtime import lifecycle
 from nanomesh.wire import MemberState
 
 NONE, LEARNER, JOINING, VOTER = RaftRole.NONE, RaftRole.LEARNER, RaftRole.JOINING, RaftRole.VOTER

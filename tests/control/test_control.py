@@ -1,9 +1,9 @@
 """The leader's placement decision from committed state and the gossip view."""
 
-from nanomesh.control import decide, unknown_hosts, worth_committing
 from nanomesh.gossip.members import Member
-from nanomesh.manifest import service_document
 from nanomesh.placement import PlacementConfig
+from nanomesh.placement.decide import decide, unknown_hosts, worth_committing
+from nanomesh.runtime.manifest import service_document
 from nanomesh.wire import MemberState
 
 

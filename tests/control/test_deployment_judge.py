@@ -1,4 +1,4 @@
-"""The leader's verdict on a deployment (`nanomesh.deployment.judge`): pure,
+"""The leader's verdict on a deployment (`nanomesh.runtime.deployment_core.judge`): pure,
 time passed in as ``now`` (issue 8 item 13, Nomad's auto-revert)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from nanomesh.deployment import (
+from nanomesh.runtime.deployment_core import (
     CRASH_LIMIT,
     UpdatePolicy,
     Watch,
@@ -16,7 +16,7 @@ from nanomesh.deployment import (
     update_policy,
     update_policy_problem,
 )
-from nanomesh.reconcile import spec_digest
+from nanomesh.runtime.reconcile_core import spec_digest
 
 DOC: dict[str, Any] = {"name": "web", "version": "2", "run": {"command": ["web"]},
                        "spec": {"name": "web", "replicas": 2},

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from nanomesh.manifest import (
+from nanomesh.runtime.manifest import (
     ManifestError,
     load_manifest,
     manifest_from_document,

@@ -1,6 +1,6 @@
 """The daemon's one peer-to-peer client (`nanomesh.daemon.peer_calls`)
 against the daemon's own HTTP server and `Access`: a signed call is admitted
-as a member call (once), and failures read as `nanomesh.apiclient` words them."""
+as a member call (once), and failures read as `nanomesh.transport.apiclient` words them."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 import trio
 
-from nanomesh.apiclient import ApiError
-from nanomesh.auth import InternalCalls
 from nanomesh.daemon.api_auth import Access
 from nanomesh.daemon.http import HttpError, Request, serve_http
 from nanomesh.daemon.peer_calls import PeerCalls
+from nanomesh.security.auth import InternalCalls
+from nanomesh.transport.apiclient import ApiError
 from nanomesh.wire import Keyring
 
 

@@ -1,4 +1,4 @@
-"""What a reader without the management token sees (`nanomesh.auth`), and
+"""What a reader without the management token sees (`nanomesh.security.auth`), and
 the 401 texts (`nanomesh.daemon.api_auth`). Pure: no daemon."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from nanomesh.auth import REDACTED, redact_registry_entry, redact_service
 from nanomesh.daemon.api_auth import refusal
 from nanomesh.daemon.http import Request
-from nanomesh.manifest import ManifestError, manifest_from_document, service_document
+from nanomesh.runtime.manifest import ManifestError, manifest_from_document, service_document
+from nanomesh.security.auth import REDACTED, redact_registry_entry, redact_service
 
 MANIFEST = {"name": "counter", "version": "1.0", "run": {
     "command": ["python3", "counter.py"], "env": {"API_KEY": "s3cret", "MODE": "fast"}},

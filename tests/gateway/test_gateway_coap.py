@@ -251,12 +251,12 @@ async def test_concurrent_requests_spread_over_replicas_order() -> None:
 
 
 async def test_garbage_datagrams_never_crash_a_nanoservice_coap_server() -> None:
-    """The SDK's CoAP server (`nanomesh.coapio.serve_coap`, what every
+    """The SDK's CoAP server (`nanomesh.transport.coapio.serve_coap`, what every
     nanoservice with a coap endpoint runs) survives the same garbage: the
     non-UTF-8 Uri-Path used to escape aiocoap into trio-asyncio's nursery and
     end the service."""
-    from nanomesh.coapio import serve_coap
-    from nanomesh.wire.rpc import Request, Response
+    from nanomesh.transport.coapio import serve_coap
+    from nanomesh.wire.service_traffic import Request, Response
 
     async def handler(request: Request) -> Response:
         return Response(200, request.path.encode())
@@ -280,8 +280,8 @@ async def test_nanoservice_coap_server_refuses_a_blockwise_body_over_the_limit()
     """The SDK's CoAP server stops reassembling a Block1 body at the call body
     limit (1 MiB): a 2 MiB POST gets 4.13 and the handler never sees it; a
     64 KiB one still goes through."""
-    from nanomesh.coapio import serve_coap
-    from nanomesh.wire.rpc import MAX_BODY, Request, Response
+    from nanomesh.transport.coapio import serve_coap
+    from nanomesh.wire.service_traffic import MAX_BODY, Request, Response
 
     seen: list[int] = []
 

@@ -27,7 +27,7 @@ from nanomesh.gateway.forward import (
 )
 from nanomesh.gateway.upstream import UpstreamError, coap_response, rpc_request
 from nanomesh.naming import Endpoint
-from nanomesh.wire.rpc import Response
+from nanomesh.wire.service_traffic import Response
 
 
 def req(*path: str, method: str = "GET") -> GatewayRequest:

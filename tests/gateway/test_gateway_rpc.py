@@ -1,5 +1,5 @@
 """The gateway forwarding to zmq and http instances (real ROUTER / HTTP
-servers from `nanomesh.rpc` / `nanomesh.httpio` on 127.0.50.x)."""
+servers from `nanomesh.transport.rpc` / `nanomesh.transport.httpio` on 127.0.50.x)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from gateway_helpers import BIG, INSTANCE_IPS, coap_client, endpoint, running_ga
 
 from nanomesh.naming import Endpoint
 
-rpc = pytest.importorskip("nanomesh.rpc", reason="the zmq call layer is not in this tree")
-wire_rpc = pytest.importorskip("nanomesh.wire.rpc")
-httpio = pytest.importorskip("nanomesh.httpio")
+rpc = pytest.importorskip("nanomesh.transport.rpc", reason="the zmq call layer is not in this tree")
+wire_rpc = pytest.importorskip("nanomesh.wire.service_traffic")
+httpio = pytest.importorskip("nanomesh.transport.httpio")
 
 A, B, _ = INSTANCE_IPS
 ZMQ_PORT, HTTP_PORT = 5711, 5712

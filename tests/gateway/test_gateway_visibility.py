@@ -17,7 +17,6 @@ import pytest
 import trio
 from gateway_helpers import coap_client, endpoint
 
-from nanomesh.coapio import serve_coap
 from nanomesh.gateway.core import LINK, Gateway
 from nanomesh.gateway.forward import (
     CONTENT,
@@ -27,12 +26,13 @@ from nanomesh.gateway.forward import (
     GatewayResponse,
 )
 from nanomesh.gateway.link import link_path
-from nanomesh.httpio import http_call, serve_http_calls
 from nanomesh.naming import Endpoint
-from nanomesh.rpc import RpcError, zmq_call
-from nanomesh.servicekeys import ServiceKeys
+from nanomesh.security.servicekeys import ServiceKeys
+from nanomesh.transport.coapio import serve_coap
+from nanomesh.transport.httpio import http_call, serve_http_calls
+from nanomesh.transport.rpc import RpcError, zmq_call
 from nanomesh.wire.envelope import Keyring
-from nanomesh.wire.rpc import Request, Response
+from nanomesh.wire.service_traffic import Request, Response
 
 VISIBILITY = {"pub": "public", "priv": "private"}
 

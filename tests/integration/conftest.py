@@ -51,7 +51,7 @@ def attach_logs(request: pytest.FixtureRequest) -> Callable[[HasLogs], None]:
 @pytest.fixture(autouse=True)
 def cluster_key_for_clients(monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every peer the harness starts holds the session's key by default; the
-    clients an integration test runs (`nanomesh call`, `nanomesh.client`)
+    clients an integration test runs (`nanomesh call`, `nanomesh.sdk.client`)
     find it in ``$NANOMESH_KEY_FILE``, for this test only (the unit tests of
     other folders run keyless clients)."""
     key = session_key_file()

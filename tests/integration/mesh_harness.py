@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from nanomesh.apiclient import ApiError, get_json
+from nanomesh.transport.apiclient import ApiError, get_json
 from nanomesh.wire import generate_key
 
 PY = sys.executable
@@ -335,7 +335,7 @@ class BaseCluster:
         """The key every peer gets unless a test names another (or `NO_KEY`):
         a peer never runs without one. One key for the whole test session
         (`session_key_file`), so clients started by tests (`nanomesh call`,
-        `nanomesh.client`) find it through ``$NANOMESH_KEY_FILE``."""
+        `nanomesh.sdk.client`) find it through ``$NANOMESH_KEY_FILE``."""
         return session_key_file()
 
     def _make_peer(self, name: str, ip: str, *, key_file: Path | None, join: Sequence[str],
@@ -469,7 +469,7 @@ class Cluster(BaseCluster):
 
 AGENT = r"""
 import json, sys
-from nanomesh.apiclient import ApiError, get_json
+from nanomesh.transport.apiclient import ApiError, get_json
 print("ready", flush=True)
 for line in sys.stdin:
     api, path = line.split()

@@ -23,8 +23,8 @@ from mesh_harness import API_PORT, Cluster, Peer
 from service_helpers import cli, cli_retry, copy_service
 from test_control_plane import read_token_when_ready
 
-from nanomesh.apiclient import ApiError
 from nanomesh.daemon.http_limits import ServerLimits
+from nanomesh.transport.apiclient import ApiError
 
 pytestmark = pytest.mark.integration
 

@@ -40,7 +40,7 @@ from typing import Any
 import pytest
 from mesh_harness import Cluster, Peer
 
-from nanomesh.apiclient import ApiError
+from nanomesh.transport.apiclient import ApiError
 
 pytestmark = pytest.mark.integration
 

@@ -24,7 +24,7 @@ from mesh_harness import AddressPool, Cluster, Peer
 from service_helpers import cli, cli_ok, cli_retry, copy_service, instances, wait_instances
 from test_control_plane import peer_of, read_token, read_token_when_ready, wait_agreed
 
-from nanomesh.apiclient import get_json
+from nanomesh.transport.apiclient import get_json
 
 pytestmark = pytest.mark.integration
 
@@ -149,8 +149,8 @@ def test_redeploy_keeps_the_counters_state_and_reset_state_drops_it(
 def test_reset_state_through_the_http_api_field(mesh: Mesh, tmp_path: Path) -> None:
     """``"reset_state": true`` beside the manifest's fields in POST
     /v1/services; a non-boolean is a 400 that changes nothing."""
-    from nanomesh.apiclient import ApiError, request_json
-    from nanomesh.manifest import load_manifest, manifest_from_document
+    from nanomesh.runtime.manifest import load_manifest, manifest_from_document
+    from nanomesh.transport.apiclient import ApiError, request_json
 
     folder = copy_service("counter", tmp_path / "c", {'name = "counter"': 'name = "api-reset"'})
     cli_retry(mesh.cluster, "deploy", str(folder), peer=mesh.peers[0], token=mesh.token)

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from mesh_harness import PY, Cluster, Peer
 
-from nanomesh.auth import internal_token
-from nanomesh.keys import fingerprint
+from nanomesh.security.auth import internal_token
+from nanomesh.security.keys import fingerprint
 from nanomesh.wire import Keyring
 
 pytestmark = pytest.mark.integration

@@ -4,7 +4,7 @@ Services from ``services/`` are deployed through the command line
 (``python -m nanomesh deploy ...`` subprocesses) onto meshes of three real
 peer daemons on loopback 127.0.10.x, and called by name: through the CoAP
 gateway every peer runs (``coap://<peer>:5683/s/<service>/<path>``, with
-aiocoap as a constrained device would) and through ``nanomesh.client``
+aiocoap as a constrained device would) and through ``nanomesh.sdk.client``
 (ZeroMQ straight to an instance).
 
 Most tests share one module-wide mesh (each with its own service names);
@@ -49,7 +49,7 @@ from service_helpers import (
 )
 from test_control_plane import call, read_token_when_ready, wait_agreed, write
 
-from nanomesh import client
+from nanomesh.sdk import client
 
 pytestmark = pytest.mark.integration
 
@@ -203,7 +203,7 @@ async def test_echo_deployed_by_cli_is_reachable_by_name_from_a_peer_without_it(
     daemon. `nanomesh resolve echo --json` on every peer lists both
     instances' zmq and coap endpoints on their hosts' addresses. From the
     one peer that hosts no instance, a call by name succeeds through its CoAP
-    gateway (GET, POST, a 6 KiB block-wise body) and through nanomesh.client
+    gateway (GET, POST, a 6 KiB block-wise body) and through nanomesh.sdk.client
     (ZeroMQ), and `whoami` answers each instance id."""
     assert "uploaded bundle" in echo.output and "deployed echo" in echo.output, echo.output
     assert sorted(echo.hosts) == ["echo/0", "echo/1"]
@@ -493,7 +493,7 @@ def test_bad_manifests_are_refused_and_echo_keeps_running(mesh: Mesh, echo: Depl
         assert "uploaded bundle" not in result.stdout, result.stdout
 
     [doc] = [d for d in mesh.peers[1].get("/v1/services") if d["name"] == "echo"]
-    from nanomesh.manifest import manifest_from_document
+    from nanomesh.runtime.manifest import manifest_from_document
     good = manifest_from_document(doc)
     bad_bodies = [({**good, "limits": {"memory_mb": 1}}, "limits.memory_mb"),
                   ({**good, "endpoints": [{"name": "api", "protocol": "zmq", "port": 70000}]},

@@ -22,7 +22,7 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from mesh_harness import API_PORT, GOSSIP_PORT, Cluster, Peer
 
-from nanomesh.apiclient import ApiError, get_json
+from nanomesh.transport.apiclient import ApiError, get_json
 from nanomesh.wire import Ack, Keyring, frame, seal
 
 pytestmark = pytest.mark.integration

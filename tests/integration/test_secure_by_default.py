@@ -296,7 +296,7 @@ def test_a_recorded_internal_call_cannot_be_replayed_or_reused(cluster: Cluster)
     import urllib.error
     import urllib.request
 
-    from nanomesh.auth import INTERNAL_PURPOSE, internal_token
+    from nanomesh.security.auth import INTERNAL_PURPOSE, internal_token
     from nanomesh.wire import Keyring
 
     peer = cluster.add("device")

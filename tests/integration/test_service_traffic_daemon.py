@@ -10,7 +10,7 @@ on the same network:
 - cannot subscribe to events, nor publish any that members receive;
 
 while members (the cluster key, as `nanomesh call --key-file` and
-`nanomesh.client.connect(key_file=...)` read it) call everything, also
+`nanomesh.sdk.client.connect(key_file=...)` read it) call everything, also
 through the gateway's authenticated link; the public echo answers plain CoAP
 at every gateway; and an instance cannot publish under another's name.
 
@@ -31,11 +31,11 @@ from mesh_harness import AddressPool, Cluster, Peer
 from service_helpers import cli, cli_ok, cli_retry, coap_request, wait_instances
 from test_control_plane import read_token_when_ready, wait_agreed
 
-from nanomesh import client
-from nanomesh.rpc import RpcError, zmq_call
-from nanomesh.servicekeys import ServiceKeys
+from nanomesh.sdk import client
+from nanomesh.security.servicekeys import ServiceKeys
+from nanomesh.transport.rpc import RpcError, zmq_call
 from nanomesh.wire.envelope import Keyring
-from nanomesh.wire.rpc import Event, Request
+from nanomesh.wire.service_traffic import Event, Request
 
 pytestmark = pytest.mark.integration
 
@@ -43,9 +43,9 @@ SERVICES = Path(__file__).resolve().parents[2] / "services"
 WAIT = 60.0
 HERALD = '''
 import os, trio
-from nanomesh.events import open_publisher
-from nanomesh.service import NanoService
-from nanomesh.servicekeys import ServiceKeys
+from nanomesh.sdk.events import open_publisher
+from nanomesh.sdk.service import NanoService
+from nanomesh.security.servicekeys import ServiceKeys
 
 svc = NanoService()
 

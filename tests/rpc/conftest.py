@@ -19,7 +19,7 @@ if str(HERE) not in sys.path:
 @pytest.fixture(autouse=True)
 def _fresh_pool() -> Iterator[None]:
     """Each test starts and ends without pooled ZeroMQ connections."""
-    from nanomesh.rpc import close_pooled_connections
+    from nanomesh.transport.rpc import close_pooled_connections
     close_pooled_connections()
     yield
     close_pooled_connections()

@@ -17,9 +17,9 @@ from typing import Any
 
 import trio
 
-from nanomesh.httpio import serve_http_calls
-from nanomesh.rpc import RpcError, zmq_call
-from nanomesh.wire.rpc import CONTENT_JSON, Request, Response
+from nanomesh.transport.httpio import serve_http_calls
+from nanomesh.transport.rpc import RpcError, zmq_call
+from nanomesh.wire.service_traffic import CONTENT_JSON, Request, Response
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -84,7 +84,7 @@ async def fake_peer_api(ip: str) -> AsyncIterator[FakePeerApi]:
 
 def service_env(service: str, instance: str, host: str, endpoints: dict[str, tuple[str, int]],
                 peer_api: str, **extra: str) -> dict[str, str]:
-    """The environment the runtime gives an instance (see nanomesh.service)."""
+    """The environment the runtime gives an instance (see nanomesh.sdk.service)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("NANOMESH_")}
     env.update({
         "NANOMESH_SERVICE": service, "NANOMESH_INSTANCE": instance, "NANOMESH_HOST": host,

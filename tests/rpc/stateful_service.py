@@ -3,7 +3,7 @@
 import os
 from pathlib import Path
 
-from nanomesh.service import Call, NanoService, ServiceError
+from nanomesh.sdk.service import Call, NanoService, ServiceError
 
 svc = NanoService()
 

@@ -1,4 +1,4 @@
-"""`nanomesh.client`: calls by name through a fake resolve API to real ZeroMQ
+"""`nanomesh.sdk.client`: calls by name through a fake resolve API to real ZeroMQ
 replicas (fail-over, typed errors), the CoAP gateway path, and the pure
 ordering of attempts."""
 
@@ -11,7 +11,7 @@ import pytest
 import trio
 from rpc_helpers import endpoint_json, fake_peer_api, free_port
 
-from nanomesh.client import (
+from nanomesh.sdk.client import (
     GATEWAY,
     CallTimeout,
     RemoteError,
@@ -21,9 +21,9 @@ from nanomesh.client import (
     connect,
     parse_resolution,
 )
-from nanomesh.coapio import serve_coap
-from nanomesh.rpc import serve_rpc
-from nanomesh.wire.rpc import Request, Response
+from nanomesh.transport.coapio import serve_coap
+from nanomesh.transport.rpc import serve_rpc
+from nanomesh.wire.service_traffic import Request, Response
 
 IP_API, IP_A, IP_B = "127.0.51.20", "127.0.51.21", "127.0.51.22"
 

@@ -1,4 +1,4 @@
-"""Publish/subscribe through two real event relays (`nanomesh.events`):
+"""Publish/subscribe through two real event relays (`nanomesh.sdk.events`):
 a subscriber hears publishers on either peer; relays drop garbage."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import trio
 import zmq
 from rpc_helpers import fake_peer_api, free_port
 
-from nanomesh import zmqtrio
-from nanomesh.client import connect
 from nanomesh.errors import ConfigError
-from nanomesh.events import relay_changes, serve_event_relay
-from nanomesh.wire.rpc import Event
+from nanomesh.sdk.client import connect
+from nanomesh.sdk.events import relay_changes, serve_event_relay
+from nanomesh.transport import zmqtrio
+from nanomesh.wire.service_traffic import Event
 
 IP_A, IP_B = "127.0.51.31", "127.0.51.32"
 
@@ -87,7 +87,7 @@ async def test_relay_drops_garbage_and_carries_on(nursery: trio.Nursery) -> None
                 pub.send_multipart_nowait([b"\xff\xfe", b"x"])
                 await trio.sleep(0.05)
             # A good event still goes through after the garbage.
-            from nanomesh.wire.rpc import encode_event
+            from nanomesh.wire.service_traffic import encode_event
             got: list[list[bytes]] = []
             while not got:
                 pub.send_multipart_nowait(encode_event("ok", "tester", b"1"))
@@ -100,8 +100,8 @@ async def test_relay_drops_oversize_events_and_carries_on(nursery: trio.Nursery)
     """An event over MAX_EVENT never reaches a subscriber, whether one frame is
     over it (ZeroMQ drops the publisher's connection, which comes back) or
     only the whole event is; normal events keep flowing after each."""
-    from nanomesh.events import MAX_EVENT
-    from nanomesh.wire.rpc import encode_event
+    from nanomesh.sdk.events import MAX_EVENT
+    from nanomesh.wire.service_traffic import encode_event
     xpub, xsub = free_port(IP_A), free_port(IP_A)
     stats: collections.Counter[str] = collections.Counter()
     await nursery.start(functools.partial(serve_event_relay, stats=stats), IP_A, xsub, xpub)
@@ -138,7 +138,7 @@ async def test_relay_drops_oversize_events_and_carries_on(nursery: trio.Nursery)
 
 
 def test_publisher_refuses_an_oversize_event() -> None:
-    from nanomesh.events import MAX_EVENT, Publisher
+    from nanomesh.sdk.events import MAX_EVENT, Publisher
     sock = zmqtrio.socket(zmq.PUB)
     try:
         publisher = Publisher(sock, "me")

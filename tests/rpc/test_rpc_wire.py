@@ -1,4 +1,4 @@
-"""The service wire format (`nanomesh.wire.rpc`): round trips, strict
+"""The service wire format (`nanomesh.wire.service_traffic`): round trips, strict
 decoding, and fuzzing that only RemoteProtocolError ever escapes."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nanomesh.errors import RemoteProtocolError
-from nanomesh.wire.rpc import (
+from nanomesh.wire.service_traffic import (
     CONTENT_JSON,
     MAX_BODY,
     METHODS,

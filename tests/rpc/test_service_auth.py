@@ -1,5 +1,5 @@
 """Service traffic authenticated with keys derived from the cluster key
-(`nanomesh.servicekeys`, issue 8 item 5), on real ZeroMQ sockets: a server
+(`nanomesh.security.servicekeys`, issue 8 item 5), on real ZeroMQ sockets: a server
 and a relay admit members only, and a relay verifies event sources.
 
 Addresses: 127.0.51.4x only."""
@@ -19,13 +19,14 @@ import trio
 import zmq
 from rpc_helpers import free_port
 
-from nanomesh import servicekeys, zmqtrio
 from nanomesh.errors import ConfigError
-from nanomesh.events import check_source, open_publisher, open_subscription, serve_event_relay
-from nanomesh.rpc import RpcError, serve_rpc, zmq_call
-from nanomesh.servicekeys import Credentials, ServiceKeys, zap_reply
+from nanomesh.sdk.events import check_source, open_publisher, open_subscription, serve_event_relay
+from nanomesh.security import servicekeys
+from nanomesh.security.servicekeys import Credentials, ServiceKeys, zap_reply
+from nanomesh.transport import zmqtrio
+from nanomesh.transport.rpc import RpcError, serve_rpc, zmq_call
 from nanomesh.wire.envelope import Keyring
-from nanomesh.wire.rpc import Event, Request, Response, call_frames, encode_request
+from nanomesh.wire.service_traffic import Event, Request, Response, call_frames, encode_request
 
 IP = "127.0.51.41"
 K1, K2, K3 = os.urandom(32), os.urandom(32), os.urandom(32)
@@ -87,7 +88,7 @@ async def test_zap_refuses_a_client_that_only_knows_the_server_key(
 
 
 async def test_calls_survive_a_rolling_key_rotation(nursery: trio.Nursery) -> None:
-    """Key rotation (see `nanomesh.servicekeys`): a server with keys [K1, K2]
+    """Key rotation (see `nanomesh.security.servicekeys`): a server with keys [K1, K2]
     admits clients of either key. A client whose primary is already K2 meets
     the server's K1 key, fails that handshake and tries its other installed
     key's, and remembers it; a client without K1 at all cannot get in."""

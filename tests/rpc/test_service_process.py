@@ -1,4 +1,4 @@
-"""`nanomesh.service.NanoService` as a real process, started with the
+"""`nanomesh.sdk.service.NanoService` as a real process, started with the
 runtime's environment contract, serving ZeroMQ and CoAP (services/echo) and
 handing state to the peer API."""
 
@@ -13,11 +13,11 @@ import pytest
 import trio
 from rpc_helpers import REPO, fake_peer_api, free_port, service_env, service_process, until
 
-from nanomesh.coapio import open_coap_client
 from nanomesh.errors import ConfigError
-from nanomesh.rpc import zmq_call
-from nanomesh.service import NanoService, ServiceEnv, match_route, split_route
-from nanomesh.wire.rpc import CONTENT_JSON, Request
+from nanomesh.sdk.service import NanoService, ServiceEnv, match_route, split_route
+from nanomesh.transport.coapio import open_coap_client
+from nanomesh.transport.rpc import zmq_call
+from nanomesh.wire.service_traffic import CONTENT_JSON, Request
 
 IP = "127.0.51.10"
 ECHO = REPO / "services" / "echo" / "echo.py"

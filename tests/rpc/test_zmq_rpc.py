@@ -10,10 +10,10 @@ import pytest
 import trio
 import zmq
 
-from nanomesh import zmqtrio
 from nanomesh.errors import ConfigError
-from nanomesh.rpc import RpcError, RpcTimeout, serve_rpc, zmq_call
-from nanomesh.wire.rpc import Request, Response, decode_response
+from nanomesh.transport import zmqtrio
+from nanomesh.transport.rpc import RpcError, RpcTimeout, serve_rpc, zmq_call
+from nanomesh.wire.service_traffic import Request, Response, decode_response
 
 IP = "127.0.51.1"
 
@@ -162,7 +162,7 @@ async def test_close_wakes_a_waiting_receiver() -> None:
 
 
 def test_link_state_table() -> None:
-    from nanomesh.rpc import next_link_state as step
+    from nanomesh.transport.rpc import next_link_state as step
     assert step("connecting", zmq.EVENT_HANDSHAKE_SUCCEEDED) == "up"
     assert step("connecting", zmq.EVENT_CLOSED) == "refused"
     assert step("connecting", zmq.EVENT_CONNECT_RETRIED) == "refused"
@@ -193,7 +193,7 @@ async def test_many_concurrent_calls_stay_under_the_socket_limit() -> None:
     """400 calls at once to 8 servers would need 1,200 ZeroMQ sockets (3 per
     link), past libzmq's 1,023: links are capped, the surplus calls wait for
     one, and every call gets its answer. Pooled links stay under the cap too."""
-    from nanomesh.rpc import MAX_LINKS, _pool
+    from nanomesh.transport.rpc import MAX_LINKS, _pool
 
     async def slowish(req: Request) -> Response:
         await trio.sleep(0.05)
@@ -221,7 +221,7 @@ async def test_zeromq_failures_are_rpc_errors(monkeypatch: pytest.MonkeyPatch) -
     """libzmq refusing a socket (EMFILE: too many) is an RpcError, not a raw ZMQError."""
     import errno
 
-    from nanomesh.rpc import MAX_LINKS, _pool
+    from nanomesh.transport.rpc import MAX_LINKS, _pool
 
     def no_more(*args: object, **kwargs: object) -> zmqtrio.Socket:
         raise zmq.ZMQError(errno.EMFILE)

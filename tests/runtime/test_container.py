@@ -30,8 +30,8 @@ import pytest
 import trio
 
 from nanomesh.runtime.container import UNIFIED_MOUNTS, PodmanLauncher, RuncLauncher, probe_engine
+from nanomesh.runtime.instance_spec import InstanceSpec, instance_spec_from
 from nanomesh.runtime.launch import Launch, LaunchContext
-from nanomesh.runtime.spec import InstanceSpec, instance_spec_from
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_ROOTFS = REPO / "services" / "counter-container" / "build-rootfs.sh"
@@ -380,7 +380,7 @@ def runc_list(runc: RuncLauncher) -> list[str]:
 
 
 async def test_counter_container_through_the_driver(rootfs_bundle: Path, tmp_path: Path) -> None:
-    from nanomesh.manifest import load_manifest
+    from nanomesh.runtime.manifest import load_manifest
 
     spec = instance_spec_from(load_manifest(BUILD_ROOTFS.parent / "nanoservice.toml"))
     async with container_driver(tmp_path) as (driver, runc):

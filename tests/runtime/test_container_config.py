@@ -31,6 +31,7 @@ from nanomesh.runtime.container import (
     pick_engine,
     probe_engine,
 )
+from nanomesh.runtime.instance_spec import InstanceSpec, Limits, instance_spec_from
 from nanomesh.runtime.launch import LaunchContext, LaunchError
 from nanomesh.runtime.oci import (
     DEFAULT_PATH,
@@ -39,7 +40,6 @@ from nanomesh.runtime.oci import (
     oci_config,
     resources,
 )
-from nanomesh.runtime.spec import InstanceSpec, Limits, instance_spec_from
 
 ENV = {"PATH": "/host/bin", "HOME": "/root", "SECRET_OF_THE_DAEMON": "x",
        "NANOMESH_SERVICE": "web", "NANOMESH_INSTANCE": "web/0", "NANOMESH_HOST": "127.0.53.9",

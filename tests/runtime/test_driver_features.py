@@ -26,7 +26,6 @@ from runtime_helpers import (
     wait_until,
 )
 
-from nanomesh.reconcile import IdleInstance, InstanceStatus, StartInstance, spec_digest
 from nanomesh.runtime import (
     HostLauncher,
     Launch,
@@ -38,7 +37,8 @@ from nanomesh.runtime import (
     open_process_driver,
     read_log_tail,
 )
-from nanomesh.runtime.spec import InstanceSpec
+from nanomesh.runtime.instance_spec import InstanceSpec
+from nanomesh.runtime.reconcile_core import IdleInstance, InstanceStatus, StartInstance, spec_digest
 
 HOST = "127.0.0.1"
 SHA = "ab" * 32

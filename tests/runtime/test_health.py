@@ -26,8 +26,8 @@ from nanomesh.runtime.health import (
     observe,
     probe,
 )
-from nanomesh.runtime.spec import START_POLL, HealthSpec
-from nanomesh.wire.rpc import Request, Response
+from nanomesh.runtime.instance_spec import START_POLL, HealthSpec
+from nanomesh.wire.service_traffic import Request, Response
 
 SPEC = HealthSpec(check="tcp", interval=5.0, retries=3, start_period=30.0)
 T0 = 1000.0
@@ -198,7 +198,7 @@ async def test_coap_ping_answered_wrongly_fails() -> None:
 
 
 async def test_zmq_probe() -> None:
-    from nanomesh.rpc import close_pooled_connections, serve_rpc
+    from nanomesh.transport.rpc import close_pooled_connections, serve_rpc
 
     async def handler(request: Request) -> Response:
         return Response(200 if request.path == "health" else 404, error="nope")

@@ -27,7 +27,6 @@ from runtime_helpers import (
     wait_until,
 )
 
-from nanomesh.reconcile import InstanceStatus, StartInstance, StopInstance, spec_digest
 from nanomesh.runtime import (
     DriverError,
     ProcessDriver,
@@ -37,6 +36,7 @@ from nanomesh.runtime import (
     open_process_driver,
 )
 from nanomesh.runtime.logs import ROTATE_BYTES
+from nanomesh.runtime.reconcile_core import InstanceStatus, StartInstance, StopInstance, spec_digest
 
 
 async def test_start_runs_the_program_with_its_environment_and_logs(tmp_path: Path) -> None:

@@ -10,9 +10,9 @@ from typing import Any
 import trio
 from runtime_helpers import BYE, PY, READY, READY_THEN_WAIT_FOR_TERM, wait_for_text, wait_until
 
-from nanomesh.manifest import service_document
-from nanomesh.reconcile import BackoffPolicy, spec_digest
 from nanomesh.runtime import ProcessDriver, Reconciler, log_path, open_process_driver
+from nanomesh.runtime.manifest import service_document
+from nanomesh.runtime.reconcile_core import BackoffPolicy, spec_digest
 
 ME = "pi-a"
 FAST = BackoffPolicy(initial=0.05, factor=2.0, maximum=0.2, reset_after=60.0)

@@ -22,7 +22,6 @@ from runtime_helpers import (
     wait_until,
 )
 
-from nanomesh.reconcile import BackoffPolicy
 from nanomesh.runtime import (
     ProcessDriver,
     Reconciler,
@@ -34,9 +33,10 @@ from nanomesh.runtime import (
     open_process_driver,
 )
 from nanomesh.runtime import health as hc
+from nanomesh.runtime.instance_spec import HealthSpec, InstanceSpec
 from nanomesh.runtime.oci import container_env
 from nanomesh.runtime.ports import ContractValues, instance_env
-from nanomesh.runtime.spec import HealthSpec, InstanceSpec
+from nanomesh.runtime.reconcile_core import BackoffPolicy
 
 HOST = "127.0.54.21"
 ME = "pi-a"

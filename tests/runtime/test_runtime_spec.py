@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from nanomesh.placement.spec import SpecError
+from nanomesh.placement.requirements import SpecError
 from nanomesh.runtime import RunSpec, RunSpecError, run_spec_from
 from nanomesh.runtime.logs import append_line, log_path, open_log
 
@@ -105,7 +105,7 @@ def test_fixed_endpoint_ports_that_are_nanomesh_ports_are_refused() -> None:
         DEFAULT_GOSSIP_PORT,
     )
     from nanomesh.consensus.config import DEFAULT_RAFT_PORT
-    from nanomesh.runtime.spec import RESERVED_PORTS, SpecFieldError, runtime_sections
+    from nanomesh.runtime.instance_spec import RESERVED_PORTS, SpecFieldError, runtime_sections
     assert set(RESERVED_PORTS) == {DEFAULT_GOSSIP_PORT, DEFAULT_API_PORT, DEFAULT_RAFT_PORT,
                                    DEFAULT_COAP_PORT, DEFAULT_EVENTS_XPUB_PORT,
                                    DEFAULT_EVENTS_XSUB_PORT}
@@ -120,8 +120,8 @@ def test_fixed_endpoint_ports_that_are_nanomesh_ports_are_refused() -> None:
 
 
 def test_port_allocator_keeps_the_peers_own_ports() -> None:
+    from nanomesh.runtime.instance_spec import EndpointSpec
     from nanomesh.runtime.ports import PortAllocator, PortError
-    from nanomesh.runtime.spec import EndpointSpec
     ports = PortAllocator(reserved=[5683, 17000])
     with pytest.raises(PortError, match="port 17000 is one of this peer's own ports"):
         ports.allocate("svc/0", "127.0.0.1", (EndpointSpec("api", "zmq", 17000),))

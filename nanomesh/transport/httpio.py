@@ -10,7 +10,7 @@ calls to other peers (`nanomesh.daemon.peer_calls`, bundle fetching).
   ``async (Request) -> Response`` handler of the other transports.
 
 Mapping: the request target is ``/<path>?<query>``; the body's content format
-travels as ``content-type`` (`nanomesh.wire.rpc.MEDIA_TYPES`, else
+travels as ``content-type`` (`nanomesh.wire.service_traffic.MEDIA_TYPES`, else
 ``x-content-format: N``); an error response carries its message as a
 ``text/plain`` body. Deliberately small: one request per connection, bounded
 size and time, no chunked uploads from us.
@@ -28,8 +28,8 @@ import h11
 import trio
 
 from nanomesh.errors import ConfigError
-from nanomesh.rpc import RpcError, RpcTimeout, call_guarded
-from nanomesh.wire.rpc import MAX_BODY, MAX_ERROR, MEDIA_TYPES, Request, Response
+from nanomesh.transport.rpc import RpcError, RpcTimeout, call_guarded
+from nanomesh.wire.service_traffic import MAX_BODY, MAX_ERROR, MEDIA_TYPES, Request, Response
 
 log = logging.getLogger("nanomesh.http")
 Handler = Callable[[Request], Awaitable[Response]]
@@ -144,7 +144,7 @@ async def http_call(address: str, request: Request, timeout: float, *,
                     local_address: str | None = None) -> Response:
     """Send ``request`` to the nanoservice HTTP endpoint at ``IP:PORT`` (from
     `local_address` if given: a peer's gateway calls from its own IP, the one
-    a private service answers). RpcTimeout / RpcError like `nanomesh.rpc.zmq_call`."""
+    a private service answers). RpcTimeout / RpcError like `nanomesh.transport.rpc.zmq_call`."""
     host, _, port = address.rpartition(":")
     host = host.strip("[]")
     target = "/" + request.path + (f"?{request.query}" if request.query else "")
@@ -172,7 +172,7 @@ async def serve_http_calls(host: str, port: int, handler: Handler, *,
                            ) -> None:
     """Serve ``handler`` over HTTP on ``host:port`` until cancelled. With
     ``only_from`` (a private service), a connection from any other IP is
-    answered 403 (as `nanomesh.coapio.serve_coap` does for CoAP)."""
+    answered 403 (as `nanomesh.transport.coapio.serve_coap` does for CoAP)."""
     try:
         listeners = await trio.open_tcp_listeners(port, host=host)
     except OSError as exc:

@@ -41,7 +41,7 @@ from nanomesh.disk import describe_disk_error, write_durably
 from nanomesh.errors import ConfigError, RemoteProtocolError
 from nanomesh.wire import Keyring, generate_key, open_box, seal_box
 
-log = logging.getLogger("nanomesh.keys")
+log = logging.getLogger("nanomesh.security.keys")
 
 KEYRING_FILE = "cluster.key"
 """The peer's keyring in its data directory (module doc)."""

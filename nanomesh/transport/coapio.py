@@ -9,13 +9,13 @@ trio-asyncio, confined to this module.
 
 Bodies above one CoAP block use block-wise transfer (aiocoap does both sides).
 A server reassembles a block-wise request body only up to the call body limit
-(`nanomesh.wire.rpc.MAX_BODY`, 1 MiB): a larger one is answered 4.13 at its
+(`nanomesh.wire.service_traffic.MAX_BODY`, 1 MiB): a larger one is answered 4.13 at its
 first block past the limit, before it is buffered (as the gateway does).
-Status codes map with `nanomesh.wire.rpc.status_to_coap_code` /
+Status codes map with `nanomesh.wire.service_traffic.status_to_coap_code` /
 `coap_code_to_status`; an error response carries its message as the CoAP
 diagnostic payload (text), as RFC 7252 section 5.5.2 suggests.
 
-A private service's server (``only_from``, set by `nanomesh.service` from
+A private service's server (``only_from``, set by `nanomesh.sdk.service` from
 ``NANOMESH_VISIBILITY``) answers only requests from its own peer's IP, where
 the peer's gateway (and health checks) come from; anything else gets 4.01.
 Members elsewhere reach it through their gateway and this peer's
@@ -42,8 +42,8 @@ import trio
 import trio_asyncio  # type: ignore[import-untyped]
 
 from nanomesh.errors import ConfigError
-from nanomesh.rpc import RpcError, RpcTimeout, call_guarded
-from nanomesh.wire.rpc import (
+from nanomesh.transport.rpc import RpcError, RpcTimeout, call_guarded
+from nanomesh.wire.service_traffic import (
     MAX_BODY,
     MAX_ERROR,
     METHODS,

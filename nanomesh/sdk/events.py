@@ -14,10 +14,10 @@ publisher; nothing is stored for subscribers that are not connected. A brand
 new publisher waits for its connection (`PUBLISHER_CONNECT_WAIT`) before its
 first event, which narrows ZeroMQ's "slow joiner" window but cannot close it:
 use calls, not events, for anything that must arrive. Frames are
-`nanomesh.wire.rpc`'s event frames; the relay checks each one and drops
+`nanomesh.wire.service_traffic`'s event frames; the relay checks each one and drops
 garbage (counted), so a broken publisher cannot feed subscribers junk.
 
-**Authentication** (a mesh with a cluster key, `nanomesh.servicekeys`): both
+**Authentication** (a mesh with a cluster key, `nanomesh.security.servicekeys`): both
 relay sockets are CURVE servers. The XPUB admits members only (the service
 or operator key), so only members subscribe and events travel encrypted.
 The XSUB admits the operator key (daemons, clients that read the key file)
@@ -50,12 +50,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 import trio
 import zmq
 
-from nanomesh import servicekeys, zmqtrio
 from nanomesh.errors import ConfigError, RemoteProtocolError
-from nanomesh.servicekeys import Credentials, ServiceKeys
-from nanomesh.wire.rpc import Event, decode_event, encode_event
+from nanomesh.security import servicekeys
+from nanomesh.security.servicekeys import Credentials, ServiceKeys
+from nanomesh.transport import zmqtrio
+from nanomesh.wire.service_traffic import Event, decode_event, encode_event
 
-log = logging.getLogger("nanomesh.events")
+log = logging.getLogger("nanomesh.sdk.events")
 
 DEFAULT_XPUB_PORT = 7950
 """Port of each peer's relay XPUB, where subscribers connect (next to gossip
@@ -220,7 +221,7 @@ async def open_publisher(ip: str, xsub_port: int, source: str,
                 await trio.sleep(SUBSCRIPTION_SETTLE)
         finally:
             # Stop the monitor before closing its reader: an unread monitor
-            # blocks libzmq's I/O thread (see nanomesh.rpc).
+            # blocks libzmq's I/O thread (see nanomesh.transport.rpc).
             sock.raw.disable_monitor()
             monitor.close()
         yield Publisher(sock, source)

@@ -1,4 +1,4 @@
-"""The leader's deployment watcher: the trio shell around `nanomesh.deployment`.
+"""The leader's deployment watcher: the trio shell around `nanomesh.runtime.deployment_core`.
 
 Every `WATCH_PERIOD`, while this peer leads with a quorum, it looks at each
 running deployment in the committed state, asks `judge` for a verdict with
@@ -20,7 +20,7 @@ import trio
 
 from nanomesh.consensus import ConsensusError, ConsensusNode
 from nanomesh.consensus.state import DEPLOYMENT_KEY, RUNNING
-from nanomesh.deployment import Verdict, Watch, instance_reports, judge
+from nanomesh.runtime.deployment_core import Verdict, Watch, instance_reports, judge
 
 log = logging.getLogger("nanomesh.deploy")
 

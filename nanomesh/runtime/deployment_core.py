@@ -33,7 +33,7 @@ from typing import Any
 
 from nanomesh.checks import is_int, is_number
 from nanomesh.ids import service_of
-from nanomesh.reconcile import restart_policy, spec_digest
+from nanomesh.runtime.reconcile_core import restart_policy, spec_digest
 
 CRASH_LIMIT = 3
 """Quick restarts of one instance of the new version that fail the

@@ -8,7 +8,7 @@ cores: pure, no I/O, no clock. The daemon (the trio shell) feeds it
 * ``plan_assignments``: the committed plan's ``assignments`` (instance id
   ``"svc/0"`` -> peer name);
 * ``services``: the desired services, name -> service document (the
-  replicated shape of :mod:`nanomesh.manifest`: the manifest's fields, its
+  replicated shape of :mod:`nanomesh.runtime.manifest`: the manifest's fields, its
   ``"run"`` section, the placement spec under ``"spec"``), or any dict with a
   ``"run"`` section: reconcile only digests it (:func:`spec_digest`) and hands
   it to the driver;
@@ -66,23 +66,23 @@ from typing import Any
 from nanomesh.checks import is_int, is_number
 from nanomesh.errors import ConfigError
 from nanomesh.ids import is_instance_id, service_of
-from nanomesh.lifecycle import ACTIVE as ACTIVE
-from nanomesh.lifecycle import ENDED as ENDED
-from nanomesh.lifecycle import RESTING as RESTING
-from nanomesh.lifecycle import STATES as STATES
-from nanomesh.lifecycle import TRANSITIONS as TRANSITIONS
-from nanomesh.lifecycle import IllegalTransition as IllegalTransition
-from nanomesh.lifecycle import State as State
-from nanomesh.lifecycle import check_transition as check_transition
+from nanomesh.runtime.lifecycle import ACTIVE as ACTIVE
+from nanomesh.runtime.lifecycle import ENDED as ENDED
+from nanomesh.runtime.lifecycle import RESTING as RESTING
+from nanomesh.runtime.lifecycle import STATES as STATES
+from nanomesh.runtime.lifecycle import TRANSITIONS as TRANSITIONS
+from nanomesh.runtime.lifecycle import IllegalTransition as IllegalTransition
+from nanomesh.runtime.lifecycle import State as State
+from nanomesh.runtime.lifecycle import check_transition as check_transition
 
 PLACEMENT_ONLY_KEYS = frozenset({"replicas", "placement", "description", "mode", "state",
                                  "update"})
 """Keys that do not shape a running instance: ``replicas`` and ``placement``
 decide *where* instances run, and the plan carries that out (an instance moves
 or is added/removed); ``description`` is for people; ``update`` says how a
-new version is rolled out (:mod:`nanomesh.deployment`). They are left out of
+new version is rolled out (:mod:`nanomesh.runtime.deployment_core`). They are left out of
 :func:`spec_digest`, at the top level and inside a nested ``"spec"`` section
-(the service document of :mod:`nanomesh.manifest` nests the placement spec
+(the service document of :mod:`nanomesh.runtime.manifest` nests the placement spec
 there), so changing them never restarts an instance. Every other key (``run``,
 ``kind``, ``version``, ``requires``, anything issue 4 adds) restarts it: a
 needless restart is cheaper than an instance silently running an old spec."""

@@ -22,7 +22,7 @@
 * ``stopping``: SIGTERM sent, waiting for the end (SIGKILL after the timeout).
 * ``exited`` / ``failed``: a run ended (cleanly / not: a crash, a kill, a
   failed fetch, a failed health check). The restart policy and the back-off
-  decide whether and when the next run starts (:mod:`nanomesh.reconcile`).
+  decide whether and when the next run starts (:mod:`nanomesh.runtime.reconcile_core`).
 
 Every state change of a runtime record goes through :func:`check_transition`,
 so an impossible change is a loud bug, not a silently wrong status.

@@ -76,12 +76,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from nanomesh.checks import is_int, is_sha256_hex
-from nanomesh.consensus.state import is_text
-from nanomesh.deployment import update_policy, update_policy_problem
+from nanomesh.checks import is_int, is_sha256_hex, is_text
 from nanomesh.errors import NanomeshError
 from nanomesh.placement import SpecError, service_spec_from_dict
-from nanomesh.runtime.spec import KINDS, MODES, runtime_sections
+from nanomesh.runtime.deployment_core import update_policy, update_policy_problem
+from nanomesh.runtime.instance_spec import KINDS, MODES, runtime_sections
 
 KNOWN_KEYS = {"name", "version", "description", "kind", "mode", "visibility", "replicas", "run",
               "container", "endpoints", "health", "restart", "limits", "requires", "placement",
@@ -91,7 +90,7 @@ VISIBILITIES = ("private", "public")
 ``private`` (the default: secure unless said otherwise): mesh members only,
 over authenticated traffic (ZeroMQ CURVE with keys derived from the cluster
 key). ``public``: also anyone who reaches a peer's CoAP gateway, such as a
-constrained device without the key. See `nanomesh.servicekeys`."""
+constrained device without the key. See `nanomesh.security.servicekeys`."""
 DEFAULT_VISIBILITY = "private"
 MAX_STATE_BYTES = 64 * 1024
 """Largest state blob a nanoservice may hand the runtime (and a seed file may

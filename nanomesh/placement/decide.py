@@ -8,7 +8,7 @@ suspicion would churn services for every false alarm, so they move once the
 peer is declared dead (about 1.2 s later with the ``lan`` preset).
 
 The leader's other decision, whether a new version of a service is healthy
-or must be reverted, is `nanomesh.deployment.judge`.
+or must be reverted, is `nanomesh.runtime.deployment_core.judge`.
 """
 
 from __future__ import annotations

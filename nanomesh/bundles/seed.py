@@ -8,7 +8,7 @@ Format (a msgpack map; this module owns its fields, `nanomesh.wire.seedfile`
 its bytes)::
 
     {"format": "nanomesh-seed", "version": 1,
-     "service": {...},               # the service document (nanomesh.manifest)
+     "service": {...},               # the service document (nanomesh.runtime.manifest)
      "bundle": <tar bytes> | None,   # the service's bundle, if it has one
      "bundle_sha256": str | None,    # its id; present iff bundle is
      "state": <bytes> | None,        # the blob the service handed the runtime
@@ -37,10 +37,9 @@ from pathlib import Path
 from typing import Any
 
 from nanomesh.bundles import MAX_BUNDLE_BYTES
-from nanomesh.checks import is_number
-from nanomesh.consensus.state import is_json
+from nanomesh.checks import is_json, is_number
 from nanomesh.errors import NanomeshError, RemoteProtocolError
-from nanomesh.manifest import MAX_STATE_BYTES as MANIFEST_MAX_STATE_BYTES
+from nanomesh.runtime.manifest import MAX_STATE_BYTES as MANIFEST_MAX_STATE_BYTES
 from nanomesh.wire.seedfile import pack_seed_file, unpack_seed_file
 
 SEED_FORMAT = "nanomesh-seed"
@@ -49,7 +48,7 @@ SEED_VERSION = 1
 
 MAX_STATE_BYTES = MANIFEST_MAX_STATE_BYTES
 """Largest state blob in a seed: the runtime's own limit (64 KiB, see
-`nanomesh.manifest.MAX_STATE_BYTES`), so a seed that reads is one that
+`nanomesh.runtime.manifest.MAX_STATE_BYTES`), so a seed that reads is one that
 deploys."""
 
 MAX_SERVICE_BYTES = 1 << 20

@@ -5,7 +5,7 @@ specs whenever either changes (:meth:`Reconciler.set_desired`; committed
 state only, never "I think I am leader"). The loop, in order, every round:
 
 1. read the driver's statuses and ``clock()``;
-2. compute the effects with :func:`nanomesh.reconcile.reconcile`;
+2. compute the effects with :func:`nanomesh.runtime.reconcile_core.reconcile`;
 3. start one task per effect, skipping instances that already have one in
    flight (so two effects on one instance never race, and a slow stop does
    not hold up the other instances);
@@ -20,7 +20,7 @@ Instance statuses for gossip come straight from ``driver.status()``; use
 **Nothing a spec or an instance does may stop this loop** (it runs in the
 daemon's nursery). Each service is reconciled on its own, so an exception
 (a bug, or a spec nobody foresaw: a string that cannot be encoded makes
-:func:`~nanomesh.reconcile.spec_digest` raise) is confined to that service:
+:func:`~nanomesh.runtime.reconcile_core.spec_digest` raise) is confined to that service:
 it is logged once with its traceback (``BUG: ...``), and its resting
 instances wanted here are recorded ``failed`` with the message (once: the
 record is not rewritten while the message stays the same, so a spec that
@@ -45,7 +45,8 @@ from typing import Any
 import trio
 
 from nanomesh.ids import split_instance_id
-from nanomesh.reconcile import (
+from nanomesh.runtime.driver import DriverError, Fetch, InstanceDriver, StartContext, execute
+from nanomesh.runtime.reconcile_core import (
     ACTIVE,
     RESTING,
     BackoffPolicy,
@@ -59,7 +60,6 @@ from nanomesh.reconcile import (
     spec_digest,
     wanted_here,
 )
-from nanomesh.runtime.driver import DriverError, Fetch, InstanceDriver, StartContext, execute
 
 log = logging.getLogger("nanomesh.runtime")
 
@@ -77,7 +77,7 @@ class _Part:
 
 
 class Reconciler:
-    """Runs :func:`~nanomesh.reconcile.reconcile` against ``driver`` for peer ``me``.
+    """Runs :func:`~nanomesh.runtime.reconcile_core.reconcile` against ``driver`` for peer ``me``.
 
     ``log_dir``, ``host_ip``, ``peer_api``, ``state_root`` and ``credentials`` are handed to every
     start (:class:`~nanomesh.runtime.driver.StartContext`); ``fetch`` gets a
@@ -176,7 +176,7 @@ class Reconciler:
 
     def _partition(self, statuses: Mapping[str, InstanceStatus]) -> dict[str, _Part]:
         """The desired and actual state split by service, so each service is
-        reconciled on its own (:func:`~nanomesh.reconcile.reconcile` decides
+        reconciled on its own (:func:`~nanomesh.runtime.reconcile_core.reconcile` decides
         per instance, so the union of the parts' effects is the whole's)."""
         parts: dict[str, _Part] = {}
         for iid, peer in self._assignments.items():

@@ -26,7 +26,7 @@ the cluster key is rotated; not gossip, Raft or the management API.
 
 **Key rotation.** A server presents one keypair: the primary's at the time it
 started, and admits clients of every installed key. A call
-(`nanomesh.rpc.zmq_call`) expects its primary's server key first and, if the
+(`nanomesh.transport.rpc.zmq_call`) expects its primary's server key first and, if the
 handshake fails, the other installed keys' (remembering per address which
 one worked). So after a new key is installed everywhere (step 1) nothing
 changes, and while it is made primary peer by peer (step 2) calls between
@@ -60,7 +60,7 @@ import zmq.utils.z85
 from nanomesh.errors import ConfigError
 from nanomesh.wire.envelope import Keyring, derive_secret
 
-log = logging.getLogger("nanomesh.servicekeys")
+log = logging.getLogger("nanomesh.security.servicekeys")
 
 PURPOSE_SERVICE = "service-curve"
 PURPOSE_OPERATOR = "service-curve-operator"

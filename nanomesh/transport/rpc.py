@@ -1,8 +1,8 @@
 """Service-to-service calls over ZeroMQ: `zmq_call` (client) and `serve_rpc`
-(server), both native trio through `nanomesh.zmqtrio`.
+(server), both native trio through `nanomesh.transport.zmqtrio`.
 
 A server binds a ROUTER; a client talks to it through a DEALER, one call at a
-time per DEALER. Frames and payloads are defined in `nanomesh.wire.rpc`: the
+time per DEALER. Frames and payloads are defined in `nanomesh.wire.service_traffic`: the
 client sends ``[call_id, request]``, the server answers ``[call_id, response]``;
 the client drops replies whose id is not the one it waits for (a late answer to
 an earlier call that timed out).
@@ -28,7 +28,7 @@ DEALER, the monitor's PAIR and libzmq's end of it). So a thread keeps at most
 an idle link of another address, else waits (within its timeout) for a link to
 be given back. Every ZeroMQ failure of a call surfaces as `RpcError`.
 
-**Authentication.** With `nanomesh.servicekeys` keys (a mesh with a cluster
+**Authentication.** With `nanomesh.security.servicekeys` keys (a mesh with a cluster
 key), every link is a CURVE client and every server a CURVE server that
 admits only clients holding the mesh's service key (ZAP): traffic is
 encrypted and authenticated, and an outsider's handshake fails (the call
@@ -36,7 +36,7 @@ raises `RpcError`, as for a server that is down). ``keys`` defaults to this
 process's installed keys; None means plain ZeroMQ (a mesh without a key).
 
 Delivery is at most once per attempt, and a timed-out call may still have run on
-the server: callers that retry (``nanomesh.client`` does) get at-least-once
+the server: callers that retry (``nanomesh.sdk.client`` does) get at-least-once
 semantics and should keep non-idempotent handlers tolerant of repeats.
 """
 
@@ -57,10 +57,11 @@ import trio
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from nanomesh import servicekeys, zmqtrio
 from nanomesh.errors import ConfigError, NanomeshError, RemoteProtocolError
-from nanomesh.servicekeys import ServiceKeys
-from nanomesh.wire.rpc import (
+from nanomesh.security import servicekeys
+from nanomesh.security.servicekeys import ServiceKeys
+from nanomesh.transport import zmqtrio
+from nanomesh.wire.service_traffic import (
     Request,
     Response,
     call_frames,
@@ -72,14 +73,14 @@ from nanomesh.wire.rpc import (
     split_call_frames,
 )
 
-log = logging.getLogger("nanomesh.rpc")
+log = logging.getLogger("nanomesh.transport.rpc")
 
 Handler = Callable[[Request], Awaitable[Response]]
 T = TypeVar("T")
 
 
 class InstalledKeys:
-    """Default of ``keys=``: this process's `nanomesh.servicekeys.installed` keys."""
+    """Default of ``keys=``: this process's `nanomesh.security.servicekeys.installed` keys."""
 
 
 INSTALLED = InstalledKeys()
@@ -301,7 +302,7 @@ class _Pool:
                      ) -> list[ServiceKeys | None]:
         """`keys` aimed at each server key it may meet at `address`: the one
         that worked there last first, then the primary's, then the others
-        (a key rotation in progress, see `nanomesh.servicekeys`)."""
+        (a key rotation in progress, see `nanomesh.security.servicekeys`)."""
         if keys is None:
             return [None]
         if len(self.servers) > MAX_POOLED_ADDRESSES:
@@ -437,7 +438,7 @@ def close_pooled_connections() -> None:
 def bind_router(bind_address: str, keys: ServiceKeys | None = None) -> zmqtrio.Socket:
     """A ROUTER bound to ``IP:PORT`` (port 0: any free port); ConfigError if
     the address cannot be bound, naming it. With `keys`, a CURVE server that
-    admits holders of the service key (`nanomesh.servicekeys.member_policy`)."""
+    admits holders of the service key (`nanomesh.security.servicekeys.member_policy`)."""
     sock = zmqtrio.socket(zmq.ROUTER)
     if keys is not None:
         servicekeys.make_member_server(sock.raw, keys)

@@ -2,9 +2,9 @@
 
 The one home of the bytes that nanoservices exchange over ZeroMQ (the CoAP and
 HTTP transports carry the same `Request`/`Response` values in their own
-framing; see `nanomesh.coapio` and `nanomesh.httpio`).
+framing; see `nanomesh.transport.coapio` and `nanomesh.transport.httpio`).
 
-**Calls** (DEALER -> ROUTER, `nanomesh.rpc`). A call is two ZeroMQ frames,
+**Calls** (DEALER -> ROUTER, `nanomesh.transport.rpc`). A call is two ZeroMQ frames,
 ``[call_id, payload]``: ``call_id`` is 1..16 opaque bytes the server echoes
 back so a client can drop a late reply to an earlier call; ``payload`` is a
 msgpack map with short keys:
@@ -15,7 +15,7 @@ msgpack map with short keys:
 Unknown keys are ignored (a newer version may append optional keys without a
 version bump); a missing required key or a wrong type is a protocol error.
 
-**Events** (PUB -> relay XSUB/XPUB -> SUB, `nanomesh.events`): two frames,
+**Events** (PUB -> relay XSUB/XPUB -> SUB, `nanomesh.sdk.events`): two frames,
 ``[topic utf-8, msgpack {"v": 1, "src": source id, "data": bytes}]``.
 ZeroMQ subscriptions are byte prefixes of the first frame.
 

@@ -1,7 +1,7 @@
 """The ``run`` section of a nanoservice spec: what to execute for one instance.
 
 The service document is a plain dict, validated upstream
-(:mod:`nanomesh.manifest`, :mod:`nanomesh.placement.spec`); its ``run``
+(:mod:`nanomesh.runtime.manifest`, :mod:`nanomesh.placement.requirements`); its ``run``
 section is read again here, on the peer that runs it, just as strictly: the
 document may come from the API or an older peer, and a bad field would
 otherwise surface as a puzzling crash loop on some far-away peer::
@@ -19,7 +19,7 @@ For ``kind = "container"`` the command is optional (the image's own).
 service document into an :class:`InstanceSpec`: the kind, the container
 section, the endpoints, the health check, the restart policy and the resource
 limits (each documented on its class; manifest syntax in
-:mod:`nanomesh.manifest`).
+:mod:`nanomesh.runtime.manifest`).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from nanomesh.config import (
     DEFAULT_EVENTS_XSUB_PORT,
     DEFAULT_GOSSIP_PORT,
 )
-from nanomesh.placement.spec import SpecError
+from nanomesh.placement.requirements import SpecError
 
 RESERVED_ENV = frozenset({"NANOMESH_INSTANCE", "NANOMESH_SERVICE", "NANOMESH_HOST",
                           "NANOMESH_PORT", "NANOMESH_ENDPOINTS", "NANOMESH_PEER_API",
@@ -60,11 +60,11 @@ NANOMESH_PEER_API       "ip:port" of the local peer's HTTP API
 NANOMESH_INSTANCE_TOKEN bearer token for this instance's calls to that API
 NANOMESH_VISIBILITY     "private" or "public" (the manifest's visibility)
 NANOMESH_CURVE_SECRET   the mesh's service CURVE secret key (Z85), in a mesh with a
-NANOMESH_CURVE_ACCEPT   cluster key: the keys of service traffic (nanomesh.servicekeys),
+NANOMESH_CURVE_ACCEPT   cluster key: the keys of service traffic (nanomesh.security.servicekeys),
 NANOMESH_CURVE_PUBLISHER derived from it; never the cluster key itself
 PATH                    the daemon's PATH with its own Python's directory first, so
                         "python3" is the interpreter nanomesh (and its SDK) lives in"""
-"""What every instance finds in its environment (the SDK, ``nanomesh.service``,
+"""What every instance finds in its environment (the SDK, ``nanomesh.sdk.service``,
 reads it)."""
 
 RUN_KEYS = ("command", "env", "cwd")
@@ -101,7 +101,7 @@ class RunSpec:
 
 def run_spec_from(spec: Mapping[str, Any], *, required: bool = True) -> RunSpec:
     """Read and check the ``run`` section of ``spec``: a service document
-    (:mod:`nanomesh.manifest`) or any service dict with a ``run`` key.
+    (:mod:`nanomesh.runtime.manifest`) or any service dict with a ``run`` key.
 
     Raises :class:`RunSpecError` naming the field (``run``, ``run.command``,
     ``run.command[2]``, ``run.env.PORT``, ``run.cwd``, or an unknown
@@ -228,7 +228,7 @@ class EndpointSpec:
 
     name: str
     protocol: str
-    """``coap`` (UDP), ``zmq`` (a ROUTER socket speaking :mod:`nanomesh.wire.rpc`)
+    """``coap`` (UDP), ``zmq`` (a ROUTER socket speaking :mod:`nanomesh.wire.service_traffic`)
     or ``http``."""
     port: int | None = None
     """A fixed port, or None (``"auto"``): the runtime picks a free one per
@@ -327,12 +327,12 @@ class InstanceSpec:
     """``idle``: placed and prepared (bundle fetched) but not started until
     ``nanomesh activate``."""
     visibility: str = "private"
-    """``private`` or ``public`` (`nanomesh.manifest.VISIBILITIES`); the
+    """``private`` or ``public`` (`nanomesh.runtime.manifest.VISIBILITIES`); the
     instance learns it from ``NANOMESH_VISIBILITY``."""
 
 
 def instance_spec_from(doc: Mapping[str, Any]) -> InstanceSpec:
-    """Read a service document (see :mod:`nanomesh.manifest`) into an
+    """Read a service document (see :mod:`nanomesh.runtime.manifest`) into an
     :class:`InstanceSpec`. Raises :class:`RunSpecError` naming the field."""
     if not isinstance(doc, Mapping):
         raise RunSpecError("spec", f"must be a mapping, got {kind_name(doc)}")
