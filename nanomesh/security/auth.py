@@ -88,7 +88,14 @@ def redact_registry_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def generate_token() -> str:
-    return secrets.token_urlsafe(32)
+    """A fresh management token: 32 random bytes, URL-safe text that never
+    starts with "-", so ``nanomesh ... --token TOKEN`` cannot mistake it for
+    an option (argparse would say "expected one argument"; 1 token in 64
+    did before)."""
+    while True:
+        token = secrets.token_urlsafe(32)
+        if not token.startswith("-"):
+            return token
 
 
 def token_digest(token: str) -> str:
