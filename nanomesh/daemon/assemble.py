@@ -74,7 +74,7 @@ from nanomesh.daemon.control_loop import ControlLoop, RoleCalls, instances_secti
 from nanomesh.daemon.http import serve_http
 from nanomesh.daemon.http_limits import ServerStats
 from nanomesh.daemon.local_runtime import LocalRuntime
-from nanomesh.daemon.membership import GossipShell, prepare_data_dir
+from nanomesh.daemon.membership import GossipShell, prepare_data_dir, rejoin_targets
 from nanomesh.daemon.peer_calls import PeerCalls
 from nanomesh.daemon.profile import ProfileSource
 from nanomesh.daemon.views import Routes, Traffic
@@ -116,9 +116,10 @@ class PeerAssembly:
                   ) -> None:
         cfg = self.config
         last_incarnation, remembered = prepare_data_dir(cfg.data_dir)
-        # Without --join (the founder, typically), rejoin the peers we knew
-        # before a restart instead of waiting for them to find us.
-        seeds = cfg.join or tuple(a for a in remembered if a != cfg.bind)
+        # The configured seeds, then the peers we last saw alive (Serf's
+        # snapshot rejoin): a mesh restarted while its seeds stay down still
+        # finds itself, and a founder without --join rejoins its old peers.
+        seeds = rejoin_targets(cfg.join, remembered, cfg.bind)
         discovered = await trio.to_thread.run_sync(self.profiles.initial)
         # One above our previous life's incarnation: what we say now outranks
         # anything the mesh remembers about us, profile version included.
@@ -126,7 +127,7 @@ class PeerAssembly:
                           random.Random(int.from_bytes(os.urandom(8), "big")),
                           trio.current_time(), profile=discovered,
                           incarnation=last_incarnation + 1)
-        parts = self._build(core, discovered)
+        parts = self._build(core, discovered, remembered)
         # Open every socket before starting anything, so that a port in use or
         # an address this host does not have is one clear error.
         udp = _listening("gossip (UDP)", cfg.bind, lambda: _bind_udp(cfg.bind))
@@ -163,7 +164,8 @@ class PeerAssembly:
                 nursery.start_soon(parts.shell.join_until_joined, seeds)
             task_status.started()
 
-    def _build(self, core: Membership, discovered: dict[str, Any]) -> _Parts:
+    def _build(self, core: Membership, discovered: dict[str, Any],
+               remembered: tuple[Address, ...] = ()) -> _Parts:
         """Every part, wired through callables and narrow contexts. The
         closures below name parts built after them (``shell``, ``roles``):
         they are only called once everything is built and running."""
@@ -207,7 +209,7 @@ class PeerAssembly:
         shell = GossipShell(cfg, self.keyring, core, self.profiles, discovered,
                             disk=disk, traffic=traffic, sections=profile_sections,
                             membership_changed=control.membership_changed,
-                            storage_problems=storage_problems)
+                            storage_problems=storage_problems, remembered=remembered)
         access = Access(self.keyring, InternalCalls(), consensus,
                         runtime.driver.instance_token)
         api_stats = ServerStats()

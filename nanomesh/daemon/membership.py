@@ -101,7 +101,8 @@ class GossipShell:
                  disk: DiskHealth, traffic: Traffic,
                  sections: Callable[[], Mapping[str, Any]],
                  membership_changed: Callable[[], None],
-                 storage_problems: Callable[[], Sequence[str]]) -> None:
+                 storage_problems: Callable[[], Sequence[str]],
+                 remembered: Sequence[Address] = ()) -> None:
         self.config = config
         self.keyring = keyring
         self.core = core
@@ -117,6 +118,8 @@ class GossipShell:
         """The Raft node's storage problems, part of `disk_problems`."""
         self._saved_incarnation = -1
         self._membership_dirty = False
+        self._remembered = tuple(remembered)
+        """The rejoin candidates peer.json holds (`peers_to_remember`)."""
         self._published_problems: list[str] = []
         self._udp: socket.socket | None = None
         self._wake = trio.Event()
@@ -243,8 +246,9 @@ class GossipShell:
         core = self.core
         alive = [m.addr for m in core.members()
                  if m.state is MemberState.ALIVE and m.name != core.name]
+        remembered = peers_to_remember(alive, self._remembered)
         try:
-            save_peer_state(self.config.data_dir, core.incarnation, alive)
+            save_peer_state(self.config.data_dir, core.incarnation, remembered)
         except OSError as exc:
             problem = self.disk.failed(_PEER_STATE_KEY, f"save the peer state ({PEER_STATE})",
                                        exc)
@@ -252,6 +256,7 @@ class GossipShell:
                 log.error("%s; the peer runs on and retries with back-off", problem)
             return False
         self._saved_incarnation, self._membership_dirty = core.incarnation, False
+        self._remembered = remembered
         if self.disk.succeeded(_PEER_STATE_KEY):
             log.warning("peer state (%s) saved again", PEER_STATE)
         return True
@@ -491,6 +496,25 @@ def prepare_data_dir(path: Path) -> tuple[int, tuple[Address, ...]]:
                 and isinstance(item[1], int)):
             peers.append((item[0], item[1]))
     return (last if isinstance(last, int) and last >= -1 else -1), tuple(peers)
+
+
+def rejoin_targets(seeds: Sequence[Address], remembered: Sequence[Address],
+                   bind: Address) -> tuple[Address, ...]:
+    """Whom a starting peer contacts: the configured seeds first, then the
+    peers it last saw alive (like Serf's snapshot rejoin), without itself or
+    repeats. With the remembered peers, a mesh restarted while its seeds stay
+    down still finds itself (every peer seeding from one that is gone would
+    otherwise wait for it forever, each alone)."""
+    return tuple(dict.fromkeys(a for a in (*seeds, *remembered) if a != bind))
+
+
+def peers_to_remember(alive: Sequence[Address], remembered: Sequence[Address]
+                      ) -> tuple[Address, ...]:
+    """The rejoin candidates to save: the peers alive now, or, while this
+    peer sees none (it restarted and has not found the mesh yet, or it is
+    cut off), the ones it remembered before; forgetting them then would
+    leave a restart with nobody to rejoin."""
+    return tuple(sorted(alive)[:REMEMBERED_PEERS]) if alive else tuple(remembered)
 
 
 def save_peer_state(path: Path, incarnation: int, peers: Sequence[Address]) -> None:

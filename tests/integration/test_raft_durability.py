@@ -155,6 +155,34 @@ def test_three_peers_stopped_one_after_another_then_all_started(
     wait_running(cluster, peers, "keep", marker)
 
 
+def test_mesh_killed_whole_comes_back_while_its_seed_stays_down(
+        cluster: Cluster, kill_markers: list[str]) -> None:
+    """Every peer seeds from the first; all three are killed and only the two
+    others come back. They must find each other through the peers they
+    remembered (peer.json), not wait for the seed forever each alone, while
+    Raft (which needs no gossip) elected one of them and its leader removed
+    the other as absent from gossip (the random property found this)."""
+    peers = cluster.start_mesh(3, key_file=cluster.new_key())
+    token = read_token_when_ready(cluster, peers[0])
+    wait_agreed(cluster, peers, voters=3)
+    marker = new_marker()
+    kill_markers.append(marker)
+    deploy(cluster, peers[1], manifest("keep", marker), token)
+    wait_running(cluster, peers, "keep", marker)
+    for p in peers:
+        p.kill()
+    survivors = peers[1:]
+    start_all(survivors)
+    names = {p.name for p in survivors}
+    cluster.wait(lambda: cluster.all_see(survivors, names, "alive"), LEADER_TIMEOUT,
+                 what="the two survivors to see each other alive",
+                 describe=lambda: cluster.views(survivors))
+    wait_leader(cluster, survivors)
+    wait_running(cluster, survivors, "keep", marker)
+    # Nobody was removed behind its back: both are still voters.
+    assert set(wait_leader(cluster, survivors)["voters"]) >= {raft_addr(p) for p in survivors}
+
+
 # --------------------------------------------------------------------------- item 8: property
 
 
