@@ -265,8 +265,12 @@ class Membership:
         return [self._send(self._members[n].addr, [dead], n) for n in fanout]
 
     def update_profile(self, profile: Mapping[str, Any], now: float) -> list[Effect]:
-        """Publish a changed capability profile as a new incarnation."""
+        """Publish a changed capability profile as a new incarnation. Not once
+        leaving: a newer `alive` would overrule our leave, and the peers that
+        saw it would declare us dead when we stop."""
         me = self.me
+        if self._leaving:
+            return []
         me.profile = dict(profile)
         me.incarnation += 1  # our profile version is always incarnation + 1
         me.profile_version = me.held_version = me.incarnation + 1

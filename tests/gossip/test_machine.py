@@ -449,6 +449,18 @@ def test_leave_announces_dead_by_ourselves_and_stops_probing() -> None:
     assert m.handle_datagram(addr("b"), [Dead("a", 0, "a")], 2.0) == []
 
 
+def test_a_profile_published_while_leaving_does_not_overrule_the_leave() -> None:
+    """A peer stopped during its start-up publishes its first full profile
+    after the leave: an `alive` with a newer incarnation would revive it on
+    every peer, and they would then declare it dead (seen in CI)."""
+    m = make()
+    assert datagrams(m.leave(1.0))
+    assert m.update_profile({"n": "a", "cpu": 2}, 1.1) == []
+    assert m.incarnation == 0
+    later = all_messages(m.tick(m.next_deadline()))
+    assert not [msg for msg in later if isinstance(msg, Alive) and msg.name == "a"]
+
+
 def test_effects_are_deterministic_for_a_seed() -> None:
     def run(seed: int) -> list[Effect]:
         m = make(peers="bcdefgh", seed=seed)
