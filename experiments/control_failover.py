@@ -70,19 +70,21 @@ PLAN_RE = re.compile(r"^placement: committed plan epoch (\d+)")
 
 
 class Mesh60(ml.LoopbackMesh):
-    """`_meshlib.LoopbackMesh` on 127.0.60.FIRST..FIRST+N-1 (peer 1 is the
-    seed and the Raft founder); also checks the Raft port is free."""
+    """`_meshlib.LoopbackMesh` on 127.0.60.FIRST..FIRST+N-1 (another `subnet`
+    if given; peer 1 is the seed and the Raft founder); also checks the Raft
+    port is free."""
 
     def __init__(self, n: int, root: Path, *, preset: str, key_file: Path,
-                 first_octet: int, prefix: str, log_level: str = "INFO") -> None:
+                 first_octet: int, prefix: str, log_level: str = "INFO",
+                 subnet: str = PREFIX) -> None:
         if not (first_octet >= 1 and first_octet + n - 1 <= 250):
-            raise ValueError("addresses must stay within 127.0.60.1-250")
+            raise ValueError(f"addresses must stay within {subnet}1-250")
         self.root = root
         self.preset = preset
         self.peers = []
-        seed = f"{PREFIX}{first_octet}:{ml.GOSSIP_PORT}"
+        seed = f"{subnet}{first_octet}:{ml.GOSSIP_PORT}"
         for i in range(n):
-            ip = f"{PREFIX}{first_octet + i}"
+            ip = f"{subnet}{first_octet + i}"
             name = f"{prefix}-{i + 1}"
             argv = [ml.PY, "-m", "nanomesh", "peer", "run", "--name", name, "--bind",
                     f"{ip}:{ml.GOSSIP_PORT}", "--data-dir", str(root / "data" / name),

@@ -31,8 +31,13 @@ from nanomesh.wire import Keyring
 class PeerCalls:
     """Signed calls from this peer to another peer's ``/v1/internal/`` routes."""
 
-    def __init__(self, keyring: Keyring) -> None:
+    def __init__(self, keyring: Keyring, source_ip: str | None = None) -> None:
         self._keyring = keyring
+        self._source_ip = None if source_ip in (None, "", "0.0.0.0", "::") else source_ip
+        """Calls leave from this peer's own address, as gossip streams and Raft
+        links do: a host with several addresses (a lab on loopback, a device
+        with Wi-Fi and Ethernet) is then seen, limited and accounted as the
+        member it is."""
 
     async def call_json(self, method: str, api: str, path: str, body: bytes | None,
                         *, timeout: float, content_type: str = "application/octet-stream"
@@ -60,7 +65,8 @@ class PeerCalls:
         try:
             host, port = parse_address(api, DEFAULT_API_PORT, "peer API")
             with trio.fail_after(timeout):
-                reply = await http_request(host, port, method, path, data, headers)
+                reply = await http_request(host, port, method, path, data, headers,
+                                           local_address=self._local_address_for(host))
         except trio.TooSlowError:
             raise ApiError(f"cannot reach the peer API at {url}: timed out") from None
         except ConfigError as exc:
@@ -75,3 +81,9 @@ class PeerCalls:
                 detail = ""
             raise ApiError(f"{url}: HTTP {reply.status} {detail}".rstrip())
         return reply.body
+
+    def _local_address_for(self, host: str) -> str | None:
+        source = self._source_ip
+        if source is None or (":" in source) != (":" in host):
+            return None  # no own address, or another family than the target's
+        return source

@@ -85,3 +85,28 @@ async def test_a_silent_peer_times_out() -> None:
         await PeerCalls(Keyring([os.urandom(32)])).call("GET", f"127.0.0.1:{port}",
                                                          "/v1/x", None, timeout=0.3)
     await listeners[0].aclose()
+
+
+async def test_calls_leave_from_the_peers_own_address() -> None:
+    """Like gossip streams and Raft links: a lab on loopback (or a device
+    with two interfaces) is seen by the callee as the member it is."""
+    seen: list[str] = []
+
+    async def answer(stream: trio.SocketStream) -> None:
+        seen.append(stream.socket.getpeername()[0])
+        await stream.receive_some(65536)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n"
+                              b"connection: close\r\n\r\n{}")
+        await stream.aclose()
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    keyring = Keyring([os.urandom(32)])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(trio.serve_listeners, answer, listeners)
+        await PeerCalls(keyring, source_ip="127.0.0.9").call_json(
+            "GET", f"127.0.0.1:{port}", "/v1/x", None, timeout=5.0)
+        await PeerCalls(keyring, source_ip="0.0.0.0").call_json(
+            "GET", f"127.0.0.1:{port}", "/v1/x", None, timeout=5.0)
+        nursery.cancel_scope.cancel()
+    assert seen == ["127.0.0.9", "127.0.0.1"]
