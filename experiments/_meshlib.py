@@ -427,3 +427,84 @@ def tail_text(path: Path, lines: int = 20) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+# --------------------------------------------------------------------------- traffic counters
+
+RAFT_PORT = 7948
+
+TRAFFIC_CLASSES = ("gossip_udp", "gossip_tcp", "raft", "other")
+"""What a peer sends, by class (`NftTraffic`): gossip datagrams (UDP 7946),
+gossip streams (TCP 7946: push-pull, profile pulls), Raft links (TCP 7948),
+and everything else the peer sends to other peers (the peer API 7947 between
+peers, CoAP, ZeroMQ)."""
+
+
+class NftTraffic:
+    """Bytes each peer address sends, counted by the kernel: an nftables table
+    on the output hook with one chain per peer (``ip saddr`` verdict map) and
+    one counter per traffic class. Counts whole packets (IP and UDP/TCP
+    headers included), on loopback as on a wire. What a peer sends to
+    127.0.0.1, i.e. its answers to this benchmark's own API polls, is counted
+    apart (class ``bench``) and left out of the peer's traffic. Needs root and
+    nft; `available` says whether it can run."""
+
+    def __init__(self, ips: Sequence[str]) -> None:
+        self.table = f"nmbench{os.getpid()}"
+        self.ips = list(ips)
+
+    @staticmethod
+    def available() -> bool:
+        return os.geteuid() == 0 and subprocess.run(
+            ["nft", "list", "tables"], capture_output=True).returncode == 0
+
+    def __enter__(self) -> NftTraffic:
+        rules = [f"add table inet {self.table}",
+                 f"add chain inet {self.table} out "
+                 "{ type filter hook output priority 0; policy accept; }"]
+        for i in range(len(self.ips)):
+            chain = f"p{i}"
+            rules.append(f"add chain inet {self.table} {chain}")
+            for match, label in (("ip daddr 127.0.0.1", "bench"),
+                                 ("udp sport 7946", "gossip_udp"),
+                                 ("tcp sport 7946", "gossip_tcp"),
+                                 ("tcp dport 7946", "gossip_tcp"),
+                                 (f"tcp sport {RAFT_PORT}", "raft"),
+                                 (f"tcp dport {RAFT_PORT}", "raft"),
+                                 ("", "other")):
+                rules.append(f"add rule inet {self.table} {chain} {match} counter accept "
+                             f'comment "{label}"')
+        vmap = ", ".join(f"{ip} : jump p{i}" for i, ip in enumerate(self.ips))
+        rules.append(f"add rule inet {self.table} out ip saddr vmap {{ {vmap} }}")
+        subprocess.run(["nft", "-f", "-"], input="\n".join(rules) + "\n", text=True,
+                       check=True, capture_output=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        subprocess.run(["nft", "delete", "table", "inet", self.table], capture_output=True)
+
+    def read(self) -> dict[str, dict[str, int]]:
+        """{ip: {class: bytes so far}} for every peer address."""
+        out = subprocess.run(["nft", "-j", "list", "table", "inet", self.table],
+                             check=True, capture_output=True, text=True).stdout
+        counts: dict[str, dict[str, int]] = {
+            ip: dict.fromkeys((*TRAFFIC_CLASSES, "bench"), 0) for ip in self.ips}
+        for item in json.loads(out)["nftables"]:
+            rule = item.get("rule")
+            if not rule or not rule["chain"].startswith("p"):
+                continue
+            ip = self.ips[int(rule["chain"][1:])]
+            nbytes = next(e["counter"]["bytes"] for e in rule["expr"] if "counter" in e)
+            counts[ip][rule["comment"]] += nbytes
+        return counts
+
+
+def smaps_rollup(pid: int) -> dict[str, int]:
+    """Rss and Pss of a process in bytes, from /proc/PID/smaps_rollup."""
+    out: dict[str, int] = {}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if key in ("Rss", "Pss"):
+                out[key.lower()] = int(rest.split()[0]) * 1024
+    return out
