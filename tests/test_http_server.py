@@ -218,6 +218,29 @@ async def test_every_401_names_the_bearer_scheme() -> None:
         assert b'www-authenticate: Bearer realm="nanomesh"' in reply
 
 
+async def test_a_405_lists_the_methods_the_path_has() -> None:
+    """RFC 9110 section 15.5.6: a 405 must carry Allow."""
+    async with server(17009):
+        reply = await exchange(17009, b"DELETE /v1/bundles/x HTTP/1.1\r\nhost: h\r\n\r\n")
+        assert reply.startswith(b"HTTP/1.1 405")
+        assert b"\r\nallow: POST, PUT\r\n" in reply
+        ping = await exchange(17009, b"POST /v1/ping HTTP/1.1\r\nhost: h\r\n"
+                                     b"content-length: 0\r\n\r\n")
+        assert b"\r\nallow: GET, HEAD\r\n" in ping
+        missing = await exchange(17009, b"DELETE /v1/nothing HTTP/1.1\r\nhost: h\r\n\r\n")
+        assert missing.startswith(b"HTTP/1.1 404") and b"allow:" not in missing.lower()
+
+
+async def test_head_is_the_get_without_its_body() -> None:
+    async with server(17010):
+        got = await exchange(17010, b"GET /v1/ping HTTP/1.1\r\nhost: h\r\n\r\n")
+        head = await exchange(17010, b"HEAD /v1/ping HTTP/1.1\r\nhost: h\r\n\r\n")
+    get_head, _, get_body = got.partition(b"\r\n\r\n")
+    head_head, _, head_body = head.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and head_body == b""
+    assert get_body and head_head == get_head  # same status, length and type
+
+
 def test_secret_comparison_never_raises_on_odd_tokens() -> None:
     """hmac.compare_digest raises TypeError on non-ASCII str: a header with
     0xE9 in it made the API answer 500. Bytes compare instead."""

@@ -5,7 +5,9 @@ request size and time. Routes are a plain dict of (method, path) to handler;
 a handler returns (status, JSON-able body). Bad requests get a 4xx with a JSON
 ``{"error": ...}``; a handler bug gets a 500 and is logged, and never takes
 the peer down. Every 401 carries ``WWW-Authenticate: Bearer realm="nanomesh"``;
-every 429 and 503 ``Retry-After: 1``.
+every 429 and 503 ``Retry-After: 1``; every 405 ``Allow`` with the methods the
+path has. HEAD is answered for every GET route: the GET's status and headers,
+no body (RFC 9110 section 9.3.2).
 
 Hostile and slow clients: which connections are served, for how long, and
 how ``/v1/health`` and ``/v1/status`` stay answerable while others hold
@@ -260,11 +262,14 @@ class _Server:
         request = await self._read_body(stream, conn, head) if read_body else _request_of(head)
         if request is None:
             return
+        head_only = request.method == "HEAD"
         try:
-            status, body = await _dispatch(self.routes, request)
-            size = body.size if isinstance(body, FileBody) else 0
+            status, body = await _dispatch(self.routes, replace(request, method="GET")
+                                           if head_only else request)
+            headers = _allow_header(self.routes, request) if status == 405 else []
+            size = body.size if isinstance(body, FileBody) and not head_only else 0
             with trio.move_on_after(RESPONSE_TIMEOUT + size / RESPONSE_BYTES_PER_SECOND):
-                await _respond(stream, conn, status, body)
+                await _respond(stream, conn, status, body, headers, head_only=head_only)
         finally:
             if request.body_file is not None:
                 request.body_file.close()
@@ -315,9 +320,17 @@ def _client_ip(stream: trio.SocketStream) -> str:
         return "?"  # already gone; it is closed right away
 
 
-async def _respond(stream: trio.SocketStream, conn: h11.Connection, status: int, body: Any
+async def _respond(stream: trio.SocketStream, conn: h11.Connection, status: int, body: Any,
+                   headers: list[tuple[str, str]] | None = None, *, head_only: bool = False
                    ) -> None:
+    """Send the reply; with `head_only` (a HEAD request) its head alone, with
+    the length the body would have."""
     if isinstance(body, FileBody):
+        if head_only:
+            await trio.to_thread.run_sync(body.file.close)
+            await _send_head(stream, conn, status, body.content_type, body.size, headers)
+            await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
+            return
         await _respond_file(stream, conn, status, body)
         return
     if isinstance(body, RawBody):
@@ -325,8 +338,9 @@ async def _respond(stream: trio.SocketStream, conn: h11.Connection, status: int,
     else:
         payload = (json.dumps(body, indent=None, sort_keys=True) + "\n").encode()
         content_type = "application/json"
-    await _send_head(stream, conn, status, content_type, len(payload))
-    await stream.send_all(conn.send(h11.Data(data=payload)) or b"")
+    await _send_head(stream, conn, status, content_type, len(payload), headers)
+    if not head_only:  # h11 knows a HEAD reply has no body, and would refuse one
+        await stream.send_all(conn.send(h11.Data(data=payload)) or b"")
     await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
 
 
@@ -341,9 +355,10 @@ def _extra_headers(status: int) -> list[tuple[str, str]]:
 
 
 async def _send_head(stream: trio.SocketStream, conn: h11.Connection, status: int,
-                     content_type: str, length: int) -> None:
+                     content_type: str, length: int,
+                     extra: list[tuple[str, str]] | None = None) -> None:
     headers = [("content-type", content_type), ("content-length", str(length)),
-               ("connection", "close"), *_extra_headers(status)]
+               ("connection", "close"), *_extra_headers(status), *(extra or [])]
     reason = HTTPStatus(status).phrase.encode() if status in _STATUS_CODES else b""
     await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers,
                                                  reason=reason)) or b"")
@@ -525,12 +540,27 @@ def _match(pattern: list[str], segments: list[str]) -> dict[str, str] | None:
     return params
 
 
+def allowed_methods(routes: Mapping[tuple[str, str], Handler], request: Request) -> list[str]:
+    """The methods `request`'s path has a route for (HEAD wherever GET is)."""
+    methods = {m for m, _ in routes if _route(routes, replace(request, method=m))[0]}
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
+
+
+def _allow_header(routes: Mapping[tuple[str, str], Handler], request: Request
+                  ) -> list[tuple[str, str]]:
+    allowed = allowed_methods(routes, request)
+    return [("allow", ", ".join(allowed))] if allowed else []
+
+
 async def _dispatch(routes: Mapping[tuple[str, str], Handler], request: Request
                     ) -> tuple[int, Any]:
     handler, request = _route(routes, request)
     if handler is None:
-        if any(_route(routes, replace(request, method=m))[0] for m, _ in routes):
-            return 405, {"error": f"method {request.method} not allowed on {request.path}"}
+        if allowed := allowed_methods(routes, request):
+            return 405, {"error": f"method {request.method} not allowed on {request.path}; "
+                                  f"allowed: {', '.join(allowed)}"}
         return 404, {"error": f"no such endpoint: {request.path}"}
     try:
         return await handler(request)
