@@ -336,9 +336,10 @@ class _Demo:
                                                      self.token, timeout=10.0)
                 return reply
             except ApiError as exc:
-                if "HTTP 503" in str(exc) or "HTTP 504" in str(exc):
+                if exc.status in (503, 504):
                     return None
-                raise DemoError(f"deploying {raw['name']} failed: {exc}") from None
+                raise DemoError(f"deploying {raw['name']} failed: "
+                                f"{exc.operator_message()}") from None
         return self.wait(f"the mesh to accept service {raw['name']}", post)
 
     def placement(self, via: lab.LabPeer) -> dict[str, Any]:
@@ -479,9 +480,9 @@ class _Demo:
                          timeout=10.0)
             return True
         except ApiError as exc:
-            if "HTTP 503" in str(exc) or "HTTP 504" in str(exc):
+            if exc.status in (503, 504):
                 return None
-            raise DemoError(f"removing {name} failed: {exc}") from None
+            raise DemoError(f"removing {name} failed: {exc.operator_message()}") from None
 
 
 Timed = tuple[float, Any]

@@ -207,7 +207,7 @@ def status(lab_dir: Path) -> list[dict[str, Any]]:
             row["members"] = health["members"]
         except ApiError as exc:
             row["members"] = None
-            row["error"] = str(exc)
+            row["error"] = exc.operator_message()
         rows.append(row)
     return rows
 

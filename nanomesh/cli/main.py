@@ -12,6 +12,7 @@ from typing import Any
 from nanomesh import __version__
 from nanomesh.cli import keys, local, mesh, peer, registry, runtime
 from nanomesh.errors import NanomeshError
+from nanomesh.transport.apiclient import ApiError
 
 DESCRIPTION = """\
 nanomesh: a peer-to-peer service mesh for local edge/IoT clusters.
@@ -38,6 +39,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result: int = args.func(args)
         return result
+    except ApiError as exc:
+        print(f"nanomesh: error: {exc.operator_message()}", file=sys.stderr)
+        return 1
     except NanomeshError as exc:
         print(f"nanomesh: error: {exc}", file=sys.stderr)
         return 1

@@ -408,7 +408,7 @@ def _bundle_bytes(sha: str, peer: str, token: str | None) -> bytes:
     try:
         return request_bytes("GET", peer, path, token=token, timeout=120.0)
     except ApiError as exc:
-        if "HTTP 404" not in str(exc):
+        if exc.status != 404:
             raise
         first = exc
     members = [m for m in get_json(peer, "/v1/members") if m.get("state") == "alive"]
@@ -454,7 +454,7 @@ def logs_command(args: argparse.Namespace) -> int:
         try:
             reply = request_json("GET", apis.get(inst["peer"], peer), path, token=token)
         except ApiError as exc:
-            print(f"   (no log: {exc})")
+            print(f"   (no log: {exc.operator_message()})")
             failures += 1
             continue
         for line in reply["lines"]:

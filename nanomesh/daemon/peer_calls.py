@@ -68,18 +68,22 @@ class PeerCalls:
                 reply = await http_request(host, port, method, path, data, headers,
                                            local_address=self._local_address_for(host))
         except trio.TooSlowError:
-            raise ApiError(f"cannot reach the peer API at {url}: timed out") from None
+            raise ApiError(f"cannot reach the peer API at {url}: timed out", peer=api,
+                           reason="timed out") from None
         except ConfigError as exc:
-            raise ApiError(f"cannot reach the peer API at {url}: {exc}") from None
+            raise ApiError(f"cannot reach the peer API at {url}: {exc}", peer=api,
+                           reason=str(exc)) from None
         except (OSError, trio.BrokenResourceError, h11.ProtocolError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-            raise ApiError(f"cannot reach the peer API at {url}: {reason}") from None
+            raise ApiError(f"cannot reach the peer API at {url}: {reason}", peer=api,
+                           reason=str(reason).lower()) from None
         if reply.status >= 400:
             try:
                 detail = json.loads(reply.body).get("error", "")
             except (ValueError, AttributeError):
                 detail = ""
-            raise ApiError(f"{url}: HTTP {reply.status} {detail}".rstrip())
+            raise ApiError(f"{url}: HTTP {reply.status} {detail}".rstrip(), peer=api,
+                           status=reply.status, detail=detail)
         return reply.body
 
     def _local_address_for(self, host: str) -> str | None:

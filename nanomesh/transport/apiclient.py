@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from http import HTTPStatus
 from typing import Any
 
 from nanomesh.errors import NanomeshError
@@ -19,9 +20,37 @@ from nanomesh.errors import NanomeshError
 DEFAULT_TIMEOUT = 5.0
 """Seconds to wait for a peer's API to answer."""
 
+_STATUS_CODES = {s.value for s in HTTPStatus}
+
 
 class ApiError(NanomeshError):
-    """The peer's API could not be reached or answered with an error."""
+    """The peer's API could not be reached or answered with an error.
+
+    ``str()`` is the full technical account (URL, HTTP status: logs and
+    scripts parse it); `operator_message` is what the CLI says to a person."""
+
+    def __init__(self, message: str, *, peer: str | None = None, status: int | None = None,
+                 detail: str = "", reason: str = "") -> None:
+        super().__init__(message)
+        self.peer = peer
+        self.status = status
+        """The HTTP status of an error reply; None if no reply came."""
+        self.detail = detail
+        """The peer's own error message (its JSON ``error``)."""
+        self.reason = reason
+        """Why the peer could not be reached (no reply at all)."""
+
+    def operator_message(self) -> str:
+        """The peer's own words and which peer it was, no URL or status code."""
+        where = f" (peer {self.peer})" if self.peer else ""
+        if self.status is not None:
+            text = self.detail or HTTPStatus(self.status).phrase.lower() \
+                if self.status in _STATUS_CODES else self.detail or f"error {self.status}"
+            return f"{text}{where}"  # (a 401 says itself how to give the token)
+        if self.reason:
+            return (f"cannot reach the nanomesh peer at {self.peer}: {self.reason}; is its "
+                    "daemon running? (`--peer IP` asks another peer)")
+        return str(self)
 
 
 def get_json(peer: str, path: str, timeout: float = DEFAULT_TIMEOUT,
@@ -61,7 +90,10 @@ def request_bytes(method: str, peer: str, path: str, data: bytes | None = None,
             detail = json.loads(exc.read()).get("error", "")
         except (ValueError, AttributeError):
             detail = ""
-        raise ApiError(f"{url}: HTTP {exc.code} {detail}".rstrip()) from None
+        raise ApiError(f"{url}: HTTP {exc.code} {detail}".rstrip(), peer=peer,
+                       status=exc.code, detail=detail) from None
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise ApiError(f"cannot reach the peer API at {url}: {reason}") from None
+        reason = getattr(reason, "strerror", None) or reason  # "[Errno 111] ..." -> words
+        raise ApiError(f"cannot reach the peer API at {url}: {reason}", peer=peer,
+                       reason=str(reason).lower()) from None
