@@ -70,3 +70,10 @@ def test_the_cli_prints_the_person_s_message(peer: str,
     assert main(["undeploy", "nosuch", "--peer", peer, "--token", "t"]) == 1
     err = capsys.readouterr().err
     assert err == f"nanomesh: error: no service named 'nosuch' (peer {peer})\n"
+
+
+def test_a_transient_refusal_says_try_again_with_its_status() -> None:
+    exc = ApiError("http://10.0.0.1:7947/v1/services: HTTP 503 no leader", peer="10.0.0.1:7947",
+                   status=503, detail="no leader")
+    assert exc.operator_message() == ("no leader (peer 10.0.0.1:7947, HTTP 503: the mesh is "
+                                      "busy or electing a leader; try again)")

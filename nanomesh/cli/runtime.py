@@ -37,6 +37,10 @@ verdict on the new version (as ``nomad job run`` monitors a deployment):
 longer than the default ``update.healthy_deadline`` (120 s,
 `nanomesh.runtime.deployment_core.UpdatePolicy`), so the default wait ends with a verdict;
 ``--detach`` skips the wait."""
+MODE_WAIT = 60.0
+"""Seconds ``idle`` waits for the instances to stop and ``activate`` for them
+to run and pass their health checks (a health check's default start period
+is well inside it); ``--detach`` skips the wait."""
 SAVE_TIMEOUT = 30.0
 """Seconds ``undeploy --save`` waits for the instances to stop (and hand over
 their state) before it gives up without deleting anything."""
@@ -92,11 +96,18 @@ def register(subparsers: Any) -> None:
     add_token_args(undeploy)
     undeploy.set_defaults(func=undeploy_command)
 
-    for verb, text in (("activate", "start a service's idle instances"),
-                       ("idle", "stop a service's instances but keep them placed and ready")):
+    for verb, text, awaited in (
+            ("activate", "start a service's idle instances", "running and healthy"),
+            ("idle", "stop a service's instances but keep them placed and ready", "stopped")):
         cmd = subparsers.add_parser(verb, help=text, description=text[0].upper() + text[1:] +
-                             ". Needs the management token.")
+                             ", and wait until they have (exit status 1 if they have not "
+                             "within --wait). Needs the management token.")
         cmd.add_argument("name", metavar="NAME")
+        cmd.add_argument("--detach", action="store_true",
+                         help="return once the change is committed, without waiting")
+        cmd.add_argument("--wait", type=float, default=MODE_WAIT, metavar="SECONDS",
+                         help=f"how long to wait for every instance to be {awaited} "
+                         f"(default {MODE_WAIT:g})")
         add_token_args(cmd)
         cmd.set_defaults(func=mode_command, verb=verb)
 
@@ -187,6 +198,9 @@ def watch_deployment(name: str, peer: str, timeout: float, *,
         except ApiError:
             plan, docs = None, {}
         mode = {n: d.get("mode", "active") for n, d in docs.items()}
+        if deployment is None and docs.get(name, {}).get("replicas") == 0:
+            print(f"{name}: no instances to wait for (replicas = 0)")
+            return True
         dep = plan.get("deployments", {}).get(name) if plan is not None else None
         verdict = _deployment_verdict(name, docs.get(name), dep, deployment)
         if verdict is not None:
@@ -434,7 +448,9 @@ def mode_command(args: argparse.Namespace) -> int:
                          token=management_token(args))
     state = "active" if reply["mode"] == "active" else "idle"
     print(f"{reply['name']} is {state}" + ("" if reply["changed"] else " (already)"))
-    return 0
+    if args.detach:
+        return 0
+    return 0 if watch_deployment(reply["name"], peer_api(args.peer), args.wait) else 1
 
 
 def logs_command(args: argparse.Namespace) -> int:

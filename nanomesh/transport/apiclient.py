@@ -41,11 +41,15 @@ class ApiError(NanomeshError):
         """Why the peer could not be reached (no reply at all)."""
 
     def operator_message(self) -> str:
-        """The peer's own words and which peer it was, no URL or status code."""
+        """The peer's own words and which peer it was, no URL; the status code
+        only where it says "try again" (503, 504; scripts retry on it)."""
         where = f" (peer {self.peer})" if self.peer else ""
         if self.status is not None:
             text = self.detail or HTTPStatus(self.status).phrase.lower() \
                 if self.status in _STATUS_CODES else self.detail or f"error {self.status}"
+            if self.status in (503, 504):  # no leader yet, an election: it passes
+                return f"{text} ({'peer ' + self.peer + ', ' if self.peer else ''}HTTP " \
+                       f"{self.status}: the mesh is busy or electing a leader; try again)"
             return f"{text}{where}"  # (a 401 says itself how to give the token)
         if self.reason:
             return (f"cannot reach the nanomesh peer at {self.peer}: {self.reason}; is its "
