@@ -3,8 +3,16 @@
 Each peer binds its own loopback address (127.0.0.2, 127.0.0.3, ...) with the
 default ports, exactly as separate devices would on a LAN. The lab directory
 (``--dir``, else `nanomesh.config.default_lab_dir`) holds the cluster key, one
-data directory and one log file per peer, and ``lab.json`` with what `status`
-and `down` need. The commands themselves are in `nanomesh.cli.local`.
+data directory and one log file per peer, and ``lab.json`` with what the
+other commands need (every peer's name, address, pid and log; the preset).
+
+A running lab changes live, as devices come and go: `add` starts more peers
+(joined through the running ones), `stop` ends one (a graceful leave, or a
+SIGKILL as a crash), `start` brings a stopped one back on its own data
+directory and address, `restart` does both, `remove` stops one and drops it
+from the lab (its data directory stays). lab.json follows every change, so
+`status` and `down` see the peers as they are. The commands themselves are
+in `nanomesh.cli.local`.
 """
 
 from __future__ import annotations
@@ -61,6 +69,14 @@ def peer_ip(index: int) -> str:
     return f"127.0.{n // 256}.{n % 256}"
 
 
+def peer_index(name: str) -> int:
+    """The 0-based index of lab peer ``peer-K`` (its address follows from it)."""
+    prefix, _, number = name.rpartition("-")
+    if prefix != "peer" or not number.isdigit() or int(number) < 1:
+        raise LabError(f"{name!r} is not a lab peer name (peer-1, peer-2, ...)")
+    return int(number) - 1
+
+
 def load_state(lab_dir: Path) -> list[LabPeer]:
     path = lab_dir / STATE_FILE
     try:
@@ -73,9 +89,19 @@ def load_state(lab_dir: Path) -> list[LabPeer]:
                        "with `pkill -f 'nanomesh peer run'`") from None
 
 
-def _save_state(lab_dir: Path, peers: list[LabPeer]) -> None:
+def load_preset(lab_dir: Path) -> str:
+    """The gossip preset the lab was started with ("local" for older labs)."""
+    try:
+        return str(json.loads((lab_dir / STATE_FILE).read_text()).get("preset", "local"))
+    except (OSError, ValueError, AttributeError):
+        return "local"
+
+
+def _save_state(lab_dir: Path, peers: list[LabPeer], preset: str | None = None) -> None:
+    preset = preset or load_preset(lab_dir)
     tmp = lab_dir / (STATE_FILE + ".tmp")
-    tmp.write_text(json.dumps({"peers": [asdict(p) for p in peers]}, indent=2) + "\n")
+    tmp.write_text(json.dumps({"preset": preset, "peers": [asdict(p) for p in peers]},
+                              indent=2) + "\n")
     tmp.replace(lab_dir / STATE_FILE)
 
 
@@ -112,10 +138,10 @@ def up(n: int, lab_dir: Path, preset: str = "local",
     seed = f"{peer_ip(0)}:{DEFAULT_GOSSIP_PORT}"
     try:
         for i in range(n):
-            peer, procs[f"peer-{i + 1}"] = _spawn(i, lab_dir, seed if i else None, preset,
+            peer, procs[peer_name(i)] = _spawn(i, lab_dir, [seed] if i else [], preset,
                                                   key_file)
             peers.append(peer)
-            _save_state(lab_dir, peers)
+            _save_state(lab_dir, peers, preset)
             if i == 0:  # the seed first, so the others join at their first attempt
                 _wait_converged(peers, 1, procs)
         say(f"started {n} peers in {lab_dir}; waiting for them to converge...")
@@ -131,14 +157,14 @@ def up(n: int, lab_dir: Path, preset: str = "local",
     return peers
 
 
-def _spawn(i: int, lab_dir: Path, seed: str | None, preset: str, key_file: Path
+def _spawn(i: int, lab_dir: Path, seeds: list[str], preset: str, key_file: Path
            ) -> tuple[LabPeer, subprocess.Popen[bytes]]:
-    name = f"peer-{i + 1}"
+    name = peer_name(i)
     ip = peer_ip(i)
     argv = [sys.executable, "-m", "nanomesh", "peer", "run", "--name", name, "--bind", ip,
             "--data-dir", str(lab_dir / name), "--gossip-preset", preset,
             "--key-file", str(key_file)]
-    if seed:
+    for seed in seeds:
         argv += ["--join", seed]
     log_path = lab_dir / f"{name}.log"
     with log_path.open("ab") as log:
@@ -153,7 +179,8 @@ def _wait_converged(peers: list[LabPeer], n: int,
     pending = list(peers)
     while pending:
         for p in list(pending):
-            if procs[p.name].poll() is not None:
+            proc = procs.get(p.name)
+            if proc is not None and proc.poll() is not None:
                 raise LabError(f"{p.name} exited during start-up; its log {p.log} ends:\n"
                                + _tail(Path(p.log)))
             try:
@@ -231,3 +258,95 @@ def down(lab_dir: Path, say: Callable[[str], None] = print) -> int:
 def _signal(pid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
+
+
+# ------------------------------------------------------------------ live changes
+
+
+def add(k: int, lab_dir: Path, say: Callable[[str], None] = print) -> list[LabPeer]:
+    """Start `k` more peers (the next names and addresses), joined through
+    the running ones; return them once every running peer sees them all."""
+    peers = load_state(lab_dir)
+    running = _running_or_fail(peers, lab_dir)
+    first = max(peer_index(p.name) for p in peers) + 1
+    if k < 1 or first + k > 250:
+        raise LabError(f"a lab has at most 250 peers; {len(peers)} are in it")
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    added: list[LabPeer] = []
+    seeds = _seeds(running)
+    for i in range(first, first + k):
+        peer, procs[peer_name(i)] = _spawn(i, lab_dir, seeds, load_preset(lab_dir),
+                                           lab_dir / "cluster.key")
+        added.append(peer)
+        _save_state(lab_dir, peers + added)
+    say(f"started {', '.join(p.name for p in added)}; waiting for the mesh to see them...")
+    _wait_converged(running + added, len(running) + k, procs)
+    return added
+
+
+def stop(name: str, lab_dir: Path, *, kill: bool = False) -> LabPeer:
+    """Stop one peer: SIGTERM (a graceful leave; SIGKILL after STOP_TIMEOUT)
+    or, with `kill`, SIGKILL at once (a crash: the others detect it)."""
+    peer = _find(name, lab_dir)
+    if not alive(peer.pid):
+        raise LabError(f"{name} is not running (`nanomesh lab start {name}`)")
+    _signal(peer.pid, signal.SIGKILL if kill else signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while alive(peer.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if alive(peer.pid):
+        _signal(peer.pid, signal.SIGKILL)
+    return peer
+
+
+def start(name: str, lab_dir: Path) -> LabPeer:
+    """Start a stopped peer again on its own data directory and address,
+    joined through the running peers; return once every running peer sees
+    it alive."""
+    peers = load_state(lab_dir)
+    peer = _find(name, lab_dir, peers)
+    if alive(peer.pid):
+        raise LabError(f"{name} is already running (pid {peer.pid})")
+    running = [p for p in peers if alive(p.pid)]
+    new, proc = _spawn(peer_index(name), lab_dir, _seeds(running), load_preset(lab_dir),
+                       lab_dir / "cluster.key")
+    _save_state(lab_dir, [new if p.name == name else p for p in peers])
+    _wait_converged([*running, new], len(running) + 1, {name: proc})
+    return new
+
+
+def remove(name: str, lab_dir: Path, *, kill: bool = False) -> LabPeer:
+    """Stop a peer (if it runs) and drop it from the lab; its data directory
+    and log stay in the lab directory."""
+    peer = _find(name, lab_dir)
+    if alive(peer.pid):
+        stop(name, lab_dir, kill=kill)
+    _save_state(lab_dir, [p for p in load_state(lab_dir) if p.name != name])
+    return peer
+
+
+def peer_name(index: int) -> str:
+    return f"peer-{index + 1}"
+
+
+def _find(name: str, lab_dir: Path, peers: list[LabPeer] | None = None) -> LabPeer:
+    peers = load_state(lab_dir) if peers is None else peers
+    for p in peers:
+        if p.name == name:
+            return p
+    known = ", ".join(p.name for p in peers) or "none"
+    raise LabError(f"no peer {name!r} in the lab in {lab_dir} (its peers: {known})")
+
+
+def _running_or_fail(peers: list[LabPeer], lab_dir: Path) -> list[LabPeer]:
+    running = [p for p in peers if alive(p.pid)]
+    if not running:
+        raise LabError(f"no lab peer runs in {lab_dir}; start one with `nanomesh lab up`")
+    return running
+
+
+def _seeds(running: list[LabPeer], most: int = 3) -> list[str]:
+    """Seeds for a peer that joins a running lab: a few running peers, the
+    founder first if it runs (any one answering is enough)."""
+    ordered = sorted(running, key=lambda p: peer_index(p.name))
+    return [f"{p.ip}:{p.gossip_port}" for p in ordered[:most]]

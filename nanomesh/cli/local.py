@@ -5,6 +5,7 @@ it survive the loss of its leader (`nanomesh.cli.demo`)."""
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,8 @@ from nanomesh.gossip.config import PRESETS
 
 
 def register_lab(subparsers: Any) -> None:
-    """Add ``lab up``, ``lab status`` and ``lab down`` to the top-level ``subparsers``."""
+    """Add ``lab up|status|down|add|stop|start|restart|remove`` to the
+    top-level ``subparsers``."""
     actions = subparsers.add_parser(
         "lab", help="a local mesh of peer processes on loopback addresses"
     ).add_subparsers(metavar="ACTION")
@@ -26,10 +28,33 @@ def register_lab(subparsers: Any) -> None:
     lab_up.add_argument("--preset", default="local", choices=list(PRESETS),
                         help="gossip timing preset (default local)")
     lab_up.set_defaults(func=_lab_up)
-    for action, func, text in (("status", _lab_status, "show the lab's peers"),
-                               ("down", _lab_down, "stop every lab peer (graceful leave)")):
-        cmd = actions.add_parser(action, help=text)
+    status = actions.add_parser("status", help="show the lab's peers")
+    status.add_argument("--json", action="store_true", help="print JSON (one object a peer)")
+    down = actions.add_parser("down", help="stop every lab peer (graceful leave)")
+    add = actions.add_parser("add", help="start more peers, joined into the running lab")
+    add.add_argument("-n", type=int, default=1, help="how many (default 1)")
+    one_peer = []
+    for action, text in (
+            ("stop", "stop one peer: a graceful leave, or a crash with --kill"),
+            ("start", "start a stopped peer again on its own data and address"),
+            ("restart", "stop one peer (graceful, or --kill) and start it again"),
+            ("remove", "stop one peer and drop it from the lab (its data stays)")):
+        cmd = actions.add_parser(action, help=text, description=text[0].upper() + text[1:] +
+                                 ". Returns once the running peers see the change where "
+                                 "it is a start.")
+        cmd.add_argument("name", metavar="NAME", help="the peer (peer-1, peer-2, ...)")
+        if action != "start":
+            cmd.add_argument("--kill", action="store_true",
+                             help="SIGKILL (a crash the others must detect) instead of a "
+                             "graceful leave")
+        one_peer.append(cmd)
+    for cmd in (status, down, add, *one_peer):
         cmd.add_argument("--dir", type=Path, help="lab directory")
+    status.set_defaults(func=_lab_status)
+    down.set_defaults(func=_lab_down)
+    add.set_defaults(func=_lab_add)
+    for cmd, func in zip(one_peer, (_lab_stop, _lab_start, _lab_restart, _lab_remove),
+                         strict=True):
         cmd.set_defaults(func=func)
 
 
@@ -83,6 +108,9 @@ def _lab_up(args: argparse.Namespace) -> int:
 
 def _lab_status(args: argparse.Namespace) -> int:
     rows = lab.status(_lab_dir(args))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0 if rows else 1
     if not rows:
         print(f"no lab in {_lab_dir(args)}")
         return 1
@@ -98,6 +126,39 @@ def _lab_status(args: argparse.Namespace) -> int:
 def _lab_down(args: argparse.Namespace) -> int:
     stopped = lab.down(_lab_dir(args))
     print(f"stopped {stopped} peers")
+    return 0
+
+
+def _lab_add(args: argparse.Namespace) -> int:
+    for p in lab.add(args.n, _lab_dir(args)):
+        print(f"added {p.name}  gossip {p.ip}:{p.gossip_port}  api http://{p.api}  "
+              f"pid {p.pid}  log {p.log}")
+    return 0
+
+
+def _lab_stop(args: argparse.Namespace) -> int:
+    p = lab.stop(args.name, _lab_dir(args), kill=args.kill)
+    print(f"{'killed' if args.kill else 'stopped'} {p.name} (pid {p.pid}); "
+          f"`nanomesh lab start {p.name}` brings it back")
+    return 0
+
+
+def _lab_start(args: argparse.Namespace) -> int:
+    p = lab.start(args.name, _lab_dir(args))
+    print(f"started {p.name} (pid {p.pid}); every running peer sees it alive")
+    return 0
+
+
+def _lab_restart(args: argparse.Namespace) -> int:
+    lab.stop(args.name, _lab_dir(args), kill=args.kill)
+    p = lab.start(args.name, _lab_dir(args))
+    print(f"restarted {p.name} (pid {p.pid}); every running peer sees it alive")
+    return 0
+
+
+def _lab_remove(args: argparse.Namespace) -> int:
+    p = lab.remove(args.name, _lab_dir(args), kill=args.kill)
+    print(f"removed {p.name} from the lab; its data stays in {Path(p.log).parent / p.name}")
     return 0
 
 

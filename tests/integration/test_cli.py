@@ -171,6 +171,59 @@ def test_members_and_profile_commands(cluster: Cluster) -> None:
     assert "cpu:" in human.stdout
 
 
+def test_a_running_lab_changes_live(lab_dir: Path) -> None:
+    """`lab add`, `stop --kill`, `start`, `restart`, `remove` on a running lab:
+    each change is what the mesh sees, lab.json follows it (new pids), and
+    `lab down` stops exactly the peers that run, restarted ones included."""
+    if _answers("127.0.0.5", 7947) or _answers("127.0.0.5", 7946):
+        pytest.skip("127.0.0.5 is busy (the manual lab?)")
+    env = {"NANOMESH_LAB_DIR": str(lab_dir)}
+
+    def lab(*args: str) -> str:
+        result = nanomesh("lab", *args, "--dir", str(lab_dir), env_extra=env, timeout=90)
+        assert result.returncode == 0, (args, result.stdout, result.stderr)
+        return result.stdout
+
+    def states_seen_by(name: str) -> dict[str, str]:
+        api = next(p.api for p in lab_module.load_state(lab_dir) if p.name == name)
+        members = json.loads(nanomesh("members", "--json", "--peer", api).stdout)
+        return {m["name"]: m["state"] for m in members}
+
+    def pid_of(name: str) -> int:
+        return next(p.pid for p in lab_module.load_state(lab_dir) if p.name == name)
+
+    assert lab_up(lab_dir, env).returncode == 0
+    assert "added peer-4" in lab("add", "-n", "1")
+    rows = json.loads(lab("status", "--json"))
+    assert [(r["name"], r["process"], r["members"]) for r in rows] == [
+        (f"peer-{i}", "running", {"alive": 4}) for i in range(1, 5)]
+
+    killed = pid_of("peer-2")
+    lab("stop", "--kill", "peer-2")
+    wait_until(lambda: states_seen_by("peer-3")["peer-2"] == "dead", what="peer-2 dead")
+    assert "started peer-2" in lab("start", "peer-2")  # returns once all see it alive
+    assert pid_of("peer-2") != killed and lab_module.alive(pid_of("peer-2"))
+    assert set(states_seen_by("peer-4").values()) == {"alive"}
+
+    before = pid_of("peer-1")
+    assert "restarted peer-1" in lab("restart", "peer-1")
+    assert pid_of("peer-1") != before
+    assert "left the mesh" in (lab_dir / "peer-1.log").read_text()
+
+    last = pid_of("peer-4")
+    assert "removed peer-4" in lab("remove", "peer-4")
+    assert [p.name for p in lab_module.load_state(lab_dir)] == ["peer-1", "peer-2", "peer-3"]
+    assert not lab_module.alive(last)
+    wait_until(lambda: states_seen_by("peer-1")["peer-4"] == "left", what="peer-4 left")
+
+    refused = nanomesh("lab", "start", "peer-9", "--dir", str(lab_dir), env_extra=env)
+    assert refused.returncode == 1 and "no peer 'peer-9' in the lab" in refused.stderr
+    running = [p.pid for p in lab_module.load_state(lab_dir)]
+    assert "stopped 3 peers" in lab("down")
+    for pid in running:
+        wait_until(lambda pid=pid: not lab_module.alive(pid), what=f"pid {pid} gone")
+
+
 def test_query_without_a_peer_fails_cleanly() -> None:
     """`members`/`profile` against an address where nothing listens exit
     non-zero with a "cannot reach" message and no traceback; a malformed
