@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from nanomesh.cli import labfaults
 from nanomesh.config import DEFAULT_API_PORT, DEFAULT_GOSSIP_PORT
 from nanomesh.errors import NanomeshError
 from nanomesh.transport.apiclient import ApiError, get_json
@@ -252,6 +253,8 @@ def down(lab_dir: Path, say: Callable[[str], None] = print) -> int:
             say(f"{p.name} did not stop within {STOP_TIMEOUT:.0f}s; killing it")
             _signal(p.pid, signal.SIGKILL)
     (lab_dir / STATE_FILE).unlink(missing_ok=True)
+    with contextlib.suppress(NanomeshError):  # without root there are no faults to clear
+        labfaults.clear(lab_dir)
     return len(peers)
 
 

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from nanomesh.cli import demo, lab
+from nanomesh.cli import demo, lab, labfaults
 from nanomesh.cli.common import print_table
 from nanomesh.config import default_lab_dir
 from nanomesh.gossip.config import PRESETS
@@ -48,7 +48,25 @@ def register_lab(subparsers: Any) -> None:
                              help="SIGKILL (a crash the others must detect) instead of a "
                              "graceful leave")
         one_peer.append(cmd)
-    for cmd in (status, down, add, *one_peer):
+    partition = actions.add_parser(
+        "partition", help="cut the lab into sides that cannot reach each other (root)",
+        description="Cut the lab's network: peers on different sides drop each other's "
+        "packets (nftables on loopback; the CLI still reaches every peer). Sides are "
+        "comma-separated names, separated by spaces or '|'; peers not named form one more "
+        "side, so `lab partition peer-3` isolates peer-3. Replaces an earlier partition; "
+        "`lab heal` removes it. Needs root.")
+    partition.add_argument("sides", nargs="+", metavar="SIDE",
+                           help="peer names, e.g. peer-1,peer-2 peer-3,peer-4")
+    heal = actions.add_parser("heal", help="remove the lab's partition (loss stays)")
+    loss = actions.add_parser(
+        "loss", help="drop a share of the packets between lab peers (root)",
+        description="Drop each packet between two lab peers with this probability "
+        "(nftables on loopback), e.g. `lab loss 10%`; `lab loss 0` removes it. Needs root.")
+    loss.add_argument("percent", metavar="PERCENT", help="e.g. 10% (or 0.1); 0 to remove")
+    for cmd in (partition, heal, loss):
+        cmd.set_defaults(func={partition: _lab_partition, heal: _lab_heal,
+                               loss: _lab_loss}[cmd])
+    for cmd in (status, down, add, partition, heal, loss, *one_peer):
         cmd.add_argument("--dir", type=Path, help="lab directory")
     status.set_defaults(func=_lab_status)
     down.set_defaults(func=_lab_down)
@@ -120,12 +138,50 @@ def _lab_status(args: argparse.Namespace) -> int:
             r.get("error", "-"))
         table.append((r["name"], str(r["pid"]), r["process"], r["api"], seen))
     print_table(table)
+    faults = labfaults.load(_lab_dir(args))
+    if faults.groups or faults.loss:
+        print("\nfaults: " + "; ".join(
+            ([f"partition {' | '.join(','.join(g) for g in faults.groups)}"]
+             if faults.groups else []) + ([f"loss {faults.loss:.1%}"] if faults.loss else [])))
     return 0
 
 
 def _lab_down(args: argparse.Namespace) -> int:
     stopped = lab.down(_lab_dir(args))
     print(f"stopped {stopped} peers")
+    return 0
+
+
+def _lab_ips(lab_dir: Path) -> dict[str, str]:
+    return {p.name: p.ip for p in lab.load_state(lab_dir)}
+
+
+def _lab_partition(args: argparse.Namespace) -> int:
+    lab_dir = _lab_dir(args)
+    ips = _lab_ips(lab_dir)
+    faults = labfaults.load(lab_dir)
+    faults.groups = labfaults.parse_groups(args.sides, list(ips))
+    labfaults.apply(lab_dir, faults, ips)
+    print("partitioned: " + " | ".join(",".join(g) for g in faults.groups))
+    return 0
+
+
+def _lab_heal(args: argparse.Namespace) -> int:
+    lab_dir = _lab_dir(args)
+    faults = labfaults.load(lab_dir)
+    faults.groups = []
+    labfaults.apply(lab_dir, faults, _lab_ips(lab_dir))
+    print("healed: every peer reaches every peer" + (
+        f" (loss {faults.loss:.0%} stays: `lab loss 0`)" if faults.loss else ""))
+    return 0
+
+
+def _lab_loss(args: argparse.Namespace) -> int:
+    lab_dir = _lab_dir(args)
+    faults = labfaults.load(lab_dir)
+    faults.loss = labfaults.parse_loss(args.percent)
+    labfaults.apply(lab_dir, faults, _lab_ips(lab_dir))
+    print(f"loss between lab peers: {faults.loss:.1%}" if faults.loss else "no loss")
     return 0
 
 

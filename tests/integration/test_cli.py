@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -222,6 +223,44 @@ def test_a_running_lab_changes_live(lab_dir: Path) -> None:
     assert "stopped 3 peers" in lab("down")
     for pid in running:
         wait_until(lambda pid=pid: not lab_module.alive(pid), what=f"pid {pid} gone")
+
+
+def test_a_lab_partition_cuts_the_mesh_and_heal_rejoins_it(lab_dir: Path) -> None:
+    """`lab partition peer-3` (nftables on loopback, root): the others declare
+    peer-3 dead and it them, while the CLI still reaches peer-3; `lab heal`
+    brings every view back to all alive; `lab down` removes the rules."""
+    if os.geteuid() != 0 or not shutil.which("nft"):
+        if os.environ.get("NANOMESH_REQUIRE_NETNS") == "1":
+            pytest.fail("NANOMESH_REQUIRE_NETNS=1 but lab faults need root and nft")
+        pytest.skip("lab faults need root and nft")
+    env = {"NANOMESH_LAB_DIR": str(lab_dir)}
+
+    def lab(*args: str) -> str:
+        result = nanomesh("lab", *args, "--dir", str(lab_dir), env_extra=env, timeout=90)
+        assert result.returncode == 0, (args, result.stdout, result.stderr)
+        return result.stdout
+
+    def view(ip: str) -> dict[str, str]:
+        members = json.loads(nanomesh("members", "--json", "--peer", ip).stdout)
+        return {m["name"]: m["state"] for m in members}
+
+    try:
+        assert lab_up(lab_dir, env).returncode == 0
+        assert "partitioned: peer-3 | peer-1,peer-2" in lab("partition", "peer-3")
+        wait_until(lambda: view(LAB_IPS[0])["peer-3"] == "dead", what="peer-3 dead to peer-1")
+        wait_until(lambda: view(LAB_IPS[2]) == {"peer-1": "dead", "peer-2": "dead",
+                                                "peer-3": "alive"},
+                   what="peer-3 sees the others dead")
+        assert "partition peer-3 | peer-1,peer-2" in lab("status")
+        lab("heal")
+        for ip in LAB_IPS:
+            wait_until(lambda ip=ip: set(view(ip).values()) == {"alive"},
+                       what=f"{ip} sees all alive again")
+        lab("down")
+        assert subprocess.run(["nft", "list", "table", "inet", "nanomesh_lab"],
+                              capture_output=True).returncode != 0
+    finally:
+        subprocess.run(["nft", "delete", "table", "inet", "nanomesh_lab"], capture_output=True)
 
 
 def test_query_without_a_peer_fails_cleanly() -> None:
