@@ -90,6 +90,11 @@ DEFAULT_COAP_PORT = 5683
 RESOLVE_TTL = 2.0
 """Seconds a resolution is reused. Short, because instances move when a peer
 fails; a failed call drops it at once anyway."""
+STALE_IF_ERROR = 60.0
+"""Seconds the last resolution a peer gave stays usable while that peer
+cannot answer (down, restarting, 5xx): the instances it named, elsewhere in
+the mesh, usually still run (HTTP's stale-if-error, RFC 5861). A 404 (no such
+service) is never overridden."""
 AVOID_FAILED = 5.0
 """Seconds a target that just failed is tried after all others (about the
 time gossip needs to declare its peer dead and resolution to stop naming it)."""
@@ -237,6 +242,8 @@ class Mesh:
         self._token = token
         self.source = source
         self._cache: dict[str, tuple[float, list[Endpoint]]] = {}
+        self._last_known: dict[str, tuple[float, list[Endpoint]]] = {}
+        """Every service's last resolution and when it came (`STALE_IF_ERROR`)."""
         self._failed: dict[Target, float] = {}
         self._turns: dict[str, int] = {}
         self._coap: CoapClient | None = None
@@ -309,22 +316,38 @@ class Mesh:
         return await coap.call(self.host, self._coap_port, ("s", service), request, timeout)
 
     async def resolve(self, service: str, timeout: float = 2.0) -> list[Endpoint]:
-        """The service's endpoints (cached `RESOLVE_TTL` seconds);
-        ServiceUnavailable if the peer API is unreachable or knows no such service."""
+        """The service's endpoints (cached `RESOLVE_TTL` seconds; while the peer
+        cannot answer, its last answer for up to `STALE_IF_ERROR` seconds);
+        ServiceUnavailable if the peer API is unreachable (and no answer is
+        recent enough) or knows no such service."""
         now = trio.current_time()
         cached = self._cache.get(service)
         if cached is not None and cached[0] > now:
             return cached[1]
-        status, doc = await self._api("GET", "/v1/resolve/" + urllib.parse.quote(service, safe=""),
-                                      timeout)
+        try:
+            status, doc = await self._api(
+                "GET", "/v1/resolve/" + urllib.parse.quote(service, safe=""), timeout)
+        except ServiceUnavailable:
+            return self._stale_or_raise(service, now)
         if status == 404:
             raise ServiceUnavailable(f"no service named {service!r} (peer {self.peer})")
+        if status >= 500:
+            with contextlib.suppress(ServiceUnavailable):
+                return self._stale_or_raise(service, now)
         if status != 200:
             raise ServiceUnavailable(f"peer {self.peer} could not resolve {service!r}: "
                                      f"HTTP {status} {_api_error(doc)}")
         endpoints = parse_resolution(doc)
         self._cache[service] = (now + RESOLVE_TTL, endpoints)
+        self._last_known[service] = (now, endpoints)
         return endpoints
+
+    def _stale_or_raise(self, service: str, now: float) -> list[Endpoint]:
+        known = self._last_known.get(service)
+        if known is None or now - known[0] > STALE_IF_ERROR:
+            raise ServiceUnavailable(f"cannot reach the peer API at {self.peer} to resolve "
+                                     f"{service!r}, and no recent answer to fall back on")
+        return known[1]
 
     async def _api(self, method: str, target: str, timeout: float) -> tuple[int, Any]:
         headers = [("authorization", f"Bearer {self._token}")] if self._token else []

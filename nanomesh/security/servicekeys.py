@@ -248,9 +248,13 @@ def find_key_file(explicit: Path | None = None) -> Path | None:
     if os.environ.get(ENV_KEY_FILE):
         return Path(os.environ[ENV_KEY_FILE])
     from nanomesh.config import default_lab_dir
-    for candidate in (default_lab_dir() / "cluster.key", INSTALLED_KEY_FILE):
-        if os.access(candidate, os.R_OK):
-            return candidate
+    lab = default_lab_dir()
+    # lab.json exists while a lab runs (`lab down` removes it); the key file
+    # stays for the next `lab up` and must not follow the client elsewhere.
+    if (lab / "lab.json").exists() and os.access(lab / "cluster.key", os.R_OK):
+        return lab / "cluster.key"
+    if os.access(INSTALLED_KEY_FILE, os.R_OK):
+        return INSTALLED_KEY_FILE
     return None
 
 

@@ -47,11 +47,15 @@ class FakePeerApi:
     states: dict[str, bytes] = field(default_factory=dict)
     resolves: int = 0
     address: str = ""
+    resolve_status: int | None = None
+    """Answer every resolve with this status (a peer that restarts: 503)."""
 
     async def handle(self, req: Request) -> Response:
         parts = req.path.split("/")
         if req.method == "GET" and parts[:2] == ["v1", "resolve"] and len(parts) == 3:
             self.resolves += 1
+            if self.resolve_status is not None:
+                return Response(self.resolve_status, error="refused by the test")
             if parts[2] not in self.services:
                 return Response(404, error=f"no service {parts[2]}")
             return _json({"service": parts[2], "endpoints": self.services[parts[2]]})

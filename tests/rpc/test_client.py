@@ -11,6 +11,7 @@ import pytest
 import trio
 from rpc_helpers import endpoint_json, fake_peer_api, free_port
 
+from nanomesh.sdk import client as client_module
 from nanomesh.sdk.client import (
     GATEWAY,
     CallTimeout,
@@ -92,6 +93,34 @@ async def test_typed_errors(nursery: trio.Nursery) -> None:
     async with connect(f"{IP_API}:{free_port(IP_API)}") as mesh:
         with trio.fail_after(10), pytest.raises(ServiceUnavailable, match="peer API"):
             await mesh.call("echo", "x")
+
+
+async def test_while_the_peer_cannot_resolve_its_last_answer_is_used(
+        nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The peer restarts (503) while the replica it named runs elsewhere:
+    calls go on with the last resolution for STALE_IF_ERROR seconds; a 404
+    (the service is gone) is never overridden."""
+    monkeypatch.setattr(client_module, "RESOLVE_TTL", 0.01)
+    hits: collections.Counter[str] = collections.Counter()
+    addr_a, _ = await start_replica(nursery, IP_A, "a", hits)
+    async with fake_peer_api(IP_API) as api:
+        api.services["echo"] = [
+            endpoint_json("echo", "echo/0", IP_A, "api", "zmq", int(addr_a.split(":")[1]))]
+        async with connect(api.address) as mesh:
+            with trio.fail_after(20):
+                assert (await mesh.call("echo", "x")).body == b"a"
+                api.resolve_status = 503
+                await trio.sleep(0.05)
+                assert (await mesh.call("echo", "x")).body == b"a"
+                assert api.resolves >= 2                  # it asked, then fell back
+                monkeypatch.setattr(client_module, "STALE_IF_ERROR", 0.0)
+                with pytest.raises(ServiceUnavailable,
+                                   match=r"could not resolve 'echo': HTTP 503"):
+                    await mesh.call("echo", "x", retries=0)
+                monkeypatch.setattr(client_module, "STALE_IF_ERROR", 60.0)
+                api.resolve_status = 404
+                with pytest.raises(ServiceUnavailable, match="no service named"):
+                    await mesh.call("echo", "x", retries=0)
 
 
 async def test_post_is_not_repeated_after_an_attempt_that_may_have_run(

@@ -222,7 +222,8 @@ def test_zap_reply_admits_only_what_a_policy_names() -> None:
 
 
 def test_a_client_finds_the_key_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """--key-file, else $NANOMESH_KEY_FILE, else the running lab's key; an
+    """--key-file, else $NANOMESH_KEY_FILE, else the running lab's key (not
+    the key a stopped lab left behind); an
     instance of a mesh without a key looks for none; an unreadable file is
     a ConfigError naming it."""
     lab_dir, named = tmp_path / "lab", tmp_path / "named.key"
@@ -233,6 +234,10 @@ def test_a_client_finds_the_key_file(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("NANOMESH_LAB_DIR", str(lab_dir))
     monkeypatch.delenv("NANOMESH_KEY_FILE", raising=False)
     monkeypatch.delenv("NANOMESH_INSTANCE", raising=False)
+    monkeypatch.setattr(servicekeys, "INSTALLED_KEY_FILE", tmp_path / "no-installed.key")
+    # A lab that ran once left its key: not used once the lab is down.
+    assert servicekeys.client_keys() is None
+    (lab_dir / "lab.json").write_text('{"peers": []}')  # a lab runs there
     assert servicekeys.client_keys() == keys_of(K1)
     monkeypatch.setenv("NANOMESH_KEY_FILE", str(named))
     assert servicekeys.client_keys() == keys_of(K2)
