@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from nanomesh.cli import demo, lab, labfaults
+from nanomesh.cli import demo, experiment, lab, labfaults, scenario
 from nanomesh.cli.common import print_table
 from nanomesh.config import default_lab_dir
 from nanomesh.gossip.config import PRESETS
@@ -74,6 +74,40 @@ def register_lab(subparsers: Any) -> None:
     for cmd, func in zip(one_peer, (_lab_stop, _lab_start, _lab_restart, _lab_remove),
                          strict=True):
         cmd.set_defaults(func=func)
+
+
+def register_experiment(subparsers: Any) -> None:
+    """Add ``experiment run FILE`` to the top-level ``subparsers``."""
+    actions = subparsers.add_parser(
+        "experiment", help="run a scenario on a fresh lab and record what happens"
+    ).add_subparsers(metavar="ACTION")
+    run = actions.add_parser(
+        "run", help="run a scenario file (TOML)",
+        description="Start a lab, deploy the scenario's services, then run its timeline "
+        "(add, stop, kill, restart, remove peers; partition, heal, loss; deploy, undeploy) "
+        "while calling a service by name at a fixed rate and sampling the mesh; write "
+        "steps.csv, calls.csv, timeline.csv, summary.json and plots to OUT. The scenario "
+        "format is in nanomesh/cli/scenario.py; examples in experiments/scenarios/. Uses "
+        "the lab's addresses (127.0.0.2 ..): no other lab may run.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("file", type=Path, metavar="FILE")
+    run.add_argument("--out", type=Path, help="result directory (default "
+                     "./experiment-results/NAME-TIMESTAMP; the lab's logs go to OUT/lab)")
+    run.set_defaults(func=_experiment_run)
+
+
+def _experiment_run(args: argparse.Namespace) -> int:
+    plan = scenario.load_scenario(args.file)
+    out = args.out or experiment.default_out(plan)
+    summary = experiment.run(plan, out)
+    print(f"\n{plan.name}: {summary['calls']} calls, {summary['failed']} failed"
+          + (f" (availability {summary['availability']:.2%}, longest outage "
+             f"{summary['longest_outage_s']:.2f} s)" if summary["calls"] else "")
+          + f"; {summary['leader_changes']} leader change(s); placement settled "
+          + (f"{summary['placement_settled_after_last_step_s']:.1f} s after the last step"
+             if summary["placement_settled_after_last_step_s"] is not None else "(not seen)")
+          + f". Results in {out}")
+    return 0
 
 
 def register_demo(subparsers: Any) -> None:

@@ -24,7 +24,8 @@ share their capability profiles. Try a local mesh: `nanomesh lab up -n 3`.
 
 COMMAND_GROUPS: tuple[Callable[[Any], None], ...] = (
     peer.register, mesh.register_views, runtime.register, registry.register, keys.register,
-    mesh.register_state, keys.register_keygen, local.register_lab, local.register_demo)
+    mesh.register_state, keys.register_keygen, local.register_lab, local.register_demo,
+    local.register_experiment)
 """Each adds its commands to the top-level subparsers, in the order
 ``nanomesh --help`` lists them: the daemon, what a peer sees, the services,
 then the control plane, the keys and the local meshes."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 import shutil
@@ -261,6 +262,31 @@ def test_a_lab_partition_cuts_the_mesh_and_heal_rejoins_it(lab_dir: Path) -> Non
                               capture_output=True).returncode != 0
     finally:
         subprocess.run(["nft", "delete", "table", "inet", "nanomesh_lab"], capture_output=True)
+
+
+def test_an_experiment_runs_its_timeline_and_records_it(lab_dir: Path) -> None:
+    """`nanomesh experiment run experiments/scenarios/smoke.toml`: every step
+    runs at its time (the leader killed, a peer added, the dead one started,
+    a random one restarted), the load runs at its rate, the sampler sees the
+    leader change, and the results are written; the lab is down at the end."""
+    if _answers("127.0.0.5", 7947) or _answers("127.0.0.5", 7946):
+        pytest.skip("127.0.0.5 is busy (the manual lab?)")
+    out = lab_dir.parent  # the experiment's lab is OUT/lab: the fixture's lab_dir
+    scenario = Path(__file__).parents[2] / "experiments" / "scenarios" / "smoke.toml"
+    done = nanomesh("experiment", "run", str(scenario), "--out", str(out), timeout=240)
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    summary = json.loads((out / "summary.json").read_text())
+    assert abs(summary["calls"] - 240) <= 2, summary   # 10/s for 24 s, open loop
+    assert summary["leader_changes"] >= 1, summary
+    steps = list(csv.DictReader((out / "steps.csv").open()))
+    assert [s["step"] for s in steps] == ["kill leader", "add 1", "start peer-1",
+                                          "restart random"]
+    assert not any(s["result"].startswith("failed") for s in steps), steps
+    assert float(steps[0]["t_start_s"]) == pytest.approx(4.0, abs=0.5)
+    timeline = list(csv.DictReader((out / "timeline.csv").open()))
+    assert len(timeline) >= 40 and max(int(r["alive"]) for r in timeline) == 4
+    assert f"smoke: {summary['calls']} calls, {summary['failed']} failed" in done.stdout
+    assert lab_module.load_state(lab_dir) == []  # `lab down` ran
 
 
 def test_query_without_a_peer_fails_cleanly() -> None:
