@@ -14,6 +14,13 @@ Block-wise transfer (RFC 7959) is aiocoap's, on both sides:
 - towards CoAP instances, ``Context.request`` splits a large body into Block1
   blocks and fetches every Block2 block of a large response.
 
+Observe (RFC 7641): a GET with Observe=0 is answered, and then, if the
+gateway admits the observation (`nanomesh.gateway.observe`), followed by
+notifications from `Gateway.watch`, sent confirmable with increasing Observe
+numbers. aiocoap ends the pipe, which cancels the watch, when the client
+deregisters (an RST to a notification, a new request on the same token such
+as a GET with Observe=1) or stops acknowledging.
+
 Garbage datagrams are dropped by aiocoap's message parser, or, where that
 parser itself fails, by the loop's exception handler (`_contain`); the test
 suite sends random and mutated datagrams and checks the gateway still answers.
@@ -43,6 +50,7 @@ from nanomesh.gateway.forward import (
     GatewayResponse,
 )
 from nanomesh.gateway.link import link_upstream, serve_gateway_link
+from nanomesh.gateway.observe import DEFAULT_OBSERVE, ObserveConfig
 from nanomesh.gateway.upstream import (
     Upstream,
     UpstreamError,
@@ -63,6 +71,7 @@ async def serve_coap_gateway(bind: Address, resolver: Resolver, *,
                              config: GatewayConfig = DEFAULT_GATEWAY,
                              visibility: Visibility | None = None, me: str | None = None,
                              keys: ServiceKeys | None = None,
+                             observe: ObserveConfig = DEFAULT_OBSERVE,
                              task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED
                              ) -> None:
     """Serve ``coap://IP:PORT/s/<service>/<path>`` on `bind` (UDP) until
@@ -76,8 +85,9 @@ async def serve_coap_gateway(bind: Address, resolver: Resolver, *,
     authenticated and every service is public. `me` names this peer."""
     check_gateway_port(bind)
     gateway = Gateway(resolver, {}, services=services, config=config,
-                      visibility=visibility if keys is not None else None, me=me)
-    resource = _GatewayResource(gateway.handle, config.max_payload)
+                      visibility=visibility if keys is not None else None, me=me,
+                      observe=observe)
+    resource = _GatewayResource(gateway, config.max_payload)
     async with trio_asyncio.open_loop() as loop:
         # trio-asyncio's default handler re-raises an error in an asyncio
         # callback into its nursery, which would take the gateway (and the
@@ -143,12 +153,49 @@ class _TooLarge(aiocoap.error.ConstructionRenderableError):  # type: ignore[misc
 
 class _GatewayResource(aiocoap.resource.Resource, aiocoap.resource.PathCapable):  # type: ignore[misc,unused-ignore]
     """The whole URI space of the gateway as one resource (PathCapable: it
-    gets the full Uri-Path). Rendering hops into trio for `Gateway.handle`."""
+    gets the full Uri-Path). Rendering hops into trio for `Gateway.handle`,
+    an observation for `Gateway.watch`."""
 
-    def __init__(self, handle: Any, max_payload: int) -> None:
+    def __init__(self, gateway: Gateway, max_payload: int) -> None:
         super().__init__()
-        self._handle = trio_asyncio.trio_as_aio(handle)
+        self._gateway = gateway
+        self._handle = trio_asyncio.trio_as_aio(gateway.handle)
+        self._watch = trio_asyncio.trio_as_aio(gateway.watch)
         self._max_payload = max_payload
+
+    async def render_to_pipe(self, pipe: Any) -> None:
+        request = pipe.request
+        block2 = request.opt.block2
+        if (request.opt.observe != 0 or request.code != aiocoap.GET
+                or (block2 is not None and block2.block_number > 0)):
+            return await super().render_to_pipe(pipe)  # type: ignore[no-any-return]
+        ask = gateway_request(request)
+        first: GatewayResponse = await self._handle(ask)
+        if self._gateway.admit_observer(first) is not None:
+            if len(first.payload) > self._gateway.observe.max_payload:
+                # Block-wise, through aiocoap's cache: the service is asked again.
+                return await super().render_to_pipe(pipe)  # type: ignore[no-any-return]
+            pipe.add_response(coap_message(first), is_last=True)
+            return None
+        sequence = 0
+
+        def emit(response: GatewayResponse, last: bool) -> None:
+            nonlocal sequence
+            message = coap_message(response)
+            if not last:
+                message.opt.observe = sequence
+                sequence += 1
+            if sequence > 1 or last:
+                # Not the first (which may ride on the request's ACK):
+                # confirmable, so an RST or silence ends the observation.
+                message.mtype = aiocoap.CON
+            pipe.add_response(message, is_last=last)
+
+        try:
+            await self._watch(ask, first, emit)
+        finally:
+            self._gateway.observer_gone()
+        return None
 
     async def needs_blockwise_assembly(self, request: Any) -> bool:
         block1 = request.opt.block1
@@ -174,7 +221,8 @@ def gateway_request(message: Any) -> GatewayRequest:
         method=METHODS[int(message.code)],
         path=tuple(message.opt.uri_path), query=tuple(message.opt.uri_query),
         payload=bytes(message.payload), content_format=_int_or_none(message.opt.content_format),
-        accept=_int_or_none(message.opt.accept), hop_limit=_int_or_none(message.opt.hop_limit))
+        accept=_int_or_none(message.opt.accept), hop_limit=_int_or_none(message.opt.hop_limit),
+        options=tuple(int(opt.number) for opt in message.opt.option_list()))
 
 
 def coap_message(response: GatewayResponse) -> Any:

@@ -18,6 +18,9 @@ private service is forwarded preferably to a ZeroMQ endpoint (CURVE,
 another peer are reached through that peer's gateway link, never by plain
 CoAP or HTTP across the network.
 
+Observe (RFC 7641) is by polling, `Gateway.watch`; the design and its
+bounds are in `nanomesh.gateway.observe`.
+
 Loops: every forwarded request carries a Hop-Limit (RFC 8768,
 `nanomesh.gateway.forward.DEFAULT_HOP_LIMIT`); a gateway that gets one at its
 last hop answers 5.08 without forwarding, so a request that resolves back to a
@@ -42,18 +45,22 @@ from nanomesh.gateway.forward import (
     SERVICE_UNAVAILABLE,
     UNAUTHORIZED,
     Attempts,
+    DescribeRoute,
     GatewayConfig,
     GatewayRequest,
     GatewayResponse,
     NoRoute,
     ServiceRoute,
     WellKnownRoute,
+    describe_service,
     error_response,
+    negotiate,
     outgoing_hop_limit,
     pick_targets,
     route,
     well_known_core,
 )
+from nanomesh.gateway.observe import DEFAULT_OBSERVE, Observation, ObserveConfig, Step, refusal
 from nanomesh.gateway.upstream import Upstream, UpstreamError
 from nanomesh.naming import PROTOCOLS, Endpoint
 
@@ -67,6 +74,8 @@ Visibility = Callable[[str], str]
 """Service name -> ``"public"`` or ``"private"``."""
 LINK = "link"
 """Key in `Gateway.upstreams` of the upstream through another peer's gateway link."""
+Emit = Callable[[GatewayResponse, bool], None]
+"""Sends one response of an observation: (response, is it the last)."""
 
 
 class Gateway:
@@ -79,7 +88,8 @@ class Gateway:
     def __init__(self, resolver: Resolver, upstreams: Mapping[str, Upstream], *,
                  services: Services | None = None,
                  config: GatewayConfig = DEFAULT_GATEWAY,
-                 visibility: Visibility | None = None, me: str | None = None) -> None:
+                 visibility: Visibility | None = None, me: str | None = None,
+                 observe: ObserveConfig = DEFAULT_OBSERVE) -> None:
         self.resolver = resolver
         self.upstreams = dict(upstreams)
         self.services = services
@@ -99,6 +109,9 @@ class Gateway:
         """Inputs the CoAP layer failed on and dropped (garbage datagrams)."""
         self.hop_limited = 0
         """Requests answered 5.08: their Hop-Limit ran out (a forwarding loop)."""
+        self.observe = observe
+        self.observers = 0
+        """Observations running (`admit_observer` .. `observer_gone`)."""
 
     def _known(self, service: str) -> bool:
         return self.services is None or service in set(self.services())
@@ -115,23 +128,70 @@ class Gateway:
                 case WellKnownRoute():
                     names = self.services() if self.services else ()
                     return well_known_core(n for n in names if member or self.is_public(n))
+                case DescribeRoute(service):
+                    refused = self._refuse(service, member)
+                    if refused is not None:
+                        return refused
+                    if not self._known(service):
+                        return error_response(NOT_FOUND, f"no service named {service!r}")
+                    return describe_service(service, self._visibility(service),
+                                            self.resolver(service))
                 case ServiceRoute(service, inner):
-                    public = self.is_public(service)
-                    # An unknown name is 4.04 for everyone (from `forward`):
-                    # 4.01 for it would claim a private service that is not there.
-                    if not (member or public) and self._known(service):
-                        self.refused += 1
-                        return error_response(UNAUTHORIZED, f"{service} is a private service: "
-                                              "only mesh members reach it, with the cluster "
-                                              "key (nanomesh call --key-file FILE, "
-                                              "nanomesh.sdk.client.connect(key_file=...))")
-                    return await self.forward(service, inner, private=not public)
+                    refused = self._refuse(service, member)
+                    if refused is not None:
+                        return refused
+                    answer = await self.forward(service, inner, private=not self.is_public(service))
+                    return negotiate(inner.accept, answer)
                 case NoRoute(response):
                     return response
         except Exception:
             log.exception("BUG: gateway failed on %s %s", request.method, request.path_text())
             return error_response(INTERNAL_ERROR, "internal gateway error; see the peer's log")
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _refuse(self, service: str, member: bool) -> GatewayResponse | None:
+        """4.01 for a private service asked for by a non-member, else None.
+        An unknown name is 4.04 for everyone (decided later): 4.01 for it
+        would claim a private service that is not there."""
+        if member or self.is_public(service) or not self._known(service):
+            return None
+        self.refused += 1
+        return error_response(UNAUTHORIZED, f"{service} is a private service: only mesh "
+                              "members reach it, with the cluster key (nanomesh call "
+                              "--key-file FILE, nanomesh.sdk.client.connect(key_file=...))")
+
+    def _visibility(self, service: str) -> str:
+        return "public" if self.visibility is None else self.visibility(service)
+
+    # ------------------------------------------------------------ observe
+
+    def admit_observer(self, first: GatewayResponse) -> str | None:
+        """Count a new observation whose first answer is `first`, or say why
+        it is answered as a plain GET instead (`nanomesh.gateway.observe.refusal`).
+        Every admitted observation must end with `observer_gone`."""
+        why = refusal(first, self.observers, self.observe)
+        if why is None:
+            self.observers += 1
+        return why
+
+    def observer_gone(self) -> None:
+        self.observers -= 1
+
+    async def watch(self, request: GatewayRequest, first: GatewayResponse, emit: Emit) -> None:
+        """Run one admitted observation of `request` (a non-member's GET,
+        first answered `first`): send the first response, then poll every
+        period and send what `Observation.step` says, until it ends or the
+        caller cancels (the client deregistered or went away)."""
+        observation, out = Observation.begin(self.observe, first, trio.current_time())
+        emit(out, False)
+        while True:
+            await trio.sleep(self.observe.period)
+            answer = await self.handle(request)
+            step, out = observation.step(trio.current_time(), answer)
+            if step is not Step.SKIP:
+                emit(out, step is Step.END)
+            if step is Step.END:
+                return
 
     async def forward(self, service: str, request: GatewayRequest, *, private: bool = False,
                       local_only: bool = False) -> GatewayResponse:

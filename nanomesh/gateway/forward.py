@@ -10,12 +10,14 @@ upstream calls (`nanomesh.gateway.upstream`) speak each instance's protocol
 
 from __future__ import annotations
 
+import json
 import urllib.parse
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from nanomesh.naming import PROTOCOLS, Endpoint
-from nanomesh.wire.service_traffic import MAX_BODY
+from nanomesh.wire.service_traffic import CONTENT_JSON, MAX_BODY
+from nanomesh.wire.service_traffic import METHODS as SERVICE_METHODS
 
 SERVICE_PREFIX = "s"
 """First path segment of a forwarded request: ``/s/<service>/<path...>``."""
@@ -33,6 +35,8 @@ def code_text(code: int) -> str:
 
 CONTENT, CREATED, DELETED, VALID, CHANGED = (coap_code(2, d) for d in (5, 1, 2, 3, 4))
 BAD_REQUEST, NOT_FOUND, METHOD_NOT_ALLOWED = coap_code(4, 0), coap_code(4, 4), coap_code(4, 5)
+BAD_OPTION, NOT_ACCEPTABLE = coap_code(4, 2), coap_code(4, 6)
+NOT_IMPLEMENTED, PROXYING_NOT_SUPPORTED = coap_code(5, 1), coap_code(5, 5)
 UNAUTHORIZED = coap_code(4, 1)
 """4.01: a private service asked for by a client that is not a mesh member."""
 REQUEST_TOO_LARGE = coap_code(4, 13)
@@ -45,8 +49,26 @@ METHODS = {1: "GET", 2: "POST", 3: "PUT", 4: "DELETE", 5: "FETCH", 6: "PATCH", 7
 """CoAP request codes (RFC 7252, RFC 8132) by number."""
 METHOD_CODES = {name: num for num, name in METHODS.items()}
 
-TEXT_PLAIN, LINK_FORMAT = 0, 40
+TEXT_PLAIN, LINK_FORMAT, JSON = 0, 40, CONTENT_JSON
 """CoAP content-formats of the gateway's own answers (RFC 7252 §12.3)."""
+
+UNDERSTOOD_CRITICAL = {3: "Uri-Host", 7: "Uri-Port", 11: "Uri-Path", 15: "Uri-Query",
+                       17: "Accept", 23: "Block2", 27: "Block1"}
+"""Critical options (odd numbers, RFC 7252 §5.4.1) the gateway acts on:
+routing, content negotiation, and block-wise transfer (aiocoap's). Any
+other critical option in a request is answered 4.02 Bad Option, naming it,
+so a client never believes a condition or a security layer was applied
+when it was not: If-Match / If-None-Match (1, 5: conditional requests are
+not forwarded), OSCORE (9), Q-Block1/2 (19, 31), and unregistered numbers.
+Elective options (even numbers) that are not understood are ignored, as
+RFC 7252 allows."""
+PROXY_OPTIONS = {35: "Proxy-Uri", 39: "Proxy-Scheme"}
+"""Forward-proxy options: the gateway is a reverse proxy for the mesh's
+services only, so these get 5.05 Proxying Not Supported (RFC 7252 §5.10.2)."""
+OPTION_NAMES = {1: "If-Match", 5: "If-None-Match", 9: "OSCORE", 19: "Q-Block1",
+                31: "Q-Block2", **UNDERSTOOD_CRITICAL, **PROXY_OPTIONS}
+SERVICE_RESOURCE_TYPE = "nanomesh.service"
+"""``rt`` of a service's link in ``/.well-known/core`` (RFC 6690 §3.1)."""
 
 RETRY_AFTER = 2
 """Max-Age, in seconds, on a 5.03 the gateway makes itself: how soon a client
@@ -114,6 +136,10 @@ class GatewayRequest:
     hop_limit: int | None = None
     """The Hop-Limit option (RFC 8768) as received, None if absent; on a
     request to an instance, the value to send (`outgoing_hop_limit`)."""
+    options: tuple[int, ...] = ()
+    """Numbers of every option the request carried, for the check of
+    critical options (`option_problem`); empty for a request that did not
+    come as a CoAP message (the gateway link)."""
 
     def path_text(self) -> str:
         """``/a/b``, for messages and logs."""
@@ -149,26 +175,88 @@ class WellKnownRoute:
 
 
 @dataclass(frozen=True)
+class DescribeRoute:
+    """``GET /s/<service>``, the link ``/.well-known/core`` lists: answered by
+    the gateway itself (`describe_service`), since the service's own paths
+    are below it (its root is ``/s/<service>/``, with an empty segment)."""
+
+    service: str
+
+
+@dataclass(frozen=True)
 class NoRoute:
     response: GatewayResponse
 
 
-Route = ServiceRoute | WellKnownRoute | NoRoute
+Route = ServiceRoute | WellKnownRoute | DescribeRoute | NoRoute
 
 
 def route(request: GatewayRequest) -> Route:
-    """Where a request to the gateway goes."""
+    """Where a request to the gateway goes. Checked in this order: critical
+    options (`option_problem`), the path, the method (4.05 for a method
+    the path does not have), then Accept for the gateway's own resources
+    (`negotiate`; a service's answer is checked after forwarding)."""
+    problem = option_problem(request.options)
+    if problem is not None:
+        return NoRoute(problem)
     path = request.path
     if path == (".well-known", "core"):
         if request.method != "GET":
             return NoRoute(error_response(METHOD_NOT_ALLOWED, "/.well-known/core is GET only"))
-        return WellKnownRoute()
-    if len(path) >= 2 and path[0] == SERVICE_PREFIX and path[1]:
+        return _own(WellKnownRoute(), request.accept, LINK_FORMAT)
+    if len(path) == 2 and path[0] == SERVICE_PREFIX and path[1]:
+        if request.method != "GET":
+            return NoRoute(error_response(METHOD_NOT_ALLOWED, f"/s/{path[1]} describes the "
+                                          f"service and is GET only; its paths are "
+                                          f"/s/{path[1]}/<path>"))
+        return _own(DescribeRoute(path[1]), request.accept, JSON)
+    if len(path) >= 3 and path[0] == SERVICE_PREFIX and path[1]:
+        if request.method not in SERVICE_METHODS:
+            return NoRoute(error_response(METHOD_NOT_ALLOWED, f"{request.method} cannot reach a "
+                                          f"service: nanoservices answer "
+                                          f"{', '.join(SERVICE_METHODS)}"))
         inner = GatewayRequest(request.method, path[2:], request.query, request.payload,
                                request.content_format, request.accept, request.hop_limit)
         return ServiceRoute(path[1], inner)
     return NoRoute(error_response(NOT_FOUND, "nothing here: services are at "
                                   "/s/<service>/<path>, listed at /.well-known/core"))
+
+
+def _own(target: Route, accept: int | None, content_format: int) -> Route:
+    """`target`, a resource the gateway answers itself in `content_format`
+    only, unless `accept` asks for another (4.06)."""
+    if accept is None or accept == content_format:
+        return target
+    return NoRoute(error_response(NOT_ACCEPTABLE, f"this resource is only available as "
+                                  f"content-format {content_format}, not {accept}"))
+
+
+def option_problem(options: Iterable[int]) -> GatewayResponse | None:
+    """The answer to a request carrying a critical option the gateway does
+    not act on (`UNDERSTOOD_CRITICAL`, `PROXY_OPTIONS`), else None."""
+    unknown = sorted({n for n in options if n % 2 == 1 and n not in UNDERSTOOD_CRITICAL})
+    if not unknown:
+        return None
+    names = ", ".join(f"{OPTION_NAMES[n]} ({n})" if n in OPTION_NAMES else str(n)
+                      for n in unknown)
+    if all(n in PROXY_OPTIONS for n in unknown):
+        return error_response(PROXYING_NOT_SUPPORTED, f"not a forward proxy ({names}): "
+                              "services are at /s/<service>/<path>")
+    return error_response(BAD_OPTION, f"critical option not supported: {names}")
+
+
+def negotiate(accept: int | None, response: GatewayResponse) -> GatewayResponse:
+    """`response`, a service's answer, or 4.06 when the client's Accept asked
+    for a content-format it does not have (RFC 7252 §5.10.4): a success
+    with a payload in another format, or with no format said. An error or
+    an empty success (2.01, 2.04, ...) carries no representation and passes."""
+    if accept is None or response.code >> 5 != 2 or not response.payload:
+        return response
+    if response.content_format == accept:
+        return response
+    got = "none" if response.content_format is None else str(response.content_format)
+    return error_response(NOT_ACCEPTABLE, f"the service answered in content-format {got}, "
+                          f"not the {accept} asked for by Accept")
 
 
 def outgoing_hop_limit(received: int | None, initial: int) -> int | None:
@@ -181,10 +269,28 @@ def outgoing_hop_limit(received: int | None, initial: int) -> int | None:
 
 
 def well_known_core(services: Iterable[str]) -> GatewayResponse:
-    """RFC 6690 link-format listing ``</s/NAME>`` per service, sorted."""
+    """RFC 6690 link-format listing ``</s/NAME>`` per service, sorted, with
+    what is known of it: ``rt`` (`SERVICE_RESOURCE_TYPE`), ``ct`` (the
+    JSON of `describe_service`) and ``obs`` (the gateway lets it be
+    observed). No ``if``: the gateway does not know a service's interface
+    (its paths are the author's, not declared in the manifest)."""
     links = ",".join(f"</{SERVICE_PREFIX}/{urllib.parse.quote(name, safe='')}>"
+                     f';rt="{SERVICE_RESOURCE_TYPE}";ct={JSON};obs'
                      for name in sorted(set(services)))
     return GatewayResponse(CONTENT, links.encode(), LINK_FORMAT)
+
+
+def describe_service(service: str, visibility: str, endpoints: Iterable[Endpoint]
+                     ) -> GatewayResponse:
+    """``GET /s/<service>``: what this gateway knows of a service, as JSON:
+    its visibility, its healthy instances (sorted) and their protocols, and
+    where its paths are."""
+    eps = list(endpoints)
+    doc = {"service": service, "visibility": visibility,
+           "instances": sorted({ep.instance for ep in eps}),
+           "protocols": sorted({ep.protocol for ep in eps}),
+           "paths": f"/{SERVICE_PREFIX}/{service}/<path>"}
+    return GatewayResponse(CONTENT, json.dumps(doc, sort_keys=True).encode(), JSON)
 
 
 # ------------------------------------------------------------ targets

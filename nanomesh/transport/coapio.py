@@ -148,6 +148,11 @@ class _Root(aiocoap.resource.Resource, aiocoap.resource.PathCapable):  # type: i
                                    payload=b"private service: reach it through the mesh")
         if len(request.payload) > MAX_BODY:
             raise _TooLarge()
+        if request.code.name not in METHODS:
+            # FETCH, PATCH, iPATCH: nanoservices do not have them (RFC 7252 §5.9.2.6).
+            return aiocoap.Message(code=aiocoap.numbers.codes.Code.METHOD_NOT_ALLOWED,
+                                   payload=f"method {request.code.name} not allowed: "
+                                           f"nanoservices answer {', '.join(METHODS)}".encode())
         try:
             req = request_from_coap(request)
         except ValueError as exc:

@@ -18,6 +18,7 @@ import trio_asyncio
 
 from nanomesh.gateway.core import Gateway
 from nanomesh.gateway.forward import GatewayConfig
+from nanomesh.gateway.observe import DEFAULT_OBSERVE, ObserveConfig
 from nanomesh.naming import Endpoint
 
 GATEWAY_IP = "127.0.50.1"
@@ -44,7 +45,8 @@ class InstanceLog:
 
 class _Instance(aiocoap.resource.Resource, aiocoap.resource.PathCapable):  # type: ignore[misc]
     """Answers every path: ``big`` returns 64 KiB, ``status/4.04`` that
-    code; anything else a JSON description of the request it got."""
+    code, ``seen`` how many requests it got (text: changes on every GET);
+    anything else a JSON description of the request it got."""
 
     def __init__(self, log: InstanceLog) -> None:
         super().__init__()
@@ -60,6 +62,9 @@ class _Instance(aiocoap.resource.Resource, aiocoap.resource.PathCapable):  # typ
         self.log.requests.append({**seen, "payload": bytes(request.payload)})
         if path == ("big",):
             return aiocoap.Message(code=aiocoap.CONTENT, payload=BIG)
+        if path == ("seen",):
+            return aiocoap.Message(code=aiocoap.CONTENT, content_format=0,
+                                   payload=str(len(self.log.requests)).encode())
         if path and path[0] == "echo":
             return aiocoap.Message(code=aiocoap.CHANGED, payload=bytes(request.payload),
                                    content_format=42)
@@ -114,6 +119,7 @@ async def coap_client() -> AsyncIterator[Send]:
 async def running_gateway(resolver: Callable[[str], list[Endpoint]], *,
                           services: Collection[str] | None = None,
                           config: GatewayConfig | None = None,
+                          observe: ObserveConfig = DEFAULT_OBSERVE,
                           bind: tuple[str, int] = (GATEWAY_IP, GATEWAY_PORT)
                           ) -> AsyncIterator[Gateway]:
     from nanomesh.gateway.coap import serve_coap_gateway
@@ -121,7 +127,7 @@ async def running_gateway(resolver: Callable[[str], list[Endpoint]], *,
     async with trio.open_nursery() as nursery:
         gateway: Gateway = await nursery.start(lambda task_status: serve_coap_gateway(
             bind, resolver, services=(lambda: services) if services is not None else None,
-            config=config or GatewayConfig(), task_status=task_status))
+            config=config or GatewayConfig(), observe=observe, task_status=task_status))
         yield gateway
         nursery.cancel_scope.cancel()
 

@@ -81,7 +81,8 @@ async def test_well_known_core_lists_services() -> None:
         resp = await send(aiocoap.GET, url("/.well-known/core"))
         post = await send(aiocoap.POST, url("/.well-known/core"))
     assert str(resp.code) == "2.05 Content" and int(resp.opt.content_format) == 40
-    assert resp.payload == b"</s/hello>,</s/temp>"
+    assert resp.payload == (b'</s/hello>;rt="nanomesh.service";ct=50;obs,'
+                            b'</s/temp>;rt="nanomesh.service";ct=50;obs')
     assert str(post.code) == "4.05 Method Not Allowed"
 
 

@@ -14,6 +14,7 @@ from nanomesh.gateway.forward import (
     METHOD_NOT_ALLOWED,
     NOT_FOUND,
     SERVICE_UNAVAILABLE,
+    DescribeRoute,
     GatewayConfig,
     GatewayRequest,
     GatewayResponse,
@@ -36,7 +37,8 @@ def req(*path: str, method: str = "GET") -> GatewayRequest:
 
 @pytest.mark.parametrize(("request_", "expected"), [
     (req("s", "hello", "a", "b"), ServiceRoute("hello", req("a", "b"))),
-    (req("s", "hello"), ServiceRoute("hello", req())),
+    (req("s", "hello"), DescribeRoute("hello")),
+    (req("s", "hello", ""), ServiceRoute("hello", req(""))),
     (req(".well-known", "core"), WellKnownRoute()),
     (req("s"), NoRoute), (req("s", ""), NoRoute), (req(), NoRoute), (req("x", "hello"), NoRoute),
 ])
@@ -57,7 +59,9 @@ def test_route_keeps_payload_and_options_and_rejects_non_get_well_known() -> Non
 
 def test_well_known_core_sorted_unique_and_escaped() -> None:
     resp = well_known_core(["b", "a", "b", "we ird"])
-    assert resp.payload == b"</s/a>,</s/b>,</s/we%20ird>" and resp.content_format == 40
+    attrs = b';rt="nanomesh.service";ct=50;obs'
+    assert resp.payload == b",".join(b"</s/" + n + b">" + attrs for n in (b"a", b"b", b"we%20ird"))
+    assert resp.content_format == 40
 
 
 def test_pick_targets_one_per_instance_coap_preferred_order_kept() -> None:
@@ -141,8 +145,8 @@ async def test_core_deadline_bounds_the_whole_request(autojump_clock: trio.abc.C
 async def test_core_unknown_empty_and_buggy() -> None:
     gw, _ = gateway({"s/0": "bug"}, EPS)
     assert (await gw.handle(req("s", "nope"))).code == NOT_FOUND
-    empty = await gw.handle(req("s", "empty"))
+    empty = await gw.handle(req("s", "empty", "x"))
     assert empty.code == SERVICE_UNAVAILABLE and empty.max_age == 2
-    buggy = await gw.handle(req("s", "s"))
+    buggy = await gw.handle(req("s", "s", "x"))
     assert buggy.code == 160 and b"internal gateway error" in buggy.payload
 

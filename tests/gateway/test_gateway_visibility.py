@@ -70,9 +70,10 @@ async def test_outsiders_reach_public_services_only() -> None:
     assert calls == [] and gw.refused == 1
     assert (await gw.handle(req("s", "pub", "x"))).code == CONTENT
     listing = await gw.handle(req(".well-known", "core"))
-    assert listing.payload == b"</s/pub>"
+    attrs = b';rt="nanomesh.service";ct=50;obs'
+    assert listing.payload == b"</s/pub>" + attrs
     member_listing = await gw.handle(req(".well-known", "core"), member=True)
-    assert member_listing.payload == b"</s/priv>,</s/pub>"
+    assert member_listing.payload == b"</s/priv>" + attrs + b",</s/pub>" + attrs
     assert (await gw.handle(req("s", "priv", "count"), member=True)).code == CONTENT
     assert calls == [("coap", "pub/0"), ("coap", "priv/0")]
 
