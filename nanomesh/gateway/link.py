@@ -59,7 +59,14 @@ def link_path(prefix: str, service: str, path: str) -> str:
 
 
 def to_gateway_request(request: Request) -> GatewayRequest:
-    return GatewayRequest(request.method, split_path(request.path),
+    """The link request as the gateway takes it. ``s/<service>`` alone is
+    the service's root here (a member calling path ``""``; a link path has
+    no empty segment to say so), not the gateway's description of the
+    service that a CoAP client gets at ``/s/<service>``."""
+    path = split_path(request.path)
+    if len(path) == 2 and path[0] == GATEWAY_PREFIX:
+        path = (*path, "")
+    return GatewayRequest(request.method, path,
                           tuple(request.query.split("&")) if request.query else (),
                           request.body, request.content_format)
 

@@ -313,7 +313,10 @@ class Mesh:
             return await zmq_call(_host_port(self.host, self._coap_port), linked, timeout,
                                   keys=self.keys)
         coap = await self._coap_client()
-        return await coap.call(self.host, self._coap_port, ("s", service), request, timeout)
+        # A service's root is /s/<service>/ (an empty last segment): the
+        # gateway answers /s/<service> itself (`nanomesh.gateway.forward.DescribeRoute`).
+        prefix = ("s", service) if request.path else ("s", service, "")
+        return await coap.call(self.host, self._coap_port, prefix, request, timeout)
 
     async def resolve(self, service: str, timeout: float = 2.0) -> list[Endpoint]:
         """The service's endpoints (cached `RESOLVE_TTL` seconds; while the peer

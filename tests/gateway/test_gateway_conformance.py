@@ -14,7 +14,14 @@ import aiocoap.optiontypes
 import pytest
 import trio
 import trio_asyncio
-from gateway_helpers import INSTANCE_IPS, endpoint, instances, running_gateway, url
+from gateway_helpers import (
+    INSTANCE_IPS,
+    coap_client,
+    endpoint,
+    instances,
+    running_gateway,
+    url,
+)
 
 from nanomesh.gateway.coap import gateway_request
 from nanomesh.gateway.core import Gateway
@@ -312,3 +319,50 @@ async def test_observe_through_the_gateway_and_deregistration() -> None:
             with trio.CancelScope(shield=True):
                 await trio_asyncio.aio_as_trio(ctx.shutdown)()
 
+
+
+async def test_a_members_call_of_a_service_root_is_not_the_description() -> None:
+    """Over the link, ``s/<service>`` is the service's root path (the SDK
+    client's call of path ``""``), forwarded to an instance."""
+    from nanomesh.gateway.link import link_handler, link_path
+    from nanomesh.wire.service_traffic import Request
+
+    gw, calls = fake_gateway(GatewayResponse(CONTENT, b"root", TEXT_PLAIN))
+    answer = await link_handler(gw)(Request("GET", link_path("s", "pub", "")))
+    assert answer.status == 200 and answer.body == b"root" and calls == ["pub/0"]
+
+
+async def test_over_coap_the_root_is_s_service_slash_and_s_service_the_description() -> None:
+    [a] = INSTANCE_IPS[:1]
+    async with instances(a) as [log], running_gateway(
+            lambda s: [endpoint("t/0", a)] if s == "t" else [], services=["t"]), \
+            coap_client() as send:
+        root = await send(aiocoap.GET, url("/s/t/"))
+        described = await send(aiocoap.GET, url("/s/t"))
+        fetch = await send(aiocoap.FETCH, url("/s/t/x"))
+    assert str(root.code) == "2.05 Content" and log.requests[0]["path"] == [""]
+    assert json.loads(described.payload)["instances"] == ["t/0"] and len(log.requests) == 1
+    assert str(fetch.code) == "4.05 Method Not Allowed" and fetch.payload
+
+
+async def test_a_nanoservice_coap_server_answers_fetch_and_patch_4_05() -> None:
+    """Straight to an instance too (the SDK's CoAP server): 4.05, not 4.00,
+    and the handler is not called."""
+    from nanomesh.transport.coapio import serve_coap
+    from nanomesh.wire.service_traffic import Request, Response
+
+    seen: list[str] = []
+
+    async def handler(request: Request) -> Response:
+        seen.append(request.method)
+        return Response(200, b"ok")
+
+    host, port = "127.0.50.42", 5683
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_coap, host, port, handler)
+        async with coap_client() as send:
+            answers = [await send(code, f"coap://{host}:{port}/x")
+                       for code in (aiocoap.FETCH, aiocoap.PATCH, aiocoap.iPATCH, aiocoap.GET)]
+        nursery.cancel_scope.cancel()
+    assert [str(a.code) for a in answers] == ["4.05 Method Not Allowed"] * 3 + ["2.05 Content"]
+    assert b"FETCH" in answers[0].payload and seen == ["GET"]
