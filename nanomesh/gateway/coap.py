@@ -183,7 +183,7 @@ class _GatewayResource(aiocoap.resource.Resource, aiocoap.resource.PathCapable):
             nonlocal sequence
             message = coap_message(response)
             if not last:
-                message.opt.observe = sequence
+                message.opt.observe = sequence & 0xFFFFFF  # 24 bits, RFC 7641 §4.4
                 sequence += 1
             if sequence > 1 or last:
                 # Not the first (which may ride on the request's ACK):

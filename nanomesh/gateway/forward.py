@@ -61,7 +61,9 @@ so a client never believes a condition or a security layer was applied
 when it was not: If-Match / If-None-Match (1, 5: conditional requests are
 not forwarded), OSCORE (9), Q-Block1/2 (19, 31), and unregistered numbers.
 Elective options (even numbers) that are not understood are ignored, as
-RFC 7252 allows."""
+RFC 7252 allows. A non-confirmable request with such an option also gets
+4.02 (RFC 7252 would have it rejected, i.e. an RST or silence): one rule
+for both, and the client learns why."""
 PROXY_OPTIONS = {35: "Proxy-Uri", 39: "Proxy-Scheme"}
 """Forward-proxy options: the gateway is a reverse proxy for the mesh's
 services only, so these get 5.05 Proxying Not Supported (RFC 7252 §5.10.2)."""

@@ -366,3 +366,17 @@ async def test_a_nanoservice_coap_server_answers_fetch_and_patch_4_05() -> None:
         nursery.cancel_scope.cancel()
     assert [str(a.code) for a in answers] == ["4.05 Method Not Allowed"] * 3 + ["2.05 Content"]
     assert b"FETCH" in answers[0].payload and seen == ["GET"]
+
+
+async def test_a_representation_over_one_block_is_answered_but_not_observed() -> None:
+    """GET with Observe=0 of 64 KiB: the whole body, block-wise, and no
+    observation (block-wise notifications are not implemented)."""
+    from gateway_helpers import BIG
+
+    [a] = INSTANCE_IPS[:1]
+    async with instances(a), running_gateway(lambda s: [endpoint("t/0", a)]) as gw, \
+            coap_client() as send:
+        answer = await send(aiocoap.GET, url("/s/t/big"), observe=0)
+        assert gw.observers == 0
+    assert str(answer.code) == "2.05 Content" and answer.payload == BIG
+    assert answer.opt.observe is None

@@ -129,6 +129,8 @@ def test_unknown_critical_option_is_4_02_and_elective_is_ignored(gateway: Gatewa
     assert err.startswith("4.02") and "2049" in err and not out, (out, err)
     out, err = gateway.run("-O", "1,0x01", path="/s/ticker/temp")  # If-Match
     assert err.startswith("4.02") and "If-Match" in err, (out, err)
+    out, err = gateway.run("-O", "35,coap://example.org/x", path="/s/ticker/temp")  # Proxy-Uri
+    assert err.startswith("5.05"), (out, err)
     out, err = gateway.run("-O", "2048,0x01", path="/s/ticker/temp")
     assert out.strip() == "21.5" and not err, (out, err)
 
@@ -177,11 +179,12 @@ def test_observe_gets_notifications_and_ends_when_the_client_goes(gateway: Gatew
     deregisters, or its port is gone and the next confirmable notification
     fails), the gateway stops polling: the count moves only by our reads."""
     period = DEFAULT_OBSERVE.period
-    duration = int(2 * period + 2)
+    duration = int(2 * period + 4)
     out, err = gateway.run("-s", str(duration), path="/s/ticker/seen",
                            timeout=duration + 30)
     values = [int(v) for v in out.split()]
     assert len(values) >= 3 and values == sorted(set(values)), (out, err)
+    time.sleep(2)  # libcoap's deregistration (a GET with Observe=1) is a GET too
     before = read_seen(gateway)
     time.sleep(2 * period + 1)
     assert read_seen(gateway) == before + 1
