@@ -127,7 +127,8 @@ class Gateway:
             match route(request):
                 case WellKnownRoute():
                     names = self.services() if self.services else ()
-                    return well_known_core(n for n in names if member or self.is_public(n))
+                    return well_known_core((n for n in names if member or self.is_public(n)),
+                                           request.query)
                 case DescribeRoute(service):
                     refused = self._refuse(service, member)
                     if refused is not None:

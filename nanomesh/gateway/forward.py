@@ -270,16 +270,38 @@ def outgoing_hop_limit(received: int | None, initial: int) -> int | None:
     return received - 1 if received > 1 else None
 
 
-def well_known_core(services: Iterable[str]) -> GatewayResponse:
+def well_known_core(services: Iterable[str], query: Sequence[str] = ()) -> GatewayResponse:
     """RFC 6690 link-format listing ``</s/NAME>`` per service, sorted, with
     what is known of it: ``rt`` (`SERVICE_RESOURCE_TYPE`), ``ct`` (the
     JSON of `describe_service`) and ``obs`` (the gateway lets it be
     observed). No ``if``: the gateway does not know a service's interface
-    (its paths are the author's, not declared in the manifest)."""
-    links = ",".join(f"</{SERVICE_PREFIX}/{urllib.parse.quote(name, safe='')}>"
-                     f';rt="{SERVICE_RESOURCE_TYPE}";ct={JSON};obs'
-                     for name in sorted(set(services)))
-    return GatewayResponse(CONTENT, links.encode(), LINK_FORMAT)
+    (its paths are the author's, not declared in the manifest). A `query`
+    filters the links (`link_matches`)."""
+    links = []
+    for name in sorted(set(services)):
+        href = f"/{SERVICE_PREFIX}/{urllib.parse.quote(name, safe='')}"
+        attrs = {"rt": SERVICE_RESOURCE_TYPE, "ct": str(JSON), "obs": None}
+        if all(link_matches(href, attrs, item) for item in query):
+            links.append(f'<{href}>;rt="{SERVICE_RESOURCE_TYPE}";ct={JSON};obs')
+    return GatewayResponse(CONTENT, ",".join(links).encode(), LINK_FORMAT)
+
+
+def link_matches(href: str, attrs: dict[str, str | None], item: str) -> bool:
+    """RFC 6690 §4.1 query filtering: ``href=V`` or ``ATTR=V`` (a trailing
+    ``*`` matches a prefix; a space-separated value such as ``rt`` matches
+    if one of its words does), ``ATTR`` alone if the link has it."""
+    name, eq, want = item.partition("=")
+    if name == "href":
+        values = [href]
+    elif name not in attrs:
+        return False
+    elif not eq:
+        return True
+    else:
+        values = (attrs[name] or "").split()
+    if want.endswith("*"):
+        return any(v.startswith(want[:-1]) for v in values)
+    return want in values
 
 
 def describe_service(service: str, visibility: str, endpoints: Iterable[Endpoint]

@@ -47,6 +47,7 @@ from nanomesh.gateway.forward import (
     negotiate,
     option_problem,
     route,
+    well_known_core,
 )
 from nanomesh.gateway.observe import Observation, ObserveConfig, Step, refusal
 from nanomesh.naming import Endpoint
@@ -180,6 +181,22 @@ async def test_every_listed_link_answers_with_what_it_says() -> None:
         "visibility"] == "private"
     assert (await gw.handle(req("s", "nosuch"))).code == NOT_FOUND
     assert calls == []  # all answered by the gateway itself
+
+
+@pytest.mark.parametrize(("query", "listed"), [
+    ((), ["a", "b2"]),
+    (("rt=nanomesh.service",), ["a", "b2"]),
+    (("rt=nanomesh.*",), ["a", "b2"]),
+    (("rt=core.rd",), []),
+    (("ct=50",), ["a", "b2"]), (("ct=40",), []),
+    (("obs",), ["a", "b2"]), (("if",), []),
+    (("href=/s/b2",), ["b2"]), (("href=/s/b*",), ["b2"]), (("href=/s",), []),
+    (("rt=nanomesh.service", "href=/s/a"), ["a"]),
+])
+def test_well_known_core_query_filters(query: tuple[str, ...], listed: list[str]) -> None:
+    payload = well_known_core(["b2", "a"], query).payload.decode()
+    assert [link[link.index("</s/") + 4:link.index(">")] for link in payload.split(",")
+            if link] == listed
 
 
 async def test_accept_is_checked_on_a_services_answer() -> None:

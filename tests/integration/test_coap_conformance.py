@@ -160,6 +160,10 @@ def test_well_known_core_links_carry_attributes_and_answer(gateway: Gateway) -> 
         assert path is not None, link
         body, err = gateway.run(path=path.group(1))
         assert not err and json.loads(body)["paths"].startswith(path.group(1)), (link, err)
+    filtered, _ = gateway.run(path="/.well-known/core?rt=nanomesh.service")
+    assert filtered.strip() == out.strip()
+    nothing, err = gateway.run(path="/.well-known/core?rt=core.rd")
+    assert nothing.strip() == "" and not err, (nothing, err)
     body, _ = gateway.run(path="/s/ticker")
     assert json.loads(body) == {"service": "ticker", "visibility": "public",
                                 "instances": ["ticker/0"], "protocols": ["coap"],
