@@ -167,7 +167,10 @@ class _GatewayResource(aiocoap.resource.Resource, aiocoap.resource.PathCapable):
         request = pipe.request
         block2 = request.opt.block2
         if (request.opt.observe != 0 or request.code != aiocoap.GET
+                or request.opt.block1 is not None
                 or (block2 is not None and block2.block_number > 0)):
+            # Not the start of an observation (a later block of one is a
+            # plain GET): aiocoap's path, with block-wise transfer.
             return await super().render_to_pipe(pipe)  # type: ignore[no-any-return]
         ask = gateway_request(request)
         first: GatewayResponse = await self._handle(ask)
