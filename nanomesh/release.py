@@ -162,7 +162,7 @@ def build_bundle(source: Path, out_dir: Path, platforms: Sequence[str],
         work = Path(tmp)
         native = work / "native"
         log(f"building nanomesh and resolving its dependencies with {sys.executable} ...")
-        _pip("wheel", "-q", "-w", str(native), *pip_opts, str(source))
+        _pip("wheel", "-q", "-w", str(native), *pip_opts, str(_clean_copy(source, work)))
         built = sorted(p.name for p in native.glob("nanomesh-*.whl"))
         if len(built) != 1:
             raise NanomeshError(f"expected one nanomesh wheel, pip made {built}")
@@ -176,14 +176,29 @@ def build_bundle(source: Path, out_dir: Path, platforms: Sequence[str],
                  for p in sorted(stage.rglob("*")) if p.is_file()}
         manifest = make_manifest(version, python, reports, files)
         (stage / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        bundle = out_dir / bundle_name(version)
-        _write_tar(stage, bundle)
-    bundle.with_name(bundle.name + ".sha256").write_text(
-        f"{sha256_file(bundle)}  {bundle.name}\n")
+        bundle = pack(stage, out_dir / bundle_name(version))
     shutil.copy2(source / "peers" / "install.sh", out_dir / "install.sh")
     _log_summary(bundle, reports, log)
     return bundle
+
+
+WHEEL_SOURCES = ("pyproject.toml", "README.md", "nanomesh")
+"""What the wheel is built from (pyproject.toml's packages and readme)."""
+
+
+def _clean_copy(source: Path, work: Path) -> Path:
+    """The wheel's sources alone, copied: setuptools builds in the tree it is
+    given and leaves build/ and *.egg-info there, and a stale build/lib would
+    put files deleted from the checkout into the wheel."""
+    copy = work / "source"
+    for name in WHEEL_SOURCES:
+        if (source / name).is_dir():
+            shutil.copytree(source / name, copy / name,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            copy.mkdir(exist_ok=True)
+            shutil.copy2(source / name, copy / name)
+    return copy
 
 
 def _fill_wheelhouse(native: Path, wheels: Path, platforms: Sequence[str], python: str,
@@ -228,6 +243,16 @@ def _copy_support_files(source: Path, stage: Path) -> None:
     peers = source / "peers"
     for path in [*(peers / name for name in SUPPORT_FILES), *sorted(peers.glob("*.toml"))]:
         shutil.copy2(path, stage / "peers" / path.name)
+
+
+def pack(stage: Path, bundle: Path) -> Path:
+    """Write the directory ``stage`` as the tar ``bundle`` and its ``.sha256``
+    beside it; return ``bundle``."""
+    bundle.parent.mkdir(parents=True, exist_ok=True)
+    _write_tar(stage, bundle)
+    bundle.with_name(bundle.name + ".sha256").write_text(
+        f"{sha256_file(bundle)}  {bundle.name}\n")
+    return bundle
 
 
 def _write_tar(stage: Path, bundle: Path) -> None:

@@ -74,6 +74,8 @@ else
 fi
 [ -z "$purge" ] || [ -n "$uninstall" ] || die "--purge goes with --uninstall"
 here="$(cd "$(dirname "$0")/.." && pwd)"
+# The checks below import the venv's own nanomesh, not one on a PYTHONPATH.
+unset PYTHONPATH PYTHONHOME
 opt="$root/opt/nanomesh"
 venv="$opt/venv"
 etc="$root/etc/nanomesh"
