@@ -165,6 +165,14 @@ fi
 # ---- the software: a new venv per version, made and checked beside the one
 # that runs; /opt/nanomesh/venv is switched to it (switch_version, below) only
 # once it imports, so a failed upgrade leaves the old version running.
+incomplete_platforms() {  # what the bundle's manifest says it lacks, if anything
+    python3 - "$here/manifest.json" <<'EOF'
+import json, sys
+for name, platform in json.load(open(sys.argv[1]))["platforms"].items():
+    if platform["missing"]:
+        print(f"install.sh: this bundle has no wheels for {name} of: {', '.join(platform['missing'])}")
+EOF
+}
 prepare_version() {  # ID PIP-INSTALL-ARGS...
     local new="$opt/versions/$1"; shift
     if [ -x "$new/bin/nanomesh" ] && "$new/bin/python" -c 'import nanomesh.daemon.assemble' 2>/dev/null; then
@@ -177,6 +185,7 @@ prepare_version() {  # ID PIP-INSTALL-ARGS...
     if ! PIP_CONFIG_FILE=/dev/null "$new/bin/python" -m pip install -q "$@" \
          || ! "$new/bin/python" -c 'import nanomesh.daemon.assemble'; then
         rm -rf "$new"
+        [ -z "$bundle" ] || incomplete_platforms >&2
         die "installing nanomesh failed (above); the installed version, if any, is unchanged"
     fi
 }
@@ -263,12 +272,14 @@ else
     [ -s "$key_dest.tmp" ] || die "nanomesh keygen wrote no key"
     [ ${#owner[@]} -eq 0 ] || chown root:root "$key_dest.tmp"
     mv "$key_dest.tmp" "$key_dest"
+    again="peers/install.sh"
+    [ -z "$bundle" ] || again="./install.sh --bundle $(basename "$bundle")"
     address=$(sed -n 's/^bind *= *"\([^":]*\).*/\1/p' "$etc/peer.toml" | head -1)
     cat <<EOF
 install.sh: generated a NEW cluster key for a new mesh in /etc/nanomesh/cluster.key.
   It is the mesh's secret: copy this file to the other devices (scp, USB stick)
   and install each of them with it:
-    sudo peers/install.sh --key-file cluster.key --join ${address:-THIS-DEVICE-IP}
+    sudo ${again} --key-file cluster.key --join ${address:-THIS-DEVICE-IP}
 EOF
 fi
 chmod 0600 "$key_dest"
@@ -298,7 +309,9 @@ else
     echo "install.sh: no systemd here; start it with:"
     echo "  /opt/nanomesh/venv/bin/nanomesh peer run --config /etc/nanomesh/peer.toml --key-file /etc/nanomesh/cluster.key --data-dir /var/lib/nanomesh"
 fi
-installed=$("$venv/bin/nanomesh" version 2>/dev/null | head -1) || installed="nanomesh"
+# (Read whole: `| head -1` would end it with SIGPIPE, a failure under pipefail.)
+installed=$("$venv/bin/nanomesh" version 2>/dev/null) || installed="nanomesh"
+installed="${installed%%$'\n'*}"
 cat <<EOF
 install.sh: $installed is installed.
   logs:    journalctl -u nanomesh -f

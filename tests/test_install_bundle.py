@@ -199,13 +199,15 @@ def installed_version(root: Path) -> str:
 
 
 def without_wheel(bundle: Path, prefix: str, dest: Path) -> Path:
-    """``bundle`` repacked without its ``prefix`` wheel: sound as a file
-    (checksum and manifest agree) but not installable."""
+    """``bundle`` repacked without its ``prefix`` wheel, as a build that found
+    none for it makes it: sound as a file (checksum and manifest agree), the
+    manifest says what is missing, and it does not install."""
     top = unpack(bundle, dest / "unpacked")
     (wheel,) = (top / "wheels").glob(f"{prefix}-*.whl")
     wheel.unlink()
     manifest = json.loads((top / MANIFEST).read_text())
     del manifest["files"][f"wheels/{wheel.name}"]
+    manifest["platforms"]["native"].update(complete=False, missing=[wheel_pin(wheel.name)])
     (top / MANIFEST).write_text(json.dumps(manifest))
     return pack(top, dest / "broken" / bundle.name)
 
@@ -244,6 +246,7 @@ def test_install_offline_then_upgrade_keeps_config_key_and_data(
     broken = without_wheel(bundles["1.0.1"], "trio", tmp_path)
     done = install(root, "--bundle", str(broken))
     assert done.returncode != 0 and "unchanged" in done.stderr
+    assert "this bundle has no wheels for native of: trio==" in done.stderr
     assert os.readlink(venv) == first and installed_version(root) == "1.0.0"
     assert [p.name for p in (root / "opt/nanomesh/versions").iterdir()] == [Path(first).name]
 
@@ -278,6 +281,17 @@ def test_corrupt_bundle_is_refused_before_anything_changes(bundles: dict[str, Pa
     (bad.with_name(bad.name + ".sha256")).unlink()
     done = install(root, "--bundle", str(bad))
     assert done.returncode != 0 and ".sha256 is missing" in done.stderr
+    assert list(root.iterdir()) == []
+
+    # A bundle whose checksum matches but whose content is not what its
+    # manifest says (repacked by hand) is refused too.
+    top = unpack(bundles["1.0.0"], tmp_path / "unpacked")
+    unit = top / "peers" / "nanomesh.service"
+    unit.write_text(unit.read_text().replace("NoNewPrivileges=yes", "NoNewPrivileges=no"))
+    repacked = pack(top, tmp_path / "repacked" / bundles["1.0.0"].name)
+    done = install(root, "--bundle", str(repacked))
+    assert done.returncode != 0
+    assert "peers/nanomesh.service in the bundle does not match its manifest" in done.stderr
     assert list(root.iterdir()) == []
 
 
