@@ -31,6 +31,8 @@ from pathlib import Path
 
 import pytest
 
+from nanomesh import __version__
+from nanomesh.cli import main
 from nanomesh.release import (
     MANIFEST,
     is_pure,
@@ -40,7 +42,7 @@ from nanomesh.release import (
     verify_tree,
     wheel_pin,
 )
-from nanomesh.wire import generate_key
+from nanomesh.wire import PROTOCOL_MAX, PROTOCOL_MIN, PROTOCOL_VERSION, generate_key
 
 REPO = Path(__file__).resolve().parent.parent
 INSTALL = REPO / "peers" / "install.sh"
@@ -76,6 +78,16 @@ def test_verify_tree_names_missing_and_changed_files(tmp_path: Path) -> None:
         "b: sha256 differs from the manifest", "c: missing"]
 
 
+def test_version_says_the_protocol_range(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["version", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["version"] == __version__ and info["protocol"] == protocol_info()
+    assert main(["version"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"nanomesh {__version__}\n")
+    assert f"wire protocol {PROTOCOL_VERSION} (accepts {PROTOCOL_MIN} to {PROTOCOL_MAX}" in text
+
+
 def test_help_is_plain_text() -> None:
     done = subprocess.run([str(INSTALL), "--help"], capture_output=True, text=True, timeout=10)
     assert done.returncode == 0
@@ -104,17 +116,15 @@ def wheelhouse() -> Path:
         return house
     building = cache / f"building-{os.getpid()}"
     shutil.rmtree(building, ignore_errors=True)
-    requires = tomllib.loads((REPO / "pyproject.toml").read_text())["build-system"]["requires"]
-    for args in (["wheel", "-w", str(building), str(REPO)],
-                 ["download", "-d", str(building), *requires]):
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    for args in (["wheel", "-w", str(building), *pyproject["project"]["dependencies"]],
+                 ["download", "-d", str(building), *pyproject["build-system"]["requires"]]):
         done = subprocess.run([sys.executable, "-m", "pip", "-q", *args],
                               capture_output=True, text=True, timeout=540)
         if done.returncode != 0:
             shutil.rmtree(building, ignore_errors=True)
             pytest.skip(f"cannot make the test wheelhouse (needs a package index): "
                         f"{done.stderr.strip().splitlines()[-1:]}")
-    for own in building.glob("nanomesh-*.whl"):
-        own.unlink()
     (building / "complete").touch()
     shutil.rmtree(house, ignore_errors=True)
     building.rename(house)
