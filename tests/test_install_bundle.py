@@ -33,8 +33,9 @@ import pytest
 
 from nanomesh import __version__
 from nanomesh.cli import main
-from nanomesh.release import (
+from nanomesh.cli.release_bundle import (
     MANIFEST,
+    default_source,
     is_pure,
     pack,
     protocol_info,
@@ -65,6 +66,10 @@ def test_wheel_names_give_pins_and_purity() -> None:
     assert is_pure("outcome-1.3.0.post0-py2.py3-none-any.whl")
     assert not is_pure("psutil-7.2.2-cp36-abi3-manylinux2010_x86_64.whl")
     assert not is_pure("msgpack-1.2.4-cp311-cp311-linux_armv7l.whl")
+
+
+def test_default_source_is_this_checkout() -> None:
+    assert default_source() == REPO
 
 
 def test_verify_tree_names_missing_and_changed_files(tmp_path: Path) -> None:

@@ -3,7 +3,7 @@
 The release build is a command of the CLI (not a separate script) because the
 machine that builds a release already runs ``nanomesh`` from the checkout, and
 the bundle's manifest needs what the package itself knows (its version, the
-wire protocol range); the work is in `nanomesh.release`.
+wire protocol range); the work is in `nanomesh.cli.release_bundle`.
 
     nanomesh release build -o dist/                 # x86_64, aarch64, armv7l; Python 3.11
     nanomesh release build --platform native -o dist/   # this machine only (tests, a lab)
@@ -23,12 +23,18 @@ from pathlib import Path
 from typing import Any
 
 from nanomesh import __version__
+from nanomesh.cli.release_bundle import (
+    DEFAULT_PLATFORMS,
+    DEFAULT_PYTHON,
+    PLATFORMS,
+    build_bundle,
+    default_source,
+    protocol_info,
+)
 
 
 def register(subparsers: Any) -> None:
     """Add ``release build`` and ``version`` to the top-level ``subparsers``."""
-    from nanomesh.release import DEFAULT_PLATFORMS, DEFAULT_PYTHON, PLATFORMS
-
     release = subparsers.add_parser(
         "release", help="build the release bundle to install on devices offline",
         description=__doc__.replace("``", ""),
@@ -63,8 +69,6 @@ def register(subparsers: Any) -> None:
 
 
 def build_command(args: argparse.Namespace) -> int:
-    from nanomesh.release import DEFAULT_PLATFORMS, build_bundle, default_source
-
     build_bundle(source=args.source or default_source(), out_dir=args.output,
                  platforms=args.platform or DEFAULT_PLATFORMS, python=args.python_version,
                  find_links=args.find_links, no_index=args.no_index,
@@ -73,7 +77,6 @@ def build_command(args: argparse.Namespace) -> int:
 
 
 def version_info() -> dict[str, Any]:
-    from nanomesh.release import protocol_info
     return {"version": __version__, "protocol": protocol_info(),
             "python": platform.python_version(), "machine": platform.machine()}
 

@@ -304,4 +304,4 @@ def read_manifest(bundle: Path) -> dict[str, Any]:
 
 def default_source() -> Path:
     """The checkout this nanomesh runs from (an editable install's source)."""
-    return Path(__file__).resolve().parent.parent
+    return Path(__file__).resolve().parents[2]
