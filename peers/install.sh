@@ -92,7 +92,9 @@ if [ -n "$uninstall" ]; then
     elif [ -n "$root" ] && command -v systemctl >/dev/null; then
         systemctl --root="$root" disable nanomesh.service 2>/dev/null || true
     fi
-    rm -rf "$unit_dir/nanomesh.service" "$unit_dir/nanomesh.service.d"
+    # (The wants link too: systemctl cannot disable where systemd is not running.)
+    rm -rf "$unit_dir/nanomesh.service" "$unit_dir/nanomesh.service.d" \
+        "$unit_dir/multi-user.target.wants/nanomesh.service"
     ! has_systemd || systemctl daemon-reload
     rm -rf "$opt" "$etc"
     [ "$(readlink "$root/usr/local/bin/nanomesh" 2>/dev/null)" != /opt/nanomesh/venv/bin/nanomesh ] \
@@ -180,7 +182,10 @@ prepare_version() {  # ID PIP-INSTALL-ARGS...
         return
     fi
     rm -rf "$new"
-    python3 -m venv "$new"
+    if ! python3 -m venv "$new"; then
+        rm -rf "$new"
+        die "python3 cannot make a venv (above): install python3-venv (apt-get install python3-venv) and re-run"
+    fi
     # No device pip config (an index, constraints): the bundle is all there is.
     if ! PIP_CONFIG_FILE=/dev/null "$new/bin/python" -m pip install -q "$@" \
          || ! "$new/bin/python" -c 'import nanomesh.daemon.assemble'; then
