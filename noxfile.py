@@ -56,4 +56,5 @@ def bench(session: nox.Session) -> None:
     session.run("python", "experiments/gateway_bench.py", *mode)
     session.run("python", "experiments/name_latency.py", *mode)
     session.run("python", "experiments/call_failover.py", *mode)
+    session.run("python", "experiments/release_bundle.py", *mode)  # issue 15; needs an index
     session.run("python", "experiments/plot.py")

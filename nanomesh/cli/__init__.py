@@ -7,9 +7,11 @@
   `peer` (``peer run``, ``peer recover``), `mesh` (``members``, ``profile``,
   ``services``, ``placement``, ``status``), `runtime` (``deploy``,
   ``undeploy``, ``activate``, ``idle``, ``logs``, ``resolve``, ``call``),
-  `registry`, `keys` (and ``keygen``), `local` (``lab``, ``demo``);
+  `registry`, `keys` (and ``keygen``), `local` (``lab``, ``demo``),
+  `release` (``release build``, ``version``);
 - `lab` and `demo`: the local mesh of peer processes and the failover demo
-  behind `local`'s commands.
+  behind `local`'s commands; `release_bundle`: the release bundle behind
+  ``release build``.
 
 Imports go one way: `main` -> command modules -> `common` -> `lab`. Modules
 outside the package that are slow to load (the daemon, trio, ZeroMQ, the
