@@ -43,6 +43,15 @@ Facts from pysyncobj's source (0.3.17) this module relies on:
 - Its file journal writes through an mmap and never fsyncs (lost on power
   loss; a SIGBUS on a full disk): `_journal` replaces it with one that is
   durable before anything is acknowledged, and makes the full dump durable.
+- The tick thread polls its sockets for at most ``autoTickPeriod`` and then
+  ticks, whether or not anything is due: at 10 ms that was 100 wake-ups a
+  second on an idle node. We wrap the poller's ``poll`` so the wait ends at
+  the earliest timer pysyncobj or we keep (heartbeat, election deadline,
+  keepalive, reconnect, a forgotten leader), capped by ``autoTickPeriod``
+  for the timers not listed (the one-second journal timer, log compaction,
+  handshake deadlines); a pipe in the same poller ends the wait at once when
+  another thread submits a command or asks for a call (pysyncobj has such a
+  pipe only without batching).
 - Full dumps fork by default (``useFork``); forking a multi-threaded process
   (trio + the tick thread) can deadlock the child on a lock another thread
   held, and our state is small: we serialize in the tick thread instead.
@@ -51,12 +60,15 @@ Facts from pysyncobj's source (0.3.17) this module relies on:
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
+import os
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import pysyncobj  # type: ignore[import-untyped]
+from pysyncobj.poller import POLL_EVENT_TYPE  # type: ignore[import-untyped]
 
 from nanomesh.consensus import _journal
 from nanomesh.consensus._transport import KeyedSyncObj, KeyringCipher, transport_class
@@ -93,6 +105,38 @@ in a row are delayed by a busy tick."""
 
 def _ignore_drop(reason: str) -> None:
     pass
+
+
+class _Wakeup:
+    """A pipe in the tick thread's poller: `notify` (any thread) ends the
+    tick thread's wait at once, so work handed to it does not wait for the
+    next timer."""
+
+    def __init__(self, poller: Any) -> None:
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)
+        self._closed = False
+        poller.subscribe(self._read, self._drain, POLL_EVENT_TYPE.READ)
+
+    def notify(self) -> None:
+        if self._closed:
+            return
+        # A full pipe already holds a wake-up; a closed one has nobody to wake.
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._write, b"!")
+
+    def _drain(self, descr: int, event: int) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            while os.read(self._read, 4096):
+                pass
+
+    def close(self) -> None:
+        """After the tick thread has ended (its poller is gone with it)."""
+        if not self._closed:
+            self._closed = True
+            os.close(self._read)
+            os.close(self._write)
 
 
 class _DesiredStateMachine(pysyncobj.SyncObjConsumer):  # type: ignore[misc]
@@ -182,6 +226,8 @@ class RaftNode:
         self._leader_stale_after = timing.leader_fallback_timeout
         self._keepalive_period = timing.connection_timeout / KEEPALIVES_PER_TIMEOUT
         self._next_keepalive = 0.0
+        self._reconnect_period = timing.connection_retry_time
+        self._longest_wait = timing.auto_tick_period
         self._status: RaftStatus | None = None
         self._calls: collections.deque[Callable[[], None]] = collections.deque()
         conf = pysyncobj.SyncObjConf(
@@ -209,34 +255,45 @@ class RaftNode:
             self._store_commit_index_at_once()
         if hold_elections:
             self._postpone_election()
+        self._commands = self._obj._SyncObj__commandsQueue._FastQueue__queue
+        self._wakeup = _Wakeup(self._obj._poller)
+        self._wait_until_due(self._obj._poller)
         self._obj.addOnTickCallback(self._tick)
 
     # ------------------------------------------------------------ any thread
 
     def put_service(self, name: str, spec: Any, callback: CommandCallback) -> None:
         self._machine.put_service(name, spec, callback=callback)
+        self._wakeup.notify()
 
     def delete_service(self, name: str, callback: CommandCallback) -> None:
         self._machine.delete_service(name, callback=callback)
+        self._wakeup.notify()
 
     def set_plan(self, plan: Any, expected_epoch: int, callback: CommandCallback) -> None:
         self._machine.set_plan(plan, expected_epoch, callback=callback)
+        self._wakeup.notify()
 
     def init_meta(self, key: str, value: Any, callback: CommandCallback) -> None:
         self._machine.init_meta(key, value, callback=callback)
+        self._wakeup.notify()
 
     def patch_service(self, name: str, key: str, value: Any, callback: CommandCallback
                       ) -> None:
         self._machine.patch_service(name, key, value, callback=callback)
+        self._wakeup.notify()
 
     def put_registry(self, key: str, entry: Any, callback: CommandCallback) -> None:
         self._machine.put_registry(key, entry, callback=callback)
+        self._wakeup.notify()
 
     def add_voter(self, address: str, callback: CommandCallback) -> None:
         self._obj.addNodeToCluster(address, callback=callback)
+        self._wakeup.notify()
 
     def remove_voter(self, address: str, callback: CommandCallback) -> None:
         self._obj.removeNodeFromCluster(address, callback=callback)
+        self._wakeup.notify()
 
     def transfer_leadership(self, address: str | None, callback: CommandCallback) -> None:
         """Ask the leader (this node) to hand over to `address` (None: the most
@@ -249,17 +306,23 @@ class RaftNode:
         self.call_in_raft_thread(self._obj.forceLogCompaction)
 
     def call_in_raft_thread(self, fn: Callable[[], None]) -> None:
-        """Run `fn` on the tick thread at its next tick."""
+        """Run `fn` on the tick thread at its next tick (at once)."""
         self._calls.append(fn)
+        self._wakeup.notify()
 
     def destroy(self) -> None:
         """Ask the tick thread to close sockets and the journal, then exit."""
         if isinstance(self._journal, _journal.DurableJournal):
             self._journal.abort()  # a journal write retried on a full disk gives up
         self._obj.destroy()
+        self._wakeup.notify()
 
     def alive(self) -> bool:
         return bool(self._obj.tick_thread_alive())
+
+    def release(self) -> None:
+        """Close what outlives the tick thread; call once `alive` is False."""
+        self._wakeup.close()
 
     @property
     def initial_state(self) -> DesiredState:
@@ -293,13 +356,52 @@ class RaftNode:
 
     def _send_keepalives(self) -> None:
         """One keepalive to every node this one has a ready link with (voters
-        and read-only replicas); ``isNodeConnected`` is pysyncobj's own test
-        before it sends, and is only true after the encryption handshake."""
+        and read-only replicas) and sent nothing to for a keepalive period:
+        a link that carries heartbeats or their answers is fresh already.
+        ``isNodeConnected`` is pysyncobj's own test before it sends, and is
+        only true after the encryption handshake."""
         obj = self._obj
         transport = obj._SyncObj__transport
+        quiet_since = pysyncobj.syncobj.monotonicTime() - self._keepalive_period
         for node in obj.otherNodes | obj.readonlyNodes:
-            if obj.isNodeConnected(node):
+            conn = transport._connections.get(node)
+            if obj.isNodeConnected(node) and (conn is None or conn.last_sent <= quiet_since):
                 transport.send(node, _KEEPALIVE)
+
+    def _wait_until_due(self, poller: Any) -> None:
+        """Make the tick thread's poll wait only until the next timer is due
+        (see the module doc); its other callers pass 0 or nothing else."""
+        poll = poller.poll
+
+        def poll_until_due(timeout: float) -> None:
+            poll(min(timeout, self._time_to_next_timer()))
+        poller.poll = poll_until_due
+
+    def _time_to_next_timer(self) -> float:
+        """Seconds until the earliest timer of this node is due (0: work is
+        waiting), at most ``auto_tick_period``. Runs on the tick thread, at
+        the end of a tick."""
+        if self._calls or self._commands:
+            return 0.0
+        obj = self._obj
+        now = pysyncobj.syncobj.monotonicTime()
+        due = [now + self._longest_wait, self._next_keepalive]
+        if obj._SyncObj__raftState == 2:  # leader: the next heartbeat
+            due.append(obj._SyncObj__newAppendEntriesTime)
+        else:
+            deadline = obj._SyncObj__raftElectionDeadline
+            if obj.selfNode is not None:
+                # Held: `_tick` pushes the deadline on, so wake before it passes.
+                due.append(now + self._hold_for / 2 if self._hold_elections else deadline)
+            if obj._getLeader() is not None:
+                due.append(deadline + self._leader_stale_after)  # `_leader_silent`
+        if not all(obj.isNodeConnected(n) for n in obj.otherNodes):
+            due.append(now + self._reconnect_period)  # the transport's reconnect timer
+        # A deadline already past that pysyncobj did not act on (an election
+        # with nobody connected, a forgotten leader) needs no busy wake-up: the
+        # reconnect timer or a socket event brings the next tick.
+        waits = [t - now for t in due if t > now]
+        return min(waits, default=self._reconnect_period)
 
     def _read_status(self) -> RaftStatus:
         obj = self._obj

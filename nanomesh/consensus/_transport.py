@@ -189,6 +189,9 @@ class GuardedConnection:
         self._write = bytearray()
         self._last_read = _monotonic()
         self.opened_at = self._last_read
+        self.last_sent = self._last_read
+        """When a message was last queued on this link (`send`): the other
+        side's read clock is fresh if it was recently, so no keepalive is due."""
         self._on_message: Callable[[Any], None] | None = None
         self._on_connected: Callable[[], None] | None = None
         self._on_disconnected: Callable[[], None] | None = None
@@ -255,7 +258,8 @@ class GuardedConnection:
         if self.sendRandKey:
             message = (self.sendRandKey, message)
         data = zlib.compress(_pickle.dumps(message), 3)
-        token = self.encryptor.encrypt_at_time(data, int(_monotonic()))
+        self.last_sent = _monotonic()
+        token = self.encryptor.encrypt_at_time(data, int(self.last_sent))
         self._write += _LENGTH.pack(len(token)) + token
         self._flush()
 
@@ -429,7 +433,7 @@ class GuardedConnection:
         self._read = bytearray()
         self._write = bytearray()
         self._state = CONNECTION_STATE.DISCONNECTED
-        self._last_read = self.opened_at = _monotonic()
+        self._last_read = self.opened_at = self.last_sent = _monotonic()
 
     def _set_keepalive(self) -> None:
         if self._sock is not None and self._keepalive is not None:

@@ -65,9 +65,14 @@ class RaftTiming:
     (``leaderFallbackTimeout``). Until then a leader cut off from the majority
     still believes it leads: this is why only *committed* state may take
     effect. Must exceed append_entries_period."""
-    auto_tick_period: float = 0.01
-    """Longest sleep of the Raft thread between ticks (``autoTickPeriod``):
-    the resolution of every timer above."""
+    auto_tick_period: float = 0.5
+    """Longest sleep of the Raft thread between ticks (``autoTickPeriod``).
+    The thread wakes when a timer above is due, a message arrives or work is
+    handed to it (`nanomesh.consensus._pysyncobj`), so this only bounds the
+    lateness of pysyncobj's timers we do not compute (the one-second journal
+    timer, log compaction, the transport's bind retry and handshake
+    deadlines) and the thread's exit after the main thread's. At the former
+    0.01 s an idle node woke 100 times a second."""
     append_entries_use_batch: bool = True
     """Send queued entries in batches every period (``appendEntriesUseBatch``).
     Off, pysyncobj logged "truncating already-applied log entries" under rapid
@@ -89,8 +94,7 @@ class RaftTiming:
         timeout/heartbeat ratio stays >= 5). Failover becomes ~1.5-2 s."""
         return replace(cls(), raft_min_timeout=0.6, raft_max_timeout=1.2,
                        append_entries_period=0.09, connection_timeout=2.4,
-                       connection_retry_time=0.4, leader_fallback_timeout=2.4,
-                       auto_tick_period=0.02)
+                       connection_retry_time=0.4, leader_fallback_timeout=2.4)
 
     def problems(self) -> list[str]:
         """Every reason this timing is unusable (empty if none)."""

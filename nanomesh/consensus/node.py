@@ -95,6 +95,9 @@ DENIED_RETRY = 0.05
 """Pause, in seconds, before retrying a membership change the leader denied
 because the previous change (or its own first entry) is not committed yet;
 that takes about one heartbeat."""
+STOP_POLL = 0.01
+"""Seconds between checks that the Raft thread has ended after `destroy`
+(it is woken at once and usually ends within one tick)."""
 LEADERSHIP_HISTORY = 1000
 """How many terms this node led are kept in `leadership_history`."""
 JOURNAL_FILE, DUMP_FILE, VOTERS_FILE = "journal", "dump", "voters.json"
@@ -184,7 +187,8 @@ class ConsensusNode:
             raft.destroy()
             with trio.CancelScope(shield=True):
                 while raft.alive():
-                    await trio.sleep(cfg.timing.auto_tick_period)
+                    await trio.sleep(STOP_POLL)
+            raft.release()
             self._status = STOPPED
             self._stopped = True
             self._wake()

@@ -54,6 +54,26 @@ async def test_bootstrap_one_voter_then_writes_commit(ips: IpFactory) -> None:
         assert (await node.delete_service("cam")).applied
 
 
+async def test_an_idle_leader_ticks_per_heartbeat_not_per_poll(ips: IpFactory) -> None:
+    """The Raft thread sleeps until its next timer (here: the heartbeat, every
+    append_entries_period) instead of waking every few milliseconds; a write
+    still commits at once."""
+    async with open_consensus(_config(ips(1)[0])) as node:
+        await node.wait_status(lambda s: s.is_leader, timeout=5)
+        raft = node._raft
+        assert raft is not None
+        ticks: list[None] = []
+        raft._obj.addOnTickCallback(lambda: ticks.append(None))  # on the Raft thread
+        window = 1.0
+        await trio.sleep(window)
+        heartbeats = window / node.config.timing.append_entries_period
+        assert 0 < len(ticks) <= 1.5 * heartbeats, \
+            f"{len(ticks)} ticks in {window} s, heartbeats every " \
+            f"{node.config.timing.append_entries_period} s"
+        with trio.fail_after(1.0):
+            assert (await node.put_service("cam", {"image": "cam:1"})).applied
+
+
 async def test_bad_input_raises_before_reaching_the_log(ips: IpFactory) -> None:
     async with open_consensus(_config(ips(1)[0])) as node:
         await node.wait_status(lambda s: s.is_leader, timeout=5)

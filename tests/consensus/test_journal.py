@@ -96,6 +96,27 @@ def test_reopen_restores_entries_and_meta(tmp_path: Path) -> None:
     assert again.getRaftCommitIndex() == 3
 
 
+def test_an_unchanged_commit_index_is_not_written_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A follower is told the commit index with every heartbeat; only a new
+    value may cost a durable write of journal.meta."""
+    j = _filled(tmp_path / "journal")
+    j.setRaftCommitIndex(3)
+    j.onOneSecondTimer()
+    writes: list[str] = []
+    real = _journal.write_durably
+    monkeypatch.setattr(_journal, "write_durably",
+                        lambda path, data: (writes.append(path), real(path, data)))
+    for _ in range(5):
+        j.setRaftCommitIndex(3)
+        j.onOneSecondTimer()
+    assert writes == []
+    j.setRaftCommitIndex(4)
+    j.onOneSecondTimer()
+    assert writes == [str(tmp_path / "journal.meta")]
+    j._destroy()
+
+
 def test_term_and_vote_are_fsynced_before_set_current_term_returns(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     j = DurableJournal(str(tmp_path / "journal"))
