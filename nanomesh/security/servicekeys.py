@@ -46,6 +46,8 @@ missing handler refuses clients instead of admitting all of them.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import logging
 import os
@@ -53,14 +55,52 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import zmq
-import zmq.utils.z85
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from nanomesh.errors import ConfigError
 from nanomesh.wire.envelope import Keyring, derive_secret
 
+if TYPE_CHECKING:
+    import zmq
+# pyzmq (and libzmq, ~4 MiB with asyncio) is imported only by the functions
+# that configure sockets: a peer that hosts and calls no service never loads
+# it. Keys are Z85 text (`z85_encode`) and Curve25519 pairs (`CurveKey`)
+# without it.
+
 log = logging.getLogger("nanomesh.security.servicekeys")
+
+_B85 = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz!#$%&()*+-;<=>?@^_`{|}~"
+_Z85 = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#"
+_TO_Z85, _FROM_Z85 = bytes.maketrans(_B85, _Z85), bytes.maketrans(_Z85, _B85)
+
+
+def z85_encode(data: bytes) -> bytes:
+    """Z85 (ZeroMQ RFC 32) of `data` (length a multiple of 4): the same
+    big-endian base 85 as `base64.b85encode`, in another alphabet."""
+    if len(data) % 4:
+        raise ValueError("Z85 encodes a multiple of 4 bytes")
+    return base64.b85encode(data).translate(_TO_Z85)
+
+
+def z85_decode(text: bytes) -> bytes:
+    """The bytes of Z85 `text`; ValueError if it is not Z85 (or its length
+    not a multiple of 5)."""
+    if len(text) % 5 or not set(text) <= set(_Z85):
+        raise ValueError("not Z85 text")
+    try:
+        return base64.b85decode(text.translate(_FROM_Z85))
+    except (ValueError, binascii.Error) as exc:  # a group above 2^32 - 1
+        raise ValueError(f"not Z85 text: {exc}") from None
+
+
+def curve_public(secret: bytes) -> bytes:
+    """The Curve25519 public key of a 32-byte secret, Z85 (libzmq's
+    ``zmq_curve_public``; X25519 clamps the secret the same way)."""
+    public = X25519PrivateKey.from_private_bytes(secret).public_key()
+    return z85_encode(public.public_bytes(Encoding.Raw, PublicFormat.Raw))
 
 PURPOSE_SERVICE = "service-curve"
 PURPOSE_OPERATOR = "service-curve-operator"
@@ -108,8 +148,7 @@ class CurveKey:
     @classmethod
     def from_secret(cls, secret: bytes) -> CurveKey:
         """The keypair of a 32-byte secret (any 32 random bytes are a Curve25519 key)."""
-        z85 = zmq.utils.z85.encode(secret)
-        return cls(zmq.curve_public(z85), z85)
+        return cls(curve_public(secret), z85_encode(secret))
 
     @classmethod
     def from_z85(cls, secret: str, where: str) -> CurveKey:
@@ -122,8 +161,8 @@ class CurveKey:
 def _z85_key(text: str) -> bytes | None:
     """The 32 bytes of a Z85-encoded CURVE key, or None if `text` is not one."""
     try:
-        raw = zmq.utils.z85.decode(text.encode())
-    except (ValueError, TypeError, KeyError, IndexError):
+        raw = z85_decode(text.encode())
+    except (ValueError, UnicodeEncodeError):
         return None
     return raw if len(raw) == 32 else None
 
@@ -275,6 +314,8 @@ def client_keys(key_file: Path | None = None) -> ServiceKeys | None:
 
 def make_server(sock: zmq.Socket[bytes], keys: ServiceKeys, domain: str) -> None:
     """Make `sock` (not yet bound) a CURVE server whose clients ZAP `domain` decides."""
+    import zmq
+
     ensure_zap_handler(sock.context)
     sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
     sock.curve_server = True
@@ -303,6 +344,8 @@ def make_client(sock: zmq.Socket[bytes], keys: ServiceKeys, *, publisher: bool =
 
 def user_id(frame: zmq.Frame) -> str | None:
     """The ZAP user id of the connection a received frame came on (None: none)."""
+    import zmq
+
     try:
         value = frame.get("User-Id")
     except zmq.ZMQError:
@@ -336,7 +379,7 @@ def zap_reply(frames: list[bytes], policies: Mapping[str, Policy]) -> list[bytes
         status, text = b"500", b"unsupported ZAP version"
     elif mechanism == b"CURVE" and len(frames) == 7 and len(frames[6]) == 32 and policy:
         try:
-            who = policy(zmq.utils.z85.encode(frames[6]))
+            who = policy(z85_encode(frames[6]))
         except Exception:  # a policy bug refuses one client; the handler lives on
             log.exception("ZAP policy for %r failed", domain)
             who = None
@@ -355,6 +398,8 @@ def _policies_get(policies: Mapping[str, Policy], domain: bytes) -> Policy | Non
 def ensure_zap_handler(ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
     """Start this process's ZAP handler thread if it does not run yet (again
     after a fork); returns once it listens."""
+    import zmq
+
     global _handler_pid
     with _handler_lock:
         if _handler_pid == os.getpid():
@@ -368,6 +413,8 @@ def ensure_zap_handler(ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
 
 
 def _serve_zap(sock: zmq.Socket[bytes]) -> None:
+    import zmq
+
     refused = 0
     while True:
         try:

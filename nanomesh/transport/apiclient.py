@@ -10,8 +10,6 @@
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 from http import HTTPStatus
 from typing import Any
 
@@ -80,6 +78,11 @@ def request_bytes(method: str, peer: str, path: str, data: bytes | None = None,
                   token: str | None = None, timeout: float = DEFAULT_TIMEOUT,
                   content_type: str = "application/octet-stream") -> bytes:
     """One API call with a raw body; the raw reply body. Errors as `request_json`."""
+    # Here, not at the top: the peer daemon imports this module for `ApiError`
+    # and never calls it; urllib.request brings http.client and email (~1.3 MiB).
+    import urllib.error
+    import urllib.request
+
     url = f"http://{peer}{path}"
     headers = {"content-type": content_type} if data is not None else {}
     if token:

@@ -42,7 +42,7 @@ import trio
 import trio_asyncio  # type: ignore[import-untyped]
 
 from nanomesh.errors import ConfigError
-from nanomesh.transport.rpc import RpcError, RpcTimeout, call_guarded
+from nanomesh.transport.serving import RpcError, RpcTimeout, call_guarded
 from nanomesh.wire.service_traffic import (
     MAX_BODY,
     MAX_ERROR,

@@ -28,7 +28,7 @@ import h11
 import trio
 
 from nanomesh.errors import ConfigError
-from nanomesh.transport.rpc import RpcError, RpcTimeout, call_guarded
+from nanomesh.transport.serving import RpcError, RpcTimeout, call_guarded
 from nanomesh.wire.service_traffic import MAX_BODY, MAX_ERROR, MEDIA_TYPES, Request, Response
 
 log = logging.getLogger("nanomesh.http")

@@ -57,10 +57,15 @@ import trio
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from nanomesh.errors import ConfigError, NanomeshError, RemoteProtocolError
+from nanomesh.errors import ConfigError, RemoteProtocolError
 from nanomesh.security import servicekeys
 from nanomesh.security.servicekeys import ServiceKeys
 from nanomesh.transport import zmqtrio
+from nanomesh.transport.serving import Handler as Handler  # re-exported: this module's API
+from nanomesh.transport.serving import HandshakeFailed as HandshakeFailed
+from nanomesh.transport.serving import RpcError as RpcError
+from nanomesh.transport.serving import RpcTimeout as RpcTimeout
+from nanomesh.transport.serving import call_guarded as call_guarded
 from nanomesh.wire.service_traffic import (
     Request,
     Response,
@@ -75,7 +80,6 @@ from nanomesh.wire.service_traffic import (
 
 log = logging.getLogger("nanomesh.transport.rpc")
 
-Handler = Callable[[Request], Awaitable[Response]]
 T = TypeVar("T")
 
 
@@ -109,19 +113,6 @@ beyond it waits for a link (see the module docstring)."""
 MAX_CONCURRENT = 64
 """Requests one server runs at once; beyond this it answers 503 at once instead
 of queueing (the caller fails over to another replica)."""
-
-
-class RpcError(NanomeshError):
-    """A call failed in transport: the server is unreachable, went away
-    mid-call, or answered with bytes that are not a response."""
-
-
-class HandshakeFailed(RpcError):
-    """The server refused our CURVE handshake (another key, or not ours)."""
-
-
-class RpcTimeout(RpcError):
-    """No response within the call's timeout. The server may still have run it."""
 
 
 # ------------------------------------------------------------------ connection state
@@ -519,26 +510,6 @@ async def run_handler(handler: Handler, payload: bytes, stats: collections.Count
         stats["bad-request"] += 1
         return error_response(400, f"bad request: {exc}")
     return await call_guarded(handler, request, stats)
-
-
-async def call_guarded(handler: Handler, request: Request,
-                       stats: collections.Counter[str] | None = None) -> Response:
-    """Run ``handler``; an exception or a non-`Response` result becomes a 500
-    whose error names it (and is logged), so one request never stops a server."""
-    try:
-        response = await handler(request)
-    except Exception as exc:
-        if stats is not None:
-            stats["handler-error"] += 1
-        log.exception("handler for %s %s raised", request.method, request.path)
-        return error_response(500, f"{type(exc).__name__}: {exc}")
-    if not isinstance(response, Response):
-        if stats is not None:
-            stats["handler-error"] += 1
-        return error_response(500, f"handler returned {type(response).__name__}, not Response")
-    if stats is not None:
-        stats["served"] += 1
-    return response
 
 
 def _answer(router: zmqtrio.Socket, identity: bytes, call_id: bytes, response: Response) -> None:

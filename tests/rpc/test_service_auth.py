@@ -11,12 +11,17 @@ import collections
 import contextlib
 import functools
 import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import trio
 import zmq
+import zmq.utils.z85
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rpc_helpers import free_port
 
 from nanomesh.errors import ConfigError
@@ -200,7 +205,7 @@ def test_bad_instance_environment_is_a_clear_error() -> None:
 
 def test_zap_reply_admits_only_what_a_policy_names() -> None:
     key = keys_of(K1).service
-    raw = servicekeys.zmq.utils.z85.decode(key.public)
+    raw = servicekeys.z85_decode(key.public)
     policies = {"d": lambda public: "who" if public == key.public else None}
 
     def ask(domain: bytes, mechanism: bytes, *creds: bytes, version: bytes = b"1.0"
@@ -247,3 +252,32 @@ def test_a_client_finds_the_key_file(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.delenv("NANOMESH_KEY_FILE")
     monkeypatch.setenv("NANOMESH_INSTANCE", "x/0")
     assert servicekeys.client_keys() is None
+
+
+@settings(max_examples=200)
+@given(st.binary(min_size=32, max_size=32))
+def test_keys_without_pyzmq_match_libzmq(secret: bytes) -> None:
+    """servicekeys derives CURVE keys and Z85 without pyzmq (a peer that hosts
+    no service never loads it); they must be libzmq's own."""
+    z85 = zmq.utils.z85.encode(secret)
+    assert servicekeys.z85_encode(secret) == z85
+    assert servicekeys.z85_decode(z85) == secret
+    assert servicekeys.curve_public(secret) == zmq.curve_public(z85)
+
+
+@pytest.mark.parametrize("text", [b"abcd", b"abcd~", b"%%%%%", "é".encode() * 5])
+def test_z85_decode_refuses_what_is_not_z85(text: bytes) -> None:
+    with pytest.raises(ValueError):
+        servicekeys.z85_decode(text)
+
+
+def test_a_peer_daemon_imports_no_zmq_nor_urllib() -> None:
+    """What `nanomesh peer run` imports before it starts leaves pyzmq (and
+    asyncio, which pyzmq brings) and urllib.request to the services that use them."""
+    code = ("import sys, trio, nanomesh.config, nanomesh.consensus.recovery, "
+            "nanomesh.daemon.assemble, nanomesh.daemon.profile, nanomesh.security.keys; "
+            "print(' '.join(m for m in ('zmq', 'asyncio', 'urllib.request', 'aiocoap') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.split() == []
