@@ -42,6 +42,7 @@ def bench(session: nox.Session) -> None:
     session.run("python", "experiments/failure_detection.py", *mode)
     session.run("python", "experiments/idle_footprint.py", *mode)
     session.run("python", "experiments/footprint_vs_n.py", *mode)  # issue 9; nft needs root
+    session.run("python", "experiments/peer_memory.py", *mode)  # issue 9: memory, CPU by role
     session.run("python", "experiments/false_positives.py", *mode)
     session.run("python", "experiments/placement_bench.py", *mode)
     session.run("python", "experiments/raft_failover.py", *mode)

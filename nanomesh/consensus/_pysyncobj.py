@@ -395,13 +395,16 @@ class RaftNode:
                 due.append(now + self._hold_for / 2 if self._hold_elections else deadline)
             if obj._getLeader() is not None:
                 due.append(deadline + self._leader_stale_after)  # `_leader_silent`
-        if not all(obj.isNodeConnected(n) for n in obj.otherNodes):
-            due.append(now + self._reconnect_period)  # the transport's reconnect timer
         # A deadline already past that pysyncobj did not act on (an election
         # with nobody connected, a forgotten leader) needs no busy wake-up: the
         # reconnect timer or a socket event brings the next tick.
-        waits = [t - now for t in due if t > now]
-        return min(waits, default=self._reconnect_period)
+        wait = min((t - now for t in due if t > now), default=self._reconnect_period)
+        # The transport's reconnect timer, looked at only when no nearer timer
+        # is due anyway (the leader's heartbeat always is: it ticks per answer).
+        if wait > self._reconnect_period and not all(
+                obj.isNodeConnected(n) for n in obj.otherNodes):
+            wait = self._reconnect_period
+        return wait
 
     def _read_status(self) -> RaftStatus:
         obj = self._obj
