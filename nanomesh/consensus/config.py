@@ -70,9 +70,9 @@ class RaftTiming:
     The thread wakes when a timer above is due, a message arrives or work is
     handed to it (`nanomesh.consensus._pysyncobj`), so this only bounds the
     lateness of pysyncobj's timers we do not compute (the one-second journal
-    timer, log compaction, the transport's bind retry and handshake
-    deadlines) and the thread's exit after the main thread's. At the former
-    0.01 s an idle node woke 100 times a second."""
+    timer, log compaction, handshake deadlines) and the thread's exit after
+    the main thread's. At the former 0.01 s an idle node woke 100 times a
+    second."""
     append_entries_use_batch: bool = True
     """Send queued entries in batches every period (``appendEntriesUseBatch``).
     Off, pysyncobj logged "truncating already-applied log entries" under rapid
