@@ -14,7 +14,8 @@ Two parts, both on real processes:
    healthy mesh (all alive, one leader, all voters), settles, then measures
    over D seconds per peer: CPU % of one core (user + system time from
    ``/proc/PID/stat`` via psutil, over wall time), RSS and PSS from
-   ``/proc/PID/smaps_rollup`` at the end, threads, and the Raft role from
+   ``/proc/PID/smaps_rollup`` at the end, wake-ups per second (voluntary
+   context switches of all threads), threads, and the Raft role from
    ``GET /v1/status``. The peers share the machine's cores and are measured
    together.
 
@@ -29,6 +30,7 @@ CSV: ``results/peer_memory.csv`` (one row per component and per peer,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -124,6 +126,19 @@ def measure_component(modules: tuple[str, ...]) -> dict[str, Any]:
     return result
 
 
+def wakeups(pid: int) -> int:
+    """Voluntary context switches of all the process's threads so far: each
+    is one sleep (poll, epoll, a lock) that ended, so their rate counts the
+    wake-ups, which unlike CPU % barely depends on the machine's load."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that just ended
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    total += int(line.split()[1])
+    return total
+
+
 def mapped_extensions(pid: int) -> str:
     """The heavy native extensions a running peer has loaded (from its maps)."""
     marks = {"_zmq": "zmq", "_greenlet": "greenlet", "_asyncio": "asyncio",
@@ -164,9 +179,11 @@ def measure_peers(args: argparse.Namespace) -> list[dict[str, Any]]:
             time.sleep(args.settle)
             procs = [psutil.Process(p.proc.pid) for p in mesh.peers]  # type: ignore[union-attr]
             c0 = [pr.cpu_times() for pr in procs]
+            w0 = [wakeups(pr.pid) for pr in procs]
             t0 = time.monotonic()
             time.sleep(args.duration)
             c1 = [pr.cpu_times() for pr in procs]
+            w1 = [wakeups(pr.pid) for pr in procs]
             dt = time.monotonic() - t0
             mem = [smaps_rollup(pr.pid) for pr in procs]
             libs = [mapped_extensions(pr.pid) for pr in procs]
@@ -182,6 +199,7 @@ def measure_peers(args: argparse.Namespace) -> list[dict[str, Any]]:
         cpu_s = (c1[i].user + c1[i].system) - (c0[i].user + c0[i].system)
         rows.append({"kind": "peer", "name": p.name, "role": st.get("role", "?"),
                      "cpu_pct": round(100.0 * cpu_s / dt, 3),
+                     "wakeups_per_s": round((w1[i] - w0[i]) / dt, 1),
                      "rss_mib": round(mem[i]["Rss"] / MIB, 2),
                      "pss_mib": round(mem[i]["Pss"] / MIB, 2),
                      "threads": threads[i], "modules": "", "heavy": libs[i]})
@@ -240,6 +258,7 @@ def main() -> int:
     for name, modules in COMPONENTS.items():
         r = measure_component(modules)
         rows.append({"kind": "component", "name": name, "role": "", "cpu_pct": "",
+                     "wakeups_per_s": "",
                      "rss_mib": round(r["rss"] / MIB, 2), "pss_mib": round(r["pss"] / MIB, 2),
                      "threads": "", "modules": r["modules"], "heavy": " ".join(r["heavy"])})
     help_s = help_time()
@@ -262,6 +281,8 @@ def main() -> int:
         "quick": args.quick,
         "cpu_pct_leader": stat(leaders, "cpu_pct"),
         "cpu_pct_others": stat(others, "cpu_pct"),
+        "wakeups_per_s_leader": stat(leaders, "wakeups_per_s"),
+        "wakeups_per_s_others": stat(others, "wakeups_per_s"),
         "no_gateways": args.no_gateways,
         "rss_mib": stat(peers, "rss_mib"),
         "pss_mib": stat(peers, "pss_mib"),
@@ -285,6 +306,8 @@ def main() -> int:
     print(f"Idle peers, {args.peers} on loopback over {args.duration:.0f}s: CPU leader "
           f"{s['cpu_pct_leader']['mean']:.2f}% of a core, others "
           f"{s['cpu_pct_others']['mean']:.2f}% mean ({s['cpu_pct_others']['max']:.2f}% max); "
+          f"wake-ups/s leader {s['wakeups_per_s_leader']['mean']:.0f}, others "
+          f"{s['wakeups_per_s_others']['mean']:.0f}; "
           f"RSS {s['rss_mib']['mean']:.1f} MiB mean, PSS {s['pss_mib']['mean']:.1f} MiB mean. "
           f"Imports alone: python {comp['python']['rss_mib']} MiB RSS, peer "
           f"{comp['peer']['rss_mib']} MiB RSS / {comp['peer']['pss_mib']} MiB PSS "
