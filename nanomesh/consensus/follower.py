@@ -54,7 +54,12 @@ from nanomesh.consensus.errors import (
     WriteRejected,
 )
 from nanomesh.consensus.follow_core import FollowConfig, FollowCore, Version
-from nanomesh.consensus.state import DesiredState, Outcome
+from nanomesh.consensus.state import (
+    DesiredState,
+    Outcome,
+    validate_put_service,
+    validate_set_plan,
+)
 from nanomesh.consensus.status import RaftStatus, Role
 from nanomesh.disk import describe_disk_error, write_durably
 
@@ -457,6 +462,16 @@ class FollowerNode:
         raise NotLeaderError("transfer leadership: a learner does not lead")
 
     async def _write(self, timeout: float | None, op: str, **args: Any) -> Outcome:
+        """Check what can be checked here (as `ConsensusNode` does: bad input
+        raises ValueError before it leaves), then forward."""
+        try:
+            args = json.loads(json.dumps(args, allow_nan=False))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{op}: not JSON-shaped: {exc}") from None
+        if op == "put_service":
+            validate_put_service(args["name"], args["spec"])
+        elif op == "set_plan":
+            validate_set_plan(args["plan"], args["expected_epoch"])
         outcome = await self._forward(timeout, op, args)
         assert outcome is not None
         return outcome
