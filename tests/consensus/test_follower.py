@@ -205,6 +205,7 @@ def test_state_reply_round_trip_and_unchanged() -> None:
     with pytest.raises(NoLeaderError):
         state_reply(v.state, RaftStatus(None, Role.FOLLOWER, 3, None, VOTERS, 0, 0, False,
                                         True, 0, True), 0, None)
+    bad: Any
     for bad in ([], {"cluster_epoch": -1}, {**state_reply(v.state, v.status, 0, None),
                                             "revision": 9}):
         with pytest.raises(ValueError):
@@ -220,7 +221,7 @@ async def test_command_errors_cross_the_wire() -> None:
                                               "args": {"name": "x", "spec": {}}})
     with pytest.raises(NoLeaderError, match="election"):
         outcome_of(json.loads(json.dumps(reply)))
-    bad: Any
+
     for bad in ({"op": "add_voter", "args": {"address": "x"}, "timeout": 1},
                 {"op": "put_service", "args": {"name": "x"}, "timeout": 1},
                 {"op": "barrier", "args": {}, "timeout": 1000}, "x"):
