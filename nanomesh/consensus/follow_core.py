@@ -219,3 +219,21 @@ def pull_sources(sections: Sequence[Any]) -> list[str]:
             leads = s.get("leader") == s["addr"]
             voters[s["addr"]] = term + 1 if leads and _is_count(term) else 0
     return sorted(voters, key=lambda a: (-voters[a], a))
+
+
+def gossiped_leader(sections: Sequence[Any]) -> tuple[str, int, frozenset[str]] | None:
+    """``(raft address, term, voters)`` of the voter that gossips itself as
+    the leader at the highest term; None if none does. A learner shows this
+    as its leader between pulls: a failover or a voter change commits no
+    revision, so no pull would tell it."""
+    best: tuple[int, str, frozenset[str]] | None = None
+    for s in sections:
+        if not (isinstance(s, Mapping) and s.get("role") == "voter"):
+            continue
+        addr, term, voters = s.get("addr"), s.get("term"), s.get("voters")
+        if not (isinstance(addr, str) and s.get("leader") == addr and _is_count(term)
+                and isinstance(voters, list) and all(isinstance(v, str) for v in voters)):
+            continue
+        if best is None or (term, addr) > best[:2]:
+            best = (term, addr, frozenset(voters))
+    return None if best is None else (best[1], best[0], best[2])

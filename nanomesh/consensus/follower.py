@@ -86,6 +86,10 @@ class FollowTransport(Protocol):
         """The newest committed version gossip announces (`announced_version`)."""
         ...
 
+    def leader(self) -> tuple[str, int, frozenset[str]] | None:
+        """``(leader, term, voters)`` as the leader gossips them (`gossiped_leader`)."""
+        ...
+
     async def pull(self, source: str, have: Version | None) -> Any:
         """``POST /v1/internal/raft/state`` on `source` with `have`; the
         decoded reply (`state_reply`). ConsensusError if it failed."""
@@ -245,6 +249,9 @@ class FollowerNode:
         self._core = FollowCore(self.config)
         self._state = DesiredState()
         self._status = _status(None, 0, frozenset(), 0, ready=False)
+        self._pulled: tuple[str, int, frozenset[str]] | None = None
+        """Leader, term and voters as the last good pull said (None after
+        failed pulls); `status` shows these or gossip's, the newer term."""
         self._running = False
         self._stopped = False
         self._changed = trio.Event()
@@ -266,6 +273,7 @@ class FollowerNode:
             version, leader, term, voters, state = loaded
             self._core = FollowCore(self.config, version)
             self._state = state
+            self._pulled = None if leader is None else (leader, term, voters)
             self._status = _status(leader, term, voters, state.revision, ready=True)
         self._running, self._stopped = True, False
         log.info("raft learner following %s (no Raft node), state %s", self._path.parent,
@@ -284,6 +292,7 @@ class FollowerNode:
     async def _follow_forever(self) -> None:
         while True:
             self._core.announce(self._transport.announced())
+            self._update_status()
             sources = self._transport.sources()
             pull = self._core.poll(trio.current_time(), sources)
             if pull is not None:
@@ -302,8 +311,9 @@ class FollowerNode:
         except (ConsensusError, ValueError, trio.TooSlowError) as exc:
             log.debug("raft learner: pull from %s failed: %s", source, exc)
             self._core.pulled(trio.current_time(), None)
-            if self._core.failures >= 2:  # not one voter's hiccup: say no leader is known
-                self._set_status(None, self._status.term, self._status.voters)
+            if self._core.failures >= 2:  # not one voter's hiccup: no leader heard
+                self._pulled = None
+                self._update_status()
             return
         held = self._core.held
         fresh = snapshot.state is not None and snapshot.version[0] >= self._epoch and (
@@ -318,7 +328,8 @@ class FollowerNode:
             self._state = snapshot.state
             self.pulls += 1
         self._core.pulled(trio.current_time(), snapshot.version)
-        self._set_status(snapshot.leader, snapshot.term, snapshot.voters)
+        self._pulled = (snapshot.leader, snapshot.term, snapshot.voters)
+        self._update_status()
 
     async def _save(self, snapshot: Snapshot) -> None:
         """Persist before the state takes effect; a failing disk is reported
@@ -340,8 +351,16 @@ class FollowerNode:
         else:
             self._storage_problem = None
 
-    def _set_status(self, leader: str | None, term: int, voters: frozenset[str]) -> None:
-        status = _status(leader, term, voters, self._state.revision, ready=True)
+    def _update_status(self) -> None:
+        """Leader, term and voters: the last pull's or gossip's, whichever
+        has the higher term (none if neither knows a leader, or while no
+        state is held: a learner is ready once it holds a committed state)."""
+        views = [v for v in (self._pulled, self._transport.leader()) if v is not None
+                 and self._core.held is not None]
+        leader, term, voters = max(views, key=lambda v: v[1]) if views else (
+            None, self._status.term, self._status.voters)
+        status = _status(leader, term, voters, self._state.revision,
+                         ready=self._core.held is not None)
         if status != self._status:
             if status.leader != self._status.leader:
                 log.info("raft learner: leader is now %s (term %d)", leader, term)

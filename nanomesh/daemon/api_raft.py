@@ -31,7 +31,12 @@ from typing import Any, Protocol
 
 from nanomesh.config import api_address
 from nanomesh.consensus import ConsensusError, ConsensusNode
-from nanomesh.consensus.follow_core import Version, announced_version, pull_sources
+from nanomesh.consensus.follow_core import (
+    Version,
+    announced_version,
+    gossiped_leader,
+    pull_sources,
+)
 from nanomesh.consensus.follower import run_command, state_reply
 from nanomesh.consensus.role_manager import Replica
 from nanomesh.daemon.api_auth import Access
@@ -131,6 +136,9 @@ class FollowCalls:
 
     def announced(self) -> Version | None:
         return announced_version(self._sections())
+
+    def leader(self) -> tuple[str, int, frozenset[str]] | None:
+        return gossiped_leader(self._sections())
 
     async def pull(self, source: str, have: Version | None) -> Any:
         return await self._post(source, "/v1/internal/raft/state",

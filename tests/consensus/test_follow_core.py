@@ -18,6 +18,7 @@ from nanomesh.consensus.follow_core import (
     FollowCore,
     Pull,
     announced_version,
+    gossiped_leader,
     pull_sources,
     retry_delay,
 )
@@ -142,6 +143,18 @@ def test_pull_sources_leader_first() -> None:
     ]
     assert pull_sources(sections) == ["b", "a", "c"]
     assert pull_sources([]) == []
+
+
+def test_gossiped_leader_is_the_self_declared_one_at_the_highest_term() -> None:
+    sections = [
+        {"role": "voter", "addr": "a", "leader": "a", "term": 3, "voters": ["a", "b"]},
+        {"role": "voter", "addr": "b", "leader": "b", "term": 5, "voters": ["b", "c"]},
+        {"role": "voter", "addr": "c", "leader": "b", "term": 5, "voters": ["b", "c"]},
+        {"role": "learner", "addr": "z", "leader": "z", "term": 9, "voters": ["z"]},
+        {"role": "voter", "addr": "d", "leader": "d", "term": 7, "voters": "x"}, None,
+    ]
+    assert gossiped_leader(sections) == ("b", 5, frozenset({"b", "c"}))
+    assert gossiped_leader(sections[2:]) is None
 
 
 class FollowMachine(RuleBasedStateMachine):

@@ -56,12 +56,16 @@ class FakeVoters:
         self.down: set[str] = set()
         self.announce: Version | None = None
         self.asked: list[str] = []
+        self.gossip_leader: tuple[str, int, frozenset[str]] | None = None
 
     def sources(self) -> list[str]:
         return ["a", "b"]
 
     def announced(self) -> Version | None:
         return self.announce
+
+    def leader(self) -> tuple[str, int, frozenset[str]] | None:
+        return self.gossip_leader
 
     async def pull(self, source: str, have: Version | None) -> Any:
         self.asked.append(source)
@@ -132,6 +136,28 @@ async def test_recheck_finds_a_lost_announcement(tmp_path: Path,
         start = trio.current_time()
         await node.wait_state(lambda s: "cam" in s.services, timeout=11.0)
         assert 9.9 <= trio.current_time() - start <= 10.1, "at the recheck period"
+        nursery.cancel_scope.cancel()
+
+
+async def test_leader_and_voters_follow_gossip_between_pulls(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """A failover or a voter change commits no revision: the learner shows
+    the leader that gossips itself as such at a higher term without a pull."""
+    voters = FakeVoters()
+    async with trio.open_nursery() as nursery:
+        node = await _running(nursery, voters, tmp_path)
+        await node.wait_leader(timeout=1.0)
+        pulls = len(voters.asked)
+        voters.gossip_leader = ("b:7948", 2, VOTERS)
+        node.notify()
+        await trio.sleep(0.1)
+        assert node.leader == "a:7948", "an older term than the pull's: ignored"
+        new_voters = frozenset({"b:7948", "c:7948"})
+        voters.gossip_leader = ("b:7948", 4, new_voters)
+        node.notify()
+        await node.wait_status(lambda s: s.leader == "b:7948", timeout=0.1)
+        assert node.voters == new_voters and node.term == 4
+        assert len(voters.asked) == pulls, "no pull needed"
         nursery.cancel_scope.cancel()
 
 

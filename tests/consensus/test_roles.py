@@ -24,6 +24,7 @@ from nanomesh.consensus.follow_core import (
     FollowConfig,
     Version,
     announced_version,
+    gossiped_leader,
     pull_sources,
 )
 from nanomesh.consensus.follower import FollowerNode, run_command, state_reply
@@ -122,6 +123,9 @@ class Mesh:
 
     def announced(self) -> Version | None:
         return announced_version(self._sections())
+
+    def leader(self) -> tuple[str, int, frozenset[str]] | None:
+        return gossiped_leader(self._sections())
 
     async def pull(self, source: str, have: Version | None) -> object:
         node, epoch = self._voter_node(source)
