@@ -107,36 +107,6 @@ class Mesh:
                 return await p.manager.handle_remove(raft_addr)
         return False
 
-    def _sections(self) -> list[dict[str, object]]:
-        return [p.manager.profile_section() for p in self.peers.values() if p.up]
-
-    def _voter_node(self, raft_addr: str) -> tuple[ConsensusNode, int]:
-        for p in self.peers.values():
-            node = p.manager.node
-            if p.up and p.manager.raft_addr == raft_addr and isinstance(node, ConsensusNode):
-                return node, p.manager.epoch
-        raise ConsensusError(f"{raft_addr} is no voter")
-
-    # What the daemon's FollowCalls do over HTTP, as direct calls.
-    def sources(self) -> list[str]:
-        return pull_sources(self._sections())
-
-    def announced(self) -> Version | None:
-        return announced_version(self._sections())
-
-    def leader(self) -> tuple[str, int, frozenset[str]] | None:
-        return gossiped_leader(self._sections())
-
-    async def pull(self, source: str, have: Version | None) -> object:
-        node, epoch = self._voter_node(source)
-        await trio.sleep(0)
-        return json.loads(json.dumps(state_reply(node.state, node.status, epoch,
-                                                 None if have is None else list(have))))
-
-    async def command(self, source: str, request: object) -> object:
-        node, epoch = self._voter_node(source)
-        return json.loads(json.dumps(await run_command(node, epoch, request)))
-
     async def start(self, name: str, *, founder: bool = False, lead: bool = True,
                     ip: str | None = None) -> RaftRoleManager:
         old = self.peers.get(name)
@@ -144,7 +114,7 @@ class Mesh:
             ip or (old.manager.address_ip if old else next_ip()),
             self.tmp_path / name, KEYRING, RaftTiming.lan(), founder, self.hint,
             config=self.config, view=self.view if lead else None,
-            ask_promote=self.ask_promote, ask_remove=self.ask_remove, follow=self,
+            ask_promote=self.ask_promote, ask_remove=self.ask_remove, follow=LocalFollow(self),
             follow_config=FOLLOW)
         scope = trio.CancelScope()
 
@@ -193,6 +163,43 @@ class Mesh:
         leader = self.leader()
         assert leader is not None
         return leader
+
+
+class LocalFollow:
+    """What the daemon's FollowCalls do over HTTP (gossip's announcements,
+    pulls, forwarded writes), as direct calls between the mesh's managers."""
+
+    def __init__(self, mesh: Mesh) -> None:
+        self.mesh = mesh
+
+    def _sections(self) -> list[dict[str, object]]:
+        return [p.manager.profile_section() for p in self.mesh.peers.values() if p.up]
+
+    def _voter_node(self, raft_addr: str) -> tuple[ConsensusNode, int]:
+        for p in self.mesh.peers.values():
+            node = p.manager.node
+            if p.up and p.manager.raft_addr == raft_addr and isinstance(node, ConsensusNode):
+                return node, p.manager.epoch
+        raise ConsensusError(f"{raft_addr} is no voter")
+
+    def sources(self) -> list[str]:
+        return pull_sources(self._sections())
+
+    def announced(self) -> Version | None:
+        return announced_version(self._sections())
+
+    def leader(self) -> tuple[str, int, frozenset[str]] | None:
+        return gossiped_leader(self._sections())
+
+    async def pull(self, source: str, have: Version | None) -> object:
+        node, epoch = self._voter_node(source)
+        await trio.sleep(0)
+        return json.loads(json.dumps(state_reply(node.state, node.status, epoch,
+                                                 None if have is None else list(have))))
+
+    async def command(self, source: str, request: object) -> object:
+        node, epoch = self._voter_node(source)
+        return json.loads(json.dumps(await run_command(node, epoch, request)))
 
 
 @pytest.fixture
