@@ -436,6 +436,9 @@ class FollowerNode:
         with trio.fail_after(timeout):
             while not predicate(value := get()):
                 if self._stopped:
+                    # Stopped because our own scope was cancelled: say Cancelled
+                    # (a checkpoint), not that the node stopped.
+                    await trio.lowlevel.checkpoint()
                     raise NotRunningError("the learner stopped")
                 await self._changed.wait()
             return value
