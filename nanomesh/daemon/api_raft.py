@@ -44,8 +44,14 @@ from nanomesh.daemon.http import Handler, HttpError, Request
 from nanomesh.daemon.peer_calls import PeerCalls
 from nanomesh.daemon.views import Members
 from nanomesh.transport.apiclient import ApiError
+from nanomesh.transport.httpio import MAX_HTTP_MESSAGE
 from nanomesh.wire import MemberState
 
+MAX_STATE_REPLY = 64 << 20
+"""Largest committed state a learner accepts in one pull, in bytes (64 MiB):
+far above a real mesh's (services with 64 KiB state blobs each, the plan);
+the peer API's usual 1 MiB reply limit would cut a state with a few
+dozen saved states."""
 PULL_TIMEOUT = 5.0
 """Seconds one state pull or forwarded write may wait for the voter's
 answer beyond the write's own timeout (a voter that accepts and never answers)."""
@@ -142,16 +148,18 @@ class FollowCalls:
 
     async def pull(self, source: str, have: Version | None) -> Any:
         return await self._post(source, "/v1/internal/raft/state",
-                                {"have": None if have is None else list(have)}, PULL_TIMEOUT)
+                                {"have": None if have is None else list(have)}, PULL_TIMEOUT,
+                                max_reply=MAX_STATE_REPLY)
 
     async def command(self, source: str, request: Mapping[str, Any]) -> Any:
         return await self._post(source, "/v1/internal/raft/command", request,
                                 float(request.get("timeout", 0)) + PULL_TIMEOUT)
 
-    async def _post(self, api: str, path: str, body: Any, timeout: float) -> Any:
+    async def _post(self, api: str, path: str, body: Any, timeout: float,
+                    max_reply: int = MAX_HTTP_MESSAGE) -> Any:
         try:
             return await self._calls.call_json("POST", api, path, json.dumps(body).encode(),
-                                               timeout=timeout,
-                                               content_type="application/json")
+                                               timeout=timeout, content_type="application/json",
+                                               max_reply=max_reply)
         except ApiError as exc:
             raise ConsensusError(str(exc)) from None

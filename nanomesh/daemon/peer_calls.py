@@ -24,7 +24,7 @@ from nanomesh.config import DEFAULT_API_PORT, parse_address
 from nanomesh.errors import ConfigError
 from nanomesh.security.auth import internal_token
 from nanomesh.transport.apiclient import ApiError
-from nanomesh.transport.httpio import http_request
+from nanomesh.transport.httpio import MAX_HTTP_MESSAGE, http_request
 from nanomesh.wire import Keyring
 
 
@@ -35,22 +35,24 @@ class PeerCalls:
         self._keyring = keyring
 
     async def call_json(self, method: str, api: str, path: str, body: bytes | None,
-                        *, timeout: float, content_type: str = "application/octet-stream"
-                        ) -> Any:
+                        *, timeout: float, content_type: str = "application/octet-stream",
+                        max_reply: int = MAX_HTTP_MESSAGE) -> Any:
         """``method path`` on the peer API at ``api`` (``IP:PORT``) with the raw
         `body`; the decoded JSON reply. ApiError on any failure (unreachable,
         no answer within `timeout` seconds, an error status, a reply that is
         not JSON: ``ValueError`` text, as `json.loads` words it)."""
         raw = await self.call(method, api, path, body, timeout=timeout,
-                              content_type=content_type)
+                              content_type=content_type, max_reply=max_reply)
         try:
             return json.loads(raw)
         except ValueError as exc:
             raise ApiError(f"http://{api}{path}: reply is not JSON: {exc}") from None
 
     async def call(self, method: str, api: str, path: str, body: bytes | None, *,
-                   timeout: float, content_type: str = "application/octet-stream") -> bytes:
-        """As `call_json`, the raw reply body."""
+                   timeout: float, content_type: str = "application/octet-stream",
+                   max_reply: int = MAX_HTTP_MESSAGE) -> bytes:
+        """As `call_json`, the raw reply body; `max_reply`: the largest reply
+        body accepted, in bytes."""
         url = f"http://{api}{path}"
         data = body or b""
         headers = [("authorization",
@@ -60,7 +62,8 @@ class PeerCalls:
         try:
             host, port = parse_address(api, DEFAULT_API_PORT, "peer API")
             with trio.fail_after(timeout):
-                reply = await http_request(host, port, method, path, data, headers)
+                reply = await http_request(host, port, method, path, data, headers,
+                                           max_reply=max_reply)
         except trio.TooSlowError:
             raise ApiError(f"cannot reach the peer API at {url}: timed out") from None
         except ConfigError as exc:
