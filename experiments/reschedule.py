@@ -4,8 +4,9 @@ Starts N real peer daemons on loopback (127.0.60.FIRST.., default .11-.15, one
 cluster key, gossip preset ``lan``, Raft ``RaftTiming.lan()``), waits until the
 mesh is healthy (all alive, one leader, min(N, 5) voters: more peers are
 learners), then deploys one service with ``POST /v1/services``: the raw TOML
-of ``services/hello/nanoservice.toml`` (a process printing a line a second) renamed ``resched`` with ``--replicas``
-(default 4, spread) replicas. T trials follow. Each trial:
+of ``services/hello/nanoservice.toml`` (a process printing a line a second)
+renamed ``resched`` with ``--replicas`` (default 4, spread) replicas. T trials
+follow. Each trial:
 
 1. waits until every instance is assigned to a live peer and reported
    ``running`` and the plan epoch has not changed for ``--settle`` s;
