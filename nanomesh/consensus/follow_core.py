@@ -25,9 +25,12 @@ and carries out the `Pull` that ``poll`` returns. Rules:
   is held, and at least every `FollowConfig.recheck_period` anyway (gossip
   may have lost the announcement, or the leader died before gossiping it);
 - one pull at a time;
+- a pull for an announced version asks the leader first (the likeliest to
+  be up to date); a recheck asks the voter at this learner's `spread`
+  offset in the list, so the learners' rechecks spread over the voters
+  instead of all landing on the leader;
 - after a failure, wait `retry_delay` (0.5 s doubling to 10 s) and try the
-  next voter in the list (the first is the leader, the likeliest to be up
-  to date; a dead one must not stall the learner);
+  next voter in the list (a dead one must not stall the learner);
 - a voter that answers with an older version than announced (it lags the
   leader by a heartbeat) is not a failure: the next voter is asked after
   the shortest delay;
@@ -104,12 +107,16 @@ class Pull:
 
 class FollowCore:
     """When and from whom a learner pulls (module doc). `held`: the version
-    of the state it already holds (from its state file), if any."""
+    of the state it already holds (from its state file), if any. `spread`:
+    where in the voter list this learner's rechecks start (any integer; the
+    shell derives it from the peer, so learners differ)."""
 
-    def __init__(self, config: FollowConfig, held: Version | None = None) -> None:
+    def __init__(self, config: FollowConfig, held: Version | None = None, *,
+                 spread: int = 0) -> None:
         config.check()
         self.config = config
         self._held = held
+        self._spread = spread
         self._announced: Version | None = None
         self._in_flight = False
         self._failures = 0
@@ -152,7 +159,8 @@ class FollowCore:
         if not (self.behind or recheck_due):
             return None
         self._in_flight = True
-        return Pull(sources[self._rotation % len(sources)], self._held)
+        start = self._rotation + (0 if self.behind else self._spread)
+        return Pull(sources[start % len(sources)], self._held)
 
     def pulled(self, now: float, version: Version | None) -> None:
         """The pull in flight ended: `version` received, None if it failed."""

@@ -231,14 +231,15 @@ class FollowerNode:
 
     `transport`: how it reaches the voters. `data_dir`: where its state file
     lives. `epoch`: the control-plane epoch it follows (states of an older
-    one are refused). Run it with ``await nursery.start(node.run)``.
+    one are refused). `spread`: where its rechecks start in the voter list
+    (`FollowCore`). Run it with ``await nursery.start(node.run)``.
     """
 
     address: str | None = None
     """A learner listens on no Raft port."""
 
     def __init__(self, transport: FollowTransport, data_dir: Path, epoch: int = 0, *,
-                 config: FollowConfig | None = None,
+                 config: FollowConfig | None = None, spread: int = 0,
                  commit_timeout: float = DEFAULT_COMMIT_TIMEOUT) -> None:
         self.config = config or FollowConfig()
         self.config.check()
@@ -246,7 +247,8 @@ class FollowerNode:
         self._path = data_dir / STATE_FILE
         self._epoch = epoch
         self._commit_timeout = commit_timeout
-        self._core = FollowCore(self.config)
+        self._spread = spread
+        self._core = FollowCore(self.config, spread=spread)
         self._state = DesiredState()
         self._status = _status(None, 0, frozenset(), 0, ready=False)
         self._pulled: tuple[str, int, frozenset[str]] | None = None
@@ -271,7 +273,7 @@ class FollowerNode:
         loaded = await trio.to_thread.run_sync(_load, self._path)
         if loaded is not None and loaded[0][0] >= self._epoch:
             version, leader, term, voters, state = loaded
-            self._core = FollowCore(self.config, version)
+            self._core = FollowCore(self.config, version, spread=self._spread)
             self._state = state
             self._pulled = None if leader is None else (leader, term, voters)
             self._status = _status(leader, term, voters, state.revision, ready=True)

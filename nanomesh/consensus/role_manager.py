@@ -91,6 +91,7 @@ import operator
 import os
 import shutil
 import time
+import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -575,7 +576,8 @@ class RaftRoleManager:
             if self._follow is None:
                 raise ConsensusError("this peer has no way to reach the voters as a learner")
             return FollowerNode(self._follow, self.data_dir, start.epoch,
-                                config=self._follow_config)
+                                config=self._follow_config,
+                                spread=zlib.crc32(self.raft_addr.encode()))
         return ConsensusNode(self._node_config(start))
 
     async def _start(self, start: fx.StartLearner | fx.StartVoter) -> bool:

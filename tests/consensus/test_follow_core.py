@@ -87,6 +87,19 @@ def test_transitions(held: tuple[int, int] | None, steps: list[tuple[Any, ...]])
                 core.pulled(now, version)
 
 
+def test_rechecks_spread_over_the_voters_announcements_go_to_the_leader() -> None:
+    core = FollowCore(CFG, (0, 1), spread=4)
+    assert core.poll(0.0, VOTERS) == Pull("b", (0, 1)), "a recheck: voter 4 % 3"
+    core.pulled(0.0, (0, 1))
+    assert core.poll(10.0, VOTERS) == Pull("b", (0, 1)), "the same one next time"
+    core.pulled(10.0, (0, 1))
+    core.announce((0, 2))
+    assert core.poll(10.0, VOTERS) == Pull("leader", (0, 1)), "news: the leader first"
+    core.pulled(10.0, None)
+    core.announce((0, 2))
+    assert core.poll(10.5, VOTERS) == Pull("b", (0, 1)), "then the next one"
+
+
 def test_no_voters_no_pull() -> None:
     core = FollowCore(CFG)
     assert core.poll(0.0, []) is None
