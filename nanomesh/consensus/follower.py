@@ -354,10 +354,12 @@ class FollowerNode:
             self._storage_problem = None
 
     def _update_status(self) -> None:
-        """Leader, term and voters: the last pull's or gossip's, whichever
-        has the higher term (none if neither knows a leader, or while no
-        state is held: a learner is ready once it holds a committed state)."""
-        views = [v for v in (self._pulled, self._transport.leader()) if v is not None
+        """Leader, term and voters: gossip's or the last pull's, whichever
+        has the higher term, gossip's at equal terms (it is the leader's word
+        now; the pull's may predate a voter change) (none if neither knows a
+        leader, or while no state is held: a learner is ready once it holds a
+        committed state)."""
+        views = [v for v in (self._transport.leader(), self._pulled) if v is not None
                  and self._core.held is not None]
         leader, term, voters = max(views, key=lambda v: v[1]) if views else (
             None, self._status.term, self._status.voters)

@@ -148,6 +148,11 @@ async def test_leader_and_voters_follow_gossip_between_pulls(
         node = await _running(nursery, voters, tmp_path)
         await node.wait_leader(timeout=1.0)
         pulls = len(voters.asked)
+        # A voter change at the pull's term: gossip's word (newer) wins.
+        grown = frozenset({"a:7948", "b:7948", "c:7948"})
+        voters.gossip_leader = ("a:7948", 3, grown)
+        node.notify()
+        await node.wait_status(lambda s: s.voters == grown, timeout=0.1)
         voters.gossip_leader = ("b:7948", 2, VOTERS)
         node.notify()
         await trio.sleep(0.1)
