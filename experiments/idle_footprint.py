@@ -17,7 +17,10 @@ per peer:
   counters in a table of this script's own (removed at the end), one per
   peer and port, counting every IP packet a peer's address sends from or to
   the Raft port (7948) and the API port (7947; learners' state pulls go
-  there), headers included. ``/v1/health`` counts neither.
+  there), headers included; plus what 127.0.0.1 sends to the peers' API
+  port: the daemons' HTTP client does not bind the peer's address, so on
+  loopback a learner's pull requests leave from 127.0.0.1 (and so do this
+  script's own 3 requests per peer). ``/v1/health`` counts neither.
 
 The N peers share the machine's cores (2 here), so they are measured together,
 and each one's CPU share includes contention with the others. Targets: RSS <=
@@ -77,7 +80,9 @@ class PortCounters:
         self.table = f"nm_idle_{os.getpid()}"
         self.ips = ips
         rules = [f"add table ip {self.table}",
-                 f"add chain ip {self.table} out {{ type filter hook output priority 0; }}"]
+                 f"add chain ip {self.table} out {{ type filter hook output priority 0; }}",
+                 f"add rule ip {self.table} out ip saddr 127.0.0.1 ip daddr "
+                 f"{{ {', '.join(ips)} }} tcp dport {PORTS['api']} counter"]
         for ip in ips:
             for port in PORTS.values():
                 for direction in ("sport", "dport"):
@@ -95,6 +100,8 @@ class PortCounters:
                              r"bytes (\d+)", out):
             key = (m.group(1), names[m.group(2)])
             totals[key] = totals.get(key, 0) + int(m.group(3))
+        m = re.search(r"ip saddr 127\.0\.0\.1 ip daddr .* counter packets \d+ bytes (\d+)", out)
+        totals[("127.0.0.1", "api")] = int(m.group(1)) if m else 0
         return totals
 
     def close(self) -> None:
@@ -196,9 +203,14 @@ def main() -> int:
            if args.port_bytes else {}),
         **({f"{port}_bytes_per_s_{who}": _agg_where(rows, f"{port}_bytes_per_s", who)
             for port in PORTS for who in ("leader", "others")} if args.port_bytes else {}),
+        **({"api_bytes_per_s_from_127_0_0_1": round(
+            (b1.get(("127.0.0.1", "api"), 0) - b0.get(("127.0.0.1", "api"), 0)) / dt, 1)}
+           if args.port_bytes else {}),
         "port_bytes_note": "nftables counters per peer address: IP packets sent from or to "
                            "the Raft port (7948) and the API port (7947), headers included; "
-                           "learners pull the committed state over the API port",
+                           "learners pull the committed state over the API port; their "
+                           "requests leave from 127.0.0.1 on loopback (no bound source "
+                           "address) and are counted apart, with this script's own",
         "rss_mb": {"mean": agg("rss_mb_mean")["mean"], "max": agg("rss_mb_max")["max"]},
         "uss_mb": agg("uss_mb"),
         "cpu_pct_of_core": agg("cpu_pct"),
@@ -241,8 +253,10 @@ def main() -> int:
         print(f"Raft port bytes sent per peer: {s['raft_bytes_per_s']['mean']:.0f} B/s mean "
               f"(leader {s['raft_bytes_per_s_leader']['mean']:.0f}, others "
               f"{s['raft_bytes_per_s_others']['mean']:.0f} mean); API port "
-              f"{s['api_bytes_per_s']['mean']:.0f} B/s mean. Total per peer (bytes_in + "
-              f"Raft + API): {total:.0f} B/s mean.")
+              f"{s['api_bytes_per_s']['mean']:.0f} B/s mean, plus "
+              f"{s['api_bytes_per_s_from_127_0_0_1']:.0f} B/s in all from 127.0.0.1 (pull "
+              f"requests and this script's). Total per peer (bytes_in + Raft + API): "
+              f"{total:.0f} B/s mean.")
     return 0
 
 
