@@ -57,6 +57,7 @@ from control_failover import (
     copy_logs,
     read_token,
     start_mesh,
+    statuses,
     timing_info,
     wait_healthy,
     write_retry,
@@ -150,6 +151,9 @@ def run_trial(mesh: Mesh60, trial: int, rng: random.Random, args: argparse.Names
     epoch0 = pl["epoch"]
     survivors = [p for p in mesh.peers if p is not victim]
     live = {p.name for p in survivors}
+    # Raft roles before the kill: a learner that becomes the new host learns
+    # the new plan by pulling it (issue 9), a voter through Raft.
+    roles = {name: (s or {}).get("role") for name, s in statuses(mesh.peers).items()}
     for p in survivors:
         p.tail.skip_to_end()
     load1 = os.getloadavg()[0]
@@ -226,6 +230,7 @@ def run_trial(mesh: Mesh60, trial: int, rng: random.Random, args: argparse.Names
         "instance": iid,
         "leader": leader.name,
         "new_host": new_host,
+        "new_host_role": roles.get(new_host) if new_host else None,
         "running_elsewhere_s": running_any,
         "running_seen_by": running_by,
         "running_leader_view_s": running_leader,
@@ -247,7 +252,8 @@ def run_trial(mesh: Mesh60, trial: int, rng: random.Random, args: argparse.Names
     }
 
 
-COLUMNS = ["trial", "victim", "instance", "leader", "new_host", "running_elsewhere_s",
+COLUMNS = ["trial", "victim", "instance", "leader", "new_host", "new_host_role",
+           "running_elsewhere_s",
            "running_seen_by", "running_leader_view_s", "detect_api_s", "detect_leader_log_s",
            "detect_first_log_s", "plan_commit_log_s", "plan_seen_s", "started_log_s",
            "epoch_before", "plans_committed", "stale_running_on_dead", "polls", "healed_s",
@@ -342,6 +348,7 @@ def main() -> int:
                       f"dead at leader {r['detect_api_s']:.3f}s (log "
                       f"{r['detect_leader_log_s']:.3f}s), plan committed "
                       f"{r['plan_commit_log_s']:.3f}s, running on {r['new_host']} "
+                      f"({r['new_host_role']}) "
                       f"{r['running_elsewhere_s']:.3f}s (leader's view "
                       f"{r['running_leader_view_s']:.3f}s); back+settled {r['healed_s']:.1f}s, "
                       f"{r['plan_changes_on_return']} plan changes on return", flush=True)
@@ -385,6 +392,9 @@ def main() -> int:
                 [r["plan_commit_log_s"] - r["detect_leader_log_s"] for r in rows]),
             "running_minus_plan_s": ml.describe(
                 [r["running_elsewhere_s"] - r["plan_commit_log_s"] for r in rows]),
+            **{f"running_minus_plan_s_new_host_{role}": ml.describe(
+                [r["running_elsewhere_s"] - r["plan_commit_log_s"] for r in rows
+                 if r["new_host_role"] == role]) for role in ("learner", "follower")},
         },
         "healed_s": ml.describe([r["healed_s"] for r in rows]),
         "plan_changes_on_return": ml.describe([r["plan_changes_on_return"] for r in rows]),
