@@ -172,7 +172,7 @@ class PeerAssembly:
         cfg = self.config
         members = core.members
         disk = DiskHealth()
-        calls = PeerCalls(self.keyring)
+        calls = PeerCalls(self.keyring, cfg.bind[0])
 
         def consensus() -> Replica | None:
             return roles.node

@@ -29,10 +29,14 @@ from nanomesh.wire import Keyring
 
 
 class PeerCalls:
-    """Signed calls from this peer to another peer's ``/v1/internal/`` routes."""
+    """Signed calls from this peer to another peer's ``/v1/internal/`` routes.
+    `source_ip`: the address calls leave from (the peer's own; None: the
+    kernel's choice, which on loopback is 127.0.0.1 for every peer, so the
+    callee's per-client connection limit would lump all peers together)."""
 
-    def __init__(self, keyring: Keyring) -> None:
+    def __init__(self, keyring: Keyring, source_ip: str | None = None) -> None:
         self._keyring = keyring
+        self._source_ip = None if source_ip in (None, "0.0.0.0", "::") else source_ip
 
     async def call_json(self, method: str, api: str, path: str, body: bytes | None,
                         *, timeout: float, content_type: str = "application/octet-stream",
@@ -63,6 +67,7 @@ class PeerCalls:
             host, port = parse_address(api, DEFAULT_API_PORT, "peer API")
             with trio.fail_after(timeout):
                 reply = await http_request(host, port, method, path, data, headers,
+                                           local_address=self._source_ip,
                                            max_reply=max_reply)
         except trio.TooSlowError:
             raise ApiError(f"cannot reach the peer API at {url}: timed out") from None

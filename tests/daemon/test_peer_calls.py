@@ -85,3 +85,24 @@ async def test_a_silent_peer_times_out() -> None:
         await PeerCalls(Keyring([os.urandom(32)])).call("GET", f"127.0.0.1:{port}",
                                                          "/v1/x", None, timeout=0.3)
     await listeners[0].aclose()
+
+
+async def test_calls_leave_from_the_peers_own_address() -> None:
+    """On loopback every peer would otherwise call from 127.0.0.1, and the
+    callee's per-client connection limit would count all peers as one."""
+    seen: list[str] = []
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+
+    async def record(stream: trio.SocketStream) -> None:
+        seen.append(stream.socket.getpeername()[0])
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(trio.serve_listeners, record, listeners)
+        for source in ("127.0.0.7", None):
+            with pytest.raises(ApiError):
+                await PeerCalls(Keyring([os.urandom(32)]), source).call(
+                    "POST", f"127.0.0.1:{port}", "/v1/internal/x", b"", timeout=5.0)
+        nursery.cancel_scope.cancel()
+    assert seen == ["127.0.0.7", "127.0.0.1"]
