@@ -318,29 +318,27 @@ class FollowerNode:
                 self._update_status()
             return
         held = self._core.held
-        fresh = snapshot.state is not None and snapshot.version[0] >= self._epoch and (
-            held is None or snapshot.version > held)
-        if (snapshot.state is None and snapshot.version != held) or \
-                snapshot.version[0] < self._epoch:
+        if snapshot.version[0] < self._epoch or (snapshot.state is None
+                                                  and snapshot.version != held):
             self._core.pulled(trio.current_time(), None)  # nothing usable from this voter
             return
-        if fresh:
-            assert snapshot.state is not None
-            await self._save(snapshot)
+        if snapshot.state is not None and (held is None or snapshot.version > held):
+            await self._save(snapshot.version[0], snapshot.state, snapshot)
             self._state = snapshot.state
             self.pulls += 1
+        elif self._storage_problem is not None:  # the last save failed: try again
+            await self._save(self._core.held[0] if self._core.held else self._epoch,
+                             self._state, snapshot)
         self._core.pulled(trio.current_time(), snapshot.version)
         self._pulled = (snapshot.leader, snapshot.term, snapshot.voters)
         self._update_status()
 
-    async def _save(self, snapshot: Snapshot) -> None:
-        """Persist before the state takes effect; a failing disk is reported
+    async def _save(self, epoch: int, state: DesiredState, snapshot: Snapshot) -> None:
+        """Persist `state` before it takes effect; a failing disk is reported
         (`storage_problems`) and the state used anyway (it is committed:
-        the voters keep it), saved again on the next pull."""
-        assert snapshot.state is not None
-        doc = {"cluster_epoch": snapshot.version[0], "leader": snapshot.leader,
-               "term": snapshot.term, "voters": sorted(snapshot.voters),
-               "state": snapshot.state.to_doc()}
+        the voters keep it), saved again after the next pull."""
+        doc = {"cluster_epoch": epoch, "leader": snapshot.leader, "term": snapshot.term,
+               "voters": sorted(snapshot.voters), "state": state.to_doc()}
         data = (json.dumps(doc, separators=(",", ":")) + "\n").encode()
         try:
             await trio.to_thread.run_sync(write_durably, str(self._path), data)

@@ -186,6 +186,23 @@ async def test_restart_starts_from_the_state_file(tmp_path: Path,
         nursery.cancel_scope.cancel()
 
 
+async def test_a_failed_save_is_reported_and_retried(tmp_path: Path,
+                                                     autojump_clock: trio.testing.MockClock
+                                                     ) -> None:
+    (tmp_path / STATE_FILE).mkdir()  # the rename onto it fails like a broken disk
+    voters = FakeVoters()
+    voters.voters["a"].write("cam")
+    async with trio.open_nursery() as nursery:
+        node = await _running(nursery, voters, tmp_path)
+        await node.wait_state(lambda s: "cam" in s.services, timeout=1.0)
+        assert node.storage_problems, "reported"
+        (tmp_path / STATE_FILE).rmdir()
+        await trio.sleep(CONFIG.recheck_period + 1)
+        assert not node.storage_problems, "saved at the next pull, though nothing changed"
+        assert "cam" in json.loads((tmp_path / STATE_FILE).read_text())["state"]["services"]
+        nursery.cancel_scope.cancel()
+
+
 async def test_failed_voter_backs_off_and_tries_the_next(tmp_path: Path,
                                                          autojump_clock: trio.testing.MockClock
                                                          ) -> None:
