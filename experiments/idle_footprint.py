@@ -18,9 +18,9 @@ per peer:
   peer and port, counting every IP packet a peer's address sends from or to
   the Raft port (7948) and the API port (7947; learners' state pulls go
   there), headers included; plus what 127.0.0.1 sends to the peers' API
-  port: the daemons' HTTP client does not bind the peer's address, so on
-  loopback a learner's pull requests leave from 127.0.0.1 (and so do this
-  script's own 3 requests per peer). ``/v1/health`` counts neither.
+  port (this script's own 3 requests per peer; before peer calls left from
+  the peer's address, a learner's pulls were counted there too).
+  ``/v1/health`` counts neither.
 
 The N peers share the machine's cores (2 here), so they are measured together,
 and each one's CPU share includes contention with the others. Targets: RSS <=
@@ -208,9 +208,8 @@ def main() -> int:
            if args.port_bytes else {}),
         "port_bytes_note": "nftables counters per peer address: IP packets sent from or to "
                            "the Raft port (7948) and the API port (7947), headers included; "
-                           "learners pull the committed state over the API port; their "
-                           "requests leave from 127.0.0.1 on loopback (no bound source "
-                           "address) and are counted apart, with this script's own",
+                           "learners pull the committed state over the API port; "
+                           "api_bytes_per_s_from_127_0_0_1 is this script's own requests",
         "rss_mb": {"mean": agg("rss_mb_mean")["mean"], "max": agg("rss_mb_max")["max"]},
         "uss_mb": agg("uss_mb"),
         "cpu_pct_of_core": agg("cpu_pct"),
@@ -254,8 +253,8 @@ def main() -> int:
               f"(leader {s['raft_bytes_per_s_leader']['mean']:.0f}, others "
               f"{s['raft_bytes_per_s_others']['mean']:.0f} mean); API port "
               f"{s['api_bytes_per_s']['mean']:.0f} B/s mean, plus "
-              f"{s['api_bytes_per_s_from_127_0_0_1']:.0f} B/s in all from 127.0.0.1 (pull "
-              f"requests and this script's). Total per peer (bytes_in + Raft + API): "
+              f"{s['api_bytes_per_s_from_127_0_0_1']:.0f} B/s in all from 127.0.0.1 (this "
+              f"script's requests). Total per peer (bytes_in + Raft + API): "
               f"{total:.0f} B/s mean.")
     return 0
 
