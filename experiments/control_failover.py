@@ -55,6 +55,8 @@ from typing import Any
 import _meshlib as ml
 
 from nanomesh.consensus import RaftTiming
+from nanomesh.consensus.role_core import RoleConfig
+from nanomesh.consensus.voters import voter_goal
 from nanomesh.transport.apiclient import ApiError, request_json
 
 TARGET_MEDIAN_S = 0.5
@@ -130,7 +132,8 @@ def statuses(peers: list[ml.Peer], timeout: float = 2.0) -> dict[str, dict[str, 
 
 def healthy_status(mesh: Mesh60) -> dict[str, Any] | None:
     """The common status if every peer runs, reports the same leader, term and
-    all N peers as voters, and the leader says it leads; else None."""
+    voters, as many as the daemons aim for (all N peers up to 5; the others
+    are learners), and the leader says it leads; else None."""
     if not all(p.running for p in mesh.peers):
         return None
     st = statuses(mesh.peers)
@@ -140,7 +143,9 @@ def healthy_status(mesh: Mesh60) -> dict[str, Any] | None:
     terms = {s["term"] for s in st.values()}  # type: ignore[index]
     if len(leaders) != 1 or None in leaders or len(terms) != 1:
         return None
-    if any(set(s["voters"]) != mesh.raft_addrs() for s in st.values()):  # type: ignore[index]
+    voters = {frozenset(s["voters"]) for s in st.values()}  # type: ignore[index]
+    goal = voter_goal(RoleConfig().target_voters, len(mesh.peers))
+    if len(voters) != 1 or len(v := voters.pop()) != goal or not v <= mesh.raft_addrs():
         return None
     leader = next(iter(leaders))
     lp = mesh.by_ip(leader.rpartition(":")[0])
@@ -167,7 +172,7 @@ def wait_healthy(mesh: Mesh60, timeout: float) -> tuple[dict[str, Any], float]:
             return False
         found[:] = [b]
         return True
-    mesh.wait(ok, timeout, "a healthy mesh (all alive, one leader, all voters)", interval=0.25)
+    mesh.wait(ok, timeout, "a healthy mesh (all alive, one leader, all its voters)", interval=0.25)
     return found[0], time.monotonic() - t0
 
 

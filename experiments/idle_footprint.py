@@ -12,7 +12,15 @@ per peer:
 - RSS: ``psutil.Process.memory_info().rss`` sampled every 5 s (mean and max),
   plus USS (memory unique to the process, ``memory_full_info().uss``) at the end;
 - CPU: (user + system time delta from ``psutil.Process.cpu_times()``) / wall
-  time, in % of one core.
+  time, in % of one core;
+- Raft and peer-API bytes (``--port-bytes``, default on as root): nftables
+  counters in a table of this script's own (removed at the end), one per
+  peer and port, counting every IP packet a peer's address sends from or to
+  the Raft port (7948) and the API port (7947; learners' state pulls go
+  there), headers included; plus what 127.0.0.1 sends to the peers' API
+  port (this script's own 3 requests per peer; before peer calls left from
+  the peer's address, a learner's pulls were counted there too).
+  ``/v1/health`` counts neither.
 
 The N peers share the machine's cores (2 here), so they are measured together,
 and each one's CPU share includes contention with the others. Targets: RSS <=
@@ -25,8 +33,11 @@ and each one's CPU share includes contention with the others. Targets: RSS <=
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -50,10 +61,51 @@ def parse_args() -> argparse.Namespace:
     ml.add_run_options(p, name="idle_footprint", subnet="127.0.20", first_octet=101)
     p.add_argument("--sample-every", type=float, default=5.0,
                    help="seconds between RSS samples (default 5)")
+    p.add_argument("--no-port-bytes", dest="port_bytes", action="store_false",
+                   help="skip the nftables byte counters on the Raft and API ports")
     args = p.parse_args()
     if args.duration is None:
         args.duration = 15.0 if args.quick else 60.0
     return args
+
+
+PORTS = {"raft": 7948, "api": ml.API_PORT}
+
+
+class PortCounters:
+    """nftables byte counters: what each of `ips` sends from or to each of
+    `PORTS`, in a table of our own (``nm_idle_<pid>``) deleted by `close`."""
+
+    def __init__(self, ips: list[str]) -> None:
+        self.table = f"nm_idle_{os.getpid()}"
+        self.ips = ips
+        rules = [f"add table ip {self.table}",
+                 f"add chain ip {self.table} out {{ type filter hook output priority 0; }}",
+                 f"add rule ip {self.table} out ip saddr 127.0.0.1 ip daddr "
+                 f"{{ {', '.join(ips)} }} tcp dport {PORTS['api']} counter"]
+        for ip in ips:
+            for port in PORTS.values():
+                for direction in ("sport", "dport"):
+                    rules.append(f"add rule ip {self.table} out ip saddr {ip} tcp "
+                                 f"{direction} {port} counter")
+        subprocess.run(["nft", "-f", "-"], input="\n".join(rules).encode(), check=True)
+
+    def read(self) -> dict[tuple[str, str], int]:
+        """(ip, port name) -> bytes sent so far."""
+        out = subprocess.run(["nft", "list", "table", "ip", self.table], check=True,
+                             capture_output=True, text=True).stdout
+        names = {str(v): k for k, v in PORTS.items()}
+        totals: dict[tuple[str, str], int] = {}
+        for m in re.finditer(r"ip saddr (\S+) tcp [sd]port (\d+) counter packets \d+ "
+                             r"bytes (\d+)", out):
+            key = (m.group(1), names[m.group(2)])
+            totals[key] = totals.get(key, 0) + int(m.group(3))
+        m = re.search(r"ip saddr 127\.0\.0\.1 ip daddr .* counter packets \d+ bytes (\d+)", out)
+        totals[("127.0.0.1", "api")] = int(m.group(1)) if m else 0
+        return totals
+
+    def close(self) -> None:
+        subprocess.run(["nft", "delete", "table", "ip", self.table], check=False)
 
 
 def main() -> int:
@@ -63,7 +115,7 @@ def main() -> int:
     info = ml.machine_info()
     load = ml.wait_for_quiet(args.max_load, timeout=900)
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="nm-idle-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="nm-idle-") as tmp, contextlib.ExitStack() as stack:
         root = Path(tmp)
         key = ml.keygen(root / "cluster.key")
         mesh = ml.LoopbackMesh(args.peers, root, preset=args.preset, key_file=key,
@@ -74,6 +126,9 @@ def main() -> int:
                   f"{args.settle:.0f}s", flush=True)
             time.sleep(args.settle)
             procs = [psutil.Process(p.proc.pid) for p in mesh.peers]  # type: ignore[union-attr]
+            counters = stack.enter_context(contextlib.closing(
+                PortCounters([p.ip for p in mesh.peers]))) if args.port_bytes else None
+            b0 = counters.read() if counters else {}
             h0 = ml.parallel(lambda p: p.get("/v1/health"), mesh.peers)
             c0 = [pr.cpu_times() for pr in procs]
             t0 = time.monotonic()
@@ -90,6 +145,8 @@ def main() -> int:
             c1 = [pr.cpu_times() for pr in procs]
             t1 = time.monotonic()
             h1 = ml.parallel(lambda p: p.get("/v1/health"), mesh.peers)
+            b1 = counters.read() if counters else {}
+            roles = ml.parallel(lambda p: p.get("/v1/status").get("role"), mesh.peers)
             uss = [pr.memory_full_info().uss for pr in procs]
             threads = [pr.num_threads() for pr in procs]
             system_cpu = psutil.cpu_percent(interval=None)
@@ -115,6 +172,9 @@ def main() -> int:
             "profiles_pulled": dc.get("profiles_pulled", 0),
             "suspicions": dc.get("suspicions", 0),
             "threads": threads[i],
+            "raft_role": roles[i],
+            **{f"{port}_bytes_per_s": (b1.get((p.ip, port), 0) - b0.get((p.ip, port), 0)) / dt
+               for port in PORTS},
         })
     header = list(rows[0])
     ml.write_csv(csv_path, header, [[r[h] for h in header] for r in rows])
@@ -139,6 +199,17 @@ def main() -> int:
                       "profile-pull sends are not added), while bytes_in counts UDP and TCP "
                       "frames; on lossless loopback the mesh's total in must equal its total "
                       "out, so mean bytes_in/s is the true mean traffic sent per peer",
+        **({f"{port}_bytes_per_s": agg(f"{port}_bytes_per_s") for port in PORTS}
+           if args.port_bytes else {}),
+        **({f"{port}_bytes_per_s_{who}": _agg_where(rows, f"{port}_bytes_per_s", who)
+            for port in PORTS for who in ("leader", "others")} if args.port_bytes else {}),
+        **({"api_bytes_per_s_from_127_0_0_1": round(
+            (b1.get(("127.0.0.1", "api"), 0) - b0.get(("127.0.0.1", "api"), 0)) / dt, 1)}
+           if args.port_bytes else {}),
+        "port_bytes_note": "nftables counters per peer address: IP packets sent from or to "
+                           "the Raft port (7948) and the API port (7947), headers included; "
+                           "learners pull the committed state over the API port; "
+                           "api_bytes_per_s_from_127_0_0_1 is this script's own requests",
         "rss_mb": {"mean": agg("rss_mb_mean")["mean"], "max": agg("rss_mb_max")["max"]},
         "uss_mb": agg("uss_mb"),
         "cpu_pct_of_core": agg("cpu_pct"),
@@ -175,7 +246,27 @@ def main() -> int:
           f"{TARGET_CPU_PCT:.0f}%: {'met' if s['meets_cpu_target'] else 'NOT met'}. "
           f"{s['profiles_pulled_total']} profile pulls and {s['suspicions_total']} suspicions "
           f"in the window. Run took {wall:.0f}s. Wrote {csv_path} and {json_path}.")
+    if args.port_bytes:
+        total = sum(s[k]["mean"] for k in ("bytes_in_per_s", "raft_bytes_per_s",
+                                            "api_bytes_per_s"))
+        print(f"Raft port bytes sent per peer: {s['raft_bytes_per_s']['mean']:.0f} B/s mean "
+              f"(leader {s['raft_bytes_per_s_leader']['mean']:.0f}, others "
+              f"{s['raft_bytes_per_s_others']['mean']:.0f} mean); API port "
+              f"{s['api_bytes_per_s']['mean']:.0f} B/s mean, plus "
+              f"{s['api_bytes_per_s_from_127_0_0_1']:.0f} B/s in all from 127.0.0.1 (this "
+              f"script's requests). Total per peer (bytes_in + Raft + API): "
+              f"{total:.0f} B/s mean.")
     return 0
+
+
+def _agg_where(rows: list[dict[str, object]], key: str, who: str) -> dict[str, float]:
+    """`key` over the leader's row (who="leader") or the others' rows."""
+    vals = [float(r[key]) for r in rows  # type: ignore[arg-type]
+            if (r["raft_role"] == "leader") == (who == "leader")]
+    if not vals:
+        return {"mean": 0.0, "max": 0.0, "min": 0.0}
+    return {"mean": round(statistics.fmean(vals), 3), "max": round(max(vals), 3),
+            "min": round(min(vals), 3)}
 
 
 if __name__ == "__main__":

@@ -2,10 +2,11 @@
 
 Starts N real peer daemons on loopback (127.0.60.FIRST.., default .11-.15, one
 cluster key, gossip preset ``lan``, Raft ``RaftTiming.lan()``), waits until the
-mesh is healthy (all alive, one leader, N voters), then deploys one service
-with ``POST /v1/services``: the raw TOML of ``services/hello/nanoservice.toml``
-(a process printing a line a second) renamed ``resched`` with ``--replicas``
-(default 4, spread) replicas. T trials follow. Each trial:
+mesh is healthy (all alive, one leader, min(N, 5) voters: more peers are
+learners), then deploys one service with ``POST /v1/services``: the raw TOML
+of ``services/hello/nanoservice.toml`` (a process printing a line a second)
+renamed ``resched`` with ``--replicas`` (default 4, spread) replicas. T trials
+follow. Each trial:
 
 1. waits until every instance is assigned to a live peer and reported
    ``running`` and the plan epoch has not changed for ``--settle`` s;
@@ -56,6 +57,7 @@ from control_failover import (
     copy_logs,
     read_token,
     start_mesh,
+    statuses,
     timing_info,
     wait_healthy,
     write_retry,
@@ -149,6 +151,9 @@ def run_trial(mesh: Mesh60, trial: int, rng: random.Random, args: argparse.Names
     epoch0 = pl["epoch"]
     survivors = [p for p in mesh.peers if p is not victim]
     live = {p.name for p in survivors}
+    # Raft roles before the kill: a learner that becomes the new host learns
+    # the new plan by pulling it (issue 9), a voter through Raft.
+    roles = {name: (s or {}).get("role") for name, s in statuses(mesh.peers).items()}
     for p in survivors:
         p.tail.skip_to_end()
     load1 = os.getloadavg()[0]
@@ -225,6 +230,7 @@ def run_trial(mesh: Mesh60, trial: int, rng: random.Random, args: argparse.Names
         "instance": iid,
         "leader": leader.name,
         "new_host": new_host,
+        "new_host_role": roles.get(new_host) if new_host else None,
         "running_elsewhere_s": running_any,
         "running_seen_by": running_by,
         "running_leader_view_s": running_leader,
@@ -246,7 +252,8 @@ def run_trial(mesh: Mesh60, trial: int, rng: random.Random, args: argparse.Names
     }
 
 
-COLUMNS = ["trial", "victim", "instance", "leader", "new_host", "running_elsewhere_s",
+COLUMNS = ["trial", "victim", "instance", "leader", "new_host", "new_host_role",
+           "running_elsewhere_s",
            "running_seen_by", "running_leader_view_s", "detect_api_s", "detect_leader_log_s",
            "detect_first_log_s", "plan_commit_log_s", "plan_seen_s", "started_log_s",
            "epoch_before", "plans_committed", "stale_running_on_dead", "polls", "healed_s",
@@ -341,6 +348,7 @@ def main() -> int:
                       f"dead at leader {r['detect_api_s']:.3f}s (log "
                       f"{r['detect_leader_log_s']:.3f}s), plan committed "
                       f"{r['plan_commit_log_s']:.3f}s, running on {r['new_host']} "
+                      f"({r['new_host_role']}) "
                       f"{r['running_elsewhere_s']:.3f}s (leader's view "
                       f"{r['running_leader_view_s']:.3f}s); back+settled {r['healed_s']:.1f}s, "
                       f"{r['plan_changes_on_return']} plan changes on return", flush=True)
@@ -384,6 +392,9 @@ def main() -> int:
                 [r["plan_commit_log_s"] - r["detect_leader_log_s"] for r in rows]),
             "running_minus_plan_s": ml.describe(
                 [r["running_elsewhere_s"] - r["plan_commit_log_s"] for r in rows]),
+            **{f"running_minus_plan_s_new_host_{role}": ml.describe(
+                [r["running_elsewhere_s"] - r["plan_commit_log_s"] for r in rows
+                 if r["new_host_role"] == role]) for role in ("learner", "follower")},
         },
         "healed_s": ml.describe([r["healed_s"] for r in rows]),
         "plan_changes_on_return": ml.describe([r["plan_changes_on_return"] for r in rows]),

@@ -5,8 +5,11 @@ time, in one of these roles (advertised in the gossiped profile under
 ``profile["raft"]``, see `raft_profile_section`):
 
 - ``none``: no node yet (waiting to learn the voters from gossip) or gone;
-- ``learner``: a read-only replica (``address=None``, peers = the voters): it
-  receives the committed state and forwards writes, never votes;
+- ``learner``: no Raft node at all: a `nanomesh.consensus.follower.FollowerNode`
+  pulls the committed state from a voter when the leader's gossip announces
+  a newer version (and forwards writes), so the voters' 30 ms heartbeats
+  reach voters only and the leader's work does not grow with the mesh
+  (issue 9); it never votes;
 - ``joining``: a voter node started with ``join=True`` and a fresh data
   directory, waiting for the leader to add it;
 - ``voter``: a member of the configuration.
@@ -88,6 +91,7 @@ import operator
 import os
 import shutil
 import time
+import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -100,6 +104,8 @@ from nanomesh.consensus import role_core as core
 from nanomesh.consensus import role_effects as fx
 from nanomesh.consensus.config import ConsensusConfig, RaftTiming, format_address
 from nanomesh.consensus.errors import ConsensusError
+from nanomesh.consensus.follow_core import FollowConfig
+from nanomesh.consensus.follower import FollowerNode, FollowTransport
 from nanomesh.consensus.node import ConsensusNode
 from nanomesh.consensus.recovery import (
     JournalReader,
@@ -145,6 +151,10 @@ AskRemove = Callable[[str], Awaitable[bool]]
 
 _LEVELS = {"info": logging.INFO, "warning": logging.WARNING}
 
+Replica = ConsensusNode | FollowerNode
+"""What holds this peer's copy of the committed state: a voter's Raft node,
+or a learner's follower (same reads, same writes)."""
+
 
 def load_role(data_dir: Path) -> StoredRole:
     """The role stored in ``role.json`` (none if absent or damaged)."""
@@ -171,7 +181,7 @@ def save_role(stored: StoredRole, data_dir: Path) -> None:
 
 @dataclass
 class _Running:
-    node: ConsensusNode
+    node: Replica
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     done: trio.Event = field(default_factory=trio.Event)
 
@@ -187,8 +197,9 @@ class RaftRoleManager:
     gossip reports them (the daemon computes it with `voters_from_profiles`).
     `view()`: the membership view for the voter policy (leader only; without
     it this peer never changes the configuration). `ask_promote`/`ask_remove`:
-    the two peer-API calls (module doc). `clock`: the clock of the view's
-    timestamps.
+    the two peer-API calls (module doc). `follow`: how a learner reaches the
+    voters (`nanomesh.consensus.follower.FollowTransport`; without it this
+    peer cannot be a learner). `clock`: the clock of the view's timestamps.
 
     Run it with ``await nursery.start(manager.run)`` on trio's main thread.
     `node` changes with the role: re-read it (or `wait_ready`) after a change.
@@ -200,6 +211,8 @@ class RaftRoleManager:
                  view: Callable[[], Sequence[PeerInfo]] | None = None,
                  ask_promote: AskPromote | None = None, ask_remove: AskRemove | None = None,
                  epoch_hint: Callable[[], int] = lambda: 0,
+                 follow: FollowTransport | None = None,
+                 follow_config: FollowConfig | None = None,
                  clock: Callable[[], float] = trio.current_time) -> None:
         self.config = config or RoleConfig()
         self.config.check()
@@ -214,6 +227,9 @@ class RaftRoleManager:
         self._view = view
         self._ask_promote = ask_promote
         self._ask_remove = ask_remove
+        self._follow = follow
+        self._follow_config = follow_config or FollowConfig()
+        self._follow_config.check()
         self._clock = clock
         self._core = core.RoleCore(self.raft_addr, self.config, founder=founder,
                                    promotes=ask_promote is not None)
@@ -246,7 +262,7 @@ class RaftRoleManager:
         return self._restoring
 
     @property
-    def node(self) -> ConsensusNode | None:
+    def node(self) -> Replica | None:
         """The running node (None in role ``none``, and while a recovery
         writes the old state back: nobody may read a partial state)."""
         return None if self._running is None or self._restoring else self._running.node
@@ -254,9 +270,12 @@ class RaftRoleManager:
     def profile_section(self) -> dict[str, Any]:
         """What this peer gossips under ``profile["raft"]``: ``role``, ``addr``
         (its Raft address, even as a learner, so the policy can name it),
-        and its node's belief: ``leader``, ``term``, ``voters`` (sorted)."""
+        and its node's belief: ``leader``, ``term``, ``voters`` (sorted).
+        The leader adds ``revision``, the committed state's: the
+        announcement learners pull on (`nanomesh.consensus.follow_core`).
+        Only the leader, so a commit changes one profile, not every voter's."""
         status = self._status()
-        return {
+        section = {
             "role": self._core.role.value,
             "addr": self.raft_addr,
             "leader": None if status is None else status.leader,
@@ -264,6 +283,17 @@ class RaftRoleManager:
             "voters": [] if status is None else sorted(status.voters),
             "cluster_epoch": self._core.epoch,
         }
+        node = self.node
+        if isinstance(node, ConsensusNode) and status is not None and status.is_leader:
+            section["revision"] = node.state.revision
+        return section
+
+    def gossip_changed(self) -> None:
+        """Gossip saw a change (a profile, a member): a learner looks for a
+        newer announced state at once."""
+        node = self.node
+        if isinstance(node, FollowerNode):
+            node.notify()
 
     async def wait_profile_change(self, last: Mapping[str, Any]) -> dict[str, Any]:
         """Wait until `profile_section()` differs from `last` and return it:
@@ -273,7 +303,7 @@ class RaftRoleManager:
             await self._changed.wait()
         return section
 
-    async def wait_ready(self, *, timeout: float = math.inf) -> ConsensusNode:
+    async def wait_ready(self, *, timeout: float = math.inf) -> Replica:
         """Wait until this peer is a learner or a voter that has heard a
         leader (it holds the committed state) and return its node."""
         with trio.fail_after(timeout):
@@ -349,6 +379,7 @@ class RaftRoleManager:
             if self._core.role is not RaftRole.VOTER:
                 raise RecoveryError("the recovered voter could not start (see above)")
             node = self._node_or_fail()
+            assert isinstance(node, ConsensusNode), "a recovered peer is a voter"
             await node.wait_status(lambda s: s.is_leader, timeout=self.config.call_timeout)
             await _restore(node, state, self.config.call_timeout)
             await self._drive(self._core.recovered())
@@ -529,29 +560,37 @@ class RaftRoleManager:
 
     # ------------------------------------------------------------ node lifecycle
 
-    def _node_config(self, start: fx.StartLearner | fx.StartVoter) -> ConsensusConfig:
-        """A learner follows its peers and listens nowhere; a voter listens
-        on `RoleConfig.raft_port` with its generation's journal (``join``
-        only holds elections until the node first hears a leader, so
-        resuming with it is harmless)."""
-        if isinstance(start, fx.StartLearner):
-            return ConsensusConfig(address=None, peers=start.peers, keyring=self._keyring,
-                                   epoch=start.epoch, timing=self._timing,
-                                   source_ip=self.address_ip)
+    def _node_config(self, start: fx.StartVoter) -> ConsensusConfig:
+        """A voter listens on `RoleConfig.raft_port` with its generation's
+        journal (``join`` only holds elections until the node first hears a
+        leader, so resuming with it is harmless)."""
         return ConsensusConfig(
             address=(self.address_ip, self.config.raft_port), peers=start.peers,
             data_dir=self.data_dir / f"{GENERATION_PREFIX}{start.generation}",
             keyring=self._keyring, epoch=start.epoch, join=bool(start.peers),
             timing=self._timing)
 
+    def _replica(self, start: fx.StartLearner | fx.StartVoter) -> Replica:
+        """A learner's follower, or a voter's Raft node."""
+        if isinstance(start, fx.StartLearner):
+            if self._follow is None:
+                raise ConsensusError("this peer has no way to reach the voters as a learner")
+            return FollowerNode(self._follow, self.data_dir, start.epoch,
+                                config=self._follow_config,
+                                spread=zlib.crc32(self.raft_addr.encode()))
+        return ConsensusNode(self._node_config(start))
+
     async def _start(self, start: fx.StartLearner | fx.StartVoter) -> bool:
         """Stop the current node (if any) and start the one `start` asks
         for. False if it could not start (its port is taken: logged; the
         core decides what follows)."""
         assert self._nursery is not None
-        config = self._node_config(start)
         await self._stop_node()
-        running = _Running(ConsensusNode(config))
+        try:
+            running = _Running(self._replica(start))
+        except ConsensusError as exc:
+            log.warning("raft role: could not start as learner: %s", exc)
+            return False
         try:
             await self._nursery.start(self._host, running)
         except ConsensusError as exc:
@@ -573,7 +612,7 @@ class RaftRoleManager:
             running.done.set()
             self._wake()
 
-    async def _relay_status(self, node: ConsensusNode) -> None:
+    async def _relay_status(self, node: Replica) -> None:
         """Wake `wait_ready` on every status change of `node`."""
         while True:
             await node.wait_status(functools.partial(operator.is_not, node.status))
@@ -603,7 +642,7 @@ class RaftRoleManager:
             if d.name != f"{GENERATION_PREFIX}{keep}" and d.is_dir():
                 shutil.rmtree(d, ignore_errors=True)
 
-    def _node_or_fail(self) -> ConsensusNode:
+    def _node_or_fail(self) -> Replica:
         node = None if self._running is None else self._running.node
         if node is None:
             raise RuntimeError(f"raft role {self.role.value} without a node")

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from nanomesh.consensus import ConsensusNode
+from nanomesh.consensus.role_manager import Replica
 from nanomesh.daemon.http import Handler, Request
 from nanomesh.daemon.http_limits import ServerStats
 from nanomesh.daemon.views import Traffic
@@ -48,7 +48,7 @@ class HealthContext:
     disk_problems: Callable[[], list[str]]
     stopping: Callable[[], bool]
     """True once a graceful leave began."""
-    consensus: Callable[[], ConsensusNode | None]
+    consensus: Callable[[], Replica | None]
     """For the Raft connections its node dropped."""
     traffic: Traffic
     api_stats: ServerStats
@@ -98,7 +98,7 @@ def api_routes(ctx: HealthContext) -> dict[tuple[str, str], Handler]:
             ("GET", "/v1/health"): health}
 
 
-def _raft_dropped(node: ConsensusNode | None) -> dict[str, int]:
+def _raft_dropped(node: Replica | None) -> dict[str, int]:
     """Raft connections this peer's current consensus node closed, by reason
     (`nanomesh.consensus._transport`; restarts with each role change)."""
     return dict(node.dropped) if node is not None else {}

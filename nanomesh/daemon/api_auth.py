@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from nanomesh.consensus import ConsensusNode
+from nanomesh.consensus.role_manager import Replica
 from nanomesh.daemon.http import HttpError, Request, bearer_token
 from nanomesh.daemon.views import NodeSource
 from nanomesh.security.auth import (
@@ -46,7 +46,7 @@ from nanomesh.security.auth import (
 from nanomesh.wire import Keyring
 
 
-def running_node(node: ConsensusNode | None) -> ConsensusNode:
+def running_node(node: Replica | None) -> Replica:
     """``node`` if it runs, else 503."""
     if node is None or not node.running:
         raise HttpError(503, "this peer's consensus node is not running yet")
@@ -65,7 +65,7 @@ class Access:
         self._instance_token = instance_token
         """The token of an instance this peer runs (None: not ours)."""
 
-    def running_node(self) -> ConsensusNode:
+    def running_node(self) -> Replica:
         """This peer's consensus node, or 503."""
         return running_node(self._node())
 
@@ -82,7 +82,7 @@ class Access:
                             "cluster key; they are made by peers, not by people")
 
     def require_management_token(self, request: Request, what: str | None = None
-                                 ) -> ConsensusNode:
+                                 ) -> Replica:
         """The consensus node, if ``request`` carries the management token; else
         401 saying so: for a GET, that reading ``what`` (default: the path)
         needs the token; for anything else, that the call changes the mesh."""
@@ -114,7 +114,7 @@ class Access:
         digest = node.state.meta.get(TOKEN_META_KEY) if node is not None else None
         return isinstance(digest, str) and token_matches(bearer_token(headers), digest)
 
-    def authorize_instance(self, request: Request, iid: str) -> ConsensusNode:
+    def authorize_instance(self, request: Request, iid: str) -> Replica:
         """The consensus node, if the caller is instance ``iid`` itself (its own
         token) or the operator (the management token); else 401."""
         node = self.running_node()
@@ -129,7 +129,7 @@ class Access:
                         f"--token-file) may {verb} its state")
 
 
-def has_management_token(node: ConsensusNode, request: Request) -> bool:
+def has_management_token(node: Replica, request: Request) -> bool:
     """Whether ``request`` carries the mesh's management token (503 if the mesh
     has none committed yet)."""
     digest = node.state.meta.get(TOKEN_META_KEY)

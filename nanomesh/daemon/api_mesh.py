@@ -41,11 +41,11 @@ from typing import Any, Protocol
 from nanomesh.consensus import (
     CommitTimeout,
     ConsensusError,
-    ConsensusNode,
     NoLeaderError,
     NotRunningError,
     StorageError,
 )
+from nanomesh.consensus.role_manager import Replica
 from nanomesh.consensus.status import LeaderWatch
 from nanomesh.daemon.api_auth import Access, running_node
 from nanomesh.daemon.http import Handler, HttpError, Request
@@ -89,10 +89,10 @@ class MeshContext:
 
 
 def mesh_routes(ctx: MeshContext) -> dict[tuple[str, str], Handler]:
-    def node() -> ConsensusNode:
+    def node() -> Replica:
         return running_node(ctx.consensus())
 
-    def require_token(request: Request) -> ConsensusNode:
+    def require_token(request: Request) -> Replica:
         return ctx.access.require_management_token(request)
 
     async def deploy(request: Request) -> tuple[int, Any]:

@@ -19,7 +19,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from nanomesh.consensus import ConsensusNode
+from nanomesh.consensus.role_manager import Replica
 from nanomesh.daemon.http import Handler, HttpError, Request
 from nanomesh.daemon.views import Members, NodeSource
 from nanomesh.gossip.members import Member
@@ -58,7 +58,7 @@ def naming_routes(ctx: NamingContext) -> dict[tuple[str, str], Handler]:
     return {("GET", "/v1/resolve/{name}"): resolve_}
 
 
-def service_names(node: ConsensusNode | None, members: list[Member]) -> Collection[str]:
+def service_names(node: Replica | None, members: list[Member]) -> Collection[str]:
     """The services this peer knows to exist: those in its committed desired
     state, or, while its consensus node is not running, those that some live
     peer gossips an instance of. Used by the resolve endpoint and the CoAP
@@ -68,7 +68,7 @@ def service_names(node: ConsensusNode | None, members: list[Member]) -> Collecti
     return known_services(members)
 
 
-def service_visibility(node: ConsensusNode | None, service: str) -> str:
+def service_visibility(node: Replica | None, service: str) -> str:
     """``public`` or ``private`` (`nanomesh.runtime.manifest.VISIBILITIES`) from the
     committed desired state; ``private`` while it is unknown (the secure default)."""
     from nanomesh.runtime.manifest import visibility_of

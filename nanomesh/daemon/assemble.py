@@ -51,8 +51,8 @@ import trio
 
 from nanomesh.bundles import BUNDLES_SECTION
 from nanomesh.config import PeerConfig
-from nanomesh.consensus import ConsensusNode, RaftTiming
-from nanomesh.consensus.role_manager import RaftRoleManager, RoleConfig
+from nanomesh.consensus import RaftTiming
+from nanomesh.consensus.role_manager import RaftRoleManager, Replica, RoleConfig
 from nanomesh.daemon.api import HealthContext, api_routes
 from nanomesh.daemon.api_auth import Access
 from nanomesh.daemon.api_keyring import KeyringContext, keyring_routes
@@ -63,7 +63,7 @@ from nanomesh.daemon.api_naming import (
     service_names,
     service_visibility,
 )
-from nanomesh.daemon.api_raft import raft_routes
+from nanomesh.daemon.api_raft import FollowCalls, raft_routes
 from nanomesh.daemon.api_runtime import RuntimeContext, runtime_routes
 from nanomesh.daemon.bundle_service import (
     BundleService,
@@ -174,7 +174,7 @@ class PeerAssembly:
         disk = DiskHealth()
         calls = PeerCalls(self.keyring, source_ip=cfg.bind[0])
 
-        def consensus() -> ConsensusNode | None:
+        def consensus() -> Replica | None:
             return roles.node
 
         def republish() -> None:
@@ -189,7 +189,8 @@ class PeerAssembly:
             timing=self._timing, founder=not cfg.join,
             voters_hint=role_calls.voters_hint, config=self._role_config,
             view=role_calls.view, ask_promote=role_calls.ask_promote,
-            ask_remove=role_calls.ask_remove, epoch_hint=role_calls.epoch_hint)
+            ask_remove=role_calls.ask_remove, epoch_hint=role_calls.epoch_hint,
+            follow=FollowCalls(members, calls))
         control = ControlLoop(cfg.name, cfg.data_dir, founder=not cfg.join, roles=roles,
                               driver=runtime.driver, reconciler=runtime.reconciler,
                               members=members, disk=disk, republish=republish)
@@ -205,10 +206,14 @@ class PeerAssembly:
             node = roles.node
             return tuple(node.storage_problems) if node is not None else ()
 
+        def gossip_changed() -> None:
+            control.membership_changed()
+            roles.gossip_changed()  # a learner looks for a newer announced state
+
         traffic = Traffic()
         shell = GossipShell(cfg, self.keyring, core, self.profiles, discovered,
                             disk=disk, traffic=traffic, sections=profile_sections,
-                            membership_changed=control.membership_changed,
+                            membership_changed=gossip_changed,
                             storage_problems=storage_problems, remembered=remembered)
         access = Access(self.keyring, InternalCalls(), consensus,
                         runtime.driver.instance_token)

@@ -127,8 +127,8 @@ class ControlLoop:
                 await self._plan_wanted.wait()
             self._plan_wanted = trio.Event()
             node = self.roles.node
-            if node is None or not node.is_leader or not node.status.has_quorum \
-                    or self.roles.restoring:
+            if not isinstance(node, ConsensusNode) or not node.is_leader \
+                    or not node.status.has_quorum or self.roles.restoring:
                 continue
             await self._plan_once(node)
 

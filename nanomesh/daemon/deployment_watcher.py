@@ -35,7 +35,7 @@ Reported = Mapping[str, Mapping[str, Mapping[str, Any]]]
 class DeploymentWatcher:
     """Runs on every peer; acts only while the peer's node leads."""
 
-    def __init__(self, node: Callable[[], ConsensusNode | None],
+    def __init__(self, node: Callable[[], object],
                  reported: Callable[[], Reported]) -> None:
         self._node = node
         self._reported = reported
@@ -45,7 +45,8 @@ class DeploymentWatcher:
         while True:
             await trio.sleep(WATCH_PERIOD)
             node = self._node()
-            if node is None or not node.is_leader or not node.status.has_quorum:
+            if not isinstance(node, ConsensusNode) or not node.is_leader \
+                    or not node.status.has_quorum:  # a learner never leads
                 self._watches.clear()  # a later term starts every deadline again
                 continue
             for verdict, name in self.look(node, trio.current_time()):

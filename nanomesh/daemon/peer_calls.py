@@ -24,12 +24,15 @@ from nanomesh.config import DEFAULT_API_PORT, parse_address
 from nanomesh.errors import ConfigError
 from nanomesh.security.auth import internal_token
 from nanomesh.transport.apiclient import ApiError
-from nanomesh.transport.httpio import http_request
+from nanomesh.transport.httpio import MAX_HTTP_MESSAGE, http_request
 from nanomesh.wire import Keyring
 
 
 class PeerCalls:
-    """Signed calls from this peer to another peer's ``/v1/internal/`` routes."""
+    """Signed calls from this peer to another peer's ``/v1/internal/`` routes.
+    `source_ip`: the address calls leave from (the peer's own; None: the
+    kernel's choice, which on loopback is 127.0.0.1 for every peer, so the
+    callee's per-client connection limit would lump all peers together)."""
 
     def __init__(self, keyring: Keyring, source_ip: str | None = None) -> None:
         self._keyring = keyring
@@ -40,22 +43,24 @@ class PeerCalls:
         member it is."""
 
     async def call_json(self, method: str, api: str, path: str, body: bytes | None,
-                        *, timeout: float, content_type: str = "application/octet-stream"
-                        ) -> Any:
+                        *, timeout: float, content_type: str = "application/octet-stream",
+                        max_reply: int = MAX_HTTP_MESSAGE) -> Any:
         """``method path`` on the peer API at ``api`` (``IP:PORT``) with the raw
         `body`; the decoded JSON reply. ApiError on any failure (unreachable,
         no answer within `timeout` seconds, an error status, a reply that is
         not JSON: ``ValueError`` text, as `json.loads` words it)."""
         raw = await self.call(method, api, path, body, timeout=timeout,
-                              content_type=content_type)
+                              content_type=content_type, max_reply=max_reply)
         try:
             return json.loads(raw)
         except ValueError as exc:
             raise ApiError(f"http://{api}{path}: reply is not JSON: {exc}") from None
 
     async def call(self, method: str, api: str, path: str, body: bytes | None, *,
-                   timeout: float, content_type: str = "application/octet-stream") -> bytes:
-        """As `call_json`, the raw reply body."""
+                   timeout: float, content_type: str = "application/octet-stream",
+                   max_reply: int = MAX_HTTP_MESSAGE) -> bytes:
+        """As `call_json`, the raw reply body; `max_reply`: the largest reply
+        body accepted, in bytes."""
         url = f"http://{api}{path}"
         data = body or b""
         headers = [("authorization",
@@ -66,7 +71,8 @@ class PeerCalls:
             host, port = parse_address(api, DEFAULT_API_PORT, "peer API")
             with trio.fail_after(timeout):
                 reply = await http_request(host, port, method, path, data, headers,
-                                           local_address=self._local_address_for(host))
+                                           local_address=self._local_address_for(host),
+                                           max_reply=max_reply)
         except trio.TooSlowError:
             raise ApiError(f"cannot reach the peer API at {url}: timed out", peer=api,
                            reason="timed out") from None

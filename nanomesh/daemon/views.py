@@ -11,15 +11,16 @@ import collections
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from nanomesh.consensus import ConsensusNode
+from nanomesh.consensus.role_manager import Replica
 from nanomesh.daemon.http import Handler
 from nanomesh.gossip.members import Member
 
 Members = Callable[[], list[Member]]
 """The gossip view: every member this peer knows, itself included."""
 
-NodeSource = Callable[[], ConsensusNode | None]
-"""This peer's current consensus node (None while the role manager runs none)."""
+NodeSource = Callable[[], Replica | None]
+"""This peer's current consensus node: a voter's Raft node or a learner's
+follower (None while the role manager runs none)."""
 
 Routes = dict[tuple[str, str], Handler]
 """A route group: ``(method, path pattern) -> handler`` (`nanomesh.daemon.http`)."""

@@ -56,15 +56,17 @@ def _host_port(host: str, port: int) -> str:
 
 async def http_request(host: str, port: int, method: str, target: str, body: bytes = b"",
                        headers: Sequence[tuple[str, str]] = (),
-                       local_address: str | None = None) -> HttpReply:
+                       local_address: str | None = None,
+                       max_reply: int = MAX_HTTP_MESSAGE) -> HttpReply:
     """One request on a fresh connection (from `local_address` if given). No
     timeout of its own (wrap it). OSError / trio.BrokenResourceError /
-    h11.ProtocolError on transport trouble."""
+    h11.ProtocolError on transport trouble, or a reply body over `max_reply`
+    bytes."""
     stream, conn = await connect(host, port, local_address)
     async with stream:
         await send_request(stream, conn, method, target, body,
                            [("host", _host_port(host, port)), *headers])
-        return await _read_reply(stream, conn)
+        return await _read_reply(stream, conn, max_reply)
 
 
 async def connect(host: str, port: int, local_address: str | None = None, *,
@@ -108,7 +110,8 @@ async def next_event(stream: trio.SocketStream, conn: h11.Connection,
         conn.receive_data(data)
 
 
-async def _read_reply(stream: trio.SocketStream, conn: h11.Connection) -> HttpReply:
+async def _read_reply(stream: trio.SocketStream, conn: h11.Connection,
+                      max_reply: int = MAX_HTTP_MESSAGE) -> HttpReply:
     status, reply_headers, data = 0, {}, bytearray()
     while True:
         event = await next_event(stream, conn)
@@ -118,7 +121,7 @@ async def _read_reply(stream: trio.SocketStream, conn: h11.Connection) -> HttpRe
                              for k, v in event.headers}
         elif isinstance(event, h11.Data):
             data += event.data
-            if len(data) > MAX_HTTP_MESSAGE:
+            if len(data) > max_reply:
                 raise h11.RemoteProtocolError("response body too large")
         elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
             return HttpReply(status, reply_headers, bytes(data))

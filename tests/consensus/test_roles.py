@@ -1,7 +1,8 @@
 """The role manager (`nanomesh.consensus.role_manager`) with real pysyncobj nodes in
 this process, one loopback address per peer (127.0.40.x, this suite's range),
 a fake membership view the test controls, and the peer-API calls
-(``ask_promote``/``ask_remove``) as direct calls between managers.
+(``ask_promote``/``ask_remove``, a learner's pulls and forwarded writes) as
+direct calls between managers.
 
 Timing is shrunk (`FAST`): the policy runs every 0.1 s and a dead voter is
 replaced after 1 s; bounds on waits are generous (`SETTLE`).
@@ -19,6 +20,14 @@ import pytest
 import trio
 
 from nanomesh.consensus import ConsensusError, ConsensusNode, RaftTiming
+from nanomesh.consensus.follow_core import (
+    FollowConfig,
+    Version,
+    announced_version,
+    gossiped_leader,
+    pull_sources,
+)
+from nanomesh.consensus.follower import FollowerNode, run_command, state_reply
 from nanomesh.consensus.role_core import (
     TRANSITIONS,
     RaftRole,
@@ -28,6 +37,7 @@ from nanomesh.consensus.role_core import (
 from nanomesh.consensus.role_manager import (
     ROLE_FILE,
     RaftRoleManager,
+    Replica,
     raft_profile_section,
 )
 from nanomesh.consensus.voters import PeerInfo, VoterPolicy
@@ -41,6 +51,8 @@ SETTLE = 15.0
 FAST = RoleConfig(target_voters=5, policy=VoterPolicy(stabilization=1.0, min_alive=0.0),
                   period=0.1, join_timeout=2.0, orphan_timeout=1.5, bootstrap_grace=0.0,
                   promote_backoff=2.0, call_timeout=5.0)
+FOLLOW = FollowConfig(recheck_period=0.2, backoff_min=0.1, backoff_max=0.5)
+"""Learners recheck every 0.2 s: this suite has no gossip to announce a commit."""
 
 
 def next_ip() -> str:
@@ -102,7 +114,8 @@ class Mesh:
             ip or (old.manager.address_ip if old else next_ip()),
             self.tmp_path / name, KEYRING, RaftTiming.lan(), founder, self.hint,
             config=self.config, view=self.view if lead else None,
-            ask_promote=self.ask_promote, ask_remove=self.ask_remove)
+            ask_promote=self.ask_promote, ask_remove=self.ask_remove, follow=LocalFollow(self),
+            follow_config=FOLLOW)
         scope = trio.CancelScope()
 
         async def host(task_status: trio.TaskStatus[None]) -> None:
@@ -152,6 +165,43 @@ class Mesh:
         return leader
 
 
+class LocalFollow:
+    """What the daemon's FollowCalls do over HTTP (gossip's announcements,
+    pulls, forwarded writes), as direct calls between the mesh's managers."""
+
+    def __init__(self, mesh: Mesh) -> None:
+        self.mesh = mesh
+
+    def _sections(self) -> list[dict[str, object]]:
+        return [p.manager.profile_section() for p in self.mesh.peers.values() if p.up]
+
+    def _voter_node(self, raft_addr: str) -> tuple[ConsensusNode, int]:
+        for p in self.mesh.peers.values():
+            node = p.manager.node
+            if p.up and p.manager.raft_addr == raft_addr and isinstance(node, ConsensusNode):
+                return node, p.manager.epoch
+        raise ConsensusError(f"{raft_addr} is no voter")
+
+    def sources(self) -> list[str]:
+        return pull_sources(self._sections())
+
+    def announced(self) -> Version | None:
+        return announced_version(self._sections())
+
+    def leader(self) -> tuple[str, int, frozenset[str]] | None:
+        return gossiped_leader(self._sections())
+
+    async def pull(self, source: str, have: Version | None) -> object:
+        node, epoch = self._voter_node(source)
+        await trio.sleep(0)
+        return json.loads(json.dumps(state_reply(node.state, node.status, epoch,
+                                                 None if have is None else list(have))))
+
+    async def command(self, source: str, request: object) -> object:
+        node, epoch = self._voter_node(source)
+        return json.loads(json.dumps(await run_command(node, epoch, request)))
+
+
 @pytest.fixture
 async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
     async with trio.open_nursery() as nursery:
@@ -159,7 +209,7 @@ async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
         nursery.cancel_scope.cancel()
 
 
-async def _write(node: ConsensusNode, name: str) -> int:
+async def _write(node: Replica, name: str) -> int:
     """A write through `node`, retried while there is no leader; the revision."""
     with trio.fail_after(SETTLE):
         while True:
@@ -184,7 +234,8 @@ async def test_founder_alone_bootstraps_and_leads(mesh: Mesh) -> None:
     assert await _write(node, "cam") == 1
     section = raft_profile_section(founder)
     assert section == {"role": "voter", "addr": founder.raft_addr, "leader": founder.raft_addr,
-                       "term": node.term, "voters": [founder.raft_addr], "cluster_epoch": 0}
+                       "term": node.term, "voters": [founder.raft_addr], "cluster_epoch": 0,
+                       "revision": 1}, "the leader announces the committed revision"
     stored = json.loads((mesh.tmp_path / "a" / ROLE_FILE).read_text())
     assert stored["role"] == "voter"
 
@@ -210,7 +261,11 @@ async def test_non_founder_waits_for_voters_then_learns(mesh: Mesh) -> None:
     assert b.role is RaftRole.LEARNER, "2 peers: one voter"
     await node.wait_state(lambda s: "cam" in s.services, timeout=SETTLE)
     assert raft_profile_section(b)["role"] == "learner"
+    assert isinstance(node, FollowerNode), "a learner runs no Raft node"
+    assert founder.node is not None and founder.node.status.learners == 0, \
+        "no Raft link to the learner"
     assert await _write(node, "from-learner") == 2, "a learner forwards writes"
+    assert node.state.revision == 2, "and reads its own write at once"
 
 
 async def test_grows_to_3_then_5_voters_as_peers_join(mesh: Mesh) -> None:
