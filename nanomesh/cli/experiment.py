@@ -173,10 +173,15 @@ def _fault(step: Step, lab_dir: Path) -> str:
 
 
 def _peer(which: str, lab_dir: Path, rng: random.Random) -> str:
-    """A lab peer's name for ``leader``, ``random`` or a name."""
+    """A lab peer's name for ``leader``, ``random``, ``stopped`` or a name."""
     running = _running(lab_dir)
     if which == "random":
         return rng.choice(running).name
+    if which == "stopped":
+        for p in lab.load_state(lab_dir):
+            if not lab.alive(p.pid):
+                return p.name
+        raise ScenarioError("no lab peer is stopped")
     if which == "leader":
         for p in running:
             with contextlib.suppress(ApiError):

@@ -29,7 +29,9 @@ run (calls by name at a rate), and what happens when::
     n = 2
 
 ``peer`` is a lab peer's name, ``"leader"`` (the Raft leader when the step
-runs) or ``"random"`` (a running peer, from ``seed``). Parsing is pure and
+runs), ``"random"`` (a running peer, from ``seed``) or ``"stopped"`` (the
+first lab peer that is not running: ``start`` brings back one that a step
+stopped or killed). Parsing is pure and
 checks everything before a lab starts: a bad scenario is a `ScenarioError`
 naming the step and the field; `nanomesh.cli.experiment` runs it.
 """

@@ -6,10 +6,12 @@
 equals). ``all=1`` also lists instances whose health checks fail.
 
 A name that is not in the committed desired state is a 404, even if some
-peer still gossips a stopping instance of it. While this peer's consensus
-node is not running (it is starting, or has no quorum to learn from yet),
-the answer comes from gossip alone: a 404 only if no live peer reports any
-instance of that name.
+peer still gossips a stopping instance of it. While this peer may be behind
+the committed state (its consensus node is not running, or knows no leader
+yet: a peer that just started or restarted, a learner before its first
+pull), names that live peers gossip instances of count too, and a name
+known to neither is a 503 ("catching up": ask again or ask another peer),
+never a 404 that a client would take for "undeployed".
 """
 
 from __future__ import annotations
@@ -48,7 +50,12 @@ def naming_routes(ctx: NamingContext) -> dict[tuple[str, str], Handler]:
                             f"not {protocol!r}")
         include_unhealthy = (_one(query, "all") or "0").lower() in _TRUE
         members = ctx.members()
-        if name not in service_names(ctx.consensus(), members):
+        node = ctx.consensus()
+        if name not in service_names(node, members):
+            if catching_up(node):
+                raise HttpError(503, f"this peer is catching up with the mesh's committed "
+                                f"state and does not know {name!r} yet; try again shortly "
+                                "or ask another peer")
             raise HttpError(404, f"no service named {name!r} is deployed "
                             "(see `nanomesh services`)")
         endpoints = resolve(members, name, protocol=protocol, me=ctx.name,
@@ -60,12 +67,22 @@ def naming_routes(ctx: NamingContext) -> dict[tuple[str, str], Handler]:
 
 def service_names(node: Replica | None, members: list[Member]) -> Collection[str]:
     """The services this peer knows to exist: those in its committed desired
-    state, or, while its consensus node is not running, those that some live
+    state; while it may be behind (`catching_up`), also those that some live
     peer gossips an instance of. Used by the resolve endpoint and the CoAP
     gateway to tell "no such service" (404) from "no healthy instance" (503)."""
-    if node is not None and node.running:
+    if not catching_up(node):
+        assert node is not None
         return node.state.services.keys()
-    return known_services(members)
+    known = set(known_services(members))
+    if node is not None and node.running:
+        known |= node.state.services.keys()
+    return known
+
+
+def catching_up(node: Replica | None) -> bool:
+    """Whether this peer's committed state may be behind the mesh's: no
+    running consensus node, or one that knows no leader yet."""
+    return node is None or not node.running or node.leader is None
 
 
 def service_visibility(node: Replica | None, service: str) -> str:

@@ -279,8 +279,9 @@ def test_an_experiment_runs_its_timeline_and_records_it(lab_dir: Path) -> None:
     assert abs(summary["calls"] - 240) <= 2, summary   # 10/s for 24 s, open loop
     assert summary["leader_changes"] >= 1, summary
     steps = list(csv.DictReader((out / "steps.csv").open()))
-    assert [s["step"] for s in steps] == ["kill leader", "add 1", "start peer-1",
+    assert [s["step"] for s in steps] == ["kill leader", "add 1", "start stopped",
                                           "restart random"]
+    assert steps[0]["result"] == steps[2]["result"]  # the killed leader came back
     assert not any(s["result"].startswith("failed") for s in steps), steps
     assert float(steps[0]["t_start_s"]) == pytest.approx(4.0, abs=0.5)
     timeline = list(csv.DictReader((out / "timeline.csv").open()))

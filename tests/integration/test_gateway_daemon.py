@@ -50,6 +50,9 @@ async def test_peer_serves_coap_gateway_and_resolve(cluster: Cluster) -> None:
     missing = await coap_get(peer.ip, "/s/nosuch/x")
     assert str(missing.code) == "4.04 Not Found"
     assert b"no service named 'nosuch'" in missing.payload
+    # Until it knows the committed state (a leader), a peer cannot call a
+    # name unknown: 503 "catching up"; then 404.
+    cluster.wait(lambda: peer.get("/v1/status").get("leader"), what="a leader")
     status, body = http_status(peer.api, "/v1/resolve/nosuch")
     assert status == 404 and "no service named 'nosuch'" in body["error"]
     status, body = http_status(peer.api, "/v1/resolve/nosuch?protocol=gopher")
