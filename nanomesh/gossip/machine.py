@@ -339,10 +339,12 @@ class Membership:
         """Answer a TCP request. Returns (reply or None to close, effects)."""
         match request:
             case PushPull():
-                reply = PushPullReply(self.name, self._digests())
+                # Merge first: when the caller holds us suspect, the reply
+                # carries our refutation back on the same stream (the TCP
+                # fallback relies on it for a peer whose datagrams are lost).
                 effects = self._merge(request.members, request.source, self._stream_addr(
                     request.source), now)
-                return reply, effects
+                return PushPullReply(self.name, self._digests()), effects
             case ProfileRequest():
                 return ProfileReply(self._profile_records(request.names)), []
             case Ping():
@@ -360,8 +362,7 @@ class Membership:
             case ProfileReply() if call.purpose == "profile":
                 return self._accept_profiles(call, reply.profiles, now)
             case Ack() if call.purpose == "ping":
-                self._on_tcp_ack(reply.seq, now)
-                return []
+                return self._on_tcp_ack(reply.seq, now)
         self.stats.stream_failures += 1
         return []
 
@@ -447,13 +448,24 @@ class Membership:
             return None
         return Ack(ping.seq)
 
-    def _on_tcp_ack(self, seq: int, now: float) -> None:
+    def _on_tcp_ack(self, seq: int, now: float) -> list[Effect]:
         """An ack over TCP before the probe period ends: the target is alive.
-        Later, the probe has failed already (or a newer one runs): ignored."""
+        Later, the probe has failed already (or a newer one runs): ignored.
+
+        A *suspect* that answers only over TCP may never hear the suspicion
+        (the buddy system rides on datagrams) and so never refute it: push-pull
+        with it, which hands it the suspicion and brings its refutation back
+        on the same stream. (Beyond memberlist, whose UDP-deaf peer dies once
+        one TCP ping is late: at 0.1 s that happens on a busy machine.)"""
         p = self._probe
-        if p is not None and p.seq == seq and now < p.deadline:
-            self.stats.tcp_ping_acks += 1
-            self._probe_succeeded()
+        if p is None or p.seq != seq or now >= p.deadline:
+            return []
+        self.stats.tcp_ping_acks += 1
+        self._probe_succeeded()
+        target = self._members.get(p.target)
+        if target is None or target.state is not SUSPECT:
+            return []
+        return [self._call("push-pull", target.addr, self._push_pull(False))]
 
     def _probe_succeeded(self) -> None:
         """Any ack (direct, relayed or over TCP) ends the probe and counts as

@@ -15,7 +15,16 @@ from nanomesh.errors import ConfigError
 from nanomesh.gossip.config import PRESETS, lan
 from nanomesh.gossip.effects import Effect, MemberSuspected, StreamCall
 from nanomesh.gossip.machine import Membership
-from nanomesh.wire import Ack, IndirectPing, MemberState, Nack, Ping
+from nanomesh.wire import (
+    Ack,
+    IndirectPing,
+    MemberDigest,
+    MemberState,
+    Nack,
+    Ping,
+    PushPullReply,
+    Suspect,
+)
 from tests.gossip.test_machine import CFG, addr, all_messages, first_probe, make, of_type, state
 
 
@@ -57,12 +66,35 @@ def test_ack_over_tcp_within_the_period_keeps_the_target_alive() -> None:
     m = make(peers="bcdefg")
     now, ping, effects = direct_timeout(m)
     (call,) = tcp_pings(effects)
-    assert m.handle_stream_reply(call.call_id, Ack(ping.seq), now + 0.15) == []
+    m.handle_stream_reply(call.call_id, Ack(ping.seq), now + 0.15)
     later = m.tick(now + CFG.probe_interval)
     assert not of_type(later, MemberSuspected)
     assert state(m, ping.target) is MemberState.ALIVE
     assert m.stats.tcp_ping_acks == 1
     assert m.stats.probe_failures == 0
+
+
+def test_suspect_answering_only_over_tcp_gets_a_push_pull() -> None:
+    """Its suspicion would reach it by datagram only, which it does not get:
+    the push-pull hands it over and brings the refutation back."""
+    m = make(peers="bcdefg")
+    m.handle_datagram(addr("g"), [Suspect(n, 0, "g") for n in "bcdef"], 0.0)
+    now, ping, effects = direct_timeout(m)
+    assert state(m, ping.target) is MemberState.SUSPECT
+    (call,) = tcp_pings(effects)
+    (sync,) = m.handle_stream_reply(call.call_id, Ack(ping.seq), now + 0.15)
+    assert isinstance(sync, StreamCall) and sync.purpose == "push-pull"
+    assert sync.addr == addr(ping.target)
+    refuted = MemberDigest(ping.target, addr(ping.target), 1, MemberState.ALIVE, 1)
+    m.handle_stream_reply(sync.call_id, PushPullReply(ping.target, (refuted,)), now + 0.16)
+    assert state(m, ping.target) is MemberState.ALIVE
+
+
+def test_alive_target_answering_over_tcp_needs_no_push_pull() -> None:
+    m = make(peers="bcdefg")
+    now, ping, effects = direct_timeout(m)
+    (call,) = tcp_pings(effects)
+    assert m.handle_stream_reply(call.call_id, Ack(ping.seq), now + 0.15) == []
 
 
 def test_ack_over_tcp_counts_as_health_like_any_ack() -> None:

@@ -60,6 +60,25 @@ def test_peer_deaf_to_udp_stays_alive_only_with_the_fallback(tcp_ping: bool) -> 
         assert seen == {MemberState.DEAD}
 
 
+def test_udp_deaf_peer_suspected_once_refutes_over_tcp() -> None:
+    """A short full cut gets the UDP-deaf peer suspected (its TCP pings fail
+    too); after it, only TCP reaches it. The first prober whose TCP ping it
+    answers push-pulls with it, which carries the suspicion to it and its
+    refutation back, before the suspicion times out."""
+    sim = mesh(9, True)
+    sim.block_datagrams(["p03"])
+    sim.partition([[n for n in sim.nodes if n != "p03"]])
+    sim.run_until_true(lambda: any(sim.view(o, "p03") is MemberState.SUSPECT
+                                   for o in sim.nodes if o != "p03"), limit=5)
+    sim.heal()
+    sim.run_for(30)
+    assert all(sim.view(o, "p03") is MemberState.ALIVE for o in sim.nodes if o != "p03")
+    # (p03's own suspicions of others can still expire: their refutations
+    # come by datagram, which p03 does not get.)
+    assert not [e for e in sim.trace
+                if isinstance(e.event, MemberFailed) and e.event.name == "p03"]
+
+
 def test_unblocked_datagrams_flow_again() -> None:
     sim = mesh(8, False)
     sim.block_datagrams(["p05"])
