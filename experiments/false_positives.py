@@ -212,12 +212,14 @@ def main() -> int:
                   flush=True)
             time.sleep(5)
             before = mesh.query("/v1/health")
+            tails = [ml.LogTail(p) for p in mesh.logs]
+            for t in tails:
+                t.skip_to_end()  # the progress lines count the lossy window only
             t0 = time.time()
             lab.set_loss_all(args.loss, protocol)
             print(f"{args.loss:.0%} of {lost} lost on every host for {args.duration:.0f}s "
                   f"(TCP ping fallback {'off' if args.no_tcp_ping else 'on'})", flush=True)
             end = time.monotonic() + args.duration - (time.time() - t0)
-            tails = [ml.LogTail(p) for p in mesh.logs]
             seen: Counter[str] = Counter()
             next_report = time.monotonic() + 30
             while time.monotonic() < end:
