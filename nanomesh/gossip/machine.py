@@ -271,7 +271,12 @@ class Membership:
         return [self._send(self._members[n].addr, [dead], n) for n in fanout]
 
     def update_profile(self, profile: Mapping[str, Any], now: float) -> list[Effect]:
-        """Publish a changed capability profile as a new incarnation."""
+        """Publish a changed capability profile as a new incarnation. Not while
+        leaving: the new incarnation would outrank our leave, and peers would
+        take us for rejoined, then for dead once we are gone (the daemon's
+        Raft role changes as it shuts down, which changes the profile)."""
+        if self._leaving:
+            return []
         me = self.me
         me.profile = dict(profile)
         me.incarnation += 1  # our profile version is always incarnation + 1

@@ -458,6 +458,16 @@ def test_leave_announces_dead_by_ourselves_and_stops_probing() -> None:
     assert m.handle_datagram(addr("b"), [Dead("a", 0, "a")], 2.0) == []
 
 
+def test_profile_change_while_leaving_does_not_outrank_the_leave() -> None:
+    m = make()
+    m.leave(1.0)
+    incarnation = m.incarnation
+    assert m.update_profile({"n": "a", "role": "none"}, 1.1) == []
+    assert m.incarnation == incarnation
+    assert not [msg for d in datagrams(m.tick(m.next_deadline())) for msg in d.messages
+                if isinstance(msg, Alive) and msg.name == "a"]
+
+
 def test_effects_are_deterministic_for_a_seed() -> None:
     def run(seed: int) -> list[Effect]:
         m = make(peers="bcdefgh", seed=seed)
