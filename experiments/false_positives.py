@@ -6,7 +6,12 @@ namespace (gossip preset ``lan``, cluster key from ``python -m nanomesh
 keygen``), waits until every peer sees every peer alive, then drops 10 % of
 the IP packets arriving at every host (``set_loss_all(0.10)``: nftables
 ``numgen random`` on each host's eth0, so UDP and TCP both lose packets) for D
-seconds, and removes the loss again.
+seconds, and removes the loss again. With ``--udp-only`` only UDP datagrams
+are lost (TCP gets through, as it does on a lossy link that TCP retransmits
+over, or through a firewall that filters UDP): the case the failure
+detector's TCP ping fallback (``gossip.tcp_ping``) is for. ``--no-tcp-ping``
+turns that fallback off in every peer (a ``[gossip] tcp_ping = false`` config
+file), for comparison.
 
 Every peer stays alive the whole time, so any ``member X failed`` log line is
 a false positive (target: none). The script counts, from the peers' own logs
@@ -23,6 +28,8 @@ whole again after the loss.
 
     .venv/bin/python experiments/false_positives.py           # full: N=20, 300 s
     .venv/bin/python experiments/false_positives.py --quick   # 30 s
+    .venv/bin/python experiments/false_positives.py --duration 90 --udp-only \
+        --no-tcp-ping --name false_positives_udp_no_tcp_ping
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ from typing import Any
 
 import _meshlib as ml
 
-from nanomesh.testing.netns import NetnsLab, netns_available
+from nanomesh.testing.netns import NetnsLab, Protocol, netns_available
 
 QUERY = r"""
 import json, sys, urllib.request
@@ -64,6 +71,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="short run: 30 s of loss")
     p.add_argument("--loss", type=float, default=0.10,
                    help="fraction of inbound packets dropped at every host (default 0.10)")
+    p.add_argument("--udp-only", action="store_true",
+                   help="drop only UDP datagrams (default: every IP packet, TCP too)")
+    p.add_argument("--no-tcp-ping", action="store_true",
+                   help="turn off the TCP ping fallback of the failure detector in every peer")
     ml.add_run_options(p, name="false_positives")
     p.add_argument("--keep-logs", type=Path, default=None,
                    help="copy the peers' logs to this directory at the end")
@@ -74,7 +85,8 @@ def parse_args() -> argparse.Namespace:
 
 
 class LabMesh:
-    def __init__(self, lab: NetnsLab, root: Path, key: Path, preset: str) -> None:
+    def __init__(self, lab: NetnsLab, root: Path, key: Path, preset: str,
+                 config: Path | None = None) -> None:
         self.lab = lab
         self.root = root
         self.names = [f"host-{i:02d}" for i in range(lab.n)]
@@ -88,6 +100,8 @@ class LabMesh:
                     f"{lab.address(i)}:{ml.GOSSIP_PORT}", "--data-dir",
                     str(root / "data" / name), "--gossip-preset", preset,
                     "--key-file", str(key), "--log-level", "INFO"]
+            if config is not None:
+                argv += ["--config", str(config)]
             if i:
                 argv += ["--join", seed]
             self.argvs.append(argv)
@@ -158,7 +172,8 @@ def classify(lines: list[ml.LogLine], t0: float, t1: float, t2: float) -> dict[s
 
 
 COUNTERS = ("probes", "probe_failures", "indirect_probes", "suspicions", "refutations",
-            "deaths_declared", "stream_failures", "profiles_pulled")
+            "deaths_declared", "stream_failures", "profiles_pulled", "tcp_pings",
+            "tcp_ping_acks")
 
 
 def main() -> int:
@@ -175,9 +190,15 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="nm-fp-") as tmp:
         root = Path(tmp)
         key = ml.keygen(root / "cluster.key")
+        config = None
+        if args.no_tcp_ping:
+            config = root / "no-tcp-ping.toml"
+            config.write_text("[gossip]\ntcp_ping = false\n")
+        protocol: Protocol | None = "udp" if args.udp_only else None
+        lost = "inbound UDP datagrams" if args.udp_only else "inbound packets"
         lab = NetnsLab(args.peers)
         try:
-            mesh = LabMesh(lab, root, key, args.preset)
+            mesh = LabMesh(lab, root, key, args.preset, config)
             mesh.start(0)
             for _ in range(100):
                 if "__error__" not in mesh.query("/v1/health")[mesh.apis[0]]:
@@ -191,12 +212,14 @@ def main() -> int:
                   flush=True)
             time.sleep(5)
             before = mesh.query("/v1/health")
-            t0 = time.time()
-            lab.set_loss_all(args.loss)
-            print(f"{args.loss:.0%} inbound loss on every host for {args.duration:.0f}s",
-                  flush=True)
-            end = time.monotonic() + args.duration - (time.time() - t0)
             tails = [ml.LogTail(p) for p in mesh.logs]
+            for t in tails:
+                t.skip_to_end()  # the progress lines count the lossy window only
+            t0 = time.time()
+            lab.set_loss_all(args.loss, protocol)
+            print(f"{args.loss:.0%} of {lost} lost on every host for {args.duration:.0f}s "
+                  f"(TCP ping fallback {'off' if args.no_tcp_ping else 'on'})", flush=True)
+            end = time.monotonic() + args.duration - (time.time() - t0)
             seen: Counter[str] = Counter()
             next_report = time.monotonic() + 30
             while time.monotonic() < end:
@@ -266,6 +289,8 @@ def main() -> int:
         "experiment": "false_positives",
         "peers": args.peers,
         "loss": args.loss,
+        "loss_protocol": protocol or "all",
+        "tcp_ping": not args.no_tcp_ping,
         "duration_s": args.duration,
         "lossy_window_s": round(t1 - t0, 1),
         "preset": args.preset,
@@ -300,7 +325,8 @@ def main() -> int:
     healed = f"after {heal_s:.1f}s" if heal_s is not None else "NOT within 60s"
     print()
     print(f"False positives, {args.peers} peers in network namespaces, preset {args.preset}, "
-          f"{args.loss:.0%} inbound packet loss on every host for {t1 - t0:.0f}s: "
+          f"TCP ping fallback {'off' if args.no_tcp_ping else 'on'}, "
+          f"{args.loss:.0%} of {lost} lost on every host for {t1 - t0:.0f}s: "
           f"{summary['false_positives']} live peers declared dead during the loss and "
           f"{summary['false_positives_after_loss']} in the {GRACE_S:.0f}s after (target 0); "
           f"{summary['suspicions']} suspicions were logged, {summary['suspicions_refuted']} "
@@ -309,6 +335,8 @@ def main() -> int:
           f"{counter_delta['probe_failures']} failed "
           f"({summary['probe_failure_rate']:.2%}), {counter_delta['suspicions']} suspicions, "
           f"{counter_delta['refutations']} refutations, "
+          f"{counter_delta['tcp_pings']} TCP pings ({counter_delta['tcp_ping_acks']} "
+          f"answered probes UDP did not), "
           f"{counter_delta['deaths_declared']} deaths declared. Mesh whole again "
           f"{healed}. "
           f"Run took {wall:.0f}s. Wrote {csv_path} and {json_path}.")

@@ -19,6 +19,7 @@ container_engine = "auto"          # auto | runc | podman | docker
 [gossip]
 preset = "lan"                     # lan | local | memberlist-lan
 probe_interval = 0.2               # any GossipConfig field overrides the preset
+tcp_ping = true                    # TCP fallback when UDP probes fail (default on)
 
 [[devices]]
 type = "pir"
@@ -175,6 +176,11 @@ def _gossip_from(table: dict[str, Any], preset_override: str | None, where: str)
     for key, value in table.items():
         if key not in known:
             raise ConfigError(f"{where}: unknown gossip setting {key!r}")
+        if isinstance(getattr(base, key), bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{where}: gossip.{key} must be true or false")
+            overrides[key] = value
+            continue
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where}: gossip.{key} must be a number")
         overrides[key] = type(getattr(base, key))(value)

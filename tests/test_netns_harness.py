@@ -262,6 +262,19 @@ def test_loss_applies_to_tcp_too() -> None:
         assert tcp_reply(lab, 0, 1) == "HELLO"
 
 
+def test_udp_only_loss_spares_tcp() -> None:
+    """A host that loses every inbound datagram still talks TCP (the path a
+    UDP-deaf peer has, which the gossip TCP ping fallback relies on)."""
+    with NetnsLab(2) as lab:
+        start(lab, 1, UDP_ECHO, lab.address(1), PORT, 30)
+        start(lab, 1, TCP_ECHO_ONCE, lab.address(1), PORT + 1, 30)
+        lab.set_loss(1, 1.0, protocol="udp")
+        assert udp_echoes(lab, 0, 1, count=3, wait=0.2) == 0
+        assert tcp_reply(lab, 0, 1) == "HELLO"
+        lab.set_loss(1, 0.0)
+        assert udp_echoes(lab, 0, 1) == 5
+
+
 def test_ip_netns_exec_python_can_bind_and_sees_own_sys() -> None:
     with NetnsLab(2) as lab:
         start(lab, 1, UDP_ECHO, lab.address(1), PORT, 30, mode="ip-netns-exec")

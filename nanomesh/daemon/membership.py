@@ -11,8 +11,8 @@ composition root, `nanomesh.daemon.assemble`, starts the others):
 - ``_receive_datagrams``: UDP in → core;
 - ``_run_timers``: sleeps until the core's next deadline (or until an input
   may have moved it) and ticks the core;
-- the TCP stream server (push-pull and profile pulls) and one task per
-  outgoing stream call;
+- the TCP stream server (push-pull, profile pulls and the failure detector's
+  TCP pings) and one task per outgoing stream call;
 - ``refresh_profile``: samples live load and republishes when it moved;
 - ``watch_disk``: retries a failed state save, watches the free space;
 - ``join_until_joined``: contacts the seeds until one answers.
@@ -70,6 +70,7 @@ from nanomesh.wire import (
     DatagramMessage,
     Keyring,
     MemberState,
+    Ping,
     PushPull,
     StreamMessage,
     frame,
@@ -88,6 +89,9 @@ JOIN_RETRY_MAX = 30.0
 """Longest back-off, in seconds, between attempts to reach the join seeds."""
 
 _STREAM_REQUESTS = (PushPull, _ProfileRequest)
+"""Requests only a stream may carry (one inside a datagram is dropped)."""
+_SERVED_STREAM_REQUESTS = (*_STREAM_REQUESTS, Ping)
+"""What the stream server answers: also a Ping, the TCP fallback of a probe."""
 
 
 class GossipShell:
@@ -310,7 +314,10 @@ class GossipShell:
 
     async def _stream_call(self, call: StreamCall) -> None:
         reply: StreamMessage | None = None
-        with trio.move_on_after(self.config.gossip.stream_timeout):
+        # A TCP ping is worth nothing after its probe period: the core says when.
+        give_up = (call.deadline if call.deadline is not None
+                   else trio.current_time() + self.config.gossip.stream_timeout)
+        with trio.move_on_at(give_up):
             try:
                 # From our gossip IP, so peers see who is calling.
                 stream = await trio.open_tcp_stream(*call.addr, local_address=self.config.bind[0])
@@ -362,7 +369,7 @@ class GossipShell:
                     return
                 except (OSError, trio.BrokenResourceError):
                     return
-                if not isinstance(request, _STREAM_REQUESTS):
+                if not isinstance(request, _SERVED_STREAM_REQUESTS):
                     self.traffic.dropped["unexpected"] += 1
                     return
                 reply: StreamMessage | None = None

@@ -83,10 +83,20 @@ class GossipConfig:
     stream_timeout: float = 5.0
     """Seconds a TCP push-pull or profile pull may take before it is abandoned."""
 
+    tcp_ping: bool = True
+    """When a direct probe goes unanswered, also ping the target over TCP
+    (alongside the indirect probes); an ack over TCP before the probe period
+    ends counts as alive. A peer whose datagrams are lost or filtered while
+    TCP gets through (lossy Wi-Fi retransmits TCP; some firewalls pass only
+    TCP) is then not suspected. Costs one TCP connection per failed direct
+    probe. memberlist does the same unless ``DisableTcpPings``."""
+
     def validate(self) -> GossipConfig:
         """Reject impossible combinations in one place, with a plain message."""
         for f in fields(self):
             value = getattr(self, f.name)
+            if isinstance(value, bool):
+                continue  # a switch, not a quantity
             if value < 0 or (value == 0 and f.name not in _MAY_BE_ZERO):
                 raise ConfigError(f"gossip.{f.name} must be positive, got {value}")
         if self.probe_timeout >= self.probe_interval:

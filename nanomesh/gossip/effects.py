@@ -12,7 +12,7 @@ from typing import Literal
 
 from nanomesh.wire import Address, DatagramMessage, StreamMessage
 
-StreamPurpose = Literal["join", "push-pull", "reconnect", "profile"]
+StreamPurpose = Literal["join", "push-pull", "reconnect", "profile", "ping"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,12 +27,16 @@ class SendDatagram:
 class StreamCall:
     """Open a TCP stream to `addr`, send `request`, and feed the reply to
     `Membership.handle_stream_reply(call_id, ...)`, or report failure with
-    `Membership.stream_failed(call_id, ...)` (within `stream_timeout`)."""
+    `Membership.stream_failed(call_id, ...)` (within `stream_timeout`, or by
+    `deadline` when it is set)."""
 
     call_id: int
     addr: Address
     request: StreamMessage
     purpose: StreamPurpose
+    deadline: float | None = None
+    """Give up at this time (the core's clock, as passed in `now`) instead of
+    after `stream_timeout`: a TCP ping is worth nothing after its probe period."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,10 @@ The protocol, with the section of the paper each part implements:
 - Failure detection (SWIM §3.1, §4.3): every ``probe_interval`` probe the next
   peer of a shuffled round-robin list with a ping; without an ack within
   ``probe_timeout``, ask ``indirect_checks`` peers to probe it (ping-req);
-  without any ack by the end of the interval, suspect it.
+  without any ack by the end of the interval, suspect it. With ``tcp_ping``
+  the target is also pinged over TCP alongside the indirect probes, and an ack
+  on that stream counts too (memberlist's fallback: UDP-only loss or a UDP
+  filter then raises no suspicion).
 - Suspicion (SWIM §4.2): a suspected peer is not dead yet; if it hears the
   suspicion it refutes with a higher incarnation. If the suspicion outlives
   its timeout the peer is declared dead.
@@ -144,6 +147,9 @@ class Stats:
     profiles_pulled: int = 0
     stale_acks: int = 0
     misdirected_pings: int = 0
+    tcp_pings: int = 0
+    tcp_ping_acks: int = 0
+    """Probes that only the TCP fallback answered in time (UDP lost both ways)."""
 
 
 @dataclass(slots=True)
@@ -265,12 +271,13 @@ class Membership:
         return [self._send(self._members[n].addr, [dead], n) for n in fanout]
 
     def update_profile(self, profile: Mapping[str, Any], now: float) -> list[Effect]:
-        """Publish a changed capability profile as a new incarnation. Not once
-        leaving: a newer `alive` would overrule our leave, and the peers that
-        saw it would declare us dead when we stop."""
-        me = self.me
+        """Publish a changed capability profile as a new incarnation. Not while
+        leaving: the new incarnation would outrank our leave, and peers would
+        take us for rejoined, then for dead once we are gone (the daemon's
+        Raft role changes as it shuts down, which changes the profile)."""
         if self._leaving:
             return []
+        me = self.me
         me.profile = dict(profile)
         me.incarnation += 1  # our profile version is always incarnation + 1
         me.profile_version = me.held_version = me.incarnation + 1
@@ -337,12 +344,16 @@ class Membership:
         """Answer a TCP request. Returns (reply or None to close, effects)."""
         match request:
             case PushPull():
-                reply = PushPullReply(self.name, self._digests())
+                # Merge first: when the caller holds us suspect, the reply
+                # carries our refutation back on the same stream (the TCP
+                # fallback relies on it for a peer whose datagrams are lost).
                 effects = self._merge(request.members, request.source, self._stream_addr(
                     request.source), now)
-                return reply, effects
+                return PushPullReply(self.name, self._digests()), effects
             case ProfileRequest():
                 return ProfileReply(self._profile_records(request.names)), []
+            case Ping():
+                return self._on_tcp_ping(request), []
         return None, []
 
     def handle_stream_reply(self, call_id: int, reply: StreamMessage, now: float
@@ -355,6 +366,8 @@ class Membership:
                 return self._merge(reply.members, reply.source, call.addr, now)
             case ProfileReply() if call.purpose == "profile":
                 return self._accept_profiles(call, reply.profiles, now)
+            case Ack() if call.purpose == "ping":
+                return self._on_tcp_ack(reply.seq, now)
         self.stats.stream_failures += 1
         return []
 
@@ -420,10 +433,54 @@ class Membership:
         p.expected_nacks = len(relays)
         self.stats.indirect_probes += len(relays)
         req = IndirectPing(p.seq, target.name, target.addr, self.name, self.addr, True)
-        return [self._send(self._members[r].addr, [req], r) for r in relays]
+        effects: list[Effect] = [self._send(self._members[r].addr, [req], r) for r in relays]
+        if self.config.tcp_ping:
+            effects.append(self._tcp_ping(p, target))
+        return effects
+
+    def _tcp_ping(self, p: _Probe, target: Member) -> StreamCall:
+        """memberlist's fallback: the same ping over TCP, worth nothing after
+        the probe period (its outcome is judged then)."""
+        self.stats.tcp_pings += 1
+        ping = Ping(p.seq, target.name, self.name, self.addr)
+        return self._call("ping", target.addr, ping, deadline=p.deadline)
+
+    def _on_tcp_ping(self, ping: Ping) -> Ack | None:
+        """Answer as `_on_ping` does, but on the stream: no piggybacked
+        updates, and silence (the stream closes) for a ping meant for another."""
+        if ping.target != self.name:
+            self.stats.misdirected_pings += 1
+            return None
+        return Ack(ping.seq)
+
+    def _on_tcp_ack(self, seq: int, now: float) -> list[Effect]:
+        """An ack over TCP before the probe period ends: the target is alive.
+        Later, the probe has failed already (or a newer one runs): ignored.
+
+        A *suspect* that answers only over TCP may never hear the suspicion
+        (the buddy system rides on datagrams) and so never refute it: push-pull
+        with it, which hands it the suspicion and brings its refutation back
+        on the same stream. (Beyond memberlist, whose UDP-deaf peer dies once
+        one TCP ping is late: at 0.1 s that happens on a busy machine.)"""
+        p = self._probe
+        if p is None or p.seq != seq or now >= p.deadline:
+            return []
+        self.stats.tcp_ping_acks += 1
+        self._probe_succeeded()
+        target = self._members.get(p.target)
+        if target is None or target.state is not SUSPECT:
+            return []
+        return [self._call("push-pull", target.addr, self._push_pull(False))]
+
+    def _probe_succeeded(self) -> None:
+        """Any ack (direct, relayed or over TCP) ends the probe and counts as
+        health (Lifeguard §4.1; memberlist scores a TCP-only success the same)."""
+        self._probe = None
+        self.awareness.apply_delta(-1)
 
     def _probe_failed(self, p: _Probe, target: Member, now: float) -> list[Effect]:
-        """Lifeguard §4.1: missing nacks mean *we* may be the unhealthy one."""
+        """No ack by UDP, relay or TCP. Lifeguard §4.1: missing nacks mean *we*
+        may be the unhealthy one."""
         self._probe = None
         self.stats.probe_failures += 1
         if p.expected_nacks:
@@ -438,8 +495,7 @@ class Membership:
     def _on_ack(self, seq: int) -> list[Effect]:
         p = self._probe
         if p is not None and p.seq == seq:
-            self._probe = None
-            self.awareness.apply_delta(-1)
+            self._probe_succeeded()
             return []
         relay = self._relays.pop(seq, None)
         if relay is not None:
@@ -706,11 +762,11 @@ class Membership:
         return PushPull(self.name, join, self._digests())
 
     def _call(self, purpose: StreamPurpose, addr: Address, request: StreamMessage,
-              names: tuple[str, ...] = ()) -> StreamCall:
+              names: tuple[str, ...] = (), deadline: float | None = None) -> StreamCall:
         self._seq += 1
         self._calls[self._seq] = _Call(purpose, addr, names)
         self.stats.stream_calls += 1
-        return StreamCall(self._seq, addr, request, purpose)
+        return StreamCall(self._seq, addr, request, purpose, deadline)
 
     def _periodic_push_pull(self) -> list[Effect]:
         if self._leaving:

@@ -40,7 +40,9 @@ from nanomesh.wire.envelope import MAX_FRAME
 
 @dataclass
 class NetworkModel:
-    """How the simulated network misbehaves. Probabilities are per datagram."""
+    """How the simulated network misbehaves. Probabilities are per datagram:
+    streams are reliable (TCP retransmits what the network loses), so this
+    loss is UDP-only loss; `Simulator.partition` cuts both."""
 
     drop: float = 0.0
     duplicate: float = 0.0
@@ -91,6 +93,7 @@ class Simulator:
         self._queue: list[_Event] = []
         self._order = itertools.count()
         self._groups: dict[str, int] | None = None
+        self._udp_deaf: set[str] = set()
         self._keyring = Keyring()
 
     # ------------------------------------------------------------ building the mesh
@@ -161,6 +164,12 @@ class Simulator:
 
     def heal(self) -> None:
         self._groups = None
+
+    def block_datagrams(self, names: Iterable[str]) -> None:
+        """Every datagram to or from these peers is lost while their streams
+        still work: a UDP-filtering firewall, or a link that drops datagrams
+        TCP retransmits through. Replaces any earlier set; `()` unblocks."""
+        self._udp_deaf = set(names)
 
     def connected(self, a: str, b: str) -> bool:
         if self._groups is None:
@@ -249,6 +258,8 @@ class Simulator:
         dst = self.by_addr.get(e.addr)
         if dst is None or not self.connected(src.name, dst.name):
             return
+        if src.name in self._udp_deaf or dst.name in self._udp_deaf:
+            return
         copies = 2 if self.rng.random() < self.network.duplicate else 1
         for _ in range(copies):
             if self.rng.random() < self.network.drop:
@@ -270,8 +281,10 @@ class Simulator:
         dst = self.by_addr.get(call.addr)
         rtt = 2 * self._delay()
         if dst is None or not self.connected(src.name, dst.name):
-            self._at(self.now + self.config.stream_timeout, lambda: self._stream_done(
-                src, call.call_id, None))
+            give_up = self.now + self.config.stream_timeout
+            if call.deadline is not None:
+                give_up = min(give_up, max(call.deadline, self.now))
+            self._at(give_up, lambda: self._stream_done(src, call.call_id, None))
             return
         request: StreamMessage = call.request
         if self.wire:

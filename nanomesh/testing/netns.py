@@ -86,6 +86,8 @@ _PRIVATE_NETS = (
 )
 
 ExecMode = Literal["nsenter", "ip-netns-exec"]
+Protocol = Literal["udp", "tcp"]
+"""A transport protocol that loss can be limited to (None: every IP packet)."""
 
 
 class NetnsError(RuntimeError):
@@ -560,28 +562,33 @@ class NetnsLab:
         _run_all(jobs)
 
     @staticmethod
-    def _loss_rules(probability: float) -> list[str]:
+    def _loss_rules(probability: float, protocol: Protocol | None = None) -> list[str]:
         if not 0.0 <= probability <= 1.0:
             raise ValueError(f"probability must be in [0, 1], got {probability}")
+        if protocol not in (None, "udp", "tcp"):
+            raise ValueError(f"protocol must be 'udp', 'tcp' or None, got {protocol!r}")
         threshold = round(probability * _LOSS_SCALE)
         if threshold == 0:
             return []
+        match = f"meta l4proto {protocol} " if protocol else ""
         if threshold >= _LOSS_SCALE:
-            return ["counter drop"]
-        return [f"numgen random mod {_LOSS_SCALE} < {threshold} counter drop"]
+            return [f"{match}counter drop"]
+        return [f"{match}numgen random mod {_LOSS_SCALE} < {threshold} counter drop"]
 
-    def set_loss(self, i: int, probability: float) -> None:
-        """Drop this fraction of IP packets (any protocol) arriving at host i.
+    def set_loss(self, i: int, probability: float, protocol: Protocol | None = None) -> None:
+        """Drop this fraction of IP packets arriving at host i: of every
+        protocol, or only of `protocol` (``"udp"``: a lossy or filtered path
+        that TCP gets through).
 
         ``set_loss(i, 0)`` removes the loss. Partition rules are unaffected.
         """
-        rules = self._loss_rules(probability)
+        rules = self._loss_rules(probability, protocol)
         self._nft_update({self._check(i): ("loss", rules)})
         self._loss[i] = probability
 
-    def set_loss_all(self, probability: float) -> None:
+    def set_loss_all(self, probability: float, protocol: Protocol | None = None) -> None:
         """:meth:`set_loss` on every host (in parallel)."""
-        rules = self._loss_rules(probability)
+        rules = self._loss_rules(probability, protocol)
         self._nft_update({i: ("loss", rules) for i in range(self.n)})
         self._loss = [probability] * self.n
 

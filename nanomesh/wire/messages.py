@@ -6,8 +6,10 @@ mixed-version mesh must keep understanding the old tags). A new optional field
 goes at the end of a message and is decoded with a default.
 
 Datagram messages (UDP) carry the SWIM failure detector and the piggybacked
-membership updates; stream messages (TCP) carry anti-entropy push-pull and the
-capability profiles, which are too large for a datagram.
+membership updates; stream messages (TCP) carry anti-entropy push-pull, the
+capability profiles, which are too large for a datagram, and the failure
+detector's TCP fallback: a `Ping` answered by an `Ack` on one stream (as
+memberlist does), so the two are both datagram and stream messages.
 """
 
 from __future__ import annotations
@@ -155,5 +157,5 @@ class ProfileReply:
 
 
 DatagramMessage = Ping | IndirectPing | Ack | Nack | Suspect | Alive | Dead
-StreamMessage = PushPull | PushPullReply | ProfileRequest | ProfileReply
+StreamMessage = PushPull | PushPullReply | ProfileRequest | ProfileReply | Ping | Ack
 Message = DatagramMessage | StreamMessage

@@ -353,8 +353,17 @@ def test_push_pull_request_is_answered_with_our_table() -> None:
     reply, _ = m.handle_stream_request(PushPull("e", False, (
         MemberDigest("e", addr("e"), 0, MemberState.ALIVE, 0),)), 1.0)
     assert isinstance(reply, PushPullReply)
-    assert {d.name for d in reply.members} == set("abcd")
+    assert {d.name for d in reply.members} == set("abcde")  # ours, after merging theirs
     assert state(m, "e") is MemberState.ALIVE
+
+
+def test_push_pull_reply_carries_our_refutation_of_their_suspicion() -> None:
+    m = make()
+    reply, _ = m.handle_stream_request(PushPull("b", False, (
+        MemberDigest("a", addr("a"), 0, MemberState.SUSPECT, 1),)), 1.0)
+    assert isinstance(reply, PushPullReply)
+    (me,) = [d for d in reply.members if d.name == "a"]
+    assert me.state is MemberState.ALIVE and me.incarnation == 1
 
 
 def test_remote_dead_only_makes_us_suspect() -> None:

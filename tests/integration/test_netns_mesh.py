@@ -102,3 +102,46 @@ def test_ten_percent_loss_never_declares_a_peer_dead(
     for p in peers:
         assert p.health()["counters"]["deaths_declared"] == 0, p.name
     c.wait_converged(peers)
+
+
+UDP_DEAF_PERIOD = 15.0
+
+
+def test_peer_deaf_to_udp_stays_alive_through_tcp_pings(
+        netns_cluster: Callable[[int], NetnsCluster]) -> None:
+    """Host 3 loses every datagram that arrives at it (nftables, UDP only),
+    so no UDP probe of it or by it is ever acked. The TCP ping fallback
+    (gossip.tcp_ping, on by default) answers those probes: for 15 s no peer
+    sees host 3 dead and no peer declares any death; the others' and host 3's
+    own counters show that TCP acks did it."""
+    c = netns_cluster(4)
+    peers = c.start_mesh(key_file=c.new_key(), preset="lan")
+    deaf = peers[3]
+    before = {p.name: p.health()["counters"] for p in peers}
+    c.lab.set_loss(3, 1.0, protocol="udp")
+
+    states: Counter[str] = Counter()
+    dead_sightings: list[str] = []
+    end = time.monotonic() + UDP_DEAF_PERIOD
+    while time.monotonic() < end:
+        c.check_processes()
+        for p in peers:
+            for name, state in p.states().items():
+                if name == deaf.name or p is deaf:
+                    states[state] += 1
+                if state == "dead":
+                    dead_sightings.append(f"{p.name} saw {name} dead")
+        time.sleep(SAMPLE_EVERY)
+    after = {p.name: p.health()["counters"] for p in peers}
+    c.lab.set_loss(3, 0.0)
+
+    def delta(name: str, counter: str) -> int:
+        return int(after[name][counter] - before[name][counter])
+
+    print(f"\n[netns] UDP-deaf {deaf.name} for {UDP_DEAF_PERIOD:.0f}s: states involving it "
+          f"{dict(states)}; TCP ping acks {[delta(p.name, 'tcp_ping_acks') for p in peers]}, "
+          f"suspicions {[delta(p.name, 'suspicions') for p in peers]}")
+    assert not dead_sightings, dead_sightings[:10]
+    assert all(delta(p.name, "deaths_declared") == 0 for p in peers)
+    assert all(delta(p.name, "tcp_ping_acks") > 0 for p in peers)
+    c.wait_converged(peers)
