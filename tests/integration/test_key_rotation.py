@@ -113,7 +113,7 @@ def test_a_key_operation_sealed_under_a_foreign_key_changes_nothing(
         [PY, "-m", "nanomesh", "keys", "install", str(foreign), "--peer", peers[0].api,
          "--key-file", str(cluster.default_key)], capture_output=True, text=True, timeout=60,
         env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"})
-    assert result.returncode != 0 and "HTTP 401" in result.stderr, result
+    assert result.returncode != 0 and "needs its management token" in result.stderr, result
 
 
 def test_private_service_calls_survive_the_documented_rotation(
@@ -275,7 +275,7 @@ def test_use_and_remove_refuse_to_cut_a_member_off_unless_forced(cluster: Cluste
     c.start()
     cluster.wait_converged(peers)
     code, err = keys_cli(b, token, old, "use", str(new))
-    assert code != 0 and "HTTP 409" in err and f"{c.name} (does not have key {fp(new)})" \
+    assert code != 0 and "refused" in err and f"{c.name} (does not have key {fp(new)})" \
         in err and a.name + " (" not in err, err
     assert all(Keyring.from_file(p.data_dir / "cluster.key").keys[0] ==
                Keyring.from_file(old).keys[0] for p in peers), "nothing switched"
@@ -287,7 +287,7 @@ def test_use_and_remove_refuse_to_cut_a_member_off_unless_forced(cluster: Cluste
     code, out = keys_cli(a, token, old, "use", str(new))
     assert code == 0 and set(out["members"]) == {a.name, b.name}, out
     code, err = keys_cli(b, token, new, "remove", fp(old))
-    assert code != 0 and "HTTP 409" in err and f"{c.name} (did not answer" in err, err
+    assert code != 0 and "refused" in err and f"{c.name} (did not answer" in err, err
     for p in (a, b):
         assert Keyring.from_file(p.data_dir / "cluster.key").keys == \
             Keyring.from_file(new).keys + Keyring.from_file(old).keys, "nothing removed"
