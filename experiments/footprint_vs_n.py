@@ -120,14 +120,6 @@ def parse_args() -> argparse.Namespace:
 # --------------------------------------------------------------------------- the mesh
 
 
-def status_of(p: ml.Peer) -> dict[str, Any] | None:
-    try:
-        st: dict[str, Any] = p.get("/v1/status", timeout=3.0)
-        return st
-    except ApiError:
-        return None
-
-
 def settled_leader(mesh: cf.Mesh60, why: list[str] | None = None) -> ml.Peer | None:
     """The leader's peer if every running peer sees every running peer alive
     and names the same leader and term, with the expected number of voters;
@@ -148,7 +140,7 @@ def settled_leader(mesh: cf.Mesh60, why: list[str] | None = None) -> ml.Peer | N
         why[:] = [f"{len(partial)} peers do not see all {len(names)} alive "
                   f"({', '.join(partial[:5])}...)"]
         return None
-    sts = ml.parallel(status_of, running)
+    sts = list(cf.statuses(running, timeout=3.0).values())
     if any(s is None for s in sts):
         why[:] = ["a peer's /v1/status did not answer"]
         return None
@@ -182,7 +174,7 @@ def wait_settled(mesh: cf.Mesh60, timeout: float) -> ml.Peer:
 def best_known_leader(mesh: cf.Mesh60) -> ml.Peer:
     """The leader most running peers name (for an unsettled mesh)."""
     named = Counter(str(s["leader"]) for s in
-                    ml.parallel(status_of, [p for p in mesh.peers if p.running])
+                    cf.statuses([p for p in mesh.peers if p.running]).values()
                     if s is not None and s.get("leader"))
     if not named:
         raise RuntimeError("no peer knows a Raft leader")

@@ -97,7 +97,7 @@ def run(scenario: Scenario, out: Path, say: Callable[[str], None] = print) -> di
 
 def _deploy(path: str, lab_dir: Path, token: str) -> None:
     """`nanomesh deploy PATH` against the lab, as a user runs it."""
-    peer = next(p for p in lab.load_state(lab_dir) if lab.alive(p.pid))
+    peer = lab.running(lab_dir)[0]
     done = subprocess.run([sys.executable, "-m", "nanomesh", "deploy", path, "--peer", peer.api,
                            "--token", token], capture_output=True, text=True,
                           timeout=DEPLOY_TIMEOUT, stdin=subprocess.DEVNULL)
@@ -143,7 +143,7 @@ def _do(step: Step, lab_dir: Path, token: str, rng: random.Random) -> str:
         return "deployed"
     if step.do == "undeploy":
         done = subprocess.run([sys.executable, "-m", "nanomesh", "undeploy", step.path, "--peer",
-                               _running(lab_dir)[0].api, "--token", token],
+                               lab.running(lab_dir)[0].api, "--token", token],
                               capture_output=True, text=True, timeout=60)
         return done.stdout.strip() or done.stderr.strip()
     name = _peer(step.peer or "", lab_dir, rng)
@@ -174,7 +174,7 @@ def _fault(step: Step, lab_dir: Path) -> str:
 
 def _peer(which: str, lab_dir: Path, rng: random.Random) -> str:
     """A lab peer's name for ``leader``, ``random``, ``stopped`` or a name."""
-    running = _running(lab_dir)
+    running = lab.running(lab_dir)
     if which == "random":
         return rng.choice(running).name
     if which == "stopped":
@@ -191,10 +191,6 @@ def _peer(which: str, lab_dir: Path, rng: random.Random) -> str:
                     return next(q.name for q in running if q.ip == ip)
         raise ScenarioError("no running peer knows a leader")
     return which
-
-
-def _running(lab_dir: Path) -> list[lab.LabPeer]:
-    return [p for p in lab.load_state(lab_dir) if lab.alive(p.pid)]
 
 
 class _RunningPeers:
@@ -218,7 +214,7 @@ class _RunningPeers:
 
     def _current(self) -> list[lab.LabPeer]:
         if self._clock() - self._read_at >= self.REFRESH:
-            self._peers, self._read_at = _running(self._lab_dir), self._clock()
+            self._peers, self._read_at = lab.running(self._lab_dir), self._clock()
         return self._peers
 
 
@@ -243,7 +239,7 @@ async def _sampler(scenario: Scenario, lab_dir: Path, rec: Recorder) -> None:
 
 
 def _sample(lab_dir: Path, t: float) -> Sample | None:
-    for p in _running(lab_dir):
+    for p in lab.running(lab_dir):
         try:
             status = get_json(p.api, "/v1/status", timeout=1.0)
             members = get_json(p.api, "/v1/members", timeout=1.0)

@@ -125,9 +125,9 @@ def up(n: int, lab_dir: Path, preset: str = "local",
     They share LAB_DIR/cluster.key, generated on the first `up` and kept."""
     if not 1 <= n <= 250:
         raise LabError("a lab has 1 to 250 peers")
-    running = [p for p in load_state(lab_dir) if alive(p.pid)]
-    if running:
-        raise LabError(f"a lab of {len(running)} peers is already running in {lab_dir}; "
+    already = running(lab_dir)
+    if already:
+        raise LabError(f"a lab of {len(already)} peers is already running in {lab_dir}; "
                        "run `nanomesh lab down` first")
     lab_dir.mkdir(parents=True, exist_ok=True)
     key_file = lab_dir / "cluster.key"
@@ -242,9 +242,25 @@ def status(lab_dir: Path) -> list[dict[str, Any]]:
 
 def down(lab_dir: Path, say: Callable[[str], None] = print) -> int:
     """SIGTERM every peer (graceful leave), SIGKILL stragglers; return how many ran."""
-    peers = [p for p in load_state(lab_dir) if alive(p.pid)]
+    peers = running(lab_dir)
+    _stop_all(peers, signal.SIGTERM, say)
+    (lab_dir / STATE_FILE).unlink(missing_ok=True)
+    with contextlib.suppress(NanomeshError):  # without root there are no faults to clear
+        labfaults.clear(lab_dir)
+    return len(peers)
+
+
+def running(lab_dir: Path) -> list[LabPeer]:
+    """The lab's peers whose process runs."""
+    return [p for p in load_state(lab_dir) if alive(p.pid)]
+
+
+def _stop_all(peers: list[LabPeer], sig: signal.Signals,
+              say: Callable[[str], None] = print) -> None:
+    """Send `sig` to every peer and wait for them to exit; SIGKILL those
+    still running after STOP_TIMEOUT."""
     for p in peers:
-        _signal(p.pid, signal.SIGTERM)
+        _signal(p.pid, sig)
     deadline = time.monotonic() + STOP_TIMEOUT
     while any(alive(p.pid) for p in peers) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -252,10 +268,6 @@ def down(lab_dir: Path, say: Callable[[str], None] = print) -> int:
         if alive(p.pid):
             say(f"{p.name} did not stop within {STOP_TIMEOUT:.0f}s; killing it")
             _signal(p.pid, signal.SIGKILL)
-    (lab_dir / STATE_FILE).unlink(missing_ok=True)
-    with contextlib.suppress(NanomeshError):  # without root there are no faults to clear
-        labfaults.clear(lab_dir)
-    return len(peers)
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:
@@ -293,12 +305,7 @@ def stop(name: str, lab_dir: Path, *, kill: bool = False) -> LabPeer:
     peer = _find(name, lab_dir)
     if not alive(peer.pid):
         raise LabError(f"{name} is not running (`nanomesh lab start {name}`)")
-    _signal(peer.pid, signal.SIGKILL if kill else signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT
-    while alive(peer.pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if alive(peer.pid):
-        _signal(peer.pid, signal.SIGKILL)
+    _stop_all([peer], signal.SIGKILL if kill else signal.SIGTERM)
     return peer
 
 
