@@ -22,6 +22,7 @@ import math
 import os
 import platform
 import re
+import shlex
 import signal
 import socket
 import statistics
@@ -140,7 +141,18 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "kernel": platform.release(),
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+        # experiments/report.py prints it beside the numbers: one command
+        # reproduces the line
+        "command": shlex.join(["python", _repo_relative(sys.argv[0]), *sys.argv[1:]]),
     }
+
+
+def _repo_relative(path: str) -> str:
+    here = Path(path).resolve()
+    try:
+        return str(here.relative_to(Path(__file__).resolve().parents[1]))
+    except ValueError:
+        return path
 
 
 # --------------------------------------------------------------------------- quiet machine

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import os
 import random
 import subprocess
 import sys
@@ -342,7 +343,8 @@ def _write(out: Path, scenario: Scenario, rec: Recorder, summary: dict[str, Any]
          [(f"{m.t:.3f}", m.moved, m.necessary, m.avoidable) for m in moves(rec.samples)])
     (out / "summary.json").write_text(json.dumps(
         {"scenario": scenario.name, "peers": scenario.peers, "duration_s": scenario.duration,
-         **summary}, indent=2) + "\n")
+         **summary, "recorded": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+         "loadavg_at_end": [round(x, 2) for x in os.getloadavg()]}, indent=2) + "\n")
     _plot(out, rec)
 
 
