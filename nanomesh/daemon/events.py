@@ -31,7 +31,14 @@ import trio
 
 from nanomesh.daemon.views import Members
 from nanomesh.gossip.effects import Notification
-from nanomesh.monitor.derive import instance_facts, membership_fact, plan_facts, raft_facts
+from nanomesh.monitor.derive import (
+    instance_facts,
+    membership_fact,
+    plan_facts,
+    raft_basis,
+    raft_facts,
+    runs_seen,
+)
 from nanomesh.monitor.eventlog import DEFAULT_CAPACITY, EventLog, Fact, Since
 from nanomesh.monitor.sse import new_life
 from nanomesh.runtime.reconcile_core import InstanceStatus
@@ -86,12 +93,13 @@ class RaftSections(Protocol):
 async def watch_raft(roles: RaftSections, hub: EventHub, members: Members) -> None:
     """Leadership, term, voter and role events, as this peer's Raft section changes."""
     seen: Mapping[str, Any] = {}
+    basis: Mapping[str, Any] = {}
     while True:
-        section = await roles.wait_profile_change(seen)
+        seen = await roles.wait_profile_change(seen)
         names = {str(raft.get("addr")): m.name for m in members()
                  if isinstance(raft := (m.profile or {}).get("raft"), dict)}
-        hub.record(raft_facts(seen, section, hub.me, names))
-        seen = section
+        hub.record(raft_facts(basis, seen, hub.me, names))
+        basis = raft_basis(basis, seen)
 
 
 class InstanceSource(Protocol):
@@ -105,12 +113,13 @@ class InstanceSource(Protocol):
 async def watch_instances(driver: InstanceSource, hub: EventHub) -> None:
     """Lifecycle events of this peer's own instances."""
     seen: dict[str, InstanceStatus] = {}
+    ran: frozenset[str] = frozenset()
     version = -1
     while True:
         version = await driver.wait_changed(version)
         now = driver.status()
-        hub.record(instance_facts(seen, now))
-        seen = now
+        hub.record(instance_facts(seen, now, ran))
+        seen, ran = now, runs_seen(ran, now)
 
 
 class PlanWatcher:
@@ -122,10 +131,9 @@ class PlanWatcher:
         self._hub = hub
         self._members = members
         self._plan: Mapping[str, Any] | None = None
-        self._services: Mapping[str, Any] = {}
 
     def committed(self, plan: Mapping[str, Any], services: Mapping[str, Any]) -> None:
         if self._plan is not None and plan != self._plan:
             states = {m.name: m.state.label for m in self._members()}
-            self._hub.record(plan_facts(self._plan, plan, self._services, services, states))
-        self._plan, self._services = plan, services
+            self._hub.record(plan_facts(self._plan, plan, services, states))
+        self._plan = plan

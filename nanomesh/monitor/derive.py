@@ -23,6 +23,7 @@ one), a host that changed.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from nanomesh.gossip.effects import (
@@ -81,6 +82,10 @@ def raft_facts(before: Mapping[str, Any], after: Mapping[str, Any], me: str,
     def name(addr: Any) -> str:
         return names.get(addr, str(addr)) if addr is not None else "-"
 
+    # A node stopped for a role change (learner -> voter) knows no leader for
+    # a moment, which is not news; only the role is.
+    after = raft_basis(before, after)
+
     facts: list[Fact] = []
     role, old_role = after.get("role", "none"), before.get("role", "none")
     if role != old_role:  # an empty `before` is a peer that has no role yet
@@ -108,24 +113,40 @@ def raft_facts(before: Mapping[str, Any], after: Mapping[str, Any], me: str,
     return facts
 
 
+def running(section: Mapping[str, Any]) -> bool:
+    """Whether a Raft section comes from a running node (term 0: none runs)."""
+    term = section.get("term", 0)
+    return isinstance(term, int) and term > 0
+
+
+def raft_basis(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any]:
+    """What the next `raft_facts` compares with: `after`, keeping what
+    `before` knew of the leader, the term and the voters while no node runs."""
+    if running(after):
+        return dict(after)
+    return {**after, "leader": before.get("leader"), "term": before.get("term", 0),
+            "voters": before.get("voters", [])}
+
+
 # --------------------------------------------------------------------------- placement
 
 
 def plan_facts(before: Mapping[str, Any], after: Mapping[str, Any],
-               services_before: Mapping[str, Any], services_after: Mapping[str, Any],
-               member_states: Mapping[str, str]) -> list[Fact]:
+               services: Mapping[str, Any], member_states: Mapping[str, str]) -> list[Fact]:
     """Events between two committed plans (`nanomesh.placement.plan.Plan`
     dicts), each instance placed, moved or removed with the reason:
 
-    - placed: ``service deployed`` (new service), ``was unplaced``, or
-      ``scaled up``;
+    - placed: ``service deployed`` (the old plan had none of its
+      instances), ``was unplaced``, or ``scaled up``;
     - moved: the old host's state when it is not alive (``peer-b is dead``),
       else ``rebalanced`` when the plan made voluntary moves, else ``peer-b
       no longer fits``;
     - removed: ``service undeployed``, ``no peer can take it`` (with the
       reasons the plan gives), or ``scaled down``.
 
-    `member_states`: name -> state label of every member known now."""
+    `services`: the desired services now (a deploy or an undeploy is
+    committed before the plan that follows it); `member_states`: name ->
+    state label of every member known now."""
     old = _assignments(before)
     new = _assignments(after)
     stats = after.get("stats") if isinstance(after.get("stats"), dict) else {}
@@ -133,6 +154,7 @@ def plan_facts(before: Mapping[str, Any], after: Mapping[str, Any],
     unplaced_before = set(_strings(before.get("unplaced")))
     unplaced_now = set(_strings(after.get("unplaced")))
     unplaceable = after.get("unplaceable") if isinstance(after.get("unplaceable"), dict) else {}
+    planned_before = {service_of(iid) for iid in (*old, *unplaced_before)}
     facts: list[Fact] = []
     for iid in sorted(set(old) | set(new)):
         host, was = new.get(iid), old.get(iid)
@@ -140,7 +162,7 @@ def plan_facts(before: Mapping[str, Any], after: Mapping[str, Any],
             continue
         service = service_of(iid)
         if was is None and host is not None:
-            reason = ("service deployed" if service not in services_before
+            reason = ("service deployed" if service not in planned_before
                       else "was unplaced" if iid in unplaced_before else "scaled up")
             facts.append(Fact("placement.placed", iid, f"placed on {host}: {reason}",
                               {"peer": host, "reason": reason}))
@@ -151,7 +173,7 @@ def plan_facts(before: Mapping[str, Any], after: Mapping[str, Any],
             facts.append(Fact("placement.moved", iid, f"moved {was} -> {host}: {reason}",
                               {"from": was, "peer": host, "reason": reason}))
         elif was is not None:
-            if service not in services_after:
+            if service not in services:
                 reason = "service undeployed"
             elif iid in unplaced_now:
                 why = unplaceable.get(service) if isinstance(unplaceable, dict) else None
@@ -186,25 +208,26 @@ def _first_reasons(why: Mapping[str, Any], limit: int = 2) -> str:
 # --------------------------------------------------------------------------- instances
 
 
-def instance_facts(before: Mapping[str, InstanceStatus], after: Mapping[str, InstanceStatus]
-                   ) -> list[Fact]:
+def instance_facts(before: Mapping[str, InstanceStatus], after: Mapping[str, InstanceStatus],
+                   ran: AbstractSet[str] = frozenset()) -> list[Fact]:
     """Events between two snapshots of this peer's instance statuses
-    (`nanomesh.runtime.ProcessDriver.status`). One status value describes
-    one run (``started_at``), so a run that began and a run that ended are
-    found even when the snapshot in between was skipped."""
+    (`nanomesh.runtime.ProcessDriver.status`). A status describes one run:
+    ``started_at`` is set once it runs and kept when it ends; a new start
+    begins a fresh status without it. So a run that ended unseen (the
+    watcher skipped the snapshot) is still found. `ran`: the instances that
+    ran here before (`runs_seen`), whose next run is a restart."""
     facts: list[Fact] = []
     for iid in sorted(after):
         new, old = after[iid], before.get(iid)
-        same_run = old is not None and old.started_at == new.started_at
-        if old is not None and not same_run and old.state in ("starting", "running", "stopping") \
-                and new.started_at is not None:
+        if (old is not None and old.state in ("running", "stopping")
+                and old.started_at is not None and new.started_at != old.started_at):
             facts.append(_ended(iid, old, missed=True))  # its end was not seen
+        same_run = old is not None and old.started_at == new.started_at
         if new.state in ("exited", "failed") and (
                 old is None or not same_run or old.state not in ("exited", "failed")):
             facts.append(_ended(iid, new))
         elif new.state == "running" and (old is None or not same_run or old.state != "running"):
-            again = new.restarts > 0 or (old is not None and old.started_at is not None
-                                         and not same_run)
+            again = iid in ran or (old is not None and old.started_at is not None)
             facts.append(Fact(
                 "instance.restarted" if again else "instance.started", iid,
                 ("restarted" if again else "started")
@@ -214,6 +237,13 @@ def instance_facts(before: Mapping[str, InstanceStatus], after: Mapping[str, Ins
         elif new.state == "idle" and (old is None or old.state != "idle"):
             facts.append(Fact("instance.idle", iid, "idle (placed, not running)"))
     return facts
+
+
+def runs_seen(ran: AbstractSet[str], after: Mapping[str, InstanceStatus]) -> frozenset[str]:
+    """The instances of `after` that have run here (`instance_facts`'s
+    `ran`): those that ran before and are still known, and those that run or
+    ran now. Forgotten instances drop out, so the set stays bounded."""
+    return frozenset(iid for iid, s in after.items() if iid in ran or s.started_at is not None)
 
 
 def _ended(iid: str, status: InstanceStatus, *, missed: bool = False) -> Fact:
