@@ -102,7 +102,11 @@ def _monitor(args: argparse.Namespace) -> int:
     while True:
         try:
             for message in _stream(api, args.since, follower.last_id):
-                connected_once, attempt = True, 0
+                if message is None:  # connected
+                    if connected_once and attempt:
+                        print(f"nanomesh: reconnected to {api}", file=sys.stderr)
+                    connected_once, attempt = True, 0
+                    continue
                 try:
                     event = follower.accept(message)
                 except (ValueError, EventError) as exc:
@@ -137,10 +141,10 @@ def _print(event: Event, args: argparse.Namespace) -> None:
           flush=True)
 
 
-def _stream(api: str, since: int, last_id: str | None) -> Iterator[Message]:
-    """The messages of one connection to the peer's event stream, until it ends.
-    ApiError for an error reply; OSError or HTTPException when the
-    connection fails or stays silent for READ_TIMEOUT."""
+def _stream(api: str, since: int, last_id: str | None) -> Iterator[Message | None]:
+    """None once connected, then the messages of one connection to the peer's
+    event stream, until it ends. ApiError for an error reply; OSError or
+    HTTPException when the connection fails or stays silent for READ_TIMEOUT."""
     host, _, port = api.rpartition(":")
     conn = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=READ_TIMEOUT)
     try:
@@ -156,6 +160,7 @@ def _stream(api: str, since: int, last_id: str | None) -> Iterator[Message]:
                 detail = ""
             raise ApiError(f"http://{api}/v1/events: HTTP {reply.status} {detail}".rstrip(),
                            peer=api, status=reply.status, detail=detail)
+        yield None
         parser = SseParser()
         while chunk := reply.read1(65536):
             yield from parser.feed(chunk)
