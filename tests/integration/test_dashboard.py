@@ -8,7 +8,8 @@ suspect or dead and the instance moved to another peer, and the events list
 says so, without a reload. Without the token the write buttons are off;
 with the token typed in, "idle" goes through the API. A peer label holding
 markup is shown as text (no element is made of it). A screenshot of the
-final page is saved under the test's tmp directory.
+final page is saved under the test's tmp directory. With every stream slot
+of the peer taken, a new page falls back to polling and still shows the events.
 
 Skipped when chromium or chromedriver is missing (Debian: ``apt install
 chromium chromium-driver``), except where tools are required
@@ -18,8 +19,10 @@ chromium chromium-driver``), except where tools are required
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,6 +31,8 @@ from typing import Any
 import pytest
 from mesh_harness import Cluster, Peer
 from test_control_plane import deploy, read_token_when_ready, wait_agreed, wait_service
+
+from nanomesh.daemon.http_limits import ServerLimits
 
 pytestmark = pytest.mark.integration
 
@@ -189,3 +194,30 @@ def test_the_dashboard_shows_a_peer_dying_and_its_instance_moving(
     browser.save_screenshot(str(screenshot))
     assert screenshot.stat().st_size > 10_000
     print(f"dashboard screenshot: {screenshot}")
+
+    # When the peer refuses more streams, a new page polls the events instead.
+    with hold_streams(observer, ServerLimits().max_streams):
+        browser.switch_to.new_window("tab")
+        browser.get(f"http://{observer.api}/ui/")
+        wait_page(browser, lambda: browser.find_element("id", "live").text == "polling",
+                  "the polling fallback")
+        wait_page(browser, lambda: "placement.moved" in browser.find_element("id",
+                                                                             "events").text,
+                  "the events, polled")
+
+
+@contextlib.contextmanager
+def hold_streams(peer: Peer, n: int) -> Iterator[None]:
+    """Open event streams to `peer` until it refuses one (at most `n`)."""
+    held: list[socket.socket] = []
+    try:
+        for _ in range(n):
+            sock = socket.create_connection((peer.ip, 7947), timeout=5)
+            held.append(sock)
+            sock.sendall(b"GET /v1/events?follow=1 HTTP/1.0\r\n\r\n")
+            if not sock.recv(4096).startswith(b"HTTP/1.1 200"):
+                break  # the page's own stream took the last slot
+        yield
+    finally:
+        for sock in held:
+            sock.close()

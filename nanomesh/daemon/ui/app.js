@@ -158,14 +158,24 @@ function renderServices(services, placement) {
   $("unplaced").textContent = lines.length ? "cannot place: " + lines.join(" | ") : "";
 }
 
+// Tables are rebuilt only when what they show changed: a rebuild replaces the
+// buttons under the operator's pointer and the text they may be selecting.
+const shown = {};
+function changed(key, ...docs) {
+  const text = JSON.stringify(docs);
+  if (shown[key] === text) return false;
+  shown[key] = text;
+  return true;
+}
+
 async function refresh() {
   state.refreshTimer = null;
   try {
     const [self, members, status] = await Promise.all(
       [api("GET", "/v1/self"), api("GET", "/v1/members"), api("GET", "/v1/status")]);
     $("peer-name").textContent = "@ " + self.name;
-    renderMembers(members);
-    renderStatus(status);
+    if (changed("members", members)) renderMembers(members);
+    if (changed("status", status, state.raftNames)) renderStatus(status);
   } catch (err) {
     setMode("offline");
     notice("cannot read this peer: " + err.message);
@@ -174,7 +184,9 @@ async function refresh() {
   try {
     const [services, placement] = await Promise.all(
       [api("GET", "/v1/services"), api("GET", "/v1/placement")]);
-    renderServices(services, placement);
+    if (changed("services", services, placement, token() !== "")) {
+      renderServices(services, placement);
+    }
     if ($("notice").textContent.startsWith("cannot read")) notice("");
   } catch (err) {
     // 503 while this peer has no consensus node yet (it just started).
