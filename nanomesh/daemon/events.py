@@ -69,11 +69,20 @@ class EventHub:
             self._appended.set()
             self._appended = trio.Event()
 
+    def record_from(self, derive: Callable[..., Iterable[Fact | None]], *args: Any) -> None:
+        """Log the facts `derive(*args)` finds. Events are for watching the mesh,
+        never a reason to stop it: a bug in deriving them (the caller runs
+        in the gossip shell or the control loop) is logged and dropped."""
+        try:
+            facts = [f for f in derive(*args) if f is not None]
+        except Exception:
+            log.exception("BUG: deriving mesh events failed; they were dropped")
+            return
+        self.record(facts)
+
     def membership(self, note: Notification) -> None:
         """A gossip notification (`GossipShell` calls this for each)."""
-        fact = membership_fact(note, self.me)
-        if fact is not None:
-            self.record([fact])
+        self.record_from(lambda: [membership_fact(note, self.me)])
 
     def since(self, seq: int) -> Since:
         return self.log.since(seq)
@@ -98,7 +107,7 @@ async def watch_raft(roles: RaftSections, hub: EventHub, members: Members) -> No
         seen = await roles.wait_profile_change(seen)
         names = {str(raft.get("addr")): m.name for m in members()
                  if isinstance(raft := (m.profile or {}).get("raft"), dict)}
-        hub.record(raft_facts(basis, seen, hub.me, names))
+        hub.record_from(raft_facts, basis, seen, hub.me, names)
         basis = raft_basis(basis, seen)
 
 
@@ -118,7 +127,7 @@ async def watch_instances(driver: InstanceSource, hub: EventHub) -> None:
     while True:
         version = await driver.wait_changed(version)
         now = driver.status()
-        hub.record(instance_facts(seen, now, ran))
+        hub.record_from(instance_facts, seen, now, ran)
         seen, ran = now, runs_seen(ran, now)
 
 
@@ -135,5 +144,5 @@ class PlanWatcher:
     def committed(self, plan: Mapping[str, Any], services: Mapping[str, Any]) -> None:
         if self._plan is not None and plan != self._plan:
             states = {m.name: m.state.label for m in self._members()}
-            self._hub.record(plan_facts(self._plan, plan, services, states))
+            self._hub.record_from(plan_facts, self._plan, plan, services, states)
         self._plan = plan

@@ -209,3 +209,17 @@ async def test_the_monitor_client_reads_the_chunked_stream() -> None:
         follower.accept(m)
     assert follower.notes == ["3 event(s) missed (the peer no longer holds them)",
                               "the peer restarted; its event numbers start again"]
+
+
+async def test_a_bug_in_deriving_events_never_reaches_the_caller(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The gossip shell and the control loop call the hub: a bug there must
+    cost the events, not the peer."""
+    hub = EventHub("me")
+
+    def broken(*_: Any) -> list[Fact]:
+        raise KeyError("surprise")
+    hub.record_from(broken, 1, 2)
+    assert hub.log.last_seq == 0 and "BUG: deriving mesh events failed" in caplog.text
+    hub.record_from(lambda: [left(1), None])
+    assert hub.log.last_seq == 1
