@@ -15,6 +15,7 @@ key_file = "/etc/nanomesh/cluster.key"
 profile_refresh = 5.0              # seconds between live-load samples
 labels = { room = "meeting-1" }
 container_engine = "auto"          # auto | runc | podman | docker
+ui = true                          # the web dashboard at http://IP:api_port/ui/
 
 [gossip]
 preset = "lan"                     # lan | local | memberlist-lan
@@ -155,6 +156,10 @@ class PeerConfig:
     gossip: GossipConfig = field(default_factory=GossipConfig)
     config_file: Path | None = None
     container_engine: str = "auto"
+    ui: bool = True
+    """Serve the web dashboard at ``/ui/`` on the API port (`nanomesh.daemon.api_ui`).
+    Read-only without the management token; off for a peer whose API port
+    should answer only the API."""
 
     @property
     def api_addr(self) -> Address:
@@ -203,6 +208,7 @@ def build_config(
     gossip_preset: str | None = None,
     coap_port: int | None = None,
     container_engine: str | None = None,
+    ui: bool | None = None,
 ) -> PeerConfig:
     """Merge the config file (if any) with flags; flags win."""
     raw = load_file(config_file) if config_file else {}
@@ -249,6 +255,10 @@ def build_config(
     if coap_port == bind_addr[1]:
         raise ConfigError(f"coap port {coap_port} is the gossip port (both UDP); choose another")
     events_ports = _events_ports(peer, where, {bind_addr[1]: "gossip", port: "api"})
+    if ui is None:
+        ui = peer.get("ui", True)
+    if not isinstance(ui, bool):
+        raise ConfigError(f"{where}: peer.ui must be true or false")
     return PeerConfig(
         name=name,
         bind=bind_addr,
@@ -265,6 +275,7 @@ def build_config(
         gossip=_gossip_from(raw.get("gossip", {}), gossip_preset, where),
         config_file=config_file,
         container_engine=engine,
+        ui=ui,
     )
 
 

@@ -13,7 +13,10 @@ Parts, built in `PeerAssembly.run` once the gossip core exists:
 - the bundle store and its service (`bundle_service`);
 - the control loop (`control_loop.ControlLoop`);
 - who may do what (`api_auth.Access`);
-- the HTTP API with every route group.
+- the event hub (`events.EventHub`): recent mesh events, fed by the gossip
+  shell, the control loop and the watchers of Raft and the instances;
+- the HTTP API with every route group (and the dashboard, `api_ui`, unless
+  the config turns it off).
 
 Start order (all tasks in one nursery):
 
@@ -55,6 +58,7 @@ from nanomesh.consensus import RaftTiming
 from nanomesh.consensus.role_manager import RaftRoleManager, Replica, RoleConfig
 from nanomesh.daemon.api import HealthContext, api_routes
 from nanomesh.daemon.api_auth import Access
+from nanomesh.daemon.api_events import event_routes
 from nanomesh.daemon.api_keyring import KeyringContext, keyring_routes
 from nanomesh.daemon.api_mesh import MeshContext, mesh_routes
 from nanomesh.daemon.api_naming import (
@@ -65,12 +69,14 @@ from nanomesh.daemon.api_naming import (
 )
 from nanomesh.daemon.api_raft import FollowCalls, raft_routes
 from nanomesh.daemon.api_runtime import RuntimeContext, runtime_routes
+from nanomesh.daemon.api_ui import ui_routes
 from nanomesh.daemon.bundle_service import (
     BundleService,
     bundle_and_registry_routes,
     bundle_body_limits,
 )
 from nanomesh.daemon.control_loop import ControlLoop, RoleCalls, instances_section
+from nanomesh.daemon.events import EventHub, PlanWatcher, watch_instances, watch_raft
 from nanomesh.daemon.http import serve_http
 from nanomesh.daemon.http_limits import ServerStats
 from nanomesh.daemon.local_runtime import LocalRuntime
@@ -155,6 +161,8 @@ class PeerAssembly:
             # Raft; membership and the API are up meanwhile.
             nursery.start_soon(_run_control_plane, parts)
             nursery.start_soon(parts.shell.refresh_profile)
+            nursery.start_soon(watch_raft, parts.roles, parts.events, core.members)
+            nursery.start_soon(watch_instances, parts.runtime.driver, parts.events)
             nursery.start_soon(parts.shell.watch_disk)
             log.info("peer %s listening: gossip %s:%d (udp+tcp), api http://%s:%d, "
                      "encryption %s, preset probe_interval=%.2fs", cfg.name, *cfg.bind,
@@ -172,6 +180,7 @@ class PeerAssembly:
         cfg = self.config
         members = core.members
         disk = DiskHealth()
+        events = EventHub(cfg.name)
         calls = PeerCalls(self.keyring, source_ip=cfg.bind[0])
 
         def consensus() -> Replica | None:
@@ -193,7 +202,8 @@ class PeerAssembly:
             follow=FollowCalls(members, calls))
         control = ControlLoop(cfg.name, cfg.data_dir, founder=not cfg.join, roles=roles,
                               driver=runtime.driver, reconciler=runtime.reconciler,
-                              members=members, disk=disk, republish=republish)
+                              members=members, disk=disk, republish=republish,
+                              committed=PlanWatcher(events, members).committed)
 
         def profile_sections() -> dict[str, Any]:
             """What the control plane adds to our gossiped profile: the Raft
@@ -214,7 +224,8 @@ class PeerAssembly:
         shell = GossipShell(cfg, self.keyring, core, self.profiles, discovered,
                             disk=disk, traffic=traffic, sections=profile_sections,
                             membership_changed=gossip_changed,
-                            storage_problems=storage_problems, remembered=remembered)
+                            storage_problems=storage_problems, remembered=remembered,
+                            notify=events.membership)
         access = Access(self.keyring, InternalCalls(), consensus,
                         runtime.driver.instance_token)
         api_stats = ServerStats()
@@ -229,9 +240,12 @@ class PeerAssembly:
                                             members, calls)),
             **naming_routes(NamingContext(cfg.name, members, consensus)),
             **runtime_routes(RuntimeContext(cfg.name, runtime.log_dir, access)),
-            **bundle_and_registry_routes(bundles, access, consensus)}
+            **bundle_and_registry_routes(bundles, access, consensus),
+            **event_routes(events)}
+        if cfg.ui:
+            routes.update(ui_routes())
         return _Parts(core, shell, bundles, runtime, roles, control, access, routes,
-                      api_stats)
+                      api_stats, events)
 
     async def _serve_coap_gateway(
             self, parts: _Parts, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
@@ -271,7 +285,8 @@ class _Parts:
 
     def __init__(self, core: Membership, shell: GossipShell, bundles: BundleService,
                  runtime: LocalRuntime, roles: RaftRoleManager, control: ControlLoop,
-                 access: Access, routes: Routes, api_stats: ServerStats) -> None:
+                 access: Access, routes: Routes, api_stats: ServerStats,
+                 events: EventHub) -> None:
         self.core = core
         self.shell = shell
         self.bundles = bundles
@@ -281,6 +296,7 @@ class _Parts:
         self.access = access
         self.routes = routes
         self.api_stats = api_stats
+        self.events = events
 
 
 async def _run_control_plane(parts: _Parts) -> None:
