@@ -80,10 +80,12 @@ from nanomesh.daemon.profile import ProfileSource
 from nanomesh.daemon.views import Routes, Traffic
 from nanomesh.disk import DiskHealth
 from nanomesh.errors import ConfigError
+from nanomesh.gateway.leaf_core import LeafEndpoint
 from nanomesh.gossip.machine import Membership
 from nanomesh.security import servicekeys
 from nanomesh.security.auth import InternalCalls
 from nanomesh.wire import Address, Keyring
+from nanomesh.wire.leaf import parse_leaf_keys
 
 log = logging.getLogger("nanomesh.peer")
 T = TypeVar("T")
@@ -195,12 +197,22 @@ class PeerAssembly:
                               driver=runtime.driver, reconciler=runtime.reconciler,
                               members=members, disk=disk, republish=republish)
 
+        leaves = leaf_endpoint(cfg)
+        own_devices = list(discovered.get("devices") or [])
+        """This machine's devices (config and HAT: fixed while the peer runs)."""
+
         def profile_sections() -> dict[str, Any]:
             """What the control plane adds to our gossiped profile: the Raft
-            role, our instances' states, the bundles we serve, the runtime."""
-            return {"raft": roles.profile_section(),
-                    "instances": instances_section(runtime.driver.status()),
-                    BUNDLES_SECTION: bundles.held, "runtime": runtime.section}
+            role, our instances' states, the bundles we serve, the runtime;
+            and our leaves (their devices count as ours for placement)."""
+            sections: dict[str, Any] = {
+                "raft": roles.profile_section(),
+                "instances": instances_section(runtime.driver.status()),
+                BUNDLES_SECTION: bundles.held, "runtime": runtime.section}
+            if leaves is not None and leaves.registry.leaves:
+                sections["leaves"] = leaves.registry.summary()
+                sections["devices"] = [*own_devices, *leaves.registry.devices()]
+            return sections
 
         def storage_problems() -> tuple[str, ...]:
             node = roles.node
@@ -231,7 +243,7 @@ class PeerAssembly:
             **runtime_routes(RuntimeContext(cfg.name, runtime.log_dir, access)),
             **bundle_and_registry_routes(bundles, access, consensus)}
         return _Parts(core, shell, bundles, runtime, roles, control, access, routes,
-                      api_stats)
+                      api_stats, leaves)
 
     async def _serve_coap_gateway(
             self, parts: _Parts, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
@@ -246,7 +258,9 @@ class PeerAssembly:
                                  services=lambda: service_names(roles.node, core.members()),
                                  visibility=lambda service: service_visibility(roles.node,
                                                                                service),
-                                 me=me, keys=self.credentials.keys, task_status=task_status)
+                                 me=me, keys=self.credentials.keys, leaves=parts.leaves,
+                                 leaves_changed=parts.shell.republish_profile,
+                                 task_status=task_status)
 
     async def _watch_signals(self, parts: _Parts, scope: trio.CancelScope, *,
                              task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -271,7 +285,8 @@ class _Parts:
 
     def __init__(self, core: Membership, shell: GossipShell, bundles: BundleService,
                  runtime: LocalRuntime, roles: RaftRoleManager, control: ControlLoop,
-                 access: Access, routes: Routes, api_stats: ServerStats) -> None:
+                 access: Access, routes: Routes, api_stats: ServerStats,
+                 leaves: LeafEndpoint | None) -> None:
         self.core = core
         self.shell = shell
         self.bundles = bundles
@@ -281,6 +296,22 @@ class _Parts:
         self.access = access
         self.routes = routes
         self.api_stats = api_stats
+        self.leaves = leaves
+
+
+def leaf_endpoint(cfg: PeerConfig) -> LeafEndpoint | None:
+    """The leaves' endpoint if the config names a leaf key file (read now:
+    ConfigError before anything starts), else None."""
+    if cfg.leaf_keys is None:
+        return None
+    if not cfg.coap_port:
+        raise ConfigError("peer.leaf_keys needs the CoAP gateway (coap_port is 0)")
+    try:
+        text = cfg.leaf_keys.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the leaf key file {cfg.leaf_keys}: "
+                          f"{exc.strerror or exc}") from None
+    return LeafEndpoint(parse_leaf_keys(text, str(cfg.leaf_keys)))
 
 
 async def _run_control_plane(parts: _Parts) -> None:

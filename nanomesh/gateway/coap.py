@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import aiocoap  # type: ignore[import-untyped,unused-ignore]
@@ -49,6 +50,7 @@ from nanomesh.gateway.forward import (
     GatewayRequest,
     GatewayResponse,
 )
+from nanomesh.gateway.leaf_core import LeafEndpoint
 from nanomesh.gateway.link import link_upstream, serve_gateway_link
 from nanomesh.gateway.observe import DEFAULT_OBSERVE, ObserveConfig
 from nanomesh.gateway.upstream import (
@@ -72,6 +74,8 @@ async def serve_coap_gateway(bind: Address, resolver: Resolver, *,
                              visibility: Visibility | None = None, me: str | None = None,
                              keys: ServiceKeys | None = None,
                              observe: ObserveConfig = DEFAULT_OBSERVE,
+                             leaves: LeafEndpoint | None = None,
+                             leaves_changed: Callable[[], None] = lambda: None,
                              task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED
                              ) -> None:
     """Serve ``coap://IP:PORT/s/<service>/<path>`` on `bind` (UDP) until
@@ -82,11 +86,15 @@ async def serve_coap_gateway(bind: Address, resolver: Resolver, *,
     With `keys` (a mesh with a cluster key) the gateway also serves its link
     on TCP `bind` (`nanomesh.gateway.link`) and enforces `visibility`: plain
     CoAP reaches public services only. Without keys nothing can be
-    authenticated and every service is public. `me` names this peer."""
+    authenticated and every service is public. `me` names this peer.
+
+    With `leaves` the gateway takes microcontroller leaves at ``/leaf/...``
+    (`nanomesh.gateway.leaf_core`), marks silent ones gone, and calls
+    `leaves_changed` when the devices of the leaves that are up change."""
     check_gateway_port(bind)
     gateway = Gateway(resolver, {}, services=services, config=config,
                       visibility=visibility if keys is not None else None, me=me,
-                      observe=observe)
+                      observe=observe, leaves=leaves, leaves_changed=leaves_changed)
     resource = _GatewayResource(gateway, config.max_payload)
     async with trio_asyncio.open_loop() as loop:
         # trio-asyncio's default handler re-raises an error in an asyncio
@@ -109,6 +117,8 @@ async def serve_coap_gateway(bind: Address, resolver: Resolver, *,
             async with trio.open_nursery() as nursery:
                 if keys is not None:
                     await nursery.start(serve_gateway_link, bind, gateway, keys)
+                if leaves is not None:
+                    nursery.start_soon(gateway.expire_leaves)
                 log.info("CoAP gateway on coap://%s%s", host_port(*bind),
                          f", members' link on tcp://{host_port(*bind)} (CURVE)"
                          if keys is not None else " (no cluster key: every service public)")

@@ -1,0 +1,266 @@
+"""The leaves of one peer: who registered, what they last reported, who went
+silent. Pure: messages (already authenticated, `nanomesh.wire.leaf`) and
+``now`` in, outcomes out; the gateway's shell (`nanomesh.gateway.leaf`)
+does the I/O and republishes the profile when `LeafRegistry.devices` changes.
+
+Replay protection: a leaf's message counter must be above the last one
+accepted from it, on this peer. Counters are kept after a leaf goes gone (a
+recorded message cannot bring it back) but not across a restart of the
+peer, and each peer keeps its own: a message recorded on one peer can be
+replayed once to another peer the leaf never used, or to this one after it
+restarted. Such a replay delivers an old reading again; it cannot register
+devices the leaf does not have (registration is authenticated too).
+
+A leaf is *gone* when it has not been heard for `LeafConfig.missed_periods`
+of its own periods (at least `LeafConfig.min_silence`): its devices leave
+the profile, so placement no longer binds services to this peer for them;
+its last values stay readable, marked gone. A leaf that registers again (at
+this peer or after failing over back) is up again.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from nanomesh.errors import RemoteProtocolError
+from nanomesh.gateway.forward import (
+    BAD_REQUEST,
+    CHANGED,
+    CONTENT,
+    CREATED,
+    JSON,
+    LEAF_PREFIX,
+    METHOD_NOT_ALLOWED,
+    NOT_FOUND,
+    SERVICE_UNAVAILABLE,
+    UNAUTHORIZED,
+    GatewayRequest,
+    GatewayResponse,
+    error_response,
+)
+from nanomesh.wire.leaf import (
+    LeafDevice,
+    LeafValue,
+    Register,
+    Report,
+    check_tag,
+    decode_register,
+    decode_report,
+    is_name,
+    open_body,
+)
+
+
+@dataclass(frozen=True)
+class LeafConfig:
+    missed_periods: float = 3.0
+    """Periods of silence after which a leaf is gone: one lost report (and
+    its retransmissions) is not enough; three in a row is a leaf that is
+    off, out of range or reporting to another peer."""
+    min_silence: float = 5.0
+    """Seconds of silence that never make a leaf gone, however short its
+    period: a leaf failing over spends ACK_TIMEOUT * (2^(MAX_RETRANSMIT+1)-1)
+    on its dead peer before it tries the next."""
+
+
+DEFAULT_LEAVES = LeafConfig()
+
+
+class Outcome(enum.Enum):
+    ACCEPTED = "accepted"
+    REPLAYED = "replayed"
+    """The counter is not above the last accepted: refused (4.01)."""
+    UNKNOWN = "unknown"
+    """A report from a leaf not registered here: it must register (4.04)."""
+    UNDECLARED = "undeclared"
+    """A report naming a resource the leaf did not register (4.00)."""
+
+
+@dataclass
+class Reading:
+    value: LeafValue
+    read_at: float
+    """When the leaf read it, on the caller's clock (receipt minus its age)."""
+    counter: int
+
+
+@dataclass
+class LeafState:
+    name: str
+    devices: tuple[LeafDevice, ...]
+    period: float
+    last_heard: float
+    up: bool = True
+    readings: dict[str, Reading] = field(default_factory=dict)
+
+    def silent_for(self, now: float) -> float:
+        return now - self.last_heard
+
+
+class LeafRegistry:
+    def __init__(self, config: LeafConfig = DEFAULT_LEAVES) -> None:
+        self.config = config
+        self.leaves: dict[str, LeafState] = {}
+        self._counters: dict[str, int] = {}
+        """The last accepted counter of every leaf ever heard (see the docstring)."""
+
+    def _fresh(self, leaf: str, counter: int) -> bool:
+        if counter <= self._counters.get(leaf, -1):
+            return False
+        self._counters[leaf] = counter
+        return True
+
+    def register(self, msg: Register, now: float) -> Outcome:
+        if not self._fresh(msg.leaf, msg.counter):
+            return Outcome.REPLAYED
+        old = self.leaves.get(msg.leaf)
+        readings = {r: v for r, v in old.readings.items()
+                    if any(d.resource == r for d in msg.devices)} if old else {}
+        self.leaves[msg.leaf] = LeafState(msg.leaf, msg.devices, msg.period, now,
+                                          readings=readings)
+        return Outcome.ACCEPTED
+
+    def report(self, msg: Report, now: float) -> Outcome:
+        state = self.leaves.get(msg.leaf)
+        if state is None or not state.up:
+            # Gone: it may have registered elsewhere with other devices;
+            # it registers again to be counted here.
+            return Outcome.UNKNOWN
+        declared = {d.resource for d in state.devices}
+        if not set(msg.values) <= declared:
+            return Outcome.UNDECLARED
+        if not self._fresh(msg.leaf, msg.counter):
+            return Outcome.REPLAYED
+        state.last_heard = now
+        read_at = now - msg.age_ms / 1000
+        for resource, value in msg.values.items():
+            old = state.readings.get(resource)
+            if old is None or old.read_at <= read_at:  # a late buffered reading is not news
+                state.readings[resource] = Reading(value, read_at, msg.counter)
+        return Outcome.ACCEPTED
+
+    def expire(self, now: float) -> list[str]:
+        """Mark leaves silent too long as gone; returns their names."""
+        gone = []
+        for state in self.leaves.values():
+            limit = max(self.config.min_silence, self.config.missed_periods * state.period)
+            if state.up and state.silent_for(now) > limit:
+                state.up = False
+                gone.append(state.name)
+        return gone
+
+    def next_expiry(self) -> float | None:
+        """The earliest time `expire` may find a leaf gone (None: no leaf up)."""
+        times = [s.last_heard + max(self.config.min_silence,
+                                    self.config.missed_periods * s.period)
+                 for s in self.leaves.values() if s.up]
+        return min(times) if times else None
+
+    def devices(self) -> list[dict[str, str]]:
+        """The devices of leaves that are up, as capability-profile entries
+        (`nanomesh.discovery.devices` shape, ``source = "leaf"``)."""
+        return [{"type": d.type, "source": "leaf", "driver": "leaf", "leaf": s.name,
+                 "resource": d.resource}
+                for s in sorted(self.leaves.values(), key=lambda s: s.name) if s.up
+                for d in s.devices]
+
+    def summary(self) -> dict[str, str]:
+        """Leaf name -> ``"up"`` or ``"gone"``, for the profile."""
+        return {name: "up" if s.up else "gone" for name, s in sorted(self.leaves.items())}
+
+
+# ------------------------------------------------------------ requests
+
+
+class LeafEndpoint:
+    """Answers the gateway's ``/leaf/...`` requests (`handle`): leaves
+    register and report; anyone reads the latest values (plain CoAP, as for
+    public services; a reading is as public as the leaf's radio)."""
+
+    def __init__(self, keys: Mapping[str, bytes], config: LeafConfig = DEFAULT_LEAVES) -> None:
+        self.keys = dict(keys)
+        self.registry = LeafRegistry(config)
+        self.refused: Counter[str] = Counter()
+        """Leaf messages refused, by reason (``auth``, ``malformed``, ``replayed``, ...)."""
+
+    def handle(self, request: GatewayRequest, now: float) -> GatewayResponse:
+        """The answer to `request` (its path starts with `LEAF_PREFIX`)."""
+        path = request.path
+        if request.method == "POST":
+            if path == (LEAF_PREFIX, "register"):
+                return self._post(request, now, None)
+            if len(path) == 3 and path[2] == "report" and is_name(path[1]):
+                return self._post(request, now, path[1])
+            return error_response(METHOD_NOT_ALLOWED, "leaves POST to /leaf/register and "
+                                  "/leaf/<leaf>/report; the rest is GET")
+        if request.method != "GET":
+            return error_response(METHOD_NOT_ALLOWED, "leaf resources are GET only")
+        match path[1:]:
+            case ():
+                return _json({name: _describe(s, now)
+                              for name, s in sorted(self.registry.leaves.items())})
+            case (leaf,) if leaf in self.registry.leaves:
+                return _json(_describe(self.registry.leaves[leaf], now, values=True))
+            case (leaf, resource) if leaf in self.registry.leaves:
+                return self._value(self.registry.leaves[leaf], resource)
+        return error_response(NOT_FOUND, f"no leaf resource {request.path_text()}; "
+                              "leaves are listed at /leaf")
+
+    def _post(self, request: GatewayRequest, now: float, leaf: str | None) -> GatewayResponse:
+        try:
+            _tag, body = open_body(request.payload)
+            name = body.get("leaf") if leaf is None else leaf
+            key = self.keys.get(name) if isinstance(name, str) else None
+            if key is None:
+                raise RemoteProtocolError("auth", "no key for this leaf on this peer")
+            check_tag(key, request.path, request.payload)
+            outcome = (self.registry.register(decode_register(body), now) if leaf is None
+                       else self.registry.report(decode_report(leaf, body), now))
+        except RemoteProtocolError as exc:
+            self.refused[exc.reason] += 1
+            code = UNAUTHORIZED if exc.reason == "auth" else BAD_REQUEST
+            return error_response(code, str(exc))
+        if outcome is not Outcome.ACCEPTED:
+            self.refused[outcome.value] += 1
+        match outcome:
+            case Outcome.ACCEPTED:
+                return GatewayResponse(CREATED if leaf is None else CHANGED)
+            case Outcome.REPLAYED:
+                return error_response(UNAUTHORIZED, "counter not above the last accepted "
+                                      "(a replay?)")
+            case Outcome.UNKNOWN:
+                return error_response(NOT_FOUND, "not registered here: POST /leaf/register")
+            case Outcome.UNDECLARED:
+                return error_response(BAD_REQUEST, "a value of a resource not registered")
+        raise AssertionError(outcome)  # pragma: no cover
+
+    def _value(self, state: LeafState, resource: str) -> GatewayResponse:
+        reading = state.readings.get(resource)
+        if reading is None:
+            declared = any(d.resource == resource for d in state.devices)
+            return error_response(SERVICE_UNAVAILABLE if declared else NOT_FOUND,
+                                  f"no reading of {resource} yet" if declared
+                                  else f"{state.name} has no resource {resource}")
+        # No age in here: the answer changes only with a new reading, so an
+        # observer (polling, `nanomesh.gateway.observe`) is notified per report.
+        return _json({"value": reading.value, "n": reading.counter,
+                      "state": "up" if state.up else "gone"})
+
+
+def _describe(state: LeafState, now: float, values: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {"state": "up" if state.up else "gone", "period": state.period,
+                           "silent_s": round(state.silent_for(now), 1),
+                           "devices": {d.resource: d.type for d in state.devices}}
+    if values:
+        out["values"] = {r: {"value": v.value, "age_s": round(now - v.read_at, 1)}
+                         for r, v in state.readings.items()}
+    return out
+
+
+def _json(data: object) -> GatewayResponse:
+    return GatewayResponse(CONTENT, json.dumps(data, sort_keys=True).encode(), JSON)
