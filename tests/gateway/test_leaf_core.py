@@ -1,0 +1,204 @@
+"""The leaf registry and the gateway's /leaf endpoint (`nanomesh.gateway.leaf_core`),
+driven with messages and a fake ``now``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from nanomesh.gateway.forward import (
+    BAD_REQUEST,
+    CHANGED,
+    CONTENT,
+    CREATED,
+    METHOD_NOT_ALLOWED,
+    NOT_FOUND,
+    SERVICE_UNAVAILABLE,
+    UNAUTHORIZED,
+    GatewayRequest,
+    GatewayResponse,
+    LeafRoute,
+    route,
+)
+from nanomesh.gateway.leaf_core import LeafConfig, LeafEndpoint, LeafRegistry, Outcome
+from nanomesh.wire.leaf import LeafDevice, Register, Report, seal
+
+KEY = bytes(range(16, 48))
+DEVICES = (LeafDevice("temp", "body-temperature"), LeafDevice("pir", "pir"))
+
+
+def register(n: int = 1, period: float = 1.0, leaf: str = "bed-1") -> Register:
+    return Register(leaf, n, period, DEVICES)
+
+
+def report(n: int, values: dict[str, Any], age_ms: int = 0, leaf: str = "bed-1") -> Report:
+    return Report(leaf, n, age_ms, values)
+
+
+def test_a_registered_leaf_reports_and_its_devices_join_the_profile() -> None:
+    reg = LeafRegistry()
+    assert reg.devices() == []
+    assert reg.register(register(), now=0) is Outcome.ACCEPTED
+    assert reg.report(report(2, {"temp": 36.6}), now=1) is Outcome.ACCEPTED
+    assert reg.leaves["bed-1"].readings["temp"].value == 36.6
+    assert reg.devices() == [
+        {"type": "body-temperature", "source": "leaf", "driver": "leaf", "leaf": "bed-1",
+         "resource": "temp"},
+        {"type": "pir", "source": "leaf", "driver": "leaf", "leaf": "bed-1", "resource": "pir"}]
+    assert reg.summary() == {"bed-1": "up"}
+
+
+def test_a_counter_not_above_the_last_is_a_replay() -> None:
+    reg = LeafRegistry()
+    reg.register(register(n=5), now=0)
+    assert reg.report(report(5, {"temp": 1}), now=1) is Outcome.REPLAYED
+    assert reg.report(report(6, {"temp": 1}), now=1) is Outcome.ACCEPTED
+    assert reg.report(report(6, {"temp": 2}), now=1) is Outcome.REPLAYED
+    assert reg.register(register(n=3), now=2) is Outcome.REPLAYED
+    assert reg.leaves["bed-1"].readings["temp"].value == 1
+
+
+def test_reports_need_a_registration_and_declared_resources() -> None:
+    reg = LeafRegistry()
+    assert reg.report(report(1, {"temp": 1}), now=0) is Outcome.UNKNOWN
+    reg.register(register(n=2), now=0)
+    assert reg.report(report(3, {"spo2": 97}), now=0) is Outcome.UNDECLARED
+
+
+def test_a_silent_leaf_goes_gone_after_missed_periods_and_comes_back_by_registering() -> None:
+    reg = LeafRegistry(LeafConfig(missed_periods=3, min_silence=5))
+    reg.register(register(period=2.0), now=0)
+    assert reg.next_expiry() == 6.0
+    assert reg.expire(now=6.0) == []
+    assert reg.expire(now=6.1) == ["bed-1"]
+    assert reg.devices() == [] and reg.summary() == {"bed-1": "gone"}
+    assert reg.next_expiry() is None
+    assert reg.report(report(9, {"temp": 1}), now=7) is Outcome.UNKNOWN
+    assert reg.register(register(n=10, period=2.0), now=7) is Outcome.ACCEPTED
+    assert len(reg.devices()) == 2
+
+
+def test_min_silence_bounds_a_fast_leaf() -> None:
+    reg = LeafRegistry(LeafConfig(missed_periods=3, min_silence=5))
+    reg.register(register(period=0.1), now=0)
+    assert reg.expire(now=4.9) == [] and reg.expire(now=5.1) == ["bed-1"]
+
+
+def test_a_late_buffered_reading_does_not_replace_a_newer_one() -> None:
+    reg = LeafRegistry()
+    reg.register(register(), now=0)
+    reg.report(report(2, {"temp": 37.0}), now=10)
+    reg.report(report(3, {"temp": 36.0}, age_ms=5000), now=11)  # read at 6
+    assert reg.leaves["bed-1"].readings["temp"].value == 37.0
+
+
+# ------------------------------------------------------------ the endpoint
+
+
+def post(path: str, body: dict[str, Any], key: bytes = KEY) -> GatewayRequest:
+    segments = tuple(path.split("/"))
+    return GatewayRequest("POST", segments, payload=seal(key, segments, body))
+
+
+def get(path: str) -> GatewayRequest:
+    return GatewayRequest("GET", tuple(path.split("/")))
+
+
+def body_of(response: GatewayResponse) -> Any:
+    assert response.code == CONTENT, response
+    return json.loads(response.payload)
+
+
+REG_BODY = {"leaf": "bed-1", "n": 1, "period": 1,
+            "dev": [{"r": "temp", "type": "body-temperature"}]}
+
+
+def test_the_endpoint_registers_takes_reports_and_serves_values() -> None:
+    ep = LeafEndpoint({"bed-1": KEY})
+    assert route(get("leaf/bed-1/temp")) == LeafRoute()
+    assert ep.handle(post("leaf/register", REG_BODY), now=0).code == CREATED
+    assert ep.handle(get("leaf/bed-1/temp"), now=0).code == SERVICE_UNAVAILABLE
+    assert ep.handle(post("leaf/bed-1/report", {"n": 2, "v": {"temp": 36.6}}), now=1
+                     ).code == CHANGED
+    assert body_of(ep.handle(get("leaf/bed-1/temp"), now=2)) == {
+        "value": 36.6, "n": 2, "state": "up"}
+    listing = body_of(ep.handle(get("leaf"), now=2))
+    assert listing["bed-1"]["devices"] == {"temp": "body-temperature"}
+    detail = body_of(ep.handle(get("leaf/bed-1"), now=2))
+    assert detail["values"]["temp"] == {"value": 36.6, "age_s": 1.0}
+    assert ep.handle(get("leaf/bed-1/nosuch"), now=2).code == NOT_FOUND
+    assert ep.handle(get("leaf/bed-2/temp"), now=2).code == NOT_FOUND
+
+
+@pytest.mark.parametrize(("request_", "code", "reason"), [
+    (post("leaf/register", REG_BODY, key=bytes(32)), UNAUTHORIZED, "auth"),
+    (post("leaf/register", {**REG_BODY, "leaf": "bed-9"}), UNAUTHORIZED, "auth"),
+    (post("leaf/register", {**REG_BODY, "period": -1}), BAD_REQUEST, "malformed"),
+    (GatewayRequest("POST", ("leaf", "register"), payload=b"\x00" * 40), BAD_REQUEST,
+     "malformed"),
+    (post("leaf/bed-1/report", {"n": 1, "v": {}}), NOT_FOUND, "unknown"),
+])
+def test_the_endpoint_refuses_and_counts(request_: GatewayRequest, code: int,
+                                         reason: str) -> None:
+    ep = LeafEndpoint({"bed-1": KEY})
+    answer = ep.handle(request_, now=0)
+    assert answer.code == code and ep.refused == {reason: 1}
+    assert ep.registry.leaves == {}
+
+
+def test_a_replayed_report_is_refused() -> None:
+    ep = LeafEndpoint({"bed-1": KEY})
+    ep.handle(post("leaf/register", REG_BODY), now=0)
+    message = post("leaf/bed-1/report", {"n": 2, "v": {"temp": 1}})
+    assert ep.handle(message, now=1).code == CHANGED
+    assert ep.handle(message, now=2).code == UNAUTHORIZED
+    assert ep.refused == {"replayed": 1}
+
+
+def test_a_report_sealed_for_another_leaf_is_refused() -> None:
+    keys = {"bed-1": KEY, "bed-2": bytes(32)}
+    ep = LeafEndpoint(keys)
+    ep.handle(post("leaf/register", REG_BODY), now=0)
+    forged = GatewayRequest("POST", ("leaf", "bed-1", "report"), payload=seal(
+        keys["bed-2"], ("leaf", "bed-2", "report"), {"n": 5, "v": {"temp": 1}}))
+    assert ep.handle(forged, now=1).code == UNAUTHORIZED
+
+
+def test_other_methods_are_refused() -> None:
+    ep = LeafEndpoint({"bed-1": KEY})
+    assert ep.handle(GatewayRequest("PUT", ("leaf", "bed-1")), now=0).code == METHOD_NOT_ALLOWED
+    assert ep.handle(GatewayRequest("POST", ("leaf", "x")), now=0).code == METHOD_NOT_ALLOWED
+
+
+async def test_the_gateway_republishes_on_registration_and_expiry(autojump_clock: Any) -> None:
+    """Through `Gateway`: a registration that adds devices calls
+    `leaves_changed` once, a report does not, and `expire_leaves` marks the
+    silent leaf gone at missed_periods * period and calls it again."""
+    import trio
+
+    from nanomesh.gateway import Gateway
+
+    changes: list[float] = []
+    ep = LeafEndpoint({"bed-1": KEY}, LeafConfig(missed_periods=3, min_silence=1))
+    gateway = Gateway(lambda _s: [], {}, leaves=ep,
+                      leaves_changed=lambda: changes.append(trio.current_time()))
+    started = trio.current_time()
+    assert (await gateway.handle(post("leaf/register", REG_BODY))).code == CREATED
+    assert (await gateway.handle(post("leaf/bed-1/report", {"n": 2, "v": {"temp": 1}}))
+            ).code == CHANGED
+    assert len(changes) == 1
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(gateway.expire_leaves)
+        await trio.sleep(10)
+        nursery.cancel_scope.cancel()
+    assert len(changes) == 2 and 3.0 < changes[1] - started < 3.1
+    assert ep.registry.summary() == {"bed-1": "gone"}
+
+
+async def test_a_gateway_without_leaves_says_so() -> None:
+    from nanomesh.gateway import Gateway
+
+    answer = await Gateway(lambda _s: [], {}).handle(get("leaf/bed-1/temp"))
+    assert answer.code == NOT_FOUND and b"takes no leaves" in answer.payload
