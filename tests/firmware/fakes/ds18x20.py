@@ -13,4 +13,4 @@ class DS18X20:
         pass
 
     def read_temp(self, rom):
-        return float(machine._read("ds18x20-%d" % self.pin, "0"))
+        return float(machine._read(f"ds18x20-{self.pin}", "0"))

@@ -29,8 +29,8 @@ class Pin:
 
     def value(self, v=None):
         if v is None:
-            return int(_read("pin%d" % self.id, "0"))
-        _write("pin%d" % self.id, str(int(v)))
+            return int(_read(f"pin{self.id}", "0"))
+        _write(f"pin{self.id}", str(int(v)))
         return None
 
 
@@ -39,7 +39,7 @@ class ADC:
         self.pin = pin
 
     def read_u16(self):
-        return int(_read("adc%d" % self.pin.id, "0"))
+        return int(_read(f"adc{self.pin.id}", "0"))
 
 
 class I2C:
@@ -47,7 +47,7 @@ class I2C:
         self.bus = bus
 
     def readfrom_mem(self, addr, reg, n):
-        text = _read("i2c-%x-%x" % (addr, reg), "")
+        text = _read(f"i2c-{addr:x}-{reg:x}", "")
         if not text:
             raise OSError(19)  # ENODEV: the device did not acknowledge
         return bytes.fromhex(text)[:n]
