@@ -202,3 +202,29 @@ async def test_a_gateway_without_leaves_says_so() -> None:
 
     answer = await Gateway(lambda _s: [], {}).handle(get("leaf/bed-1/temp"))
     assert answer.code == NOT_FOUND and b"takes no leaves" in answer.payload
+
+
+async def test_a_leaf_value_is_observable_and_notified_per_report(autojump_clock: Any) -> None:
+    """GET with Observe goes through `Gateway.watch` (polling): a new report
+    is a notification, an unchanged value none (the answer has no age)."""
+    import trio
+
+    from nanomesh.gateway import Gateway
+    from nanomesh.gateway.observe import ObserveConfig
+
+    ep = LeafEndpoint({"bed-1": KEY})
+    gateway = Gateway(lambda _s: [], {}, leaves=ep,
+                      observe=ObserveConfig(period=1.0, max_age=600))
+    await gateway.handle(post("leaf/register", REG_BODY))
+    await gateway.handle(post("leaf/bed-1/report", {"n": 2, "v": {"temp": 36.6}}))
+    request = get("leaf/bed-1/temp")
+    first = await gateway.handle(request)
+    seen: list[Any] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(gateway.watch, request, first,
+                           lambda r, _last: seen.append(json.loads(r.payload)["value"]))
+        await trio.sleep(5.5)
+        await gateway.handle(post("leaf/bed-1/report", {"n": 3, "v": {"temp": 37.1}}))
+        await trio.sleep(5)
+        nursery.cancel_scope.cancel()
+    assert seen == [36.6, 37.1]
