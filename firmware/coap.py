@@ -7,6 +7,7 @@
 # a well-formed CoAP message, and `Client.request` ignores datagrams that do
 # not belong to its exchange (counted in `ignored`).
 import random
+import socket
 import struct
 import time
 
@@ -169,6 +170,55 @@ class Client:
                 self.sock.sendto(encode(RST, 0, rmid, b"", [], b""), src)
                 self.sent += 1
             self.ignored += 1
+
+
+ALL_COAP_NODES = "224.0.1.187"  # RFC 7252 section 12.8, IPv4 "All CoAP Nodes"
+LEAF_RT = "nanomesh.leaf"        # resource type of the peers' leaf endpoint
+
+
+def discover(sock, wait, group=ALL_COAP_NODES, port=5683):
+    """Peers that answer a multicast GET /.well-known/core?rt=nanomesh.leaf
+    within `wait` s, as "host:port" strings, in the order they answered.
+    Non-confirmable, as multicast requests must be (section 8.1)."""
+    token = struct.pack("!I", random.getrandbits(32))
+    options = [(URI_PATH, b".well-known"), (URI_PATH, b"core"),
+               (URI_QUERY, ("rt=" + LEAF_RT).encode())]
+    sock.sendto(encode(NON, GET, random.getrandbits(16), token, options, b""),
+                socket.getaddrinfo(group, port)[0][-1])
+    found = []
+    deadline = time.ticks_add(time.ticks_ms(), int(wait * 1000))
+    while True:
+        left = time.ticks_diff(deadline, time.ticks_ms())
+        if left <= 0:
+            return found
+        sock.settimeout(left / 1000)
+        try:
+            data, _src = sock.recvfrom(MAX_DATAGRAM)
+        except OSError:
+            continue
+        msg = parse(data)
+        if msg is None or msg[3] != token or msg[1] != 0x45:  # 2.05 to our request only
+            continue
+        for peer in links(msg[4]):
+            if peer not in found:
+                found.append(peer)
+
+
+def links(payload):
+    """"host:port" of each <coap://host:port/leaf> link with rt=nanomesh.leaf."""
+    out = []
+    try:
+        text = payload.decode()
+    except UnicodeError:
+        return out
+    for link in text.split(","):
+        if 'rt="' + LEAF_RT + '"' not in link or not link.startswith("<coap://"):
+            continue
+        end = link.find("/", 8)
+        hostport = link[8:end] if end > 8 else ""
+        if ":" in hostport and hostport.rpartition(":")[2].isdigit() and len(hostport) < 64:
+            out.append(hostport)
+    return out
 
 
 def code_text(code):

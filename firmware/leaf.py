@@ -19,6 +19,7 @@
 # 5.xx or no answer: the peer is in trouble, try the next one.
 import json
 import socket
+import sys
 import time
 
 import coap
@@ -30,6 +31,7 @@ BUFFER = 16         # readings kept while no peer answers; the oldest is dropped
 PERIOD = 10.0       # s between readings
 
 OK, GONE, UNREGISTERED, REFUSED = 0, 1, 2, 3
+_UNIX = sys.platform == "linux"
 
 
 def log(*words):
@@ -72,9 +74,10 @@ class Leaf:
     def __init__(self, cfg, sock=None):
         self.name = cfg["leaf"]
         self.mac = Mac(bytes.fromhex(cfg["key"]))
-        self.peers = list(cfg["peers"])
-        if not self.peers:
-            raise ValueError("config: no peers")
+        self.configured = list(cfg.get("peers", ()))
+        self.discovery = cfg.get("discover")  # None, or seconds to wait for answers
+        if not self.configured and not self.discovery:
+            raise ValueError("config: no peers and no discovery")
         self.period = cfg.get("period", PERIOD)
         self.capacity = cfg.get("buffer", BUFFER)
         self.devices = [(d["r"], d["type"], drivers.make(d)) for d in cfg["devices"]]
@@ -87,13 +90,20 @@ class Leaf:
         self.client = coap.Client(sock, c.get("ack_timeout", coap.ACK_TIMEOUT),
                                   c.get("max_retransmit", coap.MAX_RETRANSMIT),
                                   c.get("response_timeout", coap.RESPONSE_TIMEOUT))
+        self.sock = sock
+        if self.discovery and cfg.get("bind", "0.0.0.0") != "0.0.0.0" and _UNIX:
+            # The unix port (tests) sends multicast out of the bound address's
+            # interface (IP_MULTICAST_IF = 32 on Linux); a board has one netif.
+            sock.setsockopt(0, 32, socket.inet_pton(socket.AF_INET, cfg["bind"]))
+        self.peers = []
         self.current = 0
-        self.addr = resolve(self.peers[0])
+        self.addr = None
         self.registered = False
         self.buffer = []    # [(ticks_ms when read, {resource: value})], oldest first
         self.dropped = 0    # readings dropped because the buffer was full
         self.refused = 0    # messages a peer refused (4.xx but 4.04)
         self.delivered = 0  # reports a peer accepted
+        self.stranded = False  # no peer took anything in the last flush: discover again
 
     # ------------------------------------------------------------ messages
 
@@ -130,6 +140,19 @@ class Leaf:
 
     # ------------------------------------------------------------ behaviour
 
+    def find_peers(self):
+        """Peers that answer a multicast discovery first, then the configured
+        ones (a leaf may move between rooms; its config lists fallbacks)."""
+        found = coap.discover(self.sock, self.discovery) if self.discovery else []
+        self.client.sent += 1 if self.discovery else 0
+        peers = found + [p for p in self.configured if p not in found]
+        if peers != self.peers:
+            log("peers", ",".join(peers) or "none")
+        self.peers = peers
+        self.current = 0
+        self.addr = resolve(peers[0]) if peers else None
+        self.registered = False
+
     def next_peer(self):
         self.current = (self.current + 1) % len(self.peers)
         self.addr = resolve(self.peers[self.current])
@@ -149,7 +172,10 @@ class Leaf:
         """Deliver buffered readings, oldest first. Each peer gets one chance
         per call, so a leaf whose peers are all gone sleeps until the next
         period instead of spinning."""
+        if not self.peers or (self.discovery and self.stranded):
+            self.find_peers()
         chances = len(self.peers)
+        self.stranded = bool(self.buffer)
         while self.buffer and chances > 0:
             if not self.registered:
                 result = self.register()
@@ -167,6 +193,8 @@ class Leaf:
             if result == GONE or (result == REFUSED and not self.registered):
                 chances -= 1
                 self.next_peer()
+            elif result == OK:
+                self.stranded = False
 
     def stats(self):
         c = self.client

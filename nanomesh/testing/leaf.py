@@ -53,7 +53,8 @@ class LeafProcess:
     def __init__(self, root: Path, name: str, key: bytes, peers: Sequence[str], *,
                  devices: Sequence[dict[str, Any]], period: float = 0.2,
                  bind: str = "127.0.0.1", port: int = 0,
-                 coap: dict[str, float] | None = None, buffer: int = 16) -> None:
+                 coap: dict[str, float] | None = None, buffer: int = 16,
+                 discover: float | None = None) -> None:
         self.name = name
         self.dir = root / name
         self.hw = self.dir / "hw"
@@ -63,6 +64,8 @@ class LeafProcess:
                        "devices": list(devices), "bind": bind, "port": port, "buffer": buffer,
                        "counter_file": str(self.dir / "counter"),
                        "coap": dict(FAST_COAP if coap is None else coap)}
+        if discover is not None:
+            self.config["discover"] = discover  # seconds to wait for multicast answers
         self.proc: subprocess.Popen[bytes] | None = None
 
     def set(self, hw_file: str, value: object) -> None:

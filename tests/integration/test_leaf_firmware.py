@@ -83,13 +83,18 @@ def leaf_devices_of(observer: Peer, peer_name: str) -> list[dict[str, Any]]:
     return [d for d in profile.get("devices", []) if d.get("source") == "leaf"]
 
 
-async def test_leaf_registers_reports_survives_garbage_fails_over_and_goes_gone(
-        cluster: Cluster, tmp_path: Path) -> None:
+def leaf_config(tmp_path: Path) -> list[str]:
+    """Peer arguments: a config whose leaf key file holds bed-1's key."""
     keys = tmp_path / "leaf.keys"
     keys.write_text(f"# leaves of the ward\nbed-1 {KEY.hex()}\n")
     config = tmp_path / "peer.toml"
     config.write_text(f'[peer]\nleaf_keys = "{keys}"\n')
-    extra = ["--config", str(config)]
+    return ["--config", str(config)]
+
+
+async def test_leaf_registers_reports_survives_garbage_fails_over_and_goes_gone(
+        cluster: Cluster, tmp_path: Path) -> None:
+    extra = leaf_config(tmp_path)
     p1 = cluster.add("ward-1", extra_args=extra)
     cluster.wait_api([p1])
     p2 = cluster.add("ward-2", extra_args=extra, join=[p1.gossip])
@@ -158,3 +163,19 @@ async def test_leaf_registers_reports_survives_garbage_fails_over_and_goes_gone(
     await eventually(gone, "the silent leaf to be marked gone", cluster)
     cluster.wait(lambda: not leaf_devices_of(p2, "ward-2"), what="leaf devices to leave")
     assert p2.members()["ward-2"]["profile"]["leaves"] == {"bed-1": "gone"}
+
+
+async def test_a_leaf_without_configured_peers_finds_one_by_multicast(
+        cluster: Cluster, tmp_path: Path) -> None:
+    peer = cluster.add("ward-3", extra_args=leaf_config(tmp_path))
+    cluster.wait_api([peer])
+    leaf = LeafProcess(tmp_path, "bed-1", KEY, [], devices=DEVICES, period=0.2,
+                       discover=1.0)
+    leaf.set("ds18x20-4", 35.0)
+    try:
+        leaf.start()
+        await eventually(value_at(peer, 35.0), "the discovered peer to serve the reading",
+                         cluster, leaf)
+        assert f"{peer.ip}:5683" in leaf.events("peers")[0].split(",")
+    finally:
+        leaf.kill()
