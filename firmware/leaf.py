@@ -22,8 +22,10 @@ import socket
 import sys
 import time
 
+import agent
 import coap
 import drivers
+import mac
 from mac import Mac
 
 COUNTER_STEP = 64   # counters reserved per flash write (wear vs. counters lost at reboot)
@@ -108,6 +110,7 @@ class Leaf:
     # ------------------------------------------------------------ messages
 
     def _send(self, path, body):
+        n = body["n"]
         body = json.dumps(body).encode()
         payload = self.mac.tag(path.encode() + b"\n" + body) + body
         answer = self.client.request(self.addr, coap.POST, path, payload)
@@ -115,6 +118,8 @@ class Leaf:
             return GONE
         code = answer[0]
         if code >> 5 == 2:
+            if answer[1]:
+                self.run_agent(n, answer[1])
             return OK
         if code == 0x84:  # 4.04
             return UNREGISTERED
@@ -137,6 +142,35 @@ class Leaf:
         age = time.ticks_diff(time.ticks_ms(), read_at)
         return self._send("leaf/%s/report" % self.name,
                           {"n": self.counter.take(), "age": age, "v": values})
+
+    def run_agent(self, n, payload):
+        """Check and run the agent a peer handed us with its answer to our
+        message `n`, then post the step's result (which may bring the next)."""
+        body = payload[mac.TAG:]
+        sealed = ("leaf/%s/agent\n%d\n" % (self.name, n)).encode() + body
+        if not self.mac.check(sealed, payload[:mac.TAG]):
+            log("agent refused", "bad tag")  # not from a peer holding our key
+            return
+        try:
+            msg = json.loads(body)
+            ident, prog = msg["agent"], msg["prog"]
+        except (ValueError, KeyError, TypeError):
+            log("agent refused", "malformed")
+            return
+        if not isinstance(ident, str) or len(ident) > 16:
+            return
+        devices = dict((r, drv) for r, _, drv in self.devices)
+        why = agent.check(prog, devices)
+        out = []
+        if why is None:
+            try:
+                out = agent.run(prog, devices)
+            except Exception as exc:  # a driver failed: report it, keep the leaf alive
+                why = "failed: %s" % exc
+        log("agent", ident, "ok" if why is None else why)
+        result = {"n": self.counter.take(), "agent": ident, "ok": why is None,
+                  "out": out[:16], "err": (why or "")[:80]}
+        self._send("leaf/%s/agent" % self.name, result)
 
     # ------------------------------------------------------------ behaviour
 

@@ -135,7 +135,7 @@ class Gateway:
         try:
             match route(request):
                 case LeafRoute():
-                    return self._leaf(request)
+                    return self._leaf(request, member)
                 case WellKnownRoute():
                     names = self.services() if self.services else ()
                     return well_known_core((n for n in names if member or self.is_public(n)),
@@ -161,11 +161,11 @@ class Gateway:
             return error_response(INTERNAL_ERROR, "internal gateway error; see the peer's log")
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _leaf(self, request: GatewayRequest) -> GatewayResponse:
+    def _leaf(self, request: GatewayRequest, member: bool) -> GatewayResponse:
         if self.leaves is None:
             return error_response(NOT_FOUND, "this peer takes no leaves (no peer.leaf_keys)")
         before = self.leaves.registry.devices() if request.method == "POST" else None
-        response = self.leaves.handle(request, trio.current_time())
+        response = self.leaves.handle(request, trio.current_time(), member=member)
         if before is not None and self.leaves.registry.devices() != before:
             self.leaves_changed()
         return response

@@ -44,15 +44,21 @@ from nanomesh.gateway.forward import (
     error_response,
 )
 from nanomesh.wire.leaf import (
+    AgentResult,
+    AgentSpec,
     LeafDevice,
     LeafValue,
     Register,
     Report,
     check_tag,
+    decode_agent,
+    decode_agent_result,
     decode_register,
     decode_report,
     is_name,
     open_body,
+    seal_agent,
+    step_ms,
 )
 
 
@@ -102,10 +108,59 @@ class LeafState:
         return now - self.last_heard
 
 
+class AgentPhase(enum.Enum):
+    QUEUED = "queued"
+    """Waiting for its current leaf's next report (the answer carries it)."""
+    RUNNING = "running"
+    """Handed to its current leaf; its result is awaited."""
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass
+class Agent:
+    """A mobile agent's journey (`nanomesh.wire.leaf.AgentSpec`), leaf to leaf."""
+
+    id: str
+    spec: AgentSpec
+    submitted: float
+    phase: AgentPhase = AgentPhase.QUEUED
+    at: int = 0
+    """Index in ``spec.path`` of the leaf it is at (or waits for)."""
+    visited: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    output: dict[str, list[LeafValue]] = field(default_factory=dict)
+    error: str = ""
+
+    @property
+    def leaf(self) -> str | None:
+        return self.spec.path[self.at] if self.at < len(self.spec.path) else None
+
+    def describe(self) -> dict[str, Any]:
+        return {"phase": self.phase.value, "at": self.leaf, "path": list(self.spec.path),
+                "visited": self.visited, "skipped": self.skipped, "output": self.output,
+                "error": self.error}
+
+
+AGENTS = "agents"
+"""``/leaf/agents``: mobile agents (no leaf has this name, `nanomesh.wire.leaf.RESERVED_NAMES`)."""
+MAX_AGENTS = 32
+"""Agents travelling at once per peer; a submission beyond is refused (5.03)."""
+KEEP_FINISHED = 64
+"""Finished agents whose outcome stays readable (the oldest is forgotten)."""
+AGENT_STEP_GRACE = 5.0
+"""Seconds past the program's own pauses that a leaf may take to post its
+step's result before the agent counts its leaf as dead."""
+
+
 class LeafRegistry:
     def __init__(self, config: LeafConfig = DEFAULT_LEAVES) -> None:
         self.config = config
         self.leaves: dict[str, LeafState] = {}
+        self.agents: dict[str, Agent] = {}
+        self._agent_ids = 0
+        self._deadlines: dict[str, float] = {}
+        """Agent id -> when its running step is given up."""
         self._counters: dict[str, int] = {}
         """The last accepted counter of every leaf ever heard (see the docstring)."""
 
@@ -145,21 +200,106 @@ class LeafRegistry:
         return Outcome.ACCEPTED
 
     def expire(self, now: float) -> list[str]:
-        """Mark leaves silent too long as gone; returns their names."""
+        """Mark leaves silent too long as gone; returns their names. Agents
+        at a gone leaf, or whose step there took too long, move on."""
         gone = []
         for state in self.leaves.values():
             limit = max(self.config.min_silence, self.config.missed_periods * state.period)
             if state.up and state.silent_for(now) > limit:
                 state.up = False
                 gone.append(state.name)
+        for agent in list(self.agents.values()):
+            late = now > self._deadlines.get(agent.id, now)
+            if agent.phase in (AgentPhase.QUEUED, AgentPhase.RUNNING) and (
+                    late or not self._up(agent.leaf)):
+                self._dead_leaf(agent, "no result in time" if late else "gone")
         return gone
 
     def next_expiry(self) -> float | None:
-        """The earliest time `expire` may find a leaf gone (None: no leaf up)."""
+        """The earliest time `expire` may find a leaf gone or an agent's
+        step late (None: no leaf up)."""
         times = [s.last_heard + max(self.config.min_silence,
                                     self.config.missed_periods * s.period)
                  for s in self.leaves.values() if s.up]
+        times += self._deadlines.values()
         return min(times) if times else None
+
+    # ------------------------------------------------------------ agents
+
+    def _up(self, leaf: str | None) -> bool:
+        state = self.leaves.get(leaf) if leaf is not None else None
+        return state is not None and state.up
+
+    def submit(self, spec: AgentSpec, now: float) -> Agent | None:
+        """Start an agent at the first leaf of its path (None: too many agents)."""
+        if sum(a.phase in (AgentPhase.QUEUED, AgentPhase.RUNNING)
+               for a in self.agents.values()) >= MAX_AGENTS:
+            return None
+        self._agent_ids += 1
+        agent = Agent(f"{self._agent_ids:x}", spec, now)
+        self.agents[agent.id] = agent
+        self._settle(agent)
+        finished = [a.id for a in self.agents.values()
+                    if a.phase in (AgentPhase.DONE, AgentPhase.FAILED)]
+        for old in finished[:max(0, len(finished) - KEEP_FINISHED)]:
+            del self.agents[old]
+        return agent
+
+    def _settle(self, agent: Agent) -> None:
+        """Move `agent` past dead leaves (``skip``) or fail it (``fail``);
+        done past the end of its path."""
+        while agent.leaf is not None and not self._up(agent.leaf):
+            if agent.spec.on_dead == "fail":
+                agent.phase = AgentPhase.FAILED
+                agent.error = f"leaf {agent.leaf} is not up here"
+                return
+            agent.skipped.append(agent.leaf)
+            agent.at += 1
+        if agent.leaf is None:
+            agent.phase = AgentPhase.DONE
+        else:
+            agent.phase = AgentPhase.QUEUED
+
+    def _dead_leaf(self, agent: Agent, why: str) -> None:
+        self._deadlines.pop(agent.id, None)
+        if agent.spec.on_dead == "fail":
+            agent.phase = AgentPhase.FAILED
+            agent.error = f"leaf {agent.leaf}: {why}"
+            return
+        agent.skipped.append(str(agent.leaf))
+        agent.at += 1
+        self._settle(agent)
+
+    def agent_for(self, leaf: str, now: float) -> Agent | None:
+        """The agent to hand `leaf` with the answer to its report now, if
+        any (it is then running there until `agent_result` or its deadline)."""
+        for agent in self.agents.values():
+            if agent.phase is AgentPhase.QUEUED and agent.leaf == leaf:
+                agent.phase = AgentPhase.RUNNING
+                self._deadlines[agent.id] = now + step_ms(agent.spec.program) / 1000 \
+                    + AGENT_STEP_GRACE + self.leaves[leaf].period
+                return agent
+        return None
+
+    def agent_result(self, result: AgentResult, now: float) -> Outcome:
+        agent = self.agents.get(result.agent)
+        if agent is None or agent.phase is not AgentPhase.RUNNING or agent.leaf != result.leaf:
+            return Outcome.UNKNOWN
+        if not self._fresh(result.leaf, result.counter):
+            return Outcome.REPLAYED
+        self._deadlines.pop(agent.id, None)
+        if self.leaves.get(result.leaf) is not None:
+            self.leaves[result.leaf].last_heard = now
+        if not result.ok:
+            agent.phase = AgentPhase.FAILED
+            agent.error = f"leaf {result.leaf}: {result.error}"[:120]
+            return Outcome.ACCEPTED
+        agent.visited.append(result.leaf)
+        if result.output:
+            agent.output[result.leaf] = list(result.output)
+        agent.at += 1
+        self._settle(agent)
+        return Outcome.ACCEPTED
 
     def devices(self) -> list[dict[str, str]]:
         """The devices of leaves that are up, as capability-profile entries
@@ -188,13 +328,17 @@ class LeafEndpoint:
         self.refused: Counter[str] = Counter()
         """Leaf messages refused, by reason (``auth``, ``malformed``, ``replayed``, ...)."""
 
-    def handle(self, request: GatewayRequest, now: float) -> GatewayResponse:
-        """The answer to `request` (its path starts with `LEAF_PREFIX`)."""
+    def handle(self, request: GatewayRequest, now: float, *, member: bool = False
+               ) -> GatewayResponse:
+        """The answer to `request` (its path starts with `LEAF_PREFIX`) from
+        a `member` of the mesh (the gateway link) or anyone (plain CoAP)."""
         path = request.path
+        if len(path) >= 2 and path[1] == AGENTS:
+            return self._agents(request, now, member)
         if request.method == "POST":
             if path == (LEAF_PREFIX, "register"):
                 return self._post(request, now, None)
-            if len(path) == 3 and path[2] == "report" and is_name(path[1]):
+            if len(path) == 3 and path[2] in ("report", "agent") and is_name(path[1]):
                 return self._post(request, now, path[1])
             return error_response(METHOD_NOT_ALLOWED, "leaves POST to /leaf/register and "
                                   "/leaf/<leaf>/report; the rest is GET")
@@ -219,8 +363,16 @@ class LeafEndpoint:
             if key is None:
                 raise RemoteProtocolError("auth", "no key for this leaf on this peer")
             check_tag(key, request.path, request.payload)
-            outcome = (self.registry.register(decode_register(body), now) if leaf is None
-                       else self.registry.report(decode_report(leaf, body), now))
+            if leaf is None:
+                outcome = self.registry.register(decode_register(body), now)
+            elif request.path[2] == "report":
+                report = decode_report(leaf, body)
+                outcome = self.registry.report(report, now)
+                counter = report.counter
+            else:
+                result = decode_agent_result(leaf, body)
+                outcome = self.registry.agent_result(result, now)
+                counter = result.counter
         except RemoteProtocolError as exc:
             self.refused[exc.reason] += 1
             code = UNAUTHORIZED if exc.reason == "auth" else BAD_REQUEST
@@ -228,8 +380,15 @@ class LeafEndpoint:
         if outcome is not Outcome.ACCEPTED:
             self.refused[outcome.value] += 1
         match outcome:
-            case Outcome.ACCEPTED:
-                return GatewayResponse(CREATED if leaf is None else CHANGED)
+            case Outcome.ACCEPTED if leaf is None:
+                return GatewayResponse(CREATED)
+            case Outcome.ACCEPTED if leaf is not None:
+                # The answer carries the next agent for this leaf, if any.
+                agent = self.registry.agent_for(leaf, now)
+                if agent is None:
+                    return GatewayResponse(CHANGED)
+                return GatewayResponse(CHANGED, seal_agent(key, leaf, counter, agent.id,
+                                                           agent.spec.program))
             case Outcome.REPLAYED:
                 return error_response(UNAUTHORIZED, "counter not above the last accepted "
                                       "(a replay?)")
@@ -238,6 +397,37 @@ class LeafEndpoint:
             case Outcome.UNDECLARED:
                 return error_response(BAD_REQUEST, "a value of a resource not registered")
         raise AssertionError(outcome)  # pragma: no cover
+
+    def _agents(self, request: GatewayRequest, now: float, member: bool) -> GatewayResponse:
+        """``POST /leaf/agents`` starts an agent (members only: it drives
+        actuators); ``GET /leaf/agents[/<id>]`` says where agents are."""
+        path = request.path
+        if request.method == "POST" and len(path) == 2:
+            if not member:
+                return error_response(UNAUTHORIZED, "agents are started by mesh members "
+                                      "(through the gateway link, with the cluster key)")
+            try:
+                spec = decode_agent(json.loads(request.payload.decode("utf-8")))
+            except RemoteProtocolError as exc:
+                self.refused[exc.reason] += 1
+                return error_response(BAD_REQUEST, str(exc))
+            except (UnicodeDecodeError, ValueError, RecursionError):
+                self.refused["malformed"] += 1
+                return error_response(BAD_REQUEST, "an agent is a JSON object")
+            agent = self.registry.submit(spec, now)
+            if agent is None:
+                return error_response(SERVICE_UNAVAILABLE, "too many agents travelling")
+            return GatewayResponse(CREATED, json.dumps({"id": agent.id, **agent.describe()},
+                                                       sort_keys=True).encode(), JSON)
+        if request.method != "GET":
+            return error_response(METHOD_NOT_ALLOWED, "POST /leaf/agents starts an agent; "
+                                  "GET /leaf/agents/<id> follows it")
+        if len(path) == 2:
+            return _json({a.id: a.describe() for a in self.registry.agents.values()})
+        agent = self.registry.agents.get(path[2]) if len(path) == 3 else None
+        if agent is None:
+            return error_response(NOT_FOUND, f"no agent {request.path_text()}")
+        return _json(agent.describe())
 
     def _value(self, state: LeafState, resource: str) -> GatewayResponse:
         reading = state.readings.get(resource)

@@ -129,9 +129,15 @@ def check_tag(key: bytes, path: tuple[str, ...], payload: bytes) -> None:
         raise RemoteProtocolError("auth", "bad tag: wrong key, or the message was altered")
 
 
+RESERVED_NAMES = frozenset({"register", "agents"})
+"""Paths under ``/leaf`` that are not leaves: no leaf may be named so."""
+
+
 def decode_register(body: dict[str, Any]) -> Register:
     _only(body, {"leaf", "n", "period", "dev"})
     leaf = _name(body.get("leaf"), "leaf")
+    if leaf in RESERVED_NAMES:
+        raise RemoteProtocolError("malformed", f"{leaf} is not a leaf name")
     devices_raw = body.get("dev")
     if not isinstance(devices_raw, list) or not 0 < len(devices_raw) <= MAX_DEVICES:
         raise RemoteProtocolError("malformed", f"dev must list 1-{MAX_DEVICES} devices")
@@ -222,6 +228,9 @@ def parse_leaf_keys(text: str, where: str = "leaf key file") -> dict[str, bytes]
                               f"lowercase token [a-z0-9-] of at most 32 characters")
         if name in keys:
             raise ConfigError(f"{where}, line {number}: leaf {name} listed twice")
+        if name in RESERVED_NAMES:
+            raise ConfigError(f"{where}, line {number}: {name} is reserved (a path under "
+                              "/leaf), not a leaf name")
         try:
             key = bytes.fromhex(hexkey)
         except ValueError:
@@ -231,3 +240,129 @@ def parse_leaf_keys(text: str, where: str = "leaf key file") -> dict[str, bytes]
                               f"this one {len(key)}")
         keys[name] = key
     return keys
+
+
+# ------------------------------------------------------------ mobile agents
+
+# A mobile agent is data, never code: a program of at most `MAX_PROGRAM`
+# instructions from this set, which the firmware interprets (firmware/agent.py
+# checks every program again before it runs one):
+#   ["set", R, 0|1]       drive actuator resource R (an "out" driver)
+#   ["wait", MS]          pause MS milliseconds
+#   ["blink", R, N, MS]   N times: R on for MS, off for MS
+#   ["read", R]           append R's reading to the agent's output
+# plus its path (the leaves it visits, in order) and what to do when the next
+# leaf is gone: "skip" it (reroute to the one after) or "fail" (stop there).
+AGENT_OPS = {"set": 2, "wait": 1, "blink": 3, "read": 1}
+"""Instruction name -> number of arguments."""
+MAX_PROGRAM = 16
+MAX_PATH = 16
+MAX_STEP_MS = 10_000
+"""Longest time one step (the program on one leaf) may pause in all: a leaf
+does not read its sensors while it runs an agent."""
+MAX_BLINKS = 20
+ON_DEAD = ("skip", "fail")
+MAX_OUTPUT = 16
+"""Values an agent's step may return (``read`` instructions)."""
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    path: tuple[str, ...]
+    program: tuple[tuple[str | int, ...], ...]
+    on_dead: str
+
+
+@dataclass(frozen=True)
+class AgentResult:
+    leaf: str
+    counter: int
+    agent: str
+    ok: bool
+    output: tuple[LeafValue, ...]
+    error: str
+
+
+def step_ms(program: tuple[tuple[str | int, ...], ...]) -> int:
+    """Milliseconds a program pauses in all (`MAX_STEP_MS` bounds it)."""
+    total = 0
+    for op in program:
+        if op[0] == "wait":
+            total += int(op[1])
+        elif op[0] == "blink":
+            total += 2 * int(op[2]) * int(op[3])
+    return total
+
+
+def decode_agent(body: object) -> AgentSpec:
+    """An agent submitted by a service: RemoteProtocolError("malformed")
+    unless every instruction is in `AGENT_OPS` with arguments in range."""
+    if not isinstance(body, dict):
+        raise RemoteProtocolError("malformed", "an agent is a JSON object")
+    _only(body, {"path", "prog", "on_dead"})
+    path = body.get("path")
+    if not isinstance(path, list) or not 0 < len(path) <= MAX_PATH:
+        raise RemoteProtocolError("malformed", f"path must list 1-{MAX_PATH} leaves")
+    leaves = tuple(_name(p, "leaf") for p in path)
+    program = body.get("prog")
+    if not isinstance(program, list) or not 0 < len(program) <= MAX_PROGRAM:
+        raise RemoteProtocolError("malformed", f"prog must list 1-{MAX_PROGRAM} instructions")
+    ops = tuple(_instruction(op) for op in program)
+    if step_ms(ops) > MAX_STEP_MS:
+        raise RemoteProtocolError("malformed", f"a step may pause {MAX_STEP_MS} ms at most")
+    on_dead = body.get("on_dead", "skip")
+    if on_dead not in ON_DEAD:
+        raise RemoteProtocolError("malformed", f"on_dead must be one of {', '.join(ON_DEAD)}")
+    return AgentSpec(leaves, ops, str(on_dead))
+
+
+def _instruction(op: object) -> tuple[str | int, ...]:
+    if not isinstance(op, list) or not op or op[0] not in AGENT_OPS \
+            or len(op) != 1 + AGENT_OPS[op[0]]:
+        raise RemoteProtocolError("malformed", f"unknown instruction {str(op)[:40]}; "
+                                  f"instructions are {', '.join(AGENT_OPS)}")
+    name, args = op[0], op[1:]
+    ints = [_as_int(a) for a in args]
+    if name == "wait" and not (ints[0] is not None and 0 <= ints[0] <= MAX_STEP_MS):
+        raise RemoteProtocolError("malformed", f"wait takes 0-{MAX_STEP_MS} ms")
+    if name in ("set", "blink", "read"):
+        _name(args[0], "resource")
+    if name == "set" and ints[1] not in (0, 1):
+        raise RemoteProtocolError("malformed", "set takes 0 or 1")
+    if name == "blink" and not (ints[1] is not None and 1 <= ints[1] <= MAX_BLINKS
+                                and ints[2] is not None and 1 <= ints[2] <= MAX_STEP_MS):
+        raise RemoteProtocolError("malformed", f"blink takes 1-{MAX_BLINKS} times and "
+                                  f"1-{MAX_STEP_MS} ms")
+    return (name, *(a if i is None else i for a, i in zip(args, ints, strict=True)))
+
+
+def agent_path(leaf: str) -> tuple[str, ...]:
+    """Where a leaf posts the result of an agent's step."""
+    return ("leaf", leaf, "agent")
+
+
+def seal_agent(key: bytes, leaf: str, counter: int, agent: str,
+               program: tuple[tuple[str | int, ...], ...]) -> bytes:
+    """The payload of the answer to a leaf's report `counter` that hands it
+    agent `agent`: TAG + BODY, TAG over ``leaf/<L>/agent`` + counter + BODY,
+    so only this leaf's key makes it and it answers this report only (an
+    old answer replayed to the leaf does not match its next counter)."""
+    raw = json.dumps({"agent": agent, "prog": [list(op) for op in program]}).encode()
+    return hmac.new(key, f"leaf/{leaf}/agent\n{counter}\n".encode() + raw,
+                    hashlib.sha256).digest()[:TAG_SIZE] + raw
+
+
+def decode_agent_result(leaf: str, body: dict[str, Any]) -> AgentResult:
+    _only(body, {"n", "agent", "ok", "out", "err"})
+    agent = body.get("agent")
+    ok = body.get("ok")
+    out = body.get("out", [])
+    err = body.get("err", "")
+    if not isinstance(agent, str) or not 0 < len(agent) <= 16 or not isinstance(ok, bool):
+        raise RemoteProtocolError("malformed", "a result names its agent and says ok")
+    if not isinstance(out, list) or len(out) > MAX_OUTPUT or not all(
+            v is None or isinstance(v, bool) or _as_real(v) is not None for v in out):
+        raise RemoteProtocolError("malformed", f"out lists at most {MAX_OUTPUT} values")
+    if not isinstance(err, str) or len(err) > 80:
+        raise RemoteProtocolError("malformed", "err is a short text")
+    return AgentResult(leaf, _counter(body.get("n")), agent, ok, tuple(out), err)

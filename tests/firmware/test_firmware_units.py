@@ -233,3 +233,35 @@ def test_the_counter_reserves_ahead_and_never_repeats_after_a_reboot(tmp_path: P
     assert first == list(range(1, 7))
     assert min(second) > max(first) and second == sorted(second)
     assert int(path.read_text()) > max(second)  # reserved before use
+
+
+AGENT_CHECKS = """
+import agent
+class Out:
+    def __init__(s): s.v = 0; s.log = []
+    def write(s, v): s.v = v; s.log.append(v)
+    def read(s): return s.v
+class In:
+    def read(s): return 7
+d = {"led": Out(), "pir": In()}
+good = [["set", "led", 1], ["wait", 10], ["blink", "led", 2, 5], ["read", "pir"]]
+print(agent.check(good, d))
+print(agent.run(good, d), d["led"].log)
+for bad in [[], [["exec", "x"]], [["set", "pir", 1]], [["set", "led", 2]], [["wait", 20000]],
+            [["blink", "led", 21, 1]], [["read", "nope"]], "x", [["read", [1]]],
+            [["wait", True]], [["blink", "led", 20, 300]], [["set", "led"]], [None]] + [
+            [["wait", 1]] * 17]:
+    print(agent.check(bad, d))
+"""
+
+
+def test_the_agent_interpreter_runs_checked_programs_only(tmp_path: Path) -> None:
+    """Mobile agents are data: every instruction, argument and the total
+    pause is checked before anything runs (firmware/agent.py)."""
+    (tmp_path / "agent_checks.py").write_text(AGENT_CHECKS)
+    script = f"exec(open({str(tmp_path / 'agent_checks.py')!r}).read())"
+    lines = run_mpy(script).splitlines()
+    assert lines[0] == "None"
+    assert lines[1] == "[7] [1, 1, 0, 1, 0]"
+    assert all(line != "None" for line in lines[2:]) and len(lines) == 16, lines
+    assert "pir is not an actuator" in lines and "pauses too long" in lines

@@ -3,6 +3,8 @@ driven with messages and a fake ``now``."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from typing import Any
 
@@ -228,3 +230,117 @@ async def test_a_leaf_value_is_observable_and_notified_per_report(autojump_clock
         await trio.sleep(5)
         nursery.cancel_scope.cancel()
     assert seen == [36.6, 37.1]
+
+
+# ------------------------------------------------------------ mobile agents
+
+LED_BODY = {"leaf": "led-1", "n": 1, "period": 1, "dev": [{"r": "led", "type": "led-strip"}]}
+PROGRAM = [["set", "led", 1], ["wait", 2500], ["set", "led", 0]]
+
+
+def agent_endpoint(*leaves: str) -> LeafEndpoint:
+    ep = LeafEndpoint({leaf: KEY for leaf in leaves})
+    for leaf in leaves:
+        assert ep.handle(post("leaf/register", {**LED_BODY, "leaf": leaf}), now=0).code == CREATED
+    return ep
+
+
+def submit(ep: LeafEndpoint, path: list[str], on_dead: str = "skip", now: float = 0) -> str:
+    answer = ep.handle(GatewayRequest("POST", ("leaf", "agents"), payload=json.dumps(
+        {"path": path, "prog": PROGRAM, "on_dead": on_dead}).encode()), now, member=True)
+    assert answer.code == CREATED, answer
+    return str(json.loads(answer.payload)["id"])
+
+
+def report_and_take_agent(ep: LeafEndpoint, leaf: str, n: int, now: float) -> dict[str, Any]:
+    """A report from `leaf`; the agent its answer carries (checked with the leaf's key)."""
+    answer = ep.handle(post(f"leaf/{leaf}/report", {"n": n, "v": {"led": 0}}), now)
+    assert answer.code == CHANGED and answer.payload, answer
+    from nanomesh.wire.leaf import TAG_SIZE
+    body = answer.payload[TAG_SIZE:]
+    want = hmac.new(KEY, f"leaf/{leaf}/agent\n{n}\n".encode() + body,
+                    hashlib.sha256).digest()[:TAG_SIZE]
+    assert answer.payload[:TAG_SIZE] == want  # bound to this leaf's key and this report
+    return dict(json.loads(body))
+
+
+def status(ep: LeafEndpoint, agent: str) -> dict[str, Any]:
+    return dict(body_of(ep.handle(get(f"leaf/agents/{agent}"), now=0)))
+
+
+def test_an_agent_migrates_leaf_to_leaf_in_the_answers_to_reports() -> None:
+    ep = agent_endpoint("led-1", "led-2")
+    agent = submit(ep, ["led-1", "led-2"])
+    assert status(ep, agent)["phase"] == "queued" and status(ep, agent)["at"] == "led-1"
+    carried = report_and_take_agent(ep, "led-1", 2, now=1)
+    assert carried == {"agent": agent, "prog": PROGRAM}
+    assert status(ep, agent)["phase"] == "running"
+    done = post("leaf/led-1/agent", {"n": 3, "agent": agent, "ok": True, "out": []})
+    assert ep.handle(done, now=4).code == CHANGED
+    assert status(ep, agent)["at"] == "led-2"
+    report_and_take_agent(ep, "led-2", 2, now=5)
+    ep.handle(post("leaf/led-2/agent", {"n": 3, "agent": agent, "ok": True, "out": [1]}), 8)
+    assert status(ep, agent) | {"path": None} == {
+        "phase": "done", "at": None, "visited": ["led-1", "led-2"], "skipped": [],
+        "output": {"led-2": [1]}, "error": "", "path": None}
+
+
+def test_an_agent_skips_a_dead_leaf_or_fails_there() -> None:
+    ep = agent_endpoint("led-1", "led-3")
+    skip = submit(ep, ["led-1", "led-2", "led-3"])
+    fail = submit(ep, ["led-2", "led-3"], on_dead="fail")
+    assert status(ep, fail)["phase"] == "failed" and "led-2" in status(ep, fail)["error"]
+    report_and_take_agent(ep, "led-1", 2, now=1)
+    ep.handle(post("leaf/led-1/agent", {"n": 3, "agent": skip, "ok": True}), now=2)
+    assert status(ep, skip)["at"] == "led-3" and status(ep, skip)["skipped"] == ["led-2"]
+
+
+def test_an_agent_at_a_leaf_that_goes_silent_moves_on() -> None:
+    ep = agent_endpoint("led-1", "led-2")
+    agent = submit(ep, ["led-1", "led-2"])
+    report_and_take_agent(ep, "led-1", 2, now=1)
+    ep.handle(post("leaf/led-2/report", {"n": 5, "v": {}}), now=9)  # led-2 stays heard
+    # led-1 never posts its result: 2.5 s of program + grace + a period.
+    deadline = ep.registry.next_expiry()
+    assert deadline is not None and deadline <= 1 + 2.5 + 5 + 1
+    ep.registry.expire(now=9.6)
+    assert status(ep, agent)["skipped"] == ["led-1"] and status(ep, agent)["at"] == "led-2"
+
+
+def test_a_failed_step_fails_the_agent() -> None:
+    ep = agent_endpoint("led-1", "led-2")
+    agent = submit(ep, ["led-1", "led-2"])
+    report_and_take_agent(ep, "led-1", 2, now=1)
+    ep.handle(post("leaf/led-1/agent", {"n": 3, "agent": agent, "ok": False,
+                                        "err": "no resource led"}), now=2)
+    assert status(ep, agent)["phase"] == "failed"
+    assert status(ep, agent)["error"] == "leaf led-1: no resource led"
+
+
+@pytest.mark.parametrize("body", [
+    {"path": ["led-1"], "prog": [["exec", "rm -rf /"]]},
+    {"path": ["led-1"], "prog": [["wait", 10_001]]},
+    {"path": ["led-1"], "prog": [["blink", "led", 20, 300]]},
+    {"path": ["led-1"], "prog": [["set", "led", 2]]},
+    {"path": ["led-1"], "prog": [["set", "led", True]]},
+    {"path": [], "prog": [["wait", 1]]},
+    {"path": ["led-1"], "prog": [["wait", 1]] * 17},
+    {"path": ["led-1"], "prog": [["wait", 1]], "on_dead": "retry"},
+    {"path": ["led-1"], "prog": [["wait", 1]], "code": "print(1)"},
+    "not an object",
+])
+def test_agents_outside_the_instruction_set_are_refused(body: object) -> None:
+    ep = agent_endpoint("led-1")
+    answer = ep.handle(GatewayRequest("POST", ("leaf", "agents"),
+                                      payload=json.dumps(body).encode()), 0, member=True)
+    assert answer.code == BAD_REQUEST, answer
+    assert ep.registry.agents == {}
+
+
+def test_only_members_start_agents() -> None:
+    ep = agent_endpoint("led-1")
+    answer = ep.handle(GatewayRequest("POST", ("leaf", "agents"), payload=json.dumps(
+        {"path": ["led-1"], "prog": PROGRAM}).encode()), 0)
+    assert answer.code == UNAUTHORIZED and ep.registry.agents == {}
+    assert ep.handle(GatewayRequest("POST", ("leaf", "agents"), payload=b"\xff"), 0,
+                     member=True).code == BAD_REQUEST
