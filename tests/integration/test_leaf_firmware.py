@@ -2,8 +2,9 @@
 stand-ins from ``firmware/unix``) against real peer daemons (issue 11):
 it registers and reports through a peer's CoAP gateway, its devices join
 that peer's gossiped profile, garbage datagrams crash neither side, it fails
-over to the next peer when its peer is killed, and a silent leaf is marked
-gone."""
+over to the next peer when its peer is killed, a silent leaf is marked gone,
+a leaf without configured peers finds one by multicast, and a mobile agent
+migrates from leaf to leaf, rerouting past a dead one."""
 
 from __future__ import annotations
 
@@ -21,8 +22,12 @@ from mesh_harness import Cluster, Peer
 from service_helpers import coap_request
 
 from nanomesh.placement.peers import peer_view_from_profile
+from nanomesh.security.servicekeys import ServiceKeys
 from nanomesh.testing.leaf import LeafProcess
+from nanomesh.transport.rpc import zmq_call
+from nanomesh.wire import Keyring
 from nanomesh.wire.leaf import seal
+from nanomesh.wire.service_traffic import Request
 
 T = TypeVar("T")
 KEY = bytes(range(100, 132))
@@ -83,10 +88,11 @@ def leaf_devices_of(observer: Peer, peer_name: str) -> list[dict[str, Any]]:
     return [d for d in profile.get("devices", []) if d.get("source") == "leaf"]
 
 
-def leaf_config(tmp_path: Path) -> list[str]:
-    """Peer arguments: a config whose leaf key file holds bed-1's key."""
+def leaf_config(tmp_path: Path, leaves: tuple[str, ...] = ("bed-1",)) -> list[str]:
+    """Peer arguments: a config whose leaf key file holds the leaves' key."""
     keys = tmp_path / "leaf.keys"
-    keys.write_text(f"# leaves of the ward\nbed-1 {KEY.hex()}\n")
+    keys.write_text("# leaves of the ward\n" + "".join(f"{leaf} {KEY.hex()}\n"
+                                                      for leaf in leaves))
     config = tmp_path / "peer.toml"
     config.write_text(f'[peer]\nleaf_keys = "{keys}"\n')
     return ["--config", str(config)]
@@ -179,3 +185,56 @@ async def test_a_leaf_without_configured_peers_finds_one_by_multicast(
         assert f"{peer.ip}:5683" in leaf.events("peers")[0].split(",")
     finally:
         leaf.kill()
+
+
+async def test_a_mobile_agent_migrates_across_leaves_and_reroutes_past_a_dead_one(
+        cluster: Cluster, tmp_path: Path, cluster_key_for_clients: Path) -> None:
+    """The user-guidance agent of the meeting-room scenario: light each LED
+    along the path in turn; the LED controller in the middle is dead, so the
+    agent skips it (rerouting) and its service sees where it went."""
+    leds = ("led-1", "led-2", "led-3")
+    peer = cluster.add("corridor", extra_args=leaf_config(tmp_path, leds))
+    cluster.wait_api([peer])
+    controllers = {name: LeafProcess(tmp_path, name, KEY, [f"{peer.ip}:5683"], period=0.2,
+                                     devices=[{"r": "led", "type": "led-strip",
+                                               "driver": "out", "pin": 15}])
+                   for name in leds}
+    try:
+        for leaf in controllers.values():
+            leaf.start()
+
+        async def all_up() -> bool:
+            reply = await coap_request(peer.ip, "leaf", timeout=3)
+            return reply.ok and all(
+                json.loads(reply.payload).get(n, {}).get("state") == "up" for n in leds)
+
+        await eventually(all_up, "three LED controllers up", cluster)
+        controllers["led-2"].kill()
+        program = [["set", "led", 1], ["wait", 300], ["read", "led"], ["set", "led", 0]]
+        keys = ServiceKeys.from_keyring(Keyring.from_file(cluster_key_for_clients))
+        started = await zmq_call(f"{peer.ip}:5683", Request(
+            "POST", "leaf/agents", json.dumps({"path": list(leds), "prog": program}).encode()),
+            10.0, keys=keys)
+        assert started.status == 201, started
+        agent = json.loads(started.body)["id"]
+        # Plain CoAP (not a member) may not start one.
+        outsider = await coap_request(peer.ip, "leaf/agents", method="POST",
+                                      payload=json.dumps({"path": ["led-1"],
+                                                          "prog": program}).encode())
+        assert outsider.code.startswith("4.01"), outsider
+
+        async def finished() -> dict[str, Any] | None:
+            reply = await coap_request(peer.ip, f"leaf/agents/{agent}", timeout=3)
+            state = json.loads(reply.payload) if reply.ok else {}
+            return state if state.get("phase") in ("done", "failed") else None
+
+        final = await eventually(finished, "the agent to finish its path", cluster)
+        assert final["phase"] == "done", final
+        assert final["visited"] == ["led-1", "led-3"] and final["skipped"] == ["led-2"]
+        assert final["output"] == {"led-1": [1], "led-3": [1]}  # the LED was on
+        for name in ("led-1", "led-3"):
+            assert controllers[name].events("agent") == [f"{agent} ok"]
+            assert (controllers[name].hw / "pin15").read_text() == "0"  # and off again
+    finally:
+        for leaf in controllers.values():
+            leaf.kill()
