@@ -20,9 +20,11 @@ measures:
   value (``--trials`` times). The leaf samples every ``--period`` s, so this
   is the wait for the next sample (uniform in 0..period) plus the delivery;
 - failover: the leaf's peer is SIGKILLed; time until the other peer serves a
-  new reading, with the test timing (`nanomesh.testing.leaf.FAST_COAP`).
+  new reading, with the test timing (`nanomesh.testing.leaf.FAST_COAP`);
+- the size of a mobile agent (the meeting room's "LED on for 2.5 s") as a
+  leaf receives it.
 
-    .venv/bin/python experiments/leaf_footprint.py [--trials N] [--period S] [--name NAME]
+    .venv/bin/python experiments/leaf_footprint.py [--quick] [--trials N] [--period S] [--name NAME]
 
 Writes experiments/results/<name>.csv (latency trials) and .summary.json.
 """
@@ -62,7 +64,7 @@ from nanomesh.transport.apiclient import ApiError, get_json
 SUBNET = "127.0.16"
 """This experiment's loopback addresses: 127.0.16.60-69 (peers), .70 (the leaf)."""
 KEY = bytes(range(200, 232))
-MODULES = ("coap", "mac", "drivers", "leaf", "main")
+MODULES = ("coap", "mac", "drivers", "agent", "leaf", "main")
 DEVICES = [{"r": "temp", "type": "body-temperature", "driver": "ds18x20", "pin": 4,
             "conversion_ms": 0},
            {"r": "motion", "type": "pir", "driver": "in", "pin": 5},
@@ -71,7 +73,7 @@ DEVICES = [{"r": "temp", "type": "body-temperature", "driver": "ds18x20", "pin":
 RAM_SCRIPT = """
 import gc, json, sys
 gc.collect(); base = gc.mem_alloc()
-import leaf, coap
+import leaf, coap, agent
 gc.collect(); imported = gc.mem_alloc()
 cfg = json.load(open(sys.argv[1]))
 l = leaf.Leaf(cfg)
@@ -166,7 +168,10 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=20, help="periods before the RAM reading")
     p.add_argument("--name", default="leaf_footprint")
     p.add_argument("--max-load", type=float, default=1.5)
+    p.add_argument("--quick", action="store_true", help="5 trials, 10 rounds")
     args = p.parse_args()
+    if args.quick:
+        args.trials, args.rounds = 5, 10
     install_sigterm_handler()
     wait_for_quiet(args.max_load, 120)
     info = machine_info()
@@ -233,6 +238,7 @@ def main() -> None:
         "period_s": args.period,
         "reading_to_coap_get_ms": describe(latencies),
         "failover_s": round(failover, 3),
+        "agent_bytes": agent_bytes(),
         "failover_coap": FAST_COAP,
     }
     csv_path, json_path = results_paths(args.name)
@@ -240,6 +246,16 @@ def main() -> None:
     write_json(json_path, summary)
     print(json.dumps({k: v for k, v in summary.items() if k != "machine"}, indent=1))
     shutil.rmtree(root, ignore_errors=True)
+
+
+def agent_bytes() -> dict[str, int]:
+    """Sizes of the meeting room's guidance agent (light the LED 2.5 s) as a
+    leaf gets it: program, and the whole answer payload (tag + body)."""
+    from nanomesh.wire.leaf import seal_agent
+    program = (("set", "led", 1), ("wait", 2500), ("set", "led", 0))
+    payload = seal_agent(KEY, "led-1", 1, "1", program)
+    return {"program_json": len(json.dumps([list(op) for op in program])),
+            "answer_payload": len(payload)}
 
 
 def _health(ip: str) -> bool:
