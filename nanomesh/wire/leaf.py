@@ -90,10 +90,13 @@ def is_name(value: object) -> bool:
     return isinstance(value, str) and _NAME.fullmatch(value) is not None
 
 
+def _mac(key: bytes, data: bytes) -> bytes:
+    return hmac.new(key, data, hashlib.sha256).digest()[:TAG_SIZE]
+
+
 def tag(key: bytes, path: tuple[str, ...], body: bytes) -> bytes:
     """The tag of `body` sent to `path` (see the module docstring)."""
-    return hmac.new(key, "/".join(path).encode() + b"\n" + body, hashlib.sha256
-                    ).digest()[:TAG_SIZE]
+    return _mac(key, "/".join(path).encode() + b"\n" + body)
 
 
 def seal(key: bytes, path: tuple[str, ...], body: dict[str, Any]) -> bytes:
@@ -348,8 +351,7 @@ def seal_agent(key: bytes, leaf: str, counter: int, agent: str,
     so only this leaf's key makes it and it answers this report only (an
     old answer replayed to the leaf does not match its next counter)."""
     raw = json.dumps({"agent": agent, "prog": [list(op) for op in program]}).encode()
-    return hmac.new(key, f"leaf/{leaf}/agent\n{counter}\n".encode() + raw,
-                    hashlib.sha256).digest()[:TAG_SIZE] + raw
+    return _mac(key, f"leaf/{leaf}/agent\n{counter}\n".encode() + raw) + raw
 
 
 def decode_agent_result(leaf: str, body: dict[str, Any]) -> AgentResult:
