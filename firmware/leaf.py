@@ -209,26 +209,35 @@ class Leaf:
         if not self.peers or (self.discovery and self.stranded):
             self.find_peers()
         chances = len(self.peers)
+        forgotten = False
         self.stranded = bool(self.buffer)
         while self.buffer and chances > 0:
             if not self.registered:
-                result = self.register()
+                if self.register() == OK:
+                    self.stranded = False
+                else:  # gone, refusing us, or taking no leaves: the next peer
+                    chances -= 1
+                    self.next_peer()
+                continue
+            result = self.report(self.buffer[0])
+            if result == OK:
+                self.buffer.pop(0)
+                self.delivered += 1
+                self.stranded = False
+            elif result == REFUSED:
+                self.buffer.pop(0)
+                self.refused += 1
+            elif result == UNREGISTERED:
+                # The peer forgot us (it restarted, or marked us gone):
+                # register again at once, but only once per flush, so a
+                # peer that keeps forgetting does not make a loop.
+                self.registered = False
+                if forgotten:
+                    chances -= 1
+                forgotten = True
             else:
-                result = self.report(self.buffer[0])
-                if result == OK:
-                    self.buffer.pop(0)
-                    self.delivered += 1
-                elif result == REFUSED:
-                    self.buffer.pop(0)
-                    self.refused += 1
-                elif result == UNREGISTERED:
-                    self.registered = False
-                    chances -= 1  # a peer that forgets us at once is not worth a loop
-            if result == GONE or (result == REFUSED and not self.registered):
                 chances -= 1
                 self.next_peer()
-            elif result == OK:
-                self.stranded = False
 
     def stats(self):
         c = self.client

@@ -103,9 +103,12 @@ class LeafState:
     last_heard: float
     up: bool = True
     readings: dict[str, Reading] = field(default_factory=dict)
+    busy_until: float = 0.0
+    """The end of the pauses of the agent it runs: a leaf reads and reports
+    nothing meanwhile, so its silence counts from then."""
 
     def silent_for(self, now: float) -> float:
-        return now - self.last_heard
+        return now - max(self.last_heard, self.busy_until)
 
 
 class AgentPhase(enum.Enum):
@@ -218,8 +221,8 @@ class LeafRegistry:
     def next_expiry(self) -> float | None:
         """The earliest time `expire` may find a leaf gone or an agent's
         step late (None: no leaf up)."""
-        times = [s.last_heard + max(self.config.min_silence,
-                                    self.config.missed_periods * s.period)
+        times = [max(s.last_heard, s.busy_until) + max(self.config.min_silence,
+                                                       self.config.missed_periods * s.period)
                  for s in self.leaves.values() if s.up]
         times += self._deadlines.values()
         return min(times) if times else None
@@ -276,8 +279,10 @@ class LeafRegistry:
         for agent in self.agents.values():
             if agent.phase is AgentPhase.QUEUED and agent.leaf == leaf:
                 agent.phase = AgentPhase.RUNNING
-                self._deadlines[agent.id] = now + step_ms(agent.spec.program) / 1000 \
-                    + AGENT_STEP_GRACE + self.leaves[leaf].period
+                pauses = step_ms(agent.spec.program) / 1000
+                self.leaves[leaf].busy_until = now + pauses
+                self._deadlines[agent.id] = now + pauses + AGENT_STEP_GRACE \
+                    + self.leaves[leaf].period
                 return agent
         return None
 

@@ -265,3 +265,44 @@ def test_the_agent_interpreter_runs_checked_programs_only(tmp_path: Path) -> Non
     assert lines[1] == "[7] [1, 1, 0, 1, 0]"
     assert all(line != "None" for line in lines[2:]) and len(lines) == 16, lines
     assert "pir is not an actuator" in lines and "pauses too long" in lines
+
+
+LEAF_FLUSH = """
+import json, sys, leaf
+cfg = json.load(open(sys.argv[1]))
+l = leaf.Leaf(cfg)
+l.sample()
+l.flush()
+print(json.dumps({"sent": l.client.sent, "buffered": len(l.buffer),
+                  "registered": l.registered, "delivered": l.delivered}))
+"""
+
+
+@pytest.mark.parametrize(("answers", "want"), [
+    # A peer that takes no leaves (4.04 to the registration): tried once, not forever.
+    ({"register": 0x84}, {"sent": 1, "buffered": 1, "registered": False, "delivered": 0}),
+    # A peer that forgets the leaf after each registration: one re-registration.
+    ({"register": 0x41, "report": 0x84},
+     {"sent": 4, "buffered": 1, "registered": False, "delivered": 0}),
+    ({"register": 0x41, "report": 0x44},
+     {"sent": 2, "buffered": 0, "registered": True, "delivered": 1}),
+])
+def test_one_flush_is_bounded_whatever_the_peer_answers(
+        tmp_path: Path, answers: dict[str, int], want: dict[str, object]) -> None:
+    def respond(d: bytes, i: int) -> list[bytes]:
+        kind = "register" if b"register" in d else "report"
+        return [ack(d, code=answers[kind])]
+
+    peer = ScriptedPeer(respond)
+    cfg = {"leaf": "bed-1", "key": "ab" * 16, "peers": [f"127.0.0.1:{peer.port}"],
+           "devices": [{"r": "motion", "type": "pir", "driver": "in", "pin": 5}],
+           "counter_file": str(tmp_path / "counter"), "bind": "127.0.0.1",
+           "coap": {"ack_timeout": 0.2, "max_retransmit": 1}}
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    (tmp_path / "flush.py").write_text(LEAF_FLUSH)
+    try:
+        out = run_mpy(f"import sys; sys.argv[1:] = [{str(tmp_path / 'cfg.json')!r}]; "
+                      f"exec(open({str(tmp_path / 'flush.py')!r}).read())", timeout=20)
+    finally:
+        peer.close()
+    assert json.loads(out.splitlines()[-1]) == want

@@ -344,3 +344,17 @@ def test_only_members_start_agents() -> None:
     assert answer.code == UNAUTHORIZED and ep.registry.agents == {}
     assert ep.handle(GatewayRequest("POST", ("leaf", "agents"), payload=b"\xff"), 0,
                      member=True).code == BAD_REQUEST
+
+
+def test_a_leaf_running_a_long_agent_is_not_gone_meanwhile() -> None:
+    """A leaf reports nothing while it runs an agent's pauses (10 s here):
+    its silence counts from their end, not from its last report."""
+    ep = agent_endpoint("led-1")
+    answer = ep.handle(GatewayRequest("POST", ("leaf", "agents"), payload=json.dumps(
+        {"path": ["led-1"], "prog": [["wait", 10_000]]}).encode()), 0, member=True)
+    agent = str(json.loads(answer.payload)["id"])
+    report_and_take_agent(ep, "led-1", 2, now=1)
+    assert ep.registry.expire(now=14.0) == []  # 1 + 10 s of pauses + 5 s min silence
+    ep.handle(post("leaf/led-1/agent", {"n": 3, "agent": agent, "ok": True}), now=11.5)
+    assert status(ep, agent)["phase"] == "done"
+    assert ep.registry.expire(now=16.6) == ["led-1"]
