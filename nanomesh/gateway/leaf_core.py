@@ -16,6 +16,18 @@ of its own periods (at least `LeafConfig.min_silence`): its devices leave
 the profile, so placement no longer binds services to this peer for them;
 its last values stay readable, marked gone. A leaf that registers again (at
 this peer or after failing over back) is up again.
+
+Mobile agents (the research's user guidance): a program from a small
+checked instruction set (`nanomesh.wire.leaf.AGENT_OPS`) and a path of this
+peer's leaves. A leaf only talks when it reports, so the peer hands an agent
+to its current leaf in the answer to that leaf's next report, tagged with the
+leaf's key and bound to the report's counter (`nanomesh.wire.leaf.seal_agent`);
+the leaf runs the step and posts its result, and the agent moves to the next
+leaf. A next leaf that is gone, or a step whose result does not come within
+its pauses + `AGENT_STEP_GRACE` + a period, is skipped (``on_dead = "skip"``,
+a reroute) or ends the agent as failed (``"fail"``); the agent's service
+follows it at ``/leaf/agents/<id>``. Agents travel among one peer's leaves
+only.
 """
 
 from __future__ import annotations
