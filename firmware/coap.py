@@ -21,7 +21,7 @@ ACK_TIMEOUT = 2.0        # s before the first retransmission (times a random 1..
 ACK_RANDOM_FACTOR = 1.5  # spreads retransmissions of many leaves rebooting together
 MAX_RETRANSMIT = 4       # retransmissions before the peer counts as gone: 2+4+8+16+32 = 62 s max
 RESPONSE_TIMEOUT = 10.0  # s to wait for a separate response after an empty ACK
-MAX_DATAGRAM = 512       # bytes read per datagram; larger garbage is cut and fails to parse
+MAX_DATAGRAM = 1152      # bytes read per datagram (RFC 7252 4.6's limit); larger ones are cut
 
 
 def encode(mtype, code, mid, token, options, payload):

@@ -267,6 +267,10 @@ MAX_BLINKS = 20
 ON_DEAD = ("skip", "fail")
 MAX_OUTPUT = 16
 """Values an agent's step may return (``read`` instructions)."""
+MAX_PROGRAM_BYTES = 900
+"""JSON bytes of a program at most: with its tag and id the answer that
+carries it stays within one datagram the leaf reads whole (1,152 bytes,
+RFC 7252 §4.6, ``firmware/coap.py`` MAX_DATAGRAM)."""
 
 
 @dataclass(frozen=True)
@@ -311,6 +315,9 @@ def decode_agent(body: object) -> AgentSpec:
     if not isinstance(program, list) or not 0 < len(program) <= MAX_PROGRAM:
         raise RemoteProtocolError("malformed", f"prog must list 1-{MAX_PROGRAM} instructions")
     ops = tuple(_instruction(op) for op in program)
+    if len(json.dumps(program)) > MAX_PROGRAM_BYTES:
+        raise RemoteProtocolError("malformed", f"a program is {MAX_PROGRAM_BYTES} bytes "
+                                  "of JSON at most")
     if step_ms(ops) > MAX_STEP_MS:
         raise RemoteProtocolError("malformed", f"a step may pause {MAX_STEP_MS} ms at most")
     on_dead = body.get("on_dead", "skip")
