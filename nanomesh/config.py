@@ -12,6 +12,7 @@ events_xsub_port = 7951            # event relay: local publishers connect here
 join = ["192.168.1.10"]            # seeds; default port 7946
 data_dir = "/var/lib/nanomesh"
 key_file = "/etc/nanomesh/cluster.key"
+leaf_keys = "/etc/nanomesh/leaf.keys"  # microcontroller leaves' keys; default: no leaves
 profile_refresh = 5.0              # seconds between live-load samples
 labels = { room = "meeting-1" }
 container_engine = "auto"          # auto | runc | podman | docker
@@ -150,6 +151,10 @@ class PeerConfig:
     join: tuple[Address, ...] = ()
     data_dir: Path = Path(".")
     key_file: Path | None = None
+    leaf_keys: Path | None = None
+    """The leaves' key file (`nanomesh.wire.leaf.parse_leaf_keys`: one
+    ``<leaf> <hex key>`` per line): the gateway takes registrations and
+    reports at ``/leaf/...`` from these leaves only. None: no leaves."""
     profile_refresh: float = DEFAULT_PROFILE_REFRESH
     labels: dict[str, str] = field(default_factory=dict)
     devices: tuple[dict[str, Any], ...] = ()
@@ -237,6 +242,9 @@ def build_config(
     if isinstance(refresh, bool) or not isinstance(refresh, int | float) or refresh <= 0:
         raise ConfigError(f"{where}: peer.profile_refresh must be a positive number of seconds")
     key = key_file or (Path(peer["key_file"]) if "key_file" in peer else None)
+    leaf_keys = peer.get("leaf_keys")
+    if leaf_keys is not None and (not isinstance(leaf_keys, str) or not leaf_keys):
+        raise ConfigError(f"{where}: peer.leaf_keys must be the path of the leaves' key file")
     port = api_port or int(peer.get("api_port", DEFAULT_API_PORT))
     if not 0 < port < 65536:
         raise ConfigError(f"api port {port} out of range")
@@ -269,6 +277,7 @@ def build_config(
         join=tuple(parse_address(str(s), DEFAULT_GOSSIP_PORT, "--join") for s in seeds),
         data_dir=data_dir or Path(peer.get("data_dir") or default_data_dir(name)),
         key_file=key,
+        leaf_keys=Path(leaf_keys) if leaf_keys else None,
         profile_refresh=float(refresh),
         labels=dict(labels),
         devices=tuple(devices),

@@ -32,7 +32,8 @@ PURE_CORES = (
     "nanomesh.gossip", "nanomesh.placement", "nanomesh.consensus.voters",
     "nanomesh.consensus.role_core", "nanomesh.runtime.reconcile_core",
     "nanomesh.runtime.lifecycle", "nanomesh.runtime.deployment_core", "nanomesh.naming",
-    "nanomesh.ids", "nanomesh.wire.messages", "nanomesh.monitor",
+    "nanomesh.ids", "nanomesh.wire.messages", "nanomesh.monitor", "nanomesh.wire.leaf",
+    "nanomesh.gateway.leaf_core",
 )
 """Decision code: messages and ``now`` in, effects out. It does no I/O and
 reads no clock, so it imports none of `IO_MODULES`."""

@@ -86,10 +86,12 @@ from nanomesh.daemon.profile import ProfileSource
 from nanomesh.daemon.views import Routes, Traffic
 from nanomesh.disk import DiskHealth
 from nanomesh.errors import ConfigError
+from nanomesh.gateway.leaf_core import LeafEndpoint
 from nanomesh.gossip.machine import Membership
 from nanomesh.security import servicekeys
 from nanomesh.security.auth import InternalCalls
 from nanomesh.wire import Address, Keyring
+from nanomesh.wire.leaf import parse_leaf_keys
 
 log = logging.getLogger("nanomesh.peer")
 T = TypeVar("T")
@@ -205,12 +207,22 @@ class PeerAssembly:
                               members=members, disk=disk, republish=republish,
                               committed=PlanWatcher(events, members).committed)
 
+        leaves = leaf_endpoint(cfg)
+        own_devices = list(discovered.get("devices") or [])
+        """This machine's devices (config and HAT: fixed while the peer runs)."""
+
         def profile_sections() -> dict[str, Any]:
             """What the control plane adds to our gossiped profile: the Raft
-            role, our instances' states, the bundles we serve, the runtime."""
-            return {"raft": roles.profile_section(),
-                    "instances": instances_section(runtime.driver.status()),
-                    BUNDLES_SECTION: bundles.held, "runtime": runtime.section}
+            role, our instances' states, the bundles we serve, the runtime;
+            and our leaves (their devices count as ours for placement)."""
+            sections: dict[str, Any] = {
+                "raft": roles.profile_section(),
+                "instances": instances_section(runtime.driver.status()),
+                BUNDLES_SECTION: bundles.held, "runtime": runtime.section}
+            if leaves is not None and leaves.registry.leaves:
+                sections["leaves"] = leaves.registry.summary()
+                sections["devices"] = [*own_devices, *leaves.registry.devices()]
+            return sections
 
         def storage_problems() -> tuple[str, ...]:
             node = roles.node
@@ -245,7 +257,7 @@ class PeerAssembly:
         if cfg.ui:
             routes.update(ui_routes())
         return _Parts(core, shell, bundles, runtime, roles, control, access, routes,
-                      api_stats, events)
+                      api_stats, events, leaves)
 
     async def _serve_coap_gateway(
             self, parts: _Parts, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
@@ -260,7 +272,9 @@ class PeerAssembly:
                                  services=lambda: service_names(roles.node, core.members()),
                                  visibility=lambda service: service_visibility(roles.node,
                                                                                service),
-                                 me=me, keys=self.credentials.keys, task_status=task_status)
+                                 me=me, keys=self.credentials.keys, leaves=parts.leaves,
+                                 leaves_changed=parts.shell.republish_profile,
+                                 task_status=task_status)
 
     async def _watch_signals(self, parts: _Parts, scope: trio.CancelScope, *,
                              task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -286,7 +300,7 @@ class _Parts:
     def __init__(self, core: Membership, shell: GossipShell, bundles: BundleService,
                  runtime: LocalRuntime, roles: RaftRoleManager, control: ControlLoop,
                  access: Access, routes: Routes, api_stats: ServerStats,
-                 events: EventHub) -> None:
+                 events: EventHub, leaves: LeafEndpoint | None) -> None:
         self.core = core
         self.shell = shell
         self.bundles = bundles
@@ -297,6 +311,22 @@ class _Parts:
         self.routes = routes
         self.api_stats = api_stats
         self.events = events
+        self.leaves = leaves
+
+
+def leaf_endpoint(cfg: PeerConfig) -> LeafEndpoint | None:
+    """The leaves' endpoint if the config names a leaf key file (read now:
+    ConfigError before anything starts), else None."""
+    if cfg.leaf_keys is None:
+        return None
+    if not cfg.coap_port:
+        raise ConfigError("peer.leaf_keys needs the CoAP gateway (coap_port is 0)")
+    try:
+        text = cfg.leaf_keys.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the leaf key file {cfg.leaf_keys}: "
+                          f"{exc.strerror or exc}") from None
+    return LeafEndpoint(parse_leaf_keys(text, str(cfg.leaf_keys)))
 
 
 async def _run_control_plane(parts: _Parts) -> None:
