@@ -33,6 +33,7 @@ PURE_CORES = (
     "nanomesh.consensus.role_core", "nanomesh.runtime.reconcile_core",
     "nanomesh.runtime.lifecycle", "nanomesh.runtime.deployment_core", "nanomesh.naming",
     "nanomesh.ids", "nanomesh.wire.messages",
+    "nanomesh.devices.world", "nanomesh.devices.berrymed", "nanomesh.devices.alert_core",
 )
 """Decision code: messages and ``now`` in, effects out. It does no I/O and
 reads no clock, so it imports none of `IO_MODULES`."""
@@ -47,7 +48,7 @@ LAYERS = (
     "__init__", "errors", "wire", "gossip",
     "config", "checks", "ids", "disk", "naming",
     "consensus", "placement", "security", "transport", "runtime", "gateway", "bundles",
-    "sdk", "client", "service", "discovery", "sim", "testing", "daemon", "cli", "__main__",
+    "sdk", "client", "service", "devices", "discovery", "sim", "testing", "daemon", "cli", "__main__",
 )
 """The packages (and root modules) bottom up, as in docs/architecture.md:
 each imports only from those before it."""
