@@ -117,6 +117,20 @@ class AlertCore:
             return [AlertRaised(metric, kind, value, track.since, now)]
         return []
 
+    def snapshot(self) -> dict[str, float]:
+        """The raised alerts and when their excursion began: what a new
+        instance needs (`restore`) to clear them, or not raise them twice,
+        after the service moved to another peer."""
+        return {m: t.since for m, t in sorted(self._tracks.items())
+                if t.raised and t.since is not None}
+
+    def restore(self, raised: dict[str, float], now: float) -> None:
+        """Take over `snapshot`'s alerts as raised, as observed at ``now``
+        (so the next reading decides: it clears them, or they stay raised)."""
+        for metric, since in raised.items():
+            if metric in self.rules:
+                self._tracks[metric] = _Track(since=since, last=now, raised=True)
+
     def raised(self) -> list[str]:
         """Metrics whose alert is raised now."""
         return sorted(m for m, t in self._tracks.items() if t.raised)

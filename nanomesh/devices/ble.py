@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import threading
 import uuid
@@ -200,7 +201,11 @@ async def _in_asyncio_thread(main: Callable[[threading.Event], Coroutine[Any, An
     stop = threading.Event()
 
     def run() -> None:
-        asyncio.run(main(stop))
+        # A plain selector loop in an empty context: trio-asyncio (the SDK's
+        # CoAP endpoints) installs a global policy whose loops run trio, from
+        # which the callbacks could not hand data to our trio run.
+        with asyncio.Runner(loop_factory=asyncio.SelectorEventLoop) as runner:
+            contextvars.Context().run(runner.run, main(stop))
 
     async def stop_when_cancelled() -> None:
         try:

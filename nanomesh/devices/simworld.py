@@ -21,7 +21,6 @@ import shutil
 import time
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import trio
@@ -34,6 +33,8 @@ log = logging.getLogger("nanomesh.devices")
 
 ENV_WORLD = "NANOMESH_WORLD"
 ENV_START = "NANOMESH_WORLD_START"
+RELOAD_PERIOD = 0.5
+"""Seconds between two checks of the scenario file's modification time."""
 WORLD_PERIOD = 0.2
 """Seconds between two updates of the fake hardware: finer than any
 scenario step a demo uses (whole seconds), cheap (a few small writes)."""
@@ -54,17 +55,46 @@ def load_world(path: Path) -> World:
         raise WorldError(f"{path}: {exc}") from None
 
 
-@dataclass(frozen=True)
 class SimWorld:
-    world: World
-    start: float
-    """Unix time of the world's second 0."""
+    """The world and its clock; re-reads the scenario file when it changes
+    (at most every `RELOAD_PERIOD`), so a demo can script the world as its
+    story unfolds. A file that fails to parse then is logged and ignored:
+    the world stays as it was."""
+
+    def __init__(self, world: World, start: float, path: Path | None = None) -> None:
+        self.world = world
+        self.start = start
+        self.path = path
+        self._mtime = _mtime(path)
+        self._checked = time.monotonic()
 
     def elapsed(self) -> float:
         return time.time() - self.start
 
     def now(self) -> Snapshot:
+        self._maybe_reload()
         return self.world.at(self.elapsed())
+
+    def _maybe_reload(self) -> None:
+        if self.path is None or time.monotonic() - self._checked < RELOAD_PERIOD:
+            return
+        self._checked = time.monotonic()
+        mtime = _mtime(self.path)
+        if mtime == self._mtime:
+            return
+        self._mtime = mtime
+        try:
+            self.world = load_world(self.path)
+            log.info("simulated world: reloaded %s", self.path)
+        except WorldError as exc:
+            log.warning("simulated world: %s (keeping the previous world)", exc)
+
+
+def _mtime(path: Path | None) -> int | None:
+    try:
+        return path.stat().st_mtime_ns if path is not None else None
+    except OSError:
+        return None
 
 
 def from_env(env: Mapping[str, str] | None = None) -> SimWorld:
@@ -78,7 +108,7 @@ def from_env(env: Mapping[str, str] | None = None) -> SimWorld:
         raise WorldError(f"{ENV_START} must be Unix seconds, got {env[ENV_START]!r}") from None
     log.info("simulated world: %s, started %.1f s ago", path or "empty (no NANOMESH_WORLD)",
              time.time() - start)
-    return SimWorld(world, start)
+    return SimWorld(world, start, Path(path) if path else None)
 
 
 class W1SimTree:
