@@ -48,7 +48,8 @@ LAYERS = (
     "__init__", "errors", "wire", "gossip",
     "config", "checks", "ids", "disk", "naming",
     "consensus", "placement", "security", "transport", "runtime", "gateway", "bundles",
-    "sdk", "client", "service", "devices", "discovery", "sim", "testing", "daemon", "cli", "__main__",
+    "sdk", "client", "service", "devices",
+    "discovery", "sim", "testing", "daemon", "cli", "__main__",
 )
 """The packages (and root modules) bottom up, as in docs/architecture.md:
 each imports only from those before it."""

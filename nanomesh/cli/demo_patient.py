@@ -47,8 +47,9 @@ from typing import Any, TypeVar
 
 from nanomesh.cli import lab
 from nanomesh.cli.demo import DemoError, default_dir
+from nanomesh.cli.runtime import upload_bundle
 from nanomesh.config import DEFAULT_API_PORT, DEFAULT_GOSSIP_PORT
-from nanomesh.devices.simworld import ENV_START, ENV_WORLD
+from nanomesh.devices.world import ENV_START, ENV_WORLD
 from nanomesh.security.auth import TOKEN_FILE, read_token_file
 from nanomesh.transport.apiclient import ApiError, get_json, request_json
 from nanomesh.wire import generate_key
@@ -259,7 +260,6 @@ class _PatientDemo:
         self.log(f"mesh up: hospital + home; home's profile shows {shown}")
 
     def deploy(self) -> None:
-        from nanomesh.cli.runtime import upload_bundle
         from nanomesh.runtime.manifest import load_manifest
 
         for name in SERVICES:
@@ -318,7 +318,8 @@ class _PatientDemo:
                 for s in sorted(pending):
                     if where.get(s) == (dst, "running"):
                         pending.discard(s)
-                        self.log(f"{s} running on {dst}", t0)
+                        self.log(f"{s} placed on {dst} (placement says running; the "
+                                 "process still has to start)", t0)
             time.sleep(POLL_PERIOD)
         pom = self.wait(f"vitals from the {dst}", lambda: self.vitals_from(dst))
         self.log(f"display shows vitals from the {dst}: SpO2 {pom['spo2']} %, pulse "

@@ -27,12 +27,17 @@ import trio
 
 from nanomesh.devices.gpio import Gpio
 from nanomesh.devices.w1 import is_sensor_id, render_w1_slave
-from nanomesh.devices.world import Snapshot, World, WorldError, parse_world
+from nanomesh.devices.world import (
+    ENV_START,
+    ENV_WORLD,
+    Snapshot,
+    World,
+    WorldError,
+    parse_world,
+)
 
 log = logging.getLogger("nanomesh.devices")
 
-ENV_WORLD = "NANOMESH_WORLD"
-ENV_START = "NANOMESH_WORLD_START"
 RELOAD_PERIOD = 0.5
 """Seconds between two checks of the scenario file's modification time."""
 WORLD_PERIOD = 0.2

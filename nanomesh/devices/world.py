@@ -43,6 +43,11 @@ from typing import Any
 
 from nanomesh.errors import ConfigError
 
+ENV_WORLD = "NANOMESH_WORLD"
+"""The scenario file of the simulated world (`nanomesh.devices.simworld`)."""
+ENV_START = "NANOMESH_WORLD_START"
+"""Unix seconds when the world's time was 0."""
+
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9:._-]*")
 _TOP = ("oximeter", "thermometer", "pir", "tag", "description")
 
