@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from nanomesh.cli import lab
-from nanomesh.cli.demo import DemoError, default_dir
+from nanomesh.cli.demo import DemoError, answers, default_dir, wait_for
 from nanomesh.cli.runtime import upload_bundle
 from nanomesh.config import DEFAULT_API_PORT, DEFAULT_GOSSIP_PORT
 from nanomesh.devices.world import ENV_START, ENV_WORLD
@@ -127,20 +127,12 @@ class _PatientDemo:
 
     def wait(self, what: str, check: Callable[[], T | None],
              timeout: float = STEP_TIMEOUT) -> T:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                result = check()
-            except ApiError:
-                result = None
-            if result is not None:
-                return result
-            if time.monotonic() > deadline:
-                last = f" (last error: {self.last_error})" if self.last_error else ""
-                raise DemoError(f"timed out after {timeout:.0f} s waiting for {what}{last}; the "
-                                f"peers' logs are {self.dir}/NAME.log, the services' "
-                                f"{self.dir}/NAME/logs/")
-            time.sleep(POLL_PERIOD)
+        return wait_for(what, check, timeout, self.hint, POLL_PERIOD)
+
+    def hint(self) -> str:
+        last = f"the last failed call: {self.last_error}; " if self.last_error else ""
+        return (f"{last}the peers' logs are {self.dir}/NAME.log, the services' "
+                f"{self.dir}/NAME/logs/")
 
     @property
     def api(self) -> str:
@@ -177,8 +169,8 @@ class _PatientDemo:
 
     def prepare_dir(self) -> None:
         ips = [ip_at(self.base_ip, i) for i in range(4)]
-        busy = [ip for ip in ips if _answers(ip, DEFAULT_API_PORT)
-                or _answers(ip, DEFAULT_GOSSIP_PORT)]
+        busy = [ip for ip in ips if answers(ip, DEFAULT_API_PORT)
+                or answers(ip, DEFAULT_GOSSIP_PORT)]
         if busy:
             raise DemoError(f"something already runs on {', '.join(busy)}; choose other "
                             "addresses with --base-ip, or stop it first")
@@ -364,16 +356,6 @@ class _PatientDemo:
         self.log("SpO2 alert cleared on the display", t0)
         self.valve(False)
         self.log("oxygen valve closed", t0)
-
-
-def _answers(ip: str, port: int) -> bool:
-    import socket
-
-    try:
-        with socket.create_connection((ip, port), timeout=0.3):
-            return True
-    except OSError:
-        return False
 
 
 def patient(demo_dir: Path | None = None, base_ip: str = "127.0.0.2", keep: bool = False,

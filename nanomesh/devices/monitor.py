@@ -56,6 +56,11 @@ class VitalsMonitor:
             self.outbox.add(record)
         return effects
 
+    def status(self) -> dict[str, Any]:
+        """What a monitoring service reports about its alerts."""
+        return {"alerts_raised": self.core.raised(), "alerts_pending": len(self.outbox.items),
+                "alerts_delivered": self.delivered}
+
     def state_blob(self) -> bytes:
         """The raised alerts, for the runtime's state hand-off (``save_state``)."""
         return json.dumps({"raised": self.core.snapshot()}).encode()

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import bisect
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -228,6 +228,21 @@ def _unique(key: str, seen: dict[str, int], where: str, i: int) -> None:
     seen[key] = i
 
 
+def _by_id(raw: Mapping[str, Any], section: str, id_key: str, value_key: str,
+           value: Callable[[Any, str], Any], normalise: Callable[[str], str] = str
+           ) -> dict[str, Any]:
+    """``[[section]]`` tables of exactly ``id_key`` and ``value_key``, by id."""
+    out: dict[str, Any] = {}
+    seen: dict[str, int] = {}
+    for i, e in enumerate(_table_list(raw, section)):
+        w = f"{section}[{i}]"
+        _keys(e, w, (id_key, value_key), (id_key, value_key))
+        key = normalise(_ident(e[id_key], f"{w}.{id_key}"))
+        _unique(key, seen, w, i)
+        out[key] = value(e[value_key], f"{w}.{value_key}")
+    return out
+
+
 def parse_world(raw: Mapping[str, Any]) -> World:
     """A scenario file's TOML tables as a `World`; WorldError names the first
     bad field."""
@@ -237,32 +252,12 @@ def parse_world(raw: Mapping[str, Any]) -> World:
     description = raw.get("description", "")
     if not isinstance(description, str):
         raise _fail("description", "must be a string")
-    oxi: dict[str, Steps] = {}
-    seen: dict[str, int] = {}
-    for i, e in enumerate(_table_list(raw, "oximeter")):
-        w = f"oximeter[{i}]"
-        _keys(e, w, ("address", "readings"), ("address", "readings"))
-        addr = _ident(e["address"], f"{w}.address").upper()
-        _unique(addr, seen, w, i)
-        oxi[addr] = _steps(e["readings"], f"{w}.readings", _vitals)
-    therm: dict[str, Steps] = {}
-    seen = {}
-    for i, e in enumerate(_table_list(raw, "thermometer")):
-        w = f"thermometer[{i}]"
-        _keys(e, w, ("id", "readings"), ("id", "readings"))
-        sid = _ident(e["id"], f"{w}.id")
-        _unique(sid, seen, w, i)
-        therm[sid] = _steps(e["readings"], f"{w}.readings", _celsius)
-    pirs: dict[str, tuple[tuple[float, float], ...]] = {}
-    seen = {}
-    for i, e in enumerate(_table_list(raw, "pir")):
-        w = f"pir[{i}]"
-        _keys(e, w, ("id", "motion"), ("id", "motion"))
-        pid = _ident(e["id"], f"{w}.id")
-        _unique(pid, seen, w, i)
-        pirs[pid] = _spans(e["motion"], f"{w}.motion")
+    oxi = _by_id(raw, "oximeter", "address", "readings",
+                 lambda v, w: _steps(v, w, _vitals), str.upper)
+    therm = _by_id(raw, "thermometer", "id", "readings", lambda v, w: _steps(v, w, _celsius))
+    pirs = _by_id(raw, "pir", "id", "motion", _spans)
     tags: list[Tag] = []
-    seen = {}
+    seen: dict[str, int] = {}
     for i, e in enumerate(_table_list(raw, "tag")):
         w = f"tag[{i}]"
         _keys(e, w, ("uuid", "name", "near"), ("uuid", "near"))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -13,18 +12,12 @@ from pathlib import Path
 import pytest
 from mesh_harness import PY
 
+from nanomesh.cli.demo import answers
+
 pytestmark = pytest.mark.integration
 
 BASE_IP = "127.0.15.20"
 """The demo's four peers: 127.0.15.20-23 (outside the lab's addresses)."""
-
-
-def _answers(ip: str, port: int) -> bool:
-    try:
-        with socket.create_connection((ip, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 def test_patient_demo_follows_the_devices_and_cleans_up(tmp_path: Path) -> None:
@@ -34,7 +27,7 @@ def test_patient_demo_follows_the_devices_and_cleans_up(tmp_path: Path) -> None:
     the display and the oxygen valve opened; the move to the ward (the raised
     alert taken over there), the alert cleared and the valve closed. It
     leaves no process behind and removes its directory."""
-    busy = [f"127.0.15.{n}" for n in range(20, 24) if _answers(f"127.0.15.{n}", 7947)]
+    busy = [f"127.0.15.{n}" for n in range(20, 24) if answers(f"127.0.15.{n}", 7947)]
     if busy:
         pytest.skip(f"something already runs on {', '.join(busy)}")
     demo_dir = tmp_path / "demo"

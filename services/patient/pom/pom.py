@@ -106,9 +106,7 @@ async def vitals(call: Call) -> dict:
 
 @svc.route("GET", "status")
 async def status(call: Call) -> dict:
-    return {"device": state["device"], "backend": state["backend"],
-            "alerts_raised": monitor.core.raised(), "alerts_pending": len(monitor.outbox.items),
-            "alerts_delivered": monitor.delivered}
+    return {"device": state["device"], "backend": state["backend"], **monitor.status()}
 
 
 @svc.route("GET", "health")
