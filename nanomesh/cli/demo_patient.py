@@ -266,6 +266,9 @@ class _PatientDemo:
         placed = self.wait("every service running", lambda: self.running_on(
             {"dd": "hospital", **{s: "home" for s in DEVICE_BOUND}}))
         self.log("deployed " + ", ".join(f"{s} on {p}" for s, p in sorted(placed.items())))
+        pom = self.wait("vitals from home", lambda: self.vitals_from("home"))
+        self.log(f"display shows vitals from home: SpO2 {pom['spo2']} %, pulse "
+                 f"{pom['pulse']}/min")
 
     def _post(self, raw: Mapping[str, Any]) -> bool | None:
         try:

@@ -52,6 +52,7 @@ def test_patient_demo_follows_the_devices_and_cleans_up(tmp_path: Path) -> None:
         line(r"home's profile shows pulse-oximeter \(bleak-sim\), body-temperature "
              r"\(w1-sim\), oxygen-controller \(gpiozero-mock\)"),
         line(r"deployed bot on home, dd on hospital, oc on home, pom on home"),
+        line(r"display shows vitals from home: SpO2 97 %"),
         line(r"ambulance joined the mesh"),
         line(r"home left the mesh"),
         line(r"pom placed on ambulance"),
