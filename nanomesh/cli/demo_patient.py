@@ -16,10 +16,11 @@ device-bound services, and the demo times each: the peer joining, the
 previous one gone, each service running on the new peer, and the first vital
 signs from there on the display. During the ride the simulated world (the
 scenario file, re-read by the simulators when it changes) lowers the
-patient's SpO2 and raises the temperature: after ``ALERT_PERIOD_S`` (the
-research used 30 minutes; the demo seconds) ``pom`` and ``bot`` raise
-alerts, kept on disk until ``dd`` has them, and ``pom`` opens the oxygen
-valve through ``oc``. In the ward the SpO2 recovers: the alert clears and
+patient's SpO2 and raises the temperature while the display is unreachable
+(``dd`` idled, as if the ambulance lost its link): after ``ALERT_PERIOD_S``
+(the research used 30 minutes; the demo seconds) ``pom`` and ``bot`` raise
+alerts, kept on disk until ``dd`` is back and has them, and ``pom`` opens the
+oxygen valve through ``oc``. In the ward the SpO2 recovers: the alert clears and
 the valve closes.
 
 Every line carries the seconds since the demo started (and a hop's own
@@ -335,21 +336,51 @@ class _PatientDemo:
             return state if isinstance(state, dict) and state.get("on") is on else None
         return self.wait(f"the oxygen valve {'open' if on else 'closed'}", check)
 
+    def set_mode(self, service: str, verb: str) -> None:
+        """``idle`` (stop its instances) or ``activate`` a service."""
+        def post() -> bool | None:
+            try:
+                request_json("POST", self.api, f"/v1/services/{service}/{verb}",
+                             token=self.token, timeout=10.0)
+                return True
+            except ApiError as exc:
+                if exc.status in (503, 504):
+                    return None
+                raise DemoError(f"{verb} {service} failed: {exc.operator_message()}") from None
+        self.wait(f"the mesh to {verb} {service}", post)
+
+    def pending(self) -> dict[str, int] | None:
+        """Alerts pom and bot keep on disk, once both have one."""
+        counts = {s: (self.call(s, "status") or {}).get("alerts_pending") for s in ("pom", "bot")}
+        return ({s: int(n) for s, n in counts.items() if n is not None}
+                if all(isinstance(n, int) and n >= 1 for n in counts.values()) else None)
+
     def deteriorate(self) -> None:
+        """In the ambulance: the display is unreachable when the vitals get
+        worse; the alerts wait on disk and arrive when it is back."""
         t0 = time.monotonic()
-        self.change_world(86, 124, 38.6, "in the ambulance the patient's SpO2 drops and "
-                          "fever rises")
+        self.set_mode("dd", "idle")
+        self.wait("the display to be unreachable",
+                  lambda: True if self.call("dd", "health") is None else None)
+        self.log("the ambulance loses its link to the hospital display (dd idled: its "
+                 "instance stopped)", t0)
+        self.change_world(86, 124, 38.6, "the patient's SpO2 drops and fever rises")
+        kept = self.wait("the alerts kept on disk", self.pending)
+        self.log("alerts raised while the display is unreachable, kept on disk: "
+                 + ", ".join(f"{s} {n} pending" for s, n in sorted(kept.items())), t0)
+        state = self.valve(True)
+        self.log(f"oxygen valve OPEN (oc on the {self.placement()['oc'][0]}, BCM "
+                 f"{state['pin']} via {state['backend']}, pin level {state['level']})", t0)
+        self.set_mode("dd", "activate")
+        self.log("the link is back (dd activated)", t0)
         got = self.alerts(lambda a: {("pom", "spo2"), ("bot", "celsius")} <= {
             (x["source"], x["metric"]) for x in a if x["event"] == "raised"},
             "the SpO2 and fever alerts on the display")
         for a in got:
             if a["event"] == "raised":
                 self.log(f"ALERT on the display: {a['source']} {a['metric']} {a['kind']} "
-                         f"({a['value']}) beyond its threshold for {a['at'] - a['since']:.1f}"
-                         f" s", t0)
-        state = self.valve(True)
-        self.log(f"oxygen valve OPEN (oc on the {self.placement()['oc'][0]}, BCM "
-                 f"{state['pin']} via {state['backend']}, pin level {state['level']})", t0)
+                         f"({a['value']}), beyond its threshold for {a['at'] - a['since']:.1f} "
+                         f"s, delivered {a['received'] - a['at']:.1f} s after it was raised", t0)
 
     def recover(self) -> None:
         t0 = time.monotonic()
