@@ -32,7 +32,8 @@ PURE_CORES = (
     "nanomesh.gossip", "nanomesh.placement", "nanomesh.consensus.voters",
     "nanomesh.consensus.role_core", "nanomesh.runtime.reconcile_core",
     "nanomesh.runtime.lifecycle", "nanomesh.runtime.deployment_core", "nanomesh.naming",
-    "nanomesh.ids", "nanomesh.wire.messages",
+    "nanomesh.ids", "nanomesh.wire.messages", "nanomesh.monitor", "nanomesh.wire.leaf",
+    "nanomesh.gateway.leaf_core",
     "nanomesh.devices.world", "nanomesh.devices.berrymed", "nanomesh.devices.alert_core",
 )
 """Decision code: messages and ``now`` in, effects out. It does no I/O and
@@ -47,7 +48,8 @@ IO_MODULES = {
 LAYERS = (
     "__init__", "errors", "wire", "gossip",
     "config", "checks", "ids", "disk", "naming",
-    "consensus", "placement", "security", "transport", "runtime", "gateway", "bundles",
+    "consensus", "placement", "security", "transport", "runtime", "monitor", "gateway",
+    "bundles",
     "sdk", "client", "service", "devices",
     "discovery", "sim", "testing", "daemon", "cli", "__main__",
 )

@@ -22,7 +22,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -32,6 +31,7 @@ from typing import Any
 from nanomesh.cli import labfaults
 from nanomesh.config import DEFAULT_API_PORT, DEFAULT_GOSSIP_PORT
 from nanomesh.errors import NanomeshError
+from nanomesh.testing.peerproc import peer_argv
 from nanomesh.transport.apiclient import ApiError, get_json
 from nanomesh.wire import generate_key
 
@@ -170,13 +170,9 @@ def spawn_peer(name: str, ip: str, lab_dir: Path, seeds: list[str], preset: str,
     log in LAB_DIR/NAME.log), joining through ``seeds``; with a peer
     ``config`` file (its ``[[devices]]``, labels) and extra ``env`` (the
     process's and its instances'). Returns at once: see `wait_converged`."""
-    argv = [sys.executable, "-m", "nanomesh", "peer", "run", "--name", name, "--bind", ip,
-            "--data-dir", str(lab_dir / name), "--gossip-preset", preset,
-            "--key-file", str(key_file)]
-    if config is not None:
-        argv += ["--config", str(config)]
-    for seed in seeds:
-        argv += ["--join", seed]
+    argv = peer_argv(name=name, bind=ip, data_dir=lab_dir / name, preset=preset, join=seeds,
+                     key_file=key_file,
+                     extra=["--config", str(config)] if config is not None else ())
     log_path = lab_dir / f"{name}.log"
     with log_path.open("ab") as log:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
