@@ -34,6 +34,7 @@ PURE_CORES = (
     "nanomesh.runtime.lifecycle", "nanomesh.runtime.deployment_core", "nanomesh.naming",
     "nanomesh.ids", "nanomesh.wire.messages", "nanomesh.monitor", "nanomesh.wire.leaf",
     "nanomesh.gateway.leaf_core",
+    "nanomesh.devices.world", "nanomesh.devices.berrymed", "nanomesh.devices.alert_core",
 )
 """Decision code: messages and ``now`` in, effects out. It does no I/O and
 reads no clock, so it imports none of `IO_MODULES`."""
@@ -49,7 +50,8 @@ LAYERS = (
     "config", "checks", "ids", "disk", "naming",
     "consensus", "placement", "security", "transport", "runtime", "monitor", "gateway",
     "bundles",
-    "sdk", "client", "service", "discovery", "sim", "testing", "daemon", "cli", "__main__",
+    "sdk", "client", "service", "devices",
+    "discovery", "sim", "testing", "daemon", "cli", "__main__",
 )
 """The packages (and root modules) bottom up, as in docs/architecture.md:
 each imports only from those before it."""

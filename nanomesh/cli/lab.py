@@ -98,7 +98,7 @@ def load_preset(lab_dir: Path) -> str:
         return "local"
 
 
-def _save_state(lab_dir: Path, peers: list[LabPeer], preset: str | None = None) -> None:
+def save_state(lab_dir: Path, peers: list[LabPeer], preset: str | None = None) -> None:
     preset = preset or load_preset(lab_dir)
     tmp = lab_dir / (STATE_FILE + ".tmp")
     tmp.write_text(json.dumps({"preset": preset, "peers": [asdict(p) for p in peers]},
@@ -142,12 +142,12 @@ def up(n: int, lab_dir: Path, preset: str = "local",
             peer, procs[peer_name(i)] = _spawn(i, lab_dir, [seed] if i else [], preset,
                                                   key_file)
             peers.append(peer)
-            _save_state(lab_dir, peers, preset)
+            save_state(lab_dir, peers, preset)
             if i == 0:  # the seed first, so the others join at their first attempt
-                _wait_converged(peers, 1, procs)
+                wait_converged(peers, 1, procs)
         say(f"started {n} peers in {lab_dir}; waiting for them to converge...")
-        _wait_converged(peers, n, procs)
-        _wait_bootstrapped(peers[0], lab_dir, procs)
+        wait_converged(peers, n, procs)
+        wait_bootstrapped(peers[0], lab_dir / FOUNDER, procs)
     except BaseException:
         # Leave nothing half-started behind: a failed `up` must not block the next.
         for proc in procs.values():
@@ -160,19 +160,31 @@ def up(n: int, lab_dir: Path, preset: str = "local",
 
 def _spawn(i: int, lab_dir: Path, seeds: list[str], preset: str, key_file: Path
            ) -> tuple[LabPeer, subprocess.Popen[bytes]]:
-    name = peer_name(i)
-    ip = peer_ip(i)
+    return spawn_peer(peer_name(i), peer_ip(i), lab_dir, seeds, preset, key_file)
+
+
+def spawn_peer(name: str, ip: str, lab_dir: Path, seeds: list[str], preset: str,
+               key_file: Path, *, config: Path | None = None,
+               env: dict[str, str] | None = None) -> tuple[LabPeer, subprocess.Popen[bytes]]:
+    """Start one peer process named ``name`` on ``ip`` (data in LAB_DIR/NAME,
+    log in LAB_DIR/NAME.log), joining through ``seeds``; with a peer
+    ``config`` file (its ``[[devices]]``, labels) and extra ``env`` (the
+    process's and its instances'). Returns at once: see `wait_converged`."""
     argv = peer_argv(name=name, bind=ip, data_dir=lab_dir / name, preset=preset, join=seeds,
-                     key_file=key_file)
+                     key_file=key_file,
+                     extra=["--config", str(config)] if config is not None else ())
     log_path = lab_dir / f"{name}.log"
     with log_path.open("ab") as log:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, **env} if env else None)
     return LabPeer(name, proc.pid, ip, DEFAULT_GOSSIP_PORT, DEFAULT_API_PORT, str(log_path)), proc
 
 
-def _wait_converged(peers: list[LabPeer], n: int,
-                    procs: dict[str, subprocess.Popen[bytes]]) -> None:
+def wait_converged(peers: list[LabPeer], n: int,
+                   procs: dict[str, subprocess.Popen[bytes]]) -> None:
+    """Until each of ``peers`` sees ``n`` members alive; LabError (with the log's
+    tail) if one of ``procs`` exits, or after `CONVERGE_TIMEOUT`."""
     deadline = time.monotonic() + CONVERGE_TIMEOUT
     pending = list(peers)
     while pending:
@@ -195,12 +207,12 @@ def _wait_converged(peers: list[LabPeer], n: int,
         time.sleep(0.1)
 
 
-def _wait_bootstrapped(founder: LabPeer, lab_dir: Path,
-                       procs: dict[str, subprocess.Popen[bytes]]) -> None:
+def wait_bootstrapped(founder: LabPeer, data_dir: Path,
+                      procs: dict[str, subprocess.Popen[bytes]]) -> None:
     """Until the founder's Raft leader is elected and its management token is
-    committed, so that `nanomesh deploy` works right after `lab up`."""
+    committed (in its ``data_dir``), so that `nanomesh deploy` works."""
     deadline = time.monotonic() + CONVERGE_TIMEOUT
-    token = lab_dir / FOUNDER / "management.token"
+    token = data_dir / "management.token"
     while time.monotonic() < deadline:
         if procs[founder.name].poll() is not None:
             raise LabError(f"{founder.name} exited; its log {founder.log} ends:\n"
@@ -290,9 +302,9 @@ def add(k: int, lab_dir: Path, say: Callable[[str], None] = print) -> list[LabPe
         peer, procs[peer_name(i)] = _spawn(i, lab_dir, seeds, load_preset(lab_dir),
                                            lab_dir / "cluster.key")
         added.append(peer)
-        _save_state(lab_dir, peers + added)
+        save_state(lab_dir, peers + added)
     say(f"started {', '.join(p.name for p in added)}; waiting for the mesh to see them...")
-    _wait_converged(running + added, len(running) + k, procs)
+    wait_converged(running + added, len(running) + k, procs)
     return added
 
 
@@ -317,8 +329,8 @@ def start(name: str, lab_dir: Path) -> LabPeer:
     running = [p for p in peers if alive(p.pid)]
     new, proc = _spawn(peer_index(name), lab_dir, _seeds(running), load_preset(lab_dir),
                        lab_dir / "cluster.key")
-    _save_state(lab_dir, [new if p.name == name else p for p in peers])
-    _wait_converged([*running, new], len(running) + 1, {name: proc})
+    save_state(lab_dir, [new if p.name == name else p for p in peers])
+    wait_converged([*running, new], len(running) + 1, {name: proc})
     return new
 
 
@@ -328,7 +340,7 @@ def remove(name: str, lab_dir: Path, *, kill: bool = False) -> LabPeer:
     peer = _find(name, lab_dir)
     if alive(peer.pid):
         stop(name, lab_dir, kill=kill)
-    _save_state(lab_dir, [p for p in load_state(lab_dir) if p.name != name])
+    save_state(lab_dir, [p for p in load_state(lab_dir) if p.name != name])
     return peer
 
 
