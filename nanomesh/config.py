@@ -15,6 +15,7 @@ key_file = "/etc/nanomesh/cluster.key"
 profile_refresh = 5.0              # seconds between live-load samples
 labels = { room = "meeting-1" }
 container_engine = "auto"          # auto | runc | podman | docker
+metrics_need_token = false         # GET /v1/metrics: open (default) or management token
 
 [gossip]
 preset = "lan"                     # lan | local | memberlist-lan
@@ -151,6 +152,14 @@ class PeerConfig:
     gossip: GossipConfig = field(default_factory=GossipConfig)
     config_file: Path | None = None
     container_engine: str = "auto"
+    metrics_need_token: bool = False
+    """Whether ``GET /v1/metrics`` needs the management token. Off by default:
+    the metrics hold no secrets (counts, states, peer and service names, all
+    open in ``/v1/health`` and ``/v1/members`` already), and a scraper given
+    the token could deploy code on every device. On: a Prometheus job sends it
+    (``authorization: {credentials_file: ...}``), as Consul's
+    ``/v1/agent/metrics`` wants an ACL token once ACLs are on. Decided in
+    `nanomesh.daemon.api_auth.Access.authorize_metrics`."""
 
     @property
     def api_addr(self) -> Address:
@@ -245,6 +254,9 @@ def build_config(
     if coap_port == bind_addr[1]:
         raise ConfigError(f"coap port {coap_port} is the gossip port (both UDP); choose another")
     events_ports = _events_ports(peer, where, {bind_addr[1]: "gossip", port: "api"})
+    metrics_need_token = peer.get("metrics_need_token", False)
+    if not isinstance(metrics_need_token, bool):
+        raise ConfigError(f"{where}: peer.metrics_need_token must be true or false")
     return PeerConfig(
         name=name,
         bind=bind_addr,
@@ -261,6 +273,7 @@ def build_config(
         gossip=_gossip_from(raw.get("gossip", {}), gossip_preset, where),
         config_file=config_file,
         container_engine=engine,
+        metrics_need_token=metrics_need_token,
     )
 
 

@@ -75,11 +75,14 @@ from nanomesh.daemon.http import serve_http
 from nanomesh.daemon.http_limits import ServerStats
 from nanomesh.daemon.local_runtime import LocalRuntime
 from nanomesh.daemon.membership import GossipShell, prepare_data_dir, rejoin_targets
+from nanomesh.daemon.metrics import metrics_routes
+from nanomesh.daemon.metrics_context import MetricsContext
 from nanomesh.daemon.peer_calls import PeerCalls
 from nanomesh.daemon.profile import ProfileSource
 from nanomesh.daemon.views import Routes, Traffic
 from nanomesh.disk import DiskHealth
 from nanomesh.errors import ConfigError
+from nanomesh.gateway.core import Gateway
 from nanomesh.gossip.machine import Membership
 from nanomesh.security import servicekeys
 from nanomesh.security.auth import InternalCalls
@@ -144,7 +147,7 @@ class PeerAssembly:
                 serve_http, large_bodies=bundle_body_limits(parts.access),
                 stats=parts.api_stats), parts.routes, api_listeners)
             if cfg.coap_port:
-                await nursery.start(self._serve_coap_gateway, parts)
+                parts.gateway = await nursery.start(self._serve_coap_gateway, parts)
             if cfg.events_xpub_port and cfg.events_xsub_port:
                 # Pub/sub relay between nanoservices (ConfigError if a port is taken).
                 from nanomesh.sdk.events import serve_event_relay
@@ -216,7 +219,8 @@ class PeerAssembly:
                             membership_changed=gossip_changed,
                             storage_problems=storage_problems, remembered=remembered)
         access = Access(self.keyring, InternalCalls(), consensus,
-                        runtime.driver.instance_token)
+                        runtime.driver.instance_token,
+                        metrics_need_token=cfg.metrics_need_token)
         api_stats = ServerStats()
         """What the HTTP API refused or cut off (``/v1/health`` shows it)."""
         routes: Routes = {
@@ -230,8 +234,14 @@ class PeerAssembly:
             **naming_routes(NamingContext(cfg.name, members, consensus)),
             **runtime_routes(RuntimeContext(cfg.name, runtime.log_dir, access)),
             **bundle_and_registry_routes(bundles, access, consensus)}
-        return _Parts(core, shell, bundles, runtime, roles, control, access, routes,
-                      api_stats)
+        parts = _Parts(core, shell, bundles, runtime, roles, control, access, routes,
+                       api_stats)
+        routes.update(metrics_routes(MetricsContext(
+            core, traffic, consensus, lambda: roles.role, lambda: roles.epoch,
+            control.placement_durations, lambda: control.plans_committed,
+            runtime.driver.status, runtime.reconciler.restarts, lambda: parts.gateway,
+            api_stats, access)))
+        return parts
 
     async def _serve_coap_gateway(
             self, parts: _Parts, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
@@ -281,6 +291,8 @@ class _Parts:
         self.access = access
         self.routes = routes
         self.api_stats = api_stats
+        self.gateway: Gateway | None = None
+        """The CoAP gateway once it listens (None without one)."""
 
 
 async def _run_control_plane(parts: _Parts) -> None:
