@@ -63,6 +63,7 @@ from nanomesh.daemon.api_naming import (
     service_names,
     service_visibility,
 )
+from nanomesh.daemon.api_openapi import openapi_routes
 from nanomesh.daemon.api_raft import FollowCalls, raft_routes
 from nanomesh.daemon.api_runtime import RuntimeContext, runtime_routes
 from nanomesh.daemon.bundle_service import (
@@ -241,6 +242,7 @@ class PeerAssembly:
             control.placement_durations, lambda: control.plans_committed,
             runtime.driver.status, runtime.reconciler.restarts, lambda: parts.gateway,
             api_stats, access)))
+        routes.update(openapi_routes(routes))  # last: it documents the whole table
         return parts
 
     async def _serve_coap_gateway(

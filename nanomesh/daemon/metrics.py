@@ -10,7 +10,8 @@ so a peer nobody scrapes pays nothing.
 
 prometheus_client is imported on the first scrape, not at start: an idle
 peer's memory is a tracked goal (issue 9; the first scrape adds 2.9 MiB of
-RSS and PSS, measured on a one-peer mesh, README "Metrics"). Each peer has its own ``CollectorRegistry`` (never
+RSS and PSS, measured on a one-peer mesh, README "Metrics"). Each peer has its
+own ``CollectorRegistry`` (never
 the global one: two peers in one process, as in tests, must not mix).
 
 Access: open, or the management token if the peer is configured so
