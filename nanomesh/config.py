@@ -47,6 +47,10 @@ DEFAULT_GOSSIP_PORT = 7946
 """UDP and TCP port for gossip, as memberlist/Serf/Consul use."""
 DEFAULT_API_PORT = 7947
 """HTTP JSON API port, on the same IP as gossip."""
+DEFAULT_RAFT_PORT = 7948
+"""TCP port for Raft, on the peer's IP (gossip 7946, API 7947, Raft 7948).
+Here rather than in `nanomesh.consensus.config` (which re-exports it) so
+that knowing the port does not load pysyncobj."""
 DEFAULT_COAP_PORT = 5683
 """UDP port of the CoAP gateway (`nanomesh.gateway`), on the same IP as
 gossip: CoAP's own default (RFC 7252 §6.1), so that ``coap://<peer>/s/NAME``

@@ -22,7 +22,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -39,6 +38,7 @@ from nanomesh.labstate import LabError as LabError
 from nanomesh.labstate import LabPeer as LabPeer
 from nanomesh.labstate import alive as alive
 from nanomesh.labstate import load_state as load_state
+from nanomesh.testing.peerproc import peer_argv
 from nanomesh.transport.apiclient import ApiError, get_json
 from nanomesh.wire import generate_key
 
@@ -125,11 +125,8 @@ def _spawn(i: int, lab_dir: Path, seeds: list[str], preset: str, key_file: Path
            ) -> tuple[LabPeer, subprocess.Popen[bytes]]:
     name = peer_name(i)
     ip = peer_ip(i)
-    argv = [sys.executable, "-m", "nanomesh", "peer", "run", "--name", name, "--bind", ip,
-            "--data-dir", str(lab_dir / name), "--gossip-preset", preset,
-            "--key-file", str(key_file)]
-    for seed in seeds:
-        argv += ["--join", seed]
+    argv = peer_argv(name=name, bind=ip, data_dir=lab_dir / name, preset=preset, join=seeds,
+                     key_file=key_file)
     log_path = lab_dir / f"{name}.log"
     with log_path.open("ab") as log:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
