@@ -45,7 +45,7 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
@@ -83,11 +83,13 @@ from nanomesh.daemon.profile import ProfileSource
 from nanomesh.daemon.views import Routes, Traffic
 from nanomesh.disk import DiskHealth
 from nanomesh.errors import ConfigError
-from nanomesh.gateway.core import Gateway
 from nanomesh.gossip.machine import Membership
 from nanomesh.security import servicekeys
 from nanomesh.security.auth import InternalCalls
 from nanomesh.wire import Address, Keyring
+
+if TYPE_CHECKING:  # the gateway's modules load only when it runs (--coap-port)
+    from nanomesh.gateway.core import Gateway
 
 log = logging.getLogger("nanomesh.peer")
 T = TypeVar("T")

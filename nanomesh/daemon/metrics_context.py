@@ -9,15 +9,18 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from nanomesh.consensus.role_effects import RaftRole
 from nanomesh.daemon.api_auth import Access
 from nanomesh.daemon.http_limits import ServerStats
 from nanomesh.daemon.views import NodeSource, Traffic
 from nanomesh.durations import Durations
-from nanomesh.gateway.core import Gateway
 from nanomesh.gossip.machine import Membership
 from nanomesh.runtime.reconcile_core import InstanceStatus
+
+if TYPE_CHECKING:  # the gateway's modules load only when it runs (--coap-port)
+    from nanomesh.gateway.core import Gateway
 
 
 @dataclass(frozen=True)
