@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from mesh_harness import PY, AddressPool, Cluster, Peer
 from prometheus_client.parser import text_string_to_metric_families
-from service_helpers import REPO, cli_retry
+from service_helpers import REPO, cli_retry, coap_request
 from test_control_plane import read_token_when_ready, wait_agreed
 
 pytestmark = pytest.mark.integration
@@ -91,6 +91,23 @@ def test_a_scrape_parses_and_its_counters_move(live: Mesh) -> None:
     assert second["process_resident_memory_bytes"] > 0
     other = scrape(live.peers[1])
     assert other["nanomesh_peer_info{name=obs-2,version=0.1.0}"] == 1
+
+
+async def test_gateway_requests_are_counted_by_code_and_timed(live: Mesh) -> None:
+    """Two CoAP requests through a peer's gateway (aiocoap, as a device would)
+    show in its metrics: one 2.05 (``/.well-known/core``), one 4.04."""
+    peer = live.peers[0]
+    before = scrape(peer)
+    found = await coap_request(peer.ip, ".well-known/core")
+    missing = await coap_request(peer.ip, "s/no-such-service/x")
+    assert found.code.startswith("2.05") and missing.code.startswith("4.04"), (found, missing)
+    after = scrape(peer)
+    for code in ("2.05", "4.04"):
+        key = f"nanomesh_gateway_requests_total{{code={code}}}"
+        assert after.get(key, 0) == before.get(key, 0) + 1, key
+    count = "nanomesh_gateway_request_duration_seconds_count"
+    assert after[count] == before[count] + 2
+    assert after["nanomesh_gateway_request_duration_seconds_bucket{le=+Inf}"] == after[count]
 
 
 def test_the_openapi_document_lists_what_the_peer_serves(live: Mesh) -> None:
@@ -163,3 +180,7 @@ def test_logs_follow_prints_each_new_line_once_across_restarts(live: Mesh, tmp_p
         assert [t for t in ticks if f"pid={pid} " in t] == [
             f"tick pid={pid} i={i}" for i in range(3)], lines
     assert any("ticker/0 failed: " in line for line in lines), lines  # a run's footer
+    # The restarts count in the metrics of the peer that ran them.
+    restarts = sum(scrape(p).get("nanomesh_instance_restarts_total{service=ticker}", 0)
+                   for p in live.peers)
+    assert restarts >= len(pids()) - 1, (restarts, pids())
