@@ -12,12 +12,14 @@ import random
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from nanomesh.config import build_config
 from nanomesh.consensus.role_effects import RaftRole
 from nanomesh.consensus.status import RaftStatus, Role
 from nanomesh.daemon.api_auth import Access
@@ -28,6 +30,7 @@ from nanomesh.daemon.metrics_collector import GOSSIP_COUNTERS
 from nanomesh.daemon.metrics_context import MetricsContext
 from nanomesh.daemon.views import GOSSIP_TCP, GOSSIP_UDP, Traffic
 from nanomesh.durations import Durations
+from nanomesh.errors import ConfigError
 from nanomesh.gateway.core import Gateway
 from nanomesh.gateway.forward import GatewayRequest
 from nanomesh.gossip.config import preset
@@ -200,3 +203,18 @@ async def test_a_prometheus_server_asking_for_openmetrics_gets_it() -> None:
     assert status == 200 and isinstance(body, RawBody)
     assert body.content_type.startswith("application/openmetrics-text")
     assert body.data.endswith(b"# EOF\n")
+
+
+@pytest.mark.parametrize(("value", "expected"), [("true", True), ("false", False), (None, False)])
+def test_the_peer_config_says_whether_metrics_need_the_token(
+        tmp_path: Path, value: str | None, expected: bool) -> None:
+    path = tmp_path / "peer.toml"
+    path.write_text("[peer]\n" + (f"metrics_need_token = {value}\n" if value else ""))
+    assert build_config(config_file=path, name="p").metrics_need_token is expected
+
+
+def test_a_metrics_setting_that_is_not_a_boolean_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "peer.toml"
+    path.write_text('[peer]\nmetrics_need_token = "yes"\n')
+    with pytest.raises(ConfigError, match="metrics_need_token must be true or false"):
+        build_config(config_file=path, name="p")
