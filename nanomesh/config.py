@@ -17,6 +17,7 @@ profile_refresh = 5.0              # seconds between live-load samples
 labels = { room = "meeting-1" }
 container_engine = "auto"          # auto | runc | podman | docker
 ui = true                          # the web dashboard at http://IP:api_port/ui/
+metrics_need_token = false         # GET /v1/metrics: open (default) or management token
 
 [gossip]
 preset = "lan"                     # lan | local | memberlist-lan
@@ -165,6 +166,14 @@ class PeerConfig:
     """Serve the web dashboard at ``/ui/`` on the API port (`nanomesh.daemon.api_ui`).
     Read-only without the management token; off for a peer whose API port
     should answer only the API."""
+    metrics_need_token: bool = False
+    """Whether ``GET /v1/metrics`` needs the management token. Off by default:
+    the metrics hold no secrets (counts, states, peer and service names, all
+    open in ``/v1/health`` and ``/v1/members`` already), and a scraper given
+    the token could deploy code on every device. On: a Prometheus job sends it
+    (``authorization: {credentials_file: ...}``), as Consul's
+    ``/v1/agent/metrics`` wants an ACL token once ACLs are on. Decided in
+    `nanomesh.daemon.api_auth.Access.authorize_metrics`."""
 
     @property
     def api_addr(self) -> Address:
@@ -267,6 +276,9 @@ def build_config(
         ui = peer.get("ui", True)
     if not isinstance(ui, bool):
         raise ConfigError(f"{where}: peer.ui must be true or false")
+    metrics_need_token = peer.get("metrics_need_token", False)
+    if not isinstance(metrics_need_token, bool):
+        raise ConfigError(f"{where}: peer.metrics_need_token must be true or false")
     return PeerConfig(
         name=name,
         bind=bind_addr,
@@ -285,6 +297,7 @@ def build_config(
         config_file=config_file,
         container_engine=engine,
         ui=ui,
+        metrics_need_token=metrics_need_token,
     )
 
 

@@ -22,7 +22,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "nanomesh"
 
 ROOT_MODULES = {
     "__init__", "__main__",
-    "errors", "config", "ids", "checks", "disk", "naming",  # shared by every layer
+    "errors", "durations", "config", "ids", "checks", "disk", "naming", "labstate",  # shared
     "client", "service",  # aliases of nanomesh.sdk.* for services written before 0.2
 }
 """The only modules allowed at the package root; everything else lives in the
@@ -46,8 +46,8 @@ IO_MODULES = {
 }
 
 LAYERS = (
-    "__init__", "errors", "wire", "gossip",
-    "config", "checks", "ids", "disk", "naming",
+    "__init__", "errors", "durations", "wire", "gossip",
+    "config", "checks", "ids", "disk", "naming", "labstate",
     "consensus", "placement", "security", "transport", "runtime", "monitor", "gateway",
     "bundles",
     "sdk", "client", "service", "devices",

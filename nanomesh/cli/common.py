@@ -1,9 +1,10 @@
 """What the `nanomesh` commands share: which peer API to ask, the management
 token, and plain-text tables.
 
-A command finds its peer as ``--peer``, else ``$NANOMESH_PEER``, else the
-first alive peer of a running lab, else the default API address on
-loopback; the management token as ``--token``, ``$NANOMESH_TOKEN``,
+A command finds its peer as ``--peer``, else as `nanomesh.client.connect`
+does (`nanomesh.labstate.default_peer_api`): ``$NANOMESH_PEER_API``, else
+``$NANOMESH_PEER``, else the first alive peer of a running lab, else the
+default API address on loopback; the management token as ``--token``, ``$NANOMESH_TOKEN``,
 ``--token-file``, else the running lab's, else the one the installed
 daemon's founding peer wrote (`management_token`).
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from nanomesh.cli import lab
 from nanomesh.config import DEFAULT_API_PORT, default_lab_dir, host_port, parse_address
+from nanomesh.labstate import default_peer_api
 from nanomesh.security.auth import TOKEN_FILE, read_token_file
 
 INSTALLED_TOKEN = Path("/var/lib/nanomesh") / TOKEN_FILE
@@ -57,20 +59,10 @@ def management_token(args: argparse.Namespace) -> str | None:
     return None
 
 
-def default_peer() -> str:
-    """The API to ask without ``--peer`` (module docstring)."""
-    env = os.environ.get("NANOMESH_PEER")
-    if env:
-        return env
-    for p in lab.load_state(default_lab_dir()):
-        if lab.alive(p.pid):
-            return p.api
-    return f"127.0.0.1:{DEFAULT_API_PORT}"
-
-
 def peer_api(text: str | None) -> str:
-    """``HOST:PORT`` of the peer API named by ``--peer`` (``text``), else `default_peer`."""
-    host, port = parse_address(text or default_peer(), DEFAULT_API_PORT, "--peer")
+    """``HOST:PORT`` of the peer API named by ``--peer`` (``text``), else
+    `nanomesh.labstate.default_peer_api` (the SDK's default too)."""
+    host, port = parse_address(text or default_peer_api(), DEFAULT_API_PORT, "--peer")
     return host_port(host, port)
 
 

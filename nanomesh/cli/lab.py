@@ -24,18 +24,24 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from nanomesh.cli import labfaults
 from nanomesh.config import DEFAULT_API_PORT, DEFAULT_GOSSIP_PORT
 from nanomesh.errors import NanomeshError
+
+# Re-exported: the lab commands and the demo use them as lab.load_state, ...
+from nanomesh.labstate import STATE_FILE as STATE_FILE
+from nanomesh.labstate import LabError as LabError
+from nanomesh.labstate import LabPeer as LabPeer
+from nanomesh.labstate import alive as alive
+from nanomesh.labstate import load_state as load_state
 from nanomesh.testing.peerproc import peer_argv
 from nanomesh.transport.apiclient import ApiError, get_json
 from nanomesh.wire import generate_key
 
-STATE_FILE = "lab.json"
 FOUNDER = "peer-1"
 """The lab peer that bootstraps the mesh (and so holds the management token)."""
 CONVERGE_TIMEOUT = 30.0
@@ -44,24 +50,6 @@ STOP_TIMEOUT = 15.0
 """Seconds `lab down` waits after SIGTERM before SIGKILL: a peer hands over its
 Raft membership (<= 3 s), stops its instances (<= 5 s each, in parallel) and
 leaves the mesh (0.5 s)."""
-
-
-class LabError(NanomeshError):
-    pass
-
-
-@dataclass
-class LabPeer:
-    name: str
-    pid: int
-    ip: str
-    gossip_port: int
-    api_port: int
-    log: str
-
-    @property
-    def api(self) -> str:
-        return f"{self.ip}:{self.api_port}"
 
 
 def peer_ip(index: int) -> str:
@@ -78,18 +66,6 @@ def peer_index(name: str) -> int:
     return int(number) - 1
 
 
-def load_state(lab_dir: Path) -> list[LabPeer]:
-    path = lab_dir / STATE_FILE
-    try:
-        raw = json.loads(path.read_text())
-        return [LabPeer(**p) for p in raw["peers"]]
-    except FileNotFoundError:
-        return []
-    except (ValueError, KeyError, TypeError) as exc:
-        raise LabError(f"{path} is damaged ({exc}); remove it and stop stray peers "
-                       "with `pkill -f 'nanomesh peer run'`") from None
-
-
 def load_preset(lab_dir: Path) -> str:
     """The gossip preset the lab was started with ("local" for older labs)."""
     try:
@@ -104,19 +80,6 @@ def save_state(lab_dir: Path, peers: list[LabPeer], preset: str | None = None) -
     tmp.write_text(json.dumps({"preset": preset, "peers": [asdict(p) for p in peers]},
                               indent=2) + "\n")
     tmp.replace(lab_dir / STATE_FILE)
-
-
-def alive(pid: int) -> bool:
-    """Is `pid` a running nanomesh peer? Checks the command line, so a pid
-    reused by another program after a reboot is never signalled, and treats
-    a zombie (exited, not yet reaped) as gone."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    state = stat.rpartition(")")[2].split()[0]
-    return state != "Z" and b"nanomesh" in cmdline and b"peer" in cmdline
 
 
 def up(n: int, lab_dir: Path, preset: str = "local",

@@ -6,11 +6,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from nanomesh.cli.logformat import LOG_FORMATS, log_handler
 from nanomesh.errors import ConfigError
 from nanomesh.gossip.config import PRESETS
 
@@ -53,6 +53,10 @@ def register(subparsers: Any) -> None:
                      "(default: served; read-only without the management token)")
     run.add_argument("--log-level", default=os.environ.get("NANOMESH_LOG_LEVEL", "INFO"),
                      choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    run.add_argument("--log-format", choices=LOG_FORMATS,
+                     default=os.environ.get("NANOMESH_LOG_FORMAT", "text"),
+                     help="text (default, $NANOMESH_LOG_FORMAT) or json: one object per "
+                     "line with ts, level, logger, msg, peer and any extra fields")
     run.set_defaults(func=_peer_run)
     recover = peer.add_parser(
         "recover", help="rebuild the control plane from this stopped peer when a majority "
@@ -88,9 +92,8 @@ def _peer_run(args: argparse.Namespace) -> int:
                           api_port=args.api_port, gossip_preset=args.gossip_preset,
                           coap_port=args.coap_port, container_engine=args.container_engine,
                           ui=args.ui)
-    logging.basicConfig(
-        level=args.log_level, stream=sys.stderr,
-        format=f"%(asctime)s {config.name} %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level,
+                        handlers=[log_handler(args.log_format, config.name)])
     # One daemon per data directory: say so in one line, before anything
     # starts (the role manager takes the same lock for good later).
     with hold_lock(config.data_dir / "consensus"):

@@ -2,6 +2,10 @@
 (``nanomesh peer run --no-ui``, or ``ui = false`` under ``[peer]``, turns it
 off).
 
+- ``GET /ui``: the page (HTML; ``/ui/`` too).
+- ``GET /ui/app.js``: the page's script.
+- ``GET /ui/app.css``: the page's styles.
+
 One static page shipped inside the package (``nanomesh/daemon/ui/``: HTML,
 JavaScript, CSS; no build step and nothing from a CDN, since a mesh may run
 where there is no Internet). It reads the same API as the CLI from the same

@@ -48,7 +48,7 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
@@ -67,6 +67,7 @@ from nanomesh.daemon.api_naming import (
     service_names,
     service_visibility,
 )
+from nanomesh.daemon.api_openapi import openapi_routes
 from nanomesh.daemon.api_raft import FollowCalls, raft_routes
 from nanomesh.daemon.api_runtime import RuntimeContext, runtime_routes
 from nanomesh.daemon.api_ui import ui_routes
@@ -81,6 +82,8 @@ from nanomesh.daemon.http import serve_http
 from nanomesh.daemon.http_limits import ServerStats
 from nanomesh.daemon.local_runtime import LocalRuntime
 from nanomesh.daemon.membership import GossipShell, prepare_data_dir, rejoin_targets
+from nanomesh.daemon.metrics import metrics_routes
+from nanomesh.daemon.metrics_context import MetricsContext
 from nanomesh.daemon.peer_calls import PeerCalls
 from nanomesh.daemon.profile import ProfileSource
 from nanomesh.daemon.views import Routes, Traffic
@@ -92,6 +95,9 @@ from nanomesh.security import servicekeys
 from nanomesh.security.auth import InternalCalls
 from nanomesh.wire import Address, Keyring
 from nanomesh.wire.leaf import parse_leaf_keys
+
+if TYPE_CHECKING:  # the gateway's modules load only when it runs (--coap-port)
+    from nanomesh.gateway.core import Gateway
 
 log = logging.getLogger("nanomesh.peer")
 T = TypeVar("T")
@@ -152,7 +158,7 @@ class PeerAssembly:
                 serve_http, large_bodies=bundle_body_limits(parts.access),
                 stats=parts.api_stats), parts.routes, api_listeners)
             if cfg.coap_port:
-                await nursery.start(self._serve_coap_gateway, parts)
+                parts.gateway = await nursery.start(self._serve_coap_gateway, parts)
             if cfg.events_xpub_port and cfg.events_xsub_port:
                 # Pub/sub relay between nanoservices (ConfigError if a port is taken).
                 from nanomesh.sdk.events import serve_event_relay
@@ -239,7 +245,8 @@ class PeerAssembly:
                             storage_problems=storage_problems, remembered=remembered,
                             notify=events.membership)
         access = Access(self.keyring, InternalCalls(), consensus,
-                        runtime.driver.instance_token)
+                        runtime.driver.instance_token,
+                        metrics_need_token=cfg.metrics_need_token)
         api_stats = ServerStats()
         """What the HTTP API refused or cut off (``/v1/health`` shows it)."""
         routes: Routes = {
@@ -256,8 +263,15 @@ class PeerAssembly:
             **event_routes(events)}
         if cfg.ui:
             routes.update(ui_routes())
-        return _Parts(core, shell, bundles, runtime, roles, control, access, routes,
-                      api_stats, events, leaves)
+        parts = _Parts(core, shell, bundles, runtime, roles, control, access, routes,
+                       api_stats, events, leaves)
+        routes.update(metrics_routes(MetricsContext(
+            core, traffic, consensus, lambda: roles.role, lambda: roles.epoch,
+            control.placement_durations, lambda: control.plans_committed,
+            runtime.driver.status, runtime.reconciler.restarts, lambda: parts.gateway,
+            api_stats, access)))
+        routes.update(openapi_routes(routes))  # last: it documents the whole table
+        return parts
 
     async def _serve_coap_gateway(
             self, parts: _Parts, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
@@ -312,6 +326,8 @@ class _Parts:
         self.api_stats = api_stats
         self.events = events
         self.leaves = leaves
+        self.gateway: Gateway | None = None
+        """The CoAP gateway once it listens (None without one)."""
 
 
 def leaf_endpoint(cfg: PeerConfig) -> LeafEndpoint | None:

@@ -42,6 +42,7 @@ from nanomesh.daemon.deployment_watcher import DeploymentWatcher
 from nanomesh.daemon.peer_calls import PeerCalls
 from nanomesh.daemon.views import Members, NodeSource
 from nanomesh.disk import DiskHealth, retry_delay
+from nanomesh.durations import FAST_BUCKETS, Durations
 from nanomesh.placement import PlacementConfig
 from nanomesh.placement.decide import VIEW_GRACE, decide, unknown_hosts, worth_committing
 from nanomesh.runtime import ProcessDriver, Reconciler
@@ -91,6 +92,10 @@ class ControlLoop:
         `PlanWatcher`)."""
         self._plan_wanted = trio.Event()
         self._unknown_since: dict[str, float] = {}
+        self.placement_durations = Durations(FAST_BUCKETS)
+        """Seconds each placement run (`decide`) took on this peer as leader."""
+        self.plans_committed = 0
+        """Plans this peer committed as leader."""
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -143,7 +148,9 @@ class ControlLoop:
         state = node.state
         if self._view_incomplete(state.plan):
             return  # the plan loop comes back within PLAN_PERIOD
+        start = trio.current_time()
         decision = decide(state.services, state.plan, self._members(), self.placement)
+        self.placement_durations.observe(trio.current_time() - start)
         if not worth_committing(state.plan, decision.plan):
             return
         try:
@@ -154,6 +161,7 @@ class ControlLoop:
         except ConsensusError as exc:
             log.warning("placement: could not commit plan: %s", exc)
             return
+        self.plans_committed += 1
         s = decision.plan.stats
         log.info("placement: committed plan epoch %d (%d placed, %d unplaced, %d moved, "
                  "%d rebalanced)", state.plan_epoch + 1, len(decision.plan.assignments),

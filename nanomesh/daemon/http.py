@@ -61,6 +61,7 @@ import h11
 import trio
 
 from nanomesh.daemon.http_limits import (
+    UNMATCHED,
     ConnectionTable,
     Refused,
     ServerLimits,
@@ -226,7 +227,7 @@ class _Server:
         self.streams = trio.CapacityLimiter(limits.max_streams)
         self._scopes: dict[int, trio.CancelScope] = {}
         self._ids = itertools.count()
-        self._reported = ServerStats()
+        self._reported = ServerStats().to_dict()
         self._reported_at = -REPORT_INTERVAL
 
     async def handle(self, stream: trio.SocketStream) -> None:
@@ -300,8 +301,9 @@ class _Server:
             return None
         head_only = request.method == "HEAD"
         try:
-            status, body = await _dispatch(self.routes, replace(request, method="GET")
-                                           if head_only else request)
+            status, body, route = await _dispatch(self.routes, replace(request, method="GET")
+                                                  if head_only else request)
+            self.stats.requests[request.method, route, status] += 1
             headers = _allow_header(self.routes, request) if status == 405 else []
             if isinstance(body, StreamBody):
                 return await self._start_stream(stream, conn, status, body, head_only)
@@ -400,7 +402,7 @@ class _Server:
         now = trio.current_time()
         if now - self._reported_at < REPORT_INTERVAL:
             return
-        now_counts, before = self.stats.to_dict(), self._reported.to_dict()
+        now_counts, before = self.stats.to_dict(), self._reported
         delta = {k: v - before[k] for k, v in now_counts.items() if k != "open"}
         log.warning("API under pressure (limits: %d per client, %d open, %d requests, head "
                     "within %gs): %s since the last report; %d connections open",
@@ -408,7 +410,7 @@ class _Server:
                     self.limits.head_timeout,
                     ", ".join(f"{k} +{v}" for k, v in delta.items() if v) or "nothing",
                     len(self.table))
-        self._reported = ServerStats(**now_counts)
+        self._reported = now_counts
         self._reported_at = now
 
 
@@ -621,21 +623,23 @@ def _check_declared_length(head: h11.Request, limit: int) -> None:
 
 
 def _route(routes: Mapping[tuple[str, str], Handler], request: Request
-           ) -> tuple[Handler | None, Request]:
-    """Exact paths first, then patterns with ``{param}`` segments, each of
-    which matches one non-empty path segment (``/v1/instances/{service}/{index}``)."""
+           ) -> tuple[Handler | None, Request, str]:
+    """The handler, the request with its path parameters, and the route's
+    pattern (`UNMATCHED` if none). Exact paths first, then patterns with
+    ``{param}`` segments, each of which matches one non-empty path segment
+    (``/v1/instances/{service}/{index}``)."""
     path = request.path.rstrip("/") or "/"
     handler = routes.get((request.method, path))
     if handler is not None:
-        return handler, request
+        return handler, request, path
     segments = path.split("/")
     for (method, pattern), candidate in routes.items():
         if method != request.method or "{" not in pattern:
             continue
         params = _match(pattern.split("/"), segments)
         if params is not None:
-            return candidate, replace(request, params=params)
-    return None, request
+            return candidate, replace(request, params=params), pattern
+    return None, request, UNMATCHED
 
 
 def _match(pattern: list[str], segments: list[str]) -> dict[str, str] | None:
@@ -667,17 +671,19 @@ def _allow_header(routes: Mapping[tuple[str, str], Handler], request: Request
 
 
 async def _dispatch(routes: Mapping[tuple[str, str], Handler], request: Request
-                    ) -> tuple[int, Any]:
-    handler, request = _route(routes, request)
+                    ) -> tuple[int, Any, str]:
+    """``(status, body, route pattern)`` of `request` (see `_route`)."""
+    handler, request, route = _route(routes, request)
     if handler is None:
         if allowed := allowed_methods(routes, request):
             return 405, {"error": f"method {request.method} not allowed on {request.path}; "
-                                  f"allowed: {', '.join(allowed)}"}
-        return 404, {"error": f"no such endpoint: {request.path}"}
+                                  f"allowed: {', '.join(allowed)}"}, route
+        return 404, {"error": f"no such endpoint: {request.path}"}, route
     try:
-        return await handler(request)
+        status, body = await handler(request)
     except HttpError as exc:
-        return exc.status, {"error": exc.message}
+        return exc.status, {"error": exc.message}, route
     except Exception:
         log.exception("API handler for %s %s failed", request.method, request.path)
-        return 500, {"error": "internal error; see the peer's log"}
+        return 500, {"error": "internal error; see the peer's log"}, route
+    return status, body, route

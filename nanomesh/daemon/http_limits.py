@@ -99,6 +99,10 @@ class ServerLimits:
             raise ValueError("max_per_client cannot exceed max_open")
 
 
+UNMATCHED = "(unmatched)"
+"""The route of a request no route matches, in `ServerStats.requests`."""
+
+
 @dataclass
 class ServerStats:
     """What the API server refused or cut off since it started (shown in
@@ -122,9 +126,16 @@ class ServerStats:
     """Streams (`nanomesh.daemon.http.StreamBody`) being sent now."""
     streams_dropped: int = 0
     """Streams cut because their client stopped reading."""
+    requests: Counter[tuple[str, str, int]] = field(
+        default_factory=Counter)
+    """Requests answered, by ``(method, route, status)``: ``route`` is the
+    route's pattern (``/v1/services/{name}``), or `UNMATCHED` for a path no
+    route has, so a scanner cannot grow this table without bound (``GET
+    /v1/metrics`` shows it; not in ``/v1/health``)."""
 
     def to_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
+        """The refusal counters (``/v1/health``'s ``"api"``)."""
+        return {k: v for k, v in self.__dict__.items() if isinstance(v, int)}
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from nanomesh import __version__
 from nanomesh.config import PeerConfig
 from nanomesh.daemon.limits import StreamAdmission
 from nanomesh.daemon.profile import ProfileSource
-from nanomesh.daemon.views import Traffic
+from nanomesh.daemon.views import GOSSIP_TCP, GOSSIP_UDP, Traffic
 from nanomesh.disk import (
     WATCH_PERIOD,
     DiskHealth,
@@ -187,7 +187,7 @@ class GossipShell:
             except OSError as exc:  # e.g. ICMP errors surfacing on the socket
                 self.traffic.dropped["recv-" + type(exc).__name__] += 1
                 continue
-            self.traffic.bytes_in += len(data)
+            self.traffic.received[GOSSIP_UDP] += len(data)
             try:
                 messages = open_envelope(data, self.keyring)
             except RemoteProtocolError as exc:
@@ -310,7 +310,7 @@ class GossipShell:
         data = seal(e.messages, self.keyring)
         try:
             self._udp.sendto(data, e.addr)
-            self.traffic.bytes_out += len(data)
+            self.traffic.sent[GOSSIP_UDP] += len(data)
         except (BlockingIOError, OSError) as exc:
             # UDP is lossy anyway: a full buffer or an unreachable network is
             # a lost packet, which SWIM is built to survive.
@@ -330,7 +330,7 @@ class GossipShell:
                 async with stream:
                     request = frame(seal([call.request], self.keyring))
                     await stream.send_all(request)
-                    self.traffic.bytes_out += len(request)
+                    self.traffic.sent[GOSSIP_TCP] += len(request)
                     reply = _only_stream(await self._read_frame(stream))
             except (OSError, trio.BrokenResourceError) as exc:
                 log.debug("%s call to %s:%d failed: %s", call.purpose, *call.addr, exc)
@@ -390,7 +390,7 @@ class GossipShell:
                         await stream.send_all(data)
                     except (OSError, trio.BrokenResourceError):
                         return
-                    self.traffic.bytes_out += len(data)
+                    self.traffic.sent[GOSSIP_TCP] += len(data)
 
     async def _read_frame(self, stream: trio.SocketStream, *, source: str | None = None
                           ) -> list[Any]:
@@ -403,7 +403,7 @@ class GossipShell:
             body = await _receive_exactly(stream, length)
         else:
             body = await self._receive_admitted(stream, source, length)
-        self.traffic.bytes_in += FRAME_PREFIX_LEN + len(body)
+        self.traffic.received[GOSSIP_TCP] += FRAME_PREFIX_LEN + len(body)
         return open_envelope(body, self.keyring, limit=MAX_FRAME)
 
     async def _receive_admitted(self, stream: trio.SocketStream, source: str, length: int

@@ -31,10 +31,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections import Counter
 from collections.abc import Callable, Collection, Mapping
 
 import trio
 
+from nanomesh.durations import LATENCY_BUCKETS, Durations
 from nanomesh.gateway.forward import (
     DEFAULT_GATEWAY,
     HOP_LIMIT_REACHED,
@@ -53,6 +55,7 @@ from nanomesh.gateway.forward import (
     NoRoute,
     ServiceRoute,
     WellKnownRoute,
+    code_text,
     describe_service,
     error_response,
     negotiate,
@@ -121,6 +124,11 @@ class Gateway:
         self.leaves_changed = leaves_changed
         """Called when the devices of the leaves that are up change (the
         daemon republishes its profile)."""
+        self.answered: Counter[str] = Counter()
+        """Requests answered, by response code (``"2.05"``); an observation's
+        polls are not requests and are not counted."""
+        self.latency = Durations(LATENCY_BUCKETS)
+        """Seconds from a request to its answer (``GET /v1/metrics``)."""
 
     def _known(self, service: str) -> bool:
         return self.services is None or service in set(self.services())
@@ -130,8 +138,16 @@ class Gateway:
 
     async def handle(self, request: GatewayRequest, *, member: bool = False
                      ) -> GatewayResponse:
-        """Answer `request` from a `member` of the mesh or (False) anyone.
-        Never raises (but for cancellation): a bug becomes a logged 5.00."""
+        """Answer `request` from a `member` of the mesh or (False) anyone,
+        counted in `answered` and `latency`. Never raises (but for
+        cancellation): a bug becomes a logged 5.00."""
+        start = trio.current_time()
+        answer = await self._answer(request, member)
+        self.latency.observe(trio.current_time() - start)
+        self.answered[code_text(answer.code)] += 1
+        return answer
+
+    async def _answer(self, request: GatewayRequest, member: bool) -> GatewayResponse:
         try:
             match route(request):
                 case LeafRoute():
@@ -221,7 +237,7 @@ class Gateway:
         emit(out, False)
         while True:
             await trio.sleep(self.observe.period)
-            answer = await self.handle(request)
+            answer = await self._answer(request, False)
             step, out = observation.step(trio.current_time(), answer)
             if step is not Step.SKIP:
                 emit(out, step is Step.END)
