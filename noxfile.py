@@ -58,5 +58,7 @@ def bench(session: nox.Session) -> None:
     session.run("python", "experiments/name_latency.py", *mode)
     session.run("python", "experiments/call_failover.py", *mode)
     session.run("python", "experiments/release_bundle.py", *mode)  # issue 15; needs an index
+    # issue 10: deploy/initiate and steps L1-L5 against the research (runc part needs root)
+    session.run("python", "experiments/research_figures.py", *mode)
     session.run("python", "experiments/plot.py")
     session.run("python", "experiments/report.py")  # experiments/REPORT.md from the results

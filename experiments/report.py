@@ -79,6 +79,10 @@ EXPERIMENTS: dict[str, Experiment] = {
     "gateway_bench": Experiment("CoAP gateway", "gateway latency and throughput"),
     "bundle_transfer": Experiment("Bundle transfer", "pack, add and fetch service bundles"),
     "release_bundle": Experiment("Release bundle", "build and offline install of the release"),
+    "research_figures": Experiment(
+        "Measured against the research", "fresh 3-peer labs with simulated devices; every "
+        "nanoservice on main deployed with `nanomesh deploy`: deploy, initiate and the "
+        "research's steps L1-L5 (`*_s`; research figures in the summary's `research_s`)"),
 }
 
 

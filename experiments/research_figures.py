@@ -351,37 +351,43 @@ def instances_of(peer: ml.Peer, service: str) -> list[dict[str, Any]]:
     return [i for i in pl["instances"] if i["service"] == service]
 
 
+def started_instances(mesh: Mesh60, service: str, checked: bool, cli: CliMarks
+                      ) -> list[tuple[dict[str, Any], HostMarks]] | None:
+    """(instance, its marks) for every instance of `service` in the plan, once
+    each has started (and, if `checked`, passed its health check) in its
+    host's log; None before."""
+    insts = instances_of(mesh.peers[0], service)
+    found = []
+    for inst in insts:
+        host = next((p for p in mesh.peers if p.name == inst["peer"]), None)
+        if host is None:
+            return None
+        marks = host_marks(ml.read_log(host.log_path), inst["instance"], cli.bundle_sha,
+                           cli.start)
+        if marks.started != marks.started or (checked and marks.healthy != marks.healthy):
+            return None
+        found.append((inst, marks))
+    return found or None
+
+
 def wait_instances(mesh: Mesh60, service: str, checked: bool, cli: CliMarks
                    ) -> list[tuple[dict[str, Any], HostMarks]]:
-    """Until every instance of `service` has started (and, if `checked`, passed
-    its health check) in its host's log; (instance, its marks) each."""
-    deadline = cli.start + DEPLOY_TIMEOUT
-    while True:
-        found = []
-        insts = instances_of(mesh.peers[0], service)
-        for inst in insts:
-            host = next((p for p in mesh.peers if p.name == inst["peer"]), None)
-            if host is None:
-                break
-            marks = host_marks(ml.read_log(host.log_path), inst["instance"], cli.bundle_sha,
-                               cli.start)
-            if marks.started != marks.started or (checked and marks.healthy != marks.healthy):
-                break
-            found.append((inst, marks))
-        else:
-            if insts:
-                return found
-        if time.time() > deadline:
+    """`started_instances`, polled every 0.2 s until DEPLOY_TIMEOUT after the
+    CLI started (TimeoutError then)."""
+    while (found := started_instances(mesh, service, checked, cli)) is None:
+        if time.time() > cli.start + DEPLOY_TIMEOUT:
             raise TimeoutError(f"{service}: not every instance started/healthy within "
-                               f"{DEPLOY_TIMEOUT:.0f}s: {insts}")
+                               f"{DEPLOY_TIMEOUT:.0f}s: {instances_of(mesh.peers[0], service)}")
         time.sleep(0.2)
+    return found
 
 
 def has_health_check(folder: Path) -> bool:
     from nanomesh.runtime.instance_spec import instance_spec_from
     from nanomesh.runtime.manifest import load_manifest
 
-    return instance_spec_from(load_manifest(folder / "nanoservice.toml")).health.check != "none"
+    spec = instance_spec_from(load_manifest(folder / "nanoservice.toml"))
+    return bool(spec.health.check != "none")
 
 
 def stop_mesh(mesh: Mesh60, root: Path) -> list[int]:
