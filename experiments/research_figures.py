@@ -37,9 +37,9 @@ How the research's steps map onto what nanomesh does (`STEPS`):
   requirements; Docker images carried them in their description), packs the
   folder and uploads the bundle: CLI start to its ``uploaded bundle`` line;
 - L4 matching: the service document committed through Raft, the leader's
-  placement (Algorithm 1's feasibility, then balanced) and the plan
-  committed: ``uploaded bundle`` to the leader's ``placement: committed plan
-  epoch`` stamp;
+  placement (the balanced planner by default; the first-fit strategy is
+  Algorithm 1) and the plan committed: ``uploaded bundle`` to the leader's
+  ``placement: committed plan epoch`` stamp;
 - L5 deployment: the host learns the plan, fetches the bundle from the mesh
   and starts the process or container: plan commit to the host's ``started
   IID`` stamp.
@@ -608,8 +608,8 @@ def main() -> int:
     args = parse_args()
     ml.install_sigterm_handler()
     csv_path, json_path = ml.results_paths(args.name)
-    info = ml.machine_info()
     load = ml.wait_for_quiet(args.max_load, timeout=900)
+    info = ml.machine_info()  # after the wait: its date and load are the run's
     started = time.monotonic()
     l1 = discovery_seconds(args.discovery_samples)
     rows: list[dict[str, Any]] = []
