@@ -73,6 +73,9 @@ def add_run_options(p: argparse.ArgumentParser, *, name: str | None,
     if subnet is not None:
         p.add_argument("--first-octet", type=int, default=first_octet,
                        help=f"peers use {subnet}.FIRST .. FIRST+N-1 (default {first_octet})")
+        p.add_argument("--subnet", default=f"{subnet}.",
+                       help=f"loopback /24 of the peers, with the trailing dot (default "
+                            f"{subnet}.)")
     p.add_argument("--name", default=name, help=name_help)
     p.add_argument("--max-load", type=float, default=1.5,
                    help="wait until the 1-min load average is at most this before starting")
@@ -307,19 +310,21 @@ class Peer:
 
 
 class LoopbackMesh:
-    """N peer daemons on 127.0.20.{first}..{first+n-1}; peer 1 is the seed."""
+    """N peer daemons on 127.0.20.{first}..{first+n-1} (another loopback /24
+    if `subnet` says so); peer 1 is the seed."""
 
     def __init__(self, n: int, root: Path, *, preset: str, key_file: Path | None,
-                 first_octet: int = 1, log_level: str = "INFO", prefix: str = "peer") -> None:
+                 first_octet: int = 1, log_level: str = "INFO", prefix: str = "peer",
+                 subnet: str = LOOPBACK_PREFIX) -> None:
         if not first_octet >= 1 or first_octet + n - 1 > 250:
-            raise ValueError("addresses must stay within 127.0.20.1-250")
+            raise ValueError(f"addresses must stay within {subnet}1-250")
         self.root = root
         self.preset = preset
         self.peers: list[Peer] = []
-        seed_ip = f"{LOOPBACK_PREFIX}{first_octet}"
+        seed_ip = f"{subnet}{first_octet}"
         width = len(str(n))
         for i in range(n):
-            ip = f"{LOOPBACK_PREFIX}{first_octet + i}"
+            ip = f"{subnet}{first_octet + i}"
             name = f"{prefix}-{i + 1:0{width}d}"
             argv = [PY, "-m", "nanomesh", "peer", "run", "--name", name, "--bind",
                     f"{ip}:{GOSSIP_PORT}", "--data-dir", str(root / "data" / name),

@@ -278,7 +278,7 @@ def main() -> int:
         key = ml.keygen(root / "cluster.key")
         os.environ["NANOMESH_KEY_FILE"] = str(key)  # nanomesh.sdk.client: a member's calls
         mesh = Mesh60(args.peers, root, preset=args.preset, key_file=key,
-                      first_octet=args.first_octet, prefix="cfo")
+                      first_octet=args.first_octet, prefix="cfo", subnet=args.subnet)
         try:
             _, up_s = start_mesh(mesh)
             token = read_token(mesh)

@@ -430,7 +430,7 @@ def main() -> int:
         root = Path(tmp)
         key = ml.keygen(root / "cluster.key")
         mesh = Mesh60(args.peers, root, preset=args.preset, key_file=key,
-                      first_octet=args.first_octet, prefix="cf")
+                      first_octet=args.first_octet, prefix="cf", subnet=args.subnet)
         try:
             st, up_s = start_mesh(mesh)
             token = read_token(mesh)

@@ -76,7 +76,7 @@ from nanomesh.sim import NetworkModel, Simulator
 from nanomesh.transport.apiclient import ApiError, request_json
 
 SUBNET = "127.0.70."
-"""This experiment only uses 127.0.70.1-250."""
+"""This experiment uses 127.0.70.1-250 unless ``--subnet`` names another /24."""
 
 GOALS = {"bytes_per_s_per_peer_at_20": 1500, "cpu_pct_non_leader": 0.5, "cpu_pct_leader": 2.0,
          "rss_mib": 32, "pss_mib": 18, "failover_median_s": 0.5, "failover_max_s": 1.0}
@@ -103,6 +103,8 @@ def parse_args() -> argparse.Namespace:
                    help="failure-detection kills per N (default 3; quick 1)")
     p.add_argument("--preset", default="lan", help="gossip preset (default lan)")
     p.add_argument("--seed", type=int, default=1, help="victim RNG seed (default 1)")
+    p.add_argument("--subnet", default=SUBNET,
+                   help=f"loopback /24 of the peers, with the trailing dot (default {SUBNET})")
     ml.add_run_options(p, name="footprint_vs_n")
     args = p.parse_args()
     args.sizes = [int(x) for x in (args.sizes or ("10,25" if args.quick else "10,25,50,100")
@@ -226,6 +228,11 @@ def idle_window(mesh: cf.Mesh60, leader: ml.Peer, args: argparse.Namespace,
             "cpu_pct": 100.0 * cpu / dt,
             "rss_mib": mem[p.name]["rss"] / MIB, "pss_mib": mem[p.name]["pss"] / MIB,
             "health_bytes_out_per_s": (h1[p.name]["bytes_out"] - h0[p.name]["bytes_out"]) / dt,
+            # Profile churn: how often this peer published its profile (a
+            # counter older peers lack: NaN) and pulled another's.
+            "profiles_published_per_min": _per_min(h0[p.name], h1[p.name],
+                                                   "profiles_published", dt),
+            "profiles_pulled_per_min": _per_min(h0[p.name], h1[p.name], "profiles_pulled", dt),
         }
         if b0 is not None and b1 is not None:
             for cls in ml.TRAFFIC_CLASSES:
@@ -234,6 +241,14 @@ def idle_window(mesh: cf.Mesh60, leader: ml.Peer, args: argparse.Namespace,
         per_peer.append(row)
     return {"per_peer": per_peer, "window_s": dt, "load_at_window": load0,
             "leader_raft_links": links}
+
+
+def _per_min(h0: dict[str, Any], h1: dict[str, Any], counter: str, dt: float) -> float:
+    """A `/v1/health` gossip counter's rate per minute over the window."""
+    c0, c1 = h0.get("counters", {}), h1.get("counters", {})
+    if counter not in c0 or counter not in c1:
+        return float("nan")
+    return 60.0 * (c1[counter] - c0[counter]) / dt
 
 
 def detect(mesh: cf.Mesh60, victim: ml.Peer, bound: float) -> list[float]:
@@ -277,7 +292,7 @@ def one_size(n: int, args: argparse.Namespace, rng: random.Random) -> dict[str, 
         root = Path(tmp)
         key = ml.keygen(root / "cluster.key")
         mesh = cf.Mesh60(n, root, preset=args.preset, key_file=key, first_octet=1,
-                         prefix="p", subnet=SUBNET)
+                         prefix="p", subnet=args.subnet)
         counting = ml.NftTraffic.available()
         traffic = ml.NftTraffic([p.ip for p in mesh.peers]) if counting else None
         try:
@@ -352,6 +367,10 @@ def summarise(n: int, converge_s: float, idle: dict[str, Any], detections: list[
         "gossip_per_s_others_median": med("gossip_udp_per_s") + med("gossip_tcp_per_s"),
         "other_per_s_others_median": med("other_per_s"),
         "health_bytes_out_per_s_median": med("health_bytes_out_per_s", rows),
+        "profiles_published_per_min_median": med("profiles_published_per_min", rows),
+        "profiles_published_per_min_mesh": sum(float(r["profiles_published_per_min"])
+                                               for r in rows),
+        "profiles_pulled_per_min_median": med("profiles_pulled_per_min", rows),
         "cpu_pct_others_median": med("cpu_pct"),
         "cpu_pct_others_max": max(float(r["cpu_pct"]) for r in others),
         "cpu_pct_leader": lead["cpu_pct"],
@@ -462,7 +481,9 @@ def plot(rows: list[dict[str, Any]], sims: list[dict[str, Any]], out: Path) -> P
 COLUMNS = ["n", "converge_s", "bytes_per_s_others_median", "bytes_per_s_leader",
            "bytes_per_s_mean", "raft_per_s_others_median", "raft_per_s_leader",
            "gossip_per_s_others_median", "other_per_s_others_median",
-           "health_bytes_out_per_s_median", "cpu_pct_others_median", "cpu_pct_others_max",
+           "health_bytes_out_per_s_median", "profiles_published_per_min_median",
+           "profiles_published_per_min_mesh", "profiles_pulled_per_min_median",
+           "cpu_pct_others_median", "cpu_pct_others_max",
            "cpu_pct_leader", "rss_mib_median", "pss_mib_median", "leader_raft_links",
            "detect_median_s", "detect_all_max_s", "detect_kills", "failover_s", "window_s",
            "load_at_window", "kernel_counters", "unsettled"]
@@ -492,7 +513,9 @@ def main() -> int:
               f"{row['bytes_per_s_leader']:.0f}; Raft {row['raft_per_s_others_median']:.0f} / "
               f"{row['raft_per_s_leader']:.0f}, {row['leader_raft_links']} leader links), CPU "
               f"{row['cpu_pct_others_median']:.2f}% (leader {row['cpu_pct_leader']:.2f}%), "
-              f"RSS/PSS {row['rss_mib_median']:.1f}/{row['pss_mib_median']:.1f} MiB, detect "
+              f"RSS/PSS {row['rss_mib_median']:.1f}/{row['pss_mib_median']:.1f} MiB, profiles "
+              f"published {row['profiles_published_per_min_mesh']:.1f}/min in all, pulled "
+              f"{row['profiles_pulled_per_min_median']:.1f}/min per peer, detect "
               f"{row['detect_median_s']:.2f}s, failover {row['failover_s']:.3f}s", flush=True)
         ml.write_csv(csv_path, COLUMNS, [[r[c] for c in COLUMNS] for r in rows])
     sims = []

@@ -119,7 +119,7 @@ def main() -> int:
         root = Path(tmp)
         key = ml.keygen(root / "cluster.key")
         mesh = ml.LoopbackMesh(args.peers, root, preset=args.preset, key_file=key,
-                               first_octet=args.first_octet)
+                               first_octet=args.first_octet, subnet=args.subnet)
         try:
             conv = mesh.start_all(timeout=60)
             print(f"{args.peers} peers ({args.preset}) converged in {conv:.1f}s; settling "

@@ -164,7 +164,7 @@ def measure_peers(args: argparse.Namespace) -> list[dict[str, Any]]:
         root = Path(tmp)
         key = ml.keygen(root / "cluster.key")
         mesh = cf.Mesh60(args.peers, root, preset=args.preset, key_file=key,
-                         first_octet=args.first_octet, prefix="mem")
+                         first_octet=args.first_octet, prefix="mem", subnet=args.subnet)
         if args.no_gateways:
             conf = root / "bare.toml"
             conf.write_text("[peer]\ncoap_port = 0\nevents_xpub_port = 0\n"

@@ -318,7 +318,7 @@ def main() -> int:
         root = Path(tmp)
         key = ml.keygen(root / "cluster.key")
         mesh = Mesh60(args.peers, root, preset=args.preset, key_file=key,
-                      first_octet=args.first_octet, prefix="rs")
+                      first_octet=args.first_octet, prefix="rs", subnet=args.subnet)
         try:
             st, up_s = start_mesh(mesh)
             token = read_token(mesh)
