@@ -57,8 +57,10 @@ DEFAULT_EVENTS_XSUB_PORT = 7951
 """TCP port of the event relay's XSUB (local publishers connect), same IP as
 gossip (`nanomesh.sdk.events.DEFAULT_XSUB_PORT`)."""
 DEFAULT_PROFILE_REFRESH = 5.0
-"""Seconds between samples of live load. A sample only changes the published
-profile when it moved past `nanomesh.discovery.load_changed`'s thresholds."""
+"""Seconds between samples of live values (load, memory, storage, battery). A
+sample only changes the published profile when
+`nanomesh.discovery.publish.ProfilePublisher` says so (buckets, hysteresis,
+at most one live-only publication a minute)."""
 
 
 CONTAINER_ENGINES = ("auto", "runc", "podman", "docker")

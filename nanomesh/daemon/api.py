@@ -9,13 +9,16 @@ Shapes (a contract shared with the CLI's ``--json`` output):
 - ``GET /v1/health``: ``{"status": "ok|degraded|leaving", "problems": [str],
   "name", "members": {state: count}, "awareness", "uptime_s", "dropped":
   {reason: count}, "raft_dropped": {reason: count}, "bytes_in", "bytes_out",
-  "counters": {...}, "api": {"open", "refused_per_client", "refused_full",
+  "counters": {...}, "profile": {"quiet", "live", "held", "static", "fell", "carried"},
+  "api": {"open", "refused_per_client", "refused_full",
   "evicted", "head_timeouts", "body_timeouts", "busy"}}``. "degraded" (still
   200: the peer serves) when its data disk fails (`nanomesh.disk`), each
   problem one plain sentence in ``problems``; ``api``: what the HTTP server
   refused or cut off since start (`nanomesh.daemon.http_limits.ServerStats`).
   Served from reserved request slots, so it answers while other clients hold
-  the API busy.
+  the API busy. ``profile``: what became of the live samples of our profile
+  (`nanomesh.discovery.publish.PublishStats`); ``counters.profiles_published``
+  counts every publication, whatever its reason.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from nanomesh.consensus.role_manager import Replica
 from nanomesh.daemon.http import Handler, Request
 from nanomesh.daemon.http_limits import ServerStats
 from nanomesh.daemon.views import Traffic
+from nanomesh.discovery.publish import PublishStats
 from nanomesh.gossip.machine import Membership
 from nanomesh.gossip.members import Member
 
@@ -52,6 +56,8 @@ class HealthContext:
     """For the Raft connections its node dropped."""
     traffic: Traffic
     api_stats: ServerStats
+    profile_stats: PublishStats
+    """What the profile publisher decided about our live samples."""
 
 
 def member_json(m: Member) -> dict[str, Any]:
@@ -91,6 +97,7 @@ def api_routes(ctx: HealthContext) -> dict[tuple[str, str], Handler]:
             "bytes_in": ctx.traffic.bytes_in,
             "bytes_out": ctx.traffic.bytes_out,
             "counters": dataclasses.asdict(core.stats),
+            "profile": dataclasses.asdict(ctx.profile_stats),
             "api": ctx.api_stats.to_dict(),
         }
 

@@ -78,6 +78,7 @@ from nanomesh.daemon.membership import GossipShell, prepare_data_dir, rejoin_tar
 from nanomesh.daemon.peer_calls import PeerCalls
 from nanomesh.daemon.profile import ProfileSource
 from nanomesh.daemon.views import Routes, Traffic
+from nanomesh.discovery.publish import ProfilePublisher
 from nanomesh.disk import DiskHealth
 from nanomesh.errors import ConfigError
 from nanomesh.gossip.machine import Membership
@@ -121,13 +122,14 @@ class PeerAssembly:
         # finds itself, and a founder without --join rejoins its old peers.
         seeds = rejoin_targets(cfg.join, remembered, cfg.bind)
         discovered = await trio.to_thread.run_sync(self.profiles.initial)
+        live = ProfilePublisher(discovered, trio.current_time())
         # One above our previous life's incarnation: what we say now outranks
         # anything the mesh remembers about us, profile version included.
         core = Membership(cfg.name, cfg.bind, cfg.gossip,
                           random.Random(int.from_bytes(os.urandom(8), "big")),
-                          trio.current_time(), profile=discovered,
+                          trio.current_time(), profile=live.published,
                           incarnation=last_incarnation + 1)
-        parts = self._build(core, discovered, remembered)
+        parts = self._build(core, live, remembered)
         # Open every socket before starting anything, so that a port in use or
         # an address this host does not have is one clear error.
         udp = _listening("gossip (UDP)", cfg.bind, lambda: _bind_udp(cfg.bind))
@@ -164,7 +166,7 @@ class PeerAssembly:
                 nursery.start_soon(parts.shell.join_until_joined, seeds)
             task_status.started()
 
-    def _build(self, core: Membership, discovered: dict[str, Any],
+    def _build(self, core: Membership, live: ProfilePublisher,
                remembered: tuple[Address, ...] = ()) -> _Parts:
         """Every part, wired through callables and narrow contexts. The
         closures below name parts built after them (``shell``, ``roles``):
@@ -211,7 +213,7 @@ class PeerAssembly:
             roles.gossip_changed()  # a learner looks for a newer announced state
 
         traffic = Traffic()
-        shell = GossipShell(cfg, self.keyring, core, self.profiles, discovered,
+        shell = GossipShell(cfg, self.keyring, core, self.profiles, live,
                             disk=disk, traffic=traffic, sections=profile_sections,
                             membership_changed=gossip_changed,
                             storage_problems=storage_problems, remembered=remembered)
@@ -222,7 +224,8 @@ class PeerAssembly:
         routes: Routes = {
             **api_routes(HealthContext(
                 core, f"{cfg.bind[0]}:{cfg.api_port}", self.started_wall,
-                shell.disk_problems, lambda: self.stopping, consensus, traffic, api_stats)),
+                shell.disk_problems, lambda: self.stopping, consensus, traffic, api_stats,
+                live.stats)),
             **mesh_routes(MeshContext(cfg.name, access, consensus, members, roles)),
             **raft_routes(roles, access),
             **keyring_routes(KeyringContext(cfg.name, self.keyring, self.key_path, access,

@@ -13,7 +13,8 @@ composition root, `nanomesh.daemon.assemble`, starts the others):
   may have moved it) and ticks the core;
 - the TCP stream server (push-pull, profile pulls and the failure detector's
   TCP pings) and one task per outgoing stream call;
-- ``refresh_profile``: samples live load and republishes when it moved;
+- ``refresh_profile``: samples live values; `ProfilePublisher` (a pure core)
+  says when they are worth a new profile version;
 - ``watch_disk``: retries a failed state save, watches the free space;
 - ``join_until_joined``: contacts the seeds until one answers.
 
@@ -39,6 +40,7 @@ from nanomesh.config import PeerConfig
 from nanomesh.daemon.limits import StreamAdmission
 from nanomesh.daemon.profile import ProfileSource
 from nanomesh.daemon.views import Traffic
+from nanomesh.discovery.publish import ProfilePublisher
 from nanomesh.disk import (
     WATCH_PERIOD,
     DiskHealth,
@@ -101,7 +103,7 @@ class GossipShell:
     out as callables, so the shell knows nothing above membership."""
 
     def __init__(self, config: PeerConfig, keyring: Keyring, core: Membership,
-                 profiles: ProfileSource, discovered: dict[str, Any], *,
+                 profiles: ProfileSource, live: ProfilePublisher, *,
                  disk: DiskHealth, traffic: Traffic,
                  sections: Callable[[], Mapping[str, Any]],
                  membership_changed: Callable[[], None],
@@ -111,7 +113,8 @@ class GossipShell:
         self.keyring = keyring
         self.core = core
         self.profiles = profiles
-        self._discovered = discovered
+        self.live = live
+        """Decides when our discovered profile's live values are published."""
         self.disk = disk
         """Writes to the data directory that fail right now (`nanomesh.disk`)."""
         self.traffic = traffic
@@ -423,21 +426,28 @@ class GossipShell:
     # ------------------------------------------------------------ profile
 
     async def refresh_profile(self) -> None:
+        """Sample the live values every ``profile_refresh`` s; publish when the
+        publisher says so."""
         while True:
             await trio.sleep(self.config.profile_refresh)
-            fresh = await trio.to_thread.run_sync(self.profiles.refresh, self._discovered)
-            if fresh is not None:
-                self._discovered = fresh
+            sample = await trio.to_thread.run_sync(self.profiles.sample, self.live.published)
+            if self.live.observe(sample, trio.current_time()):
                 self.republish_profile()
 
     def republish_profile(self) -> None:
         """Gossip the discovered profile plus the control plane's sections, if
-        that differs from what we published last (a new profile version)."""
-        profile = {**self._discovered, **self._sections()}
+        that differs from what we published last (a new profile version). A
+        publication carries live values the rate limit held back along."""
+        if self._profile(self.live.published) == self.core.me.profile:
+            return
+        now = trio.current_time()
+        self._execute(self.core.update_profile(self._profile(self.live.take_pending(now)), now))
+
+    def _profile(self, discovered: Mapping[str, Any]) -> dict[str, Any]:
+        profile = {**discovered, **self._sections()}
         if self._published_problems:
             profile[DEGRADED_KEY] = list(self._published_problems)
-        if profile != self.core.me.profile:
-            self._execute(self.core.update_profile(profile, trio.current_time()))
+        return profile
 
 
 def _as_datagram(messages: list[Any]) -> list[DatagramMessage]:
