@@ -19,11 +19,12 @@ Start order (all tasks in one nursery):
 
 1. prepare the data directory, read the previous life's incarnation and
    peers, discover this machine's profile, build the core and the parts;
-2. open every socket (gossip UDP and TCP, the API, the CoAP port check)
-   before starting anything, so that a port in use or an address this host
-   does not have is one clear error;
+2. open every socket (gossip UDP and TCP, the API, the CoAP gateway's UDP
+   and link ports, the event relay's ports) before starting anything, so
+   that a port in use or an address this host does not have is one clear error;
 3. signals first: a SIGTERM during start-up must still mean "leave";
-4. the gossip shell, then the HTTP API, the CoAP gateway, the event relay;
+4. the gossip shell, then the HTTP API; the CoAP gateway and the event relay
+   wait for their first use on their bound sockets (`on_demand`);
 5. the control plane (bundles checked, runtime, Raft roles, control loop):
    it may wait seconds for gossip before it bootstraps Raft, while
    membership and the API are up;
@@ -75,6 +76,7 @@ from nanomesh.daemon.http import serve_http
 from nanomesh.daemon.http_limits import ServerStats
 from nanomesh.daemon.local_runtime import LocalRuntime
 from nanomesh.daemon.membership import GossipShell, prepare_data_dir, rejoin_targets
+from nanomesh.daemon.on_demand import bind_udp_dual_stack, listen_tcp, serve_on_first_use
 from nanomesh.daemon.peer_calls import PeerCalls
 from nanomesh.daemon.profile import ProfileSource
 from nanomesh.daemon.views import Routes, Traffic
@@ -135,9 +137,16 @@ class PeerAssembly:
         udp = _listening("gossip (UDP)", cfg.bind, lambda: _bind_udp(cfg.bind))
         listeners = await _open_tcp("gossip (TCP)", cfg.bind)
         api_listeners = await _open_tcp("HTTP API", cfg.api_addr)
-        if cfg.coap_port:
-            from nanomesh.gateway.coap import check_gateway_port
-            check_gateway_port((cfg.bind[0], cfg.coap_port))
+        ip = cfg.bind[0]
+        gateway = (bind_udp_dual_stack((ip, cfg.coap_port), "the CoAP gateway (UDP)"),
+                   listen_tcp((ip, cfg.coap_port), "the gateway link (TCP)")
+                   ) if cfg.coap_port else None
+        relay = tuple(listen_tcp((ip, port), f"events ({what})",
+                                 f"; choose another port (peer.events_{what.lower()}_port, "
+                                 "0 disables)")
+                      for what, port in (("XSUB", cfg.events_xsub_port),
+                                         ("XPUB", cfg.events_xpub_port))
+                      ) if cfg.events_xpub_port and cfg.events_xsub_port else None
         async with trio.open_nursery() as nursery:
             # Signals first: a SIGTERM during start-up must still mean "leave".
             await nursery.start(self._watch_signals, parts, nursery.cancel_scope)
@@ -145,14 +154,12 @@ class PeerAssembly:
             await nursery.start(functools.partial(
                 serve_http, large_bodies=bundle_body_limits(parts.access),
                 stats=parts.api_stats), parts.routes, api_listeners)
-            if cfg.coap_port:
-                await nursery.start(self._serve_coap_gateway, parts)
-            if cfg.events_xpub_port and cfg.events_xsub_port:
-                # Pub/sub relay between nanoservices (ConfigError if a port is taken).
-                from nanomesh.sdk.events import serve_event_relay
-                await nursery.start(functools.partial(
-                    serve_event_relay, credentials=self.credentials),
-                    cfg.bind[0], cfg.events_xsub_port, cfg.events_xpub_port)
+            if gateway is not None:
+                await nursery.start(serve_on_first_use, "CoAP gateway", gateway,
+                                    functools.partial(self._serve_coap_gateway, parts, *gateway))
+            if relay is not None:
+                await nursery.start(serve_on_first_use, "event relay", relay,
+                                    functools.partial(self._serve_event_relay, *relay))
             # The control plane may wait seconds for gossip before it bootstraps
             # Raft; membership and the API are up meanwhile.
             nursery.start_soon(_run_control_plane, parts)
@@ -236,11 +243,11 @@ class PeerAssembly:
         return _Parts(core, shell, bundles, runtime, roles, control, access, routes,
                       api_stats)
 
-    async def _serve_coap_gateway(
-            self, parts: _Parts, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
-    ) -> None:
+    async def _serve_coap_gateway(self, parts: _Parts, udp: socket.socket,
+                                  link: socket.socket) -> None:
         """``coap://<our IP>:<coap_port>/s/<service>/<path>``, resolved
-        through our gossip view (our own instances first)."""
+        through our gossip view (our own instances first), on the sockets
+        bound at start (imported and started on first use)."""
         from nanomesh.gateway.coap import serve_coap_gateway
         from nanomesh.naming import resolve
         core, me, roles = parts.core, self.config.name, parts.roles
@@ -249,7 +256,15 @@ class PeerAssembly:
                                  services=lambda: service_names(roles.node, core.members()),
                                  visibility=lambda service: service_visibility(roles.node,
                                                                                service),
-                                 me=me, keys=self.credentials.keys, task_status=task_status)
+                                 me=me, keys=self.credentials.keys, udp=udp,
+                                 link_fd=link.detach())
+
+    async def _serve_event_relay(self, xsub: socket.socket, xpub: socket.socket) -> None:
+        """Pub/sub between nanoservices, on the sockets bound at start."""
+        from nanomesh.sdk.events import serve_event_relay
+        await serve_event_relay(self.config.bind[0], self.config.events_xsub_port,
+                                self.config.events_xpub_port, credentials=self.credentials,
+                                fds=(xsub.detach(), xpub.detach()))
 
     async def _watch_signals(self, parts: _Parts, scope: trio.CancelScope, *,
                              task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
