@@ -208,6 +208,7 @@ def idle_window(mesh: cf.Mesh60, leader: ml.Peer, args: argparse.Namespace,
     h0 = dict(zip([p.name for p in peers], ml.parallel(lambda p: p.get("/v1/health"), peers),
                   strict=True))
     b0 = traffic.read() if traffic else None
+    term0 = _term(leader)
     c0 = {n: pr.cpu_times() for n, pr in procs.items()}
     t0 = time.monotonic()
     load0 = os.getloadavg()[0]
@@ -219,6 +220,7 @@ def idle_window(mesh: cf.Mesh60, leader: ml.Peer, args: argparse.Namespace,
                   strict=True))
     mem = {n: ml.smaps_rollup(pr.pid) for n, pr in procs.items()}
     links = raft_links(leader.ip)
+    term1 = _term(leader)
 
     per_peer: list[dict[str, Any]] = []
     for p in peers:
@@ -233,6 +235,12 @@ def idle_window(mesh: cf.Mesh60, leader: ml.Peer, args: argparse.Namespace,
             "profiles_published_per_min": _per_min(h0[p.name], h1[p.name],
                                                    "profiles_published", dt),
             "profiles_pulled_per_min": _per_min(h0[p.name], h1[p.name], "profiles_pulled", dt),
+            # Why it published (`nanomesh.discovery.publish.PublishStats`):
+            # live values, a capacity fall, a static change; the rest of the
+            # publications came from the control plane's sections (Raft role
+            # or term, instances, bundles).
+            **{f"profile_{why}_per_min": _per_min(h0[p.name], h1[p.name], why, dt, "profile")
+               for why in ("live", "fell", "static", "carried")},
         }
         if b0 is not None and b1 is not None:
             for cls in ml.TRAFFIC_CLASSES:
@@ -240,12 +248,23 @@ def idle_window(mesh: cf.Mesh60, leader: ml.Peer, args: argparse.Namespace,
             row["bytes_per_s"] = sum(row[f"{c}_per_s"] for c in ml.TRAFFIC_CLASSES)
         per_peer.append(row)
     return {"per_peer": per_peer, "window_s": dt, "load_at_window": load0,
-            "leader_raft_links": links}
+            "leader_raft_links": links,
+            "raft_terms_in_window": term1 - term0 if term0 is not None and term1 is not None
+            else float("nan")}
 
 
-def _per_min(h0: dict[str, Any], h1: dict[str, Any], counter: str, dt: float) -> float:
-    """A `/v1/health` gossip counter's rate per minute over the window."""
-    c0, c1 = h0.get("counters", {}), h1.get("counters", {})
+def _term(peer: ml.Peer) -> int | None:
+    try:
+        return int(peer.get("/v1/status")["term"])
+    except (ApiError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _per_min(h0: dict[str, Any], h1: dict[str, Any], counter: str, dt: float,
+             group: str = "counters") -> float:
+    """A `/v1/health` counter's rate per minute over the window (NaN if the
+    peer does not report it)."""
+    c0, c1 = h0.get(group, {}), h1.get(group, {})
     if counter not in c0 or counter not in c1:
         return float("nan")
     return 60.0 * (c1[counter] - c0[counter]) / dt
@@ -371,6 +390,9 @@ def summarise(n: int, converge_s: float, idle: dict[str, Any], detections: list[
         "profiles_published_per_min_mesh": sum(float(r["profiles_published_per_min"])
                                                for r in rows),
         "profiles_pulled_per_min_median": med("profiles_pulled_per_min", rows),
+        **{f"profile_{why}_per_min_mesh": sum(float(r[f"profile_{why}_per_min"]) for r in rows)
+           for why in ("live", "fell", "static", "carried")},
+        "raft_terms_in_window": idle["raft_terms_in_window"],
         "cpu_pct_others_median": med("cpu_pct"),
         "cpu_pct_others_max": max(float(r["cpu_pct"]) for r in others),
         "cpu_pct_leader": lead["cpu_pct"],
@@ -483,6 +505,9 @@ COLUMNS = ["n", "converge_s", "bytes_per_s_others_median", "bytes_per_s_leader",
            "gossip_per_s_others_median", "other_per_s_others_median",
            "health_bytes_out_per_s_median", "profiles_published_per_min_median",
            "profiles_published_per_min_mesh", "profiles_pulled_per_min_median",
+           "profile_live_per_min_mesh", "profile_fell_per_min_mesh",
+           "profile_static_per_min_mesh", "profile_carried_per_min_mesh",
+           "raft_terms_in_window",
            "cpu_pct_others_median", "cpu_pct_others_max",
            "cpu_pct_leader", "rss_mib_median", "pss_mib_median", "leader_raft_links",
            "detect_median_s", "detect_all_max_s", "detect_kills", "failover_s", "window_s",

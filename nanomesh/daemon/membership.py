@@ -431,7 +431,7 @@ class GossipShell:
         while True:
             await trio.sleep(self.config.profile_refresh)
             sample = await trio.to_thread.run_sync(self.profiles.sample, self.live.published)
-            if self.live.observe(sample, trio.current_time()):
+            if self.live.observe(sample, trio.current_time(), self.core.num_live()):
                 self.republish_profile()
 
     def republish_profile(self) -> None:

@@ -15,12 +15,15 @@ every ``profile_refresh`` seconds and carries the decision out):
 2. **Hysteresis.** A value leaves its published bucket only once it is
    ``margin`` beyond the bucket's edges, so a value hovering on an edge does
    not flap between two buckets. Capacities that feasibility checks (available
-   memory, free storage, battery charge) *fall at once*: the bucket's floor is
-   what is published, and a value below it moves to a lower bucket without a
-   margin and is published without waiting for the rate limit, so a peer
-   never advertises more than it had at its last sample.
+   memory, free storage, battery charge) are published *below* the value, by
+   at least the margin (the floor of value - margin), so the margin is
+   headroom: a value that falls below what is published moves down at once,
+   without waiting for the rate limit, and a peer never advertises more than
+   it had at its last sample; a value wobbling by less than the margin
+   changes nothing.
 3. **Rate limit.** Any other change of live values goes out at most once per
-   ``min_live_interval``; until then it waits (pending), and each later sample
+   `live_interval` (a minute, longer in a large mesh: the cost of a
+   publication grows with the mesh); until then it waits (pending), and each later sample
    recomputes it (a value that came back to its bucket cancels it). A change of
    anything else in the sample (the power source, ...) goes out at once; and a
    publication for another reason (a Raft role, an instance, a new device)
@@ -56,8 +59,9 @@ class Band:
     """How far past its bucket's edges a value must go to leave the published
     bucket (hysteresis), same unit. 0: no hysteresis."""
     falls_at_once: bool = False
-    """A capacity: a value below the published floor moves down at once (no
-    margin below), so what is advertised is never more than what there is."""
+    """A capacity: published at least ``margin`` below the value, and a value
+    below what is published moves down at once (`bucket`), so what is
+    advertised is never more than what there is."""
 
 
 @dataclass(frozen=True)
@@ -76,8 +80,8 @@ class PublishPolicy:
     battery_percent: Band = Band(step=10.0, margin=2.0, falls_at_once=True)
     """``power.battery_percent``: a battery drains ~1 point per minute or
     slower, so a 10-point bucket republishes a draining peer every ten minutes
-    at most; it falls at once (a service's ``min_battery_percent`` must not
-    land on a peer below it), rises 2 points past the edge (charging)."""
+    at most; a capacity (a service's ``min_battery_percent`` must not land on
+    a peer below it): published 2 to 12 points below the charge."""
     battery_health_percent: Band = Band(step=5.0, margin=1.0)
     """``power.battery_health_percent``: changes over months."""
     memory_share: float = 1 / 16
@@ -90,15 +94,32 @@ class PublishPolicy:
     min_capacity_step_mb: int = 16
     """Smallest bucket of available memory and free storage (MiB), for a tiny
     or unknown total."""
-    capacity_margin: float = 0.25
-    """Margin of available memory and free storage as a share of their step
-    (upwards only: they fall at once)."""
+    capacity_margin: float = 0.5
+    """Margin of available memory and free storage as a share of their step:
+    the headroom kept below the value (`bucket`). Half a step: on a 24 GiB
+    machine whose available memory swings by hundreds of MiB as other
+    programs come and go, 750 MiB; a peer advertises at most 1.5 steps
+    (under 10 %) less than it has."""
     min_live_interval: float = 60.0
-    """Seconds between two publications when only live values changed (a
-    capacity that fell below its published bucket is not held). At
-    N peers a publication costs N - 1 profile pulls (~1.5 kB each with TCP),
-    so a peer whose live values keep moving costs the mesh at most
-    (N - 1) * 1.5 kB per minute; static changes are not limited."""
+    """Shortest time (s) between two publications when only live values
+    changed (a capacity that fell below its published bucket is not held;
+    static changes are not limited). See `live_interval`."""
+    live_interval_per_member: float = 5.0
+    """Seconds the live interval grows by per live member (`live_interval`).
+    At N peers a publication costs N - 1 profile pulls of ~1.5 kB (profile,
+    TCP set-up and teardown), mostly sent by peers that hold it already; if
+    every peer's live values keep moving (one machine's load seen by all, as
+    in a lab), each peer sends about (N - 1) * 1.5 kB per interval for
+    them: 5 s per member keeps that near 300 B/s whatever N, against a goal
+    of 1,500 B/s for all of an idle peer's traffic."""
+
+
+def live_interval(policy: PublishPolicy, members: int) -> float:
+    """Seconds between live-only publications in a mesh of `members` live
+    peers (ourselves included): ``max(min_live_interval,
+    live_interval_per_member * members)``; 60 s up to 12 peers, 125 s at
+    25, 500 s at 100."""
+    return max(policy.min_live_interval, policy.live_interval_per_member * members)
 
 
 def bucket(value: float, band: Band, published: float | None) -> float:
@@ -106,15 +127,22 @@ def bucket(value: float, band: Band, published: float | None) -> float:
 
     ``None`` (nothing published yet) gives the floor of ``value``'s bucket.
     Otherwise the published value stays while ``value`` is within its bucket
-    widened by ``band.margin`` each side (below not widened for a capacity:
-    ``band.falls_at_once``); outside, it is the floor of ``value``'s bucket.
+    widened by ``band.margin`` each side; outside, it is the floor of
+    ``value``'s bucket. A capacity (``band.falls_at_once``) instead stays
+    while ``value`` is at least the published value (and below the bucket's
+    top plus the margin), else it is the floor of ``value - margin`` (never
+    below 0): at or below the value, with the margin as headroom.
     """
+    if band.falls_at_once:
+        if published is not None and published <= value < published + band.step + band.margin:
+            return published
+        return max(0.0, math.floor((value - band.margin) / band.step) * band.step)
     floor = math.floor(value / band.step) * band.step
     if published is None:
         return floor
-    low = published if band.falls_at_once else published - band.margin
-    high = published + band.step + band.margin
-    return published if low <= value < high else floor
+    if published - band.margin <= value < published + band.step + band.margin:
+        return published
+    return floor
 
 
 def live_bands(profile: Mapping[str, Any], policy: PublishPolicy
@@ -209,9 +237,9 @@ class ProfilePublisher:
         self.last_published = now
         self.stats = PublishStats()
 
-    def observe(self, sample: Mapping[str, Any], now: float) -> bool:
-        """A fresh sample (a whole profile, live values re-read). True if
-        ``published`` changed and should go out now."""
+    def observe(self, sample: Mapping[str, Any], now: float, members: int = 1) -> bool:
+        """A fresh sample (a whole profile, live values re-read) in a mesh of
+        `members` live peers. True if ``published`` changed and should go out now."""
         candidate = quantise(sample, self.published, self.policy)
         if candidate == self.published:
             self.pending = None
@@ -221,7 +249,7 @@ class ProfilePublisher:
             self.stats.static += 1
         elif capacity_fell(self.published, candidate, self.policy):
             self.stats.fell += 1
-        elif now - self.last_published >= self.policy.min_live_interval:
+        elif now - self.last_published >= live_interval(self.policy, members):
             self.stats.live += 1
         else:
             self.pending = candidate

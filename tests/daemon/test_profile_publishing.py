@@ -60,7 +60,8 @@ def make_shell(tmp_path: Path, sections: dict[str, Any], swing: bool = True
     config = PeerConfig(name="a", bind=("127.0.12.90", 7946), data_dir=tmp_path,
                         profile_refresh=REFRESH)
     live = ProfilePublisher(DISCOVERED, now=trio.current_time(),
-                            policy=PublishPolicy(min_live_interval=INTERVAL))
+                            policy=PublishPolicy(min_live_interval=INTERVAL,
+                                                 live_interval_per_member=0.0))
     core = Membership("a", config.bind, GossipConfig(), random.Random(1),
                       trio.current_time(), profile=live.published)
     source = SwingingLoad(swing)

@@ -15,6 +15,7 @@ from nanomesh.discovery.publish import (
     PublishPolicy,
     bucket,
     capacity_fell,
+    live_interval,
     quantise,
     without_live,
 )
@@ -47,7 +48,7 @@ def sample(base: dict[str, Any] = BASE, **live: float) -> dict[str, Any]:
 
 
 CPU = Band(step=20.0, margin=5.0)
-CAPACITY = Band(step=64.0, margin=16.0, falls_at_once=True)
+CAPACITY = Band(step=64.0, margin=32.0, falls_at_once=True)
 
 
 @pytest.mark.parametrize(("value", "band", "published", "expected"), [
@@ -60,10 +61,14 @@ CAPACITY = Band(step=64.0, margin=16.0, falls_at_once=True)
     (15.1, CPU, 20.0, 20.0),          # below the bucket, within the margin
     (14.9, CPU, 20.0, 0.0),
     (97.0, CPU, 20.0, 80.0),          # a jump lands on its own bucket
-    (63.9, CAPACITY, 64.0, 0.0),      # a capacity falls at once, no margin below
+    (100.0, CAPACITY, None, 64.0),    # a capacity: the floor of value - margin
+    (90.0, CAPACITY, None, 0.0),
+    (10.0, CAPACITY, None, 0.0),      # never below 0
+    (63.9, CAPACITY, 64.0, 0.0),      # below what is published: down at once
     (64.0, CAPACITY, 64.0, 64.0),
-    (143.9, CAPACITY, 64.0, 64.0),    # ... and rises only past the margin
-    (144.0, CAPACITY, 64.0, 128.0),
+    (159.9, CAPACITY, 64.0, 64.0),    # up only past the bucket's top plus the margin,
+    (160.0, CAPACITY, 64.0, 128.0),   # ... to a value the margin below it
+    (300.0, CAPACITY, 64.0, 256.0),
 ])
 def test_bucket_table(value: float, band: Band, published: float | None,
                       expected: float) -> None:
@@ -99,9 +104,10 @@ def test_quantised_profile_keeps_what_placement_reads() -> None:
         peer_view_from_profile("p", quantise(BASE, None), True)
     assert (q.capabilities, q.cpu_cores, q.power, q.networks, q.labels) == \
         (raw.capabilities, raw.cpu_cores, raw.power, raw.networks, raw.labels)
-    assert raw.memory_mb - 64 < q.memory_mb <= raw.memory_mb
-    assert raw.storage_mb - 500 < q.storage_mb <= raw.storage_mb
-    assert raw.battery_percent - 10 < q.battery_percent <= raw.battery_percent
+    # Capacities: at least the margin (half a step) below, at most 1.5 steps.
+    assert raw.memory_mb - 96 <= q.memory_mb <= raw.memory_mb - 32
+    assert raw.storage_mb - 750 <= q.storage_mb <= raw.storage_mb - 250
+    assert raw.battery_percent - 12 <= q.battery_percent <= raw.battery_percent - 2
     assert abs(q.cpu_load_percent - raw.cpu_load_percent) < 20
 
 
@@ -202,3 +208,15 @@ def test_a_longer_interval_is_honoured() -> None:
     p = ProfilePublisher(BASE, now=0.0, policy=PublishPolicy(min_live_interval=300.0))
     steps = [(60.0 * i, sample(cpu=90.0)) for i in range(1, 6)]
     assert run(p, steps) == [300.0]
+
+
+@pytest.mark.parametrize(("members", "seconds"), [(1, 60.0), (10, 60.0), (12, 60.0),
+                                                  (25, 125.0), (100, 500.0)])
+def test_the_live_interval_grows_with_the_mesh(members: int, seconds: float) -> None:
+    assert live_interval(PublishPolicy(), members) == seconds
+
+
+def test_a_large_mesh_waits_longer_for_live_changes() -> None:
+    p = ProfilePublisher(BASE, now=0.0)
+    busy = sample(cpu=90.0)
+    assert [t for t in (60.0, 100.0, 125.0) if p.observe(busy, t, members=25)] == [125.0]
