@@ -105,6 +105,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=1, help="victim RNG seed (default 1)")
     p.add_argument("--subnet", default=SUBNET,
                    help=f"loopback /24 of the peers, with the trailing dot (default {SUBNET})")
+    p.add_argument("--first-octet", type=int, default=1,
+                   help="peers use SUBNET.FIRST .. FIRST+N-1 (default 1)")
     ml.add_run_options(p, name="footprint_vs_n")
     args = p.parse_args()
     args.sizes = [int(x) for x in (args.sizes or ("10,25" if args.quick else "10,25,50,100")
@@ -114,8 +116,8 @@ def parse_args() -> argparse.Namespace:
     args.sim_sizes = [int(x) for x in sim.split(",") if x]
     args.window = args.window or (15.0 if args.quick else 30.0)
     args.kills = args.kills if args.kills is not None else (1 if args.quick else 3)
-    if max(args.sizes) > 250:
-        p.error("at most 250 real daemons (127.0.70.1-250)")
+    if max(args.sizes) + args.first_octet - 1 > 250:
+        p.error(f"at most {251 - args.first_octet} real daemons from .{args.first_octet}")
     return args
 
 
@@ -310,7 +312,7 @@ def one_size(n: int, args: argparse.Namespace, rng: random.Random) -> dict[str, 
     with tempfile.TemporaryDirectory(prefix=f"nm-fvn{n}-") as tmp:
         root = Path(tmp)
         key = ml.keygen(root / "cluster.key")
-        mesh = cf.Mesh60(n, root, preset=args.preset, key_file=key, first_octet=1,
+        mesh = cf.Mesh60(n, root, preset=args.preset, key_file=key, first_octet=args.first_octet,
                          prefix="p", subnet=args.subnet)
         counting = ml.NftTraffic.available()
         traffic = ml.NftTraffic([p.ip for p in mesh.peers]) if counting else None
