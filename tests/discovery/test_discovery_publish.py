@@ -220,3 +220,19 @@ def test_a_large_mesh_waits_longer_for_live_changes() -> None:
     p = ProfilePublisher(BASE, now=0.0)
     busy = sample(cpu=90.0)
     assert [t for t in (60.0, 100.0, 125.0) if p.observe(busy, t, members=25)] == [125.0]
+
+
+def test_passengers_never_publish_but_ride_along() -> None:
+    """The load average and memory percent are for people: a jump alone
+    publishes nothing; the next publication for any reason carries them."""
+    p = ProfilePublisher(BASE, now=0.0)
+    jumped = sample(load1=9.3, mem_pct=77.0)
+    assert run(p, [(5.0, jumped), (300.0, jumped)]) == []
+    assert p.pending is None and p.stats.quiet == 2
+    assert p.published["load"]["load1"] == 0.0
+    assert p.take_pending(301.0)["load"] == {"cpu_percent": 20.0, "memory_percent": 70.0,
+                                              "load1": 9.0}
+    assert p.stats.carried == 0                     # no live change was held
+    # ... and with a publication of its own (a capacity fell):
+    assert run(p, [(302.0, sample(load1=2.2, avail=500))]) == [302.0]
+    assert p.published["load"]["load1"] == 2.0
