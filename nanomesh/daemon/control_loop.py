@@ -308,5 +308,7 @@ def instances_section(statuses: Mapping[str, InstanceStatus]) -> dict[str, dict[
     return {iid: {"state": s.state, "restarts": s.restarts, "health": s.health,
                   "digest": s.spec_digest,
                   "endpoints": {name: {"protocol": protocol, "port": port}
-                                for name, protocol, port in s.endpoints}}
+                                for name, protocol, port in s.endpoints},
+                  # how the last run ended, so a failed deploy can say why
+                  **({"exit": s.exit_code} if s.exit_code is not None else {})}
             for iid, s in sorted(statuses.items())}
