@@ -299,7 +299,8 @@ async def _load(scenario: Scenario, lab_dir: Path, rec: Recorder) -> None:
     period = 1.0 / load.rate
     in_flight = trio.CapacityLimiter(MAX_IN_FLIGHT)
     running = _RunningPeers(lab_dir, trio.current_time)
-    tick = 0
+    tick = round(load.start * load.rate)  # the first call at t = start
+    await trio.sleep_until(rec.t0 + tick * period)
 
     def first_api() -> str | None:
         try:

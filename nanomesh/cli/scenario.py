@@ -18,6 +18,7 @@ run (calls by name at a rate), and what happens when::
     path = "whoami"            # call path (GET)
     rate = 20                  # calls per second
     timeout = 1.0              # seconds per attempt (the client retries twice)
+    start = 0                  # seconds: the first call (after a deploy step, say)
 
     [[at]]
     t = 10
@@ -94,6 +95,8 @@ class Load:
     path: str = "health"
     rate: float = 10.0
     timeout: float = 1.0
+    start: float = 0.0
+    """Seconds after t = 0 of the first call."""
 
 
 @dataclass(frozen=True)
@@ -148,11 +151,12 @@ def parse_scenario(raw: dict[str, Any], *, base: Path, default_name: str) -> Sce
 def _load(raw: Any) -> Load:
     if not isinstance(raw, dict):
         raise ScenarioError("load: must be a table ([load])")
-    _only(raw, {"service", "path", "rate", "timeout"}, "load")
+    _only(raw, {"service", "path", "rate", "timeout", "start"}, "load")
     return Load(service=_text(raw, "service", "load"),
                 path=_text(raw, "path", "load", default="health"),
                 rate=_number(raw, "rate", "load", low=0.1, high=1000.0, default=10.0),
-                timeout=_number(raw, "timeout", "load", low=0.05, default=1.0))
+                timeout=_number(raw, "timeout", "load", low=0.05, default=1.0),
+                start=_number(raw, "start", "load", low=0.0, default=0.0))
 
 
 def _step(raw: dict[str, Any], index: int, base: Path, duration: float) -> Step:
