@@ -22,7 +22,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "nanomesh"
 
 ROOT_MODULES = {
     "__init__", "__main__",
-    "errors", "config", "ids", "checks", "disk", "naming",  # shared by every layer
+    "errors", "config", "ids", "checks", "disk", "naming", "versions",  # shared by every layer
     "client", "service",  # aliases of nanomesh.sdk.* for services written before 0.2
 }
 """The only modules allowed at the package root; everything else lives in the
@@ -32,7 +32,7 @@ PURE_CORES = (
     "nanomesh.gossip", "nanomesh.placement", "nanomesh.consensus.voters",
     "nanomesh.consensus.role_core", "nanomesh.runtime.reconcile_core",
     "nanomesh.runtime.lifecycle", "nanomesh.runtime.deployment_core", "nanomesh.naming",
-    "nanomesh.ids", "nanomesh.wire.messages",
+    "nanomesh.ids", "nanomesh.wire.messages", "nanomesh.versions",
 )
 """Decision code: messages and ``now`` in, effects out. It does no I/O and
 reads no clock, so it imports none of `IO_MODULES`."""
@@ -45,7 +45,7 @@ IO_MODULES = {
 
 LAYERS = (
     "__init__", "errors", "wire", "gossip",
-    "config", "checks", "ids", "disk", "naming",
+    "config", "checks", "ids", "disk", "naming", "versions",
     "consensus", "placement", "security", "transport", "runtime", "gateway", "bundles",
     "sdk", "client", "service", "discovery", "sim", "testing", "daemon", "cli", "__main__",
 )
