@@ -32,7 +32,7 @@ PURE_CORES = (
     "nanomesh.gossip", "nanomesh.placement", "nanomesh.consensus.voters",
     "nanomesh.consensus.role_core", "nanomesh.runtime.reconcile_core",
     "nanomesh.runtime.lifecycle", "nanomesh.runtime.deployment_core", "nanomesh.naming",
-    "nanomesh.ids", "nanomesh.wire.messages", "nanomesh.versions",
+    "nanomesh.ids", "nanomesh.wire.messages", "nanomesh.versions", "nanomesh.cli.upgrade_core",
 )
 """Decision code: messages and ``now`` in, effects out. It does no I/O and
 reads no clock, so it imports none of `IO_MODULES`."""
