@@ -15,6 +15,7 @@ key_file = "/etc/nanomesh/cluster.key"
 profile_refresh = 5.0              # seconds between live-load samples
 labels = { room = "meeting-1" }
 container_engine = "auto"          # auto | runc | podman | docker
+install_root = "/opt/nanomesh"     # where `nanomesh upgrade` installs new versions; default: none
 
 [gossip]
 preset = "lan"                     # lan | local | memberlist-lan
@@ -151,6 +152,12 @@ class PeerConfig:
     gossip: GossipConfig = field(default_factory=GossipConfig)
     config_file: Path | None = None
     container_engine: str = "auto"
+    install_root: Path | None = None
+    """The install root (``/opt/nanomesh`` from install.sh: ``versions/``,
+    the ``venv`` symlink, the launcher) into which ``nanomesh upgrade``
+    installs a new version (`nanomesh.daemon.upgrade`). None (default):
+    this peer refuses upgrades through the mesh, as a peer run from a
+    checkout must (there is nothing to switch)."""
 
     @property
     def api_addr(self) -> Address:
@@ -199,6 +206,7 @@ def build_config(
     gossip_preset: str | None = None,
     coap_port: int | None = None,
     container_engine: str | None = None,
+    install_root: Path | None = None,
 ) -> PeerConfig:
     """Merge the config file (if any) with flags; flags win."""
     raw = load_file(config_file) if config_file else {}
@@ -261,6 +269,8 @@ def build_config(
         gossip=_gossip_from(raw.get("gossip", {}), gossip_preset, where),
         config_file=config_file,
         container_engine=engine,
+        install_root=install_root or (Path(peer["install_root"]) if peer.get("install_root")
+                                      else None),
     )
 
 

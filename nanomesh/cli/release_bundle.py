@@ -45,11 +45,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# The manifest's rules live with the bundles (a peer checks a release it
+# fetched from the mesh); re-exported here for the build and its tests.
+from nanomesh.bundles.release import FORMAT as FORMAT
+from nanomesh.bundles.release import MANIFEST as MANIFEST
+from nanomesh.bundles.release import verify_tree as verify_tree
 from nanomesh.errors import NanomeshError
-
-MANIFEST = "manifest.json"
-FORMAT = 1
-"""Bumped when the bundle's layout changes in a way install.sh must know of."""
 
 DEFAULT_PYTHON = "3.11"
 """The devices' Python: Debian 12 and Raspberry Pi OS (bookworm) ship 3.11."""
@@ -127,18 +128,6 @@ def make_manifest(version: str, python: str, platforms: dict[str, PlatformReport
             "protocol": protocol_info(), "python": python,
             "platforms": {name: report.to_json() for name, report in platforms.items()},
             "files": dict(sorted(files.items()))}
-
-
-def verify_tree(root: Path, manifest: dict[str, Any]) -> list[str]:
-    """The problems of an unpacked bundle against its manifest (empty: sound)."""
-    problems = []
-    for relpath, digest in manifest["files"].items():
-        path = root / relpath
-        if not path.is_file():
-            problems.append(f"{relpath}: missing")
-        elif sha256_file(path) != digest:
-            problems.append(f"{relpath}: sha256 differs from the manifest")
-    return problems
 
 
 # ---------------------------------------------------------------- the build
