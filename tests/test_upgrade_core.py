@@ -20,7 +20,10 @@ from nanomesh.errors import IllegalTransition
 
 NEW, OLD = "0.2.0", "0.1.0"
 HEALTHY_NEW = PeerSeen(alive=True, version=NEW, healthy=True)
-HEALTHY_OLD = PeerSeen(alive=True, version=OLD, healthy=True)
+HEALTHY_OLD = PeerSeen(alive=True, version=OLD, healthy=True, incarnation=2)
+"""Back on the old version after a restart (it was asked at incarnation 1)."""
+STILL_OLD = PeerSeen(alive=True, version=OLD, healthy=True, incarnation=1)
+"""The old process, not yet gone."""
 DOWN = PeerSeen(alive=False, version=None, healthy=False)
 STARTING = PeerSeen(alive=True, version=NEW, healthy=False)
 
@@ -50,7 +53,7 @@ def run(up: Upgrade, script: dict[str, list[object]], step: float = 1.0
                 return up, actions
             case Ask(peer) | RollBack(peer):
                 accepted, detail = script[peer].pop(0)  # type: ignore[misc]
-                up = up.answered(accepted, detail, now, old_version=OLD)
+                up = up.answered(accepted, detail, now, old_version=OLD, incarnation=1)
             case Wait(peer):
                 seen = script[peer].pop(0) if script[peer] else script[peer + "*"][0]
                 assert isinstance(seen, PeerSeen)
@@ -64,10 +67,10 @@ def run(up: Upgrade, script: dict[str, list[object]], step: float = 1.0
 def test_every_peer_in_turn_then_done() -> None:
     up = Upgrade(NEW, ("a", "b", "leader"))
     script: dict[str, list[object]] = {
-        p: [(True, ""), DOWN, STARTING, HEALTHY_NEW] for p in up.peers}
+        p: [(True, ""), STILL_OLD, DOWN, STARTING, HEALTHY_NEW] for p in up.peers}
     up, actions = run(up, script)
     assert up.phase is Phase.DONE
-    assert [type(a).__name__ for a in actions[:6]] == ["Ask", "Wait", "Wait", "Wait",
+    assert [type(a).__name__ for a in actions[:7]] == ["Ask", "Wait", "Wait", "Wait", "Wait",
                                                          "Confirm", "Ask"]
     assert [a.peer for a in actions if isinstance(a, Ask)] == ["a", "b", "leader"]
     assert [r.outcome for r in up.results] == ["upgraded"] * 3
@@ -101,7 +104,8 @@ def test_a_peer_that_does_not_rejoin_is_rolled_back_and_the_run_stops() -> None:
 
 def test_a_peer_whose_launcher_rolled_it_back_stops_the_run_without_a_rollback() -> None:
     up = Upgrade(NEW, ("a", "b"))
-    script: dict[str, list[object]] = {"a": [(True, ""), DOWN, HEALTHY_OLD], "b": []}
+    script: dict[str, list[object]] = {"a": [(True, ""), STILL_OLD, DOWN, HEALTHY_OLD],
+                                       "b": []}
     up, actions = run(up, script)
     assert RollBack("a") not in actions
     assert up.results[0].outcome == "rolled back"
