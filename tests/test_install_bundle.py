@@ -43,6 +43,7 @@ from nanomesh.cli.release_bundle import (
     verify_tree,
     wheel_pin,
 )
+from nanomesh.versions import THIS
 from nanomesh.wire import PROTOCOL_MAX, PROTOCOL_MIN, PROTOCOL_VERSION, generate_key
 
 REPO = Path(__file__).resolve().parent.parent
@@ -91,6 +92,8 @@ def test_version_says_the_protocol_range(capsys: pytest.CaptureFixture[str]) -> 
     text = capsys.readouterr().out
     assert text.startswith(f"nanomesh {__version__}\n")
     assert f"wire protocol {PROTOCOL_VERSION} (accepts {PROTOCOL_MIN} to {PROTOCOL_MAX}" in text
+    assert f"raft {THIS.raft.low}..{THIS.raft.high}" in text
+    assert info["protocols"] == THIS.protocols_json()
 
 
 def test_help_is_plain_text() -> None:

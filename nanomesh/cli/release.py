@@ -77,7 +77,9 @@ def build_command(args: argparse.Namespace) -> int:
 
 
 def version_info() -> dict[str, Any]:
+    from nanomesh.versions import THIS
     return {"version": __version__, "protocol": protocol_info(),
+            "protocols": THIS.protocols_json(),
             "python": platform.python_version(), "machine": platform.machine()}
 
 
@@ -90,5 +92,7 @@ def version_command(args: argparse.Namespace) -> int:
     print(f"nanomesh {info['version']}")
     print(f"wire protocol {protocol['speaks']} (accepts {protocol['accepts_min']} to "
           f"{protocol['accepts_max']} from peers)")
+    ranges = ", ".join(f"{name} {low}..{high}" for name, (low, high) in info["protocols"].items())
+    print(f"protocol ranges {ranges} (gossiped; peers must overlap in each)")
     print(f"python {info['python']} on {info['machine']}")
     return 0

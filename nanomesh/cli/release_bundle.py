@@ -222,7 +222,7 @@ def _download_for(platform: str, pins: list[str], dest: Path, python: str,
     return report
 
 
-SUPPORT_FILES = ("install.sh", "nanomesh.service", "nanomesh-podman.conf")
+SUPPORT_FILES = ("install.sh", "nanomesh-launch", "nanomesh.service", "nanomesh-podman.conf")
 """What the bundle takes from the checkout's peers/, besides the configs."""
 
 
