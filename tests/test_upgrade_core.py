@@ -122,6 +122,19 @@ def test_a_rollback_that_fails_too_is_reported_as_failed() -> None:
     assert "not healthy on its old version 0.1.0 either" in up.results[0].detail
 
 
+@pytest.mark.parametrize(("index", "leader", "want"), [
+    (0, "a", ("b", "c", "a")),        # the leader moved to a: it goes last
+    (0, "c", ("a", "b", "c")),        # already last
+    (1, "a", ("a", "b", "c")),        # a is done: nothing to move
+    (2, "c", ("a", "b", "c")),        # the last one left is the leader: it goes now
+    (0, None, ("a", "b", "c")),
+])
+def test_the_leader_stays_last_when_it_moves(index: int, leader: str | None,
+                                             want: tuple[str, ...]) -> None:
+    up = Upgrade(NEW, ("a", "b", "c"), index=index)
+    assert up.leader_now(leader).peers == want
+
+
 def test_a_peer_already_on_the_target_is_skipped() -> None:
     up = Upgrade(NEW, ("a", "b"))
     up = up.answered(True, "", 0.0, already=True)

@@ -127,6 +127,16 @@ class _Mesh:
             return False, exc.detail or str(exc)
         return True, ""
 
+    def leader(self) -> str | None:
+        """The Raft leader's name, as the first peer that answers knows it."""
+        for api in self.apis.values():
+            try:
+                return _leader_name(get_json(api, "/v1/members", timeout=LOOK_TIMEOUT),
+                                    get_json(api, "/v1/status", timeout=LOOK_TIMEOUT))
+            except ApiError:
+                continue
+        return None
+
     def look(self, peer: str) -> PeerSeen:
         """How `peer` looks: alive in another peer's gossip view, and its own
         version, health and Raft leader."""
@@ -164,7 +174,9 @@ def _drive(run: Upgrade, mesh: _Mesh) -> Upgrade:
         match action:
             case Finished():
                 return run
-            case Ask(peer):
+            case Ask(_):
+                run = run.leader_now(mesh.leader())
+                peer = run.current or ""
                 _say(f"{peer}: installing {run.target} ...")
                 accepted, detail, before, already = mesh.ask(peer)
                 if accepted:
@@ -194,13 +206,18 @@ def _mesh(entry: str) -> tuple[dict[str, str], str | None]:
     alive = {m["name"]: m for m in members if m.get("state") == "alive"}
     if not alive:
         raise NanomeshError(f"{entry} knows no alive peer")
-    leader_addr = get_json(entry, "/v1/status").get("leader")
-    leader = None
-    for name, m in alive.items():
+    leader = _leader_name(members, get_json(entry, "/v1/status"))
+    return {name: member_api(m) for name, m in alive.items()}, leader
+
+
+def _leader_name(members: list[dict[str, Any]], status: dict[str, Any]) -> str | None:
+    """The member whose gossiped Raft address is the leader in ``status``."""
+    leader_addr = status.get("leader")
+    for m in members:
         raft = (m.get("profile") or {}).get("raft") or {}
         if leader_addr is not None and raft.get("addr") == leader_addr:
-            leader = name
-    return {name: member_api(m) for name, m in alive.items()}, leader
+            return str(m["name"])
+    return None
 
 
 def _version_of(member: dict[str, Any]) -> str | None:

@@ -179,6 +179,17 @@ class Upgrade:
             return replace(self, phase=Phase.ROLLING_BACK, since=now, failure=failure)
         raise IllegalTransition(f"an answer in phase {self.phase.value}")
 
+    def leader_now(self, leader: str | None) -> Upgrade:
+        """Before an `Ask`: the Raft leader may have moved since the order
+        was made (each upgrade restarts a voter, elections happen). If the
+        current leader is still to be upgraded, it goes to the end of the
+        peers not reached yet, so it stays last."""
+        rest = self.peers[self.index:]
+        if self.phase is not Phase.ASK or leader not in rest or len(rest) < 2:
+            return self
+        moved = (*(p for p in rest if p != leader), leader)
+        return replace(self, peers=self.peers[:self.index] + moved)
+
     def seen(self, peer: PeerSeen, now: float) -> Upgrade:
         """What `Wait` saw of the current peer."""
         waited = now - self.since
