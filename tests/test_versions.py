@@ -178,3 +178,15 @@ def test_an_old_peer_decodes_a_new_profile_and_a_new_peer_an_old_one() -> None:
         assert isinstance(reply, ProfileReply)
         assert reply.profiles[0].profile == prof
         assert verdict(reply.profiles[0].profile) == []
+
+
+async def test_a_refused_kind_is_a_409_for_the_operator_not_a_503_to_retry() -> None:
+    from nanomesh.daemon.api_mesh import consensus_call
+    from nanomesh.daemon.http import HttpError
+
+    async def refused() -> None:
+        raise VersionGateError("put_service: refused: upgrade every peer first")
+
+    with pytest.raises(HttpError) as caught:
+        await consensus_call(refused)
+    assert caught.value.status == 409
