@@ -205,6 +205,14 @@ class Callers:
                 await trio.sleep(self.interval)
 
 
+def _version(api: str) -> str | None:
+    try:
+        version: str = get_json(api, "/v1/self")["profile"]["peer"]["nanomesh"]
+    except (ApiError, KeyError, TypeError):
+        return None
+    return version
+
+
 def restarts(log: Path) -> list[tuple[float, float]]:
     """(left, back) wall-time windows of one peer from its log: from 'restart
     requested' to the next 'listening' line."""
@@ -286,9 +294,9 @@ def main() -> int:
         time.sleep(3)
         callers.stop()
         print(done.stderr, end="")
+        print(done.stdout, end="")
         report = json.loads(done.stdout) if done.stdout.strip() else {"error": done.stderr}
-        versions = {n: get_json(lab.api(n), "/v1/self")["profile"]["peer"]["nanomesh"]
-                    for n in names}
+        versions = {n: _version(lab.api(n)) for n in names}
         windows = {n: restarts(work / f"{n}.log") for n in names}
         during = [c for c in callers.calls if up_start <= c[0] <= up_end]
         failed = [c for c in during if not c[2]]
@@ -314,7 +322,7 @@ def main() -> int:
         write_json(json_path, summary)
         say(f"upgrade {'succeeded' if done.returncode == 0 else 'FAILED'} in "
             f"{summary['upgrade_wall_s']} s for {args.peers} peers; versions now "
-            f"{sorted(set(versions.values()))}; calls during it: {len(during)}, failed "
+            f"{sorted(set(map(str, versions.values())))}; calls during it: {len(during)}, failed "
             f"{len(failed)} ({summary['failed_via_running_entry_peer']} through a peer that "
             f"was up, {summary['failed_via_restarting_entry_peer']} through the peer "
             "restarting)")

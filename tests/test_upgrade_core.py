@@ -20,10 +20,10 @@ from nanomesh.errors import IllegalTransition
 
 NEW, OLD = "0.2.0", "0.1.0"
 HEALTHY_NEW = PeerSeen(alive=True, version=NEW, healthy=True)
-HEALTHY_OLD = PeerSeen(alive=True, version=OLD, healthy=True, incarnation=2)
-"""Back on the old version after a restart (it was asked at incarnation 1)."""
-STILL_OLD = PeerSeen(alive=True, version=OLD, healthy=True, incarnation=1)
-"""The old process, not yet gone."""
+HEALTHY_OLD = PeerSeen(alive=True, version=OLD, healthy=True, uptime=0.5)
+"""Back on the old version after a restart (up for less than the wait)."""
+STILL_OLD = PeerSeen(alive=True, version=OLD, healthy=True, uptime=3600.0)
+"""The old process, not yet gone (its leave raises its incarnation meanwhile)."""
 DOWN = PeerSeen(alive=False, version=None, healthy=False)
 STARTING = PeerSeen(alive=True, version=NEW, healthy=False)
 
@@ -53,7 +53,7 @@ def run(up: Upgrade, script: dict[str, list[object]], step: float = 1.0
                 return up, actions
             case Ask(peer) | RollBack(peer):
                 accepted, detail = script[peer].pop(0)  # type: ignore[misc]
-                up = up.answered(accepted, detail, now, old_version=OLD, incarnation=1)
+                up = up.answered(accepted, detail, now, old_version=OLD)
             case Wait(peer):
                 seen = script[peer].pop(0) if script[peer] else script[peer + "*"][0]
                 assert isinstance(seen, PeerSeen)

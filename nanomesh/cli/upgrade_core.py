@@ -58,10 +58,11 @@ class PeerSeen:
     healthy: bool
     """Its ``/v1/health`` says ``ok``, it knows the Raft leader, and the
     instances the plan gives it run and pass their health checks."""
-    incarnation: int | None = None
-    """Its gossip incarnation (``/v1/self``): one higher after each restart,
-    so a peer still on its old version can be told from one that restarted
-    into it again."""
+    uptime: float | None = None
+    """Seconds its daemon process has run (``/v1/health``): a peer still on
+    its old version is told from one that restarted into it again by an
+    uptime shorter than the wait. (Not the gossip incarnation: a graceful
+    leave raises it while the old process still answers.)"""
 
 
 class Phase(enum.Enum):
@@ -139,8 +140,6 @@ class Upgrade:
     failure: str | None = None
     old_version: str | None = None
     """The current peer's version before it was asked (for the rollback)."""
-    asked_incarnation: int | None = None
-    """Its incarnation when it was asked: a higher one is a new process."""
     timeouts: tuple[float, float] = field(default=(REJOIN_TIMEOUT, ROLLBACK_TIMEOUT))
 
     @property
@@ -157,8 +156,7 @@ class Upgrade:
     # ----------------------------------------------------------------- events
 
     def answered(self, accepted: bool, detail: str, now: float, *,
-                 old_version: str | None = None, incarnation: int | None = None,
-                 already: bool = False) -> Upgrade:
+                 old_version: str | None = None, already: bool = False) -> Upgrade:
         """The current peer's answer to `Ask` (accepted: it is restarting
         into the new version from `old_version`; `already`: it runs the
         target, nothing to do), or to `RollBack`."""
@@ -168,8 +166,7 @@ class Upgrade:
             if already:
                 return self._advance(PeerResult(self.current or "", "upgraded",
                                                 "already at the target version", 0.0), now)
-            return replace(self, phase=Phase.REJOIN, since=now, old_version=old_version,
-                           asked_incarnation=incarnation)
+            return replace(self, phase=Phase.REJOIN, since=now, old_version=old_version)
         if self.phase is Phase.ROLLBACK:
             # Refused or unreachable, it may still come back on its old
             # version: its launcher rolls back a version that keeps failing
@@ -199,7 +196,8 @@ class Upgrade:
                                results=(*self.results, PeerResult(
                                    self.current or "", "upgraded", "", waited)))
             if (peer.alive and peer.healthy and self.old_version is not None
-                    and peer.version == self.old_version and self._restarted(peer)):
+                    and peer.version == self.old_version and peer.uptime is not None
+                    and peer.uptime < waited):
                 # Its launcher rolled it back (the new version did not start).
                 return self._fail(f"came back on {peer.version}, not {self.target}: the "
                                   "new version did not start and was rolled back",
@@ -227,18 +225,13 @@ class Upgrade:
 
     # ----------------------------------------------------------------- helpers
 
-    def _restarted(self, peer: PeerSeen) -> bool:
-        """`peer` is a process started after it was asked (until it restarts,
-        the old one answers, on the old version, for a moment)."""
-        return (peer.incarnation is not None and self.asked_incarnation is not None
-                and peer.incarnation > self.asked_incarnation)
 
     def _advance(self, result: PeerResult | None, now: float) -> Upgrade:
         results = self.results if result is None else (*self.results, result)
         index = self.index + 1
         phase = Phase.DONE if index >= len(self.peers) else Phase.ASK
         return replace(self, index=index, phase=phase, since=now, results=results,
-                       old_version=None, asked_incarnation=None)
+                       old_version=None)
 
     def _fail(self, why: str, outcome: str, seconds: float | None = None) -> Upgrade:
         peer = self.current or ""
