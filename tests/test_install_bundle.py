@@ -32,15 +32,14 @@ from pathlib import Path
 import pytest
 
 from nanomesh import __version__
+from nanomesh.bundles.release import MANIFEST, verify_tree
 from nanomesh.cli import main
 from nanomesh.cli.release_bundle import (
-    MANIFEST,
     default_source,
     is_pure,
     pack,
     protocol_info,
     sha256_file,
-    verify_tree,
     wheel_pin,
 )
 from nanomesh.versions import THIS

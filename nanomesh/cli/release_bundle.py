@@ -45,12 +45,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# The manifest's rules live with the bundles (a peer checks a release it
-# fetched from the mesh); re-exported here for the build and its tests.
-from nanomesh.bundles.release import FORMAT as FORMAT
-from nanomesh.bundles.release import MANIFEST as MANIFEST
-from nanomesh.bundles.release import verify_tree as verify_tree
 from nanomesh.errors import NanomeshError
+
+# The manifest's rules (`MANIFEST`, `FORMAT`, `verify_tree`) live in
+# `nanomesh.bundles.release`: a peer checks a release it fetched from the
+# mesh. Imported where used: `nanomesh.bundles` loads trio, which
+# `nanomesh --help` must not (tests/test_cli_package.py).
 
 DEFAULT_PYTHON = "3.11"
 """The devices' Python: Debian 12 and Raspberry Pi OS (bookworm) ship 3.11."""
@@ -124,6 +124,7 @@ def sha256_file(path: Path) -> str:
 
 def make_manifest(version: str, python: str, platforms: dict[str, PlatformReport],
                   files: dict[str, str]) -> dict[str, Any]:
+    from nanomesh.bundles.release import FORMAT
     return {"format": FORMAT, "name": "nanomesh", "version": version,
             "protocol": protocol_info(), "python": python,
             "platforms": {name: report.to_json() for name, report in platforms.items()},
@@ -164,7 +165,7 @@ def build_bundle(source: Path, out_dir: Path, platforms: Sequence[str],
         files = {str(p.relative_to(stage)): sha256_file(p)
                  for p in sorted(stage.rglob("*")) if p.is_file()}
         manifest = make_manifest(version, python, reports, files)
-        (stage / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        (stage / release_manifest()).write_text(json.dumps(manifest, indent=2) + "\n")
         bundle = pack(stage, out_dir / bundle_name(version))
     shutil.copy2(source / "peers" / "install.sh", out_dir / "install.sh")
     _log_summary(bundle, reports, log)
@@ -283,12 +284,18 @@ def read_manifest(bundle: Path) -> dict[str, Any]:
     """The manifest of a bundle file, without unpacking the rest."""
     with tarfile.open(bundle) as tar:
         for member in tar.getmembers():
-            if member.name.endswith("/" + MANIFEST) and member.name.count("/") == 1:
+            if member.name.endswith("/" + release_manifest()) and member.name.count("/") == 1:
                 f = tar.extractfile(member)
                 if f is not None:
                     loaded: dict[str, Any] = json.loads(f.read())
                     return loaded
-    raise NanomeshError(f"{bundle}: no {MANIFEST} in it; not a nanomesh bundle")
+    raise NanomeshError(f"{bundle}: no {release_manifest()} in it; not a nanomesh bundle")
+
+
+def release_manifest() -> str:
+    """The manifest's file name (`nanomesh.bundles.release.MANIFEST`)."""
+    from nanomesh.bundles.release import MANIFEST
+    return MANIFEST
 
 
 def default_source() -> Path:
