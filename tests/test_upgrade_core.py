@@ -135,6 +135,17 @@ def test_the_leader_stays_last_when_it_moves(index: int, leader: str | None,
     assert up.leader_now(leader).peers == want
 
 
+def test_the_next_peer_waits_until_the_voters_are_back() -> None:
+    """A restarted voter comes back as a learner and is promoted again a few
+    seconds later: until the voter count is what it was, no next peer."""
+    up = Upgrade(NEW, ("a", "b")).answered(True, "", 0.0, old_version=OLD, voters=3)
+    fewer = PeerSeen(alive=True, version=NEW, healthy=True, voters=2, uptime=1.0)
+    up = up.seen(fewer, 1.0)
+    assert up.phase is Phase.REJOIN
+    up = up.seen(PeerSeen(alive=True, version=NEW, healthy=True, voters=3, uptime=6.0), 6.0)
+    assert up.phase is Phase.CONFIRM and up.results[0].seconds == 6.0
+
+
 def test_a_peer_already_on_the_target_is_skipped() -> None:
     up = Upgrade(NEW, ("a", "b"))
     up = up.answered(True, "", 0.0, already=True)

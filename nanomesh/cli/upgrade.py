@@ -155,8 +155,9 @@ class _Mesh:
                            for i in placement.get("instances", []) if i.get("peer") == peer)
         healthy = (health.get("status") == "ok" and status.get("leader") is not None
                    and instances_up)
-        uptime = health.get("uptime_s")
+        uptime, voters = health.get("uptime_s"), status.get("voters")
         return PeerSeen(alive=gossip_alive, version=_version_of(me), healthy=healthy,
+                        voters=len(voters) if isinstance(voters, list) else None,
                         uptime=float(uptime) if isinstance(uptime, int | float) else None)
 
     def _sees_alive(self, observer: str, peer: str) -> bool:
@@ -182,7 +183,8 @@ def _drive(run: Upgrade, mesh: _Mesh) -> Upgrade:
                 if accepted:
                     _say(f"{peer}: {'already on ' + run.target if already else 'restarting'}")
                 run = run.answered(accepted, detail, time.monotonic(), already=already,
-                                   old_version=before.version if before else None)
+                                   old_version=before.version if before else None,
+                                   voters=before.voters if before else None)
             case Wait(peer):
                 run = run.seen(mesh.look(peer), now)
                 if isinstance(run.next_action(), Wait):

@@ -15,7 +15,8 @@ done last, there is one, and the new leader is an upgraded peer):
 
 "Rejoins healthy" is judged from outside, by another peer's gossip view and
 the peer's own API (`PeerSeen`): alive in gossip, its profile says the new
-version, its health is ``ok``, and the Raft leader is known to it. A failure
+version, its health is ``ok``, the Raft leader is known to it, its instances
+run, and the mesh has as many voters as before it restarted. A failure
 stops the run: the peers not reached yet keep the old version, the report
 says which peer failed and why. Rollback of the failed peer is health-gated
 too: the upgrader waits for it to come back healthy on the old version.
@@ -58,6 +59,8 @@ class PeerSeen:
     healthy: bool
     """Its ``/v1/health`` says ``ok``, it knows the Raft leader, and the
     instances the plan gives it run and pass their health checks."""
+    voters: int | None = None
+    """How many Raft voters it reports (``/v1/status``)."""
     uptime: float | None = None
     """Seconds its daemon process has run (``/v1/health``): a peer still on
     its old version is told from one that restarted into it again by an
@@ -140,6 +143,11 @@ class Upgrade:
     failure: str | None = None
     old_version: str | None = None
     """The current peer's version before it was asked (for the rollback)."""
+    voters_before: int | None = None
+    """The voters it reported before it was asked. A voter that restarts
+    leaves the Raft configuration and is promoted again ~5 s after it is back
+    (`VoterPolicy.min_alive`); the next peer waits for that, so the mesh never
+    goes through the upgrade with less fault tolerance than it had."""
     timeouts: tuple[float, float] = field(default=(REJOIN_TIMEOUT, ROLLBACK_TIMEOUT))
 
     @property
@@ -156,7 +164,8 @@ class Upgrade:
     # ----------------------------------------------------------------- events
 
     def answered(self, accepted: bool, detail: str, now: float, *,
-                 old_version: str | None = None, already: bool = False) -> Upgrade:
+                 old_version: str | None = None, voters: int | None = None,
+                 already: bool = False) -> Upgrade:
         """The current peer's answer to `Ask` (accepted: it is restarting
         into the new version from `old_version`; `already`: it runs the
         target, nothing to do), or to `RollBack`."""
@@ -166,7 +175,8 @@ class Upgrade:
             if already:
                 return self._advance(PeerResult(self.current or "", "upgraded",
                                                 "already at the target version", 0.0), now)
-            return replace(self, phase=Phase.REJOIN, since=now, old_version=old_version)
+            return replace(self, phase=Phase.REJOIN, since=now, old_version=old_version,
+                           voters_before=voters)
         if self.phase is Phase.ROLLBACK:
             # Refused or unreachable, it may still come back on its old
             # version: its launcher rolls back a version that keeps failing
@@ -191,7 +201,8 @@ class Upgrade:
         """What `Wait` saw of the current peer."""
         waited = now - self.since
         if self.phase is Phase.REJOIN:
-            if peer.alive and peer.healthy and peer.version == self.target:
+            if (peer.alive and peer.healthy and peer.version == self.target
+                    and self._voters_back(peer)):
                 return replace(self, phase=Phase.CONFIRM, since=now,
                                results=(*self.results, PeerResult(
                                    self.current or "", "upgraded", "", waited)))
@@ -225,13 +236,16 @@ class Upgrade:
 
     # ----------------------------------------------------------------- helpers
 
+    def _voters_back(self, peer: PeerSeen) -> bool:
+        return self.voters_before is None or (peer.voters or 0) >= self.voters_before
+
 
     def _advance(self, result: PeerResult | None, now: float) -> Upgrade:
         results = self.results if result is None else (*self.results, result)
         index = self.index + 1
         phase = Phase.DONE if index >= len(self.peers) else Phase.ASK
         return replace(self, index=index, phase=phase, since=now, results=results,
-                       old_version=None)
+                       old_version=None, voters_before=None)
 
     def _fail(self, why: str, outcome: str, seconds: float | None = None) -> Upgrade:
         peer = self.current or ""
