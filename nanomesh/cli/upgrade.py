@@ -6,13 +6,16 @@ bundle (``nanomesh release build``), through the mesh itself.
 1. The bundle goes into the mesh's bundle store (``PUT /v1/bundles/{sha}`` on
    ``--peer``): every peer then fetches it from a holder and checks its sha256,
    with no internet.
-2. Peers are upgraded one at a time, the Raft leader last
+2. Every peer installs it at once, beside its running version, switching
+   nothing (``POST /v1/upgrade`` with ``prepare_only``): a peer that cannot
+   stops the run before anything restarted.
+3. Peers are upgraded one at a time, the Raft leader last
    (`nanomesh.cli.upgrade_core` decides; this module carries it out): ``POST
    /v1/upgrade`` on the peer (it installs the version beside the running one,
    switches and restarts: `nanomesh.daemon.upgrade`), then wait until it is
    back healthy on the new version, as another peer's gossip and its own API
    show, then ``POST /v1/upgrade/confirm``.
-3. The first failure stops the run; the peers not reached keep their version.
+4. The first failure stops the run; the peers not reached keep their version.
    A peer that does not come back healthy in ``--rejoin-timeout`` is rolled back
    to its previous version (``POST /v1/upgrade/rollback``, or its launcher
    does it if it cannot start), and the upgrader waits for that too.
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -84,9 +88,19 @@ def upgrade_command(args: argparse.Namespace) -> int:
     apis, leader = _mesh(entry)
     run = Upgrade(target, tuple(order(list(apis), leader)),
                   timeouts=(args.rejoin_timeout, ROLLBACK_TIMEOUT))
-    _say(f"upgrading {len(apis)} peers in this order (leader last): {', '.join(run.peers)}")
+    mesh = _Mesh(apis, token, sha)
     started = time.monotonic()
-    run = _drive(run, _Mesh(apis, token, sha))
+    _say(f"installing {target} on all {len(apis)} peers at once (nothing restarts yet)")
+    failed = mesh.prepare_all()
+    if failed:
+        for peer, why in sorted(failed.items()):
+            print(f"{peer}: cannot install {target}: {why}")
+        print(f"stopped before any peer restarted: every peer keeps its version "
+              f"(took {time.monotonic() - started:.1f} s)")
+        return 1
+    _say(f"installed; restarting {len(apis)} peers one at a time, leader last: "
+         f"{', '.join(run.peers)}")
+    run = _drive(run, mesh)
     elapsed = time.monotonic() - started
     if args.json:
         print(json.dumps({"target": target, "ok": run.failure is None, "seconds":
@@ -118,6 +132,26 @@ class _Mesh:
         except ApiError as exc:
             return False, exc.detail or str(exc), None, False
         return True, "", before, bool(reply.get("already"))
+
+    def prepare_all(self) -> dict[str, str]:
+        """Install the bundle on every peer at once, switching none; the
+        peers that could not, and why."""
+        failed: dict[str, str] = {}
+
+        def prepare(peer: str) -> None:
+            try:
+                request_json("POST", self.apis[peer], "/v1/upgrade",
+                             {"sha256": self.sha, "prepare_only": True}, token=self.token,
+                             timeout=INSTALL_TIMEOUT)
+            except ApiError as exc:
+                failed[peer] = exc.detail or str(exc)
+
+        threads = [threading.Thread(target=prepare, args=(peer,)) for peer in self.apis]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return failed
 
     def post(self, peer: str, path: str) -> tuple[bool, str]:
         try:

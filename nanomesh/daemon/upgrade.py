@@ -24,11 +24,14 @@ without anyone reaching its API.
 
 Routes (all need the management token):
 
-- ``POST /v1/upgrade`` ``{"sha256"}``: fetch the release bundle from the mesh
-  (or hold it), check it against its manifest, install it into
-  ``versions/ID`` offline (``pip --no-index`` from its wheels), check the new
-  venv runs ``nanomesh version``, switch, answer 202 ``{"from", "to",
-  "restarting": true}`` and restart. 200 ``{"already": true}`` when it runs
+- ``POST /v1/upgrade`` ``{"sha256", "prepare_only": false}``: fetch the
+  release bundle from the mesh (or hold it), check it against its manifest,
+  install it into ``versions/ID`` offline (``pip --no-index`` from its
+  wheels; kept if installed already), check the new venv runs ``nanomesh
+  version``, switch, answer 202 ``{"from", "to", "restarting": true}`` and
+  restart. With ``prepare_only`` it stops after the install: 200
+  ``{"prepared": "versions/ID"}`` (the upgrader installs on every peer at
+  once first, then restarts them one by one). 200 ``{"already": true}`` when it runs
   that version; 409 without an install root or while another upgrade runs;
   400 for a bundle that is not a sound release; 500 when the install failed
   (the running version is untouched).
@@ -251,6 +254,10 @@ def upgrade_routes(ctx: UpgradeContext) -> dict[tuple[str, str], Handler]:
             log.info("upgrade: installing nanomesh %s into %s", version, root.root / VERSIONS)
             try:
                 target = await trio.to_thread.run_sync(root.prepare, release, version, slot)
+                if body.get("prepare_only") is True:
+                    log.info("upgrade: nanomesh %s installed in %s, not switched", version,
+                             target)
+                    return 200, {"prepared": target, "version": version}
                 before = await trio.to_thread.run_sync(root.switch, target)
             except (UpgradeError, OSError) as exc:
                 log.warning("upgrade to %s failed; %s keeps running: %s", version,
