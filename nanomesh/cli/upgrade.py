@@ -212,7 +212,7 @@ def _drive(run: Upgrade, mesh: _Mesh) -> Upgrade:
             case Ask(_):
                 run = run.leader_now(mesh.leader())
                 peer = run.current or ""
-                _say(f"{peer}: installing {run.target} ...")
+                _say(f"{peer}: switching to {run.target} ...")
                 accepted, detail, before, already = mesh.ask(peer)
                 if accepted:
                     _say(f"{peer}: {'already on ' + run.target if already else 'restarting'}")
