@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from mesh_harness import Cluster, Peer
 from service_helpers import cli_ok, cli_retry, copy_service, wait_instances
-from test_control_plane import peer_of, read_token_when_ready, wait_agreed
+from test_control_plane import call, peer_of, read_token_when_ready, wait_agreed
 
 from nanomesh import __version__
 
@@ -102,3 +102,12 @@ def test_old_and_new_peers_gossip_elect_place_and_serve_calls_by_name(
     assert peer_of(survivors, after["leader"]) is not None
     for via in survivors:
         assert "again" in cli_ok("call", "echo", "echo/again", peer=via)
+
+    # Neither can be upgraded through the mesh: the new peer has no install
+    # root (it runs from a checkout) and says so; the old one has no such
+    # route. `nanomesh upgrade` stops at such a peer before anything restarts.
+    body = {"sha256": "0" * 64, "prepare_only": True}
+    code, reply = call(new, "POST", "/v1/upgrade", body, token=token)
+    assert code == 409 and "install root" in reply["error"], reply
+    code, _ = call(old, "POST", "/v1/upgrade", body, token=token)
+    assert code == 404
