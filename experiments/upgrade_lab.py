@@ -2,9 +2,8 @@
 it takes, and whether calls by name to a 2-replica service fail meanwhile.
 
 1. Two release bundles of this checkout, versions FROM and TO (``nanomesh
-   release build --platform native`` of a copy whose ``__version__`` is
-   changed), built offline from a wheelhouse (``--wheelhouse``; made with pip
-   from the index when absent).
+   release build --platform native --set-version``), built offline from a
+   wheelhouse (``--wheelhouse``; made with pip from the index when absent).
 2. N peers on 127.0.17.11.. (preset ``local``, a cluster key), each with an
    install root of its own (``ROOT/versions/FROM-...``, ``ROOT/venv``,
    ``ROOT/launch`` = peers/nanomesh-launch). Each is run by the lab
@@ -81,18 +80,10 @@ def make_wheelhouse(house: Path) -> Path:
 
 
 def build(version: str, work: Path, house: Path) -> Path:
-    src = work / f"src-{version}"
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    shutil.copytree(REPO_ROOT / "nanomesh", src / "nanomesh", ignore=ignore)
-    shutil.copytree(REPO_ROOT / "peers", src / "peers", ignore=ignore)
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy2(REPO_ROOT / name, src / name)
-    init = src / "nanomesh" / "__init__.py"
-    init.write_text(init.read_text().replace('__version__ = "', f'__version__ = "{version}"  # '))
     out = work / f"dist-{version}"
     subprocess.run([PY, "-m", "nanomesh", "release", "build", "--platform", "native",
-                    "--source", str(src), "-o", str(out), "--find-links", str(house),
-                    "--no-index"], check=True, capture_output=True,
+                    "--source", str(REPO_ROOT), "--set-version", version, "-o", str(out),
+                    "--find-links", str(house), "--no-index"], check=True, capture_output=True,
                    env={**offline_env(), "PYTHONPATH": str(REPO_ROOT)})
     return out / f"nanomesh-{version}-bundle.tar"
 

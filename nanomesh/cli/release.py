@@ -58,6 +58,9 @@ def register(subparsers: Any) -> None:
                             "nanomesh runs from)")
     build.add_argument("--find-links", type=Path, action="append", default=[], metavar="DIR",
                        help="also look for wheels in DIR (passed to pip), repeatable")
+    build.add_argument("--set-version", metavar="X.Y.Z",
+                       help="build it as this version instead of the checkout's (a rehearsal "
+                            "of `nanomesh upgrade`)")
     build.add_argument("--no-index", action="store_true",
                        help="use only --find-links, no package index (passed to pip)")
     build.set_defaults(func=build_command)
@@ -72,7 +75,7 @@ def build_command(args: argparse.Namespace) -> int:
     build_bundle(source=args.source or default_source(), out_dir=args.output,
                  platforms=args.platform or DEFAULT_PLATFORMS, python=args.python_version,
                  find_links=args.find_links, no_index=args.no_index,
-                 log=lambda line: print(line, file=sys.stderr))
+                 log=lambda line: print(line, file=sys.stderr), set_version=args.set_version)
     return 0
 
 

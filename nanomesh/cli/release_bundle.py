@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -135,8 +136,13 @@ def make_manifest(version: str, python: str, platforms: dict[str, PlatformReport
 
 def build_bundle(source: Path, out_dir: Path, platforms: Sequence[str],
                  python: str = DEFAULT_PYTHON, find_links: Sequence[Path] = (),
-                 no_index: bool = False, log: Log = print) -> Path:
+                 no_index: bool = False, log: Log = print,
+                 set_version: str | None = None) -> Path:
     """Build the bundle of the checkout ``source`` into ``out_dir``; return its path.
+
+    ``set_version``: build it as that version instead of the checkout's
+    ``__version__`` (the wheel and ``nanomesh version`` say it): a rehearsal
+    of an upgrade, the tests' two versions of one checkout.
 
     ``find_links``/``no_index`` are passed to pip (e.g. a wheelhouse made
     before, to build with no index reachable). Raises `NanomeshError` when the
@@ -152,7 +158,10 @@ def build_bundle(source: Path, out_dir: Path, platforms: Sequence[str],
         work = Path(tmp)
         native = work / "native"
         log(f"building nanomesh and resolving its dependencies with {sys.executable} ...")
-        _pip("wheel", "-q", "-w", str(native), *pip_opts, str(_clean_copy(source, work)))
+        copy = _clean_copy(source, work)
+        if set_version is not None:
+            _set_version(copy, set_version)
+        _pip("wheel", "-q", "-w", str(native), *pip_opts, str(copy))
         built = sorted(p.name for p in native.glob("nanomesh-*.whl"))
         if len(built) != 1:
             raise NanomeshError(f"expected one nanomesh wheel, pip made {built}")
@@ -189,6 +198,22 @@ def _clean_copy(source: Path, work: Path) -> Path:
             copy.mkdir(exist_ok=True)
             shutil.copy2(source / name, copy / name)
     return copy
+
+
+VERSION_RE = re.compile(r"[0-9]+(\.[0-9]+)*([.+-]?[a-z0-9]+)*")
+"""What ``--set-version`` accepts: a PEP 440 version, roughly (pip checks the rest)."""
+
+
+def _set_version(copy: Path, version: str) -> None:
+    """Make the copied sources say they are ``version``."""
+    if not VERSION_RE.fullmatch(version):
+        raise NanomeshError(f"--set-version {version!r}: not a version like 1.2.3 or 1.2.3rc1")
+    init = copy / "nanomesh" / "__init__.py"
+    text, found = re.subn(r'(?m)^__version__ = "[^"]*"$', f'__version__ = "{version}"',
+                          init.read_text())
+    if found != 1:
+        raise NanomeshError(f"{init}: no __version__ line to set")
+    init.write_text(text)
 
 
 def _fill_wheelhouse(native: Path, wheels: Path, platforms: Sequence[str], python: str,
