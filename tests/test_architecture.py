@@ -32,7 +32,8 @@ PURE_CORES = (
     "nanomesh.gossip", "nanomesh.placement", "nanomesh.consensus.voters",
     "nanomesh.consensus.role_core", "nanomesh.runtime.reconcile_core",
     "nanomesh.runtime.lifecycle", "nanomesh.runtime.deployment_core", "nanomesh.naming",
-    "nanomesh.ids", "nanomesh.wire.messages", "nanomesh.versions", "nanomesh.cli.upgrade_core",
+    "nanomesh.ids", "nanomesh.wire.messages", "nanomesh.monitor", "nanomesh.wire.leaf",
+    "nanomesh.gateway.leaf_core", "nanomesh.versions", "nanomesh.cli.upgrade_core",
 )
 """Decision code: messages and ``now`` in, effects out. It does no I/O and
 reads no clock, so it imports none of `IO_MODULES`."""
@@ -46,7 +47,8 @@ IO_MODULES = {
 LAYERS = (
     "__init__", "errors", "wire", "gossip",
     "config", "checks", "ids", "disk", "naming", "versions",
-    "consensus", "placement", "security", "transport", "runtime", "gateway", "bundles",
+    "consensus", "placement", "security", "transport", "runtime", "monitor", "gateway",
+    "bundles",
     "sdk", "client", "service", "discovery", "sim", "testing", "daemon", "cli", "__main__",
 )
 """The packages (and root modules) bottom up, as in docs/architecture.md:

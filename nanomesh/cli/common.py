@@ -4,7 +4,8 @@ token, and plain-text tables.
 A command finds its peer as ``--peer``, else ``$NANOMESH_PEER``, else the
 first alive peer of a running lab, else the default API address on
 loopback; the management token as ``--token``, ``$NANOMESH_TOKEN``,
-``--token-file``, else the running lab's (`management_token`).
+``--token-file``, else the running lab's, else the one the installed
+daemon's founding peer wrote (`management_token`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,12 @@ from nanomesh.cli import lab
 from nanomesh.config import DEFAULT_API_PORT, default_lab_dir, host_port, parse_address
 from nanomesh.security.auth import TOKEN_FILE, read_token_file
 
+INSTALLED_TOKEN = Path("/var/lib/nanomesh") / TOKEN_FILE
+"""Where the founding peer of a device installed with ``peers/install.sh``
+(whose unit runs ``--data-dir /var/lib/nanomesh``) writes the token: the CLI
+run as root on that device finds it without flags, as ``consul`` finds its
+agent's ACL token file."""
+
 PEER_HELP = ("peer API to ask, IP[:PORT] (default: $NANOMESH_PEER, else the first peer "
              "of a running lab, else 127.0.0.1:7947)")
 
@@ -26,7 +33,8 @@ def add_token_args(cmd: argparse.ArgumentParser) -> None:
     """Add ``--peer``, ``--token`` and ``--token-file`` (a command that writes)."""
     cmd.add_argument("--peer", metavar="IP[:PORT]", help=PEER_HELP)
     cmd.add_argument("--token", help="management token (default: $NANOMESH_TOKEN, "
-                     "--token-file, else the running lab's token)")
+                     "--token-file, else the running lab's token, else "
+                     f"{INSTALLED_TOKEN} where it is readable)")
     cmd.add_argument("--token-file", type=Path, metavar="FILE",
                      help="file holding the management token (the bootstrapping peer "
                      "writes DATA_DIR/management.token)")
@@ -42,7 +50,11 @@ def management_token(args: argparse.Namespace) -> str | None:
     if getattr(args, "token_file", None):
         return read_token_file(args.token_file)
     lab_token = default_lab_dir() / lab.FOUNDER / TOKEN_FILE
-    return read_token_file(lab_token) if lab_token.exists() else None
+    if lab.load_state(default_lab_dir()) and lab_token.exists():
+        return read_token_file(lab_token)
+    if os.access(INSTALLED_TOKEN, os.R_OK):
+        return read_token_file(INSTALLED_TOKEN)
+    return None
 
 
 def default_peer() -> str:

@@ -22,7 +22,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -32,6 +31,7 @@ from typing import Any
 from nanomesh.cli import labfaults
 from nanomesh.config import DEFAULT_API_PORT, DEFAULT_GOSSIP_PORT
 from nanomesh.errors import NanomeshError
+from nanomesh.testing.peerproc import peer_argv
 from nanomesh.transport.apiclient import ApiError, get_json
 from nanomesh.wire import generate_key
 
@@ -162,11 +162,8 @@ def _spawn(i: int, lab_dir: Path, seeds: list[str], preset: str, key_file: Path
            ) -> tuple[LabPeer, subprocess.Popen[bytes]]:
     name = peer_name(i)
     ip = peer_ip(i)
-    argv = [sys.executable, "-m", "nanomesh", "peer", "run", "--name", name, "--bind", ip,
-            "--data-dir", str(lab_dir / name), "--gossip-preset", preset,
-            "--key-file", str(key_file)]
-    for seed in seeds:
-        argv += ["--join", seed]
+    argv = peer_argv(name=name, bind=ip, data_dir=lab_dir / name, preset=preset, join=seeds,
+                     key_file=key_file)
     log_path = lab_dir / f"{name}.log"
     with log_path.open("ab") as log:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,

@@ -106,7 +106,8 @@ def _experiment_run(args: argparse.Namespace) -> int:
           + f"; {summary['leader_changes']} leader change(s); placement settled "
           + (f"{summary['placement_settled_after_last_step_s']:.1f} s after the last step"
              if summary["placement_settled_after_last_step_s"] is not None else "(not seen)")
-          + f". Results in {out}")
+          + f"; {summary['moves']} instance move(s), {summary['moves_necessary']} necessary"
+          + f" (peer gone), {summary['moves_avoidable']} avoidable. Results in {out}")
     return 0
 
 

@@ -52,6 +52,9 @@ def register(subparsers: Any) -> None:
                      "through the mesh are refused")
     run.add_argument("--gossip-preset", choices=list(PRESETS),
                      help="timing preset (default lan; see nanomesh/gossip/config.py)")
+    run.add_argument("--no-ui", dest="ui", action="store_false", default=None,
+                     help="do not serve the web dashboard at http://IP:API_PORT/ui/ "
+                     "(default: served; read-only without the management token)")
     run.add_argument("--log-level", default=os.environ.get("NANOMESH_LOG_LEVEL", "INFO"),
                      choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     run.set_defaults(func=_peer_run)
@@ -88,7 +91,7 @@ def _peer_run(args: argparse.Namespace) -> int:
                           join=args.join, data_dir=args.data_dir, key_file=args.key_file,
                           api_port=args.api_port, gossip_preset=args.gossip_preset,
                           coap_port=args.coap_port, container_engine=args.container_engine,
-                          install_root=args.install_root)
+                          ui=args.ui, install_root=args.install_root)
     logging.basicConfig(
         level=args.log_level, stream=sys.stderr,
         format=f"%(asctime)s {config.name} %(levelname)s %(name)s: %(message)s")

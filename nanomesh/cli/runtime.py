@@ -176,6 +176,12 @@ def deploy_command(args: argparse.Namespace) -> int:
     reply = request_json("POST", peer, "/v1/services", raw, token)
     verb = "deployed" if reply["changed"] else "unchanged:"
     print(f"{verb} {reply['name']} (revision {reply['revision']})")
+    if not raw.get("endpoints"):
+        # Valid (a sensor loop that only publishes events), but usually a
+        # forgotten [[endpoints]] table: it runs and `call` never reaches it.
+        print(f"warning: {reply['name']} declares no [[endpoints]]: its instances run, but "
+              "nothing can call it by name (nanomesh call, the CoAP gateway, the client)",
+              file=sys.stderr)
     if args.detach:
         return 0
     return 0 if watch_deployment(reply["name"], peer, args.wait,

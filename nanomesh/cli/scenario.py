@@ -262,6 +262,25 @@ class Sample:
     alive: int
     placement: tuple[tuple[str, str], ...]
     """(instance, peer) pairs of the committed plan, sorted."""
+    alive_peers: frozenset[str] = frozenset()
+    """Names of the members the asked peer saw alive."""
+
+
+@dataclass(frozen=True)
+class Moves:
+    """Instances that changed peer between two samples, and how many of
+    those moves were necessary: an instance must move when the peer it was on
+    is no longer alive; moving one off a live peer (rebalancing onto a new
+    peer, a reshuffle) is a move the plan could have avoided. Instances that
+    appear (scale-up, a deploy) or vanish (undeploy) are not moves."""
+
+    t: float
+    moved: int
+    necessary: int
+
+    @property
+    def avoidable(self) -> int:
+        return self.moved - self.necessary
 
 
 def longest_outage(calls: list[Call]) -> float:
@@ -296,6 +315,21 @@ def placement_settled(samples: list[Sample], after: float) -> float | None:
     return settled - after
 
 
+def moves(samples: list[Sample]) -> list[Moves]:
+    """One `Moves` per sampled placement change. Sampling sees the plan every
+    `sample_every` s, so an instance moved away and back between two samples
+    is not counted: the counts are a lower bound on what the leader did."""
+    out = []
+    for before, after in itertools.pairwise(samples):
+        if before.placement == after.placement:
+            continue
+        old, new = dict(before.placement), dict(after.placement)
+        moved = [iid for iid, peer in new.items() if iid in old and old[iid] != peer]
+        necessary = sum(1 for iid in moved if old[iid] not in after.alive_peers)
+        out.append(Moves(t=after.t, moved=len(moved), necessary=necessary))
+    return out
+
+
 def summarise(scenario: Scenario, calls: list[Call], samples: list[Sample]
               ) -> dict[str, Any]:
     """The run's headline numbers (see `nanomesh.cli.experiment`)."""
@@ -308,6 +342,7 @@ def summarise(scenario: Scenario, calls: list[Call], samples: list[Sample]
     changes = sum(1 for a, b in itertools.pairwise(leaders) if a != b)
     last_change = max((s.t for s in scenario.steps), default=0.0)
     latencies = sorted(c.latency for c in calls if c.ok)
+    changes_of_plan = moves(samples)
     return {
         "calls": len(calls), "failed": len(failed), "errors": errors,
         "availability": (1 - len(failed) / len(calls)) if calls else None,
@@ -317,5 +352,8 @@ def summarise(scenario: Scenario, calls: list[Call], samples: list[Sample]
         "longest_outage_s": longest_outage(calls),
         "leader_changes": changes,
         "placement_settled_after_last_step_s": placement_settled(samples, last_change),
+        "moves": sum(m.moved for m in changes_of_plan),
+        "moves_necessary": sum(m.necessary for m in changes_of_plan),
+        "moves_avoidable": sum(m.avoidable for m in changes_of_plan),
         "steps": [{"t": s.t, "do": s.describe()} for s in scenario.steps],
     }

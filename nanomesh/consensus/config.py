@@ -17,12 +17,11 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from nanomesh.config import DEFAULT_RAFT_PORT as DEFAULT_RAFT_PORT  # re-exported
 from nanomesh.errors import ConfigError
 from nanomesh.versions import RAFT_VERSION
 from nanomesh.wire import Keyring
 
-DEFAULT_RAFT_PORT = 7948
-"""TCP port for Raft, on the peer's IP (gossip 7946, API 7947, Raft 7948)."""
 DEFAULT_COMMIT_TIMEOUT = 2.0
 """Seconds a write waits for its commit before `CommitTimeout` (outcome
 unknown). Covers one election (≤ raft_max_timeout + a few heartbeats) plus

@@ -13,7 +13,8 @@ Shapes (a contract shared with the CLI's ``--json`` output):
   "name", "members": {state: count}, "awareness", "uptime_s", "dropped":
   {reason: count}, "raft_dropped": {reason: count}, "bytes_in", "bytes_out",
   "counters": {...}, "api": {"open", "refused_per_client", "refused_full",
-  "evicted", "head_timeouts", "body_timeouts", "busy"}}``. "degraded" (still
+  "evicted", "head_timeouts", "body_timeouts", "busy", "streams",
+  "streams_dropped"}}``. "degraded" (still
   200: the peer serves) when its data disk fails (`nanomesh.disk`), each
   problem one plain sentence in ``problems``; ``api``: what the HTTP server
   refused or cut off since start (`nanomesh.daemon.http_limits.ServerStats`).

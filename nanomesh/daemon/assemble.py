@@ -13,7 +13,10 @@ Parts, built in `PeerAssembly.run` once the gossip core exists:
 - the bundle store and its service (`bundle_service`);
 - the control loop (`control_loop.ControlLoop`);
 - who may do what (`api_auth.Access`);
-- the HTTP API with every route group.
+- the event hub (`events.EventHub`): recent mesh events, fed by the gossip
+  shell, the control loop and the watchers of Raft and the instances;
+- the HTTP API with every route group (and the dashboard, `api_ui`, unless
+  the config turns it off).
 
 Start order (all tasks in one nursery):
 
@@ -55,6 +58,7 @@ from nanomesh.consensus import RaftTiming
 from nanomesh.consensus.role_manager import RaftRoleManager, Replica, RoleConfig
 from nanomesh.daemon.api import HealthContext, api_routes
 from nanomesh.daemon.api_auth import Access
+from nanomesh.daemon.api_events import event_routes
 from nanomesh.daemon.api_keyring import KeyringContext, keyring_routes
 from nanomesh.daemon.api_mesh import MeshContext, mesh_routes
 from nanomesh.daemon.api_naming import (
@@ -65,12 +69,14 @@ from nanomesh.daemon.api_naming import (
 )
 from nanomesh.daemon.api_raft import FollowCalls, raft_routes
 from nanomesh.daemon.api_runtime import RuntimeContext, runtime_routes
+from nanomesh.daemon.api_ui import ui_routes
 from nanomesh.daemon.bundle_service import (
     BundleService,
     bundle_and_registry_routes,
     bundle_body_limits,
 )
 from nanomesh.daemon.control_loop import ControlLoop, RoleCalls, instances_section
+from nanomesh.daemon.events import EventHub, PlanWatcher, watch_instances, watch_raft
 from nanomesh.daemon.http import serve_http
 from nanomesh.daemon.http_limits import ServerStats
 from nanomesh.daemon.local_runtime import LocalRuntime
@@ -81,10 +87,12 @@ from nanomesh.daemon.upgrade import RESTART_EXIT, InstallRoot, UpgradeContext, u
 from nanomesh.daemon.views import Routes, Traffic
 from nanomesh.disk import DiskHealth
 from nanomesh.errors import ConfigError
+from nanomesh.gateway.leaf_core import LeafEndpoint
 from nanomesh.gossip.machine import Membership
 from nanomesh.security import servicekeys
 from nanomesh.security.auth import InternalCalls
 from nanomesh.wire import Address, Keyring
+from nanomesh.wire.leaf import parse_leaf_keys
 
 log = logging.getLogger("nanomesh.peer")
 T = TypeVar("T")
@@ -160,6 +168,8 @@ class PeerAssembly:
             # Raft; membership and the API are up meanwhile.
             nursery.start_soon(_run_control_plane, parts)
             nursery.start_soon(parts.shell.refresh_profile)
+            nursery.start_soon(watch_raft, parts.roles, parts.events, core.members)
+            nursery.start_soon(watch_instances, parts.runtime.driver, parts.events)
             nursery.start_soon(parts.shell.watch_disk)
             log.info("peer %s listening: gossip %s:%d (udp+tcp), api http://%s:%d, "
                      "encryption %s, preset probe_interval=%.2fs", cfg.name, *cfg.bind,
@@ -177,6 +187,7 @@ class PeerAssembly:
         cfg = self.config
         members = core.members
         disk = DiskHealth()
+        events = EventHub(cfg.name)
         calls = PeerCalls(self.keyring, source_ip=cfg.bind[0])
 
         def consensus() -> Replica | None:
@@ -198,14 +209,25 @@ class PeerAssembly:
             follow=FollowCalls(members, calls), mesh_raft_version=role_calls.mesh_raft_version)
         control = ControlLoop(cfg.name, cfg.data_dir, founder=not cfg.join, roles=roles,
                               driver=runtime.driver, reconciler=runtime.reconciler,
-                              members=members, disk=disk, republish=republish)
+                              members=members, disk=disk, republish=republish,
+                              committed=PlanWatcher(events, members).committed)
+
+        leaves = leaf_endpoint(cfg)
+        own_devices = list(discovered.get("devices") or [])
+        """This machine's devices (config and HAT: fixed while the peer runs)."""
 
         def profile_sections() -> dict[str, Any]:
             """What the control plane adds to our gossiped profile: the Raft
-            role, our instances' states, the bundles we serve, the runtime."""
-            return {"raft": roles.profile_section(),
-                    "instances": instances_section(runtime.driver.status()),
-                    BUNDLES_SECTION: bundles.held, "runtime": runtime.section}
+            role, our instances' states, the bundles we serve, the runtime;
+            and our leaves (their devices count as ours for placement)."""
+            sections: dict[str, Any] = {
+                "raft": roles.profile_section(),
+                "instances": instances_section(runtime.driver.status()),
+                BUNDLES_SECTION: bundles.held, "runtime": runtime.section}
+            if leaves is not None and leaves.registry.leaves:
+                sections["leaves"] = leaves.registry.summary()
+                sections["devices"] = [*own_devices, *leaves.registry.devices()]
+            return sections
 
         def storage_problems() -> tuple[str, ...]:
             node = roles.node
@@ -219,7 +241,8 @@ class PeerAssembly:
         shell = GossipShell(cfg, self.keyring, core, self.profiles, discovered,
                             disk=disk, traffic=traffic, sections=profile_sections,
                             membership_changed=gossip_changed,
-                            storage_problems=storage_problems, remembered=remembered)
+                            storage_problems=storage_problems, remembered=remembered,
+                            notify=events.membership)
         access = Access(self.keyring, InternalCalls(), consensus,
                         runtime.driver.instance_token)
         api_stats = ServerStats()
@@ -235,11 +258,14 @@ class PeerAssembly:
             **naming_routes(NamingContext(cfg.name, members, consensus)),
             **runtime_routes(RuntimeContext(cfg.name, runtime.log_dir, access)),
             **bundle_and_registry_routes(bundles, access, consensus),
+            **event_routes(events),
             **upgrade_routes(UpgradeContext(
                 access, InstallRoot(cfg.install_root) if cfg.install_root else None,
                 bundles.fetch_bundle, self.request_restart))}
+        if cfg.ui:
+            routes.update(ui_routes())
         return _Parts(core, shell, bundles, runtime, roles, control, access, routes,
-                      api_stats)
+                      api_stats, events, leaves)
 
     async def _serve_coap_gateway(
             self, parts: _Parts, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
@@ -254,7 +280,9 @@ class PeerAssembly:
                                  services=lambda: service_names(roles.node, core.members()),
                                  visibility=lambda service: service_visibility(roles.node,
                                                                                service),
-                                 me=me, keys=self.credentials.keys, task_status=task_status)
+                                 me=me, keys=self.credentials.keys, leaves=parts.leaves,
+                                 leaves_changed=parts.shell.republish_profile,
+                                 task_status=task_status)
 
     def request_restart(self) -> None:
         """Leave gracefully and exit with `RESTART_EXIT`, for the supervisor
@@ -299,7 +327,8 @@ class _Parts:
 
     def __init__(self, core: Membership, shell: GossipShell, bundles: BundleService,
                  runtime: LocalRuntime, roles: RaftRoleManager, control: ControlLoop,
-                 access: Access, routes: Routes, api_stats: ServerStats) -> None:
+                 access: Access, routes: Routes, api_stats: ServerStats,
+                 events: EventHub, leaves: LeafEndpoint | None) -> None:
         self.core = core
         self.shell = shell
         self.bundles = bundles
@@ -309,6 +338,23 @@ class _Parts:
         self.access = access
         self.routes = routes
         self.api_stats = api_stats
+        self.events = events
+        self.leaves = leaves
+
+
+def leaf_endpoint(cfg: PeerConfig) -> LeafEndpoint | None:
+    """The leaves' endpoint if the config names a leaf key file (read now:
+    ConfigError before anything starts), else None."""
+    if cfg.leaf_keys is None:
+        return None
+    if not cfg.coap_port:
+        raise ConfigError("peer.leaf_keys needs the CoAP gateway (coap_port is 0)")
+    try:
+        text = cfg.leaf_keys.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the leaf key file {cfg.leaf_keys}: "
+                          f"{exc.strerror or exc}") from None
+    return LeafEndpoint(parse_leaf_keys(text, str(cfg.leaf_keys)))
 
 
 async def _run_control_plane(parts: _Parts) -> None:

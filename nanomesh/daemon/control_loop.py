@@ -72,7 +72,9 @@ class ControlLoop:
     def __init__(self, name: str, data_dir: Path, *, founder: bool, roles: RaftRoleManager,
                  driver: ProcessDriver, reconciler: Reconciler, members: Members,
                  disk: DiskHealth, republish: Callable[[], None],
-                 placement: PlacementConfig | None = None) -> None:
+                 placement: PlacementConfig | None = None,
+                 committed: Callable[[Mapping[str, Any], Mapping[str, Any]], None] | None = None
+                 ) -> None:
         self._name = name
         self._data_dir = data_dir
         self._founder = founder
@@ -85,6 +87,9 @@ class ControlLoop:
         self._republish = republish
         """Re-gossip our profile if it changed (`GossipShell.republish_profile`)."""
         self.placement = placement or PlacementConfig()
+        self._committed = committed
+        """Hears each committed (plan, services) followed (the event hub's
+        `PlanWatcher`)."""
         self._plan_wanted = trio.Event()
         self._unknown_since: dict[str, float] = {}
 
@@ -119,6 +124,8 @@ class ControlLoop:
             node = await self.roles.wait_ready()
             async for state in node.watch():
                 self._reconciler.set_desired(state.plan.get("assignments", {}), state.services)
+                if self._committed is not None:
+                    self._committed(state.plan, state.services)
                 self._plan_wanted.set()
             await trio.sleep(0.1)  # the node stopped (role change): wait for the next
 

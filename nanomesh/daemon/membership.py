@@ -56,6 +56,7 @@ from nanomesh.gossip.effects import (
     MemberReaped,
     MemberRecovered,
     MemberSuspected,
+    Notification,
     ProfileUpdated,
     Refuted,
     SendDatagram,
@@ -107,7 +108,8 @@ class GossipShell:
                  sections: Callable[[], Mapping[str, Any]],
                  membership_changed: Callable[[], None],
                  storage_problems: Callable[[], Sequence[str]],
-                 remembered: Sequence[Address] = ()) -> None:
+                 remembered: Sequence[Address] = (),
+                 notify: Callable[[Notification], None] | None = None) -> None:
         self.config = config
         self.keyring = keyring
         self.core = core
@@ -120,6 +122,8 @@ class GossipShell:
         """The control plane's part of our profile (Raft role, instances, bundles)."""
         self._membership_changed = membership_changed
         self._storage_problems = storage_problems
+        self._notify = notify
+        """Hears every notification of the core (the event hub)."""
         """The Raft node's storage problems, part of `disk_problems`."""
         self._saved_incarnation = -1
         self._membership_dirty = False
@@ -231,6 +235,8 @@ class GossipShell:
                     self._nursery.start_soon(self._stream_call, e)
                 case _:
                     _log_notification(e)
+                    if self._notify is not None:
+                        self._notify(e)
                     if isinstance(e, ProfileUpdated):
                         self._check_versions(e.name)
                     if isinstance(e, MemberJoined | MemberFailed | MemberLeft):
