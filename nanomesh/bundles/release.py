@@ -41,6 +41,20 @@ def _sha256(path: Path) -> str:
         return sha256_file(f)[0]
 
 
+def release_name_version(extracted: Path) -> tuple[str | None, str | None]:
+    """``("nanomesh", VERSION)`` if ``extracted`` holds a release bundle, by
+    its manifest alone (cheap: for listings, not a check), else ``(None, None)``."""
+    for path in extracted.glob(f"*/{MANIFEST}"):
+        try:
+            manifest = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(manifest, dict) and manifest.get("name") == "nanomesh" \
+                and isinstance(manifest.get("version"), str):
+            return "nanomesh", manifest["version"]
+    return None, None
+
+
 def open_release(extracted: Path) -> tuple[Path, dict[str, Any]]:
     """The release directory inside an extracted bundle and its manifest,
     checked file by file. BundleError if it is not a sound nanomesh release
