@@ -50,9 +50,11 @@ from nanomesh.sdk import client  # noqa: E402
 from nanomesh.transport.apiclient import ApiError, get_json  # noqa: E402
 
 PY = sys.executable
-SUPERVISOR = 'while :; do "$@"; rc=$?; [ "$rc" -eq 75 ] || exit "$rc"; done'
-"""The lab supervisor: start the launcher again whenever the peer asks to be
-restarted (exit 75, `nanomesh.daemon.upgrade.RESTART_EXIT`)."""
+SUPERVISOR = 'while :; do "$@"; rc=$?; [ "$rc" -eq 0 ] && exit 0; sleep 1; done'
+"""The lab supervisor, as systemd's ``Restart=on-failure`` (``RestartSec``):
+start the launcher again after any failure, 75 included (the peer asks to be
+restarted: `nanomesh.daemon.upgrade.RESTART_EXIT`); a clean exit (SIGTERM,
+the lab stopping) ends it."""
 
 
 def say(text: str) -> None:
@@ -79,10 +81,31 @@ def make_wheelhouse(house: Path) -> Path:
     return house
 
 
-def build(version: str, work: Path, house: Path) -> Path:
+BREAK_AT = "        cfg = self.config\n        last_incarnation, remembered"
+"""Where `broken_source` makes the daemon exit: first thing in PeerAssembly.run."""
+
+
+def broken_source(work: Path) -> Path:
+    """A copy of the checkout whose daemon exits at once (status 3): a release
+    that installs and says its version, but cannot run."""
+    src = work / "src-broken"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".venv", ".git", "build")
+    for name in ("nanomesh", "peers"):
+        shutil.copytree(REPO_ROOT / name, src / name, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO_ROOT / name, src / name)
+    assemble = src / "nanomesh" / "daemon" / "assemble.py"
+    text = assemble.read_text()
+    assert BREAK_AT in text, "upgrade_lab --broken: PeerAssembly.run changed; update BREAK_AT"
+    assemble.write_text(text.replace(BREAK_AT, '        raise SystemExit("broken on purpose '
+                                                 '(upgrade_lab --broken)")\n' + BREAK_AT))
+    return src
+
+
+def build(version: str, work: Path, house: Path, source: Path = REPO_ROOT) -> Path:
     out = work / f"dist-{version}"
     subprocess.run([PY, "-m", "nanomesh", "release", "build", "--platform", "native",
-                    "--source", str(REPO_ROOT), "--set-version", version, "-o", str(out),
+                    "--source", str(source), "--set-version", version, "-o", str(out),
                     "--find-links", str(house), "--no-index"], check=True, capture_output=True,
                    env={**offline_env(), "PYTHONPATH": str(REPO_ROOT)})
     return out / f"nanomesh-{version}-bundle.tar"
@@ -234,6 +257,9 @@ def main() -> int:
     p.add_argument("--from-version", default="0.1.1")
     p.add_argument("--to-version", default="0.1.2")
     p.add_argument("--interval", type=float, default=0.2, help="seconds between calls")
+    p.add_argument("--broken", action="store_true",
+                   help="upgrade to a TO version whose daemon exits at start: the first "
+                        "peer's launcher must roll it back and the run must stop there")
     p.add_argument("--wheelhouse", type=Path, default=Path(tempfile.gettempdir())
                    / "nanomesh-upgrade-lab-wheelhouse")
     p.add_argument("--dir", type=Path, help="work directory (default: a temporary one)")
@@ -246,7 +272,8 @@ def main() -> int:
     say("building the FROM and TO bundles")
     t0 = time.monotonic()
     from_bundle = build(args.from_version, work, house)
-    to_bundle = build(args.to_version, work, house)
+    to_bundle = build(args.to_version, work, house,
+                      broken_source(work) if args.broken else REPO_ROOT)
     build_s = time.monotonic() - t0
     say(f"bundles built in {build_s:.1f} s; installing {args.from_version} once")
     shared = install_shared(from_bundle, work / "shared" / "venv", args.from_version)
@@ -296,7 +323,8 @@ def main() -> int:
             return any(a - 1 <= call[0] <= b + 1 for a, b in windows[call[1]])
 
         summary = {
-            "peers": args.peers, "from": args.from_version, "to": args.to_version,
+            "peers": args.peers, "broken": args.broken, "from": args.from_version,
+            "to": args.to_version,
             "upgrade_ok": done.returncode == 0, "upgrade_wall_s": round(up_end - up_start, 1),
             "report": report, "versions_after": versions,
             "calls_during": len(during), "failed_during": len(failed),
@@ -307,7 +335,8 @@ def main() -> int:
             "bundle_build_s": round(build_s, 1), "bundle_bytes": to_bundle.stat().st_size,
             "total_wall_s": round(time.monotonic() - started, 1), "machine": machine_info(),
         }
-        csv_path, json_path = results_paths("upgrade_lab")
+        csv_path, json_path = results_paths("upgrade_lab_broken" if args.broken
+                                            else "upgrade_lab")
         write_csv(csv_path, ["time", "entry_peer", "entry_restarting", "error"],
                   [(round(c[0], 3), c[1], entry_restarting(c), c[3]) for c in failed])
         write_json(json_path, summary)
@@ -317,7 +346,7 @@ def main() -> int:
             f"{len(failed)} ({summary['failed_via_running_entry_peer']} through a peer that "
             f"was up, {summary['failed_via_restarting_entry_peer']} through the peer "
             "restarting)")
-        return 0 if done.returncode == 0 else 1
+        return 0 if (done.returncode == 0) != args.broken else 1
     finally:
         lab.stop()
         if not args.keep and args.dir is None:
