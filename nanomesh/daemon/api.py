@@ -4,7 +4,10 @@ Shapes (a contract shared with the CLI's ``--json`` output):
 
 - ``GET /v1/members``: array of member objects, sorted by name:
   ``{"name", "address": "IP:PORT", "state": "alive|suspect|dead|left",
-  "incarnation", "profile_version", "profile": {...} | null}``
+  "incarnation", "profile_version", "profile": {...} | null, "nanomesh":
+  VERSION | null, "incompatible": [why]}``: ``incompatible`` lists why
+  the member cannot share this peer's mesh (`nanomesh.versions`), empty when
+  it can or its profile has not arrived
 - ``GET /v1/self``: this peer's member object, plus ``"api": "IP:PORT"``.
 - ``GET /v1/health``: ``{"status": "ok|degraded|leaving", "problems": [str],
   "name", "members": {state: count}, "awareness", "uptime_s", "dropped":
@@ -34,6 +37,7 @@ from nanomesh.daemon.http_limits import ServerStats
 from nanomesh.daemon.views import Traffic
 from nanomesh.gossip.machine import Membership
 from nanomesh.gossip.members import Member
+from nanomesh.versions import MalformedVersions, speaks_from_profile, verdict
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,19 @@ def member_json(m: Member) -> dict[str, Any]:
         "incarnation": m.incarnation,
         "profile_version": m.held_version,
         "profile": m.profile,
+        # The peer's nanomesh version and why it cannot share this peer's
+        # mesh (`nanomesh.versions`; [] while compatible or not yet known).
+        "nanomesh": _version_of(m.profile),
+        "incompatible": verdict(m.profile),
     }
+
+
+def _version_of(profile: dict[str, Any] | None) -> str | None:
+    try:
+        speaks = speaks_from_profile(profile)
+    except MalformedVersions:
+        return None
+    return None if speaks is None else speaks.version
 
 
 def api_routes(ctx: HealthContext) -> dict[tuple[str, str], Handler]:

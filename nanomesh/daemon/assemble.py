@@ -86,6 +86,7 @@ from nanomesh.daemon.metrics import metrics_routes
 from nanomesh.daemon.metrics_context import MetricsContext
 from nanomesh.daemon.peer_calls import PeerCalls
 from nanomesh.daemon.profile import ProfileSource
+from nanomesh.daemon.upgrade import RESTART_EXIT, InstallRoot, UpgradeContext, upgrade_routes
 from nanomesh.daemon.views import Routes, Traffic
 from nanomesh.disk import DiskHealth
 from nanomesh.errors import ConfigError
@@ -125,6 +126,10 @@ class PeerAssembly:
         self.started_wall = time.time()
         self.stopping = False
         """True once a graceful leave began (``/v1/health`` says "leaving")."""
+        self.exit_code = 0
+        """What ``nanomesh peer run`` exits with: `RESTART_EXIT` after an
+        upgrade or rollback asked for a restart (`nanomesh.daemon.upgrade`)."""
+        self._restart = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -207,7 +212,7 @@ class PeerAssembly:
             voters_hint=role_calls.voters_hint, config=self._role_config,
             view=role_calls.view, ask_promote=role_calls.ask_promote,
             ask_remove=role_calls.ask_remove, epoch_hint=role_calls.epoch_hint,
-            follow=FollowCalls(members, calls))
+            follow=FollowCalls(members, calls), mesh_raft_version=role_calls.mesh_raft_version)
         control = ControlLoop(cfg.name, cfg.data_dir, founder=not cfg.join, roles=roles,
                               driver=runtime.driver, reconciler=runtime.reconciler,
                               members=members, disk=disk, republish=republish,
@@ -260,7 +265,10 @@ class PeerAssembly:
             **naming_routes(NamingContext(cfg.name, members, consensus)),
             **runtime_routes(RuntimeContext(cfg.name, runtime.log_dir, access)),
             **bundle_and_registry_routes(bundles, access, consensus),
-            **event_routes(events)}
+            **event_routes(events),
+            **upgrade_routes(UpgradeContext(
+                access, InstallRoot(cfg.install_root) if cfg.install_root else None,
+                bundles.fetch_bundle, self.request_restart))}
         if cfg.ui:
             routes.update(ui_routes())
         parts = _Parts(core, shell, bundles, runtime, roles, control, access, routes,
@@ -290,16 +298,36 @@ class PeerAssembly:
                                  leaves_changed=parts.shell.republish_profile,
                                  task_status=task_status)
 
+    def request_restart(self) -> None:
+        """Leave gracefully and exit with `RESTART_EXIT`, for the supervisor
+        to start us again (from the install root's switched venv)."""
+        self.exit_code = RESTART_EXIT
+        self._restart.set()
+
     async def _watch_signals(self, parts: _Parts, scope: trio.CancelScope, *,
                              task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                              ) -> None:
+        """Leave on SIGINT/SIGTERM or when a restart is requested, whichever first."""
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             task_status.started()
-            async for signum in signals:
-                log.info("received %s: leaving the mesh", signal.Signals(signum).name)
-                await self._leave(parts)
-                scope.cancel()
-                return
+            async with trio.open_nursery() as first:
+                async def on_signal() -> None:
+                    async for signum in signals:
+                        log.info("received %s: leaving the mesh",
+                                 signal.Signals(signum).name)
+                        break
+                    first.cancel_scope.cancel()
+
+                async def on_restart() -> None:
+                    await self._restart.wait()
+                    log.info("restart requested: leaving the mesh, then exiting with %d "
+                             "for the supervisor to start us again", RESTART_EXIT)
+                    first.cancel_scope.cancel()
+
+                first.start_soon(on_signal)
+                first.start_soon(on_restart)
+            await self._leave(parts)
+            scope.cancel()
 
     async def _leave(self, parts: _Parts) -> None:
         """Hand Raft membership over, then announce the leave by gossip."""

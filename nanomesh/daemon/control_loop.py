@@ -49,6 +49,7 @@ from nanomesh.runtime import ProcessDriver, Reconciler
 from nanomesh.runtime.reconcile_core import InstanceStatus
 from nanomesh.security.auth import TOKEN_META_KEY, ensure_token_file, token_digest
 from nanomesh.transport.apiclient import ApiError
+from nanomesh.versions import mesh_raft_version
 from nanomesh.wire import MemberState
 
 log = logging.getLogger("nanomesh.mesh")
@@ -250,6 +251,12 @@ class RoleCalls:
         return epoch_from_profiles(
             (m.profile or {}).get("raft") for m in self._members()
             if m.state in (MemberState.ALIVE, MemberState.SUSPECT))
+
+    def mesh_raft_version(self) -> int:
+        """The newest command set every live member applies (the leader's
+        version gate, `nanomesh.versions`)."""
+        return mesh_raft_version(m.profile for m in self._members()
+                                 if m.state in (MemberState.ALIVE, MemberState.SUSPECT))
 
     def view(self) -> list[PeerInfo]:
         return [peer_info(m.name, m.addr[0], m.state, m.state_since, m.profile)

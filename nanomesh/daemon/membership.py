@@ -63,6 +63,7 @@ from nanomesh.gossip.effects import (
     StreamCall,
 )
 from nanomesh.gossip.machine import Membership
+from nanomesh.versions import THIS, verdict
 from nanomesh.wire import (
     FRAME_PREFIX_LEN,
     MAX_DATAGRAM_IN,
@@ -236,12 +237,24 @@ class GossipShell:
                     _log_notification(e)
                     if self._notify is not None:
                         self._notify(e)
+                    if isinstance(e, ProfileUpdated):
+                        self._check_versions(e.name)
                     if isinstance(e, MemberJoined | MemberFailed | MemberLeft):
                         self._membership_dirty = True
                     if not isinstance(e, Refuted):
                         self._membership_changed()
         self._wake.set()  # the core's next deadline may have moved
         self._save_state_if_changed()
+
+    def _check_versions(self, name: str) -> None:
+        """Log a member whose new profile says it cannot share our mesh
+        (`nanomesh.versions`). It is not dropped from gossip (it may be
+        mid-upgrade and come back compatible): placement and voting leave it
+        out, and ``nanomesh members`` shows why."""
+        member = self.core.member(name)
+        if member is not None and (why := verdict(member.profile)):
+            log.warning("member %s is incompatible with this peer (nanomesh %s): %s; it gets "
+                        "no placements and no vote", name, THIS.version, "; ".join(why))
 
     def _save_state_if_changed(self) -> None:
         core = self.core
@@ -561,3 +574,4 @@ def _log_notification(e: Effect) -> None:
                         "incarnation %d", e.accuser, e.incarnation)
         case ProfileUpdated():
             log.debug("profile of %s now at version %d", e.name, e.version)
+
