@@ -59,3 +59,4 @@ def bench(session: nox.Session) -> None:
     session.run("python", "experiments/call_failover.py", *mode)
     session.run("python", "experiments/release_bundle.py", *mode)  # issue 15; needs an index
     session.run("python", "experiments/plot.py")
+    session.run("python", "experiments/report.py")  # experiments/REPORT.md from the results

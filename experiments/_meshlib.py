@@ -22,8 +22,8 @@ import math
 import os
 import platform
 import re
+import shlex
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,6 +39,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from nanomesh.gossip.config import PRESETS  # noqa: E402
+from nanomesh.testing.peerproc import peer_argv, ports_free  # noqa: E402
 from nanomesh.transport.apiclient import ApiError, get_json  # noqa: E402
 
 RESULTS_DIR = REPO_ROOT / "experiments" / "results"
@@ -143,7 +144,18 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "kernel": platform.release(),
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+        # experiments/report.py prints it beside the numbers: one command
+        # reproduces the line
+        "command": shlex.join(["python", _repo_relative(sys.argv[0]), *sys.argv[1:]]),
     }
+
+
+def _repo_relative(path: str) -> str:
+    here = Path(path).resolve()
+    try:
+        return str(here.relative_to(Path(__file__).resolve().parents[1]))
+    except ValueError:
+        return path
 
 
 # --------------------------------------------------------------------------- quiet machine
@@ -247,21 +259,6 @@ JOINED_RE = re.compile(r"^member (\S+) (joined|rejoined) at ")
 # --------------------------------------------------------------------------- loopback mesh
 
 
-def ports_free(ip: str) -> bool:
-    for kind, port in ((socket.SOCK_STREAM, GOSSIP_PORT), (socket.SOCK_STREAM, API_PORT),
-                       (socket.SOCK_DGRAM, GOSSIP_PORT)):
-        s = socket.socket(socket.AF_INET, kind)
-        try:
-            if kind == socket.SOCK_STREAM:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind((ip, port))
-        except OSError:
-            return False
-        finally:
-            s.close()
-    return True
-
-
 def keygen(path: Path) -> Path:
     """A cluster key made by the CLI itself: ``python -m nanomesh keygen``."""
     key = subprocess.run([PY, "-m", "nanomesh", "keygen"], check=True, capture_output=True,
@@ -326,13 +323,9 @@ class LoopbackMesh:
         for i in range(n):
             ip = f"{subnet}{first_octet + i}"
             name = f"{prefix}-{i + 1:0{width}d}"
-            argv = [PY, "-m", "nanomesh", "peer", "run", "--name", name, "--bind",
-                    f"{ip}:{GOSSIP_PORT}", "--data-dir", str(root / "data" / name),
-                    "--gossip-preset", preset, "--log-level", log_level]
-            if i:
-                argv += ["--join", f"{seed_ip}:{GOSSIP_PORT}"]
-            if key_file is not None:
-                argv += ["--key-file", str(key_file)]
+            argv = peer_argv(name=name, bind=f"{ip}:{GOSSIP_PORT}", data_dir=root / "data" / name,
+                             preset=preset, log_level=log_level, key_file=key_file,
+                             join=[f"{seed_ip}:{GOSSIP_PORT}"] if i else [], python=PY)
             self.peers.append(Peer(name, ip, root / f"{name}.log", root / "data" / name, argv))
 
     def by_name(self, name: str) -> Peer:
@@ -341,7 +334,8 @@ class LoopbackMesh:
     def check_addresses(self) -> None:
         busy = [p.ip for p in self.peers if not ports_free(p.ip)]
         if busy:
-            raise RuntimeError(f"ports {GOSSIP_PORT}/{API_PORT} already in use on {busy}: "
+            raise RuntimeError(f"ports {GOSSIP_PORT}/{API_PORT}/{RAFT_PORT} already in use on "
+                               f"{busy}: "
                                "a previous run or another process holds them")
 
     def start(self, peer: Peer) -> None:

@@ -57,6 +57,7 @@ import _meshlib as ml
 from nanomesh.consensus import RaftTiming
 from nanomesh.consensus.role_core import RoleConfig
 from nanomesh.consensus.voters import voter_goal
+from nanomesh.testing.peerproc import peer_argv
 from nanomesh.transport.apiclient import ApiError, request_json
 
 TARGET_MEDIAN_S = 0.5
@@ -88,30 +89,11 @@ class Mesh60(ml.LoopbackMesh):
         for i in range(n):
             ip = f"{subnet}{first_octet + i}"
             name = f"{prefix}-{i + 1}"
-            argv = [ml.PY, "-m", "nanomesh", "peer", "run", "--name", name, "--bind",
-                    f"{ip}:{ml.GOSSIP_PORT}", "--data-dir", str(root / "data" / name),
-                    "--key-file", str(key_file), "--gossip-preset", preset,
-                    "--log-level", log_level]
-            if i:
-                argv += ["--join", seed]
+            argv = peer_argv(name=name, bind=f"{ip}:{ml.GOSSIP_PORT}",
+                             data_dir=root / "data" / name, key_file=key_file, preset=preset,
+                             log_level=log_level, join=[seed] if i else [], python=ml.PY)
             self.peers.append(ml.Peer(name, ip, root / f"{name}.log", root / "data" / name,
                                       argv))
-
-    def check_addresses(self) -> None:
-        super().check_addresses()
-        import socket
-        busy = []
-        for p in self.peers:
-            s = socket.socket()
-            try:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                s.bind((p.ip, RAFT_PORT))
-            except OSError:
-                busy.append(p.ip)
-            finally:
-                s.close()
-        if busy:
-            raise RuntimeError(f"Raft port {RAFT_PORT} already in use on {busy}")
 
     def by_ip(self, ip: str) -> ml.Peer:
         return next(p for p in self.peers if p.ip == ip)

@@ -49,6 +49,7 @@ from typing import Any
 import _meshlib as ml
 
 from nanomesh.testing.netns import NetnsLab, Protocol, netns_available
+from nanomesh.testing.peerproc import peer_argv
 
 QUERY = r"""
 import json, sys, urllib.request
@@ -96,14 +97,10 @@ class LabMesh:
         seed = f"{lab.address(0)}:{ml.GOSSIP_PORT}"
         self.argvs = []
         for i, name in enumerate(self.names):
-            argv = [ml.PY, "-m", "nanomesh", "peer", "run", "--name", name, "--bind",
-                    f"{lab.address(i)}:{ml.GOSSIP_PORT}", "--data-dir",
-                    str(root / "data" / name), "--gossip-preset", preset,
-                    "--key-file", str(key), "--log-level", "INFO"]
-            if config is not None:
-                argv += ["--config", str(config)]
-            if i:
-                argv += ["--join", seed]
+            argv = peer_argv(name=name, bind=f"{lab.address(i)}:{ml.GOSSIP_PORT}",
+                             data_dir=root / "data" / name, preset=preset, key_file=key,
+                             log_level="INFO", join=[seed] if i else [], python=ml.PY,
+                             extra=["--config", str(config)] if config is not None else [])
             self.argvs.append(argv)
 
     def start(self, i: int) -> None:

@@ -12,9 +12,13 @@ events_xsub_port = 7951            # event relay: local publishers connect here
 join = ["192.168.1.10"]            # seeds; default port 7946
 data_dir = "/var/lib/nanomesh"
 key_file = "/etc/nanomesh/cluster.key"
+leaf_keys = "/etc/nanomesh/leaf.keys"  # microcontroller leaves' keys; default: no leaves
 profile_refresh = 5.0              # seconds between live-load samples
 labels = { room = "meeting-1" }
 container_engine = "auto"          # auto | runc | podman | docker
+ui = true                          # the web dashboard at http://IP:api_port/ui/
+metrics_need_token = false         # GET /v1/metrics: open (default) or management token
+install_root = "/opt/nanomesh"     # where `nanomesh upgrade` installs new versions; default: none
 
 [gossip]
 preset = "lan"                     # lan | local | memberlist-lan
@@ -46,6 +50,10 @@ DEFAULT_GOSSIP_PORT = 7946
 """UDP and TCP port for gossip, as memberlist/Serf/Consul use."""
 DEFAULT_API_PORT = 7947
 """HTTP JSON API port, on the same IP as gossip."""
+DEFAULT_RAFT_PORT = 7948
+"""TCP port for Raft, on the peer's IP (gossip 7946, API 7947, Raft 7948).
+Here rather than in `nanomesh.consensus.config` (which re-exports it) so
+that knowing the port does not load pysyncobj."""
 DEFAULT_COAP_PORT = 5683
 """UDP port of the CoAP gateway (`nanomesh.gateway`), on the same IP as
 gossip: CoAP's own default (RFC 7252 §6.1), so that ``coap://<peer>/s/NAME``
@@ -147,12 +155,34 @@ class PeerConfig:
     join: tuple[Address, ...] = ()
     data_dir: Path = Path(".")
     key_file: Path | None = None
+    leaf_keys: Path | None = None
+    """The leaves' key file (`nanomesh.wire.leaf.parse_leaf_keys`: one
+    ``<leaf> <hex key>`` per line): the gateway takes registrations and
+    reports at ``/leaf/...`` from these leaves only. None: no leaves."""
     profile_refresh: float = DEFAULT_PROFILE_REFRESH
     labels: dict[str, str] = field(default_factory=dict)
     devices: tuple[dict[str, Any], ...] = ()
     gossip: GossipConfig = field(default_factory=GossipConfig)
     config_file: Path | None = None
     container_engine: str = "auto"
+    ui: bool = True
+    """Serve the web dashboard at ``/ui/`` on the API port (`nanomesh.daemon.api_ui`).
+    Read-only without the management token; off for a peer whose API port
+    should answer only the API."""
+    metrics_need_token: bool = False
+    """Whether ``GET /v1/metrics`` needs the management token. Off by default:
+    the metrics hold no secrets (counts, states, peer and service names, all
+    open in ``/v1/health`` and ``/v1/members`` already), and a scraper given
+    the token could deploy code on every device. On: a Prometheus job sends it
+    (``authorization: {credentials_file: ...}``), as Consul's
+    ``/v1/agent/metrics`` wants an ACL token once ACLs are on. Decided in
+    `nanomesh.daemon.api_auth.Access.authorize_metrics`."""
+    install_root: Path | None = None
+    """The install root (``/opt/nanomesh`` from install.sh: ``versions/``,
+    the ``venv`` symlink, the launcher) into which ``nanomesh upgrade``
+    installs a new version (`nanomesh.daemon.upgrade`). None (default):
+    this peer refuses upgrades through the mesh, as a peer run from a
+    checkout must (there is nothing to switch)."""
 
     @property
     def api_addr(self) -> Address:
@@ -201,6 +231,8 @@ def build_config(
     gossip_preset: str | None = None,
     coap_port: int | None = None,
     container_engine: str | None = None,
+    ui: bool | None = None,
+    install_root: Path | None = None,
 ) -> PeerConfig:
     """Merge the config file (if any) with flags; flags win."""
     raw = load_file(config_file) if config_file else {}
@@ -229,6 +261,9 @@ def build_config(
     if isinstance(refresh, bool) or not isinstance(refresh, int | float) or refresh <= 0:
         raise ConfigError(f"{where}: peer.profile_refresh must be a positive number of seconds")
     key = key_file or (Path(peer["key_file"]) if "key_file" in peer else None)
+    leaf_keys = peer.get("leaf_keys")
+    if leaf_keys is not None and (not isinstance(leaf_keys, str) or not leaf_keys):
+        raise ConfigError(f"{where}: peer.leaf_keys must be the path of the leaves' key file")
     port = api_port or int(peer.get("api_port", DEFAULT_API_PORT))
     if not 0 < port < 65536:
         raise ConfigError(f"api port {port} out of range")
@@ -247,6 +282,13 @@ def build_config(
     if coap_port == bind_addr[1]:
         raise ConfigError(f"coap port {coap_port} is the gossip port (both UDP); choose another")
     events_ports = _events_ports(peer, where, {bind_addr[1]: "gossip", port: "api"})
+    if ui is None:
+        ui = peer.get("ui", True)
+    if not isinstance(ui, bool):
+        raise ConfigError(f"{where}: peer.ui must be true or false")
+    metrics_need_token = peer.get("metrics_need_token", False)
+    if not isinstance(metrics_need_token, bool):
+        raise ConfigError(f"{where}: peer.metrics_need_token must be true or false")
     return PeerConfig(
         name=name,
         bind=bind_addr,
@@ -257,12 +299,17 @@ def build_config(
         join=tuple(parse_address(str(s), DEFAULT_GOSSIP_PORT, "--join") for s in seeds),
         data_dir=data_dir or Path(peer.get("data_dir") or default_data_dir(name)),
         key_file=key,
+        leaf_keys=Path(leaf_keys) if leaf_keys else None,
         profile_refresh=float(refresh),
         labels=dict(labels),
         devices=tuple(devices),
         gossip=_gossip_from(raw.get("gossip", {}), gossip_preset, where),
         config_file=config_file,
         container_engine=engine,
+        ui=ui,
+        metrics_need_token=metrics_need_token,
+        install_root=install_root or (Path(peer["install_root"]) if peer.get("install_root")
+                                      else None),
     )
 
 

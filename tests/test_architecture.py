@@ -22,7 +22,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "nanomesh"
 
 ROOT_MODULES = {
     "__init__", "__main__",
-    "errors", "config", "ids", "checks", "disk", "naming",  # shared by every layer
+    "errors", "durations", "config", "ids", "checks", "disk", "naming", "labstate",  # shared
+    "versions",
     "client", "service",  # aliases of nanomesh.sdk.* for services written before 0.2
 }
 """The only modules allowed at the package root; everything else lives in the
@@ -32,7 +33,10 @@ PURE_CORES = (
     "nanomesh.gossip", "nanomesh.placement", "nanomesh.consensus.voters",
     "nanomesh.consensus.role_core", "nanomesh.runtime.reconcile_core",
     "nanomesh.runtime.lifecycle", "nanomesh.runtime.deployment_core", "nanomesh.naming",
-    "nanomesh.ids", "nanomesh.wire.messages",
+    "nanomesh.ids", "nanomesh.wire.messages", "nanomesh.monitor", "nanomesh.wire.leaf",
+    "nanomesh.gateway.leaf_core",
+    "nanomesh.devices.world", "nanomesh.devices.berrymed", "nanomesh.devices.alert_core",
+    "nanomesh.versions", "nanomesh.cli.upgrade_core",
 )
 """Decision code: messages and ``now`` in, effects out. It does no I/O and
 reads no clock, so it imports none of `IO_MODULES`."""
@@ -44,10 +48,12 @@ IO_MODULES = {
 }
 
 LAYERS = (
-    "__init__", "errors", "wire", "gossip",
-    "config", "checks", "ids", "disk", "naming",
-    "consensus", "placement", "security", "transport", "runtime", "gateway", "bundles",
-    "sdk", "client", "service", "discovery", "sim", "testing", "daemon", "cli", "__main__",
+    "__init__", "errors", "durations", "wire", "gossip",
+    "config", "checks", "ids", "disk", "naming", "labstate", "versions",
+    "consensus", "placement", "security", "transport", "runtime", "monitor", "gateway",
+    "bundles",
+    "sdk", "client", "service", "devices",
+    "discovery", "sim", "testing", "daemon", "cli", "__main__",
 )
 """The packages (and root modules) bottom up, as in docs/architecture.md:
 each imports only from those before it."""

@@ -248,3 +248,23 @@ def test_secret_comparison_never_raises_on_odd_tokens() -> None:
     assert not secret_matches("\xe9\xe9", "s3cret")
     assert not secret_matches("\udce9", "s3cret")
     assert not secret_matches(None, "s3cret") and not secret_matches("", "")
+
+
+async def test_requests_are_counted_by_route_pattern_method_and_status() -> None:
+    """``ServerStats.requests`` (``nanomesh_http_requests_total``) names the
+    route's pattern, never the path: a scanner's random paths all count as
+    one "(unmatched)" row, so the table cannot grow without bound."""
+    stats = ServerStats()
+    async with server(17011, stats=stats):
+        for target in (b"/v1/bundles/a", b"/v1/bundles/b"):
+            await exchange(17011, b"PUT " + target + b" HTTP/1.1\r\nhost: h\r\n"
+                           b"content-length: 0\r\n\r\n")
+        await exchange(17011, b"HEAD /v1/ping HTTP/1.1\r\nhost: h\r\n\r\n")
+        for i in range(3):
+            await exchange(17011, b"GET /scan/%d HTTP/1.1\r\nhost: h\r\n\r\n" % i)
+        await exchange(17011, b"DELETE /v1/ping HTTP/1.1\r\nhost: h\r\n\r\n")
+    assert stats.requests == {("PUT", "/v1/bundles/{name}", 200): 2,
+                              ("HEAD", "/v1/ping", 200): 1,
+                              ("GET", "(unmatched)", 404): 3,
+                              ("DELETE", "(unmatched)", 405): 1}
+    assert "requests" not in stats.to_dict()  # /v1/health shows only the refusals

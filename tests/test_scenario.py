@@ -15,6 +15,7 @@ from nanomesh.cli.scenario import (
     Step,
     load_scenario,
     longest_outage,
+    moves,
     parse_scenario,
     placement_settled,
     summarise,
@@ -104,3 +105,41 @@ def test_summary() -> None:
     assert (out["calls"], out["failed"], out["availability"]) == (4, 1, 0.75)
     assert out["leader_changes"] == 1
     assert out["steps"] == [{"t": 1.0, "do": "heal"}]
+
+
+def test_moves_count_what_had_to_move_and_what_could_have_stayed() -> None:
+    def at(t: float, placement: dict[str, str], alive: str) -> Sample:
+        return Sample(t=t, asked="p", leader="a", term=1, alive=len(alive),
+                      placement=tuple(sorted(placement.items())),
+                      alive_peers=frozenset(alive))
+
+    samples = [
+        at(0, {"s/0": "a", "s/1": "b"}, "abc"),
+        at(1, {"s/0": "a", "s/1": "b"}, "abc"),            # nothing changed
+        at(2, {"s/0": "c", "s/1": "b"}, "bc"),             # a died: s/0 had to move
+        at(3, {"s/0": "c", "s/1": "d", "s/2": "b"}, "bcd"),  # d joined: s/1 moved anyway
+        at(4, {"s/0": "c"}, "bcd"),                        # scaled down: not a move
+    ]
+    changes = moves(samples)
+    assert [(m.t, m.moved, m.necessary, m.avoidable) for m in changes] == [
+        (2, 1, 1, 0), (3, 1, 0, 1), (4, 0, 0, 0)]
+    summary = summarise(parse({}), [], samples)
+    assert (summary["moves"], summary["moves_necessary"], summary["moves_avoidable"]) == (2, 1, 1)
+
+
+def test_an_add_with_a_config_and_a_world_are_checked_and_resolved(tmp_path: Path) -> None:
+    (tmp_path / "dev.toml").write_text("[peer]\n")
+    (tmp_path / "world.toml").write_text("")
+    s = parse_scenario({"peers": 1, "duration": 10, "world": "world.toml",
+                        "at": [{"t": 1, "do": "add", "config": "dev.toml"}]},
+                       base=tmp_path, default_name="x")
+    assert s.world == str(tmp_path / "world.toml")
+    assert s.steps[0].config == str(tmp_path / "dev.toml")
+    assert s.steps[0].describe() == "add 1 (dev.toml)"
+    with pytest.raises(ScenarioError, match=r"step #1 \(add\): config = 'nope.toml': no such"):
+        parse_scenario({"peers": 1, "duration": 10,
+                        "at": [{"t": 1, "do": "add", "config": "nope.toml"}]},
+                       base=tmp_path, default_name="x")
+    with pytest.raises(ScenarioError, match="the scenario: world"):
+        parse_scenario({"peers": 1, "duration": 10, "world": "gone.toml"}, base=tmp_path,
+                       default_name="x")

@@ -1,10 +1,12 @@
 """What the `nanomesh` commands share: which peer API to ask, the management
 token, and plain-text tables.
 
-A command finds its peer as ``--peer``, else ``$NANOMESH_PEER``, else the
-first alive peer of a running lab, else the default API address on
-loopback; the management token as ``--token``, ``$NANOMESH_TOKEN``,
-``--token-file``, else the running lab's (`management_token`).
+A command finds its peer as ``--peer``, else as `nanomesh.client.connect`
+does (`nanomesh.labstate.default_peer_api`): ``$NANOMESH_PEER_API``, else
+``$NANOMESH_PEER``, else the first alive peer of a running lab, else the
+default API address on loopback; the management token as ``--token``, ``$NANOMESH_TOKEN``,
+``--token-file``, else the running lab's, else the one the installed
+daemon's founding peer wrote (`management_token`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ from pathlib import Path
 
 from nanomesh.cli import lab
 from nanomesh.config import DEFAULT_API_PORT, default_lab_dir, host_port, parse_address
+from nanomesh.labstate import default_peer_api
 from nanomesh.security.auth import TOKEN_FILE, read_token_file
+
+INSTALLED_TOKEN = Path("/var/lib/nanomesh") / TOKEN_FILE
+"""Where the founding peer of a device installed with ``peers/install.sh``
+(whose unit runs ``--data-dir /var/lib/nanomesh``) writes the token: the CLI
+run as root on that device finds it without flags, as ``consul`` finds its
+agent's ACL token file."""
 
 PEER_HELP = ("peer API to ask, IP[:PORT] (default: $NANOMESH_PEER, else the first peer "
              "of a running lab, else 127.0.0.1:7947)")
@@ -26,7 +35,8 @@ def add_token_args(cmd: argparse.ArgumentParser) -> None:
     """Add ``--peer``, ``--token`` and ``--token-file`` (a command that writes)."""
     cmd.add_argument("--peer", metavar="IP[:PORT]", help=PEER_HELP)
     cmd.add_argument("--token", help="management token (default: $NANOMESH_TOKEN, "
-                     "--token-file, else the running lab's token)")
+                     "--token-file, else the running lab's token, else "
+                     f"{INSTALLED_TOKEN} where it is readable)")
     cmd.add_argument("--token-file", type=Path, metavar="FILE",
                      help="file holding the management token (the bootstrapping peer "
                      "writes DATA_DIR/management.token)")
@@ -42,23 +52,17 @@ def management_token(args: argparse.Namespace) -> str | None:
     if getattr(args, "token_file", None):
         return read_token_file(args.token_file)
     lab_token = default_lab_dir() / lab.FOUNDER / TOKEN_FILE
-    return read_token_file(lab_token) if lab_token.exists() else None
-
-
-def default_peer() -> str:
-    """The API to ask without ``--peer`` (module docstring)."""
-    env = os.environ.get("NANOMESH_PEER")
-    if env:
-        return env
-    for p in lab.load_state(default_lab_dir()):
-        if lab.alive(p.pid):
-            return p.api
-    return f"127.0.0.1:{DEFAULT_API_PORT}"
+    if lab.load_state(default_lab_dir()) and lab_token.exists():
+        return read_token_file(lab_token)
+    if os.access(INSTALLED_TOKEN, os.R_OK):
+        return read_token_file(INSTALLED_TOKEN)
+    return None
 
 
 def peer_api(text: str | None) -> str:
-    """``HOST:PORT`` of the peer API named by ``--peer`` (``text``), else `default_peer`."""
-    host, port = parse_address(text or default_peer(), DEFAULT_API_PORT, "--peer")
+    """``HOST:PORT`` of the peer API named by ``--peer`` (``text``), else
+    `nanomesh.labstate.default_peer_api` (the SDK's default too)."""
+    host, port = parse_address(text or default_peer_api(), DEFAULT_API_PORT, "--peer")
     return host_port(host, port)
 
 

@@ -201,7 +201,26 @@ def write_manifest(doc: Mapping[str, Any], folder: Path) -> dict[str, Any]:
 # ------------------------------------------------------------------ helpers
 
 
-def _answers(ip: str, port: int) -> bool:
+def wait_for(what: str, check: Callable[[], T | None], timeout: float,
+             hint: Callable[[], str], period: float = 0.1) -> T:
+    """Call `check` every `period` seconds until it returns something (an
+    ApiError counts as nothing yet); DemoError naming `what` and `hint()`
+    (where the logs are) after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = check()
+        except ApiError:
+            result = None
+        if result is not None:
+            return result
+        if time.monotonic() > deadline:
+            raise DemoError(f"timed out after {timeout:.0f} s waiting for {what}; " + hint())
+        time.sleep(period)
+
+
+def answers(ip: str, port: int) -> bool:
+    """Does something accept TCP connections on ip:port?"""
     try:
         with socket.create_connection((ip, port), timeout=0.3):
             return True
@@ -241,20 +260,7 @@ class _Demo:
 
     def wait(self, what: str, check: Callable[[], T | None],
              timeout: float = STEP_TIMEOUT) -> T:
-        """Call `check` every 0.1 s until it returns something; DemoError
-        (naming `what` and the logs) after `timeout` seconds."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                result = check()
-            except ApiError:
-                result = None
-            if result is not None:
-                return result
-            if time.monotonic() > deadline:
-                raise DemoError(f"timed out after {timeout:.0f} s waiting for {what}; "
-                                + self.logs_hint())
-            time.sleep(0.1)
+        return wait_for(what, check, timeout, self.logs_hint)
 
     def by_ip(self, ip: str | None) -> lab.LabPeer | None:
         return next((p for p in self.peers if p.ip == ip), None)
@@ -268,7 +274,7 @@ class _Demo:
     def prepare_dir(self) -> None:
         ips = [lab.peer_ip(i) for i in range(self.n)]
         busy = [ip for ip in ips
-                if _answers(ip, DEFAULT_API_PORT) or _answers(ip, DEFAULT_GOSSIP_PORT)]
+                if answers(ip, DEFAULT_API_PORT) or answers(ip, DEFAULT_GOSSIP_PORT)]
         if busy:
             raise DemoError(
                 f"something already runs on {', '.join(busy)} (a `nanomesh lab`, or another "

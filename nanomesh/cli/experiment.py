@@ -18,10 +18,13 @@ things side by side:
 - the **sampler**: every ``sample_every`` s the first running peer's view of
   the leader, term, alive members and the committed placement.
 
-Written to OUT: ``steps.csv``, ``calls.csv``, ``timeline.csv``,
+Written to OUT: ``steps.csv``, ``calls.csv``, ``timeline.csv``, ``moves.csv``
+(per sampled plan change: instances moved, and how many had to because
+their peer was no longer alive),
 ``summary.json`` (`nanomesh.cli.scenario.summarise`) and, with matplotlib,
 ``timeline.png`` (availability and latency over time, alive members, the
-steps marked) and ``instances.png`` (instances per peer). The lab is stopped
+steps marked) and ``instances.png`` (instances per peer, moves per plan
+change). The lab is stopped
 at the end, also on Ctrl-C.
 """
 
@@ -30,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import os
 import random
 import subprocess
 import sys
@@ -40,7 +44,15 @@ from pathlib import Path
 from typing import Any
 
 from nanomesh.cli import lab, labfaults
-from nanomesh.cli.scenario import Call, Sample, Scenario, ScenarioError, Step, summarise
+from nanomesh.cli.scenario import (
+    Call,
+    Sample,
+    Scenario,
+    ScenarioError,
+    Step,
+    moves,
+    summarise,
+)
 from nanomesh.security.auth import TOKEN_FILE, read_token_file
 from nanomesh.transport.apiclient import ApiError, get_json
 
@@ -74,6 +86,15 @@ class Recorder:
 def run(scenario: Scenario, out: Path, say: Callable[[str], None] = print) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     lab_dir = out / "lab"
+    if scenario.world:
+        # Every lab peer (and so its instances) inherits these: simulated
+        # devices reading the scenario's world, whose time 0 is now.
+        from nanomesh.devices.backend import ENV_MODE
+        from nanomesh.devices.world import ENV_START, ENV_WORLD
+
+        os.environ.update({ENV_MODE: "sim", ENV_WORLD: scenario.world,
+                           ENV_START: repr(time.time())})
+        say(f"{scenario.name}: simulated devices read {scenario.world}")
     say(f"{scenario.name}: starting {scenario.peers} peers in {lab_dir}")
     lab.up(scenario.peers, lab_dir, preset=scenario.preset, say=say)
     try:
@@ -135,7 +156,9 @@ async def _timeline(scenario: Scenario, lab_dir: Path, token: str,
 def _do(step: Step, lab_dir: Path, token: str, rng: random.Random) -> str:
     """Carry out one step (blocking; in a worker thread)."""
     if step.do == "add":
-        return "added " + ", ".join(p.name for p in lab.add(step.n, lab_dir, say=_quiet))
+        config = Path(step.config) if step.config else None
+        return "added " + ", ".join(p.name for p in lab.add(step.n, lab_dir, say=_quiet,
+                                                            config=config))
     if step.do in ("partition", "heal", "loss"):
         return _fault(step, lab_dir)
     if step.do == "deploy":
@@ -239,6 +262,11 @@ async def _sampler(scenario: Scenario, lab_dir: Path, rec: Recorder) -> None:
 
 
 def _sample(lab_dir: Path, t: float) -> Sample | None:
+    """The first running peer's view that knows a leader, else the first view
+    at all: a peer just restarted holds the plan it had before it went down
+    until it hears from the leader, and sampling that would record moves that
+    never happened."""
+    fallback = None
     for p in lab.running(lab_dir):
         try:
             status = get_json(p.api, "/v1/status", timeout=1.0)
@@ -246,12 +274,16 @@ def _sample(lab_dir: Path, t: float) -> Sample | None:
             plan = get_json(p.api, "/v1/placement", timeout=1.0)
         except ApiError:
             continue
-        return Sample(t=t, asked=p.name, leader=status.get("leader"),
-                      term=int(status.get("term") or 0),
-                      alive=sum(1 for m in members if m["state"] == "alive"),
-                      placement=tuple(sorted((i["instance"], i["peer"])
-                                             for i in plan.get("instances", []))))
-    return None
+        alive = frozenset(m["name"] for m in members if m["state"] == "alive")
+        sample = Sample(t=t, asked=p.name, leader=status.get("leader"),
+                        term=int(status.get("term") or 0), alive=len(alive),
+                        placement=tuple(sorted((i["instance"], i["peer"])
+                                               for i in plan.get("instances", []))),
+                        alive_peers=alive)
+        if sample.leader:
+            return sample
+        fallback = fallback or sample
+    return fallback
 
 
 async def _load(scenario: Scenario, lab_dir: Path, rec: Recorder) -> None:
@@ -267,7 +299,8 @@ async def _load(scenario: Scenario, lab_dir: Path, rec: Recorder) -> None:
     period = 1.0 / load.rate
     in_flight = trio.CapacityLimiter(MAX_IN_FLIGHT)
     running = _RunningPeers(lab_dir, trio.current_time)
-    tick = 0
+    tick = round(load.start * load.rate)  # the first call at t = start
+    await trio.sleep_until(rec.t0 + tick * period)
 
     def first_api() -> str | None:
         try:
@@ -318,9 +351,12 @@ def _write(out: Path, scenario: Scenario, rec: Recorder, summary: dict[str, Any]
          [(f"{s.t:.3f}", s.asked, s.leader or "", s.term, s.alive,
            json.dumps(dict(Counter(peer for _, peer in s.placement)), sort_keys=True))
           for s in rec.samples])
+    _csv(out / "moves.csv", ["t_s", "moved", "necessary", "avoidable"],
+         [(f"{m.t:.3f}", m.moved, m.necessary, m.avoidable) for m in moves(rec.samples)])
     (out / "summary.json").write_text(json.dumps(
         {"scenario": scenario.name, "peers": scenario.peers, "duration_s": scenario.duration,
-         **summary}, indent=2) + "\n")
+         **summary, "recorded": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+         "loadavg_at_end": [round(x, 2) for x in os.getloadavg()]}, indent=2) + "\n")
     _plot(out, rec)
 
 
@@ -363,14 +399,21 @@ def _plot(out: Path, rec: Recorder) -> None:
     plt.close(fig)
     peers = sorted({peer for s in rec.samples for _, peer in s.placement})
     if peers:
-        fig, ax = plt.subplots(figsize=(10, 3.5))
+        fig, (ax, moved) = plt.subplots(2, 1, figsize=(10, 5.5), sharex=True)
         for peer in peers:
             ax.plot([s.t for s in rec.samples],
                     [sum(1 for _, p in s.placement if p == peer) for s in rec.samples],
                     drawstyle="steps-post", label=peer)
-        ax.set_xlabel("seconds")
         ax.set_ylabel("instances")
         ax.legend(fontsize=7, ncol=4)
+        changes = moves(rec.samples)
+        moved.bar([m.t for m in changes], [m.necessary for m in changes], width=0.4,
+                  label="necessary (peer gone)")
+        moved.bar([m.t for m in changes], [m.avoidable for m in changes], width=0.4,
+                  bottom=[m.necessary for m in changes], label="avoidable")
+        moved.set_ylabel("moves per plan change")
+        moved.set_xlabel("seconds")
+        moved.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(out / "instances.png", dpi=110)
         plt.close(fig)

@@ -22,20 +22,26 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from nanomesh.cli import labfaults
 from nanomesh.config import DEFAULT_API_PORT, DEFAULT_GOSSIP_PORT
 from nanomesh.errors import NanomeshError
+
+# Re-exported: the lab commands and the demo use them as lab.load_state, ...
+from nanomesh.labstate import STATE_FILE as STATE_FILE
+from nanomesh.labstate import LabError as LabError
+from nanomesh.labstate import LabPeer as LabPeer
+from nanomesh.labstate import alive as alive
+from nanomesh.labstate import load_state as load_state
+from nanomesh.testing.peerproc import peer_argv
 from nanomesh.transport.apiclient import ApiError, get_json
 from nanomesh.wire import generate_key
 
-STATE_FILE = "lab.json"
 FOUNDER = "peer-1"
 """The lab peer that bootstraps the mesh (and so holds the management token)."""
 CONVERGE_TIMEOUT = 30.0
@@ -44,24 +50,6 @@ STOP_TIMEOUT = 15.0
 """Seconds `lab down` waits after SIGTERM before SIGKILL: a peer hands over its
 Raft membership (<= 3 s), stops its instances (<= 5 s each, in parallel) and
 leaves the mesh (0.5 s)."""
-
-
-class LabError(NanomeshError):
-    pass
-
-
-@dataclass
-class LabPeer:
-    name: str
-    pid: int
-    ip: str
-    gossip_port: int
-    api_port: int
-    log: str
-
-    @property
-    def api(self) -> str:
-        return f"{self.ip}:{self.api_port}"
 
 
 def peer_ip(index: int) -> str:
@@ -78,18 +66,6 @@ def peer_index(name: str) -> int:
     return int(number) - 1
 
 
-def load_state(lab_dir: Path) -> list[LabPeer]:
-    path = lab_dir / STATE_FILE
-    try:
-        raw = json.loads(path.read_text())
-        return [LabPeer(**p) for p in raw["peers"]]
-    except FileNotFoundError:
-        return []
-    except (ValueError, KeyError, TypeError) as exc:
-        raise LabError(f"{path} is damaged ({exc}); remove it and stop stray peers "
-                       "with `pkill -f 'nanomesh peer run'`") from None
-
-
 def load_preset(lab_dir: Path) -> str:
     """The gossip preset the lab was started with ("local" for older labs)."""
     try:
@@ -98,25 +74,12 @@ def load_preset(lab_dir: Path) -> str:
         return "local"
 
 
-def _save_state(lab_dir: Path, peers: list[LabPeer], preset: str | None = None) -> None:
+def save_state(lab_dir: Path, peers: list[LabPeer], preset: str | None = None) -> None:
     preset = preset or load_preset(lab_dir)
     tmp = lab_dir / (STATE_FILE + ".tmp")
     tmp.write_text(json.dumps({"preset": preset, "peers": [asdict(p) for p in peers]},
                               indent=2) + "\n")
     tmp.replace(lab_dir / STATE_FILE)
-
-
-def alive(pid: int) -> bool:
-    """Is `pid` a running nanomesh peer? Checks the command line, so a pid
-    reused by another program after a reboot is never signalled, and treats
-    a zombie (exited, not yet reaped) as gone."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    state = stat.rpartition(")")[2].split()[0]
-    return state != "Z" and b"nanomesh" in cmdline and b"peer" in cmdline
 
 
 def up(n: int, lab_dir: Path, preset: str = "local",
@@ -142,12 +105,12 @@ def up(n: int, lab_dir: Path, preset: str = "local",
             peer, procs[peer_name(i)] = _spawn(i, lab_dir, [seed] if i else [], preset,
                                                   key_file)
             peers.append(peer)
-            _save_state(lab_dir, peers, preset)
+            save_state(lab_dir, peers, preset)
             if i == 0:  # the seed first, so the others join at their first attempt
-                _wait_converged(peers, 1, procs)
+                wait_converged(peers, 1, procs)
         say(f"started {n} peers in {lab_dir}; waiting for them to converge...")
-        _wait_converged(peers, n, procs)
-        _wait_bootstrapped(peers[0], lab_dir, procs)
+        wait_converged(peers, n, procs)
+        wait_bootstrapped(peers[0], lab_dir / FOUNDER, procs)
     except BaseException:
         # Leave nothing half-started behind: a failed `up` must not block the next.
         for proc in procs.values():
@@ -158,24 +121,35 @@ def up(n: int, lab_dir: Path, preset: str = "local",
     return peers
 
 
-def _spawn(i: int, lab_dir: Path, seeds: list[str], preset: str, key_file: Path
-           ) -> tuple[LabPeer, subprocess.Popen[bytes]]:
-    name = peer_name(i)
-    ip = peer_ip(i)
-    argv = [sys.executable, "-m", "nanomesh", "peer", "run", "--name", name, "--bind", ip,
-            "--data-dir", str(lab_dir / name), "--gossip-preset", preset,
-            "--key-file", str(key_file)]
-    for seed in seeds:
-        argv += ["--join", seed]
+def _spawn(i: int, lab_dir: Path, seeds: list[str], preset: str, key_file: Path,
+           config: str | None = None) -> tuple[LabPeer, subprocess.Popen[bytes]]:
+    peer, proc = spawn_peer(peer_name(i), peer_ip(i), lab_dir, seeds, preset, key_file,
+                            config=Path(config) if config else None)
+    return replace(peer, config=config), proc
+
+
+def spawn_peer(name: str, ip: str, lab_dir: Path, seeds: list[str], preset: str,
+               key_file: Path, *, config: Path | None = None,
+               env: dict[str, str] | None = None) -> tuple[LabPeer, subprocess.Popen[bytes]]:
+    """Start one peer process named ``name`` on ``ip`` (data in LAB_DIR/NAME,
+    log in LAB_DIR/NAME.log), joining through ``seeds``; with a peer
+    ``config`` file (its ``[[devices]]``, labels) and extra ``env`` (the
+    process's and its instances'). Returns at once: see `wait_converged`."""
+    argv = peer_argv(name=name, bind=ip, data_dir=lab_dir / name, preset=preset, join=seeds,
+                     key_file=key_file,
+                     extra=["--config", str(config)] if config is not None else ())
     log_path = lab_dir / f"{name}.log"
     with log_path.open("ab") as log:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, **env} if env else None)
     return LabPeer(name, proc.pid, ip, DEFAULT_GOSSIP_PORT, DEFAULT_API_PORT, str(log_path)), proc
 
 
-def _wait_converged(peers: list[LabPeer], n: int,
-                    procs: dict[str, subprocess.Popen[bytes]]) -> None:
+def wait_converged(peers: list[LabPeer], n: int,
+                   procs: dict[str, subprocess.Popen[bytes]]) -> None:
+    """Until each of ``peers`` sees ``n`` members alive; LabError (with the log's
+    tail) if one of ``procs`` exits, or after `CONVERGE_TIMEOUT`."""
     deadline = time.monotonic() + CONVERGE_TIMEOUT
     pending = list(peers)
     while pending:
@@ -198,12 +172,12 @@ def _wait_converged(peers: list[LabPeer], n: int,
         time.sleep(0.1)
 
 
-def _wait_bootstrapped(founder: LabPeer, lab_dir: Path,
-                       procs: dict[str, subprocess.Popen[bytes]]) -> None:
+def wait_bootstrapped(founder: LabPeer, data_dir: Path,
+                      procs: dict[str, subprocess.Popen[bytes]]) -> None:
     """Until the founder's Raft leader is elected and its management token is
-    committed, so that `nanomesh deploy` works right after `lab up`."""
+    committed (in its ``data_dir``), so that `nanomesh deploy` works."""
     deadline = time.monotonic() + CONVERGE_TIMEOUT
-    token = lab_dir / FOUNDER / "management.token"
+    token = data_dir / "management.token"
     while time.monotonic() < deadline:
         if procs[founder.name].poll() is not None:
             raise LabError(f"{founder.name} exited; its log {founder.log} ends:\n"
@@ -278,9 +252,15 @@ def _signal(pid: int, sig: signal.Signals) -> None:
 # ------------------------------------------------------------------ live changes
 
 
-def add(k: int, lab_dir: Path, say: Callable[[str], None] = print) -> list[LabPeer]:
+def add(k: int, lab_dir: Path, say: Callable[[str], None] = print, *,
+        config: Path | None = None) -> list[LabPeer]:
     """Start `k` more peers (the next names and addresses), joined through
-    the running ones; return them once every running peer sees them all."""
+    the running ones, each with the peer `config` file if given (a device's
+    ``[[devices]]`` and labels; its ``name`` and addresses are the lab's);
+    return them once every running peer sees them all."""
+    if config is not None and not config.is_file():
+        raise LabError(f"no peer config at {config}")
+    config_text = None if config is None else str(config.resolve())
     peers = load_state(lab_dir)
     running = _running_or_fail(peers, lab_dir)
     first = max(peer_index(p.name) for p in peers) + 1
@@ -291,11 +271,11 @@ def add(k: int, lab_dir: Path, say: Callable[[str], None] = print) -> list[LabPe
     seeds = _seeds(running)
     for i in range(first, first + k):
         peer, procs[peer_name(i)] = _spawn(i, lab_dir, seeds, load_preset(lab_dir),
-                                           lab_dir / "cluster.key")
+                                           lab_dir / "cluster.key", config_text)
         added.append(peer)
-        _save_state(lab_dir, peers + added)
+        save_state(lab_dir, peers + added)
     say(f"started {', '.join(p.name for p in added)}; waiting for the mesh to see them...")
-    _wait_converged(running + added, len(running) + k, procs)
+    wait_converged(running + added, len(running) + k, procs)
     return added
 
 
@@ -319,9 +299,9 @@ def start(name: str, lab_dir: Path) -> LabPeer:
         raise LabError(f"{name} is already running (pid {peer.pid})")
     running = [p for p in peers if alive(p.pid)]
     new, proc = _spawn(peer_index(name), lab_dir, _seeds(running), load_preset(lab_dir),
-                       lab_dir / "cluster.key")
-    _save_state(lab_dir, [new if p.name == name else p for p in peers])
-    _wait_converged([*running, new], len(running) + 1, {name: proc})
+                       lab_dir / "cluster.key", peer.config)
+    save_state(lab_dir, [new if p.name == name else p for p in peers])
+    wait_converged([*running, new], len(running) + 1, {name: proc})
     return new
 
 
@@ -331,7 +311,7 @@ def remove(name: str, lab_dir: Path, *, kill: bool = False) -> LabPeer:
     peer = _find(name, lab_dir)
     if alive(peer.pid):
         stop(name, lab_dir, kill=kill)
-    _save_state(lab_dir, [p for p in load_state(lab_dir) if p.name != name])
+    save_state(lab_dir, [p for p in load_state(lab_dir) if p.name != name])
     return peer
 
 

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from nanomesh.cli import demo, experiment, lab, labfaults, scenario
+from nanomesh.cli import demo, demo_patient, experiment, lab, labfaults, scenario
 from nanomesh.cli.common import print_table
 from nanomesh.config import default_lab_dir
 from nanomesh.gossip.config import PRESETS
@@ -33,6 +33,10 @@ def register_lab(subparsers: Any) -> None:
     down = actions.add_parser("down", help="stop every lab peer (graceful leave)")
     add = actions.add_parser("add", help="start more peers, joined into the running lab")
     add.add_argument("-n", type=int, default=1, help="how many (default 1)")
+    add.add_argument("--config", type=Path, metavar="FILE",
+                     help="a peer config for the new peers (e.g. peers/pir-pi.toml: its "
+                     "[[devices]] and labels; the lab sets names and addresses); kept for "
+                     "`lab start`")
     one_peer = []
     for action, text in (
             ("stop", "stop one peer: a graceful leave, or a crash with --kill"),
@@ -106,7 +110,8 @@ def _experiment_run(args: argparse.Namespace) -> int:
           + f"; {summary['leader_changes']} leader change(s); placement settled "
           + (f"{summary['placement_settled_after_last_step_s']:.1f} s after the last step"
              if summary["placement_settled_after_last_step_s"] is not None else "(not seen)")
-          + f". Results in {out}")
+          + f"; {summary['moves']} instance move(s), {summary['moves_necessary']} necessary"
+          + f" (peer gone), {summary['moves_avoidable']} avoidable. Results in {out}")
     return 0
 
 
@@ -134,6 +139,24 @@ def register_demo(subparsers: Any) -> None:
                           help="keep the demo directory (manifests, peer and instance logs) "
                           "afterwards; the peers are stopped regardless")
     failover.set_defaults(func=_demo_failover)
+    patient = demos.add_parser(
+        "patient", help="remote patient monitoring: the patient moves home -> ambulance -> "
+        "ward and the services follow the devices",
+        description="Start a mesh with simulated hardware: a hospital server (the display "
+        "service dd) and the peer the patient's devices reach (home, then the ambulance, then "
+        "the ward, added and removed live). Deploy services/patient (pom, bot, oc, dd), move "
+        "the patient and narrate, with timestamps, each hop (the services following the "
+        "devices), the alerts when SpO2 and temperature stay beyond their thresholds, and the "
+        "oxygen valve. Needs a source checkout (services/patient).")
+    patient.add_argument("--base-ip", default="127.0.0.2", metavar="IP",
+                         help="address of the first peer; the others follow (default "
+                         "127.0.0.2, the lab's: the demo refuses to run beside a lab)")
+    patient.add_argument("--dir", type=Path,
+                         help="demo directory (default ~/.local/state/nanomesh/demo-patient); "
+                         "replaced at each run, removed at the end unless a step failed")
+    patient.add_argument("--keep", action="store_true",
+                         help="keep the demo directory (world file, peer and service logs)")
+    patient.set_defaults(func=_demo_patient)
 
 
 # ------------------------------------------------------------------ lab
@@ -220,7 +243,7 @@ def _lab_loss(args: argparse.Namespace) -> int:
 
 
 def _lab_add(args: argparse.Namespace) -> int:
-    for p in lab.add(args.n, _lab_dir(args)):
+    for p in lab.add(args.n, _lab_dir(args), config=args.config):
         print(f"added {p.name}  gossip {p.ip}:{p.gossip_port}  api http://{p.api}  "
               f"pid {p.pid}  log {p.log}")
     return 0
@@ -257,3 +280,7 @@ def _lab_remove(args: argparse.Namespace) -> int:
 
 def _demo_failover(args: argparse.Namespace) -> int:
     return demo.failover(args.n, args.dir, keep=args.keep)
+
+
+def _demo_patient(args: argparse.Namespace) -> int:
+    return demo_patient.patient(args.dir, args.base_ip, keep=args.keep)

@@ -6,11 +6,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from nanomesh.cli.logformat import LOG_FORMATS, log_handler
 from nanomesh.errors import ConfigError
 from nanomesh.gossip.config import PRESETS
 
@@ -46,10 +46,21 @@ def register(subparsers: Any) -> None:
     run.add_argument("--container-engine", choices=["auto", "runc", "podman", "docker"],
                      help="engine for container services (default auto: runc for a rootfs, "
                      "podman then docker for an image, whichever really works here)")
+    run.add_argument("--install-root", type=Path, metavar="DIR",
+                     help="the install root `nanomesh upgrade` may install new versions "
+                     "into and switch (install.sh: /opt/nanomesh); default: none, upgrades "
+                     "through the mesh are refused")
     run.add_argument("--gossip-preset", choices=list(PRESETS),
                      help="timing preset (default lan; see nanomesh/gossip/config.py)")
+    run.add_argument("--no-ui", dest="ui", action="store_false", default=None,
+                     help="do not serve the web dashboard at http://IP:API_PORT/ui/ "
+                     "(default: served; read-only without the management token)")
     run.add_argument("--log-level", default=os.environ.get("NANOMESH_LOG_LEVEL", "INFO"),
                      choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    run.add_argument("--log-format", choices=LOG_FORMATS,
+                     default=os.environ.get("NANOMESH_LOG_FORMAT", "text"),
+                     help="text (default, $NANOMESH_LOG_FORMAT) or json: one object per "
+                     "line with ts, level, logger, msg, peer and any extra fields")
     run.set_defaults(func=_peer_run)
     recover = peer.add_parser(
         "recover", help="rebuild the control plane from this stopped peer when a majority "
@@ -83,10 +94,10 @@ def _peer_run(args: argparse.Namespace) -> int:
     config = build_config(config_file=args.config, name=args.name, bind=args.bind,
                           join=args.join, data_dir=args.data_dir, key_file=args.key_file,
                           api_port=args.api_port, gossip_preset=args.gossip_preset,
-                          coap_port=args.coap_port, container_engine=args.container_engine)
-    logging.basicConfig(
-        level=args.log_level, stream=sys.stderr,
-        format=f"%(asctime)s {config.name} %(levelname)s %(name)s: %(message)s")
+                          coap_port=args.coap_port, container_engine=args.container_engine,
+                          ui=args.ui, install_root=args.install_root)
+    logging.basicConfig(level=args.log_level,
+                        handlers=[log_handler(args.log_format, config.name)])
     # One daemon per data directory: say so in one line, before anything
     # starts (the role manager takes the same lock for good later).
     with hold_lock(config.data_dir / "consensus"):
@@ -98,7 +109,8 @@ def _peer_run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise ConfigError(f"cannot start peer on {config.bind[0]}: {exc.strerror or exc}"
                           ) from None
-    return 0
+    # RESTART_EXIT after an upgrade or a rollback: the supervisor starts us again.
+    return daemon.exit_code
 
 
 def _peer_recover(args: argparse.Namespace) -> int:

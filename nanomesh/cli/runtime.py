@@ -113,11 +113,16 @@ def register(subparsers: Any) -> None:
 
     logs = subparsers.add_parser("logs", help="show the output of a service's instances",
                           description="Print the last lines of each instance's log, fetched "
-                          "from the peer that runs it. Needs the management token.")
+                          "from the peer that runs it; with -f, then follow new lines (across "
+                          "restarts, and to a peer an instance moves to) until Ctrl-C. Needs "
+                          "the management token.")
     logs.add_argument("name", metavar="NAME")
     logs.add_argument("--instance", type=int, metavar="INDEX", help="only instance NAME/INDEX")
     logs.add_argument("-n", "--lines", type=int, default=50, help="lines per instance "
                       "(default 50)")
+    logs.add_argument("-f", "--follow", action="store_true",
+                      help="keep printing new lines until Ctrl-C; with several instances "
+                      "each line starts with its instance id")
     add_token_args(logs)
     logs.set_defaults(func=logs_command)
 
@@ -176,6 +181,12 @@ def deploy_command(args: argparse.Namespace) -> int:
     reply = request_json("POST", peer, "/v1/services", raw, token)
     verb = "deployed" if reply["changed"] else "unchanged:"
     print(f"{verb} {reply['name']} (revision {reply['revision']})")
+    if not raw.get("endpoints"):
+        # Valid (a sensor loop that only publishes events), but usually a
+        # forgotten [[endpoints]] table: it runs and `call` never reaches it.
+        print(f"warning: {reply['name']} declares no [[endpoints]]: its instances run, but "
+              "nothing can call it by name (nanomesh call, the CoAP gateway, the client)",
+              file=sys.stderr)
     if args.detach:
         return 0
     return 0 if watch_deployment(reply["name"], peer, args.wait,
@@ -455,27 +466,94 @@ def mode_command(args: argparse.Namespace) -> int:
 
 def logs_command(args: argparse.Namespace) -> int:
     peer, token = peer_api(args.peer), management_token(args)
+    wanted, apis = _placed_instances(args, peer)
+    if not wanted:
+        raise NanomeshError(f"no placed instance of {args.name!r}; see `nanomesh placement`")
+    cursors: dict[tuple[str, str], str | None] = {}
+    """(instance id, peer) -> where its log was read up to (None: not yet)."""
+    failures = 0
+    for inst in wanted:
+        print(f"==> {inst['instance']} on {inst['peer']} ({inst['state']}) <==")
+        reply = _log_request(apis.get(inst["peer"], peer), inst["instance"],
+                             f"lines={args.lines}", token)
+        if isinstance(reply, ApiError):
+            print(f"   (no log: {reply.operator_message()})")
+            failures += 1
+        cursors[inst["instance"], inst["peer"]] = None if isinstance(reply, ApiError) \
+            else reply.get("cursor")
+        for line in [] if isinstance(reply, ApiError) else reply["lines"]:
+            print(line)
+    if not args.follow or failures == len(wanted):
+        return 1 if failures == len(wanted) else 0  # nothing to follow (a bad token?)
+    sys.stdout.flush()
+    _follow_logs(args, peer, token, cursors, apis)
+    return 0  # unreachable: following ends with Ctrl-C (exit status 130)
+
+
+FOLLOW_POLL = 1.0
+"""Seconds between two reads of each followed log (`logs -f`): new lines show
+within a second, at one small request per instance per second."""
+FOLLOW_PLACEMENT_EVERY = 5
+"""Polls between two reads of the placement while following: an instance
+that moved to another peer (or a new replica) is followed there within
+FOLLOW_POLL * this many seconds."""
+
+
+def _follow_logs(args: argparse.Namespace, peer: str, token: str | None,
+                 cursors: dict[tuple[str, str], str | None], apis: dict[str, str]) -> None:
+    """Print each instance's new lines until Ctrl-C. A peer that does not
+    answer (restarting, gone) is asked again at the next poll."""
+    polls = 0
+    while True:
+        time.sleep(FOLLOW_POLL)
+        polls += 1
+        if polls % FOLLOW_PLACEMENT_EVERY == 0:
+            try:
+                wanted, apis = _placed_instances(args, peer)
+            except ApiError:
+                wanted = []
+            for inst in wanted:
+                if (inst["instance"], inst["peer"]) not in cursors:
+                    print(f"==> {inst['instance']} now on {inst['peer']} <==", flush=True)
+                    cursors[inst["instance"], inst["peer"]] = None
+        tagged = len({iid for iid, _ in cursors}) > 1
+        for (iid, host), cursor in list(cursors.items()):
+            # A log not read yet starts at its last --lines lines (a replica
+            # moved here: its new run's start), else after the cursor.
+            query = f"lines={args.lines}" if cursor is None else \
+                "after=" + urllib.parse.quote(cursor)
+            reply = _log_request(apis.get(host, peer), iid, query, token)
+            if isinstance(reply, ApiError):
+                continue
+            if reply.get("gap"):
+                print(f"({iid}: lines lost: its log rotated faster than it was followed)")
+            for line in reply["lines"]:
+                print(f"{iid} | {line}" if tagged else line)
+            cursors[iid, host] = reply.get("cursor") or cursor
+        sys.stdout.flush()
+
+
+def _placed_instances(args: argparse.Namespace, peer: str
+                      ) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """The placed instances `args` asks for, and every member's API address."""
     placement = get_json(peer, "/v1/placement")
     apis = {m["name"]: member_api(m) for m in get_json(peer, "/v1/members")}
     wanted = [i for i in placement["instances"] if i["service"] == args.name
               and (args.instance is None or i["instance"] == f"{args.name}/{args.instance}")]
-    if not wanted:
-        raise NanomeshError(f"no placed instance of {args.name!r}; see `nanomesh placement`")
-    failures = 0
-    for inst in wanted:
-        service, index = partition_instance_id(inst["instance"])
-        path = (f"/v1/instances/{urllib.parse.quote(service, safe='')}/{index}/logs"
-                f"?lines={args.lines}")
-        print(f"==> {inst['instance']} on {inst['peer']} ({inst['state']}) <==")
-        try:
-            reply = request_json("GET", apis.get(inst["peer"], peer), path, token=token)
-        except ApiError as exc:
-            print(f"   (no log: {exc.operator_message()})")
-            failures += 1
-            continue
-        for line in reply["lines"]:
-            print(line)
-    return 1 if failures == len(wanted) else 0
+    return wanted, apis
+
+
+def _log_request(api: str, iid: str, query: str, token: str | None
+                 ) -> dict[str, Any] | ApiError:
+    """One read of instance `iid`'s log on the peer at `api` (an ApiError is
+    returned, not raised: one instance's missing log is not the command's end)."""
+    service, index = partition_instance_id(iid)
+    path = f"/v1/instances/{urllib.parse.quote(service, safe='')}/{index}/logs?{query}"
+    try:
+        reply = request_json("GET", api, path, token=token)
+    except ApiError as exc:
+        return exc
+    return reply if isinstance(reply, dict) else ApiError(f"unexpected reply from {api}")
 
 
 # ------------------------------------------------------------------ resolve / call

@@ -18,6 +18,7 @@ run (calls by name at a rate), and what happens when::
     path = "whoami"            # call path (GET)
     rate = 20                  # calls per second
     timeout = 1.0              # seconds per attempt (the client retries twice)
+    start = 0                  # seconds: the first call (after a deploy step, say)
 
     [[at]]
     t = 10
@@ -27,6 +28,12 @@ run (calls by name at a rate), and what happens when::
     t = 20
     do = "add"
     n = 2
+    config = "../../peers/pir-pi.toml"   # optional: the new peers' devices, labels
+
+A scenario with ``world = "FILE"`` (a simulated world, `nanomesh.devices.world`)
+runs its lab with simulated devices reading that world, its clock starting
+when the lab starts (``NANOMESH_DEVICES=sim``, ``NANOMESH_WORLD``,
+``NANOMESH_WORLD_START``).
 
 ``peer`` is a lab peer's name, ``"leader"`` (the Raft leader when the step
 runs), ``"random"`` (a running peer, from ``seed``) or ``"stopped"`` (the
@@ -69,9 +76,12 @@ class Step:
     """``deploy``: the service folder (resolved); ``undeploy``: the service name."""
     kill: bool = False
     """``restart``/``remove`` with a crash (SIGKILL) instead of a graceful stop."""
+    config: str = ""
+    """``add``: the new peers' config file (resolved), "" for none."""
 
     def describe(self) -> str:
-        what = {"add": f"add {self.n}", "partition": f"partition {' | '.join(self.sides)}",
+        added = f"add {self.n}" + (f" ({Path(self.config).name})" if self.config else "")
+        what = {"add": added, "partition": f"partition {' | '.join(self.sides)}",
                 "loss": f"loss {self.loss}", "deploy": f"deploy {self.path}",
                 "undeploy": f"undeploy {self.path}"}.get(self.do, self.do)
         if self.peer:
@@ -85,6 +95,8 @@ class Load:
     path: str = "health"
     rate: float = 10.0
     timeout: float = 1.0
+    start: float = 0.0
+    """Seconds after t = 0 of the first call."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +110,8 @@ class Scenario:
     deploy: tuple[str, ...] = ()
     load: Load | None = None
     steps: tuple[Step, ...] = field(default_factory=tuple)
+    world: str = ""
+    """A simulated world file (resolved) the lab's devices read, "" for none."""
 
 
 def load_scenario(path: Path) -> Scenario:
@@ -113,7 +127,7 @@ def load_scenario(path: Path) -> Scenario:
 def parse_scenario(raw: dict[str, Any], *, base: Path, default_name: str) -> Scenario:
     """The scenario in `raw` (a TOML document), every field checked."""
     _only(raw, {"name", "peers", "preset", "duration", "sample_every", "seed", "deploy", "load",
-                "at"}, "the scenario")
+                "at", "world"}, "the scenario")
     peers = _int(raw, "peers", "the scenario", low=1, high=MAX_PEERS)
     duration = _number(raw, "duration", "the scenario", low=1.0)
     deploys = raw.get("deploy", [])
@@ -130,17 +144,19 @@ def parse_scenario(raw: dict[str, Any], *, base: Path, default_name: str) -> Sce
         deploy=tuple(_service_path(d, f"deploy #{i + 1}", base)
                      for i, d in enumerate(_tables(deploys, "deploy"))),
         load=_load(raw["load"]) if "load" in raw else None,
-        steps=steps)
+        steps=steps,
+        world=_existing_file(raw, "world", "the scenario", base) if "world" in raw else "")
 
 
 def _load(raw: Any) -> Load:
     if not isinstance(raw, dict):
         raise ScenarioError("load: must be a table ([load])")
-    _only(raw, {"service", "path", "rate", "timeout"}, "load")
+    _only(raw, {"service", "path", "rate", "timeout", "start"}, "load")
     return Load(service=_text(raw, "service", "load"),
                 path=_text(raw, "path", "load", default="health"),
                 rate=_number(raw, "rate", "load", low=0.1, high=1000.0, default=10.0),
-                timeout=_number(raw, "timeout", "load", low=0.05, default=1.0))
+                timeout=_number(raw, "timeout", "load", low=0.05, default=1.0),
+                start=_number(raw, "start", "load", low=0.0, default=0.0))
 
 
 def _step(raw: dict[str, Any], index: int, base: Path, duration: float) -> Step:
@@ -150,7 +166,7 @@ def _step(raw: dict[str, Any], index: int, base: Path, duration: float) -> Step:
         raise ScenarioError(f"{where}: do = {do!r}: one of {', '.join(ACTIONS)}")
     where = f"step #{index + 1} ({do})"
     allowed = {"t", "do"} | {
-        "add": {"n"}, "partition": {"sides"}, "loss": {"percent"}, "deploy": {"path"},
+        "add": {"n", "config"}, "partition": {"sides"}, "loss": {"percent"}, "deploy": {"path"},
         "undeploy": {"service"}, "restart": {"peer", "kill"}, "remove": {"peer", "kill"},
     }.get(do, {"peer"} if do in PEER_ACTIONS else set())
     _only(raw, allowed, where)
@@ -162,7 +178,8 @@ def _step(raw: dict[str, Any], index: int, base: Path, duration: float) -> Step:
         return Step(t=t, do=do, peer=_text(raw, "peer", where),
                     kill=bool(raw.get("kill", False)))
     if do == "add":
-        return Step(t=t, do=do, n=_int(raw, "n", where, low=1, high=MAX_PEERS, default=1))
+        return Step(t=t, do=do, n=_int(raw, "n", where, low=1, high=MAX_PEERS, default=1),
+                    config=_existing_file(raw, "config", where, base) if "config" in raw else "")
     if do == "partition":
         sides = raw.get("sides")
         if not isinstance(sides, list) or not sides or not all(isinstance(s, str)
@@ -176,6 +193,16 @@ def _step(raw: dict[str, Any], index: int, base: Path, duration: float) -> Step:
     if do == "undeploy":
         return Step(t=t, do=do, path=_text(raw, "service", where))
     return step  # heal
+
+
+def _existing_file(raw: dict[str, Any], key: str, where: str, base: Path) -> str:
+    """`key`'s path, relative to the scenario file, as an absolute path;
+    refused now if no such file exists (not minutes into the run)."""
+    text = _text(raw, key, where)
+    path = (base / text) if not Path(text).is_absolute() else Path(text)
+    if not path.is_file():
+        raise ScenarioError(f"{where}: {key} = {text!r}: no such file ({path})")
+    return str(path.resolve())
 
 
 def _service_path(raw: Any, where: str, base: Path) -> str:
@@ -262,6 +289,25 @@ class Sample:
     alive: int
     placement: tuple[tuple[str, str], ...]
     """(instance, peer) pairs of the committed plan, sorted."""
+    alive_peers: frozenset[str] = frozenset()
+    """Names of the members the asked peer saw alive."""
+
+
+@dataclass(frozen=True)
+class Moves:
+    """Instances that changed peer between two samples, and how many of
+    those moves were necessary: an instance must move when the peer it was on
+    is no longer alive; moving one off a live peer (rebalancing onto a new
+    peer, a reshuffle) is a move the plan could have avoided. Instances that
+    appear (scale-up, a deploy) or vanish (undeploy) are not moves."""
+
+    t: float
+    moved: int
+    necessary: int
+
+    @property
+    def avoidable(self) -> int:
+        return self.moved - self.necessary
 
 
 def longest_outage(calls: list[Call]) -> float:
@@ -296,6 +342,21 @@ def placement_settled(samples: list[Sample], after: float) -> float | None:
     return settled - after
 
 
+def moves(samples: list[Sample]) -> list[Moves]:
+    """One `Moves` per sampled placement change. Sampling sees the plan every
+    `sample_every` s, so an instance moved away and back between two samples
+    is not counted: the counts are a lower bound on what the leader did."""
+    out = []
+    for before, after in itertools.pairwise(samples):
+        if before.placement == after.placement:
+            continue
+        old, new = dict(before.placement), dict(after.placement)
+        moved = [iid for iid, peer in new.items() if iid in old and old[iid] != peer]
+        necessary = sum(1 for iid in moved if old[iid] not in after.alive_peers)
+        out.append(Moves(t=after.t, moved=len(moved), necessary=necessary))
+    return out
+
+
 def summarise(scenario: Scenario, calls: list[Call], samples: list[Sample]
               ) -> dict[str, Any]:
     """The run's headline numbers (see `nanomesh.cli.experiment`)."""
@@ -308,6 +369,7 @@ def summarise(scenario: Scenario, calls: list[Call], samples: list[Sample]
     changes = sum(1 for a, b in itertools.pairwise(leaders) if a != b)
     last_change = max((s.t for s in scenario.steps), default=0.0)
     latencies = sorted(c.latency for c in calls if c.ok)
+    changes_of_plan = moves(samples)
     return {
         "calls": len(calls), "failed": len(failed), "errors": errors,
         "availability": (1 - len(failed) / len(calls)) if calls else None,
@@ -317,5 +379,8 @@ def summarise(scenario: Scenario, calls: list[Call], samples: list[Sample]
         "longest_outage_s": longest_outage(calls),
         "leader_changes": changes,
         "placement_settled_after_last_step_s": placement_settled(samples, last_change),
+        "moves": sum(m.moved for m in changes_of_plan),
+        "moves_necessary": sum(m.necessary for m in changes_of_plan),
+        "moves_avoidable": sum(m.avoidable for m in changes_of_plan),
         "steps": [{"t": s.t, "do": s.describe()} for s in scenario.steps],
     }

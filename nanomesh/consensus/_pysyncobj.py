@@ -414,6 +414,8 @@ class RaftNode:
         if leader is not None and role is not Role.LEADER and self._leader_silent(obj):
             leader = None
         others = frozenset(n.address for n in obj.otherNodes)
+        connected = None if me is None else frozenset(
+            n.address for n in obj.otherNodes if obj.isNodeConnected(n)) | {me.address}
         return RaftStatus(
             address=None if me is None else me.address,
             role=role,
@@ -426,6 +428,7 @@ class RaftNode:
             ready=bool(obj.isReady()),
             learners=len(obj.readonlyNodes),
             bound=bool(obj._SyncObj__transport.ready),
+            connected=connected,
         )
 
     def _store_commit_index_at_once(self) -> None:

@@ -49,6 +49,7 @@ def _status_json(node: ConsensusNode) -> dict[str, Any]:
     out = asdict(s)
     out["role"] = s.role.value
     out["voters"] = sorted(s.voters)
+    out["connected"] = None if s.connected is None else sorted(s.connected)
     out["revision"] = node.state.revision
     out["leadership_history"] = list(node.leadership_history)
     return out

@@ -70,6 +70,7 @@ from nanomesh.consensus.voters import (
 )
 from nanomesh.consensus.voters import Promote as PolicyPromote
 from nanomesh.errors import ConfigError, IllegalTransition
+from nanomesh.wire import MemberState
 
 TRANSITIONS: Mapping[RaftRole, frozenset[RaftRole]] = {
     RaftRole.NONE: frozenset({RaftRole.LEARNER, RaftRole.VOTER, RaftRole.JOINING}),
@@ -156,6 +157,7 @@ class _Leave(enum.Enum):
     """Where a graceful leave (`RoleCore.leave`) stands."""
 
     PROMOTING = "promoting a successor"
+    PRUNING = "removing voters that are down first"
     ASKING = "asking for removal"
     STOPPING = "stopping"
     DONE = "done"
@@ -188,6 +190,8 @@ class RoleCore:
         counts from then)."""
         self._leave: _Leave | None = None
         self._successors: list[PeerInfo] = []
+        self._pruned: set[str] = set()
+        """Voters a leaving leader tried to remove first (`_leave_configuration`)."""
         self._removed = False
         self._reply_on_start = False
         self._recovery: StoredRole | None = None
@@ -466,6 +470,15 @@ class RoleCore:
         (a node never hears the commit of its own removal)."""
         if status is None or raft_addr == self.raft_addr:
             return [Reply(False)]
+        rest = status.voters - {raft_addr}
+        down = _not_alive(rest, GossipView(), status)
+        if rest and len(rest) - len(down) < majority(len(rest)):
+            # The same rule as the leaver's own check, from where the
+            # connections are seen: a removal the rest cannot commit wedges it.
+            return [Log("warning", f"not removing {raft_addr} on its request: of the voters "
+                        f"that would remain, {', '.join(sorted(down))} cannot be reached, so "
+                        "they could not commit it; it stays a voter across its stop"),
+                    Reply(False)]
         return [RemoveVoter(raft_addr, "request")]
 
     # ------------------------------------------------------------ graceful leave
@@ -483,7 +496,7 @@ class RoleCore:
                 self._successors = self._successor_candidates(gossip, now)
                 if promote := self._next_successor(status, now):
                     return promote
-            return self._leave_configuration(status)
+            return self._leave_configuration(status, gossip)
         return self._stop(removed=False)
 
     def _successor_candidates(self, gossip: GossipView, now: float) -> list[PeerInfo]:
@@ -500,10 +513,41 @@ class RoleCore:
         self._promoting = (peer.name, since)
         return [Promote(peer.name, peer.raft_addr, status.voters)]
 
-    def _leave_configuration(self, status: RaftStatus) -> list[Action]:
-        if not status.voters - {self.raft_addr}:
+    def _leave_configuration(self, status: RaftStatus, gossip: GossipView,
+                             pruned_ok: bool = True) -> list[Action]:
+        """Leave the configuration, unless what would remain could not work.
+
+        Removing this voter leaves ``rest``, and from then on only a majority
+        of ``rest`` can elect or commit. If gossip sees too few of them alive
+        (a voter was killed a moment ago, before the leader's policy removed
+        it), the removal would wedge the mesh for good: the remaining voters
+        cannot commit it, they campaign without a majority, and their log
+        (holding the uncommitted removal) is ahead of ours, so they never
+        vote for us when we return either. So a leader first removes the
+        voters that are down, one at a time (it still has a majority with
+        itself; each is tried once), and anyone else stops as a voter without
+        removal: the configuration still counts on it, and the mesh re-forms
+        when it returns."""
+        rest = status.voters - {self.raft_addr}
+        if not rest:
             return [Log("info", f"{self.raft_addr} is the last voter: it stays a voter across "
                         "this stop, so the mesh re-forms when it returns"),
+                    *self._stop(removed=False)]
+        down = sorted(_not_alive(rest, gossip, status))
+        if len(rest) - len(down) < majority(len(rest)):
+            up_with_me = len(status.voters) - len(down)
+            untried = [addr for addr in down if addr not in self._pruned]
+            if status.is_leader and pruned_ok and untried \
+                    and up_with_me >= majority(len(status.voters)):
+                self._leave = _Leave.PRUNING
+                self._pruned.add(untried[0])
+                return [Log("info", f"leaving: first removing {untried[0]}, a voter that is "
+                            "down, so the other voters keep a majority"),
+                        RemoveVoter(untried[0], PRUNE_BEFORE_LEAVE)]
+            return [Log("warning", f"leaving without removal: of the other voters only "
+                        f"{len(rest) - len(down)} of {len(rest)} are alive ({', '.join(down)} "
+                        "down); this peer stays a voter across the stop, so the mesh re-forms "
+                        "when it or they return"),
                     *self._stop(removed=False)]
         self._leave = _Leave.ASKING
         return [*([TransferLeadership()] if status.is_leader else []),
@@ -543,15 +587,43 @@ class RoleCore:
                     return self._stop(removed=False)
                 if not ok and (more := self._next_successor(status, since)):
                     return more  # the next candidate, in rank order
-                return self._leave_configuration(status)
+                return self._leave_configuration(status, gossip)
             case VoterRemoved(reason="request", ok=ok):
                 return [Reply(ok)]
+            case VoterRemoved(reason=reason, ok=ok) if reason == PRUNE_BEFORE_LEAVE:
+                if self._leave is not _Leave.PRUNING:
+                    return []
+                if status is None:
+                    return self._stop(removed=False)
+                return self._leave_configuration(status, gossip, pruned_ok=ok)
             case VoterRemoved():
                 return []
             case RemovalAsked(ok=ok):
                 return self._stop(removed=ok) if self._leave is _Leave.ASKING else []
             case Stopped():
                 return self._stopped(now)
+
+
+PRUNE_BEFORE_LEAVE = "down, before a leave"
+"""`RemoveVoter.reason` of a leaving leader removing voters that are down."""
+
+
+def majority(n: int) -> int:
+    return n // 2 + 1
+
+
+def _not_alive(voters: Iterable[str], gossip: GossipView, status: RaftStatus) -> set[str]:
+    """The `voters` this node's Raft connections (`RaftStatus.connected`)
+    or gossip say are down. Raft sees a crash first (the connection drops at
+    once; gossip needs a second or more); gossip sees a peer this node never
+    connected to. Where neither knows, nothing is down."""
+    down = set()
+    if status.connected is not None:
+        down |= {v for v in voters if v not in status.connected}
+    if gossip.peers is not None:
+        alive = {p.raft_addr for p in gossip.peers if p.state is MemberState.ALIVE}
+        down |= {v for v in voters if v not in alive}
+    return down
 
 
 # --------------------------------------------------------------------------- gossip

@@ -42,6 +42,11 @@ class RaftStatus:
     ready: bool
     learners: int
     bound: bool
+    connected: frozenset[str] | None = None
+    """The voters this node has a Raft connection to now, itself included;
+    None where unknown (a learner, a status from elsewhere). A voter that
+    crashed drops its connections at once, long before gossip declares it
+    dead: a leave must not count on it (`RoleCore.leave`)."""
 
     @property
     def is_leader(self) -> bool:

@@ -13,7 +13,9 @@ Callers, by the bearer token they present:
   from the cluster key (`nanomesh.security.auth.internal_token`; any installed key's
   counts, each token once), for bundle transfers, Raft role calls and key
   rotation (`require_member`);
-- **anyone**: open reads, with secrets redacted (`nanomesh.security.auth`).
+- **anyone**: open reads, with secrets redacted (`nanomesh.security.auth`);
+  ``GET /v1/metrics`` too, unless the peer's config says otherwise
+  (`Access.authorize_metrics`).
 
 Every refusal is an HttpError 401 whose text says which credential the call
 needs and how to pass it (a read says "reading ...", a write "this call
@@ -57,8 +59,11 @@ class Access:
     """Who is calling and what they may do (see the module docstring)."""
 
     def __init__(self, keyring: Keyring, internal_calls: InternalCalls, node: NodeSource,
-                 instance_token: Callable[[str], str | None]) -> None:
+                 instance_token: Callable[[str], str | None], *,
+                 metrics_need_token: bool = False) -> None:
         self._keyring = keyring
+        self._metrics_need_token = metrics_need_token
+        """`nanomesh.config.PeerConfig.metrics_need_token`."""
         self._internal_calls = internal_calls
         self._node = node
         """Where the committed token digest lives (its replicated meta)."""
@@ -96,6 +101,20 @@ class Access:
         who may move bundles, since a bundle is code that peers will run."""
         if not self.is_member(request):
             self.require_management_token(request)
+
+    def authorize_metrics(self, request: Request) -> None:
+        """May `request` read ``GET /v1/metrics``? Like Consul's
+        ``/v1/agent/metrics``, which needs a token with ``agent:read`` once ACLs
+        are on: nanomesh has one token and no read-only one, and its rule for
+        reads is "open unless they may hold secrets" (`nanomesh.security.auth`).
+        The metrics hold none (counters, states, names already open in
+        ``/v1/health`` and ``/v1/members``), while a Prometheus server given
+        the management token could deploy code on every device. So they are
+        open by default, and a peer configured with ``metrics_need_token``
+        answers 401 without the management token (503 before one is
+        committed, as every checked read)."""
+        if self._metrics_need_token:
+            self.require_management_token(request, "the metrics")
 
     def reader_sees_secrets(self, request: Request) -> bool:
         """Whether a read may show secrets (state blobs, environments): only to

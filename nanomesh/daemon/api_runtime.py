@@ -16,7 +16,13 @@
 - ``GET /v1/instances/{service}/{index}/logs?lines=N`` (management token; the
   logs may hold anything the service printed): the last ``N`` lines (default
   200, at most 10,000) of the instance's log on *this* peer, rotated files
-  included. ``nanomesh logs`` asks the peer that hosts the instance.
+  included, up to its last whole line: ``{"instance", "peer", "lines",
+  "cursor"}``. ``nanomesh logs`` asks the peer that hosts the instance.
+  With ``?after=CURSOR`` (a ``cursor`` from an earlier reply): the whole
+  lines written since, at most 256 KiB of them, and the next ``cursor``
+  (``nanomesh logs -f`` polls this), plus ``"gap": true`` if the cursor's
+  file was rotated away meanwhile and some lines are lost
+  (`nanomesh.runtime.logs.read_log_after`).
 
 Each ``/v1/instances/{service}/{index}/...`` route is also served with the
 instance id as one escaped path segment (``/v1/instances/counter%2F0/state``).
@@ -36,7 +42,7 @@ from nanomesh.daemon.api_auth import Access
 from nanomesh.daemon.api_mesh import consensus_call
 from nanomesh.daemon.http import Handler, HttpError, RawBody, Request
 from nanomesh.ids import service_of, split_instance_id
-from nanomesh.runtime.logs import read_log_tail
+from nanomesh.runtime.logs import LogCursor, log_files, log_tail, read_log_after
 from nanomesh.runtime.manifest import MAX_STATE_BYTES
 
 DEFAULT_LOG_LINES = 200
@@ -102,12 +108,22 @@ def runtime_routes(ctx: RuntimeContext) -> dict[tuple[str, str], Handler]:
     async def logs(request: Request) -> tuple[int, Any]:
         iid = instance_of(request)
         ctx.access.require_management_token(request, f"the log of {iid}")
-        lines = _lines_param(request.query)
         service, index = split_instance_id(iid)
-        text = await trio.to_thread.run_sync(read_log_tail, ctx.log_dir, service, index, lines)
-        if not text:
+        reply: dict[str, Any] = {"instance": iid, "peer": ctx.name}
+        after = _after_param(request.query)
+        if after is not None:
+            text, cursor, gap = await trio.to_thread.run_sync(
+                read_log_after, ctx.log_dir, service, index, after)
+            if cursor == after and not log_files(ctx.log_dir, service, index):
+                raise HttpError(404, f"no log of {iid} on peer {ctx.name}")
+            return 200, {**reply, "lines": text, "cursor": str(cursor), "gap": gap}
+        lines = _lines_param(request.query)
+        text, tail_cursor = await trio.to_thread.run_sync(log_tail, ctx.log_dir, service,
+                                                          index, lines)
+        if not text and tail_cursor is None:
             raise HttpError(404, f"no log of {iid} on peer {ctx.name}")
-        return 200, {"instance": iid, "peer": ctx.name, "lines": text}
+        return 200, {**reply, "lines": text,
+                     "cursor": None if tail_cursor is None else str(tail_cursor)}
 
     return {("POST", "/v1/services/{name}/activate"): mode_route("active"),
             ("POST", "/v1/services/{name}/idle"): mode_route("idle"),
@@ -118,6 +134,16 @@ def runtime_routes(ctx: RuntimeContext) -> dict[tuple[str, str], Handler]:
             ("PUT", "/v1/instances/{iid}/state"): put_state,
             ("GET", "/v1/instances/{iid}/state"): get_state,
             ("GET", "/v1/instances/{iid}/logs"): logs}
+
+
+def _after_param(query: str) -> LogCursor | None:
+    values = urllib.parse.parse_qs(query).get("after")
+    if not values:
+        return None
+    try:
+        return LogCursor.parse(values[-1])
+    except ValueError as exc:
+        raise HttpError(400, str(exc)) from None
 
 
 def _lines_param(query: str) -> int:

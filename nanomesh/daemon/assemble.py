@@ -13,7 +13,10 @@ Parts, built in `PeerAssembly.run` once the gossip core exists:
 - the bundle store and its service (`bundle_service`);
 - the control loop (`control_loop.ControlLoop`);
 - who may do what (`api_auth.Access`);
-- the HTTP API with every route group.
+- the event hub (`events.EventHub`): recent mesh events, fed by the gossip
+  shell, the control loop and the watchers of Raft and the instances;
+- the HTTP API with every route group (and the dashboard, `api_ui`, unless
+  the config turns it off).
 
 Start order (all tasks in one nursery):
 
@@ -46,7 +49,7 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
@@ -56,6 +59,7 @@ from nanomesh.consensus import RaftTiming
 from nanomesh.consensus.role_manager import RaftRoleManager, Replica, RoleConfig
 from nanomesh.daemon.api import HealthContext, api_routes
 from nanomesh.daemon.api_auth import Access
+from nanomesh.daemon.api_events import event_routes
 from nanomesh.daemon.api_keyring import KeyringContext, keyring_routes
 from nanomesh.daemon.api_mesh import MeshContext, mesh_routes
 from nanomesh.daemon.api_naming import (
@@ -64,29 +68,40 @@ from nanomesh.daemon.api_naming import (
     service_names,
     service_visibility,
 )
+from nanomesh.daemon.api_openapi import openapi_routes
 from nanomesh.daemon.api_raft import FollowCalls, raft_routes
 from nanomesh.daemon.api_runtime import RuntimeContext, runtime_routes
+from nanomesh.daemon.api_ui import ui_routes
 from nanomesh.daemon.bundle_service import (
     BundleService,
     bundle_and_registry_routes,
     bundle_body_limits,
 )
 from nanomesh.daemon.control_loop import ControlLoop, RoleCalls, instances_section
+from nanomesh.daemon.events import EventHub, PlanWatcher, watch_instances, watch_raft
 from nanomesh.daemon.http import serve_http
 from nanomesh.daemon.http_limits import ServerStats
 from nanomesh.daemon.local_runtime import LocalRuntime
 from nanomesh.daemon.membership import GossipShell, prepare_data_dir, rejoin_targets
+from nanomesh.daemon.metrics import metrics_routes
+from nanomesh.daemon.metrics_context import MetricsContext
 from nanomesh.daemon.on_demand import bind_udp_dual_stack, listen_tcp, serve_on_first_use
 from nanomesh.daemon.peer_calls import PeerCalls
 from nanomesh.daemon.profile import ProfileSource
+from nanomesh.daemon.upgrade import RESTART_EXIT, InstallRoot, UpgradeContext, upgrade_routes
 from nanomesh.daemon.views import Routes, Traffic
 from nanomesh.discovery.publish import ProfilePublisher
 from nanomesh.disk import DiskHealth
 from nanomesh.errors import ConfigError
+from nanomesh.gateway.leaf_core import LeafEndpoint
 from nanomesh.gossip.machine import Membership
 from nanomesh.security import servicekeys
 from nanomesh.security.auth import InternalCalls
 from nanomesh.wire import Address, Keyring
+from nanomesh.wire.leaf import parse_leaf_keys
+
+if TYPE_CHECKING:  # the gateway's modules load only when it runs (--coap-port)
+    from nanomesh.gateway.core import Gateway
 
 log = logging.getLogger("nanomesh.peer")
 T = TypeVar("T")
@@ -114,6 +129,10 @@ class PeerAssembly:
         self.started_wall = time.time()
         self.stopping = False
         """True once a graceful leave began (``/v1/health`` says "leaving")."""
+        self.exit_code = 0
+        """What ``nanomesh peer run`` exits with: `RESTART_EXIT` after an
+        upgrade or rollback asked for a restart (`nanomesh.daemon.upgrade`)."""
+        self._restart = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -155,8 +174,14 @@ class PeerAssembly:
                 serve_http, large_bodies=bundle_body_limits(parts.access),
                 stats=parts.api_stats), parts.routes, api_listeners)
             if gateway is not None:
-                await nursery.start(serve_on_first_use, "CoAP gateway", gateway,
-                                    functools.partial(self._serve_coap_gateway, parts, *gateway))
+                start_gateway = functools.partial(self._start_coap_gateway, parts, *gateway)
+                if parts.leaves is not None:
+                    # Microcontroller leaves find the gateway by multicast and
+                    # silent ones must expire: no first use to wait for.
+                    await nursery.start(start_gateway)
+                else:
+                    await nursery.start(serve_on_first_use, "CoAP gateway", gateway,
+                                        start_gateway)
             if relay is not None:
                 await nursery.start(serve_on_first_use, "event relay", relay,
                                     functools.partial(self._serve_event_relay, *relay))
@@ -164,6 +189,8 @@ class PeerAssembly:
             # Raft; membership and the API are up meanwhile.
             nursery.start_soon(_run_control_plane, parts)
             nursery.start_soon(parts.shell.refresh_profile)
+            nursery.start_soon(watch_raft, parts.roles, parts.events, core.members)
+            nursery.start_soon(watch_instances, parts.runtime.driver, parts.events)
             nursery.start_soon(parts.shell.watch_disk)
             log.info("peer %s listening: gossip %s:%d (udp+tcp), api http://%s:%d, "
                      "encryption %s, preset probe_interval=%.2fs", cfg.name, *cfg.bind,
@@ -181,6 +208,7 @@ class PeerAssembly:
         cfg = self.config
         members = core.members
         disk = DiskHealth()
+        events = EventHub(cfg.name)
         calls = PeerCalls(self.keyring, source_ip=cfg.bind[0])
 
         def consensus() -> Replica | None:
@@ -199,17 +227,28 @@ class PeerAssembly:
             voters_hint=role_calls.voters_hint, config=self._role_config,
             view=role_calls.view, ask_promote=role_calls.ask_promote,
             ask_remove=role_calls.ask_remove, epoch_hint=role_calls.epoch_hint,
-            follow=FollowCalls(members, calls))
+            follow=FollowCalls(members, calls), mesh_raft_version=role_calls.mesh_raft_version)
         control = ControlLoop(cfg.name, cfg.data_dir, founder=not cfg.join, roles=roles,
                               driver=runtime.driver, reconciler=runtime.reconciler,
-                              members=members, disk=disk, republish=republish)
+                              members=members, disk=disk, republish=republish,
+                              committed=PlanWatcher(events, members).committed)
+
+        leaves = leaf_endpoint(cfg)
+        own_devices = list(live.published.get("devices") or [])
+        """This machine's devices (config and HAT: fixed while the peer runs)."""
 
         def profile_sections() -> dict[str, Any]:
             """What the control plane adds to our gossiped profile: the Raft
-            role, our instances' states, the bundles we serve, the runtime."""
-            return {"raft": roles.profile_section(),
-                    "instances": instances_section(runtime.driver.status()),
-                    BUNDLES_SECTION: bundles.held, "runtime": runtime.section}
+            role, our instances' states, the bundles we serve, the runtime;
+            and our leaves (their devices count as ours for placement)."""
+            sections: dict[str, Any] = {
+                "raft": roles.profile_section(),
+                "instances": instances_section(runtime.driver.status()),
+                BUNDLES_SECTION: bundles.held, "runtime": runtime.section}
+            if leaves is not None and leaves.registry.leaves:
+                sections["leaves"] = leaves.registry.summary()
+                sections["devices"] = [*own_devices, *leaves.registry.devices()]
+            return sections
 
         def storage_problems() -> tuple[str, ...]:
             node = roles.node
@@ -223,9 +262,11 @@ class PeerAssembly:
         shell = GossipShell(cfg, self.keyring, core, self.profiles, live,
                             disk=disk, traffic=traffic, sections=profile_sections,
                             membership_changed=gossip_changed,
-                            storage_problems=storage_problems, remembered=remembered)
+                            storage_problems=storage_problems, remembered=remembered,
+                            notify=events.membership)
         access = Access(self.keyring, InternalCalls(), consensus,
-                        runtime.driver.instance_token)
+                        runtime.driver.instance_token,
+                        metrics_need_token=cfg.metrics_need_token)
         api_stats = ServerStats()
         """What the HTTP API refused or cut off (``/v1/health`` shows it)."""
         routes: Routes = {
@@ -239,12 +280,26 @@ class PeerAssembly:
                                             members, calls)),
             **naming_routes(NamingContext(cfg.name, members, consensus)),
             **runtime_routes(RuntimeContext(cfg.name, runtime.log_dir, access)),
-            **bundle_and_registry_routes(bundles, access, consensus)}
-        return _Parts(core, shell, bundles, runtime, roles, control, access, routes,
-                      api_stats)
+            **bundle_and_registry_routes(bundles, access, consensus),
+            **event_routes(events),
+            **upgrade_routes(UpgradeContext(
+                access, InstallRoot(cfg.install_root) if cfg.install_root else None,
+                bundles.fetch_bundle, self.request_restart))}
+        if cfg.ui:
+            routes.update(ui_routes())
+        parts = _Parts(core, shell, bundles, runtime, roles, control, access, routes,
+                       api_stats, events, leaves)
+        routes.update(metrics_routes(MetricsContext(
+            core, traffic, consensus, lambda: roles.role, lambda: roles.epoch,
+            control.placement_durations, lambda: control.plans_committed,
+            runtime.driver.status, runtime.reconciler.restarts, lambda: parts.gateway,
+            api_stats, access)))
+        routes.update(openapi_routes(routes))  # last: it documents the whole table
+        return parts
 
-    async def _serve_coap_gateway(self, parts: _Parts, udp: socket.socket,
-                                  link: socket.socket) -> None:
+    async def _serve_coap_gateway(
+            self, parts: _Parts, udp: socket.socket, link: socket.socket, *,
+            task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED) -> None:
         """``coap://<our IP>:<coap_port>/s/<service>/<path>``, resolved
         through our gossip view (our own instances first), on the sockets
         bound at start (imported and started on first use)."""
@@ -256,8 +311,17 @@ class PeerAssembly:
                                  services=lambda: service_names(roles.node, core.members()),
                                  visibility=lambda service: service_visibility(roles.node,
                                                                                service),
-                                 me=me, keys=self.credentials.keys, udp=udp,
-                                 link_fd=link.detach())
+                                 me=me, keys=self.credentials.keys, leaves=parts.leaves,
+                                 leaves_changed=parts.shell.republish_profile, udp=udp,
+                                 link_fd=link.detach(), task_status=task_status)
+
+    async def _start_coap_gateway(
+            self, parts: _Parts, udp: socket.socket, link: socket.socket, *,
+            task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the gateway on the bound sockets; `parts.gateway` once it listens."""
+        async with trio.open_nursery() as nursery:
+            parts.gateway = await nursery.start(self._serve_coap_gateway, parts, udp, link)
+            task_status.started()
 
     async def _serve_event_relay(self, xsub: socket.socket, xpub: socket.socket) -> None:
         """Pub/sub between nanoservices, on the sockets bound at start."""
@@ -266,16 +330,36 @@ class PeerAssembly:
                                 self.config.events_xpub_port, credentials=self.credentials,
                                 fds=(xsub.detach(), xpub.detach()))
 
+    def request_restart(self) -> None:
+        """Leave gracefully and exit with `RESTART_EXIT`, for the supervisor
+        to start us again (from the install root's switched venv)."""
+        self.exit_code = RESTART_EXIT
+        self._restart.set()
+
     async def _watch_signals(self, parts: _Parts, scope: trio.CancelScope, *,
                              task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                              ) -> None:
+        """Leave on SIGINT/SIGTERM or when a restart is requested, whichever first."""
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             task_status.started()
-            async for signum in signals:
-                log.info("received %s: leaving the mesh", signal.Signals(signum).name)
-                await self._leave(parts)
-                scope.cancel()
-                return
+            async with trio.open_nursery() as first:
+                async def on_signal() -> None:
+                    async for signum in signals:
+                        log.info("received %s: leaving the mesh",
+                                 signal.Signals(signum).name)
+                        break
+                    first.cancel_scope.cancel()
+
+                async def on_restart() -> None:
+                    await self._restart.wait()
+                    log.info("restart requested: leaving the mesh, then exiting with %d "
+                             "for the supervisor to start us again", RESTART_EXIT)
+                    first.cancel_scope.cancel()
+
+                first.start_soon(on_signal)
+                first.start_soon(on_restart)
+            await self._leave(parts)
+            scope.cancel()
 
     async def _leave(self, parts: _Parts) -> None:
         """Hand Raft membership over, then announce the leave by gossip."""
@@ -289,7 +373,8 @@ class _Parts:
 
     def __init__(self, core: Membership, shell: GossipShell, bundles: BundleService,
                  runtime: LocalRuntime, roles: RaftRoleManager, control: ControlLoop,
-                 access: Access, routes: Routes, api_stats: ServerStats) -> None:
+                 access: Access, routes: Routes, api_stats: ServerStats,
+                 events: EventHub, leaves: LeafEndpoint | None) -> None:
         self.core = core
         self.shell = shell
         self.bundles = bundles
@@ -299,6 +384,25 @@ class _Parts:
         self.access = access
         self.routes = routes
         self.api_stats = api_stats
+        self.events = events
+        self.leaves = leaves
+        self.gateway: Gateway | None = None
+        """The CoAP gateway once it listens (None without one)."""
+
+
+def leaf_endpoint(cfg: PeerConfig) -> LeafEndpoint | None:
+    """The leaves' endpoint if the config names a leaf key file (read now:
+    ConfigError before anything starts), else None."""
+    if cfg.leaf_keys is None:
+        return None
+    if not cfg.coap_port:
+        raise ConfigError("peer.leaf_keys needs the CoAP gateway (coap_port is 0)")
+    try:
+        text = cfg.leaf_keys.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the leaf key file {cfg.leaf_keys}: "
+                          f"{exc.strerror or exc}") from None
+    return LeafEndpoint(parse_leaf_keys(text, str(cfg.leaf_keys)))
 
 
 async def _run_control_plane(parts: _Parts) -> None:

@@ -42,12 +42,14 @@ from nanomesh.daemon.deployment_watcher import DeploymentWatcher
 from nanomesh.daemon.peer_calls import PeerCalls
 from nanomesh.daemon.views import Members, NodeSource
 from nanomesh.disk import DiskHealth, retry_delay
+from nanomesh.durations import FAST_BUCKETS, Durations
 from nanomesh.placement import PlacementConfig
 from nanomesh.placement.decide import VIEW_GRACE, decide, unknown_hosts, worth_committing
 from nanomesh.runtime import ProcessDriver, Reconciler
 from nanomesh.runtime.reconcile_core import InstanceStatus
 from nanomesh.security.auth import TOKEN_META_KEY, ensure_token_file, token_digest
 from nanomesh.transport.apiclient import ApiError
+from nanomesh.versions import mesh_raft_version
 from nanomesh.wire import MemberState
 
 log = logging.getLogger("nanomesh.mesh")
@@ -71,7 +73,9 @@ class ControlLoop:
     def __init__(self, name: str, data_dir: Path, *, founder: bool, roles: RaftRoleManager,
                  driver: ProcessDriver, reconciler: Reconciler, members: Members,
                  disk: DiskHealth, republish: Callable[[], None],
-                 placement: PlacementConfig | None = None) -> None:
+                 placement: PlacementConfig | None = None,
+                 committed: Callable[[Mapping[str, Any], Mapping[str, Any]], None] | None = None
+                 ) -> None:
         self._name = name
         self._data_dir = data_dir
         self._founder = founder
@@ -84,8 +88,15 @@ class ControlLoop:
         self._republish = republish
         """Re-gossip our profile if it changed (`GossipShell.republish_profile`)."""
         self.placement = placement or PlacementConfig()
+        self._committed = committed
+        """Hears each committed (plan, services) followed (the event hub's
+        `PlanWatcher`)."""
         self._plan_wanted = trio.Event()
         self._unknown_since: dict[str, float] = {}
+        self.placement_durations = Durations(FAST_BUCKETS)
+        """Seconds each placement run (`decide`) took on this peer as leader."""
+        self.plans_committed = 0
+        """Plans this peer committed as leader."""
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -118,6 +129,8 @@ class ControlLoop:
             node = await self.roles.wait_ready()
             async for state in node.watch():
                 self._reconciler.set_desired(state.plan.get("assignments", {}), state.services)
+                if self._committed is not None:
+                    self._committed(state.plan, state.services)
                 self._plan_wanted.set()
             await trio.sleep(0.1)  # the node stopped (role change): wait for the next
 
@@ -136,7 +149,9 @@ class ControlLoop:
         state = node.state
         if self._view_incomplete(state.plan):
             return  # the plan loop comes back within PLAN_PERIOD
+        start = trio.current_time()
         decision = decide(state.services, state.plan, self._members(), self.placement)
+        self.placement_durations.observe(trio.current_time() - start)
         if not worth_committing(state.plan, decision.plan):
             return
         try:
@@ -147,6 +162,7 @@ class ControlLoop:
         except ConsensusError as exc:
             log.warning("placement: could not commit plan: %s", exc)
             return
+        self.plans_committed += 1
         s = decision.plan.stats
         log.info("placement: committed plan epoch %d (%d placed, %d unplaced, %d moved, "
                  "%d rebalanced)", state.plan_epoch + 1, len(decision.plan.assignments),
@@ -236,6 +252,12 @@ class RoleCalls:
             (m.profile or {}).get("raft") for m in self._members()
             if m.state in (MemberState.ALIVE, MemberState.SUSPECT))
 
+    def mesh_raft_version(self) -> int:
+        """The newest command set every live member applies (the leader's
+        version gate, `nanomesh.versions`)."""
+        return mesh_raft_version(m.profile for m in self._members()
+                                 if m.state in (MemberState.ALIVE, MemberState.SUSPECT))
+
     def view(self) -> list[PeerInfo]:
         return [peer_info(m.name, m.addr[0], m.state, m.state_since, m.profile)
                 for m in self._members()]
@@ -293,5 +315,7 @@ def instances_section(statuses: Mapping[str, InstanceStatus]) -> dict[str, dict[
     return {iid: {"state": s.state, "restarts": s.restarts, "health": s.health,
                   "digest": s.spec_digest,
                   "endpoints": {name: {"protocol": protocol, "port": port}
-                                for name, protocol, port in s.endpoints}}
+                                for name, protocol, port in s.endpoints},
+                  # how the last run ended, so a failed deploy can say why
+                  **({"exit": s.exit_code} if s.exit_code is not None else {})}
             for iid, s in sorted(statuses.items())}

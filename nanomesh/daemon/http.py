@@ -29,16 +29,30 @@ Two escapes from JSON, for bundles (``nanomesh.daemon.api_bundles``):
 - A handler may return ``(status, RawBody(data, content_type))`` or
   ``(status, FileBody(file, size, content_type))``; the server sends the
   bytes, or streams the open file and closes it.
+
+And one for streams of unknown length (``GET /v1/events?follow=1``, Server-Sent
+Events): ``(status, StreamBody(chunks, content_type))``. The request gives its
+slot back once the head is sent and takes one of ``max_streams`` stream slots
+instead (none free: 503), so followers never starve ordinary requests. The
+chunks go out with chunked transfer coding as the generator yields them; the
+stream ends when the generator does, when the client closes its side (a
+reader task notices at once), or when one chunk cannot be sent within
+STREAM_SEND_TIMEOUT: a client that stops reading is dropped, since the
+kernel's socket buffer is the only buffer a stream has.
+
+Every response says ``X-Content-Type-Options: nosniff``: a browser must not
+guess that a JSON error or a log is HTML.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
 import tempfile
 import urllib.parse
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from typing import IO, Any, BinaryIO
@@ -47,6 +61,7 @@ import h11
 import trio
 
 from nanomesh.daemon.http_limits import (
+    UNMATCHED,
     ConnectionTable,
     Refused,
     ServerLimits,
@@ -76,6 +91,10 @@ WWW_AUTHENTICATE = 'Bearer realm="nanomesh"'
 SPOOL_MEMORY_BYTES = 1 << 20
 """A large (spooled) request body stays in memory up to this size, then moves
 to a temporary file, so a 100 MiB upload does not cost 100 MiB of RAM."""
+STREAM_SEND_TIMEOUT = 10.0
+"""Seconds one chunk of a stream (`StreamBody`) may take to be accepted by
+the socket; longer means the client stopped reading, and it is dropped
+rather than buffered for (a poor Wi-Fi link still moves 100 KB/s)."""
 _SEND_CHUNK = 1 << 18
 """Bytes read per thread hop when streaming a FileBody: 256 KiB served a 20 MiB
 bundle over loopback about 20 % faster than 64 KiB, at a bounded buffer."""
@@ -103,6 +122,17 @@ class RawBody:
 
     data: bytes
     content_type: str
+    headers: tuple[tuple[str, str], ...] = ()
+    """Extra response headers (a page's security policy, caching)."""
+
+
+@dataclass(frozen=True)
+class StreamBody:
+    """A response of unknown length, sent as `chunks` yields (module docstring)."""
+
+    chunks: AsyncGenerator[bytes, None]
+    content_type: str
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -194,9 +224,10 @@ class _Server:
         self.table = ConnectionTable(limits)
         self.shared = trio.CapacityLimiter(limits.max_requests)
         self.reserve = trio.CapacityLimiter(limits.reserved_requests)
+        self.streams = trio.CapacityLimiter(limits.max_streams)
         self._scopes: dict[int, trio.CancelScope] = {}
         self._ids = itertools.count()
-        self._reported = ServerStats()
+        self._reported = ServerStats().to_dict()
         self._reported_at = -REPORT_INTERVAL
 
     async def handle(self, stream: trio.SocketStream) -> None:
@@ -215,7 +246,8 @@ class _Server:
             with trio.CancelScope() as scope:
                 self._scopes[conn] = scope
                 await self._serve(stream, conn)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError,
+                trio.TooSlowError):
             pass
         finally:
             self.table.close(conn)
@@ -253,26 +285,95 @@ class _Server:
             await _drain(stream)
             return
         try:
-            await self._serve_request(stream, h11conn, head, read_body=not priority)
+            streaming = await self._serve_request(stream, h11conn, head,
+                                                  read_body=not priority)
         finally:
             slots.release()
+        if streaming is not None:
+            await self._stream(stream, h11conn, streaming)
 
     async def _serve_request(self, stream: trio.SocketStream, conn: h11.Connection,
-                             head: h11.Request, *, read_body: bool) -> None:
+                             head: h11.Request, *, read_body: bool) -> StreamBody | None:
+        """Answer the request; a stream's head only, returning its body (its
+        stream slot taken) for `_stream` to send once the request slot is free."""
         request = await self._read_body(stream, conn, head) if read_body else _request_of(head)
         if request is None:
-            return
+            return None
         head_only = request.method == "HEAD"
         try:
-            status, body = await _dispatch(self.routes, replace(request, method="GET")
-                                           if head_only else request)
+            status, body, route = await _dispatch(self.routes, replace(request, method="GET")
+                                                  if head_only else request)
+            self.stats.requests[request.method, route, status] += 1
             headers = _allow_header(self.routes, request) if status == 405 else []
+            if isinstance(body, StreamBody):
+                return await self._start_stream(stream, conn, status, body, head_only)
             size = body.size if isinstance(body, FileBody) and not head_only else 0
             with trio.move_on_after(RESPONSE_TIMEOUT + size / RESPONSE_BYTES_PER_SECOND):
                 await _respond(stream, conn, status, body, headers, head_only=head_only)
+            return None
         finally:
             if request.body_file is not None:
                 request.body_file.close()
+
+    async def _start_stream(self, stream: trio.SocketStream, conn: h11.Connection,
+                            status: int, body: StreamBody, head_only: bool
+                            ) -> StreamBody | None:
+        """Send a stream's head if a stream slot is free (else 503); the body
+        to stream, its slot taken, or None when there is none to send (HEAD,
+        503). The generator is closed unless it is returned."""
+        if head_only:
+            await body.chunks.aclose()
+            with trio.move_on_after(RESPONSE_TIMEOUT):
+                await _send_head(stream, conn, status, body.content_type, None,
+                                 [("cache-control", "no-store"), *body.headers])
+                await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
+            return None
+        try:
+            self.streams.acquire_nowait()
+        except trio.WouldBlock:
+            self._count("busy")
+            await body.chunks.aclose()
+            with trio.move_on_after(RESPONSE_TIMEOUT):
+                await _respond(stream, conn, 503, {
+                    "error": f"this peer already serves {self.limits.max_streams} streams; "
+                             "retry shortly"})
+            return None
+        try:
+            with trio.fail_after(RESPONSE_TIMEOUT):
+                await _send_head(stream, conn, status, body.content_type, None,
+                                 [("cache-control", "no-store"), *body.headers])
+        except BaseException:
+            self.streams.release()
+            await body.chunks.aclose()  # never started: closing it does not block
+            raise
+        return body
+
+    async def _stream(self, stream: trio.SocketStream, conn: h11.Connection,
+                      body: StreamBody) -> None:
+        """Send the chunks until the generator ends, the client goes, or it
+        stops reading (STREAM_SEND_TIMEOUT); then give the stream slot back."""
+        self.stats.streams += 1
+        try:
+            async with contextlib.aclosing(body.chunks) as chunks, \
+                    trio.open_nursery() as nursery:
+                nursery.start_soon(_cancel_when_closed, stream, nursery.cancel_scope)
+                async for chunk in chunks:
+                    with trio.move_on_after(STREAM_SEND_TIMEOUT) as scope:
+                        await stream.send_all(conn.send(h11.Data(data=chunk)) or b"")
+                    if scope.cancelled_caught:
+                        self._count("streams_dropped")
+                        break
+                else:
+                    with trio.move_on_after(STREAM_SEND_TIMEOUT):
+                        await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
+                nursery.cancel_scope.cancel()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the client went away: the normal end of a stream
+        except Exception:
+            log.exception("BUG: an event stream failed; it was closed")
+        finally:
+            self.stats.streams -= 1
+            self.streams.release()
 
     async def _read_body(self, stream: trio.SocketStream, conn: h11.Connection,
                          head: h11.Request) -> Request | None:
@@ -301,7 +402,7 @@ class _Server:
         now = trio.current_time()
         if now - self._reported_at < REPORT_INTERVAL:
             return
-        now_counts, before = self.stats.to_dict(), self._reported.to_dict()
+        now_counts, before = self.stats.to_dict(), self._reported
         delta = {k: v - before[k] for k, v in now_counts.items() if k != "open"}
         log.warning("API under pressure (limits: %d per client, %d open, %d requests, head "
                     "within %gs): %s since the last report; %d connections open",
@@ -309,7 +410,7 @@ class _Server:
                     self.limits.head_timeout,
                     ", ".join(f"{k} +{v}" for k, v in delta.items() if v) or "nothing",
                     len(self.table))
-        self._reported = ServerStats(**now_counts)
+        self._reported = now_counts
         self._reported_at = now
 
 
@@ -335,6 +436,7 @@ async def _respond(stream: trio.SocketStream, conn: h11.Connection, status: int,
         return
     if isinstance(body, RawBody):
         payload, content_type = body.data, body.content_type
+        headers = [*(headers or []), *body.headers]
     else:
         payload = (json.dumps(body, indent=None, sort_keys=True) + "\n").encode()
         content_type = "application/json"
@@ -355,10 +457,12 @@ def _extra_headers(status: int) -> list[tuple[str, str]]:
 
 
 async def _send_head(stream: trio.SocketStream, conn: h11.Connection, status: int,
-                     content_type: str, length: int,
+                     content_type: str, length: int | None,
                      extra: list[tuple[str, str]] | None = None) -> None:
-    headers = [("content-type", content_type), ("content-length", str(length)),
-               ("connection", "close"), *_extra_headers(status), *(extra or [])]
+    """The response head; `length` None for a stream (chunked coding)."""
+    sized = [("content-length", str(length))] if length is not None else []
+    headers = [("content-type", content_type), *sized, ("connection", "close"),
+               ("x-content-type-options", "nosniff"), *_extra_headers(status), *(extra or [])]
     reason = HTTPStatus(status).phrase.encode() if status in _STATUS_CODES else b""
     await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers,
                                                  reason=reason)) or b"")
@@ -411,6 +515,16 @@ async def _refuse(stream: trio.SocketStream, status: int, message: str, *,
         if drain:
             await stream.receive_some(65536)
         await stream.send_all(head + b"\r\n" + body)
+
+
+async def _cancel_when_closed(stream: trio.SocketStream, scope: trio.CancelScope) -> None:
+    """Beside a stream: cancel `scope` once the client closes its side (or
+    resets), so a follower that went away frees its slot at once rather than
+    at the next keepalive. What a client sends meanwhile is dropped."""
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        while await stream.receive_some(4096):
+            pass
+    scope.cancel()
 
 
 async def _drain(stream: trio.SocketStream) -> None:
@@ -509,21 +623,23 @@ def _check_declared_length(head: h11.Request, limit: int) -> None:
 
 
 def _route(routes: Mapping[tuple[str, str], Handler], request: Request
-           ) -> tuple[Handler | None, Request]:
-    """Exact paths first, then patterns with ``{param}`` segments, each of
-    which matches one non-empty path segment (``/v1/instances/{service}/{index}``)."""
+           ) -> tuple[Handler | None, Request, str]:
+    """The handler, the request with its path parameters, and the route's
+    pattern (`UNMATCHED` if none). Exact paths first, then patterns with
+    ``{param}`` segments, each of which matches one non-empty path segment
+    (``/v1/instances/{service}/{index}``)."""
     path = request.path.rstrip("/") or "/"
     handler = routes.get((request.method, path))
     if handler is not None:
-        return handler, request
+        return handler, request, path
     segments = path.split("/")
     for (method, pattern), candidate in routes.items():
         if method != request.method or "{" not in pattern:
             continue
         params = _match(pattern.split("/"), segments)
         if params is not None:
-            return candidate, replace(request, params=params)
-    return None, request
+            return candidate, replace(request, params=params), pattern
+    return None, request, UNMATCHED
 
 
 def _match(pattern: list[str], segments: list[str]) -> dict[str, str] | None:
@@ -555,17 +671,19 @@ def _allow_header(routes: Mapping[tuple[str, str], Handler], request: Request
 
 
 async def _dispatch(routes: Mapping[tuple[str, str], Handler], request: Request
-                    ) -> tuple[int, Any]:
-    handler, request = _route(routes, request)
+                    ) -> tuple[int, Any, str]:
+    """``(status, body, route pattern)`` of `request` (see `_route`)."""
+    handler, request, route = _route(routes, request)
     if handler is None:
         if allowed := allowed_methods(routes, request):
             return 405, {"error": f"method {request.method} not allowed on {request.path}; "
-                                  f"allowed: {', '.join(allowed)}"}
-        return 404, {"error": f"no such endpoint: {request.path}"}
+                                  f"allowed: {', '.join(allowed)}"}, route
+        return 404, {"error": f"no such endpoint: {request.path}"}, route
     try:
-        return await handler(request)
+        status, body = await handler(request)
     except HttpError as exc:
-        return exc.status, {"error": exc.message}
+        return exc.status, {"error": exc.message}, route
     except Exception:
         log.exception("API handler for %s %s failed", request.method, request.path)
-        return 500, {"error": "internal error; see the peer's log"}
+        return 500, {"error": "internal error; see the peer's log"}, route
+    return status, body, route

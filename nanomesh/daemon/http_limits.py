@@ -80,17 +80,27 @@ class ServerLimits:
     at once, so a handful is plenty."""
     priority_paths: frozenset[str] = frozenset({"/v1/health", "/v1/status"})
     """GET paths served from the reserve, without reading a request body."""
+    max_streams: int = 16
+    """Streams (``GET /v1/events?follow=1``: dashboards and ``nanomesh
+    monitor``) served at once. A stream gives its request slot back once its
+    head is sent and holds one of these instead, with a socket and a task but
+    no buffer of its own. A handful of operators' tabs and terminals per
+    peer; beyond it: 503, and an EventSource retries by itself."""
 
     def __post_init__(self) -> None:
         for name in ("head_timeout", "body_timeout"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0 seconds")
         for name in ("max_head_bytes", "max_per_client", "max_open", "max_requests",
-                     "reserved_requests"):
+                     "reserved_requests", "max_streams"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.max_per_client > self.max_open:
             raise ValueError("max_per_client cannot exceed max_open")
+
+
+UNMATCHED = "(unmatched)"
+"""The route of a request no route matches, in `ServerStats.requests`."""
 
 
 @dataclass
@@ -111,10 +121,21 @@ class ServerStats:
     body_timeouts: int = 0
     """Connections closed because the body did not arrive in time."""
     busy: int = 0
-    """503: no request slot free."""
+    """503: no request slot (or stream slot) free."""
+    streams: int = 0
+    """Streams (`nanomesh.daemon.http.StreamBody`) being sent now."""
+    streams_dropped: int = 0
+    """Streams cut because their client stopped reading."""
+    requests: Counter[tuple[str, str, int]] = field(
+        default_factory=Counter)
+    """Requests answered, by ``(method, route, status)``: ``route`` is the
+    route's pattern (``/v1/services/{name}``), or `UNMATCHED` for a path no
+    route has, so a scanner cannot grow this table without bound (``GET
+    /v1/metrics`` shows it; not in ``/v1/health``)."""
 
     def to_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
+        """The refusal counters (``/v1/health``'s ``"api"``)."""
+        return {k: v for k, v in self.__dict__.items() if isinstance(v, int)}
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from nanomesh import __version__
 from nanomesh.config import PeerConfig
 from nanomesh.daemon.limits import StreamAdmission
 from nanomesh.daemon.profile import ProfileSource
-from nanomesh.daemon.views import Traffic
+from nanomesh.daemon.views import GOSSIP_TCP, GOSSIP_UDP, Traffic
 from nanomesh.discovery.publish import ProfilePublisher
 from nanomesh.disk import (
     WATCH_PERIOD,
@@ -58,12 +58,14 @@ from nanomesh.gossip.effects import (
     MemberReaped,
     MemberRecovered,
     MemberSuspected,
+    Notification,
     ProfileUpdated,
     Refuted,
     SendDatagram,
     StreamCall,
 )
 from nanomesh.gossip.machine import Membership
+from nanomesh.versions import THIS, verdict
 from nanomesh.wire import (
     FRAME_PREFIX_LEN,
     MAX_DATAGRAM_IN,
@@ -108,7 +110,8 @@ class GossipShell:
                  sections: Callable[[], Mapping[str, Any]],
                  membership_changed: Callable[[], None],
                  storage_problems: Callable[[], Sequence[str]],
-                 remembered: Sequence[Address] = ()) -> None:
+                 remembered: Sequence[Address] = (),
+                 notify: Callable[[Notification], None] | None = None) -> None:
         self.config = config
         self.keyring = keyring
         self.core = core
@@ -122,6 +125,8 @@ class GossipShell:
         """The control plane's part of our profile (Raft role, instances, bundles)."""
         self._membership_changed = membership_changed
         self._storage_problems = storage_problems
+        self._notify = notify
+        """Hears every notification of the core (the event hub)."""
         """The Raft node's storage problems, part of `disk_problems`."""
         self._saved_incarnation = -1
         self._membership_dirty = False
@@ -186,7 +191,7 @@ class GossipShell:
             except OSError as exc:  # e.g. ICMP errors surfacing on the socket
                 self.traffic.dropped["recv-" + type(exc).__name__] += 1
                 continue
-            self.traffic.bytes_in += len(data)
+            self.traffic.received[GOSSIP_UDP] += len(data)
             try:
                 messages = open_envelope(data, self.keyring)
             except RemoteProtocolError as exc:
@@ -233,12 +238,26 @@ class GossipShell:
                     self._nursery.start_soon(self._stream_call, e)
                 case _:
                     _log_notification(e)
+                    if self._notify is not None:
+                        self._notify(e)
+                    if isinstance(e, ProfileUpdated):
+                        self._check_versions(e.name)
                     if isinstance(e, MemberJoined | MemberFailed | MemberLeft):
                         self._membership_dirty = True
                     if not isinstance(e, Refuted):
                         self._membership_changed()
         self._wake.set()  # the core's next deadline may have moved
         self._save_state_if_changed()
+
+    def _check_versions(self, name: str) -> None:
+        """Log a member whose new profile says it cannot share our mesh
+        (`nanomesh.versions`). It is not dropped from gossip (it may be
+        mid-upgrade and come back compatible): placement and voting leave it
+        out, and ``nanomesh members`` shows why."""
+        member = self.core.member(name)
+        if member is not None and (why := verdict(member.profile)):
+            log.warning("member %s is incompatible with this peer (nanomesh %s): %s; it gets "
+                        "no placements and no vote", name, THIS.version, "; ".join(why))
 
     def _save_state_if_changed(self) -> None:
         core = self.core
@@ -307,7 +326,7 @@ class GossipShell:
         data = seal(e.messages, self.keyring)
         try:
             self._udp.sendto(data, e.addr)
-            self.traffic.bytes_out += len(data)
+            self.traffic.sent[GOSSIP_UDP] += len(data)
         except (BlockingIOError, OSError) as exc:
             # UDP is lossy anyway: a full buffer or an unreachable network is
             # a lost packet, which SWIM is built to survive.
@@ -327,7 +346,7 @@ class GossipShell:
                 async with stream:
                     request = frame(seal([call.request], self.keyring))
                     await stream.send_all(request)
-                    self.traffic.bytes_out += len(request)
+                    self.traffic.sent[GOSSIP_TCP] += len(request)
                     reply = _only_stream(await self._read_frame(stream))
             except (OSError, trio.BrokenResourceError) as exc:
                 log.debug("%s call to %s:%d failed: %s", call.purpose, *call.addr, exc)
@@ -387,7 +406,7 @@ class GossipShell:
                         await stream.send_all(data)
                     except (OSError, trio.BrokenResourceError):
                         return
-                    self.traffic.bytes_out += len(data)
+                    self.traffic.sent[GOSSIP_TCP] += len(data)
 
     async def _read_frame(self, stream: trio.SocketStream, *, source: str | None = None
                           ) -> list[Any]:
@@ -400,7 +419,7 @@ class GossipShell:
             body = await _receive_exactly(stream, length)
         else:
             body = await self._receive_admitted(stream, source, length)
-        self.traffic.bytes_in += FRAME_PREFIX_LEN + len(body)
+        self.traffic.received[GOSSIP_TCP] += FRAME_PREFIX_LEN + len(body)
         return open_envelope(body, self.keyring, limit=MAX_FRAME)
 
     async def _receive_admitted(self, stream: trio.SocketStream, source: str, length: int
@@ -565,3 +584,4 @@ def _log_notification(e: Effect) -> None:
                         "incarnation %d", e.accuser, e.incarnation)
         case ProfileUpdated():
             log.debug("profile of %s now at version %d", e.name, e.version)
+

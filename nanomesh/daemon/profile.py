@@ -11,6 +11,7 @@ from typing import Any
 from nanomesh import __version__
 from nanomesh.config import PeerConfig, host_port
 from nanomesh.discovery import DiscoveryConfig, discover, refresh_live
+from nanomesh.versions import THIS
 
 
 class ProfileSource:
@@ -29,7 +30,10 @@ class ProfileSource:
         started = time.perf_counter()
         profile = discover(self.discovery)
         self.discovery_ms = (time.perf_counter() - started) * 1000
+        # "protocols": what this build speaks (`nanomesh.versions`); peers
+        # refuse a peer whose ranges do not overlap theirs.
         profile["peer"] = {"name": self.name, "nanomesh": __version__, "api": self.api,
+                           "protocols": THIS.protocols_json(),
                            "discovery_ms": round(self.discovery_ms, 2)}
         return profile
 

@@ -26,11 +26,28 @@ Routes = dict[tuple[str, str], Handler]
 """A route group: ``(method, path pattern) -> handler`` (`nanomesh.daemon.http`)."""
 
 
+GOSSIP_UDP = "gossip_udp"
+GOSSIP_TCP = "gossip_tcp"
+"""The channels of `Traffic`: gossip datagrams, and gossip streams (joins,
+push-pulls, TCP pings), each sealed message counted whole."""
+
+
 @dataclass
 class Traffic:
-    """Gossip bytes in and out, and packets dropped by reason (counted by
-    `nanomesh.daemon.membership.GossipShell`, shown by ``GET /v1/health``)."""
+    """Gossip bytes in and out per channel, and packets dropped by reason
+    (counted by `nanomesh.daemon.membership.GossipShell`, shown by ``GET
+    /v1/health`` and ``GET /v1/metrics``)."""
 
     dropped: collections.Counter[str] = field(default_factory=collections.Counter)
-    bytes_in: int = 0
-    bytes_out: int = 0
+    received: collections.Counter[str] = field(default_factory=collections.Counter)
+    """Bytes received, by channel (`GOSSIP_UDP`, `GOSSIP_TCP`)."""
+    sent: collections.Counter[str] = field(default_factory=collections.Counter)
+    """Bytes sent, by channel."""
+
+    @property
+    def bytes_in(self) -> int:
+        return sum(self.received.values())
+
+    @property
+    def bytes_out(self) -> int:
+        return sum(self.sent.values())

@@ -15,7 +15,11 @@ Rules for one entry:
   anywhere else, so a laptop can run the research scenarios with simulated
   hardware and the profile says so.
 * ``pin``: optional non-negative integer (BCM numbering).
-* ``source`` is reserved (discovery sets it to ``"config"`` or ``"hat"``).
+* ``source`` and ``backend`` are reserved: discovery sets ``source`` to
+  ``"config"`` or ``"hat"``, and ``backend`` to the backend that
+  `nanomesh.devices` will drive a device of a type it knows with
+  (``"rpi-gpio"``, ``"gpiozero-mock"``, ``"bleak"``, ``"bleak-sim"``,
+  ``"w1-sysfs"``, ``"w1-sim"``; `nanomesh.devices.backend.profile_backend`).
 * every other key is copied as-is and must be plain data (str, int, float,
   bool, None, lists and str-keyed dicts of those) so the profile stays
   JSON/msgpack-able.
@@ -27,6 +31,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from nanomesh.devices.backend import profile_backend
 from nanomesh.discovery.errors import DiscoveryConfigError
 from nanomesh.discovery.hat import KnownHat
 from nanomesh.discovery.profile import DeviceProfile
@@ -47,7 +52,7 @@ PI_DRIVERS: dict[str, str] = {
     "oxygen-controller": "gpio",
     "ble": "bluez",
     "pulse-oximeter": "bluez",
-    "body-temperature": "bluez",
+    "body-temperature": "w1",  # a DS18B20 on 1-Wire (nanomesh.devices.w1)
     "temperature": "i2c",
     "humidity": "i2c",
     "display": "framebuffer",
@@ -61,7 +66,7 @@ PI_DRIVERS: dict[str, str] = {
 NATIVE_DRIVER = "native"
 
 _TOKEN = re.compile(r"[a-z0-9][a-z0-9-]*")
-_RESERVED_KEYS = frozenset({"source"})
+_RESERVED_KEYS = frozenset({"source", "backend"})
 
 
 def is_token(value: object) -> bool:
@@ -135,8 +140,9 @@ def default_driver(device_type: str, on_pi: bool) -> str:
 def config_devices(devices: Sequence[Mapping[str, Any]], on_pi: bool) -> list[DeviceProfile]:
     """Validated config entries as profile devices (``source = "config"``).
 
-    Key order is ``type``, ``source``, ``driver``, then the extra keys, so
-    profiles print and diff predictably.
+    Key order is ``type``, ``source``, ``driver``, ``backend`` (for types
+    `nanomesh.devices` drives), then the extra keys, so profiles print and
+    diff predictably.
     """
     validate_devices(devices)
     result: list[DeviceProfile] = []
@@ -145,6 +151,9 @@ def config_devices(devices: Sequence[Mapping[str, Any]], on_pi: bool) -> list[De
             "type": entry["type"], "source": "config",
             "driver": entry.get("driver") or default_driver(entry["type"], on_pi),
         }
+        backend = profile_backend(entry["type"], on_pi)
+        if backend is not None:
+            device["backend"] = backend
         device.update({k: _plain_copy(v) for k, v in entry.items() if k not in device})
         result.append(device)
     return result

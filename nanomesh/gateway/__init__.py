@@ -6,7 +6,9 @@ reaches a healthy instance of ``<service>`` wherever it runs.
 - `nanomesh.gateway.upstream`: calls to zmq and http instances;
 - `nanomesh.gateway.coap`: aiocoap through trio-asyncio, `serve_coap_gateway`;
 - `nanomesh.gateway.link`: the members' authenticated way in (ZeroMQ CURVE on
-  TCP at the gateway's port), for private services.
+  TCP at the gateway's port), for private services;
+- `nanomesh.gateway.leaf_core`: microcontroller leaves (``firmware/``) register
+  and report at ``/leaf/...``, authenticated with per-leaf keys (pure).
 
 Plain CoAP reaches public services only (`nanomesh.runtime.manifest.VISIBILITIES`).
 

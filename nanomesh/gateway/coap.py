@@ -29,9 +29,12 @@ suite sends random and mutated datagrams and checks the gateway still answers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
+import random
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import aiocoap  # type: ignore[import-untyped,unused-ignore]
@@ -51,6 +54,7 @@ from nanomesh.gateway.forward import (
     GatewayRequest,
     GatewayResponse,
 )
+from nanomesh.gateway.leaf_core import LeafEndpoint
 from nanomesh.gateway.link import link_upstream, serve_gateway_link
 from nanomesh.gateway.observe import DEFAULT_OBSERVE, ObserveConfig
 from nanomesh.gateway.upstream import (
@@ -75,6 +79,8 @@ async def serve_coap_gateway(bind: Address, resolver: Resolver, *,
                              keys: ServiceKeys | None = None,
                              observe: ObserveConfig = DEFAULT_OBSERVE,
                              udp: socket.socket | None = None, link_fd: int | None = None,
+                             leaves: LeafEndpoint | None = None,
+                             leaves_changed: Callable[[], None] = lambda: None,
                              task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED
                              ) -> None:
     """Serve ``coap://IP:PORT/s/<service>/<path>`` on `bind` (UDP) until
@@ -87,6 +93,10 @@ async def serve_coap_gateway(bind: Address, resolver: Resolver, *,
     CoAP reaches public services only. Without keys nothing can be
     authenticated and every service is public. `me` names this peer.
 
+    With `leaves` the gateway takes microcontroller leaves at ``/leaf/...``
+    (`nanomesh.gateway.leaf_core`), marks silent ones gone, and calls
+    `leaves_changed` when the devices of the leaves that are up change.
+
     `udp` and `link_fd`: sockets the caller already bound on `bind` (UDP, a
     dual-stack ``AF_INET6`` one as aiocoap's udp6 transport binds, and TCP
     listening), taken over with whatever waits in them: the daemon binds them
@@ -96,7 +106,7 @@ async def serve_coap_gateway(bind: Address, resolver: Resolver, *,
         check_gateway_port(bind)
     gateway = Gateway(resolver, {}, services=services, config=config,
                       visibility=visibility if keys is not None else None, me=me,
-                      observe=observe)
+                      observe=observe, leaves=leaves, leaves_changed=leaves_changed)
     resource = _GatewayResource(gateway, config.max_payload)
     async with trio_asyncio.open_loop() as loop:
         # trio-asyncio's default handler re-raises an error in an asyncio
@@ -119,6 +129,9 @@ async def serve_coap_gateway(bind: Address, resolver: Resolver, *,
                 if keys is not None:
                     await nursery.start(functools.partial(serve_gateway_link, fd=link_fd),
                                         bind, gateway, keys)
+                if leaves is not None:
+                    nursery.start_soon(gateway.expire_leaves)
+                    nursery.start_soon(serve_leaf_discovery, bind)
                 log.info("CoAP gateway on coap://%s%s", host_port(*bind),
                          f", members' link on tcp://{host_port(*bind)} (CURVE)"
                          if keys is not None else " (no cluster key: every service public)")
@@ -173,6 +186,88 @@ def check_gateway_port(bind: Address) -> None:
                           f"{exc.strerror or exc}") from None
     finally:
         probe.close()
+
+
+# ------------------------------------------------------------ leaf discovery
+
+
+ALL_COAP_NODES = "224.0.1.187"
+"""IPv4 "All CoAP Nodes" (RFC 7252 §12.8), where leaves look for peers."""
+LEAF_RESOURCE_TYPE = "nanomesh.leaf"
+DISCOVERY_LEISURE = 0.2
+"""Seconds over which a peer spreads its answer to a multicast request
+(a random delay, RFC 7252 §8.2's Leisure; 5 s there, for large groups): a
+handful of peers in one room need little, and the leaf waits 1 s."""
+DISCOVERY_ANSWERS_PER_SECOND = 20
+"""Answers at most, whatever arrives: a multicast flood on the LAN makes a
+peer send at most this many small datagrams."""
+
+
+async def serve_leaf_discovery(bind: Address) -> None:
+    """Answer leaves' multicast ``GET /.well-known/core?rt=nanomesh.leaf`` on
+    `ALL_COAP_NODES` with ``<coap://IP:PORT/leaf>;rt="nanomesh.leaf"``, sent
+    unicast from our IP, until cancelled. Anything else, garbage included,
+    gets no answer (RFC 7252 §8.1: no error responses to multicast). A host
+    without multicast on that interface logs one warning: leaves then need
+    configured peers."""
+    ip, port = bind
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    reply = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # every peer on the host
+        await sock.bind((ALL_COAP_NODES, port))
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
+                        socket.inet_aton(ALL_COAP_NODES) + socket.inet_aton(ip))
+        await reply.bind((ip, 0))
+    except OSError as exc:
+        log.warning("no leaf discovery on %s (leaves need configured peers): %s",
+                    ALL_COAP_NODES, exc.strerror or exc)
+        sock.close()
+        reply.close()
+        return
+    link = f'<coap://{host_port(ip, port)}/leaf>;rt="{LEAF_RESOURCE_TYPE}"'.encode()
+    window, answered = trio.current_time(), 0
+    with sock, reply:
+        async with trio.open_nursery() as nursery:
+            while True:
+                data, src = await sock.recvfrom(2048)
+                answer = discovery_answer(data, link)
+                if answer is None:
+                    continue
+                if trio.current_time() - window >= 1.0:
+                    window, answered = trio.current_time(), 0
+                if answered >= DISCOVERY_ANSWERS_PER_SECOND:
+                    continue
+                answered += 1
+                nursery.start_soon(_answer_later, reply, answer, src)
+
+
+async def _answer_later(sock: trio.socket.SocketType, answer: bytes, to: Any) -> None:
+    await trio.sleep(random.uniform(0, DISCOVERY_LEISURE))
+    # The leaf went away, or its address is unreachable: it will ask again.
+    with contextlib.suppress(OSError):
+        await sock.sendto(answer, to)
+
+
+def discovery_answer(data: bytes, link: bytes) -> bytes | None:
+    """The answer to a datagram on the discovery group, or None (garbage,
+    not a GET of /.well-known/core, a query for another resource type)."""
+    try:
+        request = aiocoap.Message.decode(data)
+        path, query = tuple(request.opt.uri_path), tuple(request.opt.uri_query)
+    except Exception:  # aiocoap raises several kinds on garbage; none may stop us
+        return None
+    if request.code != aiocoap.GET or path != (".well-known", "core") or request.mtype not in (
+            aiocoap.NON, aiocoap.CON):
+        return None
+    if any(q.startswith("rt=") and q != f"rt={LEAF_RESOURCE_TYPE}" for q in query):
+        return None
+    answer = aiocoap.Message(code=aiocoap.CONTENT, payload=link)
+    answer.mtype = aiocoap.NON
+    answer.token = request.token
+    answer.mid = random.getrandbits(16)
+    answer.opt.content_format = 40  # application/link-format
+    return bytes(answer.encode())
 
 
 # ------------------------------------------------------------ server side

@@ -31,10 +31,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections import Counter
 from collections.abc import Callable, Collection, Mapping
 
 import trio
 
+from nanomesh.durations import LATENCY_BUCKETS, Durations
 from nanomesh.gateway.forward import (
     DEFAULT_GATEWAY,
     HOP_LIMIT_REACHED,
@@ -49,9 +51,11 @@ from nanomesh.gateway.forward import (
     GatewayConfig,
     GatewayRequest,
     GatewayResponse,
+    LeafRoute,
     NoRoute,
     ServiceRoute,
     WellKnownRoute,
+    code_text,
     describe_service,
     error_response,
     negotiate,
@@ -60,6 +64,7 @@ from nanomesh.gateway.forward import (
     route,
     well_known_core,
 )
+from nanomesh.gateway.leaf_core import LeafEndpoint
 from nanomesh.gateway.observe import DEFAULT_OBSERVE, Observation, ObserveConfig, Step, refusal
 from nanomesh.gateway.upstream import Upstream, UpstreamError
 from nanomesh.naming import PROTOCOLS, Endpoint
@@ -89,7 +94,9 @@ class Gateway:
                  services: Services | None = None,
                  config: GatewayConfig = DEFAULT_GATEWAY,
                  visibility: Visibility | None = None, me: str | None = None,
-                 observe: ObserveConfig = DEFAULT_OBSERVE) -> None:
+                 observe: ObserveConfig = DEFAULT_OBSERVE,
+                 leaves: LeafEndpoint | None = None,
+                 leaves_changed: Callable[[], None] = lambda: None) -> None:
         self.resolver = resolver
         self.upstreams = dict(upstreams)
         self.services = services
@@ -112,6 +119,16 @@ class Gateway:
         self.observe = observe
         self.observers = 0
         """Observations running (`admit_observer` .. `observer_gone`)."""
+        self.leaves = leaves
+        """Microcontroller leaves at ``/leaf/...`` (None: this peer takes none)."""
+        self.leaves_changed = leaves_changed
+        """Called when the devices of the leaves that are up change (the
+        daemon republishes its profile)."""
+        self.answered: Counter[str] = Counter()
+        """Requests answered, by response code (``"2.05"``); an observation's
+        polls are not requests and are not counted."""
+        self.latency = Durations(LATENCY_BUCKETS)
+        """Seconds from a request to its answer (``GET /v1/metrics``)."""
 
     def _known(self, service: str) -> bool:
         return self.services is None or service in set(self.services())
@@ -121,10 +138,20 @@ class Gateway:
 
     async def handle(self, request: GatewayRequest, *, member: bool = False
                      ) -> GatewayResponse:
-        """Answer `request` from a `member` of the mesh or (False) anyone.
-        Never raises (but for cancellation): a bug becomes a logged 5.00."""
+        """Answer `request` from a `member` of the mesh or (False) anyone,
+        counted in `answered` and `latency`. Never raises (but for
+        cancellation): a bug becomes a logged 5.00."""
+        start = trio.current_time()
+        answer = await self._answer(request, member)
+        self.latency.observe(trio.current_time() - start)
+        self.answered[code_text(answer.code)] += 1
+        return answer
+
+    async def _answer(self, request: GatewayRequest, member: bool) -> GatewayResponse:
         try:
             match route(request):
+                case LeafRoute():
+                    return self._leaf(request, member)
                 case WellKnownRoute():
                     names = self.services() if self.services else ()
                     return well_known_core((n for n in names if member or self.is_public(n)),
@@ -149,6 +176,29 @@ class Gateway:
             log.exception("BUG: gateway failed on %s %s", request.method, request.path_text())
             return error_response(INTERNAL_ERROR, "internal gateway error; see the peer's log")
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _leaf(self, request: GatewayRequest, member: bool) -> GatewayResponse:
+        if self.leaves is None:
+            return error_response(NOT_FOUND, "this peer takes no leaves (no peer.leaf_keys)")
+        before = self.leaves.registry.devices() if request.method == "POST" else None
+        response = self.leaves.handle(request, trio.current_time(), member=member)
+        if before is not None and self.leaves.registry.devices() != before:
+            self.leaves_changed()
+        return response
+
+    async def expire_leaves(self) -> None:
+        """Mark silent leaves gone, at the time the registry says, forever
+        (a task of the CoAP gateway when it has leaves)."""
+        assert self.leaves is not None
+        registry = self.leaves.registry
+        while True:
+            due = registry.next_expiry()
+            # At least every second: a new registration may be due sooner.
+            wake = trio.current_time() + 1.0 if due is None else min(
+                due + 0.01, trio.current_time() + 1.0)
+            await trio.sleep_until(wake)
+            if registry.expire(trio.current_time()):
+                self.leaves_changed()
 
     def _refuse(self, service: str, member: bool) -> GatewayResponse | None:
         """4.01 for a private service asked for by a non-member, else None.
@@ -187,7 +237,7 @@ class Gateway:
         emit(out, False)
         while True:
             await trio.sleep(self.observe.period)
-            answer = await self.handle(request)
+            answer = await self._answer(request, False)
             step, out = observation.step(trio.current_time(), answer)
             if step is not Step.SKIP:
                 emit(out, step is Step.END)

@@ -21,6 +21,8 @@ from nanomesh.wire.service_traffic import METHODS as SERVICE_METHODS
 
 SERVICE_PREFIX = "s"
 """First path segment of a forwarded request: ``/s/<service>/<path...>``."""
+LEAF_PREFIX = "leaf"
+"""``coap://<peer>/leaf/...``: microcontroller leaves (`nanomesh.gateway.leaf_core`)."""
 
 
 def coap_code(cls: int, detail: int) -> int:
@@ -186,11 +188,17 @@ class DescribeRoute:
 
 
 @dataclass(frozen=True)
+class LeafRoute:
+    """``/leaf/...``: microcontroller leaves register and report there, and
+    their latest values are read there (`nanomesh.gateway.leaf_core`)."""
+
+
+@dataclass(frozen=True)
 class NoRoute:
     response: GatewayResponse
 
 
-Route = ServiceRoute | WellKnownRoute | DescribeRoute | NoRoute
+Route = ServiceRoute | WellKnownRoute | DescribeRoute | LeafRoute | NoRoute
 
 
 def route(request: GatewayRequest) -> Route:
@@ -212,6 +220,9 @@ def route(request: GatewayRequest) -> Route:
                                           f"service and is GET only; its paths are "
                                           f"/s/{path[1]}/<path>"))
         return _own(DescribeRoute(path[1]), request.accept, JSON)
+    if path and path[0] == LEAF_PREFIX:
+        return _own(LeafRoute(), request.accept, JSON) if request.method == "GET" \
+            else LeafRoute()
     if len(path) >= 3 and path[0] == SERVICE_PREFIX and path[1]:
         if request.method not in SERVICE_METHODS:
             return NoRoute(error_response(METHOD_NOT_ALLOWED, f"{request.method} cannot reach a "

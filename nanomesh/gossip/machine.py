@@ -136,6 +136,8 @@ class Stats:
     """Counters for `statistics()`; monotonically increasing."""
 
     probes: int = 0
+    probe_acks: int = 0
+    """Probes answered in time (directly, through a relay or over TCP)."""
     probe_failures: int = 0
     indirect_probes: int = 0
     suspicions: int = 0
@@ -479,6 +481,7 @@ class Membership:
         """Any ack (direct, relayed or over TCP) ends the probe and counts as
         health (Lifeguard §4.1; memberlist scores a TCP-only success the same)."""
         self._probe = None
+        self.stats.probe_acks += 1
         self.awareness.apply_delta(-1)
 
     def _probe_failed(self, p: _Probe, target: Member, now: float) -> list[Effect]:

@@ -38,6 +38,7 @@ from nanomesh.config import (
     DEFAULT_EVENTS_XPUB_PORT,
     DEFAULT_EVENTS_XSUB_PORT,
     DEFAULT_GOSSIP_PORT,
+    DEFAULT_RAFT_PORT,
 )
 from nanomesh.placement.requirements import SpecError
 
@@ -205,11 +206,8 @@ START_POLL = 0.02
 a headline number (target 150 ms), so we look often while it matters."""
 MAX_ENDPOINTS = 16
 
-RAFT_PORT = 7948
-"""`nanomesh.consensus.config.DEFAULT_RAFT_PORT`, repeated here because
-importing the consensus package loads pysyncobj (a test keeps them equal)."""
 RESERVED_PORTS: Mapping[int, str] = MappingProxyType({
-    DEFAULT_GOSSIP_PORT: "gossip", DEFAULT_API_PORT: "peer API", RAFT_PORT: "Raft",
+    DEFAULT_GOSSIP_PORT: "gossip", DEFAULT_API_PORT: "peer API", DEFAULT_RAFT_PORT: "Raft",
     DEFAULT_COAP_PORT: "CoAP gateway", DEFAULT_EVENTS_XPUB_PORT: "event relay XPUB",
     DEFAULT_EVENTS_XSUB_PORT: "event relay XSUB"})
 """nanomesh's default ports (on every peer's IP, where instances bind too),

@@ -177,6 +177,13 @@ def contract_env(values: ContractValues) -> dict[str, str]:
     return env
 
 
+DEVICE_ENV = ("NANOMESH_DEVICES", "NANOMESH_WORLD", "NANOMESH_WORLD_START")
+"""The daemon's ``NANOMESH_*`` variables its instances do inherit: they describe
+the machine's hardware (simulated devices, and the simulated world's scenario
+and clock: `nanomesh.devices.backend`, `nanomesh.devices.simworld`), so a
+service drives the devices its peer's profile shows."""
+
+
 def instance_env(spec: InstanceSpec, values: ContractValues,
                  base: Mapping[str, str] | None = None) -> dict[str, str]:
     """The run's whole environment: ``base`` (the daemon's) without any
@@ -184,9 +191,11 @@ def instance_env(spec: InstanceSpec, values: ContractValues,
     spec cannot override it: the validator refuses ``NANOMESH_*`` names).
     Every ``NANOMESH_*`` an instance sees is one the runtime set for it: the
     daemon's own (``NANOMESH_TOKEN``, the management token operators export
-    for the CLI; the contract of a daemon itself run as an instance) stay out."""
+    for the CLI; the contract of a daemon itself run as an instance) stay out,
+    except `DEVICE_ENV`."""
     base = os.environ if base is None else base
-    inherited = {k: v for k, v in base.items() if not k.startswith(ENV_PREFIX)}
+    inherited = {k: v for k, v in base.items()
+                 if not k.startswith(ENV_PREFIX) or k in DEVICE_ENV}
     inherited["PATH"] = daemon_first_path(inherited.get("PATH", os.defpath))
     return {**inherited, **spec.run.env, **contract_env(values)}
 

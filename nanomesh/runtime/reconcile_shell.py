@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +45,7 @@ from typing import Any
 
 import trio
 
-from nanomesh.ids import split_instance_id
+from nanomesh.ids import service_of, split_instance_id
 from nanomesh.runtime.driver import DriverError, Fetch, InstanceDriver, StartContext, execute
 from nanomesh.runtime.reconcile_core import (
     ACTIVE,
@@ -111,6 +112,10 @@ class Reconciler:
         self._wake = trio.Event()
         self.rounds = 0
         """Reconcile rounds run so far (for tests and statistics)."""
+        self.restarts: Counter[str] = Counter()
+        """Starts of an instance whose previous run on this peer ended, by
+        service (``nanomesh_instance_restarts_total``). Unlike
+        `InstanceStatus.restarts` (the back-off exponent) it never resets."""
 
     def set_desired(self, assignments: Mapping[str, str],
                     services: Mapping[str, Mapping[str, Any]]) -> None:
@@ -229,6 +234,10 @@ class Reconciler:
         return iid in wanted_here(self.me, self._assignments, self._services)
 
     async def _carry_out(self, effect: Effect) -> None:
+        if isinstance(effect, StartInstance):
+            before = self.driver.status().get(effect.iid)
+            if before is not None and before.state in ("exited", "failed"):
+                self.restarts[service_of(effect.iid)] += 1
         try:
             await execute(self.driver, effect, self.context, fetch=self.fetch,
                           stop_timeout=self.stop_timeout, still_wanted=self._still_wanted)

@@ -1,7 +1,7 @@
 """Call nanoservices by name, and publish and subscribe to events.
 
 ```python
-async with nanomesh.sdk.client.connect() as mesh:          # $NANOMESH_PEER_API, ...
+async with nanomesh.sdk.client.connect() as mesh:  # finds the peer as `nanomesh` does
     reply = await mesh.call("echo", "echo/hi")          # -> Reply
     await mesh.call("lamp", "state", {"on": True}, method="PUT")
     await mesh.publish("sensors/temp", {"c": 21.5})
@@ -67,6 +67,7 @@ import h11
 import trio
 
 from nanomesh.errors import NanomeshError
+from nanomesh.labstate import DEFAULT_PEER_API, default_peer_api
 from nanomesh.naming import Endpoint
 from nanomesh.sdk.events import (
     DEFAULT_XPUB_PORT,
@@ -83,8 +84,9 @@ from nanomesh.transport.httpio import http_call, http_request
 from nanomesh.transport.rpc import INSTALLED, InstalledKeys, Keys, RpcError, RpcTimeout, zmq_call
 from nanomesh.wire.service_traffic import Event, Request, Response, encode_body
 
-DEFAULT_PEER = "127.0.0.1:7947"
-"""Peer API used when neither an argument nor the environment names one."""
+DEFAULT_PEER = DEFAULT_PEER_API
+"""Peer API used when neither an argument, the environment nor a running lab
+names one (`nanomesh.labstate.default_peer_api`)."""
 DEFAULT_COAP_PORT = 5683
 """Port of every peer's CoAP gateway (RFC 7252's default CoAP port)."""
 RESOLVE_TTL = 2.0
@@ -211,8 +213,9 @@ def make_request(method: str, path: str, data: object) -> Request:
 
 
 def default_peer() -> str:
-    return (os.environ.get("NANOMESH_PEER_API") or os.environ.get("NANOMESH_PEER")
-            or DEFAULT_PEER)
+    """The peer API `connect` asks without ``peer``: as the ``nanomesh``
+    commands do (`nanomesh.labstate.default_peer_api`)."""
+    return default_peer_api()
 
 
 def _split_peer(peer: str) -> tuple[str, int]:
@@ -447,7 +450,9 @@ async def connect(peer: str | None = None, *, coap_port: int = DEFAULT_COAP_PORT
                   token: str | None = None, key_file: Path | None = None,
                   keys: Keys = INSTALLED) -> AsyncIterator[Mesh]:
     """A `Mesh` talking to ``peer``'s API (``IP:PORT``; default
-    ``$NANOMESH_PEER_API``, else ``$NANOMESH_PEER``, else `DEFAULT_PEER`).
+    ``$NANOMESH_PEER_API``, else ``$NANOMESH_PEER``, else the first alive
+    peer of a running ``nanomesh lab``, else `DEFAULT_PEER`: the peer the
+    ``nanomesh`` commands ask, see `nanomesh.labstate.default_peer_api`).
     ``token`` (default ``$NANOMESH_INSTANCE_TOKEN``) is sent to the peer API.
     ``keys`` (default: this process's, else read from ``key_file``, see the
     module docstring; None: plain) authenticate service traffic; ConfigError

@@ -224,6 +224,7 @@ class NanoService:
     routes: list[Route] = field(default_factory=list)
     env: ServiceEnv | None = None
     _stop_hooks: list[StopHook] = field(default_factory=list)
+    _tasks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     _mesh: Mesh | None = None
 
     def route(self, method: str, pattern: str) -> Callable[[F], F]:
@@ -242,6 +243,13 @@ class NanoService:
         """Register ``async def hook()`` to run on SIGTERM before the service stops."""
         self._stop_hooks.append(hook)
         return hook
+
+    def task(self, fn: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        """Register ``async def fn()`` to run beside the endpoints once they
+        serve (a sensor's read loop); cancelled when the service stops. An
+        exception in it stops the service (the runtime restarts it)."""
+        self._tasks.append(fn)
+        return fn
 
     async def dispatch(self, request: Request) -> Response:
         """Answer one request from the routes (404 / 405 when none fits)."""
@@ -287,6 +295,8 @@ class NanoService:
                 await nursery.start(self._serve_endpoint, protocol, port)
                 log.info("%s: endpoint %s (%s) on %s:%d", self.env.instance, name, protocol,
                          self.env.host, port)
+            for fn in self._tasks:
+                nursery.start_soon(fn)
             task_status.started()
         log.info("%s stopped", self.env.instance)
 

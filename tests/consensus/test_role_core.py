@@ -12,6 +12,7 @@ sockets, no files, no clock: these run in milliseconds.
 from __future__ import annotations
 
 import ast
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import product
@@ -22,6 +23,7 @@ import pytest
 
 from nanomesh.consensus import role_core, role_effects
 from nanomesh.consensus.role_core import (
+    PRUNE_BEFORE_LEAVE,
     TRANSITIONS,
     GossipView,
     RaftRole,
@@ -430,14 +432,15 @@ def test_remove_request_answers_with_the_commit(ok: bool) -> None:
 
 def run_leave(core: RoleCore, status: RaftStatus | None, gossip: GossipView, *,
               promotions: Sequence[tuple[bool, RaftStatus]] = (),
-              asks: Sequence[bool] = ()) -> list[Action]:
+              asks: Sequence[bool] = (),
+              removals: Sequence[tuple[bool, RaftStatus]] = ()) -> list[Action]:
     """Drive a leave to its end as the shell would, feeding each action's
     outcome back at once: promotions succeed or not (and leave the node in
     the given status) in the order of `promotions`, asks for removal in the
-    order of `asks`."""
+    order of `asks`, removals of other voters in the order of `removals`."""
     todo = list(core.leave(status, gossip, 0))
     done: list[Action] = []
-    promoted, asked = list(promotions), list(asks)
+    promoted, asked, removed = list(promotions), list(asks), list(removals)
     while todo:
         action = todo.pop(0)
         done.append(action)
@@ -448,11 +451,58 @@ def run_leave(core: RoleCore, status: RaftStatus | None, gossip: GossipView, *,
                 outcome = Promoted(name, ok)
             case AskRemove():
                 outcome = RemovalAsked(asked.pop(0))
+            case RemoveVoter(raft_addr=addr, reason=reason):
+                ok, status = removed.pop(0)
+                outcome = VoterRemoved(addr, reason, ok)
             case StopNode():
                 outcome, status = Stopped(), None
         if outcome is not None:
             todo[:0] = core.feed(outcome, status, gossip, 1)
     return acts(done)
+
+
+C_DEAD = g(peers=[peer("me", ME, role="voter"), peer("b", B, role="voter"),
+                  peer("c", C, state=MemberState.DEAD, role="voter")])
+"""Three voters, one just killed (gossip says dead; the leader's policy has
+not removed it yet)."""
+
+
+def test_a_leaving_leader_first_removes_a_voter_that_is_down() -> None:
+    """Without it the removal leaves {B, C} with C dead: B can neither commit
+    it nor win an election, and never votes for us again (its log is ahead):
+    the mesh would stay without a leader for good (found by the dashboard's
+    browser test: kill one of 3 voters, restart the leader)."""
+    core = in_role(VOTER)
+    after = st(lead=True, voters=(ME, B))
+    done = run_leave(core, LEADING, C_DEAD, removals=[(True, after)], asks=[True])
+    assert done == [RemoveVoter(C, PRUNE_BEFORE_LEAVE), TransferLeadership(), AskRemove(ME),
+                    StopNode(), RoleChanged(VOTER, NONE), Store(StoredRole(LEARNER, GEN, (), 0))]
+
+
+def test_a_leaving_leader_that_cannot_remove_the_dead_voter_stays_a_voter() -> None:
+    core = in_role(VOTER)
+    done = run_leave(core, LEADING, C_DEAD, removals=[(False, LEADING)])
+    assert done == [RemoveVoter(C, PRUNE_BEFORE_LEAVE), StopNode(), RoleChanged(VOTER, NONE)]
+    assert core.stored == StoredRole(VOTER, GEN, (B, C), 0)
+
+
+def test_a_leaving_follower_does_not_ask_for_removal_when_the_rest_lack_a_majority() -> None:
+    """It cannot remove the dead voter itself; leaving the configuration would
+    wedge it, staying in it only costs a majority until it returns."""
+    core = in_role(VOTER)
+    following_b = st(leader=B, voters=(ME, B, C))
+    assert run_leave(core, following_b, C_DEAD) == [StopNode(), RoleChanged(VOTER, NONE)]
+    assert core.stored.role is VOTER
+
+
+def test_a_leave_goes_ahead_when_the_rest_keep_a_majority() -> None:
+    """Five voters, one down: the other four keep 3 alive of 4, a majority."""
+    five = st(lead=True, voters=(ME, B, C, D, E))
+    view = g(peers=[peer("me", ME, role="voter"), peer("b", B, role="voter"),
+                    peer("c", C, role="voter"), peer("d", D, role="voter"),
+                    peer("e", E, state=MemberState.DEAD, role="voter")])
+    assert run_leave(in_role(VOTER), five, view, asks=[True])[:2] == [
+        TransferLeadership(), AskRemove(ME)]
 
 
 def test_leave_voter_leader_with_others_transfers_asks_and_stores_learner() -> None:
@@ -607,3 +657,25 @@ def test_the_core_imports_no_io(module: ModuleType) -> None:
     imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert not {m for m in imported if m in IMPURE or m.split(".")[0] in IMPURE}
+
+
+def test_a_crash_the_raft_connections_see_counts_before_gossip_sees_it() -> None:
+    """C was killed a moment ago: gossip still says ALIVE, but the Raft
+    connection to it is gone. The leaving leader removes it first."""
+    core = in_role(VOTER)
+    leading = dataclasses.replace(LEADING, connected=frozenset({ME, B}))
+    after = st(lead=True, voters=(ME, B))
+    done = run_leave(core, leading, g(peers=VIEW), removals=[(True, after)], asks=[True])
+    assert done[:3] == [RemoveVoter(C, PRUNE_BEFORE_LEAVE), TransferLeadership(), AskRemove(ME)]
+
+
+@pytest.mark.parametrize(("connected", "expect"), [
+    (frozenset({ME, B, C}), [RemoveVoter(B, "request")]),
+    (None, [RemoveVoter(B, "request")]),                 # unknown: as it always did
+    (frozenset({ME, B}), [Reply(False)]),                # {ME, C} without C: no majority
+])
+def test_a_removal_request_is_refused_when_the_rest_could_not_commit_it(
+        connected: frozenset[str] | None, expect: list[Action]) -> None:
+    core = in_role(VOTER)
+    status = dataclasses.replace(LEADING, connected=connected)
+    assert acts(core.remove_request(B, status)) == expect

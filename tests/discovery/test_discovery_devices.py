@@ -12,12 +12,26 @@ from nanomesh.discovery.devices import config_devices, default_driver, hat_devic
 from nanomesh.discovery.hat import KNOWN_HATS
 
 
-def test_off_a_pi_every_default_driver_is_simulated() -> None:
-    devices = config_devices([{"type": "pir", "pin": 4}, {"type": "ble"}], on_pi=False)
+def test_off_a_pi_every_default_driver_is_simulated(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Off a Pi the drivers say "simulated" and the backends are the simulated
+    ones of nanomesh.devices; a type it does not drive has no backend."""
+    monkeypatch.delenv("NANOMESH_DEVICES", raising=False)
+    devices = config_devices([{"type": "pir", "pin": 4}, {"type": "ble"},
+                              {"type": "body-temperature", "id": "28-0000000a0012"},
+                              {"type": "camera"}], on_pi=False)
     assert devices == [
-        {"type": "pir", "source": "config", "driver": "simulated", "pin": 4},
-        {"type": "ble", "source": "config", "driver": "simulated"},
+        {"type": "pir", "source": "config", "driver": "simulated", "backend": "gpiozero-mock",
+         "pin": 4},
+        {"type": "ble", "source": "config", "driver": "simulated", "backend": "bleak-sim"},
+        {"type": "body-temperature", "source": "config", "driver": "simulated",
+         "backend": "w1-sim", "id": "28-0000000a0012"},
+        {"type": "camera", "source": "config", "driver": "simulated"},
     ]
+
+
+def test_backend_is_reserved() -> None:
+    with pytest.raises(DiscoveryConfigError, match="backend"):
+        config_devices([{"type": "pir", "backend": "rpi-gpio"}], on_pi=False)
 
 
 @pytest.mark.parametrize(("device_type", "driver"), [
@@ -29,11 +43,12 @@ def test_pi_default_drivers(device_type: str, driver: str) -> None:
     assert default_driver(device_type, on_pi=True) == driver
 
 
-def test_explicit_driver_and_extra_keys_pass_through() -> None:
+def test_explicit_driver_and_extra_keys_pass_through(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NANOMESH_DEVICES", raising=False)
     entry = {"type": "pulse-oximeter", "driver": "nonin", "address": "00:1C:05:FF:00:01",
              "channels": ("spo2", "pulse"), "options": {"interval_s": 2}}
     assert config_devices([entry], on_pi=False) == [{
-        "type": "pulse-oximeter", "source": "config", "driver": "nonin",
+        "type": "pulse-oximeter", "source": "config", "driver": "nonin", "backend": "bleak-sim",
         "address": "00:1C:05:FF:00:01", "channels": ["spo2", "pulse"],
         "options": {"interval_s": 2},
     }]

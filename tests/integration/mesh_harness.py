@@ -20,7 +20,6 @@ import json
 import os
 import select
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from nanomesh.testing.peerproc import peer_argv, ports_free
 from nanomesh.transport.apiclient import ApiError, get_json
 from nanomesh.wire import generate_key
 
@@ -143,7 +143,7 @@ class AddressPool:
                 ip = f"127.0.10.{self._next}"
                 self._next += 1
                 if self._reserve(ip):
-                    if _ports_free(ip):
+                    if ports_free(ip):
                         return ip
                     self._unreserve(ip)
         raise RuntimeError("no free address left in 127.0.10.1-249")
@@ -176,22 +176,6 @@ class AddressPool:
 ADDRESS_LOCK_DIR = Path(tempfile.gettempdir()) / "nanomesh-test-addresses"
 """Where `AddressPool` keeps one lock file per reserved address."""
 RAFT_PORT = 7948
-
-
-def _ports_free(ip: str) -> bool:
-    probes = [(socket.SOCK_STREAM, GOSSIP_PORT), (socket.SOCK_STREAM, API_PORT),
-              (socket.SOCK_DGRAM, GOSSIP_PORT), (socket.SOCK_STREAM, RAFT_PORT)]
-    for kind, port in probes:
-        s = socket.socket(socket.AF_INET, kind)
-        try:
-            if kind == socket.SOCK_STREAM:  # as trio's listeners do
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind((ip, port))
-        except OSError:
-            return False
-        finally:
-            s.close()
-    return True
 
 
 # --------------------------------------------------------------------------- peers
@@ -247,14 +231,9 @@ class Peer:
         return self.proc.pid if self.proc is not None else None
 
     def argv(self) -> list[str]:
-        argv = [PY, "-m", "nanomesh", "peer", "run", "--name", self.name,
-                "--bind", self.gossip, "--data-dir", str(self.data_dir),
-                "--gossip-preset", self.preset]
-        for seed in self.join:
-            argv += ["--join", seed]
-        if self.key_file is not None:
-            argv += ["--key-file", str(self.key_file)]
-        return argv + self.extra_args
+        return peer_argv(name=self.name, bind=self.gossip, data_dir=self.data_dir,
+                         preset=self.preset, join=self.join, key_file=self.key_file,
+                         extra=self.extra_args, python=PY)
 
     # ------------------------------------------------------------ process
 
@@ -436,9 +415,9 @@ class Cluster(BaseCluster):
 
     def add(self, name: str, *, key_file: Path | None = None, join: Sequence[str] = (),
             preset: str = "local", ip: str | None = None, extra_args: Sequence[str] = (),
-            start: bool = True) -> Peer:
+            start: bool = True, starter: Starter = _root_start) -> Peer:
         peer = self._make_peer(name, ip or self.pool.take(), key_file=key_file, join=join,
-                               preset=preset, extra_args=extra_args)
+                               preset=preset, extra_args=extra_args, starter=starter)
         return peer.start() if start else peer
 
     def close(self) -> None:

@@ -249,7 +249,8 @@ def test_update_that_fails_its_health_check_is_rolled_back(mesh: Mesh, tmp_path:
 
 def test_first_deploy_that_fails_just_reports_failure(mesh: Mesh, tmp_path: Path) -> None:
     """Nothing to revert to: the deploy exits 1 saying it failed, and the
-    service stays (failed) for the operator to fix or remove."""
+    service stays (failed) for the operator to fix or remove. (The CLI also
+    warns that a service without endpoints cannot be called.)"""
     folder = copy_service("hello", tmp_path / "dud",
                           {'name = "hello"': 'name = "dud"', r"command = .*":
                            'command = ["python3", "-c", "raise SystemExit(3)"]'},
@@ -258,8 +259,11 @@ def test_first_deploy_that_fails_just_reports_failure(mesh: Mesh, tmp_path: Path
     assert result.returncode == 1, (result.stdout, result.stderr)
     assert "failed" in result.stderr and "no previous version" in result.stderr, result.stderr
     assert "rolled back" not in result.stderr
+    # hello has no [[endpoints]]: deploying it says nothing can call it
+    assert "dud declares no [[endpoints]]" in result.stderr, result.stderr
     dep = mesh.deployment("dud")
     assert dep["status"] == "failed" and "restarted" in dep["reason"], dep
+    assert "last run exited with status 3" in dep["reason"], dep  # why, not only that
     cli_retry(mesh.cluster, "undeploy", "dud", peer=mesh.peers[0], token=mesh.token)
 
 

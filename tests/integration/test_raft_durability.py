@@ -155,6 +155,26 @@ def test_three_peers_stopped_one_after_another_then_all_started(
     wait_running(cluster, peers, "keep", marker)
 
 
+def test_leader_stopped_gracefully_right_after_a_voter_crashed(cluster: Cluster) -> None:
+    """Three voters; one is SIGKILLed and, before the leader's policy removes
+    it (10 s), the leader is stopped gracefully and started again. Its leave
+    used to take it out of the configuration, leaving {the other, the dead
+    one}: no leader ever again (found by the dashboard's browser test). Now
+    it removes the dead voter first: the two running peers have a leader, and
+    so do all three once the crashed one is back."""
+    peers = cluster.start_mesh(3, key_file=cluster.new_key())
+    wait_agreed(cluster, peers, voters=3)
+    lead = wait_leader(cluster, peers)
+    leader = next(p for p in peers if raft_addr(p) == lead["leader"])
+    crashed = next(p for p in peers if p is not leader)
+    crashed.kill()
+    assert leader.terminate() == 0
+    leader.start()
+    wait_leader(cluster, [p for p in peers if p is not crashed])
+    crashed.start()
+    wait_leader(cluster, peers)
+
+
 def test_mesh_killed_whole_comes_back_while_its_seed_stays_down(
         cluster: Cluster, kill_markers: list[str]) -> None:
     """Every peer seeds from the first; all three are killed and only the two

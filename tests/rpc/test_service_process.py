@@ -121,3 +121,37 @@ async def test_dispatch_turns_return_values_into_responses() -> None:
     assert (r.body, r.content_format) == (b"[1,2]", CONTENT_JSON)
     with pytest.raises(ValueError, match="method"):
         svc.route("FETCH", "x")
+
+
+async def test_a_task_runs_beside_the_endpoints_and_stops_with_the_service() -> None:
+    """``@svc.task``: started once the endpoints serve (a route answers what
+    the task wrote), cancelled when the service stops."""
+    svc = NanoService()
+    ticks: list[int] = []
+    stopped = trio.Event()
+
+    @svc.task
+    async def sensor() -> None:
+        try:
+            while True:
+                ticks.append(len(ticks))
+                await trio.sleep(0.01)
+        finally:
+            stopped.set()
+
+    @svc.route("GET", "ticks")
+    async def get_ticks(call: object) -> dict[str, int]:
+        return {"n": len(ticks)}
+
+    zport = free_port(IP)
+    async with fake_peer_api(IP) as api:
+        env = ServiceEnv.from_environ(service_env("s", "s/0", IP, {"api": ("zmq", zport)},
+                                                 api.address))
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(svc.serve, env)
+                await until(lambda: len(ticks) >= 3)
+                reply = await zmq_call(f"{IP}:{zport}", Request("GET", "ticks"), 2)
+                assert json.loads(reply.body)["n"] >= 3
+                nursery.cancel_scope.cancel()
+    assert stopped.is_set()

@@ -213,9 +213,12 @@ def test_the_daemons_nanomesh_variables_do_not_reach_an_instance() -> None:
     values = ContractValues("svc/0", "svc", HOST, (("http", "http", 8080),), "1.2.3.4:7000",
                             "instance-token")
     base = {"NANOMESH_TOKEN": "MGMT-SECRET", "NANOMESH_CONFIG": "/etc/x", "HOME": "/root",
-            "NANOMESH_PORT_OLD": "1", "NANOMESH_INSTANCE": "parent/0", "PATH": "/bin"}
+            "NANOMESH_PORT_OLD": "1", "NANOMESH_INSTANCE": "parent/0", "PATH": "/bin",
+            "NANOMESH_DEVICES": "sim", "NANOMESH_WORLD": "/w.toml"}
     env = instance_env(spec, values, base)
     assert not {"NANOMESH_TOKEN", "NANOMESH_CONFIG", "NANOMESH_PORT_OLD"} & set(env)
+    # ... except those describing the machine's (simulated) hardware
+    assert env["NANOMESH_DEVICES"] == "sim" and env["NANOMESH_WORLD"] == "/w.toml"
     assert env["NANOMESH_INSTANCE"] == "svc/0" and env["NANOMESH_PORT_HTTP"] == "8080"
     assert env["HOME"] == "/root" and env["MINE"] == "1"
     # the container's environment keeps the contract only, even from a leaky env

@@ -1,0 +1,166 @@
+"""Leaf messages (`nanomesh.wire.leaf`): tags, strict bodies, the key file.
+Anything a leaf (or an attacker) sends becomes a RemoteProtocolError, never
+another exception."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nanomesh.errors import ConfigError, RemoteProtocolError
+from nanomesh.wire.leaf import (
+    MAX_PAYLOAD,
+    TAG_SIZE,
+    LeafDevice,
+    check_tag,
+    decode_register,
+    decode_report,
+    open_body,
+    parse_leaf_keys,
+    seal,
+    tag,
+)
+
+KEY = bytes(range(32))
+REG = ("leaf", "register")
+REPORT = ("leaf", "bed-1", "report")
+GOOD_REGISTER = {"leaf": "bed-1", "n": 7, "period": 10,
+                 "dev": [{"r": "temp", "type": "body-temperature"}, {"r": "pir", "type": "pir"}]}
+
+
+def test_the_tag_is_truncated_hmac_sha256_over_path_and_body() -> None:
+    body = b'{"n": 1}'
+    want = hmac.new(KEY, b"leaf/bed-1/report\n" + body, hashlib.sha256).digest()[:16]
+    assert tag(KEY, REPORT, body) == want and TAG_SIZE == 16
+
+
+def test_a_sealed_register_opens_checks_and_decodes() -> None:
+    payload = seal(KEY, REG, GOOD_REGISTER)
+    _tag, body = open_body(payload)
+    check_tag(KEY, REG, payload)
+    msg = decode_register(body)
+    assert msg.leaf == "bed-1" and msg.counter == 7 and msg.period == 10.0
+    assert msg.devices == (LeafDevice("temp", "body-temperature"), LeafDevice("pir", "pir"))
+
+
+@pytest.mark.parametrize("change", ["key", "path", "body", "tag"])
+def test_a_tag_fails_for_another_key_path_or_altered_bytes(change: str) -> None:
+    payload = seal(KEY, REPORT, {"n": 3, "v": {"temp": 36.6}})
+    key, path = KEY, REPORT
+    if change == "key":
+        key = bytes(32)
+    elif change == "path":
+        path = ("leaf", "bed-2", "report")
+    elif change == "body":
+        payload = payload.replace(b"36.6", b"39.9")
+    else:
+        payload = bytes([payload[0] ^ 1]) + payload[1:]
+    with pytest.raises(RemoteProtocolError) as err:
+        check_tag(key, path, payload)
+    assert err.value.reason == "auth"
+
+
+def test_a_report_decodes_with_its_age() -> None:
+    msg = decode_report("bed-1", {"n": 9, "age": 1500, "v": {"temp": 36.6, "pir": True,
+                                                             "x": None, "c": 3}})
+    assert msg.counter == 9 and msg.age_ms == 1500
+    assert msg.values == {"temp": 36.6, "pir": True, "x": None, "c": 3}
+
+
+BAD_REGISTERS = [
+    {**GOOD_REGISTER, "leaf": "Bed 1"},
+    {**GOOD_REGISTER, "leaf": "x" * 33},
+    {**GOOD_REGISTER, "n": -1},
+    {**GOOD_REGISTER, "n": 2**63},
+    {**GOOD_REGISTER, "n": True},
+    {**GOOD_REGISTER, "n": 1.5},
+    {**GOOD_REGISTER, "period": 0},
+    {**GOOD_REGISTER, "period": "10"},
+    {**GOOD_REGISTER, "period": 1e9},
+    {**GOOD_REGISTER, "dev": []},
+    {**GOOD_REGISTER, "dev": [{"r": "a", "type": "pir"}] * 2},
+    {**GOOD_REGISTER, "dev": [{"r": f"r{i}", "type": "pir"} for i in range(17)]},
+    {**GOOD_REGISTER, "dev": [{"r": "a"}]},
+    {**GOOD_REGISTER, "dev": [{"r": "a", "type": "pir", "x": 1}]},
+    {**GOOD_REGISTER, "dev": ["pir"]},
+    {**GOOD_REGISTER, "extra": 1},
+    {k: v for k, v in GOOD_REGISTER.items() if k != "leaf"},
+]
+
+
+@pytest.mark.parametrize("body", BAD_REGISTERS)
+def test_bad_registers_are_refused(body: dict[str, object]) -> None:
+    with pytest.raises(RemoteProtocolError) as err:
+        decode_register(body)
+    assert err.value.reason == "malformed"
+
+
+@pytest.mark.parametrize("body", [
+    {"n": 1, "v": {"Temp": 1}}, {"n": 1, "v": {"t": "hot"}}, {"n": 1, "v": {"t": [1]}},
+    {"n": 1, "v": []}, {"n": 1, "age": -1, "v": {}}, {"n": 1, "age": 1.5, "v": {}},
+    {"n": 1, "age": 10**12, "v": {}}, {"v": {}}, {"n": 1, "v": {"t": 1}, "z": 0},
+    {"n": 1, "v": {"t": 10**400}},
+])
+def test_bad_reports_are_refused(body: dict[str, object]) -> None:
+    with pytest.raises(RemoteProtocolError):
+        decode_report("bed-1", body)
+
+
+@pytest.mark.parametrize("payload", [
+    b"", b"x" * TAG_SIZE, b"x" * TAG_SIZE + b"{", b"x" * TAG_SIZE + b"[1]",
+    b"x" * TAG_SIZE + b"\xff\xfe", b"x" * TAG_SIZE + b'{"n": NaN}',
+    b"x" * TAG_SIZE + b"[" * 5000, b"x" * (MAX_PAYLOAD + 1),
+])
+def test_payloads_that_are_no_json_object_are_refused(payload: bytes) -> None:
+    with pytest.raises(RemoteProtocolError):
+        open_body(payload)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_random_payloads_never_raise_anything_else(payload: bytes) -> None:
+    for path in (REG, REPORT):
+        try:
+            _tag, body = open_body(payload)
+            check_tag(KEY, path, payload)
+            decode_register(body) if path == REG else decode_report("bed-1", body)
+        except RemoteProtocolError:
+            pass
+
+
+JSONISH = st.recursive(st.none() | st.booleans() | st.integers() | st.floats()
+                       | st.text(max_size=5),
+                       lambda kids: st.lists(kids, max_size=3)
+                       | st.dictionaries(st.text(max_size=5), kids, max_size=3), max_leaves=10)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["leaf", "n", "period", "dev", "age", "v", "r"]), JSONISH))
+def test_random_bodies_never_raise_anything_else(body: dict[str, object]) -> None:
+    for decode in (decode_register, lambda b: decode_report("bed-1", b)):
+        with contextlib.suppress(RemoteProtocolError):
+            decode(json.loads(json.dumps(body)))
+
+
+def test_the_key_file_parses_names_and_hex_keys() -> None:
+    keys = parse_leaf_keys("# leaves of room 1\nbed-1 " + "ab" * 16 + "\n\nbed-2 "
+                           + "cd" * 32 + "  # the second\n")
+    assert keys == {"bed-1": b"\xab" * 16, "bed-2": b"\xcd" * 32}
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("bed-1", "expected '<leaf> <hex key>'"),
+    ("Bed " + "ab" * 16, "lowercase token"),
+    ("bed-1 zz" + "ab" * 16, "not hex"),
+    ("bed-1 " + "ab" * 8, "16-64 bytes, this one 8"),
+    ("a " + "ab" * 16 + "\na " + "ab" * 16, "line 2: leaf a listed twice"),
+])
+def test_a_bad_key_file_names_its_line(text: str, words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
+        parse_leaf_keys(text)
