@@ -293,7 +293,7 @@ class PeerAssembly:
             core, traffic, consensus, lambda: roles.role, lambda: roles.epoch,
             control.placement_durations, lambda: control.plans_committed,
             runtime.driver.status, runtime.reconciler.restarts, lambda: parts.gateway,
-            api_stats, access)))
+            api_stats, access, gateway_configured=bool(cfg.coap_port))))
         routes.update(openapi_routes(routes))  # last: it documents the whole table
         return parts
 
