@@ -8,13 +8,14 @@ connections from one source, and a key change that needed a restart."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import socket
 import struct
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -312,20 +313,28 @@ async def _write_and_see(nodes: tuple[ConsensusNode, ...], name: str) -> None:
             await n.wait_state(lambda s: name in s.services, timeout=5)
 
 
-async def test_established_links_speak_compact_frames(ips: IpFactory) -> None:
-    """Rule 5 (issue 9): once the handshake is over, both ends of every link
-    send compact frames, and replication runs over them."""
-    a, b, c = ips(3)
+@contextlib.asynccontextmanager
+async def _three_voters(ips: list[str]) -> AsyncIterator[tuple[ConsensusNode, ...]]:
+    """Three voters of one cluster, with a leader, a committed write and every
+    link between them established."""
     ring = Keyring([KEY_A])
-    peers = tuple(f"{ip}:7948" for ip in (a, b, c))
-    async with open_consensus(_voter(a, ring, peers)) as na, \
-            open_consensus(_voter(b, ring, peers)) as nb, \
-            open_consensus(_voter(c, ring, peers)) as nc:
+    peers = tuple(f"{ip}:7948" for ip in ips)
+    async with open_consensus(_voter(ips[0], ring, peers)) as na, \
+            open_consensus(_voter(ips[1], ring, peers)) as nb, \
+            open_consensus(_voter(ips[2], ring, peers)) as nc:
         nodes = (na, nb, nc)
-        await _write_and_see(nodes, "over-compact-frames")
+        await _write_and_see(nodes, "first")
         with trio.fail_after(5):
             while not all(len(_links(n)) == 2 for n in nodes):
                 await trio.sleep(0.05)
+        yield nodes
+
+
+async def test_established_links_speak_compact_frames(ips: IpFactory) -> None:
+    """Rule 5 (issue 9): once the handshake is over, both ends of every link
+    send compact frames, and replication runs over them."""
+    async with _three_voters(ips(3)) as nodes:
+        await _write_and_see(nodes, "over-compact-frames")
         await trio.sleep(0.5)  # idle follower-follower links carry keepalives every 0.2 s
         for n in nodes:
             for addr, conn in _links(n).items():
@@ -345,16 +354,8 @@ async def test_a_peer_without_compact_frames_still_replicates(
     def no_compact_on_old(self: transport.GuardedConnection) -> object:
         return None if self._source_ip == old else real(self)
     monkeypatch.setattr(transport.GuardedConnection, "_link_seal", no_compact_on_old)
-    ring = Keyring([KEY_A])
-    peers = tuple(f"{ip}:7948" for ip in (a, b, old))
-    async with open_consensus(_voter(a, ring, peers)) as na, \
-            open_consensus(_voter(b, ring, peers)) as nb, \
-            open_consensus(_voter(old, ring, peers)) as nold:
-        nodes = (na, nb, nold)
-        await _write_and_see(nodes, "mixed")
-        with trio.fail_after(5):
-            while not all(len(_links(n)) == 2 for n in nodes):
-                await trio.sleep(0.05)
+    async with _three_voters([a, b, old]) as nodes:
+        na, nb, nold = nodes
         await _write_and_see(nodes, "mixed-again")
         assert _links(na)[f"{b}:7948"].compact and _links(nb)[f"{a}:7948"].compact
         assert not _links(na)[f"{old}:7948"].compact
