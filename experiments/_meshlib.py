@@ -79,6 +79,13 @@ def add_run_options(p: argparse.ArgumentParser, *, name: str | None,
                    help="wait until the 1-min load average is at most this before starting")
 
 
+def add_subnet_option(p: argparse.ArgumentParser, subnet: str) -> None:
+    """``--subnet``: the first three octets of the peers' addresses. Several
+    engineers measure on one machine; each keeps to a range of its own."""
+    p.add_argument("--subnet", default=subnet,
+                   help=f"peers use SUBNET.FIRST .. (default {subnet})")
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100): the smallest value with at least
     q % of the values at or below it. With 50 values, p99 is the maximum."""
