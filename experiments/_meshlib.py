@@ -74,12 +74,16 @@ def add_run_options(p: argparse.ArgumentParser, *, name: str | None,
     if subnet is not None:
         p.add_argument("--first-octet", type=int, default=first_octet,
                        help=f"peers use {subnet}.FIRST .. FIRST+N-1 (default {first_octet})")
-        p.add_argument("--subnet", default=f"{subnet}.",
-                       help=f"loopback /24 of the peers, with the trailing dot (default "
-                            f"{subnet}.)")
     p.add_argument("--name", default=name, help=name_help)
     p.add_argument("--max-load", type=float, default=1.5,
                    help="wait until the 1-min load average is at most this before starting")
+
+
+def add_subnet_option(p: argparse.ArgumentParser, subnet: str) -> None:
+    """``--subnet``: the first three octets of the peers' addresses. Several
+    engineers measure on one machine; each keeps to a range of its own."""
+    p.add_argument("--subnet", default=subnet,
+                   help=f"peers use SUBNET.FIRST .. (default {subnet})")
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -103,11 +103,8 @@ def parse_args() -> argparse.Namespace:
                    help="failure-detection kills per N (default 3; quick 1)")
     p.add_argument("--preset", default="lan", help="gossip preset (default lan)")
     p.add_argument("--seed", type=int, default=1, help="victim RNG seed (default 1)")
-    p.add_argument("--subnet", default=SUBNET,
-                   help=f"loopback /24 of the peers, with the trailing dot (default {SUBNET})")
-    p.add_argument("--first-octet", type=int, default=1,
-                   help="peers use SUBNET.FIRST .. FIRST+N-1 (default 1)")
-    ml.add_run_options(p, name="footprint_vs_n")
+    ml.add_run_options(p, name="footprint_vs_n", subnet=SUBNET.rstrip("."), first_octet=1)
+    ml.add_subnet_option(p, SUBNET.rstrip("."))
     args = p.parse_args()
     args.sizes = [int(x) for x in (args.sizes or ("10,25" if args.quick else "10,25,50,100")
                                    ).split(",")]
@@ -116,8 +113,8 @@ def parse_args() -> argparse.Namespace:
     args.sim_sizes = [int(x) for x in sim.split(",") if x]
     args.window = args.window or (15.0 if args.quick else 30.0)
     args.kills = args.kills if args.kills is not None else (1 if args.quick else 3)
-    if max(args.sizes) + args.first_octet - 1 > 250:
-        p.error(f"at most {251 - args.first_octet} real daemons from .{args.first_octet}")
+    if args.first_octet + max(args.sizes) - 1 > 250:
+        p.error(f"at most {251 - args.first_octet} real daemons ({args.subnet}.FIRST-250)")
     return args
 
 
@@ -223,12 +220,13 @@ def idle_window(mesh: cf.Mesh60, leader: ml.Peer, args: argparse.Namespace,
     mem = {n: ml.smaps_rollup(pr.pid) for n, pr in procs.items()}
     links = raft_links(leader.ip)
     term1 = _term(leader)
+    voters = {str(a).rpartition(":")[0] for a in leader.get("/v1/status").get("voters", ())}
 
     per_peer: list[dict[str, Any]] = []
     for p in peers:
         cpu = (c1[p.name].user + c1[p.name].system - c0[p.name].user - c0[p.name].system)
         row: dict[str, Any] = {
-            "peer": p.name, "leader": p is leader,
+            "peer": p.name, "leader": p is leader, "voter": p.ip in voters,
             "cpu_pct": 100.0 * cpu / dt,
             "rss_mib": mem[p.name]["rss"] / MIB, "pss_mib": mem[p.name]["pss"] / MIB,
             "health_bytes_out_per_s": (h1[p.name]["bytes_out"] - h0[p.name]["bytes_out"]) / dt,
@@ -312,8 +310,8 @@ def one_size(n: int, args: argparse.Namespace, rng: random.Random) -> dict[str, 
     with tempfile.TemporaryDirectory(prefix=f"nm-fvn{n}-") as tmp:
         root = Path(tmp)
         key = ml.keygen(root / "cluster.key")
-        mesh = cf.Mesh60(n, root, preset=args.preset, key_file=key, first_octet=args.first_octet,
-                         prefix="p", subnet=args.subnet)
+        mesh = cf.Mesh60(n, root, preset=args.preset, key_file=key,
+                         first_octet=args.first_octet, prefix="p", subnet=f"{args.subnet}.")
         counting = ml.NftTraffic.available()
         traffic = ml.NftTraffic([p.ip for p in mesh.peers]) if counting else None
         try:
@@ -371,6 +369,8 @@ def summarise(n: int, converge_s: float, idle: dict[str, Any], detections: list[
     rows = idle["per_peer"]
     lead = next(r for r in rows if r["leader"])
     others = [r for r in rows if not r["leader"]]
+    voters = [r for r in others if r.get("voter")]
+    learners = [r for r in others if not r.get("voter")]
 
     def med(key: str, rs: list[dict[str, Any]] = others) -> float:
         return statistics.median(float(r[key]) for r in rs) if rs and key in rs[0] else \
@@ -396,6 +396,12 @@ def summarise(n: int, converge_s: float, idle: dict[str, Any], detections: list[
            for why in ("live", "fell", "static", "carried")},
         "raft_terms_in_window": idle["raft_terms_in_window"],
         "cpu_pct_others_median": med("cpu_pct"),
+        # The roles apart (issue 9): a voter runs the Raft loop, a learner does not.
+        "bytes_per_s_voters_median": med("bytes_per_s", voters),
+        "raft_per_s_voters_median": med("raft_per_s", voters),
+        "cpu_pct_voters_median": med("cpu_pct", voters),
+        "bytes_per_s_learners_median": med("bytes_per_s", learners),
+        "cpu_pct_learners_median": med("cpu_pct", learners),
         "cpu_pct_others_max": max(float(r["cpu_pct"]) for r in others),
         "cpu_pct_leader": lead["cpu_pct"],
         "rss_mib_median": med("rss_mib", rows), "pss_mib_median": med("pss_mib", rows),
@@ -509,9 +515,10 @@ COLUMNS = ["n", "converge_s", "bytes_per_s_others_median", "bytes_per_s_leader",
            "profiles_published_per_min_mesh", "profiles_pulled_per_min_median",
            "profile_live_per_min_mesh", "profile_fell_per_min_mesh",
            "profile_static_per_min_mesh", "profile_carried_per_min_mesh",
-           "raft_terms_in_window",
-           "cpu_pct_others_median", "cpu_pct_others_max",
-           "cpu_pct_leader", "rss_mib_median", "pss_mib_median", "leader_raft_links",
+           "raft_terms_in_window", "cpu_pct_others_median", "cpu_pct_others_max",
+           "cpu_pct_leader", "bytes_per_s_voters_median", "raft_per_s_voters_median",
+           "cpu_pct_voters_median", "bytes_per_s_learners_median", "cpu_pct_learners_median",
+           "rss_mib_median", "pss_mib_median", "leader_raft_links",
            "detect_median_s", "detect_all_max_s", "detect_kills", "failover_s", "window_s",
            "load_at_window", "kernel_counters", "unsettled"]
 
@@ -540,6 +547,10 @@ def main() -> int:
               f"{row['bytes_per_s_leader']:.0f}; Raft {row['raft_per_s_others_median']:.0f} / "
               f"{row['raft_per_s_leader']:.0f}, {row['leader_raft_links']} leader links), CPU "
               f"{row['cpu_pct_others_median']:.2f}% (leader {row['cpu_pct_leader']:.2f}%), "
+              f"voters {row['bytes_per_s_voters_median']:.0f} B/s "
+              f"{row['cpu_pct_voters_median']:.2f}%, learners "
+              f"{row['bytes_per_s_learners_median']:.0f} B/s "
+              f"{row['cpu_pct_learners_median']:.2f}%, "
               f"RSS/PSS {row['rss_mib_median']:.1f}/{row['pss_mib_median']:.1f} MiB, profiles "
               f"published {row['profiles_published_per_min_mesh']:.1f}/min in all, pulled "
               f"{row['profiles_pulled_per_min_median']:.1f}/min per peer, detect "
