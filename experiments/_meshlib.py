@@ -79,6 +79,13 @@ def add_run_options(p: argparse.ArgumentParser, *, name: str | None,
                    help="wait until the 1-min load average is at most this before starting")
 
 
+def add_subnet_option(p: argparse.ArgumentParser, subnet: str) -> None:
+    """``--subnet``: the first three octets of the peers' addresses. Several
+    engineers measure on one machine; each keeps to a range of its own."""
+    p.add_argument("--subnet", default=subnet,
+                   help=f"peers use SUBNET.FIRST .. (default {subnet})")
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100): the smallest value with at least
     q % of the values at or below it. With 50 values, p99 is the maximum."""
@@ -304,19 +311,21 @@ class Peer:
 
 
 class LoopbackMesh:
-    """N peer daemons on 127.0.20.{first}..{first+n-1}; peer 1 is the seed."""
+    """N peer daemons on 127.0.20.{first}..{first+n-1} (another loopback /24
+    if `subnet` says so); peer 1 is the seed."""
 
     def __init__(self, n: int, root: Path, *, preset: str, key_file: Path | None,
-                 first_octet: int = 1, log_level: str = "INFO", prefix: str = "peer") -> None:
+                 first_octet: int = 1, log_level: str = "INFO", prefix: str = "peer",
+                 subnet: str = LOOPBACK_PREFIX) -> None:
         if not first_octet >= 1 or first_octet + n - 1 > 250:
-            raise ValueError("addresses must stay within 127.0.20.1-250")
+            raise ValueError(f"addresses must stay within {subnet}1-250")
         self.root = root
         self.preset = preset
         self.peers: list[Peer] = []
-        seed_ip = f"{LOOPBACK_PREFIX}{first_octet}"
+        seed_ip = f"{subnet}{first_octet}"
         width = len(str(n))
         for i in range(n):
-            ip = f"{LOOPBACK_PREFIX}{first_octet + i}"
+            ip = f"{subnet}{first_octet + i}"
             name = f"{prefix}-{i + 1:0{width}d}"
             argv = peer_argv(name=name, bind=f"{ip}:{GOSSIP_PORT}", data_dir=root / "data" / name,
                              preset=preset, log_level=log_level, key_file=key_file,

@@ -255,6 +255,7 @@ def parse_args() -> argparse.Namespace:
                    help="seconds to wait for a healthy mesh after a restart (default 120)")
     p.add_argument("--seed", type=int, default=1, help="RNG seed for choosing the caller")
     ml.add_run_options(p, name="call_failover", subnet="127.0.60", first_octet=41)
+    ml.add_subnet_option(p, "127.0.60")
     args = p.parse_args()
     if args.trials is None:
         args.trials = 3 if args.quick else 12
@@ -278,7 +279,7 @@ def main() -> int:
         key = ml.keygen(root / "cluster.key")
         os.environ["NANOMESH_KEY_FILE"] = str(key)  # nanomesh.sdk.client: a member's calls
         mesh = Mesh60(args.peers, root, preset=args.preset, key_file=key,
-                      first_octet=args.first_octet, prefix="cfo")
+                      first_octet=args.first_octet, prefix="cfo", subnet=f"{args.subnet}.")
         try:
             _, up_s = start_mesh(mesh)
             token = read_token(mesh)

@@ -380,6 +380,7 @@ def parse_args() -> argparse.Namespace:
                    help="delete the probe services every this many trials (default 10)")
     p.add_argument("--seed", type=int, default=1, help="RNG seed for choosing the writer")
     ml.add_run_options(p, name="control_failover", subnet="127.0.60", first_octet=1)
+    ml.add_subnet_option(p, "127.0.60")
     p.add_argument("--keep-logs", type=Path, default=None,
                    help="copy the peers' logs to this directory at the end")
     args = p.parse_args()
@@ -412,7 +413,7 @@ def main() -> int:
         root = Path(tmp)
         key = ml.keygen(root / "cluster.key")
         mesh = Mesh60(args.peers, root, preset=args.preset, key_file=key,
-                      first_octet=args.first_octet, prefix="cf")
+                      first_octet=args.first_octet, prefix="cf", subnet=f"{args.subnet}.")
         try:
             st, up_s = start_mesh(mesh)
             token = read_token(mesh)

@@ -76,7 +76,7 @@ from nanomesh.sim import NetworkModel, Simulator
 from nanomesh.transport.apiclient import ApiError, request_json
 
 SUBNET = "127.0.70."
-"""This experiment only uses 127.0.70.1-250."""
+"""This experiment uses 127.0.70.1-250 unless ``--subnet`` names another /24."""
 
 GOALS = {"bytes_per_s_per_peer_at_20": 1500, "cpu_pct_non_leader": 0.5, "cpu_pct_leader": 2.0,
          "rss_mib": 32, "pss_mib": 18, "failover_median_s": 0.5, "failover_max_s": 1.0}
@@ -103,7 +103,8 @@ def parse_args() -> argparse.Namespace:
                    help="failure-detection kills per N (default 3; quick 1)")
     p.add_argument("--preset", default="lan", help="gossip preset (default lan)")
     p.add_argument("--seed", type=int, default=1, help="victim RNG seed (default 1)")
-    ml.add_run_options(p, name="footprint_vs_n")
+    ml.add_run_options(p, name="footprint_vs_n", subnet=SUBNET.rstrip("."), first_octet=1)
+    ml.add_subnet_option(p, SUBNET.rstrip("."))
     args = p.parse_args()
     args.sizes = [int(x) for x in (args.sizes or ("10,25" if args.quick else "10,25,50,100")
                                    ).split(",")]
@@ -112,8 +113,8 @@ def parse_args() -> argparse.Namespace:
     args.sim_sizes = [int(x) for x in sim.split(",") if x]
     args.window = args.window or (15.0 if args.quick else 30.0)
     args.kills = args.kills if args.kills is not None else (1 if args.quick else 3)
-    if max(args.sizes) > 250:
-        p.error("at most 250 real daemons (127.0.70.1-250)")
+    if args.first_octet + max(args.sizes) - 1 > 250:
+        p.error(f"at most {251 - args.first_octet} real daemons ({args.subnet}.FIRST-250)")
     return args
 
 
@@ -206,6 +207,7 @@ def idle_window(mesh: cf.Mesh60, leader: ml.Peer, args: argparse.Namespace,
     h0 = dict(zip([p.name for p in peers], ml.parallel(lambda p: p.get("/v1/health"), peers),
                   strict=True))
     b0 = traffic.read() if traffic else None
+    term0 = _term(leader)
     c0 = {n: pr.cpu_times() for n, pr in procs.items()}
     t0 = time.monotonic()
     load0 = os.getloadavg()[0]
@@ -217,15 +219,28 @@ def idle_window(mesh: cf.Mesh60, leader: ml.Peer, args: argparse.Namespace,
                   strict=True))
     mem = {n: ml.smaps_rollup(pr.pid) for n, pr in procs.items()}
     links = raft_links(leader.ip)
+    term1 = _term(leader)
+    voters = {str(a).rpartition(":")[0] for a in leader.get("/v1/status").get("voters", ())}
 
     per_peer: list[dict[str, Any]] = []
     for p in peers:
         cpu = (c1[p.name].user + c1[p.name].system - c0[p.name].user - c0[p.name].system)
         row: dict[str, Any] = {
-            "peer": p.name, "leader": p is leader,
+            "peer": p.name, "leader": p is leader, "voter": p.ip in voters,
             "cpu_pct": 100.0 * cpu / dt,
             "rss_mib": mem[p.name]["rss"] / MIB, "pss_mib": mem[p.name]["pss"] / MIB,
             "health_bytes_out_per_s": (h1[p.name]["bytes_out"] - h0[p.name]["bytes_out"]) / dt,
+            # Profile churn: how often this peer published its profile (a
+            # counter older peers lack: NaN) and pulled another's.
+            "profiles_published_per_min": _per_min(h0[p.name], h1[p.name],
+                                                   "profiles_published", dt),
+            "profiles_pulled_per_min": _per_min(h0[p.name], h1[p.name], "profiles_pulled", dt),
+            # Why it published (`nanomesh.discovery.publish.PublishStats`):
+            # live values, a capacity fall, a static change; the rest of the
+            # publications came from the control plane's sections (Raft role
+            # or term, instances, bundles).
+            **{f"profile_{why}_per_min": _per_min(h0[p.name], h1[p.name], why, dt, "profile")
+               for why in ("live", "fell", "static", "carried")},
         }
         if b0 is not None and b1 is not None:
             for cls in ml.TRAFFIC_CLASSES:
@@ -233,7 +248,26 @@ def idle_window(mesh: cf.Mesh60, leader: ml.Peer, args: argparse.Namespace,
             row["bytes_per_s"] = sum(row[f"{c}_per_s"] for c in ml.TRAFFIC_CLASSES)
         per_peer.append(row)
     return {"per_peer": per_peer, "window_s": dt, "load_at_window": load0,
-            "leader_raft_links": links}
+            "leader_raft_links": links,
+            "raft_terms_in_window": term1 - term0 if term0 is not None and term1 is not None
+            else float("nan")}
+
+
+def _term(peer: ml.Peer) -> int | None:
+    try:
+        return int(peer.get("/v1/status")["term"])
+    except (ApiError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _per_min(h0: dict[str, Any], h1: dict[str, Any], counter: str, dt: float,
+             group: str = "counters") -> float:
+    """A `/v1/health` counter's rate per minute over the window (NaN if the
+    peer does not report it)."""
+    c0, c1 = h0.get(group, {}), h1.get(group, {})
+    if counter not in c0 or counter not in c1:
+        return float("nan")
+    return 60.0 * (c1[counter] - c0[counter]) / dt
 
 
 def detect(mesh: cf.Mesh60, victim: ml.Peer, bound: float) -> list[float]:
@@ -276,8 +310,8 @@ def one_size(n: int, args: argparse.Namespace, rng: random.Random) -> dict[str, 
     with tempfile.TemporaryDirectory(prefix=f"nm-fvn{n}-") as tmp:
         root = Path(tmp)
         key = ml.keygen(root / "cluster.key")
-        mesh = cf.Mesh60(n, root, preset=args.preset, key_file=key, first_octet=1,
-                         prefix="p", subnet=SUBNET)
+        mesh = cf.Mesh60(n, root, preset=args.preset, key_file=key,
+                         first_octet=args.first_octet, prefix="p", subnet=f"{args.subnet}.")
         counting = ml.NftTraffic.available()
         traffic = ml.NftTraffic([p.ip for p in mesh.peers]) if counting else None
         try:
@@ -335,6 +369,8 @@ def summarise(n: int, converge_s: float, idle: dict[str, Any], detections: list[
     rows = idle["per_peer"]
     lead = next(r for r in rows if r["leader"])
     others = [r for r in rows if not r["leader"]]
+    voters = [r for r in others if r.get("voter")]
+    learners = [r for r in others if not r.get("voter")]
 
     def med(key: str, rs: list[dict[str, Any]] = others) -> float:
         return statistics.median(float(r[key]) for r in rs) if rs and key in rs[0] else \
@@ -352,7 +388,20 @@ def summarise(n: int, converge_s: float, idle: dict[str, Any], detections: list[
         "gossip_per_s_others_median": med("gossip_udp_per_s") + med("gossip_tcp_per_s"),
         "other_per_s_others_median": med("other_per_s"),
         "health_bytes_out_per_s_median": med("health_bytes_out_per_s", rows),
+        "profiles_published_per_min_median": med("profiles_published_per_min", rows),
+        "profiles_published_per_min_mesh": sum(float(r["profiles_published_per_min"])
+                                               for r in rows),
+        "profiles_pulled_per_min_median": med("profiles_pulled_per_min", rows),
+        **{f"profile_{why}_per_min_mesh": sum(float(r[f"profile_{why}_per_min"]) for r in rows)
+           for why in ("live", "fell", "static", "carried")},
+        "raft_terms_in_window": idle["raft_terms_in_window"],
         "cpu_pct_others_median": med("cpu_pct"),
+        # The roles apart (issue 9): a voter runs the Raft loop, a learner does not.
+        "bytes_per_s_voters_median": med("bytes_per_s", voters),
+        "raft_per_s_voters_median": med("raft_per_s", voters),
+        "cpu_pct_voters_median": med("cpu_pct", voters),
+        "bytes_per_s_learners_median": med("bytes_per_s", learners),
+        "cpu_pct_learners_median": med("cpu_pct", learners),
         "cpu_pct_others_max": max(float(r["cpu_pct"]) for r in others),
         "cpu_pct_leader": lead["cpu_pct"],
         "rss_mib_median": med("rss_mib", rows), "pss_mib_median": med("pss_mib", rows),
@@ -462,8 +511,14 @@ def plot(rows: list[dict[str, Any]], sims: list[dict[str, Any]], out: Path) -> P
 COLUMNS = ["n", "converge_s", "bytes_per_s_others_median", "bytes_per_s_leader",
            "bytes_per_s_mean", "raft_per_s_others_median", "raft_per_s_leader",
            "gossip_per_s_others_median", "other_per_s_others_median",
-           "health_bytes_out_per_s_median", "cpu_pct_others_median", "cpu_pct_others_max",
-           "cpu_pct_leader", "rss_mib_median", "pss_mib_median", "leader_raft_links",
+           "health_bytes_out_per_s_median", "profiles_published_per_min_median",
+           "profiles_published_per_min_mesh", "profiles_pulled_per_min_median",
+           "profile_live_per_min_mesh", "profile_fell_per_min_mesh",
+           "profile_static_per_min_mesh", "profile_carried_per_min_mesh",
+           "raft_terms_in_window", "cpu_pct_others_median", "cpu_pct_others_max",
+           "cpu_pct_leader", "bytes_per_s_voters_median", "raft_per_s_voters_median",
+           "cpu_pct_voters_median", "bytes_per_s_learners_median", "cpu_pct_learners_median",
+           "rss_mib_median", "pss_mib_median", "leader_raft_links",
            "detect_median_s", "detect_all_max_s", "detect_kills", "failover_s", "window_s",
            "load_at_window", "kernel_counters", "unsettled"]
 
@@ -492,7 +547,13 @@ def main() -> int:
               f"{row['bytes_per_s_leader']:.0f}; Raft {row['raft_per_s_others_median']:.0f} / "
               f"{row['raft_per_s_leader']:.0f}, {row['leader_raft_links']} leader links), CPU "
               f"{row['cpu_pct_others_median']:.2f}% (leader {row['cpu_pct_leader']:.2f}%), "
-              f"RSS/PSS {row['rss_mib_median']:.1f}/{row['pss_mib_median']:.1f} MiB, detect "
+              f"voters {row['bytes_per_s_voters_median']:.0f} B/s "
+              f"{row['cpu_pct_voters_median']:.2f}%, learners "
+              f"{row['bytes_per_s_learners_median']:.0f} B/s "
+              f"{row['cpu_pct_learners_median']:.2f}%, "
+              f"RSS/PSS {row['rss_mib_median']:.1f}/{row['pss_mib_median']:.1f} MiB, profiles "
+              f"published {row['profiles_published_per_min_mesh']:.1f}/min in all, pulled "
+              f"{row['profiles_pulled_per_min_median']:.1f}/min per peer, detect "
               f"{row['detect_median_s']:.2f}s, failover {row['failover_s']:.3f}s", flush=True)
         ml.write_csv(csv_path, COLUMNS, [[r[c] for c in COLUMNS] for r in rows])
     sims = []

@@ -59,6 +59,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--settle", type=float, default=10.0,
                    help="seconds between convergence and the window (default 10)")
     ml.add_run_options(p, name="idle_footprint", subnet="127.0.20", first_octet=101)
+    ml.add_subnet_option(p, "127.0.20")
     p.add_argument("--sample-every", type=float, default=5.0,
                    help="seconds between RSS samples (default 5)")
     p.add_argument("--no-port-bytes", dest="port_bytes", action="store_false",
@@ -119,7 +120,7 @@ def main() -> int:
         root = Path(tmp)
         key = ml.keygen(root / "cluster.key")
         mesh = ml.LoopbackMesh(args.peers, root, preset=args.preset, key_file=key,
-                               first_octet=args.first_octet)
+                               first_octet=args.first_octet, subnet=f"{args.subnet}.")
         try:
             conv = mesh.start_all(timeout=60)
             print(f"{args.peers} peers ({args.preset}) converged in {conv:.1f}s; settling "

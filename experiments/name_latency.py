@@ -323,6 +323,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=16,
                    help="concurrent tasks for the throughput runs (default 16)")
     ml.add_run_options(p, name="name_latency", subnet="127.0.60", first_octet=31)
+    ml.add_subnet_option(p, "127.0.60")
     args = p.parse_args()
     if args.requests is None:
         args.requests = 500 if args.quick else 2000
@@ -342,7 +343,7 @@ def main() -> int:
         root = Path(tmp)
         key = ml.keygen(root / "cluster.key")
         mesh = Mesh60(args.peers, root, preset=args.preset, key_file=key,
-                      first_octet=args.first_octet, prefix="nl")
+                      first_octet=args.first_octet, prefix="nl", subnet=f"{args.subnet}.")
         try:
             _, up_s = start_mesh(mesh)
             token = read_token(mesh)

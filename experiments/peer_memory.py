@@ -102,6 +102,7 @@ def parse_args() -> argparse.Namespace:
                    help="peers without the CoAP gateway and the event relay (coap_port = "
                         "events_*_port = 0): what those two cost at run time")
     ml.add_run_options(p, name="peer_memory", subnet="127.0.60", first_octet=71)
+    ml.add_subnet_option(p, "127.0.60")
     args = p.parse_args()
     if args.duration is None:
         args.duration = 15.0 if args.quick else 60.0
@@ -164,7 +165,7 @@ def measure_peers(args: argparse.Namespace) -> list[dict[str, Any]]:
         root = Path(tmp)
         key = ml.keygen(root / "cluster.key")
         mesh = cf.Mesh60(args.peers, root, preset=args.preset, key_file=key,
-                         first_octet=args.first_octet, prefix="mem")
+                         first_octet=args.first_octet, prefix="mem", subnet=f"{args.subnet}.")
         if args.no_gateways:
             conf = root / "bare.toml"
             conf.write_text("[peer]\ncoap_port = 0\nevents_xpub_port = 0\n"

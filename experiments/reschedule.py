@@ -277,6 +277,7 @@ def parse_args() -> argparse.Namespace:
                    help="seconds to wait for a healthy, settled mesh (default 120)")
     p.add_argument("--seed", type=int, default=1, help="RNG seed for choosing victims")
     ml.add_run_options(p, name="reschedule", subnet="127.0.60", first_octet=11)
+    ml.add_subnet_option(p, "127.0.60")
     p.add_argument("--keep-logs", type=Path, default=None,
                    help="copy the peers' logs to this directory at the end")
     args = p.parse_args()
@@ -318,7 +319,7 @@ def main() -> int:
         root = Path(tmp)
         key = ml.keygen(root / "cluster.key")
         mesh = Mesh60(args.peers, root, preset=args.preset, key_file=key,
-                      first_octet=args.first_octet, prefix="rs")
+                      first_octet=args.first_octet, prefix="rs", subnet=f"{args.subnet}.")
         try:
             st, up_s = start_mesh(mesh)
             token = read_token(mesh)

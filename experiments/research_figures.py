@@ -10,8 +10,9 @@ deployment latency of 6-17 s. This script measures nanomesh's counterpart of
 each on a real lab on this machine.
 
 Each run starts a fresh lab (so no peer has a bundle cached): three peer
-daemons on 127.0.19.FIRST.. (cluster key, gossip preset ``lan``), all with
-simulated hardware (NANOMESH_DEVICES=sim and a world file with steady vitals):
+daemons on 127.0.19.1-3 (``--subnet``, ``--first-octet``; cluster key, gossip
+preset ``lan``), all with simulated hardware (NANOMESH_DEVICES=sim and a world
+file with steady vitals):
 ``rf-1`` (the hospital server: a display), ``rf-2`` (the patient's devices: the
 BerryMed oximeter, the DS18B20, the oxygen relay), ``rf-3`` (a plain peer).
 Then, one after the other, it deploys every nanoservice on main with the real
@@ -82,9 +83,9 @@ from nanomesh.cli.demo_patient import OXIMETER, PATIENT_DEVICES, THERMOMETER
 from nanomesh.devices.world import ENV_START, ENV_WORLD
 from nanomesh.transport.apiclient import ApiError
 
-SUBNET = "127.0.19."
-"""This experiment's loopback addresses: 127.0.19.1-99 (other ranges belong to
-other experiments and tests)."""
+SUBNET = "127.0.19"
+"""This experiment's loopback /24 (``--subnet``): 127.0.19.1-99 by default
+(other ranges belong to other experiments and tests)."""
 
 SERVICES_DIR = ml.REPO_ROOT / "services"
 SERVICES: tuple[str, ...] = ("patient/dd", "patient/oc", "patient/bot", "patient/pom",
@@ -484,7 +485,7 @@ def one_run(run: int, args: argparse.Namespace, tmp: Path, say: Any) -> RunResul
     os.environ.update({"NANOMESH_DEVICES": "sim", ENV_WORLD: str(world_file(root / "world.toml")),
                        ENV_START: repr(time.time()), "PATIENT_OUTBOX_DIR": str(root / "outbox")})
     mesh = Mesh60(3, root, preset=args.preset, key_file=key, first_octet=args.first_octet,
-                  prefix="rf", subnet=SUBNET)
+                  prefix="rf", subnet=f"{args.subnet}.")
     configs = peer_configs(root, [p.name for p in mesh.peers])
     for p in mesh.peers:
         p.argv += ["--config", str(configs[p.name])]
@@ -594,12 +595,13 @@ def parse_args() -> argparse.Namespace:
                    help="skip counter-container (it needs root, runc and busybox-static)")
     p.add_argument("--keep-logs", type=Path, default=None,
                    help="copy the peers' logs to this directory (one folder per run)")
-    ml.add_run_options(p, name="research_figures", subnet=SUBNET.rstrip("."), first_octet=1)
+    ml.add_run_options(p, name="research_figures", subnet=SUBNET, first_octet=1)
+    ml.add_subnet_option(p, SUBNET)
     args = p.parse_args()
     if args.runs is None:
         args.runs = 2 if args.quick else 5
-    if not 1 <= args.first_octet <= 97:
-        p.error("--first-octet: the 3 peers must stay within 127.0.19.1-99")
+    if not 1 <= args.first_octet <= 248:
+        p.error("--first-octet: the 3 peers must stay within SUBNET.1-250")
     args.containers = args.containers and containers_ok()
     return args
 

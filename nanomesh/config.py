@@ -18,6 +18,7 @@ labels = { room = "meeting-1" }
 container_engine = "auto"          # auto | runc | podman | docker
 ui = true                          # the web dashboard at http://IP:api_port/ui/
 metrics_need_token = false         # GET /v1/metrics: open (default) or management token
+install_root = "/opt/nanomesh"     # where `nanomesh upgrade` installs new versions; default: none
 
 [gossip]
 preset = "lan"                     # lan | local | memberlist-lan
@@ -64,8 +65,10 @@ DEFAULT_EVENTS_XSUB_PORT = 7951
 """TCP port of the event relay's XSUB (local publishers connect), same IP as
 gossip (`nanomesh.sdk.events.DEFAULT_XSUB_PORT`)."""
 DEFAULT_PROFILE_REFRESH = 5.0
-"""Seconds between samples of live load. A sample only changes the published
-profile when it moved past `nanomesh.discovery.load_changed`'s thresholds."""
+"""Seconds between samples of live values (load, memory, storage, battery). A
+sample only changes the published profile when
+`nanomesh.discovery.publish.ProfilePublisher` says so (buckets, hysteresis,
+at most one live-only publication a minute)."""
 
 
 CONTAINER_ENGINES = ("auto", "runc", "podman", "docker")
@@ -174,6 +177,12 @@ class PeerConfig:
     (``authorization: {credentials_file: ...}``), as Consul's
     ``/v1/agent/metrics`` wants an ACL token once ACLs are on. Decided in
     `nanomesh.daemon.api_auth.Access.authorize_metrics`."""
+    install_root: Path | None = None
+    """The install root (``/opt/nanomesh`` from install.sh: ``versions/``,
+    the ``venv`` symlink, the launcher) into which ``nanomesh upgrade``
+    installs a new version (`nanomesh.daemon.upgrade`). None (default):
+    this peer refuses upgrades through the mesh, as a peer run from a
+    checkout must (there is nothing to switch)."""
 
     @property
     def api_addr(self) -> Address:
@@ -223,6 +232,7 @@ def build_config(
     coap_port: int | None = None,
     container_engine: str | None = None,
     ui: bool | None = None,
+    install_root: Path | None = None,
 ) -> PeerConfig:
     """Merge the config file (if any) with flags; flags win."""
     raw = load_file(config_file) if config_file else {}
@@ -298,6 +308,8 @@ def build_config(
         container_engine=engine,
         ui=ui,
         metrics_need_token=metrics_need_token,
+        install_root=install_root or (Path(peer["install_root"]) if peer.get("install_root")
+                                      else None),
     )
 
 

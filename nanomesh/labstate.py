@@ -36,6 +36,9 @@ class LabPeer:
     gossip_port: int
     api_port: int
     log: str
+    config: str | None = None
+    """The peer config file it runs with (``lab add --config``), kept so
+    ``lab start`` brings it back as the same device."""
 
     @property
     def api(self) -> str:

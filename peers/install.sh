@@ -202,6 +202,10 @@ switch_version() {  # ID
     ln -sfn "versions/$1" "$opt/venv.new"
     [ -L "$venv" ] || rm -rf "$venv"
     mv -T "$opt/venv.new" "$venv"
+    # The rollback target of `nanomesh upgrade` (nanomesh.daemon.upgrade); an
+    # operator's install is confirmed by being run: no trial.
+    [ -z "$previous" ] || [ "$previous" = "versions/$1" ] || ln -sfn "$previous" "$opt/previous"
+    rm -f "$opt/trial" "$opt/trial.starts"
     # Keep this version and the one before it (a manual rollback); older go.
     for dir in "$opt"/versions/*; do
         case "versions/$(basename "$dir")" in
@@ -232,6 +236,9 @@ try: Keyring.from_file(Path(sys.argv[1]))
 except Exception as e: sys.exit(f"install.sh: {e}")' "$key"
 fi
 [ -z "$version_id" ] || switch_version "$version_id"
+# The launcher the unit runs: it starts venv's nanomesh and rolls back a
+# version `nanomesh upgrade` switched to that keeps failing to start.
+install -m 0755 "$here/peers/nanomesh-launch" "$opt/launch"
 # `nanomesh status` and the other commands on the PATH (unless a nanomesh of
 # someone else's is there).
 link="$root/usr/local/bin/nanomesh"

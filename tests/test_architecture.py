@@ -23,6 +23,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "nanomesh"
 ROOT_MODULES = {
     "__init__", "__main__",
     "errors", "durations", "config", "ids", "checks", "disk", "naming", "labstate",  # shared
+    "versions",
     "client", "service",  # aliases of nanomesh.sdk.* for services written before 0.2
 }
 """The only modules allowed at the package root; everything else lives in the
@@ -35,6 +36,7 @@ PURE_CORES = (
     "nanomesh.ids", "nanomesh.wire.messages", "nanomesh.monitor", "nanomesh.wire.leaf",
     "nanomesh.gateway.leaf_core",
     "nanomesh.devices.world", "nanomesh.devices.berrymed", "nanomesh.devices.alert_core",
+    "nanomesh.versions", "nanomesh.cli.upgrade_core",
 )
 """Decision code: messages and ``now`` in, effects out. It does no I/O and
 reads no clock, so it imports none of `IO_MODULES`."""
@@ -47,7 +49,7 @@ IO_MODULES = {
 
 LAYERS = (
     "__init__", "errors", "durations", "wire", "gossip",
-    "config", "checks", "ids", "disk", "naming", "labstate",
+    "config", "checks", "ids", "disk", "naming", "labstate", "versions",
     "consensus", "placement", "security", "transport", "runtime", "monitor", "gateway",
     "bundles",
     "sdk", "client", "service", "devices",

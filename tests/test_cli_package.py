@@ -32,7 +32,8 @@ def test_top_level_commands_in_help_order() -> None:
     top = [p[0] for p, _ in _commands(build_parser()) if len(p) == 1]
     assert top == ["peer", "members", "profile", "deploy", "undeploy", "activate", "idle",
                    "logs", "resolve", "call", "registry", "keys", "services", "placement",
-                   "status", "monitor", "keygen", "lab", "demo", "experiment", "release", "version"]
+                   "status", "monitor", "keygen", "lab", "demo", "experiment", "release", "version",
+                   "upgrade"]
 
 
 def test_every_leaf_command_dispatches() -> None:

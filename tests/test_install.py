@@ -173,12 +173,12 @@ def exposure(unit: Path) -> float:
     return float(found.group(1))
 
 
-def unit_copy(dest: Path, *, podman: bool, binary: str = "/opt/nanomesh/venv/bin/nanomesh"
-              ) -> Path:
+def unit_copy(dest: Path, *, podman: bool, binary: str = "/opt/nanomesh/launch") -> Path:
     """The unit in ``dest`` (with the podman drop-in beside it, as
     ``systemd-analyze`` reads it), its ExecStart pointing at ``binary``."""
     unit = dest / "nanomesh.service"
-    unit.write_text(UNIT.read_text().replace("/opt/nanomesh/venv/bin/nanomesh", binary))
+    unit.write_text(UNIT.read_text().replace("ExecStart=/opt/nanomesh/launch",
+                                             f"ExecStart={binary}"))
     if podman:
         (dest / "nanomesh.service.d").mkdir()
         shutil.copy(PODMAN_DROP_IN, dest / "nanomesh.service.d" / "podman.conf")
@@ -197,7 +197,7 @@ def test_unit_verifies(tmp_path: Path, podman: bool) -> None:
     # verify checks that ExecStart exists: point it at this venv's nanomesh.
     binary = Path(sys.executable).parent / "nanomesh"
     if not binary.exists():
-        pytest.skip(f"no {binary} to stand in for /opt/nanomesh/venv/bin/nanomesh")
+        pytest.skip(f"no {binary} to stand in for /opt/nanomesh/launch")
     unit = unit_copy(tmp_path, podman=podman, binary=str(binary))
     done = subprocess.run([str(SYSTEMD_ANALYZE), "verify", str(unit)],
                           capture_output=True, text=True, timeout=60)

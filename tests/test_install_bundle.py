@@ -32,17 +32,17 @@ from pathlib import Path
 import pytest
 
 from nanomesh import __version__
+from nanomesh.bundles.release import MANIFEST, verify_tree
 from nanomesh.cli import main
 from nanomesh.cli.release_bundle import (
-    MANIFEST,
     default_source,
     is_pure,
     pack,
     protocol_info,
     sha256_file,
-    verify_tree,
     wheel_pin,
 )
+from nanomesh.versions import THIS
 from nanomesh.wire import PROTOCOL_MAX, PROTOCOL_MIN, PROTOCOL_VERSION, generate_key
 
 REPO = Path(__file__).resolve().parent.parent
@@ -91,6 +91,8 @@ def test_version_says_the_protocol_range(capsys: pytest.CaptureFixture[str]) -> 
     text = capsys.readouterr().out
     assert text.startswith(f"nanomesh {__version__}\n")
     assert f"wire protocol {PROTOCOL_VERSION} (accepts {PROTOCOL_MIN} to {PROTOCOL_MAX}" in text
+    assert f"raft {THIS.raft.low}..{THIS.raft.high}" in text
+    assert info["protocols"] == THIS.protocols_json()
 
 
 def test_help_is_plain_text() -> None:
@@ -136,24 +138,11 @@ def wheelhouse() -> Path:
     return house
 
 
-def source_at(version: str, dest: Path) -> Path:
-    """A copy of this checkout's sources that says it is ``version``."""
-    src = dest / f"src-{version}"
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    shutil.copytree(REPO / "nanomesh", src / "nanomesh", ignore=ignore)
-    shutil.copytree(REPO / "peers", src / "peers", ignore=ignore)
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy2(REPO / name, src / name)
-    init = src / "nanomesh" / "__init__.py"
-    init.write_text(init.read_text().replace('__version__ = "', f'__version__ = "{version}"  # '))
-    return src
-
-
 def build(version: str, tmp: Path, wheelhouse: Path) -> Path:
     out = tmp / f"dist-{version}"
     done = subprocess.run(
         [sys.executable, "-m", "nanomesh", "release", "build", "--platform", "native",
-         "--source", str(source_at(version, tmp)), "-o", str(out),
+         "--set-version", version, "-o", str(out),
          "--find-links", str(wheelhouse), "--no-index"],
         capture_output=True, text=True, timeout=300, env={**offline_env(), "PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stderr
@@ -355,3 +344,23 @@ def test_purge_without_uninstall_is_refused(installed: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "--uninstall" in done.stderr
     assert (installed / "opt/nanomesh/venv/bin/nanomesh").exists()
+
+
+@pytest.mark.parametrize(("version", "ok"), [
+    ("1.0.1", True), ("2.0rc1", True), ("0.1.2.dev3", True), ("1.0+local", True),
+    ("", False), ("1.0 beta", False), ('1"; import os', False),
+])
+def test_set_version_rewrites_the_copy_and_refuses_what_is_not_a_version(
+        tmp_path: Path, version: str, ok: bool) -> None:
+    from nanomesh.cli.release_bundle import _set_version
+    from nanomesh.errors import NanomeshError
+    init = tmp_path / "nanomesh" / "__init__.py"
+    init.parent.mkdir()
+    init.write_text('"""doc"""\n\n__version__ = "0.1.0"\n')
+    if ok:
+        _set_version(tmp_path, version)
+        assert init.read_text() == f'"""doc"""\n\n__version__ = "{version}"\n'
+    else:
+        with pytest.raises(NanomeshError, match="not a version"):
+            _set_version(tmp_path, version)
+        assert '__version__ = "0.1.0"' in init.read_text()

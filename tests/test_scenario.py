@@ -125,3 +125,21 @@ def test_moves_count_what_had_to_move_and_what_could_have_stayed() -> None:
         (2, 1, 1, 0), (3, 1, 0, 1), (4, 0, 0, 0)]
     summary = summarise(parse({}), [], samples)
     assert (summary["moves"], summary["moves_necessary"], summary["moves_avoidable"]) == (2, 1, 1)
+
+
+def test_an_add_with_a_config_and_a_world_are_checked_and_resolved(tmp_path: Path) -> None:
+    (tmp_path / "dev.toml").write_text("[peer]\n")
+    (tmp_path / "world.toml").write_text("")
+    s = parse_scenario({"peers": 1, "duration": 10, "world": "world.toml",
+                        "at": [{"t": 1, "do": "add", "config": "dev.toml"}]},
+                       base=tmp_path, default_name="x")
+    assert s.world == str(tmp_path / "world.toml")
+    assert s.steps[0].config == str(tmp_path / "dev.toml")
+    assert s.steps[0].describe() == "add 1 (dev.toml)"
+    with pytest.raises(ScenarioError, match=r"step #1 \(add\): config = 'nope.toml': no such"):
+        parse_scenario({"peers": 1, "duration": 10,
+                        "at": [{"t": 1, "do": "add", "config": "nope.toml"}]},
+                       base=tmp_path, default_name="x")
+    with pytest.raises(ScenarioError, match="the scenario: world"):
+        parse_scenario({"peers": 1, "duration": 10, "world": "gone.toml"}, base=tmp_path,
+                       default_name="x")

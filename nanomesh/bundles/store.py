@@ -50,6 +50,7 @@ from nanomesh.bundles.pack import (
     sha256_of,
     symlink_problem,
 )
+from nanomesh.bundles.release import release_name_version
 
 log = logging.getLogger("nanomesh.bundles")
 
@@ -122,6 +123,8 @@ class BundleStore:
             except OSError:
                 continue  # removed meanwhile
             name, version = _manifest_name_version(self.root / sha / MANIFEST_FILE)
+            if name is None:  # nanomesh's own release (`nanomesh upgrade` stores it)
+                name, version = release_name_version(self.root / sha)
             infos.append(BundleInfo(sha, size, name, version))
         return infos
 

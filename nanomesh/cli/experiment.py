@@ -86,6 +86,15 @@ class Recorder:
 def run(scenario: Scenario, out: Path, say: Callable[[str], None] = print) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     lab_dir = out / "lab"
+    if scenario.world:
+        # Every lab peer (and so its instances) inherits these: simulated
+        # devices reading the scenario's world, whose time 0 is now.
+        from nanomesh.devices.backend import ENV_MODE
+        from nanomesh.devices.world import ENV_START, ENV_WORLD
+
+        os.environ.update({ENV_MODE: "sim", ENV_WORLD: scenario.world,
+                           ENV_START: repr(time.time())})
+        say(f"{scenario.name}: simulated devices read {scenario.world}")
     say(f"{scenario.name}: starting {scenario.peers} peers in {lab_dir}")
     lab.up(scenario.peers, lab_dir, preset=scenario.preset, say=say)
     try:
@@ -147,7 +156,9 @@ async def _timeline(scenario: Scenario, lab_dir: Path, token: str,
 def _do(step: Step, lab_dir: Path, token: str, rng: random.Random) -> str:
     """Carry out one step (blocking; in a worker thread)."""
     if step.do == "add":
-        return "added " + ", ".join(p.name for p in lab.add(step.n, lab_dir, say=_quiet))
+        config = Path(step.config) if step.config else None
+        return "added " + ", ".join(p.name for p in lab.add(step.n, lab_dir, say=_quiet,
+                                                            config=config))
     if step.do in ("partition", "heal", "loss"):
         return _fault(step, lab_dir)
     if step.do == "deploy":
@@ -288,7 +299,8 @@ async def _load(scenario: Scenario, lab_dir: Path, rec: Recorder) -> None:
     period = 1.0 / load.rate
     in_flight = trio.CapacityLimiter(MAX_IN_FLIGHT)
     running = _RunningPeers(lab_dir, trio.current_time)
-    tick = 0
+    tick = round(load.start * load.rate)  # the first call at t = start
+    await trio.sleep_until(rec.t0 + tick * period)
 
     def first_api() -> str | None:
         try:

@@ -24,7 +24,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -121,9 +121,11 @@ def up(n: int, lab_dir: Path, preset: str = "local",
     return peers
 
 
-def _spawn(i: int, lab_dir: Path, seeds: list[str], preset: str, key_file: Path
-           ) -> tuple[LabPeer, subprocess.Popen[bytes]]:
-    return spawn_peer(peer_name(i), peer_ip(i), lab_dir, seeds, preset, key_file)
+def _spawn(i: int, lab_dir: Path, seeds: list[str], preset: str, key_file: Path,
+           config: str | None = None) -> tuple[LabPeer, subprocess.Popen[bytes]]:
+    peer, proc = spawn_peer(peer_name(i), peer_ip(i), lab_dir, seeds, preset, key_file,
+                            config=Path(config) if config else None)
+    return replace(peer, config=config), proc
 
 
 def spawn_peer(name: str, ip: str, lab_dir: Path, seeds: list[str], preset: str,
@@ -250,9 +252,15 @@ def _signal(pid: int, sig: signal.Signals) -> None:
 # ------------------------------------------------------------------ live changes
 
 
-def add(k: int, lab_dir: Path, say: Callable[[str], None] = print) -> list[LabPeer]:
+def add(k: int, lab_dir: Path, say: Callable[[str], None] = print, *,
+        config: Path | None = None) -> list[LabPeer]:
     """Start `k` more peers (the next names and addresses), joined through
-    the running ones; return them once every running peer sees them all."""
+    the running ones, each with the peer `config` file if given (a device's
+    ``[[devices]]`` and labels; its ``name`` and addresses are the lab's);
+    return them once every running peer sees them all."""
+    if config is not None and not config.is_file():
+        raise LabError(f"no peer config at {config}")
+    config_text = None if config is None else str(config.resolve())
     peers = load_state(lab_dir)
     running = _running_or_fail(peers, lab_dir)
     first = max(peer_index(p.name) for p in peers) + 1
@@ -263,7 +271,7 @@ def add(k: int, lab_dir: Path, say: Callable[[str], None] = print) -> list[LabPe
     seeds = _seeds(running)
     for i in range(first, first + k):
         peer, procs[peer_name(i)] = _spawn(i, lab_dir, seeds, load_preset(lab_dir),
-                                           lab_dir / "cluster.key")
+                                           lab_dir / "cluster.key", config_text)
         added.append(peer)
         save_state(lab_dir, peers + added)
     say(f"started {', '.join(p.name for p in added)}; waiting for the mesh to see them...")
@@ -291,7 +299,7 @@ def start(name: str, lab_dir: Path) -> LabPeer:
         raise LabError(f"{name} is already running (pid {peer.pid})")
     running = [p for p in peers if alive(p.pid)]
     new, proc = _spawn(peer_index(name), lab_dir, _seeds(running), load_preset(lab_dir),
-                       lab_dir / "cluster.key")
+                       lab_dir / "cluster.key", peer.config)
     save_state(lab_dir, [new if p.name == name else p for p in peers])
     wait_converged([*running, new], len(running) + 1, {name: proc})
     return new

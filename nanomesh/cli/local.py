@@ -33,6 +33,10 @@ def register_lab(subparsers: Any) -> None:
     down = actions.add_parser("down", help="stop every lab peer (graceful leave)")
     add = actions.add_parser("add", help="start more peers, joined into the running lab")
     add.add_argument("-n", type=int, default=1, help="how many (default 1)")
+    add.add_argument("--config", type=Path, metavar="FILE",
+                     help="a peer config for the new peers (e.g. peers/pir-pi.toml: its "
+                     "[[devices]] and labels; the lab sets names and addresses); kept for "
+                     "`lab start`")
     one_peer = []
     for action, text in (
             ("stop", "stop one peer: a graceful leave, or a crash with --kill"),
@@ -239,7 +243,7 @@ def _lab_loss(args: argparse.Namespace) -> int:
 
 
 def _lab_add(args: argparse.Namespace) -> int:
-    for p in lab.add(args.n, _lab_dir(args)):
+    for p in lab.add(args.n, _lab_dir(args), config=args.config):
         print(f"added {p.name}  gossip {p.ip}:{p.gossip_port}  api http://{p.api}  "
               f"pid {p.pid}  log {p.log}")
     return 0

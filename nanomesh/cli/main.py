@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from nanomesh import __version__
-from nanomesh.cli import keys, local, mesh, monitor, peer, registry, release, runtime
+from nanomesh.cli import keys, local, mesh, monitor, peer, registry, release, runtime, upgrade
 from nanomesh.errors import NanomeshError
 from nanomesh.transport.apiclient import ApiError
 
@@ -25,7 +25,7 @@ share their capability profiles. Try a local mesh: `nanomesh lab up -n 3`.
 COMMAND_GROUPS: tuple[Callable[[Any], None], ...] = (
     peer.register, mesh.register_views, runtime.register, registry.register, keys.register,
     mesh.register_state, monitor.register, keys.register_keygen, local.register_lab,
-    local.register_demo, local.register_experiment, release.register)
+    local.register_demo, local.register_experiment, release.register, upgrade.register)
 """Each adds its commands to the top-level subparsers, in the order
 ``nanomesh --help`` lists them: the daemon, what a peer sees, the services,
 then the control plane and its events, the keys, the local meshes and the release."""

@@ -60,16 +60,29 @@ def _members(args: argparse.Namespace) -> int:
         return 0
 
     rows: list[tuple[str, ...]] = [
-        ("NAME", "ADDRESS", "STATE", "INC", "HEALTH", "CPU", "MEM MB (free/total)", "POWER",
-         "DEVICES")]
-    rows += [(m["name"], m["address"], m["state"], str(m["incarnation"]),
+        ("NAME", "ADDRESS", "STATE", "INC", "VERSION", "HEALTH", "CPU", "MEM MB (free/total)",
+         "POWER", "DEVICES")]
+    rows += [(m["name"], m["address"], m["state"], str(m["incarnation"]), version_cell(m),
               summary(problems(m.get("profile"))), *_profile_summary(m.get("profile")))
              for m in members]
     print_table(rows)
     for m in members:
         for problem in problems(m.get("profile")):
             print(f"{m['name']}: {problem}")
+        for why in m.get("incompatible") or ():
+            print(f"{m['name']}: incompatible: {why}")
     return 0
+
+
+def version_cell(member: dict[str, Any]) -> str:
+    """A member's nanomesh version, ``!`` appended when the peer that
+    answered finds it incompatible (the reasons are printed below the table).
+    ``?`` before its profile arrives; read from the profile when an older
+    peer answered (it has no ``nanomesh`` field)."""
+    peer = (member.get("profile") or {}).get("peer")
+    version = member.get("nanomesh") or (peer.get("nanomesh") if isinstance(peer, dict)
+                                         else None) or "?"
+    return f"{version}!" if member.get("incompatible") else str(version)
 
 
 def problems(profile: dict[str, Any] | None) -> list[str]:

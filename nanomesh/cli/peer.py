@@ -46,6 +46,10 @@ def register(subparsers: Any) -> None:
     run.add_argument("--container-engine", choices=["auto", "runc", "podman", "docker"],
                      help="engine for container services (default auto: runc for a rootfs, "
                      "podman then docker for an image, whichever really works here)")
+    run.add_argument("--install-root", type=Path, metavar="DIR",
+                     help="the install root `nanomesh upgrade` may install new versions "
+                     "into and switch (install.sh: /opt/nanomesh); default: none, upgrades "
+                     "through the mesh are refused")
     run.add_argument("--gossip-preset", choices=list(PRESETS),
                      help="timing preset (default lan; see nanomesh/gossip/config.py)")
     run.add_argument("--no-ui", dest="ui", action="store_false", default=None,
@@ -91,7 +95,7 @@ def _peer_run(args: argparse.Namespace) -> int:
                           join=args.join, data_dir=args.data_dir, key_file=args.key_file,
                           api_port=args.api_port, gossip_preset=args.gossip_preset,
                           coap_port=args.coap_port, container_engine=args.container_engine,
-                          ui=args.ui)
+                          ui=args.ui, install_root=args.install_root)
     logging.basicConfig(level=args.log_level,
                         handlers=[log_handler(args.log_format, config.name)])
     # One daemon per data directory: say so in one line, before anything
@@ -105,7 +109,8 @@ def _peer_run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise ConfigError(f"cannot start peer on {config.bind[0]}: {exc.strerror or exc}"
                           ) from None
-    return 0
+    # RESTART_EXIT after an upgrade or a rollback: the supervisor starts us again.
+    return daemon.exit_code
 
 
 def _peer_recover(args: argparse.Namespace) -> int:

@@ -58,6 +58,9 @@ def register(subparsers: Any) -> None:
                             "nanomesh runs from)")
     build.add_argument("--find-links", type=Path, action="append", default=[], metavar="DIR",
                        help="also look for wheels in DIR (passed to pip), repeatable")
+    build.add_argument("--set-version", metavar="X.Y.Z",
+                       help="build it as this version instead of the checkout's (a rehearsal "
+                            "of `nanomesh upgrade`)")
     build.add_argument("--no-index", action="store_true",
                        help="use only --find-links, no package index (passed to pip)")
     build.set_defaults(func=build_command)
@@ -72,12 +75,14 @@ def build_command(args: argparse.Namespace) -> int:
     build_bundle(source=args.source or default_source(), out_dir=args.output,
                  platforms=args.platform or DEFAULT_PLATFORMS, python=args.python_version,
                  find_links=args.find_links, no_index=args.no_index,
-                 log=lambda line: print(line, file=sys.stderr))
+                 log=lambda line: print(line, file=sys.stderr), set_version=args.set_version)
     return 0
 
 
 def version_info() -> dict[str, Any]:
+    from nanomesh.versions import THIS
     return {"version": __version__, "protocol": protocol_info(),
+            "protocols": THIS.protocols_json(),
             "python": platform.python_version(), "machine": platform.machine()}
 
 
@@ -90,5 +95,7 @@ def version_command(args: argparse.Namespace) -> int:
     print(f"nanomesh {info['version']}")
     print(f"wire protocol {protocol['speaks']} (accepts {protocol['accepts_min']} to "
           f"{protocol['accepts_max']} from peers)")
+    ranges = ", ".join(f"{name} {low}..{high}" for name, (low, high) in info["protocols"].items())
+    print(f"protocol ranges {ranges} (gossiped; peers must overlap in each)")
     print(f"python {info['python']} on {info['machine']}")
     return 0

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -47,9 +48,10 @@ from typing import Any
 
 from nanomesh.errors import NanomeshError
 
-MANIFEST = "manifest.json"
-FORMAT = 1
-"""Bumped when the bundle's layout changes in a way install.sh must know of."""
+# The manifest's rules (`MANIFEST`, `FORMAT`, `verify_tree`) live in
+# `nanomesh.bundles.release`: a peer checks a release it fetched from the
+# mesh. Imported where used: `nanomesh.bundles` loads trio, which
+# `nanomesh --help` must not (tests/test_cli_package.py).
 
 DEFAULT_PYTHON = "3.11"
 """The devices' Python: Debian 12 and Raspberry Pi OS (bookworm) ship 3.11."""
@@ -123,30 +125,24 @@ def sha256_file(path: Path) -> str:
 
 def make_manifest(version: str, python: str, platforms: dict[str, PlatformReport],
                   files: dict[str, str]) -> dict[str, Any]:
+    from nanomesh.bundles.release import FORMAT
     return {"format": FORMAT, "name": "nanomesh", "version": version,
             "protocol": protocol_info(), "python": python,
             "platforms": {name: report.to_json() for name, report in platforms.items()},
             "files": dict(sorted(files.items()))}
 
 
-def verify_tree(root: Path, manifest: dict[str, Any]) -> list[str]:
-    """The problems of an unpacked bundle against its manifest (empty: sound)."""
-    problems = []
-    for relpath, digest in manifest["files"].items():
-        path = root / relpath
-        if not path.is_file():
-            problems.append(f"{relpath}: missing")
-        elif sha256_file(path) != digest:
-            problems.append(f"{relpath}: sha256 differs from the manifest")
-    return problems
-
-
 # ---------------------------------------------------------------- the build
 
 def build_bundle(source: Path, out_dir: Path, platforms: Sequence[str],
                  python: str = DEFAULT_PYTHON, find_links: Sequence[Path] = (),
-                 no_index: bool = False, log: Log = print) -> Path:
+                 no_index: bool = False, log: Log = print,
+                 set_version: str | None = None) -> Path:
     """Build the bundle of the checkout ``source`` into ``out_dir``; return its path.
+
+    ``set_version``: build it as that version instead of the checkout's
+    ``__version__`` (the wheel and ``nanomesh version`` say it): a rehearsal
+    of an upgrade, the tests' two versions of one checkout.
 
     ``find_links``/``no_index`` are passed to pip (e.g. a wheelhouse made
     before, to build with no index reachable). Raises `NanomeshError` when the
@@ -162,7 +158,10 @@ def build_bundle(source: Path, out_dir: Path, platforms: Sequence[str],
         work = Path(tmp)
         native = work / "native"
         log(f"building nanomesh and resolving its dependencies with {sys.executable} ...")
-        _pip("wheel", "-q", "-w", str(native), *pip_opts, str(_clean_copy(source, work)))
+        copy = _clean_copy(source, work)
+        if set_version is not None:
+            _set_version(copy, set_version)
+        _pip("wheel", "-q", "-w", str(native), *pip_opts, str(copy))
         built = sorted(p.name for p in native.glob("nanomesh-*.whl"))
         if len(built) != 1:
             raise NanomeshError(f"expected one nanomesh wheel, pip made {built}")
@@ -175,7 +174,7 @@ def build_bundle(source: Path, out_dir: Path, platforms: Sequence[str],
         files = {str(p.relative_to(stage)): sha256_file(p)
                  for p in sorted(stage.rglob("*")) if p.is_file()}
         manifest = make_manifest(version, python, reports, files)
-        (stage / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        (stage / release_manifest()).write_text(json.dumps(manifest, indent=2) + "\n")
         bundle = pack(stage, out_dir / bundle_name(version))
     shutil.copy2(source / "peers" / "install.sh", out_dir / "install.sh")
     _log_summary(bundle, reports, log)
@@ -199,6 +198,22 @@ def _clean_copy(source: Path, work: Path) -> Path:
             copy.mkdir(exist_ok=True)
             shutil.copy2(source / name, copy / name)
     return copy
+
+
+VERSION_RE = re.compile(r"[0-9]+(\.[0-9]+)*([.+-]?[a-z0-9]+)*")
+"""What ``--set-version`` accepts: a PEP 440 version, roughly (pip checks the rest)."""
+
+
+def _set_version(copy: Path, version: str) -> None:
+    """Make the copied sources say they are ``version``."""
+    if not VERSION_RE.fullmatch(version):
+        raise NanomeshError(f"--set-version {version!r}: not a version like 1.2.3 or 1.2.3rc1")
+    init = copy / "nanomesh" / "__init__.py"
+    text, found = re.subn(r'(?m)^__version__ = "[^"]*"$', f'__version__ = "{version}"',
+                          init.read_text())
+    if found != 1:
+        raise NanomeshError(f"{init}: no __version__ line to set")
+    init.write_text(text)
 
 
 def _fill_wheelhouse(native: Path, wheels: Path, platforms: Sequence[str], python: str,
@@ -233,7 +248,7 @@ def _download_for(platform: str, pins: list[str], dest: Path, python: str,
     return report
 
 
-SUPPORT_FILES = ("install.sh", "nanomesh.service", "nanomesh-podman.conf")
+SUPPORT_FILES = ("install.sh", "nanomesh-launch", "nanomesh.service", "nanomesh-podman.conf")
 """What the bundle takes from the checkout's peers/, besides the configs."""
 
 
@@ -294,12 +309,18 @@ def read_manifest(bundle: Path) -> dict[str, Any]:
     """The manifest of a bundle file, without unpacking the rest."""
     with tarfile.open(bundle) as tar:
         for member in tar.getmembers():
-            if member.name.endswith("/" + MANIFEST) and member.name.count("/") == 1:
+            if member.name.endswith("/" + release_manifest()) and member.name.count("/") == 1:
                 f = tar.extractfile(member)
                 if f is not None:
                     loaded: dict[str, Any] = json.loads(f.read())
                     return loaded
-    raise NanomeshError(f"{bundle}: no {MANIFEST} in it; not a nanomesh bundle")
+    raise NanomeshError(f"{bundle}: no {release_manifest()} in it; not a nanomesh bundle")
+
+
+def release_manifest() -> str:
+    """The manifest's file name (`nanomesh.bundles.release.MANIFEST`)."""
+    from nanomesh.bundles.release import MANIFEST
+    return MANIFEST
 
 
 def default_source() -> Path:

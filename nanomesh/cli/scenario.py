@@ -18,6 +18,7 @@ run (calls by name at a rate), and what happens when::
     path = "whoami"            # call path (GET)
     rate = 20                  # calls per second
     timeout = 1.0              # seconds per attempt (the client retries twice)
+    start = 0                  # seconds: the first call (after a deploy step, say)
 
     [[at]]
     t = 10
@@ -27,6 +28,12 @@ run (calls by name at a rate), and what happens when::
     t = 20
     do = "add"
     n = 2
+    config = "../../peers/pir-pi.toml"   # optional: the new peers' devices, labels
+
+A scenario with ``world = "FILE"`` (a simulated world, `nanomesh.devices.world`)
+runs its lab with simulated devices reading that world, its clock starting
+when the lab starts (``NANOMESH_DEVICES=sim``, ``NANOMESH_WORLD``,
+``NANOMESH_WORLD_START``).
 
 ``peer`` is a lab peer's name, ``"leader"`` (the Raft leader when the step
 runs), ``"random"`` (a running peer, from ``seed``) or ``"stopped"`` (the
@@ -69,9 +76,12 @@ class Step:
     """``deploy``: the service folder (resolved); ``undeploy``: the service name."""
     kill: bool = False
     """``restart``/``remove`` with a crash (SIGKILL) instead of a graceful stop."""
+    config: str = ""
+    """``add``: the new peers' config file (resolved), "" for none."""
 
     def describe(self) -> str:
-        what = {"add": f"add {self.n}", "partition": f"partition {' | '.join(self.sides)}",
+        added = f"add {self.n}" + (f" ({Path(self.config).name})" if self.config else "")
+        what = {"add": added, "partition": f"partition {' | '.join(self.sides)}",
                 "loss": f"loss {self.loss}", "deploy": f"deploy {self.path}",
                 "undeploy": f"undeploy {self.path}"}.get(self.do, self.do)
         if self.peer:
@@ -85,6 +95,8 @@ class Load:
     path: str = "health"
     rate: float = 10.0
     timeout: float = 1.0
+    start: float = 0.0
+    """Seconds after t = 0 of the first call."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +110,8 @@ class Scenario:
     deploy: tuple[str, ...] = ()
     load: Load | None = None
     steps: tuple[Step, ...] = field(default_factory=tuple)
+    world: str = ""
+    """A simulated world file (resolved) the lab's devices read, "" for none."""
 
 
 def load_scenario(path: Path) -> Scenario:
@@ -113,7 +127,7 @@ def load_scenario(path: Path) -> Scenario:
 def parse_scenario(raw: dict[str, Any], *, base: Path, default_name: str) -> Scenario:
     """The scenario in `raw` (a TOML document), every field checked."""
     _only(raw, {"name", "peers", "preset", "duration", "sample_every", "seed", "deploy", "load",
-                "at"}, "the scenario")
+                "at", "world"}, "the scenario")
     peers = _int(raw, "peers", "the scenario", low=1, high=MAX_PEERS)
     duration = _number(raw, "duration", "the scenario", low=1.0)
     deploys = raw.get("deploy", [])
@@ -130,17 +144,19 @@ def parse_scenario(raw: dict[str, Any], *, base: Path, default_name: str) -> Sce
         deploy=tuple(_service_path(d, f"deploy #{i + 1}", base)
                      for i, d in enumerate(_tables(deploys, "deploy"))),
         load=_load(raw["load"]) if "load" in raw else None,
-        steps=steps)
+        steps=steps,
+        world=_existing_file(raw, "world", "the scenario", base) if "world" in raw else "")
 
 
 def _load(raw: Any) -> Load:
     if not isinstance(raw, dict):
         raise ScenarioError("load: must be a table ([load])")
-    _only(raw, {"service", "path", "rate", "timeout"}, "load")
+    _only(raw, {"service", "path", "rate", "timeout", "start"}, "load")
     return Load(service=_text(raw, "service", "load"),
                 path=_text(raw, "path", "load", default="health"),
                 rate=_number(raw, "rate", "load", low=0.1, high=1000.0, default=10.0),
-                timeout=_number(raw, "timeout", "load", low=0.05, default=1.0))
+                timeout=_number(raw, "timeout", "load", low=0.05, default=1.0),
+                start=_number(raw, "start", "load", low=0.0, default=0.0))
 
 
 def _step(raw: dict[str, Any], index: int, base: Path, duration: float) -> Step:
@@ -150,7 +166,7 @@ def _step(raw: dict[str, Any], index: int, base: Path, duration: float) -> Step:
         raise ScenarioError(f"{where}: do = {do!r}: one of {', '.join(ACTIONS)}")
     where = f"step #{index + 1} ({do})"
     allowed = {"t", "do"} | {
-        "add": {"n"}, "partition": {"sides"}, "loss": {"percent"}, "deploy": {"path"},
+        "add": {"n", "config"}, "partition": {"sides"}, "loss": {"percent"}, "deploy": {"path"},
         "undeploy": {"service"}, "restart": {"peer", "kill"}, "remove": {"peer", "kill"},
     }.get(do, {"peer"} if do in PEER_ACTIONS else set())
     _only(raw, allowed, where)
@@ -162,7 +178,8 @@ def _step(raw: dict[str, Any], index: int, base: Path, duration: float) -> Step:
         return Step(t=t, do=do, peer=_text(raw, "peer", where),
                     kill=bool(raw.get("kill", False)))
     if do == "add":
-        return Step(t=t, do=do, n=_int(raw, "n", where, low=1, high=MAX_PEERS, default=1))
+        return Step(t=t, do=do, n=_int(raw, "n", where, low=1, high=MAX_PEERS, default=1),
+                    config=_existing_file(raw, "config", where, base) if "config" in raw else "")
     if do == "partition":
         sides = raw.get("sides")
         if not isinstance(sides, list) or not sides or not all(isinstance(s, str)
@@ -176,6 +193,16 @@ def _step(raw: dict[str, Any], index: int, base: Path, duration: float) -> Step:
     if do == "undeploy":
         return Step(t=t, do=do, path=_text(raw, "service", where))
     return step  # heal
+
+
+def _existing_file(raw: dict[str, Any], key: str, where: str, base: Path) -> str:
+    """`key`'s path, relative to the scenario file, as an absolute path;
+    refused now if no such file exists (not minutes into the run)."""
+    text = _text(raw, key, where)
+    path = (base / text) if not Path(text).is_absolute() else Path(text)
+    if not path.is_file():
+        raise ScenarioError(f"{where}: {key} = {text!r}: no such file ({path})")
+    return str(path.resolve())
 
 
 def _service_path(raw: Any, where: str, base: Path) -> str:

@@ -34,6 +34,7 @@ from nanomesh.consensus.errors import (
     NotRunningError,
     StalePlanError,
     StorageError,
+    VersionGateError,
     WriteRejected,
 )
 from nanomesh.consensus.node import ConsensusNode, open_consensus
@@ -57,6 +58,7 @@ __all__ = [
     "Role",
     "StalePlanError",
     "StorageError",
+    "VersionGateError",
     "WriteRejected",
     "open_consensus",
     "parse_raft_address",

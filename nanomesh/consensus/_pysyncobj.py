@@ -84,7 +84,7 @@ from nanomesh.consensus.state import (
     apply_set_plan,
 )
 from nanomesh.consensus.status import RaftStatus, Role
-from nanomesh.wire import Keyring
+from nanomesh.wire import Keyring, raft_link
 
 log = logging.getLogger("nanomesh.consensus")
 _journal.install()  # durable journal and full dump: see `_journal`
@@ -96,8 +96,9 @@ CommandCallback = Callable[[Any, int], None]
 thread. Result is the apply function's return value on SUCCESS."""
 
 _ROLES = {0: Role.FOLLOWER, 1: Role.CANDIDATE, 2: Role.LEADER}
-_KEEPALIVE = {"type": "nanomesh.keepalive"}
-"""Sent on idle links; pysyncobj's message handler ignores unknown types."""
+_KEEPALIVE = raft_link.KEEPALIVE_MESSAGE
+"""Sent on idle links; pysyncobj's message handler ignores unknown types (on a
+compact link it is one byte of frame body, `nanomesh.wire.raft_link`)."""
 KEEPALIVES_PER_TIMEOUT = 3
 """Keepalives per ``connection_timeout``: a link then stays fresh even if two
 in a row are delayed by a busy tick."""

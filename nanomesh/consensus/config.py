@@ -12,12 +12,14 @@ the new leader) median 0.45 s, max 0.50 s, ~2-3 % of a core idle per node.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from nanomesh.config import DEFAULT_RAFT_PORT as DEFAULT_RAFT_PORT  # re-exported
 from nanomesh.errors import ConfigError
+from nanomesh.versions import RAFT_VERSION
 from nanomesh.wire import Keyring
 
 DEFAULT_COMMIT_TIMEOUT = 2.0
@@ -173,6 +175,11 @@ class ConsensusConfig:
     links against the peer and not against the whole machine."""
     timing: RaftTiming = field(default_factory=RaftTiming.lan)
     commit_timeout: float = DEFAULT_COMMIT_TIMEOUT
+    mesh_raft_version: Callable[[], int] = field(default=lambda: RAFT_VERSION, compare=False)
+    """The newest replicated command set every member of the mesh applies
+    (`nanomesh.versions.mesh_raft_version` over the gossip view, given by the
+    daemon); the node refuses a command kind newer than that. Default: this
+    build's own (a node without a mesh around it: tests, the harness)."""
 
     @property
     def self_address(self) -> str | None:

@@ -75,6 +75,12 @@ class StalePlanError(WriteRejected):
         self.current_epoch = current_epoch
 
 
+class VersionGateError(WriteRejected):
+    """A command kind some member of the mesh cannot apply yet (it runs an
+    older nanomesh: `nanomesh.versions.may_commit`). Nothing was appended;
+    it can commit once every peer is upgraded."""
+
+
 class StorageError(ConsensusError):
     """This node cannot write its Raft journal (a full or failing data disk):
     it acknowledges nothing until the write succeeds, so it refuses commands

@@ -70,6 +70,7 @@ from nanomesh.consensus.errors import (
     NotRunningError,
     StalePlanError,
     StorageError,
+    VersionGateError,
     WriteRejected,
     failure_error,
 )
@@ -83,6 +84,7 @@ from nanomesh.consensus.state import (
 )
 from nanomesh.consensus.status import STOPPED, RaftStatus
 from nanomesh.disk import describe_disk_error, write_durably
+from nanomesh.versions import may_commit
 
 log = logging.getLogger("nanomesh.consensus")
 
@@ -372,15 +374,16 @@ class ConsensusNode:
         ValueError for a bad name or a spec that is not JSON-shaped."""
         spec = _json_copy(spec)
         validate_put_service(name, spec)
-        outcome: Outcome = await self._command(f"put_service {name!r}", timeout,
+        outcome: Outcome = await self._command("put_service", f"put_service {name!r}", timeout,
                                                lambda r, cb: r.put_service(name, spec, cb))
         return outcome
 
     async def delete_service(self, name: str, *, timeout: float | None = None) -> Outcome:
         """Delete a desired service; returns once committed. ``applied`` is
         False (reason ``"not-found"``) if it did not exist."""
-        outcome: Outcome = await self._command(f"delete_service {name!r}", timeout,
-                                               lambda r, cb: r.delete_service(name, cb))
+        outcome: Outcome = await self._command(
+            "delete_service", f"delete_service {name!r}", timeout,
+            lambda r, cb: r.delete_service(name, cb))
         return outcome
 
     async def set_plan(self, plan: Mapping[str, Any], expected_epoch: int, *,
@@ -391,7 +394,7 @@ class ConsensusNode:
         plan = _json_copy(plan)
         validate_set_plan(plan, expected_epoch)
         outcome: Outcome = await self._command(
-            f"set_plan at epoch {expected_epoch}", timeout,
+            "set_plan", f"set_plan at epoch {expected_epoch}", timeout,
             lambda r, cb: r.set_plan(plan, expected_epoch, cb))
         if outcome.reason == "stale-epoch":
             raise StalePlanError(expected_epoch, outcome.plan_epoch)
@@ -402,7 +405,7 @@ class ConsensusNode:
         """Set a mesh-wide setting once; returns once committed. ``applied`` is
         False (reason ``"exists"``) if it was already set."""
         value = _json_copy(value)
-        outcome: Outcome = await self._command(f"init_meta {key!r}", timeout,
+        outcome: Outcome = await self._command("init_meta", f"init_meta {key!r}", timeout,
                                                lambda r, cb: r.init_meta(key, value, cb))
         return outcome
 
@@ -418,7 +421,7 @@ class ConsensusNode:
         if not is_json(value):
             raise ValueError("a patched value must be JSON-shaped")
         outcome: Outcome = await self._command(
-            f"patch_service {name!r} {key}", timeout,
+            "patch_service", f"patch_service {name!r} {key}", timeout,
             lambda r, cb: r.patch_service(name, key, value, cb))
         return outcome
 
@@ -430,14 +433,15 @@ class ConsensusNode:
         if value is not None and not is_json(value):
             raise ValueError("a registry entry must be a JSON-shaped dict")
         outcome: Outcome = await self._command(
-            f"put_registry {key!r}", timeout, lambda r, cb: r.put_registry(key, value, cb))
+            "put_registry", f"put_registry {key!r}", timeout,
+            lambda r, cb: r.put_registry(key, value, cb))
         return outcome
 
     async def barrier(self, *, timeout: float | None = None) -> None:
         """Commit a command that changes nothing; once it returns, every entry
         that was in the leader's log before it is committed too (Raft commits
         a log prefix), membership changes included."""
-        await self._command("barrier", timeout,
+        await self._command("patch_service", "barrier", timeout,
                             lambda r, cb: r.patch_service(BARRIER_SERVICE, "mode", None, cb))
 
     async def add_voter(self, address: str, *, timeout: float | None = None) -> None:
@@ -483,7 +487,7 @@ class ConsensusNode:
                                          f"leader (leader: {self.leader})")
                 term = self.term
                 try:
-                    await self._command("transfer leadership", math.inf,
+                    await self._command(None, "transfer leadership", math.inf,
                                         lambda r, cb: r.transfer_leadership(target, cb))
                 except WriteRejected:  # the target is not caught up yet: one heartbeat
                     await trio.sleep(DENIED_RETRY)
@@ -507,7 +511,7 @@ class ConsensusNode:
         with self._deadline(what, deadline - trio.current_time()):
             while True:
                 try:
-                    await self._command(what, math.inf, submit)
+                    await self._command(None, what, math.inf, submit)
                     return
                 except WriteRejected:
                     if trio.current_time() + DENIED_RETRY >= deadline:
@@ -528,9 +532,15 @@ class ConsensusNode:
             raise CommitTimeout(f"{what}: not done within {seconds:.2f} s; "
                                 "the outcome is unknown") from None
 
-    async def _command(self, what: str, timeout: float | None,
+    async def _command(self, kind: str | None, what: str, timeout: float | None,
                        submit: Callable[[RaftNode, CommandCallback], None]) -> Any:
-        """Submit one command and wait for its outcome (see errors)."""
+        """Submit one command of `kind` (`nanomesh.versions.COMMAND_KINDS`;
+        None: pysyncobj's own, a membership change or a leadership transfer)
+        and wait for its outcome (see errors). A kind that some member cannot
+        apply yet is refused before it reaches the log (VersionGateError)."""
+        if kind is not None and (
+                why := may_commit(kind, self.config.mesh_raft_version())) is not None:
+            raise VersionGateError(f"{what}: refused: {why}")
         raft = self._raft
         if raft is None:
             raise NotRunningError(f"{what}: the consensus node is not running")

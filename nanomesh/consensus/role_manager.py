@@ -122,6 +122,7 @@ from nanomesh.consensus.state import DesiredState
 from nanomesh.consensus.status import LeaderWatch, RaftStatus
 from nanomesh.consensus.voters import PeerInfo
 from nanomesh.disk import describe_disk_error
+from nanomesh.versions import RAFT_VERSION
 from nanomesh.wire import Keyring
 
 log = logging.getLogger("nanomesh.consensus.role_manager")
@@ -213,6 +214,7 @@ class RaftRoleManager:
                  epoch_hint: Callable[[], int] = lambda: 0,
                  follow: FollowTransport | None = None,
                  follow_config: FollowConfig | None = None,
+                 mesh_raft_version: Callable[[], int] = lambda: RAFT_VERSION,
                  clock: Callable[[], float] = trio.current_time) -> None:
         self.config = config or RoleConfig()
         self.config.check()
@@ -231,6 +233,8 @@ class RaftRoleManager:
         self._follow_config = follow_config or FollowConfig()
         self._follow_config.check()
         self._clock = clock
+        self._mesh_raft_version = mesh_raft_version
+        """`ConsensusConfig.mesh_raft_version` of the voters this starts."""
         self._core = core.RoleCore(self.raft_addr, self.config, founder=founder,
                                    promotes=ask_promote is not None)
         self._running: _Running | None = None
@@ -568,7 +572,7 @@ class RaftRoleManager:
             address=(self.address_ip, self.config.raft_port), peers=start.peers,
             data_dir=self.data_dir / f"{GENERATION_PREFIX}{start.generation}",
             keyring=self._keyring, epoch=start.epoch, join=bool(start.peers),
-            timing=self._timing)
+            timing=self._timing, mesh_raft_version=self._mesh_raft_version)
 
     def _replica(self, start: fx.StartLearner | fx.StartVoter) -> Replica:
         """A learner's follower, or a voter's Raft node."""

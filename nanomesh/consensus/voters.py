@@ -68,6 +68,7 @@ from typing import Any
 
 from nanomesh.consensus.config import DEFAULT_RAFT_PORT, format_address
 from nanomesh.errors import ConfigError
+from nanomesh.versions import compatible
 from nanomesh.wire import MemberState
 
 PROMOTABLE_ROLES = frozenset({"learner", "joining"})
@@ -101,6 +102,9 @@ class PeerInfo:
     memory_mb: int = 0
     alive_since: float | None = None
     raft_role: str | None = None
+    compatible: bool = True
+    """Its protocol ranges overlap ours (`nanomesh.versions`); an
+    incompatible peer is never promoted."""
 
     def alive_for(self, now: float) -> float:
         """Seconds this peer has been continuously ALIVE (0 if it is not)."""
@@ -160,6 +164,7 @@ class VoterPolicy:
         return (peer.state is MemberState.ALIVE
                 and peer.alive_for(now) >= self.min_alive
                 and peer.raft_role in PROMOTABLE_ROLES
+                and peer.compatible
                 and self.capable(peer))
 
     def capable(self, peer: PeerInfo) -> bool:
@@ -305,6 +310,7 @@ def peer_info(name: str, gossip_ip: str, state: MemberState, state_since: float,
         cores=int(_number(cores) or 0),
         memory_mb=int(_number(total) or 0),
         raft_role=role if isinstance(role, str) else None,
+        compatible=compatible(profile),
     )
 
 

@@ -44,6 +44,7 @@ from nanomesh.consensus import (
     NoLeaderError,
     NotRunningError,
     StorageError,
+    VersionGateError,
 )
 from nanomesh.consensus.role_manager import Replica
 from nanomesh.consensus.status import LeaderWatch
@@ -209,5 +210,7 @@ async def consensus_call(call: Callable[[], Awaitable[Any]]) -> Any:
         raise HttpError(503, "this peer's consensus node is not running") from None
     except StorageError as exc:  # its data disk is full: 507 Insufficient Storage
         raise HttpError(507, str(exc)) from None
+    except VersionGateError as exc:  # not before every peer is upgraded: no retry loop
+        raise HttpError(409, str(exc)) from None
     except ConsensusError as exc:
         raise HttpError(503, f"consensus: {exc}") from None

@@ -22,11 +22,12 @@ Start order (all tasks in one nursery):
 
 1. prepare the data directory, read the previous life's incarnation and
    peers, discover this machine's profile, build the core and the parts;
-2. open every socket (gossip UDP and TCP, the API, the CoAP port check)
-   before starting anything, so that a port in use or an address this host
-   does not have is one clear error;
+2. open every socket (gossip UDP and TCP, the API, the CoAP gateway's UDP
+   and link ports, the event relay's ports) before starting anything, so
+   that a port in use or an address this host does not have is one clear error;
 3. signals first: a SIGTERM during start-up must still mean "leave";
-4. the gossip shell, then the HTTP API, the CoAP gateway, the event relay;
+4. the gossip shell, then the HTTP API; the CoAP gateway and the event relay
+   wait for their first use on their bound sockets (`on_demand`);
 5. the control plane (bundles checked, runtime, Raft roles, control loop):
    it may wait seconds for gossip before it bootstraps Raft, while
    membership and the API are up;
@@ -84,9 +85,12 @@ from nanomesh.daemon.local_runtime import LocalRuntime
 from nanomesh.daemon.membership import GossipShell, prepare_data_dir, rejoin_targets
 from nanomesh.daemon.metrics import metrics_routes
 from nanomesh.daemon.metrics_context import MetricsContext
+from nanomesh.daemon.on_demand import bind_udp_dual_stack, listen_tcp, serve_on_first_use
 from nanomesh.daemon.peer_calls import PeerCalls
 from nanomesh.daemon.profile import ProfileSource
+from nanomesh.daemon.upgrade import RESTART_EXIT, InstallRoot, UpgradeContext, upgrade_routes
 from nanomesh.daemon.views import Routes, Traffic
+from nanomesh.discovery.publish import ProfilePublisher
 from nanomesh.disk import DiskHealth
 from nanomesh.errors import ConfigError
 from nanomesh.gateway.leaf_core import LeafEndpoint
@@ -125,6 +129,10 @@ class PeerAssembly:
         self.started_wall = time.time()
         self.stopping = False
         """True once a graceful leave began (``/v1/health`` says "leaving")."""
+        self.exit_code = 0
+        """What ``nanomesh peer run`` exits with: `RESTART_EXIT` after an
+        upgrade or rollback asked for a restart (`nanomesh.daemon.upgrade`)."""
+        self._restart = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -135,21 +143,29 @@ class PeerAssembly:
         # finds itself, and a founder without --join rejoins its old peers.
         seeds = rejoin_targets(cfg.join, remembered, cfg.bind)
         discovered = await trio.to_thread.run_sync(self.profiles.initial)
+        live = ProfilePublisher(discovered, trio.current_time())
         # One above our previous life's incarnation: what we say now outranks
         # anything the mesh remembers about us, profile version included.
         core = Membership(cfg.name, cfg.bind, cfg.gossip,
                           random.Random(int.from_bytes(os.urandom(8), "big")),
-                          trio.current_time(), profile=discovered,
+                          trio.current_time(), profile=live.published,
                           incarnation=last_incarnation + 1)
-        parts = self._build(core, discovered, remembered)
+        parts = self._build(core, live, remembered)
         # Open every socket before starting anything, so that a port in use or
         # an address this host does not have is one clear error.
         udp = _listening("gossip (UDP)", cfg.bind, lambda: _bind_udp(cfg.bind))
         listeners = await _open_tcp("gossip (TCP)", cfg.bind)
         api_listeners = await _open_tcp("HTTP API", cfg.api_addr)
-        if cfg.coap_port:
-            from nanomesh.gateway.coap import check_gateway_port
-            check_gateway_port((cfg.bind[0], cfg.coap_port))
+        ip = cfg.bind[0]
+        gateway = (bind_udp_dual_stack((ip, cfg.coap_port), "the CoAP gateway (UDP)"),
+                   listen_tcp((ip, cfg.coap_port), "the gateway link (TCP)")
+                   ) if cfg.coap_port else None
+        relay = tuple(listen_tcp((ip, port), f"events ({what})",
+                                 f"; choose another port (peer.events_{what.lower()}_port, "
+                                 "0 disables)")
+                      for what, port in (("XSUB", cfg.events_xsub_port),
+                                         ("XPUB", cfg.events_xpub_port))
+                      ) if cfg.events_xpub_port and cfg.events_xsub_port else None
         async with trio.open_nursery() as nursery:
             # Signals first: a SIGTERM during start-up must still mean "leave".
             await nursery.start(self._watch_signals, parts, nursery.cancel_scope)
@@ -157,14 +173,18 @@ class PeerAssembly:
             await nursery.start(functools.partial(
                 serve_http, large_bodies=bundle_body_limits(parts.access),
                 stats=parts.api_stats), parts.routes, api_listeners)
-            if cfg.coap_port:
-                parts.gateway = await nursery.start(self._serve_coap_gateway, parts)
-            if cfg.events_xpub_port and cfg.events_xsub_port:
-                # Pub/sub relay between nanoservices (ConfigError if a port is taken).
-                from nanomesh.sdk.events import serve_event_relay
-                await nursery.start(functools.partial(
-                    serve_event_relay, credentials=self.credentials),
-                    cfg.bind[0], cfg.events_xsub_port, cfg.events_xpub_port)
+            if gateway is not None:
+                start_gateway = functools.partial(self._start_coap_gateway, parts, *gateway)
+                if parts.leaves is not None:
+                    # Microcontroller leaves find the gateway by multicast and
+                    # silent ones must expire: no first use to wait for.
+                    await nursery.start(start_gateway)
+                else:
+                    await nursery.start(serve_on_first_use, "CoAP gateway", gateway,
+                                        start_gateway)
+            if relay is not None:
+                await nursery.start(serve_on_first_use, "event relay", relay,
+                                    functools.partial(self._serve_event_relay, *relay))
             # The control plane may wait seconds for gossip before it bootstraps
             # Raft; membership and the API are up meanwhile.
             nursery.start_soon(_run_control_plane, parts)
@@ -180,7 +200,7 @@ class PeerAssembly:
                 nursery.start_soon(parts.shell.join_until_joined, seeds)
             task_status.started()
 
-    def _build(self, core: Membership, discovered: dict[str, Any],
+    def _build(self, core: Membership, live: ProfilePublisher,
                remembered: tuple[Address, ...] = ()) -> _Parts:
         """Every part, wired through callables and narrow contexts. The
         closures below name parts built after them (``shell``, ``roles``):
@@ -207,14 +227,14 @@ class PeerAssembly:
             voters_hint=role_calls.voters_hint, config=self._role_config,
             view=role_calls.view, ask_promote=role_calls.ask_promote,
             ask_remove=role_calls.ask_remove, epoch_hint=role_calls.epoch_hint,
-            follow=FollowCalls(members, calls))
+            follow=FollowCalls(members, calls), mesh_raft_version=role_calls.mesh_raft_version)
         control = ControlLoop(cfg.name, cfg.data_dir, founder=not cfg.join, roles=roles,
                               driver=runtime.driver, reconciler=runtime.reconciler,
                               members=members, disk=disk, republish=republish,
                               committed=PlanWatcher(events, members).committed)
 
         leaves = leaf_endpoint(cfg)
-        own_devices = list(discovered.get("devices") or [])
+        own_devices = list(live.published.get("devices") or [])
         """This machine's devices (config and HAT: fixed while the peer runs)."""
 
         def profile_sections() -> dict[str, Any]:
@@ -239,7 +259,7 @@ class PeerAssembly:
             roles.gossip_changed()  # a learner looks for a newer announced state
 
         traffic = Traffic()
-        shell = GossipShell(cfg, self.keyring, core, self.profiles, discovered,
+        shell = GossipShell(cfg, self.keyring, core, self.profiles, live,
                             disk=disk, traffic=traffic, sections=profile_sections,
                             membership_changed=gossip_changed,
                             storage_problems=storage_problems, remembered=remembered,
@@ -252,7 +272,8 @@ class PeerAssembly:
         routes: Routes = {
             **api_routes(HealthContext(
                 core, f"{cfg.bind[0]}:{cfg.api_port}", self.started_wall,
-                shell.disk_problems, lambda: self.stopping, consensus, traffic, api_stats)),
+                shell.disk_problems, lambda: self.stopping, consensus, traffic, api_stats,
+                live.stats)),
             **mesh_routes(MeshContext(cfg.name, access, consensus, members, roles)),
             **raft_routes(roles, access),
             **keyring_routes(KeyringContext(cfg.name, self.keyring, self.key_path, access,
@@ -260,7 +281,10 @@ class PeerAssembly:
             **naming_routes(NamingContext(cfg.name, members, consensus)),
             **runtime_routes(RuntimeContext(cfg.name, runtime.log_dir, access)),
             **bundle_and_registry_routes(bundles, access, consensus),
-            **event_routes(events)}
+            **event_routes(events),
+            **upgrade_routes(UpgradeContext(
+                access, InstallRoot(cfg.install_root) if cfg.install_root else None,
+                bundles.fetch_bundle, self.request_restart))}
         if cfg.ui:
             routes.update(ui_routes())
         parts = _Parts(core, shell, bundles, runtime, roles, control, access, routes,
@@ -269,15 +293,16 @@ class PeerAssembly:
             core, traffic, consensus, lambda: roles.role, lambda: roles.epoch,
             control.placement_durations, lambda: control.plans_committed,
             runtime.driver.status, runtime.reconciler.restarts, lambda: parts.gateway,
-            api_stats, access)))
+            api_stats, access, gateway_configured=bool(cfg.coap_port))))
         routes.update(openapi_routes(routes))  # last: it documents the whole table
         return parts
 
     async def _serve_coap_gateway(
-            self, parts: _Parts, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
-    ) -> None:
+            self, parts: _Parts, udp: socket.socket, link: socket.socket, *,
+            task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED) -> None:
         """``coap://<our IP>:<coap_port>/s/<service>/<path>``, resolved
-        through our gossip view (our own instances first)."""
+        through our gossip view (our own instances first), on the sockets
+        bound at start (imported and started on first use)."""
         from nanomesh.gateway.coap import serve_coap_gateway
         from nanomesh.naming import resolve
         core, me, roles = parts.core, self.config.name, parts.roles
@@ -287,19 +312,54 @@ class PeerAssembly:
                                  visibility=lambda service: service_visibility(roles.node,
                                                                                service),
                                  me=me, keys=self.credentials.keys, leaves=parts.leaves,
-                                 leaves_changed=parts.shell.republish_profile,
-                                 task_status=task_status)
+                                 leaves_changed=parts.shell.republish_profile, udp=udp,
+                                 link_fd=link.detach(), task_status=task_status)
+
+    async def _start_coap_gateway(
+            self, parts: _Parts, udp: socket.socket, link: socket.socket, *,
+            task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the gateway on the bound sockets; `parts.gateway` once it listens."""
+        async with trio.open_nursery() as nursery:
+            parts.gateway = await nursery.start(self._serve_coap_gateway, parts, udp, link)
+            task_status.started()
+
+    async def _serve_event_relay(self, xsub: socket.socket, xpub: socket.socket) -> None:
+        """Pub/sub between nanoservices, on the sockets bound at start."""
+        from nanomesh.sdk.events import serve_event_relay
+        await serve_event_relay(self.config.bind[0], self.config.events_xsub_port,
+                                self.config.events_xpub_port, credentials=self.credentials,
+                                fds=(xsub.detach(), xpub.detach()))
+
+    def request_restart(self) -> None:
+        """Leave gracefully and exit with `RESTART_EXIT`, for the supervisor
+        to start us again (from the install root's switched venv)."""
+        self.exit_code = RESTART_EXIT
+        self._restart.set()
 
     async def _watch_signals(self, parts: _Parts, scope: trio.CancelScope, *,
                              task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                              ) -> None:
+        """Leave on SIGINT/SIGTERM or when a restart is requested, whichever first."""
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             task_status.started()
-            async for signum in signals:
-                log.info("received %s: leaving the mesh", signal.Signals(signum).name)
-                await self._leave(parts)
-                scope.cancel()
-                return
+            async with trio.open_nursery() as first:
+                async def on_signal() -> None:
+                    async for signum in signals:
+                        log.info("received %s: leaving the mesh",
+                                 signal.Signals(signum).name)
+                        break
+                    first.cancel_scope.cancel()
+
+                async def on_restart() -> None:
+                    await self._restart.wait()
+                    log.info("restart requested: leaving the mesh, then exiting with %d "
+                             "for the supervisor to start us again", RESTART_EXIT)
+                    first.cancel_scope.cancel()
+
+                first.start_soon(on_signal)
+                first.start_soon(on_restart)
+            await self._leave(parts)
+            scope.cancel()
 
     async def _leave(self, parts: _Parts) -> None:
         """Hand Raft membership over, then announce the leave by gossip."""

@@ -49,6 +49,7 @@ from nanomesh.runtime import ProcessDriver, Reconciler
 from nanomesh.runtime.reconcile_core import InstanceStatus
 from nanomesh.security.auth import TOKEN_META_KEY, ensure_token_file, token_digest
 from nanomesh.transport.apiclient import ApiError
+from nanomesh.versions import mesh_raft_version
 from nanomesh.wire import MemberState
 
 log = logging.getLogger("nanomesh.mesh")
@@ -251,6 +252,12 @@ class RoleCalls:
             (m.profile or {}).get("raft") for m in self._members()
             if m.state in (MemberState.ALIVE, MemberState.SUSPECT))
 
+    def mesh_raft_version(self) -> int:
+        """The newest command set every live member applies (the leader's
+        version gate, `nanomesh.versions`)."""
+        return mesh_raft_version(m.profile for m in self._members()
+                                 if m.state in (MemberState.ALIVE, MemberState.SUSPECT))
+
     def view(self) -> list[PeerInfo]:
         return [peer_info(m.name, m.addr[0], m.state, m.state_since, m.profile)
                 for m in self._members()]
@@ -308,5 +315,7 @@ def instances_section(statuses: Mapping[str, InstanceStatus]) -> dict[str, dict[
     return {iid: {"state": s.state, "restarts": s.restarts, "health": s.health,
                   "digest": s.spec_digest,
                   "endpoints": {name: {"protocol": protocol, "port": port}
-                                for name, protocol, port in s.endpoints}}
+                                for name, protocol, port in s.endpoints},
+                  # how the last run ended, so a failed deploy can say why
+                  **({"exit": s.exit_code} if s.exit_code is not None else {})}
             for iid, s in sorted(statuses.items())}

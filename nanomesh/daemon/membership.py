@@ -13,7 +13,8 @@ composition root, `nanomesh.daemon.assemble`, starts the others):
   may have moved it) and ticks the core;
 - the TCP stream server (push-pull, profile pulls and the failure detector's
   TCP pings) and one task per outgoing stream call;
-- ``refresh_profile``: samples live load and republishes when it moved;
+- ``refresh_profile``: samples live values; `ProfilePublisher` (a pure core)
+  says when they are worth a new profile version;
 - ``watch_disk``: retries a failed state save, watches the free space;
 - ``join_until_joined``: contacts the seeds until one answers.
 
@@ -39,6 +40,7 @@ from nanomesh.config import PeerConfig
 from nanomesh.daemon.limits import StreamAdmission
 from nanomesh.daemon.profile import ProfileSource
 from nanomesh.daemon.views import GOSSIP_TCP, GOSSIP_UDP, Traffic
+from nanomesh.discovery.publish import ProfilePublisher
 from nanomesh.disk import (
     WATCH_PERIOD,
     DiskHealth,
@@ -63,6 +65,7 @@ from nanomesh.gossip.effects import (
     StreamCall,
 )
 from nanomesh.gossip.machine import Membership
+from nanomesh.versions import THIS, verdict
 from nanomesh.wire import (
     FRAME_PREFIX_LEN,
     MAX_DATAGRAM_IN,
@@ -102,7 +105,7 @@ class GossipShell:
     out as callables, so the shell knows nothing above membership."""
 
     def __init__(self, config: PeerConfig, keyring: Keyring, core: Membership,
-                 profiles: ProfileSource, discovered: dict[str, Any], *,
+                 profiles: ProfileSource, live: ProfilePublisher, *,
                  disk: DiskHealth, traffic: Traffic,
                  sections: Callable[[], Mapping[str, Any]],
                  membership_changed: Callable[[], None],
@@ -113,7 +116,8 @@ class GossipShell:
         self.keyring = keyring
         self.core = core
         self.profiles = profiles
-        self._discovered = discovered
+        self.live = live
+        """Decides when our discovered profile's live values are published."""
         self.disk = disk
         """Writes to the data directory that fail right now (`nanomesh.disk`)."""
         self.traffic = traffic
@@ -236,12 +240,24 @@ class GossipShell:
                     _log_notification(e)
                     if self._notify is not None:
                         self._notify(e)
+                    if isinstance(e, ProfileUpdated):
+                        self._check_versions(e.name)
                     if isinstance(e, MemberJoined | MemberFailed | MemberLeft):
                         self._membership_dirty = True
                     if not isinstance(e, Refuted):
                         self._membership_changed()
         self._wake.set()  # the core's next deadline may have moved
         self._save_state_if_changed()
+
+    def _check_versions(self, name: str) -> None:
+        """Log a member whose new profile says it cannot share our mesh
+        (`nanomesh.versions`). It is not dropped from gossip (it may be
+        mid-upgrade and come back compatible): placement and voting leave it
+        out, and ``nanomesh members`` shows why."""
+        member = self.core.member(name)
+        if member is not None and (why := verdict(member.profile)):
+            log.warning("member %s is incompatible with this peer (nanomesh %s): %s; it gets "
+                        "no placements and no vote", name, THIS.version, "; ".join(why))
 
     def _save_state_if_changed(self) -> None:
         core = self.core
@@ -429,21 +445,28 @@ class GossipShell:
     # ------------------------------------------------------------ profile
 
     async def refresh_profile(self) -> None:
+        """Sample the live values every ``profile_refresh`` s; publish when the
+        publisher says so."""
         while True:
             await trio.sleep(self.config.profile_refresh)
-            fresh = await trio.to_thread.run_sync(self.profiles.refresh, self._discovered)
-            if fresh is not None:
-                self._discovered = fresh
+            sample = await trio.to_thread.run_sync(self.profiles.sample, self.live.published)
+            if self.live.observe(sample, trio.current_time(), self.core.num_live()):
                 self.republish_profile()
 
     def republish_profile(self) -> None:
         """Gossip the discovered profile plus the control plane's sections, if
-        that differs from what we published last (a new profile version)."""
-        profile = {**self._discovered, **self._sections()}
+        that differs from what we published last (a new profile version). A
+        publication carries live values the rate limit held back along."""
+        if self._profile(self.live.published) == self.core.me.profile:
+            return
+        now = trio.current_time()
+        self._execute(self.core.update_profile(self._profile(self.live.take_pending(now)), now))
+
+    def _profile(self, discovered: Mapping[str, Any]) -> dict[str, Any]:
+        profile = {**discovered, **self._sections()}
         if self._published_problems:
             profile[DEGRADED_KEY] = list(self._published_problems)
-        if profile != self.core.me.profile:
-            self._execute(self.core.update_profile(profile, trio.current_time()))
+        return profile
 
 
 def _as_datagram(messages: list[Any]) -> list[DatagramMessage]:
@@ -561,3 +584,4 @@ def _log_notification(e: Effect) -> None:
                         "incarnation %d", e.accuser, e.incarnation)
         case ProfileUpdated():
             log.debug("profile of %s now at version %d", e.name, e.version)
+

@@ -28,7 +28,7 @@ from nanomesh import __version__
 from nanomesh.consensus.role_effects import RaftRole
 from nanomesh.consensus.status import Role
 from nanomesh.daemon.metrics_context import MetricsContext
-from nanomesh.durations import Durations
+from nanomesh.durations import LATENCY_BUCKETS, Durations
 from nanomesh.runtime.lifecycle import State
 from nanomesh.wire import MemberState
 
@@ -46,6 +46,7 @@ GOSSIP_COUNTERS = {
     "stream_calls": "gossip TCP calls made (join, push-pull, profile pull, TCP ping)",
     "stream_failures": "gossip TCP calls that failed",
     "profiles_pulled": "capability profiles fetched from other peers",
+    "profiles_published": "versions of this peer's own profile published",
     "stale_acks": "acks that came too late for their probe",
     "misdirected_pings": "pings for a peer that no longer lives at this address",
 }
@@ -191,22 +192,27 @@ class GatewayCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         gateway = self.ctx.gateway()
-        if gateway is None:
+        if gateway is None and not self.ctx.gateway_configured:
             return
+        # A configured gateway waits for its first datagram
+        # (`nanomesh.daemon.on_demand`): until then every series reads 0.
+        answered = sorted(gateway.answered.items()) if gateway is not None else []
+        latency = gateway.latency if gateway is not None else Durations(LATENCY_BUCKETS)
         yield _by_label(CounterMetricFamily(
             "nanomesh_gateway_requests", "CoAP gateway requests answered, by response code.",
-            labels=["code"]), sorted(gateway.answered.items()))
+            labels=["code"]), answered)
         yield histogram("nanomesh_gateway_request_duration_seconds", "Time from a CoAP "
-                        "request to its answer.", gateway.latency)
-        for name, value, text in (
-                ("forwarded", gateway.forwarded, "requests an instance answered"),
-                ("failed_over", gateway.failed_over, "tries past a request's first instance"),
-                ("refused", gateway.refused, "private-service requests from non-members"),
-                ("hop_limited", gateway.hop_limited, "requests whose Hop-Limit ran out"),
-                ("dropped", gateway.dropped, "inputs the CoAP layer failed on")):
-            yield _counter(f"nanomesh_gateway_{name}", _sentence(text), value)
+                        "request to its answer.", latency)
+        for name, text in (
+                ("forwarded", "requests an instance answered"),
+                ("failed_over", "tries past a request's first instance"),
+                ("refused", "private-service requests from non-members"),
+                ("hop_limited", "requests whose Hop-Limit ran out"),
+                ("dropped", "inputs the CoAP layer failed on")):
+            yield _counter(f"nanomesh_gateway_{name}", _sentence(text),
+                           getattr(gateway, name) if gateway is not None else 0)
         yield _gauge("nanomesh_gateway_observers", "CoAP observations running.",
-                     gateway.observers)
+                     gateway.observers if gateway is not None else 0)
 
 
 class ApiCollector(Collector):

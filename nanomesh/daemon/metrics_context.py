@@ -46,3 +46,6 @@ class MetricsContext:
     """The CoAP gateway once it runs (None: not yet, or none configured)."""
     api_stats: ServerStats
     access: Access
+    gateway_configured: bool = False
+    """A CoAP gateway is configured: its series are exported (as 0) before
+    it starts on its first datagram (`nanomesh.daemon.on_demand`)."""

@@ -1,5 +1,6 @@
 """Where the daemon's capability profile comes from: discovery at start, then
-periodic live samples that republish only when they moved enough."""
+periodic live samples (blocking reads: run them in a thread). Whether a sample
+is published is decided by `nanomesh.discovery.publish.ProfilePublisher`."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from typing import Any
 
 from nanomesh import __version__
 from nanomesh.config import PeerConfig, host_port
-from nanomesh.discovery import DiscoveryConfig, discover, load_changed, refresh_live
+from nanomesh.discovery import DiscoveryConfig, discover, refresh_live
+from nanomesh.versions import THIS
 
 
 class ProfileSource:
@@ -28,11 +30,13 @@ class ProfileSource:
         started = time.perf_counter()
         profile = discover(self.discovery)
         self.discovery_ms = (time.perf_counter() - started) * 1000
+        # "protocols": what this build speaks (`nanomesh.versions`); peers
+        # refuse a peer whose ranges do not overlap theirs.
         profile["peer"] = {"name": self.name, "nanomesh": __version__, "api": self.api,
+                           "protocols": THIS.protocols_json(),
                            "discovery_ms": round(self.discovery_ms, 2)}
         return profile
 
-    def refresh(self, published: Mapping[str, Any]) -> dict[str, Any] | None:
-        """A new profile if live values moved past the thresholds, else None."""
-        fresh = refresh_live(dict(published), self.discovery)
-        return fresh if load_changed(published, fresh) else None
+    def sample(self, published: Mapping[str, Any]) -> dict[str, Any]:
+        """``published`` with its live values re-read (raw, not yet bucketed)."""
+        return refresh_live(published, self.discovery)

@@ -17,17 +17,18 @@ Where each part comes from:
 * the peer config for devices that cannot be probed (:mod:`.devices`).
 
 Static parts are read once (:func:`discover`); live parts are re-read by
-:func:`refresh_live` / :func:`sample_load`, and :func:`load_changed` decides
-whether a change is worth a new profile version (:mod:`.load`).
+:func:`refresh_live` / :func:`sample_load`, and :class:`ProfilePublisher`
+decides when they are worth a new profile version: bucketed, with hysteresis
+and a rate limit (:mod:`.publish`).
 """
 
 from nanomesh.discovery.config import DiscoveryConfig
 from nanomesh.discovery.devices import KNOWN_DEVICE_TYPES, SIMULATED_DRIVER
 from nanomesh.discovery.errors import DiscoveryConfigError
 from nanomesh.discovery.hat import KNOWN_HATS
-from nanomesh.discovery.load import LoadThresholds, load_changed
 from nanomesh.discovery.probe import discover, refresh_live, sample_load
 from nanomesh.discovery.profile import PROFILE_KEYS
+from nanomesh.discovery.publish import ProfilePublisher, PublishPolicy, quantise
 
 __all__ = [
     "KNOWN_DEVICE_TYPES",
@@ -36,9 +37,10 @@ __all__ = [
     "SIMULATED_DRIVER",
     "DiscoveryConfig",
     "DiscoveryConfigError",
-    "LoadThresholds",
+    "ProfilePublisher",
+    "PublishPolicy",
     "discover",
-    "load_changed",
+    "quantise",
     "refresh_live",
     "sample_load",
 ]

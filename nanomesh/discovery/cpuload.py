@@ -10,7 +10,7 @@ Why not ``psutil.cpu_percent(interval=None)`` directly (measured with psutil
   0.0, so samples taken from different threads measure different windows;
 * over a window of a few milliseconds the kernel's tick counters (100 Hz)
   only say 0, 50 or 100 %, which would trip the 10-point gossip threshold of
-  :class:`~nanomesh.discovery.load.LoadThresholds` on noise alone.
+  :class:`~nanomesh.discovery.publish.PublishPolicy`'s CPU buckets on noise alone.
 
 :class:`CpuSampler` keeps one process-wide baseline (lock-protected) and only
 moves it forward once ``min_window`` seconds have passed; a call inside the

@@ -28,7 +28,9 @@ suite sends random and mutated datagrams and checks the gateway still answers.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import logging
 import random
 import socket
@@ -76,6 +78,7 @@ async def serve_coap_gateway(bind: Address, resolver: Resolver, *,
                              visibility: Visibility | None = None, me: str | None = None,
                              keys: ServiceKeys | None = None,
                              observe: ObserveConfig = DEFAULT_OBSERVE,
+                             udp: socket.socket | None = None, link_fd: int | None = None,
                              leaves: LeafEndpoint | None = None,
                              leaves_changed: Callable[[], None] = lambda: None,
                              task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED
@@ -92,8 +95,15 @@ async def serve_coap_gateway(bind: Address, resolver: Resolver, *,
 
     With `leaves` the gateway takes microcontroller leaves at ``/leaf/...``
     (`nanomesh.gateway.leaf_core`), marks silent ones gone, and calls
-    `leaves_changed` when the devices of the leaves that are up change."""
-    check_gateway_port(bind)
+    `leaves_changed` when the devices of the leaves that are up change.
+
+    `udp` and `link_fd`: sockets the caller already bound on `bind` (UDP, a
+    dual-stack ``AF_INET6`` one as aiocoap's udp6 transport binds, and TCP
+    listening), taken over with whatever waits in them: the daemon binds them
+    at start and starts the gateway on their first use
+    (`nanomesh.daemon.on_demand`)."""
+    if udp is None:
+        check_gateway_port(bind)
     gateway = Gateway(resolver, {}, services=services, config=config,
                       visibility=visibility if keys is not None else None, me=me,
                       observe=observe, leaves=leaves, leaves_changed=leaves_changed)
@@ -105,8 +115,7 @@ async def serve_coap_gateway(bind: Address, resolver: Resolver, *,
         # Uri-Path escape its parser that way; log and count instead.
         loop.set_exception_handler(lambda _loop, ctx: _contain(gateway, ctx))
         try:
-            context = await trio_asyncio.aio_as_trio(aiocoap.Context.create_server_context)(
-                resource, bind=bind, transports=["udp6"])
+            context = await trio_asyncio.aio_as_trio(_server_context)(resource, bind, udp)
         except (OSError, aiocoap.error.Error) as exc:
             raise ConfigError(f"cannot listen for the CoAP gateway (UDP) on "
                               f"{host_port(*bind)}: {getattr(exc, 'strerror', None) or exc}"
@@ -118,7 +127,8 @@ async def serve_coap_gateway(bind: Address, resolver: Resolver, *,
         try:
             async with trio.open_nursery() as nursery:
                 if keys is not None:
-                    await nursery.start(serve_gateway_link, bind, gateway, keys)
+                    await nursery.start(functools.partial(serve_gateway_link, fd=link_fd),
+                                        bind, gateway, keys)
                 if leaves is not None:
                     nursery.start_soon(gateway.expire_leaves)
                     nursery.start_soon(serve_leaf_discovery, bind)
@@ -130,6 +140,28 @@ async def serve_coap_gateway(bind: Address, resolver: Resolver, *,
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(2):
                 await trio_asyncio.aio_as_trio(context.shutdown)()
+
+
+async def _server_context(resource: Any, bind: Address, udp: socket.socket | None) -> Any:
+    """aiocoap's server context on `bind`, or on the bound socket `udp`.
+
+    aiocoap 0.4 has no public way to serve on a socket it did not create:
+    this builds what ``Context.create_server_context(transports=["udp6"])``
+    builds, with `udp` in place of the socket its udp6 transport would bind
+    (the same options: dual-stack, IPv6 packet info). Checked against the
+    installed aiocoap by tests/gateway/test_gateway_on_demand.py."""
+    if udp is None:
+        return await aiocoap.Context.create_server_context(resource, bind=bind,
+                                                           transports=["udp6"])
+    from aiocoap.transports.udp6 import (  # type: ignore[import-untyped,unused-ignore]
+        MessageInterfaceUDP6,
+    )
+    loop = asyncio.get_running_loop()
+    context = aiocoap.Context(loop=loop, serversite=resource, loggername="coap-server")
+    await context._append_tokenmanaged_messagemanaged_transport(
+        lambda mman: MessageInterfaceUDP6._create_transport_endpoint(udp, mman, context.log,
+                                                                     loop))
+    return context
 
 
 def _contain(gateway: Gateway, context: dict[str, Any]) -> None:

@@ -92,12 +92,15 @@ def link_handler(gateway: Gateway) -> Callable[[Request], Awaitable[Response]]:
 
 
 async def serve_gateway_link(bind: Address, gateway: Gateway, keys: ServiceKeys, *,
+                             fd: int | None = None,
                              task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
                              ) -> None:
-    """Serve the link on TCP `bind` until cancelled (ConfigError if it cannot bind)."""
+    """Serve the link on TCP `bind` until cancelled (ConfigError if it cannot
+    bind). `fd`: a socket already listening there, taken over
+    (`nanomesh.transport.rpc.bind_router`)."""
     host, port = bind
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    await serve_rpc(address, link_handler(gateway), keys=keys, task_status=task_status)
+    await serve_rpc(address, link_handler(gateway), keys=keys, fd=fd, task_status=task_status)
 
 
 def link_upstream(port: int, keys: ServiceKeys | None) -> Upstream:

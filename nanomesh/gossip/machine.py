@@ -147,6 +147,8 @@ class Stats:
     stream_calls: int = 0
     stream_failures: int = 0
     profiles_pulled: int = 0
+    profiles_published: int = 0
+    """Our own profile versions published (`Membership.update_profile`)."""
     stale_acks: int = 0
     misdirected_pings: int = 0
     tcp_pings: int = 0
@@ -283,6 +285,7 @@ class Membership:
         me.profile = dict(profile)
         me.incarnation += 1  # our profile version is always incarnation + 1
         me.profile_version = me.held_version = me.incarnation + 1
+        self.stats.profiles_published += 1
         self._broadcasts.queue(self.name, self._alive_of(me))
         return [ProfileUpdated(self.name, me.profile_version)]
 

@@ -27,6 +27,7 @@ from nanomesh.placement import (
     peer_view_from_profile,
     place,
 )
+from nanomesh.versions import compatible
 from nanomesh.wire import MemberState
 
 PLAN_SEED = 0
@@ -55,8 +56,11 @@ def specs_of(services: Mapping[str, Mapping[str, Any]]) -> tuple[list[ServiceSpe
 def decide(services: Mapping[str, Mapping[str, Any]], committed_plan: Mapping[str, Any],
            members: Sequence[Member], config: PlacementConfig) -> Decision:
     specs, invalid = specs_of(services)
+    # An incompatible peer (`nanomesh.versions`) counts as gone: it may not
+    # understand the plan, so nothing new is placed on it.
     peers = [peer_view_from_profile(m.name, m.profile or {},
-                                    alive=m.state in (MemberState.ALIVE, MemberState.SUSPECT))
+                                    alive=m.state in (MemberState.ALIVE, MemberState.SUSPECT)
+                                    and compatible(m.profile))
              for m in members]
     previous = _plan_or_none(committed_plan)
     plan = place(specs, peers, previous, config=config, rng=random.Random(PLAN_SEED))

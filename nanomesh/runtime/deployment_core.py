@@ -189,10 +189,19 @@ def _broken(doc: Mapping[str, Any], current: Mapping[str, Mapping[str, Any]]) ->
         restarts = _count(report.get("restarts"))
         if restarts >= CRASH_LIMIT:
             return (f"{iid} restarted {restarts} times in a row (it crashes, or fails its "
-                    f"health check); last state {report.get('state')}")
+                    f"health check); last state {report.get('state')}{_exit_text(report)}")
         if report.get("state") == "failed" and restart_policy(doc) == "never":
             return f"{iid} failed and its restart policy is never"
     return None
+
+
+def _exit_text(report: Mapping[str, Any]) -> str:
+    """How the last run ended, as its peer reported it ("" if unknown)."""
+    code = report.get("exit")
+    if not isinstance(code, int) or isinstance(code, bool):
+        return ""
+    return f", last run exited with status {code}" if code >= 0 else \
+        f", last run killed by signal {-code}"
 
 
 def _healthy(doc: Mapping[str, Any], report: Mapping[str, Any]) -> bool:

@@ -89,10 +89,12 @@ def _tcp(ip: str, port: int) -> str:
 
 
 def _bind(kind: int, ip: str, port: int, what: str,
-          credentials: Credentials | None = None) -> zmqtrio.Socket:
+          credentials: Credentials | None = None, fd: int | None = None) -> zmqtrio.Socket:
     # MAXMSGSIZE applies per frame: a frame over it drops the sender's
     # connection. Whole-event size is checked again in `_downstream`.
     sock = zmqtrio.socket(kind, max_message=MAX_EVENT)
+    if fd is not None:  # a socket already listening on ip:port, taken over with its backlog
+        sock.raw.setsockopt(zmq.USE_FD, fd)
     if ":" in ip:
         sock.raw.setsockopt(zmq.IPV6, 1)
     sock.raw.setsockopt(zmq.SNDHWM, RELAY_HWM)
@@ -118,16 +120,20 @@ def _bind(kind: int, ip: str, port: int, what: str,
 async def serve_event_relay(ip: str, xsub_port: int, xpub_port: int, *,
                             stats: collections.Counter[str] | None = None,
                             credentials: Credentials | None = None,
+                            fds: tuple[int, int] | None = None,
                             task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                             ) -> None:
     """Relay events on ``ip`` until cancelled. Binds both sockets before
     reporting readiness; ConfigError (naming the port) if one cannot be bound.
     With ``credentials``, only members connect and sources are verified (see
-    the module docstring)."""
+    the module docstring). ``fds``: TCP sockets already listening on the XSUB
+    and XPUB ports, which ZeroMQ takes over (``ZMQ_USE_FD``; the daemon starts
+    the relay on first use, `nanomesh.daemon.on_demand`)."""
     stats = stats if stats is not None else collections.Counter()
-    xsub = _bind(zmq.XSUB, ip, xsub_port, "XSUB", credentials)
+    xsub_fd, xpub_fd = fds if fds is not None else (None, None)
+    xsub = _bind(zmq.XSUB, ip, xsub_port, "XSUB", credentials, xsub_fd)
     try:
-        xpub = _bind(zmq.XPUB, ip, xpub_port, "XPUB", credentials)
+        xpub = _bind(zmq.XPUB, ip, xpub_port, "XPUB", credentials, xpub_fd)
     except ConfigError:
         xsub.close()
         raise

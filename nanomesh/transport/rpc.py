@@ -426,11 +426,17 @@ def close_pooled_connections() -> None:
 # ------------------------------------------------------------------ server
 
 
-def bind_router(bind_address: str, keys: ServiceKeys | None = None) -> zmqtrio.Socket:
+def bind_router(bind_address: str, keys: ServiceKeys | None = None, *,
+                fd: int | None = None) -> zmqtrio.Socket:
     """A ROUTER bound to ``IP:PORT`` (port 0: any free port); ConfigError if
     the address cannot be bound, naming it. With `keys`, a CURVE server that
-    admits holders of the service key (`nanomesh.security.servicekeys.member_policy`)."""
+    admits holders of the service key (`nanomesh.security.servicekeys.member_policy`).
+    With `fd`, a TCP socket already listening on that address: ZeroMQ takes
+    it over (``ZMQ_USE_FD``) and closes it, connections waiting in its backlog
+    included (`nanomesh.daemon.on_demand`)."""
     sock = zmqtrio.socket(zmq.ROUTER)
+    if fd is not None:
+        sock.raw.setsockopt(zmq.USE_FD, fd)
     if keys is not None:
         servicekeys.make_member_server(sock.raw, keys)
     if "[" in bind_address:
@@ -455,9 +461,11 @@ def bound_address(sock: zmqtrio.Socket) -> str:
 
 async def serve_rpc(bind_address: str, handler: Handler, *,
                     stats: collections.Counter[str] | None = None, keys: Keys = INSTALLED,
+                    fd: int | None = None,
                     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
     """Answer calls on a ROUTER bound to ``bind_address`` (``IP:PORT``) until
-    cancelled. Reports the bound ``IP:PORT`` to ``task_status``.
+    cancelled. Reports the bound ``IP:PORT`` to ``task_status``. `fd`: see
+    `bind_router`.
 
     Requests run concurrently (up to `MAX_CONCURRENT`). Garbage frames are
     dropped and counted in ``stats``; a request that parses as frames but not
@@ -466,7 +474,7 @@ async def serve_rpc(bind_address: str, handler: Handler, *,
     docstring."""
     stats = stats if stats is not None else collections.Counter()
     slots = trio.Semaphore(MAX_CONCURRENT)
-    async with bind_router(bind_address, resolve_keys(keys)) as router, \
+    async with bind_router(bind_address, resolve_keys(keys), fd=fd) as router, \
             trio.open_nursery() as nursery:
         task_status.started(bound_address(router))
         while True:

@@ -237,6 +237,17 @@ def test_list_without_readable_manifest(store: BundleStore) -> None:
     assert (info.name, info.version) == (None, None)
 
 
+def test_a_nanomesh_release_is_listed_by_its_manifest(store: BundleStore) -> None:
+    """`nanomesh upgrade` stores nanomesh's own release bundle like a service's."""
+    manifest = b'{"format": 1, "name": "nanomesh", "version": "0.2.0", "files": {}}'
+    data = raw_tar([entry("nanomesh-0.2.0", tarfile.DIRTYPE),
+                    entry("nanomesh-0.2.0/manifest.json")],
+                   {"nanomesh-0.2.0/manifest.json": manifest})
+    store.add(data, sha256_of(data))
+    [info] = store.list()
+    assert (info.name, info.version) == ("nanomesh", "0.2.0")
+
+
 def test_extracted_modes_are_sane(store: BundleStore) -> None:
     setuid = entry("tool")
     setuid.mode = 0o4777

@@ -8,13 +8,14 @@ connections from one source, and a key change that needed a restart."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import socket
 import struct
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -292,3 +293,72 @@ async def test_a_full_table_of_pending_links_makes_room_for_newcomers(
         closed, newcomer_open = await trio.to_thread.run_sync(flood_then_newcomer)
         assert newcomer_open, f"newcomer refused with the table full: {dict(node.dropped)}"
         assert closed >= 1 and node.dropped["evicted-pending"] >= 1
+
+
+def _links(node: ConsensusNode) -> dict[str, transport.GuardedConnection]:
+    """The node's established links by the other node's address (pysyncobj's
+    internals: read for the test only, between ticks that may change them)."""
+    conns = dict(node._raft._obj._SyncObj__transport._connections)  # type: ignore[union-attr]
+    return {str(getattr(n, "address", n)): c for n, c in conns.items()
+            if c.state == transport.CONNECTION_STATE.CONNECTED}
+
+
+async def _write_and_see(nodes: tuple[ConsensusNode, ...], name: str) -> None:
+    with trio.fail_after(10):
+        while not any(n.status.is_leader for n in nodes):
+            await trio.sleep(0.05)
+        leader = next(n for n in nodes if n.status.is_leader)
+        assert (await leader.put_service(name, {"replicas": 1})).applied
+        for n in nodes:
+            await n.wait_state(lambda s: name in s.services, timeout=5)
+
+
+@contextlib.asynccontextmanager
+async def _three_voters(ips: list[str]) -> AsyncIterator[tuple[ConsensusNode, ...]]:
+    """Three voters of one cluster, with a leader, a committed write and every
+    link between them established."""
+    ring = Keyring([KEY_A])
+    peers = tuple(f"{ip}:7948" for ip in ips)
+    async with open_consensus(_voter(ips[0], ring, peers)) as na, \
+            open_consensus(_voter(ips[1], ring, peers)) as nb, \
+            open_consensus(_voter(ips[2], ring, peers)) as nc:
+        nodes = (na, nb, nc)
+        await _write_and_see(nodes, "first")
+        with trio.fail_after(5):
+            while not all(len(_links(n)) == 2 for n in nodes):
+                await trio.sleep(0.05)
+        yield nodes
+
+
+async def test_established_links_speak_compact_frames(ips: IpFactory) -> None:
+    """Rule 5 (issue 9): once the handshake is over, both ends of every link
+    send compact frames, and replication runs over them."""
+    async with _three_voters(ips(3)) as nodes:
+        await _write_and_see(nodes, "over-compact-frames")
+        await trio.sleep(0.5)  # idle follower-follower links carry keepalives every 0.2 s
+        for n in nodes:
+            for addr, conn in _links(n).items():
+                assert conn.compact, f"{addr} not compact"
+                sealed, opened = conn._link.frames if conn._link else (0, 0)
+                assert sealed > 0 and opened > 0, f"{addr}: {sealed} sealed, {opened} opened"
+        assert not any(n.dropped for n in nodes), [dict(n.dropped) for n in nodes]
+
+
+async def test_a_peer_without_compact_frames_still_replicates(
+        ips: IpFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An older peer never offers compact frames and ignores the offer: its
+    links stay on Fernet frames both ways, the others' between them do not."""
+    a, b, old = ips(3)
+    real = transport.GuardedConnection._link_seal
+
+    def no_compact_on_old(self: transport.GuardedConnection) -> object:
+        return None if self._source_ip == old else real(self)
+    monkeypatch.setattr(transport.GuardedConnection, "_link_seal", no_compact_on_old)
+    async with _three_voters([a, b, old]) as nodes:
+        na, nb, nold = nodes
+        await _write_and_see(nodes, "mixed-again")
+        assert _links(na)[f"{b}:7948"].compact and _links(nb)[f"{a}:7948"].compact
+        assert not _links(na)[f"{old}:7948"].compact
+        assert not _links(nb)[f"{old}:7948"].compact
+        assert not any(c.compact for c in _links(nold).values())
+        assert not any(n.dropped for n in nodes), [dict(n.dropped) for n in nodes]

@@ -154,3 +154,17 @@ def test_update_policy_defaults() -> None:
     assert update_policy(None) == UpdatePolicy()
     assert update_policy({"auto_revert": False}).auto_revert is False
     assert update_policy_problem({}) is None
+
+
+@pytest.mark.parametrize(("exit_code", "said"), [
+    (3, ", last run exited with status 3"),
+    (-9, ", last run killed by signal 9"),
+    (None, "; last state failed"),        # an older peer reports no exit: nothing invented
+    ("3", "; last state failed"),         # garbage from the network: ignored
+])
+def test_a_crash_loop_says_how_the_last_run_ended(exit_code: Any, said: str) -> None:
+    crashed = {**report(state="failed", health="none", restarts=CRASH_LIMIT),
+               **({"exit": exit_code} if exit_code is not None else {})}
+    _, verdict = judge(DOC, DEP, {"web/0": report(), "web/1": crashed}, True,
+                       Watch(7, started=0.0), 1.0)
+    assert verdict is not None and verdict.reason.endswith(said), verdict.reason

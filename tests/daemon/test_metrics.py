@@ -89,7 +89,7 @@ def _node() -> Any:
 
 
 def _context(*, node: Any = None, gateway: Gateway | None = None,
-             need_token: bool = False) -> MetricsContext:
+             need_token: bool = False, gateway_configured: bool = False) -> MetricsContext:
     core = Membership("p1", ("127.0.0.9", 7946), preset("local"), random.Random(1), 0.0)
     core.stats.probes, core.stats.probe_acks, core.stats.suspicions = 12, 11, 1
     traffic = Traffic()
@@ -106,9 +106,10 @@ def _context(*, node: Any = None, gateway: Gateway | None = None,
     api.requests["GET", "/v1/services/{name}", 200] += 4
     access = Access(Keyring([bytes(32)]), InternalCalls(), lambda: node, lambda _: None,
                     metrics_need_token=need_token)
-    return MetricsContext(core, traffic, lambda: node, lambda: RaftRole.VOTER, lambda: 2,
-                          placement, lambda: 3, lambda: statuses, Counter({"echo": 4}),
-                          lambda: gateway, api, access)
+    return dataclasses.replace(MetricsContext(
+        core, traffic, lambda: node, lambda: RaftRole.VOTER, lambda: 2, placement, lambda: 3,
+        lambda: statuses, Counter({"echo": 4}), lambda: gateway, api, access),
+        gateway_configured=gateway_configured)
 
 
 async def _scrape(ctx: MetricsContext, token: str | None = None) -> dict[str, float]:
@@ -169,6 +170,15 @@ async def test_a_peer_without_a_node_or_a_gateway_still_answers() -> None:
     assert not any(k.startswith("nanomesh_raft_leader{") for k in got)
     assert not any(k.startswith("nanomesh_gateway_") for k in got)
     assert all(v == 0 for k, v in got.items() if k.startswith("nanomesh_raft_state{"))
+
+
+async def test_a_gateway_waiting_for_its_first_use_exports_zeros() -> None:
+    """The gateway starts on its first datagram (`nanomesh.daemon.on_demand`);
+    its series exist before, at 0, so a rate over the start is right."""
+    got = await _scrape(_context(gateway_configured=True))
+    assert got["nanomesh_gateway_request_duration_seconds_count"] == 0
+    assert got["nanomesh_gateway_forwarded_total"] == 0
+    assert got["nanomesh_gateway_observers"] == 0
 
 
 async def test_the_metrics_need_the_token_only_when_configured() -> None:

@@ -18,6 +18,7 @@ from nanomesh.daemon.assemble import PeerAssembly
 from nanomesh.daemon.http import Request
 from nanomesh.daemon.profile import ProfileSource
 from nanomesh.daemon.views import Routes
+from nanomesh.discovery.publish import ProfilePublisher
 from nanomesh.gossip.machine import Membership
 from nanomesh.wire import Keyring
 
@@ -32,7 +33,7 @@ def routes(tmp_path_factory: pytest.TempPathFactory) -> Routes:
     cfg = build_config(name="doc", bind="127.0.13.60", data_dir=Path(data))
     daemon = PeerAssembly(cfg, Keyring([bytes(32)]), ProfileSource(cfg))
     core = Membership("doc", cfg.bind, cfg.gossip, random.Random(1), 0.0)
-    return daemon._build(core, {}).routes
+    return daemon._build(core, ProfilePublisher({}, now=0.0)).routes
 
 
 def operations(doc: dict[str, Any]) -> set[tuple[str, str]]:

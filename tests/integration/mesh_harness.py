@@ -415,9 +415,9 @@ class Cluster(BaseCluster):
 
     def add(self, name: str, *, key_file: Path | None = None, join: Sequence[str] = (),
             preset: str = "local", ip: str | None = None, extra_args: Sequence[str] = (),
-            start: bool = True) -> Peer:
+            start: bool = True, starter: Starter = _root_start) -> Peer:
         peer = self._make_peer(name, ip or self.pool.take(), key_file=key_file, join=join,
-                               preset=preset, extra_args=extra_args)
+                               preset=preset, extra_args=extra_args, starter=starter)
         return peer.start() if start else peer
 
     def close(self) -> None:

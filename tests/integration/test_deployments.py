@@ -263,6 +263,7 @@ def test_first_deploy_that_fails_just_reports_failure(mesh: Mesh, tmp_path: Path
     assert "dud declares no [[endpoints]]" in result.stderr, result.stderr
     dep = mesh.deployment("dud")
     assert dep["status"] == "failed" and "restarted" in dep["reason"], dep
+    assert "last run exited with status 3" in dep["reason"], dep  # why, not only that
     cli_retry(mesh.cluster, "undeploy", "dud", peer=mesh.peers[0], token=mesh.token)
 
 

@@ -1,12 +1,15 @@
 """The peer daemon runs the CoAP gateway and the resolve endpoint (a real
 peer process on 127.0.10.x; the gateway's forwarding itself is tested in
-tests/gateway/)."""
+tests/gateway/). The gateway starts on its first datagram
+(`nanomesh.daemon.on_demand`): until then the peer has not loaded its
+libraries, and the datagram that starts it is answered."""
 
 from __future__ import annotations
 
 import json
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import aiocoap
@@ -45,7 +48,10 @@ def http_status(api: str, path: str) -> tuple[int, Any]:
 async def test_peer_serves_coap_gateway_and_resolve(cluster: Cluster) -> None:
     peer = cluster.add("gw")
     cluster.wait(peer.health, what="the peer's API")
-    wk = await coap_get(peer.ip, "/.well-known/core")
+    maps = Path(f"/proc/{peer.pid}/maps")
+    assert "libzmq" not in maps.read_text()       # no gateway (nor event relay) yet
+    wk = await coap_get(peer.ip, "/.well-known/core")   # the first request: answered
+    assert "libzmq" in maps.read_text()           # the gateway and its link run now
     assert str(wk.code) == "2.05 Content" and int(wk.opt.content_format) == 40
     missing = await coap_get(peer.ip, "/s/nosuch/x")
     assert str(missing.code) == "4.04 Not Found"
