@@ -54,8 +54,9 @@ async def serve_orders() -> None:
         started = time.time()
         heard = await scan_tags(SCAN_WINDOW_S, backend=backend, sim=sim, radio=radio)
         tags = sorted(heard, key=lambda t: -heard[t])
-        state.update(scans=state["scans"] + 1, last={"visit": visit, "tags": tags,
-                                                     "started": started, "took": time.time() - started})
+        took = time.time() - started
+        state.update(scans=state["scans"] + 1,
+                     last={"visit": visit, "tags": tags, "started": started, "took": took})
         log.info("scan for visit %d heard %s", visit, ", ".join(tags) or "no tag")
         try:
             await svc.call("mcs", "scanned", {"radio": radio, "visit": visit, "tags": tags,

@@ -41,7 +41,8 @@ LOG_LEN = 100
 control = mc.MeetingControl(CONFIG)
 journal: list = []
 """The transitions this instance made or resumed, newest last (GET status)."""
-ctx: dict = {"nursery": None, "resumed": False, "instance": os.environ.get("NANOMESH_INSTANCE"),
+ctx: dict = {"nursery": None, "resumed": False,
+             "instance": f"{os.environ.get('NANOMESH_INSTANCE')}@{os.environ.get('NANOMESH_HOST')}",
              "changed": trio.Event()}
 
 
