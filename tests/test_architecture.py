@@ -35,6 +35,7 @@ PURE_CORES = (
     "nanomesh.ids", "nanomesh.wire.messages", "nanomesh.monitor", "nanomesh.wire.leaf",
     "nanomesh.gateway.leaf_core",
     "nanomesh.devices.world", "nanomesh.devices.berrymed", "nanomesh.devices.alert_core",
+    "nanomesh.devices.meeting_core",
 )
 """Decision code: messages and ``now`` in, effects out. It does no I/O and
 reads no clock, so it imports none of `IO_MODULES`."""
