@@ -79,6 +79,10 @@ EXPERIMENTS: dict[str, Experiment] = {
     "gateway_bench": Experiment("CoAP gateway", "gateway latency and throughput"),
     "bundle_transfer": Experiment("Bundle transfer", "pack, add and fetch service bundles"),
     "release_bundle": Experiment("Release bundle", "build and offline install of the release"),
+    "meeting_room": Experiment(
+        "Meeting room: presence detection and BLE authentication", "4 real peers, simulated "
+        "PIR and BLE; PD1 motion to DETECTED, DETECTED to AUTHENTICATED (a BLE scan window "
+        "included), per visit"),
 }
 
 

@@ -39,10 +39,8 @@ from __future__ import annotations
 
 import functools
 import os
-import shutil
 import signal
 import time
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,9 +48,7 @@ from typing import Any
 
 from nanomesh.cli import lab
 from nanomesh.cli.demo import DemoError, default_dir
-from nanomesh.cli.demo_patient import _PatientDemo
-from nanomesh.cli.runtime import upload_bundle
-from nanomesh.security.auth import TOKEN_FILE, read_token_file
+from nanomesh.cli.demo_patient import _PatientDemo, run_story
 from nanomesh.transport.apiclient import get_json
 
 SERVICES_DIR = Path(__file__).resolve().parents[2] / "services" / "meeting-room"
@@ -95,8 +91,9 @@ class MeetingDemo(_PatientDemo):
         default_factory=lambda: {"pd1": [], "pd2": []})
     near: dict[str, list[tuple[float, str]]] = field(
         default_factory=lambda: {t: [(0.0, "")] for t in TAGS})
-    seen: int = 0
-    """Journal entries of the MCS already narrated."""
+    seen: set[tuple[Any, Any, Any]] = field(default_factory=set)
+    """Journal entries of the MCS already narrated (visit, phase, time): the
+    journal keeps only the last 100."""
     timings: list[dict[str, Any]] = field(default_factory=list)
     names: dict[str, str] = field(default_factory=dict)
     """Peer names by IP (kept after a peer is killed), for the narration."""
@@ -152,30 +149,19 @@ class MeetingDemo(_PatientDemo):
         for i, name in enumerate(PEERS[1:], 1):
             self.start_peer(name, i)
         self.names = {p.ip: n for n, p in self.peers.items()}
-        token_file = self.dir / PEERS[0] / TOKEN_FILE
-        self.token = self.wait("the management token", lambda: read_token_file(token_file)
-                               if token_file.exists() else None)
-        me = get_json(self.peers["room"].api, "/v1/self", timeout=2.0)
-        shown = ", ".join(f"{d['type']} ({d.get('backend', d['driver'])})"
-                          for d in me["profile"]["devices"])
-        self.log(f"mesh up; room's profile shows {shown}")
+        self.read_token(PEERS[0])
+        self.log(f"mesh up; room's profile shows {self.devices_of('room')}")
 
     def deploy(self) -> None:
-        from nanomesh.runtime.manifest import load_manifest
-
-        for name in SERVICES:
-            folder = SERVICES_DIR / name
-            load_manifest(folder)
-            with (folder / "nanoservice.toml").open("rb") as f:
-                raw = tomllib.load(f)
-            env = raw["run"].setdefault("env", {})
-            env.update({"ae": {"AE_DB": str(self.dir / "ae.sqlite")},
-                        "bs": {"SCAN_WINDOW_S": f"{SCAN_WINDOW_S:g}"},
-                        "ug": {"STEP_S": f"{LED_STEP_S:g}"}}.get(name, {}))
+        def adapt(name: str, raw: dict[str, Any]) -> None:
+            raw["run"].setdefault("env", {}).update({
+                "ae": {"AE_DB": str(self.dir / "ae.sqlite")},
+                "bs": {"SCAN_WINDOW_S": f"{SCAN_WINDOW_S:g}"},
+                "ug": {"STEP_S": f"{LED_STEP_S:g}"}}.get(name, {}))
             if name in PLACEMENT:
                 raw.setdefault("placement", {})["labels"] = PLACEMENT[name]
-            raw["bundle"] = upload_bundle(folder, self.api, self.token)
-            self.wait(f"the mesh to accept {name}", functools.partial(self._post, raw))
+
+        self.deploy_all(SERVICES_DIR, SERVICES, adapt)
         placed = self.wait("every service running", self.all_running)
         self.log("deployed " + "; ".join(f"{s} on {', '.join(p)}" for s, p in
                                          sorted(placed.items())))
@@ -224,11 +210,14 @@ class MeetingDemo(_PatientDemo):
         """New journal entries of the MCS, logged; all of them returned."""
         s = self.status()
         journal = (s or {}).get("journal") or []
-        for e in journal[self.seen:]:
+        for e in journal:
+            key = (e.get("visit"), e.get("phase"), e.get("at"))
+            if key in self.seen:
+                continue
+            self.seen.add(key)
             inst, _, ip = str(e.get("by")).partition("@")
             self.log(f"MCS visit {e['visit']}: {e['phase']:<17} {e['why']}  "
                      f"[{inst} on {self.names.get(ip, ip)}]")
-        self.seen = max(self.seen, len(journal))
         return journal
 
     def until_phase(self, visit: int, phases: tuple[str, ...],
@@ -328,8 +317,8 @@ def meeting_room(demo_dir: Path | None = None, base_ip: str = "127.0.0.2",
     out(f"nanomesh demo meeting-room: directory {demo.dir}, BLE scan window "
         f"{SCAN_WINDOW_S:g} s, PIR hold {PIR_HOLD_S:g} s, {LED_STEP_S:g} s per LED")
     demo.prepare_dir()
-    outcome = "failed"
-    try:
+
+    def story() -> None:
         demo.start_mesh()
         demo.deploy()
         demo.fill_ae()
@@ -337,22 +326,10 @@ def meeting_room(demo_dir: Path | None = None, base_ip: str = "127.0.0.2",
         demo.unknown_tag()
         demo.bob_with_failover()
         demo.pd2_without_bs2()
-        outcome = "ok"
         out("\nsummary (seconds; PIR hold and scan window are hardware, the rest software):")
         for t in demo.timings:
             out(f"  visit {t['visit']}: presence detection {t['detection_s']:.3f}, "
                 f"BLE authentication {t['authentication_s']:.3f}, detection + "
                 f"authentication {t['total_s']:.3f}")
-    except KeyboardInterrupt:
-        outcome = "interrupted"
-        raise
-    finally:
-        out("\nstopping the mesh...")
-        demo.stop_all()
-        if keep or outcome == "failed":
-            out(f"kept {demo.dir} (logs: NAME.log, NAME/logs/)")
-        else:
-            shutil.rmtree(demo.dir, ignore_errors=True)
-            out(f"removed {demo.dir}")
-    return 0 if outcome == "ok" else 130
 
+    return run_story(demo, story, keep)

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from mesh_harness import PY
+from mesh_harness import PY, processes_mentioning
 
 from nanomesh.cli.demo import answers
 
@@ -86,21 +86,7 @@ def test_meeting_room_demo_states_failures_and_mcs_failover(tmp_path: Path) -> N
     assert re.search(r"visit 3: presence detection \d+\.\d{3}, BLE authentication "
                      r"\d+\.\d{3}", out), out
 
-    deadline = time.monotonic() + 10
-    left: list[str] = []
-    while time.monotonic() < deadline:
-        left = [p.name for p in Path("/proc").iterdir() if p.name.isdigit()
-                and str(demo_dir).encode() in _cmdline(p)]
-        if not left:
-            break
-        time.sleep(0.2)
-    assert not left, left
+    assert not processes_mentioning(demo_dir)
     assert not demo_dir.exists()
     assert took < 180, f"the demo took {took:.0f} s"
 
-
-def _cmdline(proc: Path) -> bytes:
-    try:
-        return (proc / "cmdline").read_bytes()
-    except OSError:
-        return b""
