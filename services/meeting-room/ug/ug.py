@@ -7,9 +7,9 @@ other in their ``[[devices]]`` order, each for ``STEP_S`` (the research's
 mobile agent: 2.5 s per LED controller), over and over, until the MCS stops
 the guidance (the guest reached the door) or ``MAX_GUIDE_S`` passes.
 
-Not (yet) through the microcontroller leaves' mobile agents: a peer starts an
-agent only for a mesh member holding the cluster key (``POST /leaf/agents``
-through the gateway link), and an instance gets only its derived keys.
+Not (yet) through the microcontroller leaves' mobile agents (``firmware/``):
+the instance's service keypair opens its peer's gateway link, where
+``POST leaf/agents`` starts one; driving leaves that way is a follow-up.
 
 Routes: POST guide {"visit", "person", "room"} -> {"ok", "leds", "detail"};
 POST stop {"visit"}; GET leds (each LED's pin and level, the visit guided);
