@@ -58,5 +58,7 @@ def bench(session: nox.Session) -> None:
     session.run("python", "experiments/name_latency.py", *mode)
     session.run("python", "experiments/call_failover.py", *mode)
     session.run("python", "experiments/release_bundle.py", *mode)  # issue 15; needs an index
+    session.run("python", "experiments/meeting_room.py", "--trials",  # issue 10
+                "20" if full else "3", *([] if full else ["--name", "meeting_room_quick"]))
     session.run("python", "experiments/plot.py")
     session.run("python", "experiments/report.py")  # experiments/REPORT.md from the results
