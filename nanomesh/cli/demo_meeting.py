@@ -177,34 +177,69 @@ class MeetingDemo(_PatientDemo):
         return ({s: sorted(p) for s, p in where.items()}
                 if {s: len(p) for s, p in where.items()} == want else None)
 
-    def post(self, service: str, path: str, body: object) -> Any:
+    def send(self, method: str, service: str, path: str, body: object) -> Any:
+        """A POST or PUT through the entrance peer; its JSON answer, None if it failed."""
         from nanomesh.errors import NanomeshError
         from nanomesh.sdk.client import call_sync
 
         try:
-            return call_sync(service, path, body, peer=self.api, method="POST", timeout=3.0,
+            return call_sync(service, path, body, peer=self.api, method=method, timeout=3.0,
                              key_file=self.dir / "cluster.key").json()
         except (NanomeshError, OSError, ValueError) as exc:
-            self.last_error = f"POST {service}/{path}: {exc}"
+            self.last_error = f"{method} {service}/{path}: {exc}"
             return None
 
+    def store(self, resource: str, body: dict[str, Any]) -> Any:
+        """POST on the AE's collection; a POST that ran but whose answer was
+        lost is found by its id (a second POST would be refused: it exists)."""
+        return (self.send("POST", "ae", resource, body)
+                or self.call("ae", f"{resource}/{body['id']}"))
+
     def fill_ae(self) -> None:
+        """The research's REST resources: POST on the collections, PUT and GET
+        on an item, GET on a collection."""
         t0 = time.monotonic()
-        items = [("rooms", {"id": "aurora", "name": "Aurora (room 101)"}),
-                 ("persons", {"id": "alice", "name": "alice", "room": "aurora"}),
+        items: list[tuple[str, dict[str, Any]]] = [
+                 ("rooms", {"id": "aurora", "name": "Aurora (room 101)"}),
+                 ("persons", {"id": "alice", "name": "alice", "room": None}),
                  ("persons", {"id": "bob", "name": "bob", "room": "aurora"}),
                  ("tags", {"id": TAGS["alice"], "person": "alice"}),
                  ("tags", {"id": TAGS["bob"], "person": "bob"})]
         for resource, body in items:
             self.wait(f"the AE to store {resource} {body['id']}",
-                      functools.partial(self.post, "ae", resource, body))
+                      functools.partial(self.store, resource, body))
+        self.wait("the AE to update alice", functools.partial(
+            self.send, "PUT", "ae", "persons/alice", {"name": "alice", "room": "aurora"}))
+        alice = self.call("ae", "persons/alice") or {}
         tags = self.call("ae", "tags") or []
         self.log(f"AE (SQLite) knows {len(tags)} tags: "
-                 + ", ".join(f"{t['id'][:8]}.. -> {t['person']}" for t in tags), t0)
+                 + ", ".join(f"{t['id'][:8]}.. -> {t['person']}" for t in tags)
+                 + f"; alice (PUT persons/alice) is invited to {alice.get('room')}", t0)
+
+    def events_logged(self) -> None:
+        """The AE's ``events`` hold every transition the MCS made (it posts
+        them as it goes, best effort, so wait for the last ones)."""
+        made = {(e["visit"], e["phase"]) for e in self.narrate()}
+
+        def check() -> list[dict[str, Any]] | None:
+            events = self.call("ae", "events")
+            got = {(e["visit"], e["phase"]) for e in events or []}
+            return events if events and made <= got else None
+
+        events = self.wait("the AE to log every transition", check)
+        phases = [e["phase"] for e in events]
+        self.log(f"AE events (GET events): {len(events)} transitions logged, "
+                 f"{phases.count('PRESENTED')} PRESENTED, "
+                 f"{sum(p.startswith('NOT_') for p in phases)} NOT-states")
 
     def status(self) -> dict[str, Any] | None:
         s = self.call("mcs", "status")
         return s if isinstance(s, dict) else None
+
+    def where(self, by: object) -> str:
+        """``mcs/0@IP`` (how the MCS names itself) as ``mcs/0 on PEER``."""
+        inst, _, ip = str(by).partition("@")
+        return f"{inst} on {self.names.get(ip, ip)}"
 
     def narrate(self) -> list[dict[str, Any]]:
         """New journal entries of the MCS, logged; all of them returned."""
@@ -215,9 +250,8 @@ class MeetingDemo(_PatientDemo):
             if key in self.seen:
                 continue
             self.seen.add(key)
-            inst, _, ip = str(e.get("by")).partition("@")
             self.log(f"MCS visit {e['visit']}: {e['phase']:<17} {e['why']}  "
-                     f"[{inst} on {self.names.get(ip, ip)}]")
+                     f"[{self.where(e.get('by'))}]")
         return journal
 
     def until_phase(self, visit: int, phases: tuple[str, ...],
@@ -292,8 +326,8 @@ class MeetingDemo(_PatientDemo):
         s = self.wait("the new MCS to answer", lambda: s if (s := self.status())
                       and s.get("resumed") else None)
         cur = s.get("current") or {}
-        self.log(f"the new MCS ({s['instance']}) resumed from its state blob: visit "
-                 f"{cur.get('id')} in {cur.get('phase')} ({cur.get('person')} to "
+        self.log(f"the new MCS ({self.where(s.get('instance'))}) resumed from its state "
+                 f"blob: visit {cur.get('id')} in {cur.get('phase')} ({cur.get('person')} to "
                  f"{cur.get('room')})", t0)
 
     def pd2_without_bs2(self) -> None:
@@ -326,6 +360,7 @@ def meeting_room(demo_dir: Path | None = None, base_ip: str = "127.0.0.2",
         demo.unknown_tag()
         demo.bob_with_failover()
         demo.pd2_without_bs2()
+        demo.events_logged()
         out("\nsummary (seconds; PIR hold and scan window are hardware, the rest software):")
         for t in demo.timings:
             out(f"  visit {t['visit']}: presence detection {t['detection_s']:.3f}, "

@@ -54,7 +54,8 @@ def test_meeting_room_demo_states_failures_and_mcs_failover(tmp_path: Path) -> N
         line(r"room's profile shows pir \(gpiozero-mock\), ble \(bleak-sim\), display"),
         line(r"deployed ae on room; bs on entrance, room; mcs on ctl-[ab]; mrs on room; "
              r"pd on entrance, room; ug on entrance"),
-        line(r"AE \(SQLite\) knows 2 tags"),
+        line(r"AE \(SQLite\) knows 2 tags: .*; alice \(PUT persons/alice\) is invited to "
+             r"aurora"),
         line(r"visit 1: DETECTED .*pd1 saw motion"),
         line(r"visit 1: NOT_SCANNED .*heard no tag"),
         line(r"visit 2: SCANNED .*bad0bad0"),
@@ -66,17 +67,22 @@ def test_meeting_room_demo_states_failures_and_mcs_failover(tmp_path: Path) -> N
         line(r"UG: corridor LED \d of 3 lit \(BCM \d+, gpiozero-mock"),
         line(r"killing ctl-[ab], the peer hosting the MCS, with SIGKILL"),
         line(r"MCS placed on ctl-[ab]"),
-        line(r"the new MCS .* resumed from its state blob: visit 3 in GUIDED \(bob to aurora\)"),
+        line(r"the new MCS \(mcs/0 on ctl-[ab]\) resumed from its state blob: visit 3 in GUIDED "
+             r"\(bob to aurora\)"),
         line(r"visit 3: PRESENTED .*confirmed tag b0b0b0b0"),
         line(r"MRS screen in aurora: present bob"),
         line(r"UG: guidance stopped \(guiding False, LED levels \[False, False, False\]\)"),
         line(r"visit 4: GUIDED .*alice"),
         line(r"visit 4: NOT_PRESENTED .*PD2 without BS2"),
+        line(r"AE events \(GET events\): 1[5-9] transitions logged, 1 PRESENTED, "
+             r"3 NOT-states"),
     ]
     assert order == sorted(order), out
     killed = re.search(r"killing (ctl-[ab])", out)
     placed = re.search(r"MCS placed on (ctl-[ab])", out)
-    assert killed and placed and killed.group(1) != placed.group(1), out
+    resumed = re.search(r"the new MCS \(mcs/0 on (ctl-[ab])\)", out)
+    assert killed and placed and resumed and killed.group(1) != placed.group(1), out
+    assert resumed.group(1) == placed.group(1), out
     before = re.search(r"visit 3: GUIDED .*" + mcs, out)
     after = re.search(r"visit 3: PRESENTED .*" + mcs, out)
     assert before and after, out
