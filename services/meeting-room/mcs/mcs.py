@@ -123,13 +123,20 @@ async def run() -> None:
     global control
     blob = await svc.load_state()
     if blob:
-        doc = json.loads(blob)
-        control = mc.MeetingControl.from_json(doc.get("control"), CONFIG)
-        journal.extend(doc.get("journal", []))
-        v = control.current
-        ctx["resumed"] = True
-        log.info("resumed from the state blob: visit %s in %s", v and v.id,
-                 v and v.phase.value)
+        try:
+            doc = json.loads(blob)
+            control = mc.MeetingControl.from_json(doc.get("control"), CONFIG)
+            saved = doc.get("journal")
+            if isinstance(saved, list):
+                journal.extend(e for e in saved if isinstance(e, dict))
+            v = control.current
+            ctx["resumed"] = True
+            log.info("resumed from the state blob: visit %s in %s", v and v.id,
+                     v and v.phase.value)
+        except (ValueError, AttributeError, NanomeshError) as exc:
+            # A blob this service cannot read (another version's?) must not
+            # crash-loop the MCS: start afresh, and say what was lost.
+            log.error("ignoring an unreadable state blob (%s): starting with no visit", exc)
     async with trio.open_nursery() as nursery:
         ctx["nursery"] = nursery
         nursery.start_soon(saver)
