@@ -60,5 +60,7 @@ def bench(session: nox.Session) -> None:
     session.run("python", "experiments/release_bundle.py", *mode)  # issue 15; needs an index
     # issue 10: deploy/initiate and steps L1-L5 against the research (runc part needs root)
     session.run("python", "experiments/research_figures.py", *mode)
+    session.run("python", "experiments/meeting_room.py", "--trials",  # issue 10
+                "20" if full else "3", *([] if full else ["--name", "meeting_room_quick"]))
     session.run("python", "experiments/plot.py")
     session.run("python", "experiments/report.py")  # experiments/REPORT.md from the results

@@ -83,6 +83,10 @@ EXPERIMENTS: dict[str, Experiment] = {
         "Measured against the research", "fresh 3-peer labs with simulated devices; every "
         "nanoservice on main deployed with `nanomesh deploy`: deploy, initiate and the "
         "research's steps L1-L5 (`*_s`; research figures in the summary's `research_s`)"),
+    "meeting_room": Experiment(
+        "Meeting room: presence detection and BLE authentication", "4 real peers, simulated "
+        "PIR and BLE; PD1 motion to DETECTED, DETECTED to AUTHENTICATED (a BLE scan window "
+        "included), per visit"),
 }
 
 

@@ -37,6 +37,7 @@ PURE_CORES = (
     "nanomesh.gateway.leaf_core",
     "nanomesh.devices.world", "nanomesh.devices.berrymed", "nanomesh.devices.alert_core",
     "nanomesh.versions", "nanomesh.cli.upgrade_core",
+    "nanomesh.devices.meeting_core",
 )
 """Decision code: messages and ``now`` in, effects out. It does no I/O and
 reads no clock, so it imports none of `IO_MODULES`."""

@@ -244,26 +244,42 @@ class _PatientDemo:
         hospital = self.start_peer("hospital", 0)
         lab.wait_bootstrapped(hospital, self.dir / "hospital", self.procs)
         self.start_peer("home", 1)
-        token_file = self.dir / "hospital" / TOKEN_FILE
+        self.read_token("hospital")
+        self.log(f"mesh up: hospital + home; home's profile shows {self.devices_of('home')}")
+
+    def read_token(self, founder: str) -> None:
+        """The management token, once the founder has committed it."""
+        token_file = self.dir / founder / TOKEN_FILE
         self.token = self.wait("the management token", lambda: read_token_file(token_file)
                                if token_file.exists() else None)
-        me = get_json(self.peers["home"].api, "/v1/self", timeout=REQUEST_TIMEOUT)
-        shown = ", ".join(f"{d['type']} ({d.get('backend', d['driver'])})"
-                          for d in me["profile"]["devices"])
-        self.log(f"mesh up: hospital + home; home's profile shows {shown}")
 
-    def deploy(self) -> None:
+    def devices_of(self, peer: str) -> str:
+        """A peer's profile devices with their backends, as text."""
+        me = get_json(self.peers[peer].api, "/v1/self", timeout=REQUEST_TIMEOUT)
+        return ", ".join(f"{d['type']} ({d.get('backend', d['driver'])})"
+                         for d in me["profile"]["devices"])
+
+    def deploy_all(self, services_dir: Path, names: tuple[str, ...],
+                   adapt: Callable[[str, dict[str, Any]], None]) -> None:
+        """Upload and deploy each service folder, its manifest changed by
+        ``adapt(name, raw)`` first (the demo's timings, labels)."""
         from nanomesh.runtime.manifest import load_manifest
 
-        for name in SERVICES:
-            folder = SERVICES_DIR / name
+        for name in names:
+            folder = services_dir / name
             load_manifest(folder)
             with (folder / "nanoservice.toml").open("rb") as f:
                 raw = tomllib.load(f)
-            if "ALERT_PERIOD_S" in raw["run"].get("env", {}):
-                raw["run"]["env"]["ALERT_PERIOD_S"] = f"{ALERT_PERIOD_S:g}"
+            adapt(name, raw)
             raw["bundle"] = upload_bundle(folder, self.api, self.token)
             self.wait(f"the mesh to accept {name}", functools.partial(self._post, raw))
+
+    def deploy(self) -> None:
+        def adapt(name: str, raw: dict[str, Any]) -> None:
+            if "ALERT_PERIOD_S" in raw["run"].get("env", {}):
+                raw["run"]["env"]["ALERT_PERIOD_S"] = f"{ALERT_PERIOD_S:g}"
+
+        self.deploy_all(SERVICES_DIR, SERVICES, adapt)
         placed = self.wait("every service running", lambda: self.running_on(
             {"dd": "hospital", **{s: "home" for s in DEVICE_BOUND}}))
         self.log("deployed " + ", ".join(f"{s} on {p}" for s, p in sorted(placed.items())))
@@ -405,27 +421,38 @@ def patient(demo_dir: Path | None = None, base_ip: str = "127.0.0.2", keep: bool
     out(f"nanomesh demo patient: directory {demo.dir}, alert period {ALERT_PERIOD_S:g} s "
         "(the research: 30 min)")
     demo.prepare_dir()
-    outcome = "failed"
-    try:
+
+    def story() -> None:
         demo.start_mesh()
         demo.deploy()
         demo.hop("home", "ambulance", 2)
         demo.deteriorate()
         demo.hop("ambulance", "ward", 3)
         demo.recover()
-        outcome = "ok"
         out("\nsummary (seconds from the hop's start to the first vitals from the new peer):")
         for what, seconds in demo.hops:
             out(f"  {what:<20} {seconds:7.3f}")
+
+    return run_story(demo, story, keep)
+
+
+def run_story(demo: _PatientDemo, story: Callable[[], None], keep: bool) -> int:
+    """Run ``story`` on the demo's mesh, then stop every peer (also on an
+    error or Ctrl-C) and remove the directory, unless ``keep`` or the story
+    failed (its logs are there); 0 when the story ran through, 130 on Ctrl-C."""
+    outcome = "failed"
+    try:
+        story()
+        outcome = "ok"
     except KeyboardInterrupt:
         outcome = "interrupted"
         raise
     finally:
-        out("\nstopping the mesh...")
+        demo.say("\nstopping the mesh...")
         demo.stop_all()
         if keep or outcome == "failed":
-            out(f"kept {demo.dir} (logs: NAME.log, NAME/logs/)")
+            demo.say(f"kept {demo.dir} (logs: NAME.log, NAME/logs/)")
         else:
             shutil.rmtree(demo.dir, ignore_errors=True)
-            out(f"removed {demo.dir}")
+            demo.say(f"removed {demo.dir}")
     return 0 if outcome == "ok" else 130

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from nanomesh.cli import demo, demo_patient, experiment, lab, labfaults, scenario
+from nanomesh.cli import demo, demo_meeting, demo_patient, experiment, lab, labfaults, scenario
 from nanomesh.cli.common import print_table
 from nanomesh.config import default_lab_dir
 from nanomesh.gossip.config import PRESETS
@@ -157,6 +157,26 @@ def register_demo(subparsers: Any) -> None:
     patient.add_argument("--keep", action="store_true",
                          help="keep the demo directory (world file, peer and service logs)")
     patient.set_defaults(func=_demo_patient)
+    meeting = demos.add_parser(
+        "meeting-room", help="the smart meeting room: guests detected, scanned, "
+        "authenticated, guided and presented; the MCS's peer killed mid-meeting",
+        description="Start a mesh of 4 peers with simulated hardware (the corridor's "
+        "entrance: PIR, BLE radio, LEDs; the room's door: PIR, radio, screen; two "
+        "controllers). Deploy services/meeting-room (mcs, pd, bs, ae, ug, mrs), fill the AE, "
+        "and narrate with timestamps the MCS's state machine for: no tag, an unknown tag, a "
+        "guest guided to the room while the peer hosting the MCS is SIGKILLed (the MCS "
+        "resumes elsewhere from its state blob), and PD2 without BS2. Needs a source "
+        "checkout (services/meeting-room).")
+    meeting.add_argument("--base-ip", default="127.0.0.2", metavar="IP",
+                         help="address of the first peer; the others follow (default "
+                         "127.0.0.2, the lab's: the demo refuses to run beside a lab)")
+    meeting.add_argument("--dir", type=Path,
+                         help="demo directory (default ~/.local/state/nanomesh/"
+                         "demo-meeting-room); replaced at each run, removed at the end "
+                         "unless a step failed")
+    meeting.add_argument("--keep", action="store_true",
+                         help="keep the demo directory (world file, peer and service logs)")
+    meeting.set_defaults(func=_demo_meeting)
 
 
 # ------------------------------------------------------------------ lab
@@ -284,3 +304,7 @@ def _demo_failover(args: argparse.Namespace) -> int:
 
 def _demo_patient(args: argparse.Namespace) -> int:
     return demo_patient.patient(args.dir, args.base_ip, keep=args.keep)
+
+
+def _demo_meeting(args: argparse.Namespace) -> int:
+    return demo_meeting.meeting_room(args.dir, args.base_ip, keep=args.keep)

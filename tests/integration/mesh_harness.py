@@ -89,6 +89,25 @@ def wait_until(predicate: Callable[[], T], timeout: float = TIMEOUT, *,
         time.sleep(interval)
 
 
+def processes_mentioning(path: Path, timeout: float = 10.0) -> list[str]:
+    """Pids whose command line names ``path``, after waiting up to ``timeout``
+    seconds for them to go (a demo's peers after it exits)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [p.name for p in Path("/proc").iterdir() if p.name.isdigit()
+                and str(path).encode() in _cmdline(p)]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.2)
+
+
+def _cmdline(proc: Path) -> bytes:
+    try:
+        return (proc / "cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def tail(path: Path, lines: int = 40) -> str:
     try:
         text = path.read_text(errors="replace")
