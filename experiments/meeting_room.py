@@ -23,7 +23,9 @@ the tag taken away. From the MCS's journal (Unix times of its transitions):
 
     .venv/bin/python experiments/meeting_room.py [--trials N] [--scan-window S] [--name NAME]
 
-Writes experiments/results/<name>.csv (one row per visit) and .summary.json.
+Writes experiments/results/<name>.csv (one row per visit), .summary.json and,
+with matplotlib, .png (each visit's times beside the research's means);
+``--plot-only`` redraws the PNG from an existing CSV.
 """
 
 from __future__ import annotations
@@ -60,6 +62,43 @@ def trial(demo: MeetingDemo) -> dict[str, Any]:
             "authentication_s": auth["at"] - detected["at"], "total_s": auth["at"] - t0}
 
 
+def plot(csv_path: Path, png: Path, scan_window: float) -> bool:
+    """Box plots of the visits' times with the research's means marked;
+    False without matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    import csv
+
+    with csv_path.open() as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return False
+    columns = [("presence detection", "detection_s", RESEARCH["presence_detection_mean_s"]),
+               ("BLE authentication", "authentication_s", RESEARCH["ble_authentication_mean_s"]),
+               ("detection + authentication", "total_s", None)]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.boxplot([[float(r[key]) for r in rows] for _, key, _ in columns], showmeans=True)
+    ax.set_xticks(range(1, len(columns) + 1), [label for label, _, _ in columns])
+    for i, (_, _, research) in enumerate(columns, start=1):
+        if research is not None:
+            ax.plot([i - 0.3, i + 0.3], [research, research], color="tab:red", lw=2,
+                    label="research mean" if i == 1 else None)
+    ax.axhline(RESEARCH["detection_plus_authentication_max_s"], color="tab:red", ls="--",
+               lw=1, label="research: detection + authentication <= 7 s")
+    ax.axhline(scan_window, color="grey", ls=":", lw=1, label=f"BLE scan window {scan_window:g} s")
+    ax.set_ylabel("seconds")
+    ax.set_title(f"Smart meeting room, {len(rows)} visits (simulated PIR and BLE)")
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--trials", type=int, default=20, help="visits (the research: 20)")
@@ -67,7 +106,12 @@ def main() -> int:
                    help="seconds each BLE scan listens (default 3, the thesis' default)")
     p.add_argument("--name", default="meeting_room")
     p.add_argument("--base-ip", default="127.0.18.40")
+    p.add_argument("--plot-only", action="store_true",
+                   help="redraw results/<name>.png from results/<name>.csv and exit")
     args = p.parse_args()
+    if args.plot_only:
+        csv_path, _ = results_paths(args.name)
+        return 0 if plot(csv_path, csv_path.with_suffix(".png"), args.scan_window) else 1
     info = machine_info()
     demo_meeting.SCAN_WINDOW_S = args.scan_window
     demo_meeting.LED_STEP_S = 2.5  # the research's 2.5 s per LED controller
@@ -102,6 +146,8 @@ def main() -> int:
                 "simulated pin rises at t0) and the BLE scan window (kept: scan_window_s); "
                 "the rest is software",
         "csv": str(csv_path.name),
+        "plot": csv_path.with_suffix(".png").name
+        if plot(csv_path, csv_path.with_suffix(".png"), args.scan_window) else None,
     }
     write_json(json_path, summary)
     print(f"\nwrote {csv_path} and {json_path}")
