@@ -17,6 +17,11 @@
 # Answers: 2.01 / 2.04 accepted; 4.04 not registered at this peer (register
 # again); another 4.xx refused (dropped: sending it again would not help);
 # 5.xx or no answer: the peer is in trouble, try the next one.
+# Every answer counts only if tagged by the peer with our key, bound to the
+# message's path, counter and the answer's code: payload = TAG + BODY,
+# TAG = HMAC(key, "answer\n" + PATH + "\n" + n + "\n" + code + "\n" + BODY)[:16].
+# Anything else (a forged ACK, 4.04, 4.01) is ignored: the CoAP client keeps
+# retransmitting as if nothing came, and the reading stays in the buffer.
 import json
 import socket
 import sys
@@ -113,7 +118,13 @@ class Leaf:
         n = body["n"]
         body = json.dumps(body).encode()
         payload = self.mac.tag(path.encode() + b"\n" + body) + body
-        answer = self.client.request(self.addr, coap.POST, path, payload)
+
+        def check(code, answer):  # the answer's body if the peer holds our key
+            head = ("answer\n%s\n%d\n%d\n" % (path, n, code)).encode()
+            rest = answer[mac.TAG:]
+            return rest if self.mac.check(head + rest, answer[:mac.TAG]) else None
+
+        answer = self.client.request(self.addr, coap.POST, path, payload, check=check)
         if answer is None:
             return GONE
         code = answer[0]
@@ -143,14 +154,10 @@ class Leaf:
         return self._send("leaf/%s/report" % self.name,
                           {"n": self.counter.take(), "age": age, "v": values})
 
-    def run_agent(self, n, payload):
+    def run_agent(self, n, body):
         """Check and run the agent a peer handed us with its answer to our
-        message `n`, then post the step's result (which may bring the next)."""
-        body = payload[mac.TAG:]
-        sealed = ("leaf/%s/agent\n%d\n" % (self.name, n)).encode() + body
-        if not self.mac.check(sealed, payload[:mac.TAG]):
-            log("agent refused", "bad tag")  # not from a peer holding our key
-            return
+        message `n` (the answer's tag checked already: only a peer with our
+        key sends one), then post the step's result (which may bring the next)."""
         try:
             msg = json.loads(body)
             ident, prog = msg["agent"], msg["prog"]

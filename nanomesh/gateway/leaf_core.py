@@ -21,7 +21,8 @@ Mobile agents (the research's user guidance): a program from a small
 checked instruction set (`nanomesh.wire.leaf.AGENT_OPS`) and a path of this
 peer's leaves. A leaf only talks when it reports, so the peer hands an agent
 to its current leaf in the answer to that leaf's next report, tagged with the
-leaf's key and bound to the report's counter (`nanomesh.wire.leaf.seal_agent`);
+leaf's key and bound to the report's counter (`nanomesh.wire.leaf.seal_answer`,
+as every answer to an authentic leaf message is);
 the leaf runs the step and posts its result, and the agent moves to the next
 leaf. A next leaf that is gone, or a step whose result does not come within
 its pauses + `AGENT_STEP_GRACE` + a period, is skipped (``on_dead = "skip"``,
@@ -62,6 +63,7 @@ from nanomesh.wire.leaf import (
     LeafValue,
     Register,
     Report,
+    agent_body,
     check_tag,
     decode_agent,
     decode_agent_result,
@@ -69,7 +71,7 @@ from nanomesh.wire.leaf import (
     decode_report,
     is_name,
     open_body,
-    seal_agent,
+    seal_answer,
     step_ms,
 )
 
@@ -373,6 +375,12 @@ class LeafEndpoint:
                               "leaves are listed at /leaf")
 
     def _post(self, request: GatewayRequest, now: float, leaf: str | None) -> GatewayResponse:
+        """The answer to a leaf's message, tagged (`seal_answer`) when the
+        message was authentic: the leaf ignores untagged answers, so a
+        message that fails its tag (a stranger's, or for a leaf without a
+        key here) gets an untagged error and its leaf tries the next peer.
+        Tagging those would hand an attacker a tagged refusal for a counter
+        of its choice."""
         try:
             _tag, body = open_body(request.payload)
             name = body.get("leaf") if leaf is None else leaf
@@ -380,20 +388,30 @@ class LeafEndpoint:
             if key is None:
                 raise RemoteProtocolError("auth", "no key for this leaf on this peer")
             check_tag(key, request.path, request.payload)
+        except RemoteProtocolError as exc:
+            self.refused[exc.reason] += 1
+            code = UNAUTHORIZED if exc.reason == "auth" else BAD_REQUEST
+            return error_response(code, str(exc))
+        answer = self._authentic(request, body, now, leaf, key)
+        counter = body.get("n")
+        if not isinstance(counter, int) or isinstance(counter, bool):
+            return answer  # no counter to bind an answer to: the leaf's bug, not news
+        return GatewayResponse(answer.code, seal_answer(key, request.path, counter, answer.code,
+                                                        answer.payload), answer.content_format)
+
+    def _authentic(self, request: GatewayRequest, body: dict[str, Any], now: float,
+                   leaf: str | None, key: bytes) -> GatewayResponse:
+        try:
             if leaf is None:
                 outcome = self.registry.register(decode_register(body), now)
             elif request.path[2] == "report":
                 report = decode_report(leaf, body)
                 outcome = self.registry.report(report, now)
-                counter = report.counter
             else:
-                result = decode_agent_result(leaf, body)
-                outcome = self.registry.agent_result(result, now)
-                counter = result.counter
+                outcome = self.registry.agent_result(decode_agent_result(leaf, body), now)
         except RemoteProtocolError as exc:
             self.refused[exc.reason] += 1
-            code = UNAUTHORIZED if exc.reason == "auth" else BAD_REQUEST
-            return error_response(code, str(exc))
+            return error_response(BAD_REQUEST, str(exc))
         if outcome is not Outcome.ACCEPTED:
             self.refused[outcome.value] += 1
         match outcome:
@@ -404,8 +422,7 @@ class LeafEndpoint:
                 agent = self.registry.agent_for(leaf, now)
                 if agent is None:
                     return GatewayResponse(CHANGED)
-                return GatewayResponse(CHANGED, seal_agent(key, leaf, counter, agent.id,
-                                                           agent.spec.program))
+                return GatewayResponse(CHANGED, agent_body(agent.id, agent.spec.program))
             case Outcome.REPLAYED:
                 return error_response(UNAUTHORIZED, "counter not above the last accepted "
                                       "(a replay?)")

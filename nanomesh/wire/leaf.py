@@ -21,6 +21,18 @@ Bodies (``firmware/leaf.py`` writes them):
 ``n`` is the leaf's message counter; replay protection (only a counter
 above the last one accepted) is the registry's (`nanomesh.gateway.leaf_core`).
 
+Answers (issue 11): the peer's answer to an authentic message is
+``TAG || BODY`` too, TAG = first `TAG_SIZE` bytes of HMAC-SHA256(key,
+``"answer\n"`` + PATH + ``"\n"`` + N + ``"\n"`` + CODE + ``"\n"`` + BODY),
+N the request's counter and CODE the CoAP code as a decimal number
+(`seal_answer`). The leaf takes an answer only if its tag checks, so a
+forged ACK (a reading lost), 4.04 (a needless registration) or 4.01 (a
+reading dropped) from someone without the key is ignored and the leaf
+retransmits as if nothing came; bound to N, an answer recorded earlier
+answers no later message; bound to CODE, a 2.04 cannot be turned into a
+4.04. The ``answer`` prefix keeps answer tags apart from request tags
+(every request PATH starts with ``leaf``).
+
 Everything a leaf sends is untrusted until its tag checks: every decoder
 here raises `RemoteProtocolError` on anything else, never another
 exception. Keys come from a key file (`parse_leaf_keys`).
@@ -97,6 +109,30 @@ def _mac(key: bytes, data: bytes) -> bytes:
 def tag(key: bytes, path: tuple[str, ...], body: bytes) -> bytes:
     """The tag of `body` sent to `path` (see the module docstring)."""
     return _mac(key, "/".join(path).encode() + b"\n" + body)
+
+
+def answer_tag(key: bytes, path: tuple[str, ...], counter: int, code: int,
+               body: bytes) -> bytes:
+    """The tag of the answer `code` + `body` to message `counter` sent to
+    `path` (see the module docstring)."""
+    head = f"answer\n{'/'.join(path)}\n{counter}\n{code}\n".encode()
+    return _mac(key, head + body)
+
+
+def seal_answer(key: bytes, path: tuple[str, ...], counter: int, code: int,
+                body: bytes) -> bytes:
+    """The payload of the answer `code` to a leaf's message `counter`."""
+    return answer_tag(key, path, counter, code, body) + body
+
+
+def open_answer(key: bytes, path: tuple[str, ...], counter: int, code: int,
+                payload: bytes) -> bytes | None:
+    """The body of an answer if its tag checks, else None (what the leaf
+    does, ``firmware/leaf.py``; tests and tools use this one)."""
+    if len(payload) < TAG_SIZE:
+        return None
+    good = answer_tag(key, path, counter, code, payload[TAG_SIZE:])
+    return payload[TAG_SIZE:] if hmac.compare_digest(payload[:TAG_SIZE], good) else None
 
 
 def seal(key: bytes, path: tuple[str, ...], body: dict[str, Any]) -> bytes:
@@ -351,14 +387,11 @@ def agent_path(leaf: str) -> tuple[str, ...]:
     return ("leaf", leaf, "agent")
 
 
-def seal_agent(key: bytes, leaf: str, counter: int, agent: str,
-               program: tuple[tuple[str | int, ...], ...]) -> bytes:
-    """The payload of the answer to a leaf's report `counter` that hands it
-    agent `agent`: TAG + BODY, TAG over ``leaf/<L>/agent`` + counter + BODY,
-    so only this leaf's key makes it and it answers this report only (an
-    old answer replayed to the leaf does not match its next counter)."""
-    raw = json.dumps({"agent": agent, "prog": [list(op) for op in program]}).encode()
-    return _mac(key, f"leaf/{leaf}/agent\n{counter}\n".encode() + raw) + raw
+def agent_body(agent: str, program: tuple[tuple[str | int, ...], ...]) -> bytes:
+    """The body of the answer to a leaf's report that hands it agent `agent`;
+    the answer's tag (`seal_answer`, bound to the report's counter) says
+    only this leaf's key made it and that it answers this report only."""
+    return json.dumps({"agent": agent, "prog": [list(op) for op in program]}).encode()
 
 
 def decode_agent_result(leaf: str, body: dict[str, Any]) -> AgentResult:

@@ -267,6 +267,18 @@ def test_the_agent_interpreter_runs_checked_programs_only(tmp_path: Path) -> Non
     assert "pir is not an actuator" in lines and "pauses too long" in lines
 
 
+def tagged_ack(d: bytes, code: int, key: bytes, *, bad: bool = False) -> bytes:
+    """A piggy-backed answer `code` to the leaf's request `d`, tagged as a
+    peer holding `key` tags it (nanomesh.wire.leaf.seal_answer); `bad`
+    spoils the tag."""
+    from nanomesh.wire.leaf import seal_answer
+    options, _, payload = d.partition(b"\xff")
+    path = ("leaf", "register") if b"register" in options else ("leaf", "bed-1", "report")
+    n = json.loads(payload[16:])["n"]
+    sealed = seal_answer(key, path, n, code, b"")
+    return ack(d, code=code, payload=bytes([sealed[0] ^ 1]) + sealed[1:] if bad else sealed)
+
+
 LEAF_FLUSH = """
 import json, sys, leaf
 cfg = json.load(open(sys.argv[1]))
@@ -291,7 +303,7 @@ def test_one_flush_is_bounded_whatever_the_peer_answers(
         tmp_path: Path, answers: dict[str, int], want: dict[str, object]) -> None:
     def respond(d: bytes, i: int) -> list[bytes]:
         kind = "register" if b"register" in d else "report"
-        return [ack(d, code=answers[kind])]
+        return [tagged_ack(d, answers[kind], bytes.fromhex("ab" * 16))]
 
     peer = ScriptedPeer(respond)
     cfg = {"leaf": "bed-1", "key": "ab" * 16, "peers": [f"127.0.0.1:{peer.port}"],
@@ -306,3 +318,45 @@ def test_one_flush_is_bounded_whatever_the_peer_answers(
     finally:
         peer.close()
     assert json.loads(out.splitlines()[-1]) == want
+
+
+@pytest.mark.parametrize("forgery", ["untagged", "wrong key", "spoiled tag", "wrong code"])
+def test_a_forged_answer_does_not_make_the_leaf_drop_its_reading(
+        tmp_path: Path, forgery: str) -> None:
+    """Issue 11: a fake peer on loopback answers every message at once with
+    a forged ACK 2.04 / 2.01 (or a 4.04 / 4.01 that would cost a
+    registration or drop the reading). The leaf ignores it and retransmits
+    as if nothing came: nothing delivered, the reading still buffered, and
+    every message sent max_retransmit + 1 times."""
+    key = bytes.fromhex("ab" * 16)
+
+    def respond(d: bytes, i: int) -> list[bytes]:
+        code = 0x41 if b"register" in d else 0x44
+        match forgery:
+            case "untagged":
+                return [ack(d, code=code), ack(d, code=0x84, payload=b"not registered")]
+            case "wrong key":
+                return [tagged_ack(d, code, bytes(16))]
+            case "spoiled tag":
+                return [tagged_ack(d, code, key, bad=True)]
+        # A genuine tag for another code: a 2.04 turned into a 4.01 (drop it).
+        good = tagged_ack(d, 0x81, key)
+        return [good[:1] + bytes([code]) + good[2:]]
+
+    peer = ScriptedPeer(respond)
+    cfg = {"leaf": "bed-1", "key": key.hex(), "peers": [f"127.0.0.1:{peer.port}"],
+           "devices": [{"r": "motion", "type": "pir", "driver": "in", "pin": 5}],
+           "counter_file": str(tmp_path / "counter"), "bind": "127.0.0.1",
+           "coap": {"ack_timeout": 0.05, "max_retransmit": 2}}
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    (tmp_path / "flush.py").write_text(LEAF_FLUSH)
+    try:
+        out = run_mpy(f"import sys; sys.argv[1:] = [{str(tmp_path / 'cfg.json')!r}]; "
+                      f"exec(open({str(tmp_path / 'flush.py')!r}).read())", timeout=20)
+    finally:
+        peer.close()
+    # The registration is never taken: sent 3 times, then the (only) peer is
+    # given up for this flush; the reading waits for the next one.
+    assert json.loads(out.splitlines()[-1]) == {
+        "sent": 3, "buffered": 1, "registered": False, "delivered": 0}
+    assert len(peer.got) == 3

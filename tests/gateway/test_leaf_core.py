@@ -168,6 +168,37 @@ def test_a_report_sealed_for_another_leaf_is_refused() -> None:
     assert ep.handle(forged, now=1).code == UNAUTHORIZED
 
 
+def answer_is_tagged(answer: GatewayResponse, path: str, n: int) -> bool:
+    """Whether `answer` carries the tag of an answer to message `n` at
+    `path` under KEY (computed here with hmac, not the code under test)."""
+    from nanomesh.wire.leaf import TAG_SIZE
+    head = f"answer\n{path}\n{n}\n{answer.code}\n".encode()
+    want = hmac.new(KEY, head + answer.payload[TAG_SIZE:], hashlib.sha256).digest()
+    return answer.payload[:TAG_SIZE] == want[:TAG_SIZE]
+
+
+def test_answers_to_authentic_messages_are_tagged_others_are_not() -> None:
+    """Issue 11: a leaf takes an answer only with the peer's tag bound to
+    its message's path, counter and the answer's code; a peer tags no
+    answer to a message whose own tag fails (that would hand a stranger a
+    tagged refusal for a counter of its choice)."""
+    ep = LeafEndpoint({"bed-1": KEY})
+    early = ep.handle(post("leaf/bed-1/report", {"n": 1, "v": {"temp": 1}}), now=0)
+    assert early.code == NOT_FOUND and answer_is_tagged(early, "leaf/bed-1/report", 1)
+    created = ep.handle(post("leaf/register", {**REG_BODY, "n": 2}), now=0)
+    assert created.code == CREATED and answer_is_tagged(created, "leaf/register", 2)
+    assert not answer_is_tagged(created, "leaf/register", 3)  # bound to the counter
+    changed = ep.handle(post("leaf/bed-1/report", {"n": 3, "v": {"temp": 1}}), now=1)
+    assert changed.code == CHANGED and answer_is_tagged(changed, "leaf/bed-1/report", 3)
+    assert not answer_is_tagged(GatewayResponse(NOT_FOUND, changed.payload),
+                                "leaf/bed-1/report", 3)  # bound to the code
+    replayed = ep.handle(post("leaf/bed-1/report", {"n": 3, "v": {"temp": 1}}), now=2)
+    assert replayed.code == UNAUTHORIZED and answer_is_tagged(replayed, "leaf/bed-1/report", 3)
+    stranger = ep.handle(post("leaf/bed-1/report", {"n": 9, "v": {"temp": 1}},
+                              key=bytes(32)), now=2)
+    assert stranger.code == UNAUTHORIZED and stranger.payload.startswith(b"auth: bad tag")
+
+
 def test_other_methods_are_refused() -> None:
     ep = LeafEndpoint({"bed-1": KEY})
     assert ep.handle(GatewayRequest("PUT", ("leaf", "bed-1")), now=0).code == METHOD_NOT_ALLOWED
@@ -258,7 +289,7 @@ def report_and_take_agent(ep: LeafEndpoint, leaf: str, n: int, now: float) -> di
     assert answer.code == CHANGED and answer.payload, answer
     from nanomesh.wire.leaf import TAG_SIZE
     body = answer.payload[TAG_SIZE:]
-    want = hmac.new(KEY, f"leaf/{leaf}/agent\n{n}\n".encode() + body,
+    want = hmac.new(KEY, f"answer\nleaf/{leaf}/report\n{n}\n{CHANGED}\n".encode() + body,
                     hashlib.sha256).digest()[:TAG_SIZE]
     assert answer.payload[:TAG_SIZE] == want  # bound to this leaf's key and this report
     return dict(json.loads(body))

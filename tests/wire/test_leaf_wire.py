@@ -21,9 +21,11 @@ from nanomesh.wire.leaf import (
     check_tag,
     decode_register,
     decode_report,
+    open_answer,
     open_body,
     parse_leaf_keys,
     seal,
+    seal_answer,
     tag,
 )
 
@@ -164,3 +166,25 @@ def test_the_key_file_parses_names_and_hex_keys() -> None:
 def test_a_bad_key_file_names_its_line(text: str, words: str) -> None:
     with pytest.raises(ConfigError, match=words):
         parse_leaf_keys(text)
+
+
+def test_an_answer_opens_only_for_its_key_path_counter_and_code() -> None:
+    """Issue 11: the peer's answers are bound to the leaf's key, the
+    message's path and counter, and the answer's code; the tag is
+    HMAC-SHA256 over "answer" + those, computed here independently."""
+    sealed = seal_answer(KEY, REPORT, 7, 0x44, b"{}")
+    want = hmac.new(KEY, b"answer\nleaf/bed-1/report\n7\n68\n{}", hashlib.sha256).digest()
+    assert sealed == want[:TAG_SIZE] + b"{}"
+    assert open_answer(KEY, REPORT, 7, 0x44, sealed) == b"{}"
+    assert open_answer(KEY, REPORT, 7, 0x44, sealed[:TAG_SIZE]) is None  # body cut
+    for other in [(bytes(32), REPORT, 7, 0x44), (KEY, REG, 7, 0x44), (KEY, REPORT, 8, 0x44),
+                  (KEY, REPORT, 7, 0x84)]:
+        assert open_answer(*other, sealed) is None, other
+    # An answer tag never passes as a request tag (the "answer" prefix).
+    with pytest.raises(RemoteProtocolError):
+        check_tag(KEY, REPORT, sealed)
+
+
+@given(st.binary(max_size=100), st.integers(0, 2**63 - 1), st.integers(0, 255))
+def test_random_answers_do_not_open(payload: bytes, counter: int, code: int) -> None:
+    assert open_answer(KEY, REPORT, counter, code, payload) is None
