@@ -2,7 +2,8 @@
 stand-ins from ``firmware/unix``) against real peer daemons (issue 11):
 it registers and reports through a peer's CoAP gateway, its devices join
 that peer's gossiped profile, garbage datagrams crash neither side, it fails
-over to the next peer when its peer is killed, a silent leaf is marked gone,
+over to the next peer when its peer is killed, a forged peer's untagged or
+wrongly tagged answers make it drop nothing, a silent leaf is marked gone,
 a leaf without configured peers finds one by multicast, and a mobile agent
 migrates from leaf to leaf, rerouting past a dead one."""
 
@@ -169,6 +170,61 @@ async def test_leaf_registers_reports_survives_garbage_fails_over_and_goes_gone(
     await eventually(gone, "the silent leaf to be marked gone", cluster)
     cluster.wait(lambda: not leaf_devices_of(p2, "ward-2"), what="leaf devices to leave")
     assert p2.members()["ward-2"]["profile"]["leaves"] == {"bed-1": "gone"}
+
+
+FAKE_PEER_IP = "127.0.22.1"
+"""The forging peer's address: this test's own loopback range (not the cluster's)."""
+
+
+async def test_forged_answers_from_a_fake_peer_lose_no_reading(
+        cluster: Cluster, tmp_path: Path) -> None:
+    """Issue 11: a fake peer (first in the leaf's list) answers every message
+    at once with an untagged ACK 2.01/2.04, a wrongly tagged one and a 4.04.
+    The leaf believes none of them: it retransmits, gives the fake peer up,
+    and registers and reports at the real peer, with no reading dropped."""
+    real = cluster.add("ward-4", extra_args=leaf_config(tmp_path))
+    cluster.wait_api([real])
+    fake = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+    await fake.bind((FAKE_PEER_IP, 0))
+    fake_port = fake.getsockname()[1]
+    got: list[bytes] = []
+
+    async def forge() -> None:
+        while True:
+            data, src = await fake.recvfrom(2048)
+            got.append(data)
+            first, _code, mid = struct.unpack_from("!BBH", data)
+            token = data[4:4 + (first & 15)]
+            code = 0x41 if b"register" in data else 0x44
+            for answer_code, payload in ((code, b"ok"), (code, os.urandom(16) + b"{}"),
+                                         (0x84, b"not registered here")):
+                await fake.sendto(struct.pack("!BBH", 0x60 | len(token), answer_code, mid)
+                                  + token + b"\xff" + payload, src)
+
+    leaf = LeafProcess(tmp_path, "bed-1", KEY, [f"{FAKE_PEER_IP}:{fake_port}",
+                                                f"{real.ip}:5683"],
+                       devices=DEVICES, period=0.2, coap={"ack_timeout": 0.1,
+                                                          "max_retransmit": 2})
+    leaf.set("ds18x20-4", 36.6)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(forge)
+            leaf.start()
+            await eventually(value_at(real, 36.6), "the real peer to serve the reading",
+                             cluster, leaf)
+            nursery.cancel_scope.cancel()
+    finally:
+        leaf.kill()
+        fake.close()
+    # Every forged answer was ignored: the registration went to the fake peer
+    # max_retransmit + 1 times, then the leaf failed over, registered only at
+    # the real peer, and dropped or lost nothing on the way.
+    assert len(got) == 3 and all(b"register" in d for d in got), got
+    assert leaf.events("registered") == [f"{real.ip}:5683"], leaf.lines()[-10:]
+    assert leaf.events("failover")[0] == f"{real.ip}:5683"
+    stats = leaf.stats()
+    assert stats["delivered"] >= 1 and stats["dropped"] == 0 and stats["refused"] == 0, stats
+    assert stats["ignored"] >= 9  # 3 forged answers to each of the 3 transmissions
 
 
 async def test_a_leaf_without_configured_peers_finds_one_by_multicast(
