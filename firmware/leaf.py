@@ -12,7 +12,8 @@
 # "next + COUNTER_STEP" to flash before using counters up to it (as OSCORE
 # does, RFC 8613 appendix B.1.1), so flash is written once per COUNTER_STEP
 # messages and a reboot skips at most COUNTER_STEP counters.
-#   register  leaf/register        {"leaf": L, "n": N, "period": S, "dev": [{"r": R, "type": T}]}
+#   hello     leaf/hello           {"id": hex(HMAC(key, "hello\n" + NL)[:8]), "nl": hex(NL)}
+#   register  leaf/register        {"leaf": L, "n": N, "np": NP, "period": S, "dev": [...]}
 #   report    leaf/<L>/report      {"n": N, "age": MS, "v": {R: value, ...}}
 # Answers: 2.01 / 2.04 accepted; 4.04 not registered at this peer (register
 # again); another 4.xx refused (dropped: sending it again would not help);
@@ -22,7 +23,15 @@
 # TAG = HMAC(key, "answer\n" + PATH + "\n" + n + "\n" + code + "\n" + BODY)[:16].
 # Anything else (a forged ACK, 4.04, 4.01) is ignored: the CoAP client keeps
 # retransmitting as if nothing came, and the reading stays in the buffer.
+# Before registering, a hello (not tagged, naming nobody: the id changes with
+# the random NL and only a key holder can tell whose it is) asks the peer to
+# prove it holds our key: its 2.05 carries TAG + {"np": NP}, TAG over
+# "welcome\n" + NL + "\n" + body. Only then does the leaf say its name and
+# devices, with NP, which makes the registration fresh (no peer takes a
+# recorded one). An untagged 4.04 to a hello is believed: forging it costs a
+# failover, never a reading.
 import json
+import os
 import socket
 import sys
 import time
@@ -139,10 +148,37 @@ class Leaf:
             return REFUSED
         return GONE  # 5.xx: the peer cannot serve us now
 
+    def hello(self):
+        """The peer's nonce if it proved it holds our key, else GONE (no
+        answer) or REFUSED (4.04: it does not know us)."""
+        nl = os.urandom(8)
+
+        def check(code, answer):
+            if code == 0x84:
+                return b""
+            rest = answer[mac.TAG:]
+            sealed = b"welcome\n" + nl + b"\n" + rest
+            return rest if code == 0x45 and self.mac.check(sealed, answer[:mac.TAG]) else None
+
+        body = json.dumps({"id": self.mac.tag(b"hello\n" + nl)[:8].hex(), "nl": nl.hex()})
+        answer = self.client.request(self.addr, coap.POST, "leaf/hello", body.encode(),
+                                     check=check)
+        if answer is None:
+            return GONE
+        if answer[0] == 0x45:
+            try:
+                return json.loads(answer[1])["np"]
+            except (ValueError, KeyError, TypeError):
+                pass
+        return REFUSED
+
     def register(self):
+        np = self.hello()
+        if not isinstance(np, str):
+            return np
         dev = [{"r": r, "type": t} for r, t, _ in self.devices]
         result = self._send("leaf/register", {"leaf": self.name, "n": self.counter.take(),
-                                              "period": self.period, "dev": dev})
+                                              "np": np, "period": self.period, "dev": dev})
         if result == OK:
             self.registered = True
             log("registered", self.peers[self.current])

@@ -4,12 +4,14 @@ silent. Pure: messages (already authenticated, `nanomesh.wire.leaf`) and
 does the I/O and republishes the profile when `LeafRegistry.devices` changes.
 
 Replay protection: a leaf's message counter must be above the last one
-accepted from it, on this peer. Counters are kept after a leaf goes gone (a
-recorded message cannot bring it back) but not across a restart of the
-peer, and each peer keeps its own: a message recorded on one peer can be
-replayed once to another peer the leaf never used, or to this one after it
-restarted. Such a replay delivers an old reading again; it cannot register
-devices the leaf does not have (registration is authenticated too).
+accepted from it, on this peer, and a registration counts only with a nonce
+this peer issued to the leaf in its welcome (`LeafEndpoint`, ``/leaf/hello``,
+`nanomesh.wire.leaf.HELLO_TTL`), once. So the counter a registration sets
+is the leaf's current one: a recorded registration is refused by every peer
+(one that never heard the leaf, or restarted and forgot it) and old reports
+are refused where the leaf is registered and unknown (4.04) elsewhere.
+Nothing is shared between peers or written to disk for it. Counters are kept
+after a leaf goes gone (a recorded message cannot bring it back).
 
 A leaf is *gone* when it has not been heard for `LeafConfig.missed_periods`
 of its own periods (at least `LeafConfig.min_silence`): its devices leave
@@ -34,9 +36,11 @@ only.
 from __future__ import annotations
 
 import enum
+import hmac
 import json
+import secrets
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +61,8 @@ from nanomesh.gateway.forward import (
     error_response,
 )
 from nanomesh.wire.leaf import (
+    HELLO_TTL,
+    NONCE_SIZE,
     AgentResult,
     AgentSpec,
     LeafDevice,
@@ -67,11 +73,14 @@ from nanomesh.wire.leaf import (
     check_tag,
     decode_agent,
     decode_agent_result,
+    decode_hello,
     decode_register,
     decode_report,
+    hello_leaf,
     is_name,
     open_body,
     seal_answer,
+    seal_welcome,
     step_ms,
 )
 
@@ -336,13 +345,25 @@ class LeafRegistry:
 # ------------------------------------------------------------ requests
 
 
+MAX_PENDING = 4
+"""Welcome nonces a peer keeps per leaf (see `LeafEndpoint._pending`)."""
+
+
 class LeafEndpoint:
     """Answers the gateway's ``/leaf/...`` requests (`handle`): leaves
     register and report; anyone reads the latest values (plain CoAP, as for
     public services; a reading is as public as the leaf's radio)."""
 
-    def __init__(self, keys: Mapping[str, bytes], config: LeafConfig = DEFAULT_LEAVES) -> None:
+    def __init__(self, keys: Mapping[str, bytes], config: LeafConfig = DEFAULT_LEAVES,
+                 nonce: Callable[[], bytes] | None = None) -> None:
         self.keys = dict(keys)
+        self._nonce = nonce or (lambda: secrets.token_bytes(NONCE_SIZE))
+        """Where welcome nonces come from (tests pass a predictable one)."""
+        self._pending: dict[bytes, list[tuple[bytes, float]]] = {}
+        """Leaf key -> the nonces issued in welcomes under it, with when: at
+        most `MAX_PENDING` each (a stranger replaying a leaf's hellos cannot
+        grow it). By key, not name: the hello names no leaf, and leaves that
+        share a key (labs, tests) are one identity to it anyway."""
         self.registry = LeafRegistry(config)
         self.refused: Counter[str] = Counter()
         """Leaf messages refused, by reason (``auth``, ``malformed``, ``replayed``, ...)."""
@@ -355,6 +376,8 @@ class LeafEndpoint:
         if len(path) >= 2 and path[1] == AGENTS:
             return self._agents(request, now, member)
         if request.method == "POST":
+            if path == (LEAF_PREFIX, "hello"):
+                return self._hello(request, now)
             if path == (LEAF_PREFIX, "register"):
                 return self._post(request, now, None)
             if len(path) == 3 and path[2] in ("report", "agent") and is_name(path[1]):
@@ -399,11 +422,43 @@ class LeafEndpoint:
         return GatewayResponse(answer.code, seal_answer(key, request.path, counter, answer.code,
                                                         answer.payload), answer.content_format)
 
+    def _hello(self, request: GatewayRequest, now: float) -> GatewayResponse:
+        """A welcome with a fresh nonce to a leaf whose key is here; 4.04 (not
+        tagged: we have no key to tag it with) to any other."""
+        try:
+            hello = decode_hello(request.payload)
+        except RemoteProtocolError as exc:
+            self.refused[exc.reason] += 1
+            return error_response(BAD_REQUEST, str(exc))
+        leaf = hello_leaf(self.keys, hello)
+        if leaf is None:
+            self.refused["unknown"] += 1
+            return error_response(NOT_FOUND, "no leaf with this id here")
+        key, nonce = self.keys[leaf], self._nonce()
+        live = [(n, t) for n, t in self._pending.get(key, []) if now - t < HELLO_TTL]
+        self._pending[key] = [*live[-(MAX_PENDING - 1):], (nonce, now)]
+        return GatewayResponse(CONTENT, seal_welcome(key, hello.leaf_nonce, nonce), JSON)
+
+    def _take_nonce(self, key: bytes, nonce: bytes, now: float) -> bool:
+        """Whether `nonce` was issued under `key` in the last HELLO_TTL s;
+        it is used up if it matches."""
+        pending = self._pending.get(key, [])
+        for i, (issued, when) in enumerate(pending):
+            if hmac.compare_digest(issued, nonce):
+                del pending[i]
+                return now - when < HELLO_TTL
+        return False
+
     def _authentic(self, request: GatewayRequest, body: dict[str, Any], now: float,
                    leaf: str | None, key: bytes) -> GatewayResponse:
         try:
             if leaf is None:
-                outcome = self.registry.register(decode_register(body), now)
+                register = decode_register(body)
+                if not self._take_nonce(key, register.peer_nonce, now):
+                    self.refused["stale"] += 1
+                    return error_response(UNAUTHORIZED, "no fresh nonce of this peer: "
+                                          "POST /leaf/hello first (a replay?)")
+                outcome = self.registry.register(register, now)
             elif request.path[2] == "report":
                 report = decode_report(leaf, body)
                 outcome = self.registry.report(report, now)

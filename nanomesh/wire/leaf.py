@@ -12,8 +12,22 @@ A leaf sends CoAP CON POSTs whose payload is ``TAG || BODY``:
 
 Bodies (``firmware/leaf.py`` writes them):
 
+- hello, ``leaf/hello`` (untagged, before registering):
+  ``{"id": hex(HMAC(key, "hello\\n" + NL)[:8]), "nl": hex(NL)}``, NL a fresh
+  random 8-byte nonce of the leaf. The id names the leaf only to a peer that
+  holds its key (it tries each of its keys, `hello_leaf`), and changes with
+  NL, so an onlooker cannot follow a leaf by it. A peer holding the key
+  answers 2.05 with a welcome, ``TAG || {"np": hex(NP)}``, TAG over
+  ``"welcome\\n" + NL + "\\n" + BODY`` (`seal_welcome`): the peer proves it
+  holds the key before the leaf says who it is or what devices it has (a
+  discovery answer from anyone else gets nothing), and NP, the peer's
+  nonce, makes the registration fresh;
 - register, ``leaf/register``:
-  ``{"leaf": L, "n": N, "period": S, "dev": [{"r": R, "type": T}, ...]}``
+  ``{"leaf": L, "n": N, "np": hex(NP), "period": S, "dev": [{"r": R, "type": T}, ...]}``;
+  a peer takes it only with an NP it issued to L in the last `HELLO_TTL` s,
+  once, so a recorded registration is refused by every peer, restarted or
+  not, and a leaf's reports count on a peer only above its fresh
+  registration's counter (no replay of old reports anywhere);
 - report, ``leaf/<L>/report``: ``{"n": N, "age": MS, "v": {R: value, ...}}``;
   ``age`` is how long ago (ms) the values were read, >0 for a reading that
   waited in the leaf's buffer while no peer answered.
@@ -40,11 +54,13 @@ exception. Keys come from a key file (`parse_leaf_keys`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,6 +104,8 @@ class Register:
     counter: int
     period: float
     devices: tuple[LeafDevice, ...]
+    peer_nonce: bytes = b""
+    """The nonce of the peer's welcome (see the module docstring)."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +114,21 @@ class Report:
     counter: int
     age_ms: int
     values: dict[str, LeafValue]
+
+
+NONCE_SIZE = 8
+"""Bytes of the leaf's and the peer's hello nonces (64 bits: never repeated
+in practice, and an 8-byte id is one HMAC's worth of work per key)."""
+HELLO_ID_SIZE = 8
+HELLO_TTL = 30.0
+"""Seconds a peer's nonce stays good for a registration: the hello and the
+registration follow each other at once (a few retransmissions at most)."""
+
+
+@dataclass(frozen=True)
+class Hello:
+    ident: bytes
+    leaf_nonce: bytes
 
 
 def is_name(value: object) -> bool:
@@ -135,6 +168,48 @@ def open_answer(key: bytes, path: tuple[str, ...], counter: int, code: int,
     return payload[TAG_SIZE:] if hmac.compare_digest(payload[:TAG_SIZE], good) else None
 
 
+def hello_id(key: bytes, leaf_nonce: bytes) -> bytes:
+    return _mac(key, b"hello\n" + leaf_nonce)[:HELLO_ID_SIZE]
+
+
+def decode_hello(payload: bytes) -> Hello:
+    """A hello: RemoteProtocolError("malformed") unless it is exactly
+    ``{"id": 16 hex digits, "nl": 16 hex digits}``."""
+    if len(payload) > MAX_PAYLOAD:
+        raise RemoteProtocolError("oversized", f"{len(payload)}-byte hello")
+    try:
+        body = json.loads(payload.decode("utf-8"), parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise RemoteProtocolError("malformed", "a hello is a JSON object") from None
+    if not isinstance(body, dict):
+        raise RemoteProtocolError("malformed", "a hello is a JSON object")
+    _only(body, {"id", "nl"})
+    return Hello(_hex(body.get("id"), HELLO_ID_SIZE, "id"),
+                 _hex(body.get("nl"), NONCE_SIZE, "nl"))
+
+
+def _hex(value: object, size: int, what: str) -> bytes:
+    if isinstance(value, str) and len(value) == 2 * size:
+        with contextlib.suppress(ValueError):
+            return bytes.fromhex(value)
+    raise RemoteProtocolError("malformed", f"{what} must be {2 * size} hex digits")
+
+
+def hello_leaf(keys: Mapping[str, bytes], hello: Hello) -> str | None:
+    """The leaf whose key makes `hello`'s id, if this peer holds it (one
+    HMAC per key: a peer's few hundred leaves at most)."""
+    for name, key in keys.items():
+        if hmac.compare_digest(hello_id(key, hello.leaf_nonce), hello.ident):
+            return name
+    return None
+
+
+def seal_welcome(key: bytes, leaf_nonce: bytes, peer_nonce: bytes) -> bytes:
+    """The payload of a peer's answer to a hello: TAG || {"np": hex}."""
+    raw = json.dumps({"np": peer_nonce.hex()}).encode()
+    return _mac(key, b"welcome\n" + leaf_nonce + b"\n" + raw) + raw
+
+
 def seal(key: bytes, path: tuple[str, ...], body: dict[str, Any]) -> bytes:
     """A leaf payload, as the firmware makes it (tests and experiments)."""
     raw = json.dumps(body).encode()
@@ -168,12 +243,12 @@ def check_tag(key: bytes, path: tuple[str, ...], payload: bytes) -> None:
         raise RemoteProtocolError("auth", "bad tag: wrong key, or the message was altered")
 
 
-RESERVED_NAMES = frozenset({"register", "agents"})
+RESERVED_NAMES = frozenset({"register", "agents", "hello"})
 """Paths under ``/leaf`` that are not leaves: no leaf may be named so."""
 
 
 def decode_register(body: dict[str, Any]) -> Register:
-    _only(body, {"leaf", "n", "period", "dev"})
+    _only(body, {"leaf", "n", "np", "period", "dev"})
     leaf = _name(body.get("leaf"), "leaf")
     if leaf in RESERVED_NAMES:
         raise RemoteProtocolError("malformed", f"{leaf} is not a leaf name")
@@ -186,7 +261,8 @@ def decode_register(body: dict[str, Any]) -> Register:
     period = _as_real(body.get("period"))
     if period is None or not MIN_PERIOD <= period <= MAX_PERIOD:
         raise RemoteProtocolError("malformed", f"period must be {MIN_PERIOD}-{MAX_PERIOD} s")
-    return Register(leaf, _counter(body.get("n")), period, devices)
+    return Register(leaf, _counter(body.get("n")), period, devices,
+                    _hex(body.get("np"), NONCE_SIZE, "np"))
 
 
 def decode_report(leaf: str, body: dict[str, Any]) -> Report:
