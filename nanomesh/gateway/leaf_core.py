@@ -382,8 +382,8 @@ class LeafEndpoint:
                 return self._post(request, now, None)
             if len(path) == 3 and path[2] in ("report", "agent") and is_name(path[1]):
                 return self._post(request, now, path[1])
-            return error_response(METHOD_NOT_ALLOWED, "leaves POST to /leaf/register and "
-                                  "/leaf/<leaf>/report; the rest is GET")
+            return error_response(METHOD_NOT_ALLOWED, "leaves POST to /leaf/hello, "
+                                  "/leaf/register and /leaf/<leaf>/report; the rest is GET")
         if request.method != "GET":
             return error_response(METHOD_NOT_ALLOWED, "leaf resources are GET only")
         match path[1:]:
