@@ -314,26 +314,16 @@ def test_one_flush_is_bounded_whatever_the_peer_answers(
         return [tagged_ack(d, code, bytes.fromhex("ab" * 16))]
 
     peer = ScriptedPeer(respond)
-    cfg = {"leaf": "bed-1", "key": "ab" * 16, "peers": [f"127.0.0.1:{peer.port}"],
-           "devices": [{"r": "motion", "type": "pir", "driver": "in", "pin": 5}],
-           "counter_file": str(tmp_path / "counter"), "bind": "127.0.0.1",
-           "coap": {"ack_timeout": 0.2, "max_retransmit": 1}}
-    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
-    (tmp_path / "flush.py").write_text(LEAF_FLUSH)
-    try:
-        out = run_mpy(f"import sys; sys.argv[1:] = [{str(tmp_path / 'cfg.json')!r}]; "
-                      f"exec(open({str(tmp_path / 'flush.py')!r}).read())", timeout=20)
-    finally:
-        peer.close()
-    assert json.loads(out.splitlines()[-1]) == want
+    assert run_flush(tmp_path, peer, bytes.fromhex("ab" * 16), 0.2, 1) == want
 
 
-def run_flush(tmp_path: Path, peer: ScriptedPeer, key: bytes) -> dict[str, object]:
+def run_flush(tmp_path: Path, peer: ScriptedPeer, key: bytes, ack_timeout: float = 0.1,
+              max_retransmit: int = 2) -> dict[str, object]:
     """One sample and flush of a leaf whose only peer is `peer`."""
     cfg = {"leaf": "bed-1", "key": key.hex(), "peers": [f"127.0.0.1:{peer.port}"],
            "devices": [{"r": "motion", "type": "pir", "driver": "in", "pin": 5}],
            "counter_file": str(tmp_path / "counter"), "bind": "127.0.0.1",
-           "coap": {"ack_timeout": 0.1, "max_retransmit": 2}}
+           "coap": {"ack_timeout": ack_timeout, "max_retransmit": max_retransmit}}
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     (tmp_path / "flush.py").write_text(LEAF_FLUSH)
     try:
