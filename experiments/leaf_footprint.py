@@ -251,9 +251,9 @@ def main() -> None:
 def agent_bytes() -> dict[str, int]:
     """Sizes of the meeting room's guidance agent (light the LED 2.5 s) as a
     leaf gets it: program, and the whole answer payload (tag + body)."""
-    from nanomesh.wire.leaf import seal_agent
+    from nanomesh.wire.leaf import agent_body, seal_answer
     program = (("set", "led", 1), ("wait", 2500), ("set", "led", 0))
-    payload = seal_agent(KEY, "led-1", 1, "1", program)
+    payload = seal_answer(KEY, ("leaf", "led-1", "report"), 1, 0x44, agent_body("1", program))
     return {"program_json": len(json.dumps([list(op) for op in program])),
             "answer_payload": len(payload)}
 

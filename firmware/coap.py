@@ -5,7 +5,8 @@
 #
 # Garbage is never an exception: `parse` returns None for anything that is not
 # a well-formed CoAP message, and `Client.request` ignores datagrams that do
-# not belong to its exchange (counted in `ignored`).
+# not belong to its exchange (counted in `ignored`), and answers that its
+# `check` refuses (a forged answer: the leaf retransmits as if none came).
 import random
 import socket
 import struct
@@ -110,10 +111,11 @@ class Client:
         self.received = 0   # datagrams received
         self.ignored = 0    # datagrams that were garbage or not for this exchange
 
-    def request(self, addr, code, path, payload, content_format=None):
+    def request(self, addr, code, path, payload, content_format=None, check=None):
         """Send a CON request to `addr` and return (code, payload) of its
         response, or None when the peer never answered (all retransmissions
-        spent) or reset the exchange."""
+        spent) or reset the exchange. `check(code, payload)`, if given,
+        returns the payload to keep or None for an answer to ignore."""
         self.mid = (self.mid + 1) & 0xFFFF
         mid = self.mid
         token = struct.pack("!I", random.getrandbits(32))
@@ -125,13 +127,13 @@ class Client:
         for _ in range(self.max_retransmit + 1):
             self.sock.sendto(message, addr)
             self.sent += 1
-            answer = self._wait(addr, mid, token, timeout)
+            answer = self._wait(addr, mid, token, timeout, check)
             if answer is not None:
                 return answer if answer != "reset" else None
             timeout *= 2  # exponential back-off (4.2)
         return None
 
-    def _wait(self, addr, mid, token, timeout):
+    def _wait(self, addr, mid, token, timeout, check):
         # The answer to (mid, token) within `timeout` s: (code, payload),
         # "reset", or None. After an empty ACK, waits for the separate response.
         deadline = time.ticks_add(time.ticks_ms(), int(timeout * 1000))
@@ -159,8 +161,14 @@ class Client:
                     deadline = time.ticks_add(time.ticks_ms(), int(self.response_timeout * 1000))
                     continue
                 if rtoken == token:
-                    return code, payload
+                    payload = payload if check is None else check(code, payload)
+                    if payload is not None:
+                        return code, payload
             elif mtype in (CON, NON) and rtoken == token and code >= 64:
+                payload = payload if check is None else check(code, payload)
+                if payload is None:
+                    self.ignored += 1  # forged: no ACK, the real answer may still come
+                    continue
                 if mtype == CON:
                     self.sock.sendto(encode(ACK, 0, rmid, b"", [], b""), src)
                     self.sent += 1

@@ -12,12 +12,26 @@
 # "next + COUNTER_STEP" to flash before using counters up to it (as OSCORE
 # does, RFC 8613 appendix B.1.1), so flash is written once per COUNTER_STEP
 # messages and a reboot skips at most COUNTER_STEP counters.
-#   register  leaf/register        {"leaf": L, "n": N, "period": S, "dev": [{"r": R, "type": T}]}
+#   hello     leaf/hello           {"id": hex(HMAC(key, "hello\n" + NL)[:8]), "nl": hex(NL)}
+#   register  leaf/register        {"leaf": L, "n": N, "np": NP, "period": S, "dev": [...]}
 #   report    leaf/<L>/report      {"n": N, "age": MS, "v": {R: value, ...}}
 # Answers: 2.01 / 2.04 accepted; 4.04 not registered at this peer (register
 # again); another 4.xx refused (dropped: sending it again would not help);
 # 5.xx or no answer: the peer is in trouble, try the next one.
+# Every answer counts only if tagged by the peer with our key, bound to the
+# message's path, counter and the answer's code: payload = TAG + BODY,
+# TAG = HMAC(key, "answer\n" + PATH + "\n" + n + "\n" + code + "\n" + BODY)[:16].
+# Anything else (a forged ACK, 4.04, 4.01) is ignored: the CoAP client keeps
+# retransmitting as if nothing came, and the reading stays in the buffer.
+# Before registering, a hello (not tagged, naming nobody: the id changes with
+# the random NL and only a key holder can tell whose it is) asks the peer to
+# prove it holds our key: its 2.05 carries TAG + {"np": NP}, TAG over
+# "welcome\n" + NL + "\n" + body. Only then does the leaf say its name and
+# devices, with NP, which makes the registration fresh (no peer takes a
+# recorded one). An untagged 4.04 to a hello is believed: forging it costs a
+# failover, never a reading.
 import json
+import os
 import socket
 import sys
 import time
@@ -113,7 +127,13 @@ class Leaf:
         n = body["n"]
         body = json.dumps(body).encode()
         payload = self.mac.tag(path.encode() + b"\n" + body) + body
-        answer = self.client.request(self.addr, coap.POST, path, payload)
+
+        def check(code, answer):  # the answer's body if the peer holds our key
+            head = ("answer\n%s\n%d\n%d\n" % (path, n, code)).encode()
+            rest = answer[mac.TAG:]
+            return rest if self.mac.check(head + rest, answer[:mac.TAG]) else None
+
+        answer = self.client.request(self.addr, coap.POST, path, payload, check=check)
         if answer is None:
             return GONE
         code = answer[0]
@@ -128,10 +148,37 @@ class Leaf:
             return REFUSED
         return GONE  # 5.xx: the peer cannot serve us now
 
+    def hello(self):
+        """The peer's nonce if it proved it holds our key, else GONE (no
+        answer) or REFUSED (4.04: it does not know us)."""
+        nl = os.urandom(8)
+
+        def check(code, answer):
+            if code == 0x84:
+                return b""
+            rest = answer[mac.TAG:]
+            sealed = b"welcome\n" + nl + b"\n" + rest
+            return rest if code == 0x45 and self.mac.check(sealed, answer[:mac.TAG]) else None
+
+        body = json.dumps({"id": self.mac.tag(b"hello\n" + nl)[:8].hex(), "nl": nl.hex()})
+        answer = self.client.request(self.addr, coap.POST, "leaf/hello", body.encode(),
+                                     check=check)
+        if answer is None:
+            return GONE
+        if answer[0] == 0x45:
+            try:
+                return json.loads(answer[1])["np"]
+            except (ValueError, KeyError, TypeError):
+                pass
+        return REFUSED
+
     def register(self):
+        np = self.hello()
+        if not isinstance(np, str):
+            return np
         dev = [{"r": r, "type": t} for r, t, _ in self.devices]
         result = self._send("leaf/register", {"leaf": self.name, "n": self.counter.take(),
-                                              "period": self.period, "dev": dev})
+                                              "np": np, "period": self.period, "dev": dev})
         if result == OK:
             self.registered = True
             log("registered", self.peers[self.current])
@@ -143,14 +190,10 @@ class Leaf:
         return self._send("leaf/%s/report" % self.name,
                           {"n": self.counter.take(), "age": age, "v": values})
 
-    def run_agent(self, n, payload):
+    def run_agent(self, n, body):
         """Check and run the agent a peer handed us with its answer to our
-        message `n`, then post the step's result (which may bring the next)."""
-        body = payload[mac.TAG:]
-        sealed = ("leaf/%s/agent\n%d\n" % (self.name, n)).encode() + body
-        if not self.mac.check(sealed, payload[:mac.TAG]):
-            log("agent refused", "bad tag")  # not from a peer holding our key
-            return
+        message `n` (the answer's tag checked already: only a peer with our
+        key sends one), then post the step's result (which may bring the next)."""
         try:
             msg = json.loads(body)
             ident, prog = msg["agent"], msg["prog"]

@@ -4,12 +4,14 @@ silent. Pure: messages (already authenticated, `nanomesh.wire.leaf`) and
 does the I/O and republishes the profile when `LeafRegistry.devices` changes.
 
 Replay protection: a leaf's message counter must be above the last one
-accepted from it, on this peer. Counters are kept after a leaf goes gone (a
-recorded message cannot bring it back) but not across a restart of the
-peer, and each peer keeps its own: a message recorded on one peer can be
-replayed once to another peer the leaf never used, or to this one after it
-restarted. Such a replay delivers an old reading again; it cannot register
-devices the leaf does not have (registration is authenticated too).
+accepted from it, on this peer, and a registration counts only with a nonce
+this peer issued to the leaf in its welcome (`LeafEndpoint`, ``/leaf/hello``,
+`nanomesh.wire.leaf.HELLO_TTL`), once. So the counter a registration sets
+is the leaf's current one: a recorded registration is refused by every peer
+(one that never heard the leaf, or restarted and forgot it) and old reports
+are refused where the leaf is registered and unknown (4.04) elsewhere.
+Nothing is shared between peers or written to disk for it. Counters are kept
+after a leaf goes gone (a recorded message cannot bring it back).
 
 A leaf is *gone* when it has not been heard for `LeafConfig.missed_periods`
 of its own periods (at least `LeafConfig.min_silence`): its devices leave
@@ -21,7 +23,8 @@ Mobile agents (the research's user guidance): a program from a small
 checked instruction set (`nanomesh.wire.leaf.AGENT_OPS`) and a path of this
 peer's leaves. A leaf only talks when it reports, so the peer hands an agent
 to its current leaf in the answer to that leaf's next report, tagged with the
-leaf's key and bound to the report's counter (`nanomesh.wire.leaf.seal_agent`);
+leaf's key and bound to the report's counter (`nanomesh.wire.leaf.seal_answer`,
+as every answer to an authentic leaf message is);
 the leaf runs the step and posts its result, and the agent moves to the next
 leaf. A next leaf that is gone, or a step whose result does not come within
 its pauses + `AGENT_STEP_GRACE` + a period, is skipped (``on_dead = "skip"``,
@@ -33,9 +36,11 @@ only.
 from __future__ import annotations
 
 import enum
+import hmac
 import json
+import secrets
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,20 +61,26 @@ from nanomesh.gateway.forward import (
     error_response,
 )
 from nanomesh.wire.leaf import (
+    HELLO_TTL,
+    NONCE_SIZE,
     AgentResult,
     AgentSpec,
     LeafDevice,
     LeafValue,
     Register,
     Report,
+    agent_body,
     check_tag,
     decode_agent,
     decode_agent_result,
+    decode_hello,
     decode_register,
     decode_report,
+    hello_leaf,
     is_name,
     open_body,
-    seal_agent,
+    seal_answer,
+    seal_welcome,
     step_ms,
 )
 
@@ -334,13 +345,25 @@ class LeafRegistry:
 # ------------------------------------------------------------ requests
 
 
+MAX_PENDING = 4
+"""Welcome nonces a peer keeps per leaf (see `LeafEndpoint._pending`)."""
+
+
 class LeafEndpoint:
     """Answers the gateway's ``/leaf/...`` requests (`handle`): leaves
     register and report; anyone reads the latest values (plain CoAP, as for
     public services; a reading is as public as the leaf's radio)."""
 
-    def __init__(self, keys: Mapping[str, bytes], config: LeafConfig = DEFAULT_LEAVES) -> None:
+    def __init__(self, keys: Mapping[str, bytes], config: LeafConfig = DEFAULT_LEAVES,
+                 nonce: Callable[[], bytes] | None = None) -> None:
         self.keys = dict(keys)
+        self._nonce = nonce or (lambda: secrets.token_bytes(NONCE_SIZE))
+        """Where welcome nonces come from (tests pass a predictable one)."""
+        self._pending: dict[bytes, list[tuple[bytes, float]]] = {}
+        """Leaf key -> the nonces issued in welcomes under it, with when: at
+        most `MAX_PENDING` each (a stranger replaying a leaf's hellos cannot
+        grow it). By key, not name: the hello names no leaf, and leaves that
+        share a key (labs, tests) are one identity to it anyway."""
         self.registry = LeafRegistry(config)
         self.refused: Counter[str] = Counter()
         """Leaf messages refused, by reason (``auth``, ``malformed``, ``replayed``, ...)."""
@@ -353,12 +376,14 @@ class LeafEndpoint:
         if len(path) >= 2 and path[1] == AGENTS:
             return self._agents(request, now, member)
         if request.method == "POST":
+            if path == (LEAF_PREFIX, "hello"):
+                return self._hello(request, now)
             if path == (LEAF_PREFIX, "register"):
                 return self._post(request, now, None)
             if len(path) == 3 and path[2] in ("report", "agent") and is_name(path[1]):
                 return self._post(request, now, path[1])
-            return error_response(METHOD_NOT_ALLOWED, "leaves POST to /leaf/register and "
-                                  "/leaf/<leaf>/report; the rest is GET")
+            return error_response(METHOD_NOT_ALLOWED, "leaves POST to /leaf/hello, "
+                                  "/leaf/register and /leaf/<leaf>/report; the rest is GET")
         if request.method != "GET":
             return error_response(METHOD_NOT_ALLOWED, "leaf resources are GET only")
         match path[1:]:
@@ -373,6 +398,12 @@ class LeafEndpoint:
                               "leaves are listed at /leaf")
 
     def _post(self, request: GatewayRequest, now: float, leaf: str | None) -> GatewayResponse:
+        """The answer to a leaf's message, tagged (`seal_answer`) when the
+        message was authentic: the leaf ignores untagged answers, so a
+        message that fails its tag (a stranger's, or for a leaf without a
+        key here) gets an untagged error and its leaf tries the next peer.
+        Tagging those would hand an attacker a tagged refusal for a counter
+        of its choice."""
         try:
             _tag, body = open_body(request.payload)
             name = body.get("leaf") if leaf is None else leaf
@@ -380,20 +411,62 @@ class LeafEndpoint:
             if key is None:
                 raise RemoteProtocolError("auth", "no key for this leaf on this peer")
             check_tag(key, request.path, request.payload)
-            if leaf is None:
-                outcome = self.registry.register(decode_register(body), now)
-            elif request.path[2] == "report":
-                report = decode_report(leaf, body)
-                outcome = self.registry.report(report, now)
-                counter = report.counter
-            else:
-                result = decode_agent_result(leaf, body)
-                outcome = self.registry.agent_result(result, now)
-                counter = result.counter
         except RemoteProtocolError as exc:
             self.refused[exc.reason] += 1
             code = UNAUTHORIZED if exc.reason == "auth" else BAD_REQUEST
             return error_response(code, str(exc))
+        answer = self._authentic(request, body, now, leaf, key)
+        counter = body.get("n")
+        if not isinstance(counter, int) or isinstance(counter, bool):
+            return answer  # no counter to bind an answer to: the leaf's bug, not news
+        return GatewayResponse(answer.code, seal_answer(key, request.path, counter, answer.code,
+                                                        answer.payload), answer.content_format)
+
+    def _hello(self, request: GatewayRequest, now: float) -> GatewayResponse:
+        """A welcome with a fresh nonce to a leaf whose key is here; 4.04 (not
+        tagged: we have no key to tag it with) to any other."""
+        try:
+            hello = decode_hello(request.payload)
+        except RemoteProtocolError as exc:
+            self.refused[exc.reason] += 1
+            return error_response(BAD_REQUEST, str(exc))
+        leaf = hello_leaf(self.keys, hello)
+        if leaf is None:
+            self.refused["unknown"] += 1
+            return error_response(NOT_FOUND, "no leaf with this id here")
+        key, nonce = self.keys[leaf], self._nonce()
+        live = [(n, t) for n, t in self._pending.get(key, []) if now - t < HELLO_TTL]
+        self._pending[key] = [*live[-(MAX_PENDING - 1):], (nonce, now)]
+        return GatewayResponse(CONTENT, seal_welcome(key, hello.leaf_nonce, nonce), JSON)
+
+    def _take_nonce(self, key: bytes, nonce: bytes, now: float) -> bool:
+        """Whether `nonce` was issued under `key` in the last HELLO_TTL s;
+        it is used up if it matches."""
+        pending = self._pending.get(key, [])
+        for i, (issued, when) in enumerate(pending):
+            if hmac.compare_digest(issued, nonce):
+                del pending[i]
+                return now - when < HELLO_TTL
+        return False
+
+    def _authentic(self, request: GatewayRequest, body: dict[str, Any], now: float,
+                   leaf: str | None, key: bytes) -> GatewayResponse:
+        try:
+            if leaf is None:
+                register = decode_register(body)
+                if not self._take_nonce(key, register.peer_nonce, now):
+                    self.refused["stale"] += 1
+                    return error_response(UNAUTHORIZED, "no fresh nonce of this peer: "
+                                          "POST /leaf/hello first (a replay?)")
+                outcome = self.registry.register(register, now)
+            elif request.path[2] == "report":
+                report = decode_report(leaf, body)
+                outcome = self.registry.report(report, now)
+            else:
+                outcome = self.registry.agent_result(decode_agent_result(leaf, body), now)
+        except RemoteProtocolError as exc:
+            self.refused[exc.reason] += 1
+            return error_response(BAD_REQUEST, str(exc))
         if outcome is not Outcome.ACCEPTED:
             self.refused[outcome.value] += 1
         match outcome:
@@ -404,8 +477,7 @@ class LeafEndpoint:
                 agent = self.registry.agent_for(leaf, now)
                 if agent is None:
                     return GatewayResponse(CHANGED)
-                return GatewayResponse(CHANGED, seal_agent(key, leaf, counter, agent.id,
-                                                           agent.spec.program))
+                return GatewayResponse(CHANGED, agent_body(agent.id, agent.spec.program))
             case Outcome.REPLAYED:
                 return error_response(UNAUTHORIZED, "counter not above the last accepted "
                                       "(a replay?)")

@@ -12,14 +12,40 @@ A leaf sends CoAP CON POSTs whose payload is ``TAG || BODY``:
 
 Bodies (``firmware/leaf.py`` writes them):
 
+- hello, ``leaf/hello`` (untagged, before registering):
+  ``{"id": hex(HMAC(key, "hello\\n" + NL)[:8]), "nl": hex(NL)}``, NL a fresh
+  random 8-byte nonce of the leaf. The id names the leaf only to a peer that
+  holds its key (it tries each of its keys, `hello_leaf`), and changes with
+  NL, so an onlooker cannot follow a leaf by it. A peer holding the key
+  answers 2.05 with a welcome, ``TAG || {"np": hex(NP)}``, TAG over
+  ``"welcome\\n" + NL + "\\n" + BODY`` (`seal_welcome`): the peer proves it
+  holds the key before the leaf says who it is or what devices it has (a
+  discovery answer from anyone else gets nothing), and NP, the peer's
+  nonce, makes the registration fresh;
 - register, ``leaf/register``:
-  ``{"leaf": L, "n": N, "period": S, "dev": [{"r": R, "type": T}, ...]}``
+  ``{"leaf": L, "n": N, "np": hex(NP), "period": S, "dev": [{"r": R, "type": T}, ...]}``;
+  a peer takes it only with an NP it issued to L in the last `HELLO_TTL` s,
+  once, so a recorded registration is refused by every peer, restarted or
+  not, and a leaf's reports count on a peer only above its fresh
+  registration's counter (no replay of old reports anywhere);
 - report, ``leaf/<L>/report``: ``{"n": N, "age": MS, "v": {R: value, ...}}``;
   ``age`` is how long ago (ms) the values were read, >0 for a reading that
   waited in the leaf's buffer while no peer answered.
 
 ``n`` is the leaf's message counter; replay protection (only a counter
 above the last one accepted) is the registry's (`nanomesh.gateway.leaf_core`).
+
+Answers (issue 11): the peer's answer to an authentic message is
+``TAG || BODY`` too, TAG = first `TAG_SIZE` bytes of HMAC-SHA256(key,
+``"answer\n"`` + PATH + ``"\n"`` + N + ``"\n"`` + CODE + ``"\n"`` + BODY),
+N the request's counter and CODE the CoAP code as a decimal number
+(`seal_answer`). The leaf takes an answer only if its tag checks, so a
+forged ACK (a reading lost), 4.04 (a needless registration) or 4.01 (a
+reading dropped) from someone without the key is ignored and the leaf
+retransmits as if nothing came; bound to N, an answer recorded earlier
+answers no later message; bound to CODE, a 2.04 cannot be turned into a
+4.04. The ``answer`` prefix keeps answer tags apart from request tags
+(every request PATH starts with ``leaf``).
 
 Everything a leaf sends is untrusted until its tag checks: every decoder
 here raises `RemoteProtocolError` on anything else, never another
@@ -28,11 +54,13 @@ exception. Keys come from a key file (`parse_leaf_keys`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,6 +104,8 @@ class Register:
     counter: int
     period: float
     devices: tuple[LeafDevice, ...]
+    peer_nonce: bytes = b""
+    """The nonce of the peer's welcome (see the module docstring)."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +114,21 @@ class Report:
     counter: int
     age_ms: int
     values: dict[str, LeafValue]
+
+
+NONCE_SIZE = 8
+"""Bytes of the leaf's and the peer's hello nonces (64 bits: never repeated
+in practice, and an 8-byte id is one HMAC's worth of work per key)."""
+HELLO_ID_SIZE = 8
+HELLO_TTL = 30.0
+"""Seconds a peer's nonce stays good for a registration: the hello and the
+registration follow each other at once (a few retransmissions at most)."""
+
+
+@dataclass(frozen=True)
+class Hello:
+    ident: bytes
+    leaf_nonce: bytes
 
 
 def is_name(value: object) -> bool:
@@ -97,6 +142,72 @@ def _mac(key: bytes, data: bytes) -> bytes:
 def tag(key: bytes, path: tuple[str, ...], body: bytes) -> bytes:
     """The tag of `body` sent to `path` (see the module docstring)."""
     return _mac(key, "/".join(path).encode() + b"\n" + body)
+
+
+def answer_tag(key: bytes, path: tuple[str, ...], counter: int, code: int,
+               body: bytes) -> bytes:
+    """The tag of the answer `code` + `body` to message `counter` sent to
+    `path` (see the module docstring)."""
+    head = f"answer\n{'/'.join(path)}\n{counter}\n{code}\n".encode()
+    return _mac(key, head + body)
+
+
+def seal_answer(key: bytes, path: tuple[str, ...], counter: int, code: int,
+                body: bytes) -> bytes:
+    """The payload of the answer `code` to a leaf's message `counter`."""
+    return answer_tag(key, path, counter, code, body) + body
+
+
+def open_answer(key: bytes, path: tuple[str, ...], counter: int, code: int,
+                payload: bytes) -> bytes | None:
+    """The body of an answer if its tag checks, else None (what the leaf
+    does, ``firmware/leaf.py``; tests and tools use this one)."""
+    if len(payload) < TAG_SIZE:
+        return None
+    good = answer_tag(key, path, counter, code, payload[TAG_SIZE:])
+    return payload[TAG_SIZE:] if hmac.compare_digest(payload[:TAG_SIZE], good) else None
+
+
+def hello_id(key: bytes, leaf_nonce: bytes) -> bytes:
+    return _mac(key, b"hello\n" + leaf_nonce)[:HELLO_ID_SIZE]
+
+
+def decode_hello(payload: bytes) -> Hello:
+    """A hello: RemoteProtocolError("malformed") unless it is exactly
+    ``{"id": 16 hex digits, "nl": 16 hex digits}``."""
+    if len(payload) > MAX_PAYLOAD:
+        raise RemoteProtocolError("oversized", f"{len(payload)}-byte hello")
+    try:
+        body = json.loads(payload.decode("utf-8"), parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise RemoteProtocolError("malformed", "a hello is a JSON object") from None
+    if not isinstance(body, dict):
+        raise RemoteProtocolError("malformed", "a hello is a JSON object")
+    _only(body, {"id", "nl"})
+    return Hello(_hex(body.get("id"), HELLO_ID_SIZE, "id"),
+                 _hex(body.get("nl"), NONCE_SIZE, "nl"))
+
+
+def _hex(value: object, size: int, what: str) -> bytes:
+    if isinstance(value, str) and len(value) == 2 * size:
+        with contextlib.suppress(ValueError):
+            return bytes.fromhex(value)
+    raise RemoteProtocolError("malformed", f"{what} must be {2 * size} hex digits")
+
+
+def hello_leaf(keys: Mapping[str, bytes], hello: Hello) -> str | None:
+    """The leaf whose key makes `hello`'s id, if this peer holds it (one
+    HMAC per key: a peer's few hundred leaves at most)."""
+    for name, key in keys.items():
+        if hmac.compare_digest(hello_id(key, hello.leaf_nonce), hello.ident):
+            return name
+    return None
+
+
+def seal_welcome(key: bytes, leaf_nonce: bytes, peer_nonce: bytes) -> bytes:
+    """The payload of a peer's answer to a hello: TAG || {"np": hex}."""
+    raw = json.dumps({"np": peer_nonce.hex()}).encode()
+    return _mac(key, b"welcome\n" + leaf_nonce + b"\n" + raw) + raw
 
 
 def seal(key: bytes, path: tuple[str, ...], body: dict[str, Any]) -> bytes:
@@ -132,12 +243,12 @@ def check_tag(key: bytes, path: tuple[str, ...], payload: bytes) -> None:
         raise RemoteProtocolError("auth", "bad tag: wrong key, or the message was altered")
 
 
-RESERVED_NAMES = frozenset({"register", "agents"})
+RESERVED_NAMES = frozenset({"register", "agents", "hello"})
 """Paths under ``/leaf`` that are not leaves: no leaf may be named so."""
 
 
 def decode_register(body: dict[str, Any]) -> Register:
-    _only(body, {"leaf", "n", "period", "dev"})
+    _only(body, {"leaf", "n", "np", "period", "dev"})
     leaf = _name(body.get("leaf"), "leaf")
     if leaf in RESERVED_NAMES:
         raise RemoteProtocolError("malformed", f"{leaf} is not a leaf name")
@@ -150,7 +261,8 @@ def decode_register(body: dict[str, Any]) -> Register:
     period = _as_real(body.get("period"))
     if period is None or not MIN_PERIOD <= period <= MAX_PERIOD:
         raise RemoteProtocolError("malformed", f"period must be {MIN_PERIOD}-{MAX_PERIOD} s")
-    return Register(leaf, _counter(body.get("n")), period, devices)
+    return Register(leaf, _counter(body.get("n")), period, devices,
+                    _hex(body.get("np"), NONCE_SIZE, "np"))
 
 
 def decode_report(leaf: str, body: dict[str, Any]) -> Report:
@@ -351,14 +463,11 @@ def agent_path(leaf: str) -> tuple[str, ...]:
     return ("leaf", leaf, "agent")
 
 
-def seal_agent(key: bytes, leaf: str, counter: int, agent: str,
-               program: tuple[tuple[str | int, ...], ...]) -> bytes:
-    """The payload of the answer to a leaf's report `counter` that hands it
-    agent `agent`: TAG + BODY, TAG over ``leaf/<L>/agent`` + counter + BODY,
-    so only this leaf's key makes it and it answers this report only (an
-    old answer replayed to the leaf does not match its next counter)."""
-    raw = json.dumps({"agent": agent, "prog": [list(op) for op in program]}).encode()
-    return _mac(key, f"leaf/{leaf}/agent\n{counter}\n".encode() + raw) + raw
+def agent_body(agent: str, program: tuple[tuple[str | int, ...], ...]) -> bytes:
+    """The body of the answer to a leaf's report that hands it agent `agent`;
+    the answer's tag (`seal_answer`, bound to the report's counter) says
+    only this leaf's key made it and that it answers this report only."""
+    return json.dumps({"agent": agent, "prog": [list(op) for op in program]}).encode()
 
 
 def decode_agent_result(leaf: str, body: dict[str, Any]) -> AgentResult:

@@ -109,10 +109,12 @@ class ScriptedPeer:
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop:
+        while True:
             try:
                 data, src = self.sock.recvfrom(2048)
             except TimeoutError:
+                if self._stop:
+                    break  # only once nothing is left to read: `got` is complete
                 continue
             self.got.append((time.monotonic(), data))
             for out in self.respond(data, len(self.got) - 1):
@@ -267,6 +269,22 @@ def test_the_agent_interpreter_runs_checked_programs_only(tmp_path: Path) -> Non
     assert "pir is not an actuator" in lines and "pauses too long" in lines
 
 
+def tagged_ack(d: bytes, code: int, key: bytes, *, bad: bool = False) -> bytes:
+    """A piggy-backed answer `code` to the leaf's request `d`, tagged as a
+    peer holding `key` tags it (nanomesh.wire.leaf.seal_answer); `bad`
+    spoils the tag."""
+    from nanomesh.wire.leaf import seal_answer, seal_welcome
+    tkl = d[0] & 15  # the token may hold 0xff: look for the payload marker after it
+    options, _, payload = d[4 + tkl:].partition(b"\xff")
+    if b"hello" in options:  # a welcome, as a peer holding `key` makes it
+        welcome = seal_welcome(key, bytes.fromhex(json.loads(payload)["nl"]), bytes(8))
+        return ack(d, code=0x45, payload=welcome)
+    path = ("leaf", "register") if b"register" in options else ("leaf", "bed-1", "report")
+    n = json.loads(payload[16:])["n"]
+    sealed = seal_answer(key, path, n, code, b"")
+    return ack(d, code=code, payload=bytes([sealed[0] ^ 1]) + sealed[1:] if bad else sealed)
+
+
 LEAF_FLUSH = """
 import json, sys, leaf
 cfg = json.load(open(sys.argv[1]))
@@ -280,24 +298,32 @@ print(json.dumps({"sent": l.client.sent, "buffered": len(l.buffer),
 
 @pytest.mark.parametrize(("answers", "want"), [
     # A peer that takes no leaves (4.04 to the registration): tried once, not forever.
-    ({"register": 0x84}, {"sent": 1, "buffered": 1, "registered": False, "delivered": 0}),
+    # (Each registration is a hello and a register: two messages.)
+    ({"register": 0x84}, {"sent": 2, "buffered": 1, "registered": False, "delivered": 0}),
     # A peer that forgets the leaf after each registration: one re-registration.
     ({"register": 0x41, "report": 0x84},
-     {"sent": 4, "buffered": 1, "registered": False, "delivered": 0}),
+     {"sent": 6, "buffered": 1, "registered": False, "delivered": 0}),
     ({"register": 0x41, "report": 0x44},
-     {"sent": 2, "buffered": 0, "registered": True, "delivered": 1}),
+     {"sent": 3, "buffered": 0, "registered": True, "delivered": 1}),
 ])
 def test_one_flush_is_bounded_whatever_the_peer_answers(
         tmp_path: Path, answers: dict[str, int], want: dict[str, object]) -> None:
     def respond(d: bytes, i: int) -> list[bytes]:
         kind = "register" if b"register" in d else "report"
-        return [ack(d, code=answers[kind])]
+        code = 0 if b"hello" in d else answers[kind]  # a hello: always welcomed
+        return [tagged_ack(d, code, bytes.fromhex("ab" * 16))]
 
     peer = ScriptedPeer(respond)
-    cfg = {"leaf": "bed-1", "key": "ab" * 16, "peers": [f"127.0.0.1:{peer.port}"],
+    assert run_flush(tmp_path, peer, bytes.fromhex("ab" * 16), 0.2, 1) == want
+
+
+def run_flush(tmp_path: Path, peer: ScriptedPeer, key: bytes, ack_timeout: float = 0.1,
+              max_retransmit: int = 2) -> dict[str, object]:
+    """One sample and flush of a leaf whose only peer is `peer`."""
+    cfg = {"leaf": "bed-1", "key": key.hex(), "peers": [f"127.0.0.1:{peer.port}"],
            "devices": [{"r": "motion", "type": "pir", "driver": "in", "pin": 5}],
            "counter_file": str(tmp_path / "counter"), "bind": "127.0.0.1",
-           "coap": {"ack_timeout": 0.2, "max_retransmit": 1}}
+           "coap": {"ack_timeout": ack_timeout, "max_retransmit": max_retransmit}}
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     (tmp_path / "flush.py").write_text(LEAF_FLUSH)
     try:
@@ -305,4 +331,62 @@ def test_one_flush_is_bounded_whatever_the_peer_answers(
                       f"exec(open({str(tmp_path / 'flush.py')!r}).read())", timeout=20)
     finally:
         peer.close()
-    assert json.loads(out.splitlines()[-1]) == want
+    return json.loads(out.splitlines()[-1])  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("forgery", ["untagged", "wrong key", "spoiled tag", "wrong code"])
+def test_a_forged_answer_does_not_make_the_leaf_drop_its_reading(
+        tmp_path: Path, forgery: str) -> None:
+    """Issue 11: a peer welcomes the leaf, but every answer to its
+    registration is forged (an attacker racing the peer): an ACK 2.01, or a
+    4.04 / 4.01 that would cost a registration or drop the reading. The
+    leaf ignores them and retransmits as if nothing came: nothing taken,
+    the reading still buffered."""
+    key = bytes.fromhex("ab" * 16)
+
+    def respond(d: bytes, i: int) -> list[bytes]:
+        if b"hello" in d:
+            return [tagged_ack(d, 0, key)]
+        match forgery:
+            case "untagged":
+                return [ack(d, code=0x41), ack(d, code=0x84, payload=b"not registered")]
+            case "wrong key":
+                return [tagged_ack(d, 0x41, bytes(16))]
+            case "spoiled tag":
+                return [tagged_ack(d, 0x41, key, bad=True)]
+        # A genuine tag for another code: a 4.01 turned into a 2.01.
+        good = tagged_ack(d, 0x81, key)
+        return [good[:1] + bytes([0x41]) + good[2:]]
+
+    peer = ScriptedPeer(respond)
+    # A hello, then the registration sent max_retransmit + 1 times; then
+    # the (only) peer is given up for this flush: the reading waits.
+    result = run_flush(tmp_path, peer, key)
+    assert result | {"sent": 0} == {"sent": 0, "buffered": 1, "registered": False,
+                                    "delivered": 0}
+    registers = [d for _, d in peer.got if b"register" in d]
+    assert len(registers) == 3 and len(set(registers)) == 1  # the same message, again
+
+
+@pytest.mark.parametrize("forgery", ["untagged", "wrong key", "spoiled tag"])
+def test_a_leaf_tells_nothing_to_a_peer_that_cannot_prove_its_key(
+        tmp_path: Path, forgery: str) -> None:
+    """Issue 11, discovery: whoever answers the leaf's hello without its key
+    (here at once, with a forged welcome) never learns its name or devices:
+    the leaf sends hellos only, whose id changes every time."""
+    key = bytes.fromhex("ab" * 16)
+
+    def respond(d: bytes, i: int) -> list[bytes]:
+        if forgery == "untagged":
+            return [ack(d, code=0x45, payload=b'{"np": "0000000000000000"}')]
+        welcome = tagged_ack(d, 0, bytes(16) if forgery == "wrong key" else key)
+        return [welcome[:-20] + bytes([welcome[-20] ^ 1]) + welcome[-19:]
+                if forgery == "spoiled tag" else welcome]
+
+    peer = ScriptedPeer(respond)
+    result = run_flush(tmp_path, peer, key)
+    assert result | {"sent": 0} == {"sent": 0, "buffered": 1, "registered": False,
+                                    "delivered": 0}
+    sent = [d for _, d in peer.got]
+    assert all(b"hello" in d and b"bed-1" not in d and b"motion" not in d for d in sent)
+    assert len(sent) == 3 and len(set(sent)) == 1  # one hello, retransmitted

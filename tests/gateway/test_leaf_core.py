@@ -113,6 +113,26 @@ def body_of(response: GatewayResponse) -> Any:
     return json.loads(response.payload)
 
 
+def welcome(ep: LeafEndpoint, now: float = 0, key: bytes = KEY,
+            nl: bytes = b"\x01" * 8) -> str:
+    """A hello to `ep` as a leaf holding `key` sends it; the nonce of the
+    welcome, whose tag is checked here with hmac (the peer holds the key)."""
+    ident = hmac.new(key, b"hello\n" + nl, hashlib.sha256).digest()[:8]
+    answer = ep.handle(GatewayRequest("POST", ("leaf", "hello"), payload=json.dumps(
+        {"id": ident.hex(), "nl": nl.hex()}).encode()), now)
+    assert answer.code == CONTENT, answer
+    rest = answer.payload[16:]
+    want = hmac.new(key, b"welcome\n" + nl + b"\n" + rest, hashlib.sha256).digest()[:16]
+    assert answer.payload[:16] == want
+    return str(json.loads(rest)["np"])
+
+
+def registered(ep: LeafEndpoint, body: dict[str, Any], now: float = 0,
+               key: bytes = KEY) -> GatewayRequest:
+    """The registration `body` (with the nonce of a fresh welcome from `ep`)."""
+    return post("leaf/register", {**body, "np": welcome(ep, now, key)}, key)
+
+
 REG_BODY = {"leaf": "bed-1", "n": 1, "period": 1,
             "dev": [{"r": "temp", "type": "body-temperature"}]}
 
@@ -120,7 +140,7 @@ REG_BODY = {"leaf": "bed-1", "n": 1, "period": 1,
 def test_the_endpoint_registers_takes_reports_and_serves_values() -> None:
     ep = LeafEndpoint({"bed-1": KEY})
     assert route(get("leaf/bed-1/temp")) == LeafRoute()
-    assert ep.handle(post("leaf/register", REG_BODY), now=0).code == CREATED
+    assert ep.handle(registered(ep, REG_BODY, 0), now=0).code == CREATED
     assert ep.handle(get("leaf/bed-1/temp"), now=0).code == SERVICE_UNAVAILABLE
     assert ep.handle(post("leaf/bed-1/report", {"n": 2, "v": {"temp": 36.6}}), now=1
                      ).code == CHANGED
@@ -152,7 +172,7 @@ def test_the_endpoint_refuses_and_counts(request_: GatewayRequest, code: int,
 
 def test_a_replayed_report_is_refused() -> None:
     ep = LeafEndpoint({"bed-1": KEY})
-    ep.handle(post("leaf/register", REG_BODY), now=0)
+    ep.handle(registered(ep, REG_BODY, 0), now=0)
     message = post("leaf/bed-1/report", {"n": 2, "v": {"temp": 1}})
     assert ep.handle(message, now=1).code == CHANGED
     assert ep.handle(message, now=2).code == UNAUTHORIZED
@@ -162,10 +182,41 @@ def test_a_replayed_report_is_refused() -> None:
 def test_a_report_sealed_for_another_leaf_is_refused() -> None:
     keys = {"bed-1": KEY, "bed-2": bytes(32)}
     ep = LeafEndpoint(keys)
-    ep.handle(post("leaf/register", REG_BODY), now=0)
+    ep.handle(registered(ep, REG_BODY, 0), now=0)
     forged = GatewayRequest("POST", ("leaf", "bed-1", "report"), payload=seal(
         keys["bed-2"], ("leaf", "bed-2", "report"), {"n": 5, "v": {"temp": 1}}))
     assert ep.handle(forged, now=1).code == UNAUTHORIZED
+
+
+def answer_is_tagged(answer: GatewayResponse, path: str, n: int) -> bool:
+    """Whether `answer` carries the tag of an answer to message `n` at
+    `path` under KEY (computed here with hmac, not the code under test)."""
+    from nanomesh.wire.leaf import TAG_SIZE
+    head = f"answer\n{path}\n{n}\n{answer.code}\n".encode()
+    want = hmac.new(KEY, head + answer.payload[TAG_SIZE:], hashlib.sha256).digest()
+    return answer.payload[:TAG_SIZE] == want[:TAG_SIZE]
+
+
+def test_answers_to_authentic_messages_are_tagged_others_are_not() -> None:
+    """Issue 11: a leaf takes an answer only with the peer's tag bound to
+    its message's path, counter and the answer's code; a peer tags no
+    answer to a message whose own tag fails (that would hand a stranger a
+    tagged refusal for a counter of its choice)."""
+    ep = LeafEndpoint({"bed-1": KEY})
+    early = ep.handle(post("leaf/bed-1/report", {"n": 1, "v": {"temp": 1}}), now=0)
+    assert early.code == NOT_FOUND and answer_is_tagged(early, "leaf/bed-1/report", 1)
+    created = ep.handle(registered(ep, {**REG_BODY, "n": 2}, 0), now=0)
+    assert created.code == CREATED and answer_is_tagged(created, "leaf/register", 2)
+    assert not answer_is_tagged(created, "leaf/register", 3)  # bound to the counter
+    changed = ep.handle(post("leaf/bed-1/report", {"n": 3, "v": {"temp": 1}}), now=1)
+    assert changed.code == CHANGED and answer_is_tagged(changed, "leaf/bed-1/report", 3)
+    assert not answer_is_tagged(GatewayResponse(NOT_FOUND, changed.payload),
+                                "leaf/bed-1/report", 3)  # bound to the code
+    replayed = ep.handle(post("leaf/bed-1/report", {"n": 3, "v": {"temp": 1}}), now=2)
+    assert replayed.code == UNAUTHORIZED and answer_is_tagged(replayed, "leaf/bed-1/report", 3)
+    stranger = ep.handle(post("leaf/bed-1/report", {"n": 9, "v": {"temp": 1}},
+                              key=bytes(32)), now=2)
+    assert stranger.code == UNAUTHORIZED and stranger.payload.startswith(b"auth: bad tag")
 
 
 def test_other_methods_are_refused() -> None:
@@ -187,7 +238,7 @@ async def test_the_gateway_republishes_on_registration_and_expiry(autojump_clock
     gateway = Gateway(lambda _s: [], {}, leaves=ep,
                       leaves_changed=lambda: changes.append(trio.current_time()))
     started = trio.current_time()
-    assert (await gateway.handle(post("leaf/register", REG_BODY))).code == CREATED
+    assert (await gateway.handle(registered(ep, REG_BODY))).code == CREATED
     assert (await gateway.handle(post("leaf/bed-1/report", {"n": 2, "v": {"temp": 1}}))
             ).code == CHANGED
     assert len(changes) == 1
@@ -217,7 +268,7 @@ async def test_a_leaf_value_is_observable_and_notified_per_report(autojump_clock
     ep = LeafEndpoint({"bed-1": KEY})
     gateway = Gateway(lambda _s: [], {}, leaves=ep,
                       observe=ObserveConfig(period=1.0, max_age=600))
-    await gateway.handle(post("leaf/register", REG_BODY))
+    await gateway.handle(registered(ep, REG_BODY))
     await gateway.handle(post("leaf/bed-1/report", {"n": 2, "v": {"temp": 36.6}}))
     request = get("leaf/bed-1/temp")
     first = await gateway.handle(request)
@@ -241,7 +292,7 @@ PROGRAM = [["set", "led", 1], ["wait", 2500], ["set", "led", 0]]
 def agent_endpoint(*leaves: str) -> LeafEndpoint:
     ep = LeafEndpoint({leaf: KEY for leaf in leaves})
     for leaf in leaves:
-        assert ep.handle(post("leaf/register", {**LED_BODY, "leaf": leaf}), now=0).code == CREATED
+        assert ep.handle(registered(ep, {**LED_BODY, "leaf": leaf}, 0), now=0).code == CREATED
     return ep
 
 
@@ -258,7 +309,7 @@ def report_and_take_agent(ep: LeafEndpoint, leaf: str, n: int, now: float) -> di
     assert answer.code == CHANGED and answer.payload, answer
     from nanomesh.wire.leaf import TAG_SIZE
     body = answer.payload[TAG_SIZE:]
-    want = hmac.new(KEY, f"leaf/{leaf}/agent\n{n}\n".encode() + body,
+    want = hmac.new(KEY, f"answer\nleaf/{leaf}/report\n{n}\n{CHANGED}\n".encode() + body,
                     hashlib.sha256).digest()[:TAG_SIZE]
     assert answer.payload[:TAG_SIZE] == want  # bound to this leaf's key and this report
     return dict(json.loads(body))
@@ -358,3 +409,46 @@ def test_a_leaf_running_a_long_agent_is_not_gone_meanwhile() -> None:
     ep.handle(post("leaf/led-1/agent", {"n": 3, "agent": agent, "ok": True}), now=11.5)
     assert status(ep, agent)["phase"] == "done"
     assert ep.registry.expire(now=16.6) == ["led-1"]
+
+
+def test_a_recorded_registration_is_refused_everywhere() -> None:
+    """Issue 11, replay: a registration counts only with a nonce the peer
+    issued in a welcome within HELLO_TTL, once. A recorded one is refused by
+    the peer it went to, by a peer that never heard the leaf, and by the
+    first one after a restart (a fresh endpoint); and old reports then find
+    the leaf unknown instead of delivering an old reading."""
+    first = LeafEndpoint({"bed-1": KEY})
+    recorded = registered(first, REG_BODY)
+    assert first.handle(recorded, now=0).code == CREATED
+    old_report = post("leaf/bed-1/report", {"n": 2, "v": {"temp": 30.0}})
+    assert first.handle(old_report, now=1).code == CHANGED
+    for peer in (first, LeafEndpoint({"bed-1": KEY}), LeafEndpoint({"bed-1": KEY})):
+        assert peer.handle(recorded, now=2).code == UNAUTHORIZED
+    other = LeafEndpoint({"bed-1": KEY})
+    other.handle(recorded, now=2)
+    assert other.handle(old_report, now=2).code == NOT_FOUND
+    assert other.refused == {"stale": 1, "unknown": 1}
+
+
+def test_a_welcome_nonce_is_good_once_and_for_hello_ttl() -> None:
+    from nanomesh.wire.leaf import HELLO_TTL
+    ep = LeafEndpoint({"bed-1": KEY})
+    late = registered(ep, REG_BODY, now=0)
+    assert ep.handle(late, now=HELLO_TTL + 1).code == UNAUTHORIZED
+    # Hellos replayed by a stranger keep a few nonces only; the newest works.
+    for i in range(10):
+        welcome(ep, now=50 + i)
+    assert len(ep._pending[KEY]) == 4
+    fresh = registered(ep, {**REG_BODY, "n": 5}, now=60)
+    assert ep.handle(fresh, now=60).code == CREATED
+
+
+def test_a_hello_with_another_key_gets_an_untagged_not_found() -> None:
+    ep = LeafEndpoint({"bed-1": KEY})
+    nl = bytes(8)
+    ident = hmac.new(bytes(32), b"hello\n" + nl, hashlib.sha256).digest()[:8]
+    answer = ep.handle(GatewayRequest("POST", ("leaf", "hello"), payload=json.dumps(
+        {"id": ident.hex(), "nl": nl.hex()}).encode()), now=0)
+    assert answer.code == NOT_FOUND and ep.refused == {"unknown": 1}
+    garbage = ep.handle(GatewayRequest("POST", ("leaf", "hello"), payload=b"\xff{"), now=0)
+    assert garbage.code == BAD_REQUEST

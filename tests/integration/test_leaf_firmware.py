@@ -2,7 +2,8 @@
 stand-ins from ``firmware/unix``) against real peer daemons (issue 11):
 it registers and reports through a peer's CoAP gateway, its devices join
 that peer's gossiped profile, garbage datagrams crash neither side, it fails
-over to the next peer when its peer is killed, a silent leaf is marked gone,
+over to the next peer when its peer is killed, forged answers racing its
+peer's make it drop nothing, a silent leaf is marked gone,
 a leaf without configured peers finds one by multicast, and a mobile agent
 migrates from leaf to leaf, rerouting past a dead one."""
 
@@ -169,6 +170,89 @@ async def test_leaf_registers_reports_survives_garbage_fails_over_and_goes_gone(
     await eventually(gone, "the silent leaf to be marked gone", cluster)
     cluster.wait(lambda: not leaf_devices_of(p2, "ward-2"), what="leaf devices to leave")
     assert p2.members()["ward-2"]["profile"]["leaves"] == {"bed-1": "gone"}
+
+
+FAKE_PEER_IP = "127.0.22.1"
+"""The forging peer's address: this test's own loopback range (not the cluster's)."""
+
+
+def forgeries(request: bytes) -> list[bytes]:
+    """Answers an attacker who sees `request` sends at once: piggy-backed
+    ACKs with its message id and token, untagged or with a wrong tag, that
+    would say taken (a lost reading), not registered (a needless
+    registration), refused (a dropped reading) or welcome (the leaf's name)."""
+    first, _code, mid = struct.unpack_from("!BBH", request)
+    token = request[4:4 + (first & 15)]
+    codes = [0x45] if b"hello" in request else [0x41, 0x44, 0x84, 0x81]
+    return [struct.pack("!BBH", 0x60 | len(token), code, mid) + token + b"\xff" + payload
+            for code in codes for payload in (b'{"np": "0000000000000000"}',
+                                              os.urandom(16) + b'{"np": "00"}')]
+
+
+async def test_forged_answers_racing_the_real_peer_lose_no_reading(
+        cluster: Cluster, tmp_path: Path) -> None:
+    """Issue 11: an attacker on the path (here a relay on the leaf's way to
+    its peer) answers every message of the leaf at once with forged ACKs
+    (2.01/2.04, 4.04, 4.01, a welcome) and drops the first transmission;
+    it relays the rest and the real peer's answers. The leaf believes none
+    of the forgeries: it retransmits, registers, and every reading is
+    delivered, none dropped or refused. (A leaf that took a forged 2.04
+    would never retransmit: its reading would be lost.)"""
+    real = cluster.add("ward-4", extra_args=leaf_config(tmp_path))
+    cluster.wait_api([real])
+    relay = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+    await relay.bind((FAKE_PEER_IP, 0))
+    upstream = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+    await upstream.bind((FAKE_PEER_IP, 0))
+    forged = 0
+    seen: set[bytes] = set()
+    leaf_addr: list[Any] = []
+
+    async def from_leaf() -> None:
+        nonlocal forged
+        while True:
+            data, src = await relay.recvfrom(2048)
+            leaf_addr[:] = [src]
+            if data[1] and data not in seen:
+                # A request's first transmission: answer it with forgeries
+                # and drop it, so only a leaf that ignores them retransmits
+                # and gets its message through (the next copy is relayed).
+                seen.add(data)
+                for answer in forgeries(data):
+                    await relay.sendto(answer, src)
+                    forged += 1
+                continue
+            await upstream.sendto(data, (real.ip, 5683))
+
+    async def from_peer() -> None:
+        while True:
+            data, _src = await upstream.recvfrom(2048)
+            await relay.sendto(data, leaf_addr[0])
+
+    via = f"{FAKE_PEER_IP}:{relay.getsockname()[1]}"
+    leaf = LeafProcess(tmp_path, "bed-1", KEY, [via],
+                       devices=DEVICES, period=0.2, coap={"ack_timeout": 0.5,
+                                                          "max_retransmit": 2})
+    leaf.set("ds18x20-4", 36.6)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(from_leaf)
+            nursery.start_soon(from_peer)
+            leaf.start()
+            await eventually(value_at(real, 36.6), "the real peer to serve the reading",
+                             cluster, leaf)
+            leaf.set("ds18x20-4", 37.0)
+            await eventually(value_at(real, 37.0), "a second reading", cluster, leaf)
+            nursery.cancel_scope.cancel()
+    finally:
+        leaf.kill()
+        relay.close()
+        upstream.close()
+    stats = leaf.stats()
+    assert leaf.events("registered") == [via]
+    assert not leaf.events("failover"), leaf.lines()[-10:]
+    assert stats["delivered"] >= 2 and stats["dropped"] == 0 and stats["refused"] == 0, stats
+    assert stats["ignored"] >= forged - 8 > 0, (stats, forged)  # all but the last in flight
 
 
 async def test_a_leaf_without_configured_peers_finds_one_by_multicast(

@@ -15,22 +15,29 @@ from hypothesis import strategies as st
 
 from nanomesh.errors import ConfigError, RemoteProtocolError
 from nanomesh.wire.leaf import (
+    HELLO_TTL,
     MAX_PAYLOAD,
     TAG_SIZE,
+    Hello,
     LeafDevice,
     check_tag,
+    decode_hello,
     decode_register,
     decode_report,
+    hello_id,
+    hello_leaf,
+    open_answer,
     open_body,
     parse_leaf_keys,
     seal,
+    seal_answer,
     tag,
 )
 
 KEY = bytes(range(32))
 REG = ("leaf", "register")
 REPORT = ("leaf", "bed-1", "report")
-GOOD_REGISTER = {"leaf": "bed-1", "n": 7, "period": 10,
+GOOD_REGISTER = {"leaf": "bed-1", "n": 7, "np": "00ff" * 4, "period": 10,
                  "dev": [{"r": "temp", "type": "body-temperature"}, {"r": "pir", "type": "pir"}]}
 
 
@@ -90,6 +97,10 @@ BAD_REGISTERS = [
     {**GOOD_REGISTER, "dev": [{"r": "a", "type": "pir", "x": 1}]},
     {**GOOD_REGISTER, "dev": ["pir"]},
     {**GOOD_REGISTER, "extra": 1},
+    {**GOOD_REGISTER, "np": "00ff"},
+    {**GOOD_REGISTER, "np": "zz" * 8},
+    {**GOOD_REGISTER, "np": 12},
+    {k: v for k, v in GOOD_REGISTER.items() if k != "np"},
     {k: v for k, v in GOOD_REGISTER.items() if k != "leaf"},
 ]
 
@@ -164,3 +175,46 @@ def test_the_key_file_parses_names_and_hex_keys() -> None:
 def test_a_bad_key_file_names_its_line(text: str, words: str) -> None:
     with pytest.raises(ConfigError, match=words):
         parse_leaf_keys(text)
+
+
+def test_an_answer_opens_only_for_its_key_path_counter_and_code() -> None:
+    """Issue 11: the peer's answers are bound to the leaf's key, the
+    message's path and counter, and the answer's code; the tag is
+    HMAC-SHA256 over "answer" + those, computed here independently."""
+    sealed = seal_answer(KEY, REPORT, 7, 0x44, b"{}")
+    want = hmac.new(KEY, b"answer\nleaf/bed-1/report\n7\n68\n{}", hashlib.sha256).digest()
+    assert sealed == want[:TAG_SIZE] + b"{}"
+    assert open_answer(KEY, REPORT, 7, 0x44, sealed) == b"{}"
+    assert open_answer(KEY, REPORT, 7, 0x44, sealed[:TAG_SIZE]) is None  # body cut
+    for other in [(bytes(32), REPORT, 7, 0x44), (KEY, REG, 7, 0x44), (KEY, REPORT, 8, 0x44),
+                  (KEY, REPORT, 7, 0x84)]:
+        assert open_answer(*other, sealed) is None, other
+    # An answer tag never passes as a request tag (the "answer" prefix).
+    with pytest.raises(RemoteProtocolError):
+        check_tag(KEY, REPORT, sealed)
+
+
+@given(st.binary(max_size=100), st.integers(0, 2**63 - 1), st.integers(0, 255))
+def test_random_answers_do_not_open(payload: bytes, counter: int, code: int) -> None:
+    assert open_answer(KEY, REPORT, counter, code, payload) is None
+
+
+def test_a_hello_names_its_leaf_only_to_a_holder_of_its_key() -> None:
+    """Issue 11: the id is HMAC(key, "hello\\n" + nonce)[:8]; another nonce,
+    another id (an onlooker cannot follow the leaf), and only the key finds it."""
+    nl = bytes(range(8))
+    want = hmac.new(KEY, b"hello\n" + nl, hashlib.sha256).digest()[:8]
+    assert hello_id(KEY, nl) == want != hello_id(KEY, bytes(8))
+    hello = decode_hello(json.dumps({"id": want.hex(), "nl": nl.hex()}).encode())
+    assert hello == Hello(want, nl)
+    assert hello_leaf({"a": bytes(32), "bed-1": KEY}, hello) == "bed-1"
+    assert hello_leaf({"a": bytes(32)}, hello) is None
+    assert HELLO_TTL > 0
+
+
+@given(st.one_of(st.binary(max_size=100), st.dictionaries(
+    st.sampled_from(["id", "nl", "x"]), JSONISH).map(lambda d: json.dumps(d).encode())))
+def test_garbage_hellos_are_refused_cleanly(payload: bytes) -> None:
+    with contextlib.suppress(RemoteProtocolError):
+        hello = decode_hello(payload)
+        assert len(hello.ident) == 8 and len(hello.leaf_nonce) == 8
