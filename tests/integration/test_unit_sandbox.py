@@ -157,9 +157,12 @@ def sandbox_argv(settings: dict[str, list[str]], spec_file: Path, writable: list
     assert settings["NoNewPrivileges"] == ["yes"]
     caps = ",".join("+" + c.removeprefix("CAP_").lower()
                     for c in settings["CapabilityBoundingSet"])
-    rw = [*writable, *(p for p in settings.get("ReadWritePaths", []) if not p.startswith("-"))]
-    rw += [p[1:] for p in settings.get("ReadWritePaths", []) if p.startswith("-")
-           and os.path.exists(p[1:])]
+    # install.sh creates every ReadWritePaths= entry before the unit starts
+    # (/opt/nanomesh: the install root `nanomesh upgrade` writes); the daemon
+    # here runs from the checkout, so an entry missing on this machine has
+    # nothing to protect and is left out, as a "-" entry would be.
+    rw = [*writable, *(p.removeprefix("-") for p in settings.get("ReadWritePaths", [])
+                       if os.path.exists(p.removeprefix("-")))]
     setup = f"""set -e
 for mp in $(awk '{{print $5}}' /proc/self/mountinfo | sort -u); do
     case "$mp" in /proc|/proc/*|/dev|/dev/*|/sys|/sys/*) continue ;; esac
