@@ -345,7 +345,9 @@ def placement_settled(samples: list[Sample], after: float) -> float | None:
 def moves(samples: list[Sample]) -> list[Moves]:
     """One `Moves` per sampled placement change. Sampling sees the plan every
     `sample_every` s, so an instance moved away and back between two samples
-    is not counted: the counts are a lower bound on what the leader did."""
+    is not counted: the counts are a lower bound on what the leader did. A
+    move off a peer that left and came back between two samples counts as
+    avoidable (the sample saw it alive on both sides)."""
     out = []
     for before, after in itertools.pairwise(samples):
         if before.placement == after.placement:
