@@ -148,14 +148,7 @@ def register_demo(subparsers: Any) -> None:
         "the patient and narrate, with timestamps, each hop (the services following the "
         "devices), the alerts when SpO2 and temperature stay beyond their thresholds, and the "
         "oxygen valve. Needs a source checkout (services/patient).")
-    patient.add_argument("--base-ip", default="127.0.0.2", metavar="IP",
-                         help="address of the first peer; the others follow (default "
-                         "127.0.0.2, the lab's: the demo refuses to run beside a lab)")
-    patient.add_argument("--dir", type=Path,
-                         help="demo directory (default ~/.local/state/nanomesh/demo-patient); "
-                         "replaced at each run, removed at the end unless a step failed")
-    patient.add_argument("--keep", action="store_true",
-                         help="keep the demo directory (world file, peer and service logs)")
+    _story_demo_options(patient, "demo-patient")
     patient.set_defaults(func=_demo_patient)
     meeting = demos.add_parser(
         "meeting-room", help="the smart meeting room: guests detected, scanned, "
@@ -167,15 +160,7 @@ def register_demo(subparsers: Any) -> None:
         "guest guided to the room while the peer hosting the MCS is SIGKILLed (the MCS "
         "resumes elsewhere from its state blob), and PD2 without BS2. Needs a source "
         "checkout (services/meeting-room).")
-    meeting.add_argument("--base-ip", default="127.0.0.2", metavar="IP",
-                         help="address of the first peer; the others follow (default "
-                         "127.0.0.2, the lab's: the demo refuses to run beside a lab)")
-    meeting.add_argument("--dir", type=Path,
-                         help="demo directory (default ~/.local/state/nanomesh/"
-                         "demo-meeting-room); replaced at each run, removed at the end "
-                         "unless a step failed")
-    meeting.add_argument("--keep", action="store_true",
-                         help="keep the demo directory (world file, peer and service logs)")
+    _story_demo_options(meeting, "demo-meeting-room")
     meeting.set_defaults(func=_demo_meeting)
 
 
@@ -300,6 +285,19 @@ def _lab_remove(args: argparse.Namespace) -> int:
 
 def _demo_failover(args: argparse.Namespace) -> int:
     return demo.failover(args.n, args.dir, keep=args.keep)
+
+
+
+def _story_demo_options(cmd: argparse.ArgumentParser, folder: str) -> None:
+    """The options the demos on simulated hardware share."""
+    cmd.add_argument("--base-ip", default="127.0.0.2", metavar="IP",
+                     help="address of the first peer; the others follow (default "
+                     "127.0.0.2, the lab's: the demo refuses to run beside a lab)")
+    cmd.add_argument("--dir", type=Path,
+                     help=f"demo directory (default ~/.local/state/nanomesh/{folder}); "
+                     "replaced at each run, removed at the end unless a step failed")
+    cmd.add_argument("--keep", action="store_true",
+                     help="keep the demo directory (world file, peer and service logs)")
 
 
 def _demo_patient(args: argparse.Namespace) -> int:
