@@ -75,7 +75,7 @@ def membership_fact(note: Notification, me: str) -> Fact | None:
 def raft_facts(before: Mapping[str, Any], after: Mapping[str, Any], me: str,
                names: Mapping[str, str]) -> list[Fact]:
     """Events between two ``profile["raft"]`` sections of this peer
-    (`nanomesh.consensus.role_manager.RaftRoleManager.profile_section`:
+    (`nanomesh.consensus.role_manager.RaftRoleManager.belief_section`:
     ``role``, ``leader`` and ``voters`` as Raft addresses, ``term``).
     `names` maps Raft addresses to member names (an unknown one is shown
     as the address)."""
