@@ -629,6 +629,35 @@ def _not_alive(voters: Iterable[str], gossip: GossipView, status: RaftStatus) ->
 # --------------------------------------------------------------------------- gossip
 
 
+GOSSIPED_BY_ALL = ("role", "addr", "cluster_epoch")
+"""What every peer gossips under ``profile["raft"]``: its role, its Raft
+address (the policy names it by that) and the control-plane epoch it follows
+(`epoch_from_profiles`). None of these changes in an election."""
+
+FULL_SECTION_ROLES = frozenset({RaftRole.VOTER, RaftRole.JOINING})
+"""The roles that also gossip their node's belief (``leader``, ``term``,
+``voters``, and the leader's ``revision``): the sections that
+`voters_from_profiles`, `nanomesh.consensus.follow_core.pull_sources` and
+`~nanomesh.consensus.follow_core.gossiped_leader` read. A learner's belief
+only repeats what the voters gossip, so a learner leaves it out: an election
+then changes the 5 voters' profiles, not every peer's (issue 9)."""
+
+
+def gossiped_section(belief: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of this peer's Raft `belief` (`RaftRoleManager.belief_section
+    <nanomesh.consensus.role_manager.RaftRoleManager.belief_section>`) that it
+    gossips: all of it for a voter or a joining voter, only
+    `GOSSIPED_BY_ALL` otherwise (a learner, a peer with no role yet).
+
+    An older peer reads a learner's short section as "no voter list, no
+    leader": every reader skips such a section already (they count voters'
+    sections only, or need a non-empty ``voters`` list)."""
+    role = belief.get("role")
+    if role in {r.value for r in FULL_SECTION_ROLES}:
+        return dict(belief)
+    return {k: belief[k] for k in GOSSIPED_BY_ALL if k in belief}
+
+
 def voters_from_profiles(sections: Iterable[Any]) -> frozenset[str]:
     """The voters as gossip reports them, from the ``profile["raft"]``
     sections of the ALIVE peers (this one included); the daemon's

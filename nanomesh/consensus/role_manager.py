@@ -271,13 +271,15 @@ class RaftRoleManager:
         writes the old state back: nobody may read a partial state)."""
         return None if self._running is None or self._restoring else self._running.node
 
-    def profile_section(self) -> dict[str, Any]:
-        """What this peer gossips under ``profile["raft"]``: ``role``, ``addr``
+    def belief_section(self) -> dict[str, Any]:
+        """This peer's Raft role and its node's belief: ``role``, ``addr``
         (its Raft address, even as a learner, so the policy can name it),
-        and its node's belief: ``leader``, ``term``, ``voters`` (sorted).
-        The leader adds ``revision``, the committed state's: the
-        announcement learners pull on (`nanomesh.consensus.follow_core`).
-        Only the leader, so a commit changes one profile, not every voter's."""
+        ``leader``, ``term``, ``voters`` (sorted), ``cluster_epoch``. The
+        leader adds ``revision``, the committed state's: the announcement
+        learners pull on (`nanomesh.consensus.follow_core`); only the leader,
+        so a commit changes one profile, not every voter's. The event log
+        records changes of this (`nanomesh.daemon.events.watch_raft`); gossip
+        carries `profile_section`, a part of it."""
         status = self._status()
         section = {
             "role": self._core.role.value,
@@ -292,6 +294,13 @@ class RaftRoleManager:
             section["revision"] = node.state.revision
         return section
 
+    def profile_section(self) -> dict[str, Any]:
+        """What this peer gossips under ``profile["raft"]``: a voter its whole
+        `belief_section`, a learner only its role, address and epoch
+        (`role_core.gossiped_section`), so an election republishes the
+        voters' profiles and no learner's (issue 9)."""
+        return core.gossiped_section(self.belief_section())
+
     def gossip_changed(self) -> None:
         """Gossip saw a change (a profile, a member): a learner looks for a
         newer announced state at once."""
@@ -301,9 +310,16 @@ class RaftRoleManager:
 
     async def wait_profile_change(self, last: Mapping[str, Any]) -> dict[str, Any]:
         """Wait until `profile_section()` differs from `last` and return it:
-        the daemon re-gossips its profile then (a role, leader, term or
-        voter change; rare)."""
+        the daemon re-gossips its profile then (a role change; for a voter
+        also a leader, term or voter change; rare)."""
         while (section := self.profile_section()) == last:
+            await self._changed.wait()
+        return section
+
+    async def wait_belief_change(self, last: Mapping[str, Any]) -> dict[str, Any]:
+        """Wait until `belief_section()` differs from `last` and return it
+        (a learner's leader and term change too: the event log shows them)."""
+        while (section := self.belief_section()) == last:
             await self._changed.wait()
         return section
 

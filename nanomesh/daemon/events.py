@@ -96,7 +96,7 @@ class EventHub:
 class RaftSections(Protocol):
     """What `watch_raft` reads of the Raft role manager."""
 
-    async def wait_profile_change(self, last: Mapping[str, Any]) -> dict[str, Any]: ...
+    async def wait_belief_change(self, last: Mapping[str, Any]) -> dict[str, Any]: ...
 
 
 async def watch_raft(roles: RaftSections, hub: EventHub, members: Members) -> None:
@@ -104,7 +104,7 @@ async def watch_raft(roles: RaftSections, hub: EventHub, members: Members) -> No
     seen: Mapping[str, Any] = {}
     basis: Mapping[str, Any] = {}
     while True:
-        seen = await roles.wait_profile_change(seen)
+        seen = await roles.wait_belief_change(seen)
         names = {str(raft.get("addr")): m.name for m in members()
                  if isinstance(raft := (m.profile or {}).get("raft"), dict)}
         hub.record_from(raft_facts, basis, seen, hub.me, names)

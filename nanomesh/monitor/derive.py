@@ -5,8 +5,9 @@ turn it into `Fact` values, and nothing else:
 
 - membership: a gossip notification (`membership_fact`), as the SWIM core
   emits it;
-- the control plane: two successive ``profile["raft"]`` sections of this
-  peer (`raft_facts`): who leads, in which term, the voters, our role;
+- the control plane: two successive Raft belief sections of this peer
+  (the whole of what a voter gossips as ``profile["raft"]``; `raft_facts`):
+  who leads, in which term, the voters, our role;
 - placement: two successive committed plans, with the services desired and
   the members' states at the time (`plan_facts`), so that every move says
   why;
@@ -74,8 +75,8 @@ def membership_fact(note: Notification, me: str) -> Fact | None:
 
 def raft_facts(before: Mapping[str, Any], after: Mapping[str, Any], me: str,
                names: Mapping[str, str]) -> list[Fact]:
-    """Events between two ``profile["raft"]`` sections of this peer
-    (`nanomesh.consensus.role_manager.RaftRoleManager.profile_section`:
+    """Events between two Raft belief sections of this peer
+    (`nanomesh.consensus.role_manager.RaftRoleManager.belief_section`:
     ``role``, ``leader`` and ``voters`` as Raft addresses, ``term``).
     `names` maps Raft addresses to member names (an unknown one is shown
     as the address)."""

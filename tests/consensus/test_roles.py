@@ -260,7 +260,10 @@ async def test_non_founder_waits_for_voters_then_learns(mesh: Mesh) -> None:
     node = await b.wait_ready(timeout=SETTLE)
     assert b.role is RaftRole.LEARNER, "2 peers: one voter"
     await node.wait_state(lambda s: "cam" in s.services, timeout=SETTLE)
-    assert raft_profile_section(b)["role"] == "learner"
+    assert raft_profile_section(b) == {"role": "learner", "addr": b.raft_addr,
+                                       "cluster_epoch": 0}, \
+        "a learner gossips no leader, term or voters: an election leaves its profile alone"
+    assert b.belief_section()["voters"] == [founder.raft_addr], "it knows them though"
     assert isinstance(node, FollowerNode), "a learner runs no Raft node"
     assert founder.node is not None and founder.node.status.learners == 0, \
         "no Raft link to the learner"
