@@ -12,6 +12,7 @@ from typing import Any
 from nanomesh.cli import demo, demo_meeting, demo_patient, experiment, lab, labfaults, scenario
 from nanomesh.cli.common import print_table
 from nanomesh.config import default_lab_dir
+from nanomesh.errors import ConfigError
 from nanomesh.gossip.config import PRESETS
 
 
@@ -301,8 +302,25 @@ def _story_demo_options(cmd: argparse.ArgumentParser, folder: str) -> None:
 
 
 def _demo_patient(args: argparse.Namespace) -> int:
+    _need_device_libraries("patient")
     return demo_patient.patient(args.dir, args.base_ip, keep=args.keep)
 
 
 def _demo_meeting(args: argparse.Namespace) -> int:
+    _need_device_libraries("meeting-room")
     return demo_meeting.meeting_room(args.dir, args.base_ip, keep=args.keep)
+
+
+DEVICE_LIBRARIES = ("gpiozero", "bleak")
+"""What the demos' services drive their (simulated) hardware with: the
+``devices`` extra. Without them every device-bound service would crash-loop
+a minute into the demo; say so before any peer starts."""
+
+
+def _need_device_libraries(demo: str) -> None:
+    import importlib.util
+
+    missing = [m for m in DEVICE_LIBRARIES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(f"`nanomesh demo {demo}` needs {', '.join(missing)} (the devices "
+                          "extra): pip install -e '.[devices]'")
