@@ -20,6 +20,7 @@ from nanomesh.daemon.profile import ProfileSource
 from nanomesh.daemon.views import Routes
 from nanomesh.discovery.publish import ProfilePublisher
 from nanomesh.gossip.machine import Membership
+from nanomesh.security import servicekeys
 from nanomesh.wire import Keyring
 
 PARAM = re.compile(r"\{([^}/]*)\}")
@@ -31,9 +32,16 @@ def routes(tmp_path_factory: pytest.TempPathFactory) -> Routes:
     socket is opened: the parts are built, not run)."""
     data = tmp_path_factory.mktemp("peer")
     cfg = build_config(name="doc", bind="127.0.13.60", data_dir=Path(data))
-    daemon = PeerAssembly(cfg, Keyring([bytes(32)]), ProfileSource(cfg))
-    core = Membership("doc", cfg.bind, cfg.gossip, random.Random(1), 0.0)
-    return daemon._build(core, ProfilePublisher({}, now=0.0)).routes
+    # A PeerAssembly installs the mesh's service keys process-wide (a daemon
+    # is one per process); put back what was there, or every later test's
+    # ZeroMQ calls would use this made-up key (they failed their handshakes).
+    before = servicekeys.installed()
+    try:
+        daemon = PeerAssembly(cfg, Keyring([bytes(32)]), ProfileSource(cfg))
+        core = Membership("doc", cfg.bind, cfg.gossip, random.Random(1), 0.0)
+        return daemon._build(core, ProfilePublisher({}, now=0.0)).routes
+    finally:
+        servicekeys.install(before)
 
 
 def operations(doc: dict[str, Any]) -> set[tuple[str, str]]:
