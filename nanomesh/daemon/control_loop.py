@@ -306,6 +306,10 @@ class RoleCalls:
         return bool(reply.get("ok")) if isinstance(reply, dict) else False
 
 
+def _last_exit(s: InstanceStatus) -> int | None:
+    return s.exit_code if s.exit_code is not None else s.last_exit
+
+
 def instances_section(statuses: Mapping[str, InstanceStatus]) -> dict[str, dict[str, Any]]:
     """The compact instance states this peer gossips: state, restart count,
     health, the digest of the spec it runs (so anyone can tell an instance
@@ -317,5 +321,5 @@ def instances_section(statuses: Mapping[str, InstanceStatus]) -> dict[str, dict[
                   "endpoints": {name: {"protocol": protocol, "port": port}
                                 for name, protocol, port in s.endpoints},
                   # how the last run ended, so a failed deploy can say why
-                  **({"exit": s.exit_code} if s.exit_code is not None else {})}
+                  **({"exit": code} if (code := _last_exit(s)) is not None else {})}
             for iid, s in sorted(statuses.items())}

@@ -213,7 +213,8 @@ class ProcessDriver:
             raise DriverError(f"cannot record {iid} {state}: it is {old.status.state}")
         check_transition(None if old is None else old.status.state, state, iid)
         inst = _Instance(InstanceStatus(iid, service, state, self._clock(), restarts=restarts,
-                                        spec_digest=spec_digest, message=message),
+                                        spec_digest=spec_digest, message=message,
+                                        last_exit=_previous_exit(old)),
                          state_dir=None if old is None else old.state_dir)
         inst.settled.set()
         inst.exited.set()
@@ -293,7 +294,8 @@ class ProcessDriver:
             raise DriverError(f"cannot start {iid}: it is {old.status.state}")
         check_transition(None if old is None else old.status.state, "starting", iid)
         inst = _Instance(InstanceStatus(iid, service, "starting", self._clock(),
-                                        restarts=restarts, spec_digest=spec_digest),
+                                        restarts=restarts, spec_digest=spec_digest,
+                                        last_exit=_previous_exit(old)),
                          state_dir=None if old is None else old.state_dir)
         self._instances[iid] = inst
         self._publish()
@@ -639,6 +641,13 @@ async def _run_cleanup(iid: str, argv: tuple[str, ...]) -> None:
                     result.stderr.decode(errors="replace").strip()[-300:])
     else:
         log.debug("%s: cleanup %s done", iid, shlex.join(argv))
+
+
+def _previous_exit(old: _Instance | None) -> int | None:
+    """How the instance's previous run ended (its own, or the one before)."""
+    if old is None:
+        return None
+    return old.status.exit_code if old.status.exit_code is not None else old.status.last_exit
 
 
 def _service(iid: str) -> str:

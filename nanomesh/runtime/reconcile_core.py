@@ -149,6 +149,10 @@ class InstanceStatus:
     exit_code: int | None = None
     """How the last run ended, ``subprocess`` style: >= 0 an exit status, -N
     killed by signal N. ``None`` while running or if it never ran."""
+    last_exit: int | None = None
+    """How the run before this one ended (`exit_code` of the previous run),
+    kept across a restart: a crash-looping instance is usually starting
+    again when someone asks why it restarts."""
     pid: int | None = None
     """The instance's process-group id while it runs (see :mod:`nanomesh.runtime`)."""
     message: str = ""

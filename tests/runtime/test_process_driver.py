@@ -101,6 +101,18 @@ async def test_a_run_that_ends_by_itself_is_recorded(tmp_path: Path, code: str, 
     assert status.started_at is not None and status.since >= status.started_at
 
 
+async def test_the_next_run_remembers_how_the_last_one_ended(tmp_path: Path) -> None:
+    """A crash-looping instance is mostly "starting" again when the leader
+    looks: its report still says why it restarts (`last_exit`)."""
+    async with open_process_driver() as driver:
+        await driver.start("loop/0", program("import sys; sys.exit(3)"), ctx(tmp_path))
+        await wait_state(driver, "loop/0", "failed")
+        second = await driver.start("loop/0", program("import time; time.sleep(30)"),
+                                    ctx(tmp_path))
+        assert (second.state, second.exit_code, second.last_exit) == ("running", None, 3)
+        await driver.stop("loop/0")
+
+
 async def test_stopping_kills_the_whole_group_including_grandchildren(tmp_path: Path) -> None:
     pidfile = tmp_path / "pids"
     async with open_process_driver() as driver:
