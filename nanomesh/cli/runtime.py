@@ -301,8 +301,41 @@ def upload_bundle(folder: Path, peer: str, token: str | None) -> dict[str, Any]:
     bundle = pack_bundle(folder)
     request_bytes("PUT", peer, f"/v1/bundles/{bundle.sha256}", bundle.data, token,
                   timeout=120.0, content_type="application/x-tar")
-    print(f"uploaded bundle {bundle.sha256[:12]} ({len(bundle.data)} bytes) from {folder}")
+    copies = [peer, *_second_copy(bundle.sha256, bundle.data, peer, token)]
+    print(f"uploaded bundle {bundle.sha256[:12]} ({len(bundle.data)} bytes) from {folder} "
+          f"to {' and '.join(copies)}")
     return {"sha256": bundle.sha256, "size": len(bundle.data)}
+
+
+BUNDLE_COPIES = 2
+"""Peers a deploy uploads the bundle to. With one copy, a service placed on
+the peer that received the upload cannot be rescheduled when that peer dies:
+no alive peer holds its code (seen in CI, where placement ties put the
+instance on the uploader). Hosts fetch and hold it too, so copies grow."""
+
+
+def _second_copy(sha: str, data: bytes, first: str, token: str | None) -> list[str]:
+    """Upload the bundle to BUNDLE_COPIES - 1 more alive peers (best effort:
+    a deploy to a one-peer mesh, or a refusing peer, only warns)."""
+    try:
+        members = get_json(first, "/v1/members")
+    except ApiError:
+        return []
+    others = [member_api(m) for m in members
+              if m.get("state") == "alive" and member_api(m) != first]
+    done: list[str] = []
+    for api in others:
+        if len(done) >= BUNDLE_COPIES - 1:
+            break
+        try:
+            request_bytes("PUT", api, f"/v1/bundles/{sha}", data, token, timeout=120.0,
+                          content_type="application/x-tar")
+        except ApiError as exc:
+            print(f"warning: a second copy of the bundle on {api} failed: "
+                  f"{exc.operator_message()}", file=sys.stderr)
+            continue
+        done.append(api)
+    return done
 
 
 def _manifest_from_seed(path: Path, peer: str, token: str | None) -> dict[str, Any]:
