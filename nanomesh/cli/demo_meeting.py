@@ -47,8 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from nanomesh.cli import lab
-from nanomesh.cli.demo import DemoError, default_dir
-from nanomesh.cli.demo_patient import _PatientDemo, run_story
+from nanomesh.cli.demo_patient import _PatientDemo, open_story, run_story
 from nanomesh.transport.apiclient import get_json
 
 SERVICES_DIR = Path(__file__).resolve().parents[2] / "services" / "meeting-room"
@@ -342,11 +341,7 @@ def meeting_room(demo_dir: Path | None = None, base_ip: str = "127.0.0.2",
                  keep: bool = False, say: Callable[[str], None] | None = None) -> int:
     """Run the meeting-room demo (module docstring); 0 on success. DemoError
     when a step fails or times out (the directory is kept for its logs)."""
-    out = say or (lambda text: print(text, flush=True))
-    if not SERVICES_DIR.is_dir():
-        raise DemoError(f"the meeting-room services are not in {SERVICES_DIR}: run the demo "
-                        "from a source checkout of nanomesh")
-    folder = (demo_dir or default_dir().with_name("demo-meeting-room")).expanduser().absolute()
+    out, folder = open_story("meeting-room", SERVICES_DIR, "demo-meeting-room", demo_dir, say)
     demo = MeetingDemo(folder, base_ip, out)
     out(f"nanomesh demo meeting-room: directory {demo.dir}, BLE scan window "
         f"{SCAN_WINDOW_S:g} s, PIR hold {PIR_HOLD_S:g} s, {LED_STEP_S:g} s per LED")

@@ -408,15 +408,22 @@ class _PatientDemo:
         self.log("oxygen valve closed", t0)
 
 
+def open_story(what: str, services: Path, default_name: str, demo_dir: Path | None,
+               say: Callable[[str], None] | None) -> tuple[Callable[[str], None], Path]:
+    """What a story demo starts with: where it narrates, and its directory;
+    DemoError when its services are not there (not a source checkout)."""
+    out = say or (lambda text: print(text, flush=True))
+    if not services.is_dir():
+        raise DemoError(f"the {what} services are not in {services}: run the demo from a "
+                        "source checkout of nanomesh")
+    return out, (demo_dir or default_dir().with_name(default_name)).expanduser().absolute()
+
+
 def patient(demo_dir: Path | None = None, base_ip: str = "127.0.0.2", keep: bool = False,
             say: Callable[[str], None] | None = None) -> int:
     """Run the patient demo (module docstring); 0 on success. DemoError when
     a step fails or times out (the directory is kept for its logs)."""
-    out = say or (lambda text: print(text, flush=True))
-    if not SERVICES_DIR.is_dir():
-        raise DemoError(f"the patient services are not in {SERVICES_DIR}: run the demo from "
-                        "a source checkout of nanomesh")
-    folder = (demo_dir or default_dir().with_name("demo-patient")).expanduser().absolute()
+    out, folder = open_story("patient", SERVICES_DIR, "demo-patient", demo_dir, say)
     demo = _PatientDemo(folder, base_ip, out)
     out(f"nanomesh demo patient: directory {demo.dir}, alert period {ALERT_PERIOD_S:g} s "
         "(the research: 30 min)")
