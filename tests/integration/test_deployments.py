@@ -87,10 +87,13 @@ def count(mesh: Mesh, name: str, by: int | None = None) -> int:
     return reply
 
 
-def saved_count(mesh: Mesh, name: str) -> int | None:
-    """The count in the state blob the service saved, as Raft holds it."""
+def saved_count(mesh: Mesh, name: str, via: Peer | None = None) -> int | None:
+    """The count in the state blob the service saved, as Raft holds it on
+    ``via`` (peers[0] by default). A write is applied on the peer that took it
+    before its reply; other peers may apply it a moment later, so a read right
+    after a write goes ``via`` the peer that took it."""
     import base64
-    blob = mesh.service(name).get("state")
+    blob = mesh.service(name, via=via).get("state")
     return json.loads(base64.b64decode(blob))["count"] if blob else None
 
 
@@ -165,7 +168,7 @@ def test_reset_state_through_the_http_api_field(mesh: Mesh, tmp_path: Path) -> N
     assert saved_count(mesh, "api-reset") == 5
     reply = request_json("POST", mesh.peers[1].api, "/v1/services",
                          {**raw, "reset_state": True}, mesh.token)
-    assert reply["changed"] and saved_count(mesh, "api-reset") is None
+    assert reply["changed"] and saved_count(mesh, "api-reset", via=mesh.peers[1]) is None
     assert load_manifest(folder)["name"] == "api-reset"
     cli_retry(mesh.cluster, "undeploy", "api-reset", peer=mesh.peers[0], token=mesh.token)
 
