@@ -347,6 +347,39 @@ class LeafRegistry:
 
 MAX_PENDING = 4
 """Welcome nonces a peer keeps per leaf (see `LeafEndpoint._pending`)."""
+HELLO_RATE = 20.0
+"""Hellos a peer answers per second, sustained. A hello names no leaf, so
+the peer tries one HMAC per leaf key it holds to find the sender: without a
+cap a stranger's flood of hellos costs the peer that many HMACs each. A leaf
+says hello only before it registers (at boot, after failing over), so 20 a
+second leaves room for a whole ward of leaves booting at once."""
+HELLO_BURST = 40.0
+"""Hellos answered at once after a quiet spell (the bucket's depth): a
+power cut that reboots every leaf of a room at the same instant."""
+
+
+@dataclass
+class HelloBudget:
+    """A token bucket for hellos (`HELLO_RATE`, `HELLO_BURST`). Beyond it a
+    hello gets 5.03 before any HMAC is computed; its leaf treats the peer as
+    unavailable and tries the next one, as it does for a peer that is down.
+    One bucket for every sender: a CoAP datagram's source address is easy
+    to forge, so a per-source budget would not hold against a flood."""
+
+    rate: float = HELLO_RATE
+    burst: float = HELLO_BURST
+    tokens: float = HELLO_BURST
+    last: float | None = None
+
+    def allow(self, now: float) -> bool:
+        """Whether a hello arriving at `now` may be answered (spends a token)."""
+        if self.last is not None:
+            self.tokens = min(self.burst, self.tokens + max(0.0, now - self.last) * self.rate)
+        self.last = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
 
 
 class LeafEndpoint:
@@ -365,8 +398,10 @@ class LeafEndpoint:
         grow it). By key, not name: the hello names no leaf, and leaves that
         share a key (labs, tests) are one identity to it anyway."""
         self.registry = LeafRegistry(config)
+        self.hellos = HelloBudget()
         self.refused: Counter[str] = Counter()
-        """Leaf messages refused, by reason (``auth``, ``malformed``, ``replayed``, ...)."""
+        """Leaf messages refused, by reason (``auth``, ``malformed``, ``replayed``,
+        ``busy``: a hello beyond `HelloBudget`, ...)."""
 
     def handle(self, request: GatewayRequest, now: float, *, member: bool = False
                ) -> GatewayResponse:
@@ -430,6 +465,10 @@ class LeafEndpoint:
         except RemoteProtocolError as exc:
             self.refused[exc.reason] += 1
             return error_response(BAD_REQUEST, str(exc))
+        if not self.hellos.allow(now):
+            self.refused["busy"] += 1
+            return error_response(SERVICE_UNAVAILABLE, "too many hellos; try another peer "
+                                  "or again later")
         leaf = hello_leaf(self.keys, hello)
         if leaf is None:
             self.refused["unknown"] += 1

@@ -452,3 +452,26 @@ def test_a_hello_with_another_key_gets_an_untagged_not_found() -> None:
     assert answer.code == NOT_FOUND and ep.refused == {"unknown": 1}
     garbage = ep.handle(GatewayRequest("POST", ("leaf", "hello"), payload=b"\xff{"), now=0)
     assert garbage.code == BAD_REQUEST
+
+
+def test_a_flood_of_hellos_is_cut_off_before_any_hmac_and_leaves_get_back_in() -> None:
+    """A hello costs one HMAC per leaf key the peer holds, so a stranger's
+    flood is answered 5.03 beyond the budget (HELLO_BURST at once, HELLO_RATE
+    a second), without trying the keys; a leaf's hello is welcome again once
+    the flood stops."""
+    from nanomesh.gateway.leaf_core import HELLO_BURST, HELLO_RATE
+
+    ep = LeafEndpoint({"bed-1": KEY})
+    nl = bytes(8)
+    stranger = GatewayRequest("POST", ("leaf", "hello"), payload=json.dumps(
+        {"id": bytes(8).hex(), "nl": nl.hex()}).encode())
+    codes = [ep.handle(stranger, now=0).code for _ in range(int(HELLO_BURST) + 10)]
+    assert codes.count(NOT_FOUND) == HELLO_BURST
+    assert codes[int(HELLO_BURST):] == [SERVICE_UNAVAILABLE] * 10
+    assert ep.refused == {"unknown": HELLO_BURST, "busy": 10}
+    # One second later the bucket holds HELLO_RATE hellos again: the leaf
+    # gets in, and the rest of that second's budget goes to the stranger.
+    late = registered(ep, REG_BODY, now=1.0)
+    assert ep.handle(late, now=1.0).code == CREATED
+    codes = [ep.handle(stranger, now=1.0).code for _ in range(int(HELLO_RATE))]
+    assert codes == [NOT_FOUND] * (int(HELLO_RATE) - 1) + [SERVICE_UNAVAILABLE]
