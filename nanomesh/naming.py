@@ -136,6 +136,20 @@ def resolve(members: Iterable[MemberView], service: str, *, protocol: str | None
                                          ep.instance, ep.name))
 
 
+def ready_on(members: Iterable[MemberView], peer: str, instance: str) -> bool:
+    """Whether live member `peer` gossips `instance` running and passing its
+    checks (or without any): a moved instance's new copy is ready, so the
+    old one may stop (`nanomesh.runtime.reconcile_core.Handover`)."""
+    for m in members:
+        if m.name != peer or m.state not in _LIVE:
+            continue
+        for iid, status in _instance_entries(m.profile):
+            if iid == instance:
+                return (status.get("state") == "running"
+                        and status.get("health", LEGACY_HEALTH) in ("healthy", "none"))
+    return False
+
+
 def known_services(members: Iterable[MemberView]) -> set[str]:
     """Names of the services that some live peer reports an instance of, in
     any state (what the mesh knows from gossip alone, without Raft)."""

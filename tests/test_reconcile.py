@@ -11,14 +11,17 @@ import pytest
 
 from nanomesh.errors import ConfigError
 from nanomesh.runtime.reconcile_core import (
+    HANDOVER_TIMEOUT,
     STATES,
     TRANSITIONS,
     BackoffPolicy,
+    Handover,
     IdleInstance,
     IllegalTransition,
     InstanceStatus,
     StartInstance,
     StopInstance,
+    handover_deadline,
     next_retry_at,
     reconcile,
     restart_delay,
@@ -376,3 +379,57 @@ def test_illegal_transition_raises_and_leaves_the_status_unchanged(old: Any, new
 def test_the_table_covers_every_state() -> None:
     assert set(TRANSITIONS) == {None, *STATES}
     assert ("exited", "running") in ILLEGAL and ("running", "starting") in ILLEGAL
+
+
+# -- make before break: a moved instance runs here until its new copy is ready
+
+def healthy(iid: str, health: str = "healthy", state: str = "running") -> InstanceStatus:
+    from dataclasses import replace
+    return replace(st(iid, state), health=health)
+
+
+MOVING = Handover(moved_at={"svc/0": 100.0})
+HANDOVER_CASES = [
+    ("moved and serving, new copy not ready: keeps running", ELSEWHERE, SERVICES,
+     healthy("svc/0"), MOVING, 110.0, []),
+    ("moved, no health check (health none): keeps running", ELSEWHERE, SERVICES,
+     healthy("svc/0", "none"), MOVING, 110.0, []),
+    ("moved, new copy ready: handed over", ELSEWHERE, SERVICES, healthy("svc/0"),
+     Handover(frozenset({"svc/0"}), {"svc/0": 100.0}), 101.0,
+     [StopInstance("svc/0", "handed-over")]),
+    ("moved, the new copy never gets ready: stop at the timeout", ELSEWHERE, SERVICES,
+     healthy("svc/0"), MOVING, 100.0 + HANDOVER_TIMEOUT, [StopInstance("svc/0", "unassigned")]),
+    ("a move first seen now: keeps running", ELSEWHERE, SERVICES, healthy("svc/0"),
+     Handover(), 500.0, []),
+    ("moved but failing its checks here: serves nobody, stop", ELSEWHERE, SERVICES,
+     healthy("svc/0", "unhealthy"), MOVING, 101.0, [StopInstance("svc/0", "unassigned")]),
+    ("moved while still starting: stop", ELSEWHERE, SERVICES,
+     healthy("svc/0", "starting", state="starting"), MOVING, 101.0,
+     [StopInstance("svc/0", "unassigned")]),
+    ("dropped from the plan (scaled down), not a move: stop", {}, SERVICES, healthy("svc/1"),
+     Handover(), 101.0, [StopInstance("svc/1", "unassigned")]),
+    ("service deleted: stop, no hand-over", ELSEWHERE, {"other": OTHER}, healthy("svc/0"),
+     MOVING, 101.0, [StopInstance("svc/0", "service-deleted")]),
+    ("no gossip view (handover None): stop at once", ELSEWHERE, SERVICES, healthy("svc/0"),
+     None, 101.0, [StopInstance("svc/0", "unassigned")]),
+]
+
+
+@pytest.mark.parametrize(("plan", "services", "status", "handover", "now", "expected"),
+                         [c[1:] for c in HANDOVER_CASES], ids=[c[0] for c in HANDOVER_CASES])
+def test_a_moved_instance_is_handed_over(plan: dict[str, str], services: Mapping[str, Any],
+                                         status: InstanceStatus, handover: Handover | None,
+                                         now: float, expected: list[StopInstance]) -> None:
+    effects = reconcile(ME, plan, services, {status.iid: status}, now, BO, handover)
+    assert effects == expected
+
+
+def test_the_handover_deadline_is_the_earliest_kept_moves_timeout() -> None:
+    instances = {"svc/0": healthy("svc/0"), "svc/1": healthy("svc/1"),
+                 "other/0": healthy("other/0")}
+    plan = {"svc/0": "pi-b", "svc/1": "pi-c", "other/0": ME}
+    handover = Handover(frozenset({"svc/1"}), {"svc/0": 120.0, "svc/1": 100.0})
+    assert handover_deadline(ME, plan, SERVICES, instances, 121.0, handover) == \
+        120.0 + HANDOVER_TIMEOUT  # svc/1 is ready elsewhere: not kept, not a deadline
+    assert handover_deadline(ME, plan, SERVICES, instances, 121.0, Handover(frozenset(
+        {"svc/0", "svc/1"}))) is None

@@ -95,6 +95,7 @@ from nanomesh.disk import DiskHealth
 from nanomesh.errors import ConfigError
 from nanomesh.gateway.leaf_core import LeafEndpoint
 from nanomesh.gossip.machine import Membership
+from nanomesh.naming import ready_on
 from nanomesh.security import servicekeys
 from nanomesh.security.auth import InternalCalls
 from nanomesh.wire import Address, Keyring
@@ -219,7 +220,8 @@ class PeerAssembly:
 
         bundles = BundleService(cfg.name, cfg.data_dir, self.keyring, members, republish)
         runtime = LocalRuntime(cfg, self._role_config.raft_port, bundles.fetch_bundle,
-                               self.credentials.instance_env, republish)
+                               self.credentials.instance_env, republish,
+                               ready_elsewhere=lambda iid, peer: ready_on(members(), peer, iid))
         role_calls = RoleCalls(cfg.name, members, calls, consensus)
         roles = RaftRoleManager(
             cfg.bind[0], cfg.data_dir / "consensus", keyring=self.keyring,

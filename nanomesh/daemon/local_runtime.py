@@ -17,6 +17,7 @@ from nanomesh.runtime import HostLauncher, ProcessDriver, Reconciler
 from nanomesh.runtime.container import choose_container_launcher
 from nanomesh.runtime.instance_spec import RESERVED_PORTS
 from nanomesh.runtime.ports import PortAllocator
+from nanomesh.runtime.reconcile_shell import ReadyElsewhere
 
 log = logging.getLogger("nanomesh.mesh")
 
@@ -27,7 +28,8 @@ FetchBundle = Callable[[str], Coroutine[Any, Any, Path]]
 class LocalRuntime:
     def __init__(self, cfg: PeerConfig, raft_port: int, fetch: FetchBundle,
                  instance_env: Callable[[str, str], Mapping[str, str]] | None,
-                 described: Callable[[], None]) -> None:
+                 described: Callable[[], None],
+                 ready_elsewhere: ReadyElsewhere | None = None) -> None:
         self._cfg = cfg
         self._described = described
         """Called once the driver runs and `section` is known (republish)."""
@@ -42,7 +44,8 @@ class LocalRuntime:
         self.reconciler = Reconciler(
             cfg.name, self.driver, self.log_dir, fetch=fetch,
             host_ip=cfg.bind[0], peer_api=host_port(*cfg.api_addr),
-            state_root=cfg.data_dir / "instances", credentials=instance_env)
+            state_root=cfg.data_dir / "instances", credentials=instance_env,
+            ready_elsewhere=ready_elsewhere)
         self.section: dict[str, Any] = {}
         """The ``runtime`` section of our profile: cgroups, container engines."""
 

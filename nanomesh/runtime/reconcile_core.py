@@ -43,7 +43,15 @@ The rules, one instance id at a time (each case is a row in
     ``never`` not at all: the record stays, so the operator sees the end);
 * not wanted here (assigned elsewhere, unplaced, or its service deleted):
   ``starting``/``running`` ones are stopped (``"unassigned"`` or
-  ``"service-deleted"``); everything else is left alone.
+  ``"service-deleted"``); everything else is left alone. Except a *move*
+  (make before break): an instance that runs and passes its checks here and
+  that the plan now assigns to another peer keeps running until that peer
+  reports its copy ready (``"handed-over"``), or `HANDOVER_TIMEOUT` after
+  the move, whichever comes first (then ``"unassigned"``). Without that a
+  voluntary move, or a plan that moves every replica of a service at once,
+  left the service without a listening instance for the new copy's start.
+  The shell says which instances are ready elsewhere (gossip) and since when
+  each move is pending; a shell that passes no `Handover` stops at once.
 
 One effect per instance per round: a restart is a stop now and a start in a
 later round, after the driver reports the stop. That keeps the shell free to
@@ -248,7 +256,7 @@ class StartInstance:
 @dataclass(frozen=True, slots=True)
 class StopInstance:
     """Stop ``iid`` gracefully; ``reason`` is ``"unassigned"``,
-    ``"service-deleted"``, ``"spec-changed"`` or ``"idle"``."""
+    ``"handed-over"``, ``"service-deleted"``, ``"spec-changed"`` or ``"idle"``."""
 
     iid: str
     reason: str
@@ -266,6 +274,51 @@ class IdleInstance:
 
 
 Effect = StartInstance | StopInstance | IdleInstance
+
+HANDOVER_TIMEOUT = 30.0
+"""Seconds a moved instance keeps running here at most while its new peer
+gets its copy ready (fetch the bundle, start, pass the first check: 1-3 s for
+a small service on a Raspberry Pi, more when a container image is pulled).
+Past it this copy stops anyway: a new peer that never gets there must not
+keep the old copy alive for ever (the plan no longer counts its resources
+here)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Handover:
+    """What the shell knows about moves in progress (make before break)."""
+
+    ready_elsewhere: frozenset[str] = frozenset()
+    """Instance ids whose copy on the peer the plan assigns them to is
+    running and passes its checks, as that peer gossips it."""
+    moved_at: Mapping[str, float] = field(default_factory=dict)
+    """Instance id -> when this peer first saw it assigned elsewhere while it
+    ran here (the shell's clock); a move not in here started now."""
+
+
+def handing_over(iid: str, status: InstanceStatus, me: str,
+                 plan_assignments: Mapping[str, str],
+                 services: Mapping[str, Mapping[str, Any]]) -> bool:
+    """Whether `iid`, which is not wanted here any more, is being moved to
+    another peer while it serves here: its service is still desired, the
+    plan assigns it to another peer, and it runs and passes its checks (or
+    has none). An instance still starting or failing its checks serves
+    nobody: it is stopped at once."""
+    host = plan_assignments.get(iid)
+    return (host is not None and host != me and status.service in services
+            and status.state == "running" and status.health in ("healthy", "none"))
+
+
+def keep_for_handover(iid: str, status: InstanceStatus, me: str,
+                      plan_assignments: Mapping[str, str],
+                      services: Mapping[str, Mapping[str, Any]], now: float,
+                      handover: Handover | None) -> bool:
+    """Whether a moved instance keeps running here for now (module docstring)."""
+    if handover is None or iid in handover.ready_elsewhere:
+        return False
+    if not handing_over(iid, status, me, plan_assignments, services):
+        return False
+    return now < handover.moved_at.get(iid, now) + HANDOVER_TIMEOUT
 
 
 # -- the formulas ------------------------------------------------------------------------
@@ -332,10 +385,10 @@ def wanted_here(me: str, plan_assignments: Mapping[str, str],
 def reconcile(me: str, plan_assignments: Mapping[str, str],
               services: Mapping[str, Mapping[str, Any]],
               instances: Mapping[str, InstanceStatus], now: float,
-              backoff: BackoffPolicy) -> list[Effect]:
+              backoff: BackoffPolicy, handover: Handover | None = None) -> list[Effect]:
     """The effects that move this peer's instances toward the plan (rules in the
     module docstring): stops first, then starts and idles, each sorted by
-    instance id."""
+    instance id. `handover` None: moved instances stop at once."""
     wanted = wanted_here(me, plan_assignments, services)
     digests = {name: spec_digest(services[name]) for name in set(wanted.values())}
     stops: list[StopInstance] = []
@@ -344,8 +397,9 @@ def reconcile(me: str, plan_assignments: Mapping[str, str],
         status = instances.get(iid)
         if iid not in wanted:
             if status is not None and status.state in ("starting", "running"):
-                gone = status.service not in services
-                stops.append(StopInstance(iid, "service-deleted" if gone else "unassigned"))
+                stop = _unwanted(iid, status, me, plan_assignments, services, now, handover)
+                if stop is not None:
+                    stops.append(stop)
             continue
         service = wanted[iid]
         effect = _for_wanted(iid, service, services[service], digests[service], status,
@@ -355,6 +409,31 @@ def reconcile(me: str, plan_assignments: Mapping[str, str],
         elif effect is not None:
             starts.append(effect)
     return [*stops, *starts]
+
+
+def _unwanted(iid: str, status: InstanceStatus, me: str, plan_assignments: Mapping[str, str],
+              services: Mapping[str, Mapping[str, Any]], now: float,
+              handover: Handover | None) -> StopInstance | None:
+    """The stop of an active instance no longer wanted here, or None while a
+    move keeps it running (`keep_for_handover`)."""
+    if status.service not in services:
+        return StopInstance(iid, "service-deleted")
+    if keep_for_handover(iid, status, me, plan_assignments, services, now, handover):
+        return None
+    ready = handover is not None and iid in handover.ready_elsewhere and handing_over(
+        iid, status, me, plan_assignments, services)
+    return StopInstance(iid, "handed-over" if ready else "unassigned")
+
+
+def handover_deadline(me: str, plan_assignments: Mapping[str, str],
+                      services: Mapping[str, Mapping[str, Any]],
+                      instances: Mapping[str, InstanceStatus], now: float,
+                      handover: Handover) -> float | None:
+    """When the earliest move kept running here times out, None if none is kept."""
+    times = [handover.moved_at.get(iid, now) + HANDOVER_TIMEOUT
+             for iid, status in instances.items()
+             if keep_for_handover(iid, status, me, plan_assignments, services, now, handover)]
+    return min(times, default=None)
 
 
 def _for_wanted(iid: str, service: str, spec: Mapping[str, Any], digest: str,

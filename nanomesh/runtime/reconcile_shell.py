@@ -12,7 +12,10 @@ state only, never "I think I am leader"). The loop, in order, every round:
 4. forget resting (ended or idle) instances that are no longer wanted here (their story now
    belongs to the peer that runs them), so the status table stays bounded;
 5. sleep until the desired state changes, a status changes, an effect
-   finishes, or the earliest back-off expires (:func:`next_retry_at`).
+   finishes, or the earliest back-off expires (:func:`next_retry_at`); while
+   an instance moved to another peer keeps running here (make before break,
+   :class:`~nanomesh.runtime.reconcile_core.Handover`), also every
+   `HANDOVER_POLL` s, to see in gossip whether its new copy is ready.
 
 Instance statuses for gossip come straight from ``driver.status()``; use
 ``driver.wait_changed()`` to learn when to republish.
@@ -49,12 +52,16 @@ from nanomesh.ids import service_of, split_instance_id
 from nanomesh.runtime.driver import DriverError, Fetch, InstanceDriver, StartContext, execute
 from nanomesh.runtime.reconcile_core import (
     ACTIVE,
+    HANDOVER_TIMEOUT,
     RESTING,
     BackoffPolicy,
     Effect,
+    Handover,
     InstanceStatus,
     StartInstance,
     StopInstance,
+    handing_over,
+    handover_deadline,
     next_retry_at,
     reconcile,
     restart_delay,
@@ -66,6 +73,14 @@ log = logging.getLogger("nanomesh.runtime")
 
 BUG_TEXT = 300
 """Characters of an unexpected exception's text kept in an instance's message."""
+HANDOVER_POLL = 0.25
+"""Seconds between two looks at gossip while a moved instance waits for its
+new copy to be ready: the stop follows readiness within about one gossip
+round plus this, and no polling happens when no move is pending."""
+
+ReadyElsewhere = Callable[[str, str], bool]
+"""``(instance id, peer)`` -> whether that peer gossips the instance running
+and passing its checks (`nanomesh.naming.ready_on` over the gossip view)."""
 
 
 @dataclass
@@ -91,7 +106,8 @@ class Reconciler:
                  state_root: Path | None = None,
                  backoff: BackoffPolicy | None = None, stop_timeout: float | None = None,
                  clock: Callable[[], float] = trio.current_time,
-                 credentials: Callable[[str, str], Mapping[str, str]] | None = None) -> None:
+                 credentials: Callable[[str, str], Mapping[str, str]] | None = None,
+                 ready_elsewhere: ReadyElsewhere | None = None) -> None:
         self.me = me
         self.driver = driver
         self.log_dir = Path(log_dir)
@@ -109,6 +125,10 @@ class Reconciler:
         an effect whose execution raised is not retried at once."""
         self._reported: dict[str, str] = {}
         """Service -> the failure last logged for it (each is logged once)."""
+        self._ready_elsewhere = ready_elsewhere
+        """None: a moved instance stops at once (no gossip to ask)."""
+        self._moved_at: dict[str, float] = {}
+        """Instance id -> when a move of it away from here was first seen."""
         self._wake = trio.Event()
         self.rounds = 0
         """Reconcile rounds run so far (for tests and statistics)."""
@@ -149,10 +169,14 @@ class Reconciler:
         now = self._clock()
         effects: list[Effect] = []
         deadlines: list[float] = []
+        handover = self._handover(statuses, now)
+        if handover is not None and handover_deadline(
+                self.me, self._assignments, self._services, statuses, now, handover) is not None:
+            deadlines.append(now + HANDOVER_POLL)
         for service, part in self._partition(statuses).items():
             try:
                 effects += reconcile(self.me, part.assignments, part.services, part.statuses,
-                                     now, self.backoff)
+                                     now, self.backoff, handover)
                 at = next_retry_at(self.me, part.assignments, part.services, part.statuses,
                                    self.backoff)
             except Exception as exc:
@@ -178,6 +202,24 @@ class Reconciler:
                 self.driver.forget(iid)
         self._reported = {k: v for k, v in self._reported.items() if k in self._services}
         return min(deadlines, default=None)
+
+    def _handover(self, statuses: Mapping[str, InstanceStatus], now: float
+                  ) -> Handover | None:
+        """The moves in progress: when each began (logged once) and which new
+        copies gossip says are ready. None without a gossip view."""
+        if self._ready_elsewhere is None:
+            return None
+        moving = {iid: self._assignments[iid] for iid, status in statuses.items()
+                  if handing_over(iid, status, self.me, self._assignments, self._services)}
+        for iid, peer in sorted(moving.items()):
+            if iid not in self._moved_at:
+                self._moved_at[iid] = now
+                log.info("%s moved to %s: it keeps running here until its copy there is "
+                         "ready (at most %g s)", iid, peer, HANDOVER_TIMEOUT)
+        self._moved_at = {iid: t for iid, t in self._moved_at.items() if iid in moving}
+        ready = frozenset(iid for iid, peer in moving.items()
+                          if self._ready_elsewhere(iid, peer))
+        return Handover(ready_elsewhere=ready, moved_at=dict(self._moved_at))
 
     def _partition(self, statuses: Mapping[str, InstanceStatus]) -> dict[str, _Part]:
         """The desired and actual state split by service, so each service is

@@ -221,3 +221,19 @@ def test_garbage_profiles_never_raise(profiles: list[Any], states: list[MemberSt
         assert include_unhealthy or ep.health != "unhealthy"
         assert Endpoint.from_dict(ep.to_dict()) == ep
     event(f"{min(len(eps), 2)} endpoints resolved")
+
+
+def test_ready_on_asks_the_named_live_peer_about_the_instance() -> None:
+    from nanomesh.naming import ready_on
+    members = [member("a", "10.0.0.1", {"svc/0": inst(), "svc/1": inst(health="starting")}),
+               member("b", "10.0.0.2", {"svc/2": inst(health=None), "svc/3": inst("stopping")}),
+               member("c", "10.0.0.3", {"svc/4": inst()}, MemberState.DEAD),
+               member("d", "10.0.0.4", "garbage")]
+    assert ready_on(members, "a", "svc/0")
+    assert not ready_on(members, "a", "svc/1")      # checks not passed yet
+    assert ready_on(members, "b", "svc/2")          # an old peer without health: none
+    assert not ready_on(members, "b", "svc/3")      # not running
+    assert not ready_on(members, "b", "svc/0")      # another peer's instance
+    assert not ready_on(members, "c", "svc/4")      # a dead peer
+    assert not ready_on(members, "d", "svc/0")      # malformed gossip
+    assert not ready_on(members, "e", "svc/0")      # unknown peer

@@ -143,3 +143,35 @@ async def test_bundles_are_fetched_and_idle_services_wait(tmp_path: Path) -> Non
             reconciler.set_desired({}, {"svc": doc})
             await wait_until(lambda: states(driver) == {}, "forgotten")
             nursery.cancel_scope.cancel()
+
+
+async def test_a_moved_instance_runs_until_its_new_copy_is_ready(tmp_path: Path) -> None:
+    """Make before break: svc/1, reassigned to pi-b, keeps running here
+    while gossip (`ready_elsewhere`) says pi-b's copy is not ready, and
+    stops once it is; an instance dropped from the plan stops at once."""
+    ready: set[tuple[str, str]] = set()
+    svc = service("svc")
+    async with open_process_driver(stop_timeout=5.0) as driver:
+        reconciler = Reconciler(ME, driver, tmp_path, backoff=FAST,
+                                ready_elsewhere=lambda iid, peer: (iid, peer) in ready)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(reconciler.run)
+            reconciler.set_desired({"svc/0": ME, "svc/1": ME}, {"svc": svc})
+            await wait_until(lambda: states(driver) == {"svc/0": "running", "svc/1": "running"},
+                             "both running here")
+            pid = driver.status()["svc/1"].pid
+            reconciler.set_desired({"svc/0": ME, "svc/1": "pi-b"}, {"svc": svc})
+            rounds = reconciler.rounds
+            await wait_until(lambda: reconciler.rounds >= rounds + 4,
+                             "a few hand-over polls (HANDOVER_POLL)")
+            assert driver.status()["svc/1"].state == "running"
+            assert driver.status()["svc/1"].pid == pid
+
+            ready.add(("svc/1", "pi-b"))
+            await wait_until(lambda: states(driver) == {"svc/0": "running"},
+                             "svc/1 handed over, stopped and forgotten")
+            assert BYE in log_path(tmp_path, "svc", 1).read_text()
+
+            reconciler.set_desired({}, {"svc": {**svc, "replicas": 0}})
+            await wait_until(lambda: states(driver) == {}, "svc/0 scaled away at once")
+            nursery.cancel_scope.cancel()
