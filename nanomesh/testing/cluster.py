@@ -285,10 +285,26 @@ def direct_get(api: str, path: str, timeout: float) -> Any:
     return get_json(api, path, timeout=timeout)
 
 
+RESTART_MARKER = "---- harness: start #"
+"""How the line before a restart in a peer's log begins."""
+
+
 def restart_marker(name: str, start: int) -> str:
     """The line written to a peer's log before its `start`-th start (k >= 2),
     so a reader sees where one run of the process ends and the next begins."""
-    return f"---- harness: start #{start} of {name} ----\n"
+    return f"{RESTART_MARKER}{start} of {name} ----\n"
+
+
+def starts_in_log(path: Path) -> int:
+    """How often a peer was started with this log file: 0 for none (or an
+    empty one), else one more than its `restart_marker` lines (a process
+    that starts again on an old log, as a lab peer does, counts on from it)."""
+    try:
+        with path.open("rb") as f:
+            text = f.read()
+    except OSError:
+        return 0
+    return 0 if not text else 1 + text.count(RESTART_MARKER.encode())
 
 
 class PeerProcess:
