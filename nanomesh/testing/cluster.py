@@ -464,7 +464,7 @@ class Cluster:
     peer gets unless `add` names another (or `NO_KEY`)."""
 
     peer_type: type[PeerProcess] = PeerProcess
-    """What `_make_peer` builds (a subclass may carry more, e.g. a log reader)."""
+    """What `new_peer` builds (a subclass may carry more, e.g. a log reader)."""
 
     def __init__(self, root: Path, *, key_file: Path | None = None) -> None:
         self.root = root
@@ -486,10 +486,13 @@ class Cluster:
                 return p
         raise KeyError(f"no peer {name!r} in this cluster")
 
-    def _make_peer(self, name: str, ip: str, *, key_file: Path | None, join: Sequence[str],
-                   preset: str | None, log_level: str | None = None,
-                   extra_args: Sequence[str] = (), starter: Starter = ROOT_START,
-                   getter: Getter = direct_get, check_ports: bool = True) -> PeerProcess:
+    def new_peer(self, name: str, ip: str, *, key_file: Path | None = None,
+                 join: Sequence[str] = (), preset: str | None = None,
+                 log_level: str | None = None, extra_args: Sequence[str] = (),
+                 starter: Starter = ROOT_START, getter: Getter = direct_get,
+                 check_ports: bool = True) -> PeerProcess:
+        """A peer of this cluster on `ip` (not started), its data and log
+        under `root`; ValueError if the name is taken."""
         if any(p.name == name for p in self.peers):
             raise ValueError(f"duplicate peer name {name}")
         peer = self.peer_type(name, ip, self.root / "data" / name, self.root / f"{name}.log",
@@ -605,7 +608,7 @@ class LoopbackCluster(Cluster):
             preset: str | None = "local", ip: str | None = None, log_level: str | None = None,
             extra_args: Sequence[str] = (), start: bool = True,
             starter: Starter = ROOT_START) -> PeerProcess:
-        peer = self._make_peer(name, ip or self.addresses.take(), key_file=key_file,
+        peer = self.new_peer(name, ip or self.addresses.take(), key_file=key_file,
                                join=join, preset=preset, log_level=log_level,
                                extra_args=extra_args, starter=starter)
         return peer.start() if start else peer
@@ -759,7 +762,7 @@ class NetnsCluster(Cluster):
         """The peer of host i (named ``host-i`` unless `name` says otherwise)."""
         # A fresh namespace has nothing bound, and the root namespace cannot
         # probe its addresses: no port check.
-        peer = self._make_peer(name or f"host-{i}", self.lab.address(i), key_file=key_file,
+        peer = self.new_peer(name or f"host-{i}", self.lab.address(i), key_file=key_file,
                                join=join, preset=preset, log_level=log_level,
                                extra_args=extra_args, starter=self.host_starter(i),
                                getter=lambda api, path, timeout: self.agent(i).get(
