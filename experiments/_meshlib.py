@@ -374,10 +374,6 @@ class LoopbackMesh:
         self.cluster.close()
 
 
-def tail_text(path: Path, lines: int = 20) -> str:
-    return cluster.tail(path, lines)
-
-
 # --------------------------------------------------------------------------- traffic counters
 
 TRAFFIC_CLASSES = ("gossip_udp", "gossip_tcp", "raft", "other")
