@@ -95,7 +95,7 @@ class LabMesh(cluster.NetnsCluster):
         super().__init__(root, lab, key_file=key, cwd=ml.REPO_ROOT)
         self.preset = preset
         self.extra = ["--config", str(config)] if config is not None else []
-        self.names = cluster.numbered_names("host", lab.n, pad=True)
+        self.names = [f"host-{i:02d}" for i in range(lab.n)]
         self.apis = [f"{lab.address(i)}:{ml.API_PORT}" for i in range(lab.n)]
 
     @property
