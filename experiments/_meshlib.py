@@ -6,7 +6,9 @@
   local wall time with milliseconds);
 - `LoopbackMesh`: N real ``python -m nanomesh peer run`` processes on loopback
   addresses of the root network namespace, each with its own log file, all
-  killed on `close()` (SIGKILL, then reaped);
+  killed on `close()` (SIGKILL, then reaped): the experiments' names for the
+  shared harness, `nanomesh.testing.cluster` (the integration tests and
+  ``nanomesh lab`` start their peers with it too);
 - a guard that waits for a quiet machine before timing anything, and a SIGTERM
   handler that turns termination into an exception so ``finally`` blocks run.
 """
@@ -14,7 +16,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import datetime as _dt
 import json
@@ -30,7 +31,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +40,14 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from nanomesh.gossip.config import PRESETS  # noqa: E402
-from nanomesh.testing.peerproc import peer_argv, ports_free  # noqa: E402
-from nanomesh.transport.apiclient import ApiError, get_json  # noqa: E402
+from nanomesh.testing import cluster  # noqa: E402
+from nanomesh.transport.apiclient import ApiError  # noqa: E402
 
 RESULTS_DIR = REPO_ROOT / "experiments" / "results"
 PY = sys.executable
-GOSSIP_PORT = 7946
-API_PORT = 7947
+GOSSIP_PORT = cluster.GOSSIP_PORT
+API_PORT = cluster.API_PORT
+RAFT_PORT = cluster.RAFT_PORT
 LOOPBACK_PREFIX = "127.0.20."
 """Experiments only ever use 127.0.20.1-250 (other ranges belong to tests)."""
 
@@ -280,106 +282,64 @@ def parallel(fn: Callable[[Any], Any], items: Iterable[Any], workers: int = 20) 
         return list(pool.map(fn, items))
 
 
-@dataclass
-class Peer:
-    name: str
-    ip: str
-    log_path: Path
-    data_dir: Path
-    argv: list[str]
-    proc: subprocess.Popen[bytes] | None = None
-    starts: int = 0
-    tail: LogTail = field(init=False)
+class Peer(cluster.PeerProcess):
+    """A harness peer (`nanomesh.testing.cluster.PeerProcess`) with `tail`, a
+    `LogTail` of its log: the experiments read its new lines as they come."""
 
-    def __post_init__(self) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.tail = LogTail(self.log_path)
 
-    @property
-    def api(self) -> str:
-        return f"{self.ip}:{API_PORT}"
 
-    @property
-    def gossip(self) -> str:
-        return f"{self.ip}:{GOSSIP_PORT}"
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def get(self, path: str, timeout: float = 3.0) -> Any:
-        return get_json(self.api, path, timeout=timeout)
+class _PeersWithTails(cluster.LoopbackCluster):
+    peer_type = Peer
 
 
 class LoopbackMesh:
     """N peer daemons on 127.0.20.{first}..{first+n-1} (another loopback /24
-    if `subnet` says so); peer 1 is the seed."""
+    if `subnet` says so); peer 1 is the seed. A thin adapter over the shared
+    `nanomesh.testing.cluster.LoopbackCluster` (its peers are in `cluster`)
+    keeping the experiments' vocabulary: waits return the seconds they took,
+    a timeout is a TimeoutError. With `pad_names` the names are zero-padded
+    to one width (peer-01 .. peer-20)."""
 
     def __init__(self, n: int, root: Path, *, preset: str, key_file: Path | None,
                  first_octet: int = 1, log_level: str = "INFO", prefix: str = "peer",
-                 subnet: str = LOOPBACK_PREFIX) -> None:
-        if not first_octet >= 1 or first_octet + n - 1 > 250:
-            raise ValueError(f"addresses must stay within {subnet}1-250")
+                 subnet: str = LOOPBACK_PREFIX, pad_names: bool = True) -> None:
         self.root = root
         self.preset = preset
-        self.peers: list[Peer] = []
-        seed_ip = f"{subnet}{first_octet}"
-        width = len(str(n))
-        for i in range(n):
-            ip = f"{subnet}{first_octet + i}"
-            name = f"{prefix}-{i + 1:0{width}d}"
-            argv = peer_argv(name=name, bind=f"{ip}:{GOSSIP_PORT}", data_dir=root / "data" / name,
-                             preset=preset, log_level=log_level, key_file=key_file,
-                             join=[f"{seed_ip}:{GOSSIP_PORT}"] if i else [], python=PY)
-            self.peers.append(Peer(name, ip, root / f"{name}.log", root / "data" / name, argv))
+        self.cluster = _PeersWithTails(root, cluster.AddressRange(subnet, first_octet, n),
+                                       key_file=key_file)
+        self.cluster.add_mesh(cluster.numbered_names(prefix, n, pad=pad_names), preset=preset,
+                              log_level=log_level,
+                              starter=cluster.popen_starter(cwd=REPO_ROOT))
+        self.peers: list[Peer] = [p for p in self.cluster.peers if isinstance(p, Peer)]
 
     def by_name(self, name: str) -> Peer:
         return next(p for p in self.peers if p.name == name)
 
-    def check_addresses(self) -> None:
-        busy = [p.ip for p in self.peers if not ports_free(p.ip)]
-        if busy:
-            raise RuntimeError(f"ports {GOSSIP_PORT}/{API_PORT}/{RAFT_PORT} already in use on "
-                               f"{busy}: "
-                               "a previous run or another process holds them")
-
     def start(self, peer: Peer) -> None:
-        assert not peer.running
-        peer.starts += 1
-        with peer.log_path.open("ab") as log:
-            if peer.starts > 1:
-                log.write(f"---- experiment: start #{peer.starts} of {peer.name} ----\n"
-                          .encode())
-                log.flush()
-            peer.proc = subprocess.Popen(peer.argv, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=log, cwd=REPO_ROOT, start_new_session=True)
+        """Start (or restart) one peer; AddressBusy if its ports are taken."""
+        peer.start()
 
     def kill(self, peer: Peer) -> float:
         """SIGKILL (a crash, no leave message); returns the wall time of the kill."""
-        assert peer.proc is not None
         t = time.time()
-        peer.proc.kill()
-        peer.proc.wait(timeout=10)
+        peer.kill()
         return t
+
+    def launch(self) -> None:
+        """Start the seed and wait for its API, then start all others at once;
+        return without waiting for them to converge."""
+        self.cluster.start_peers(self.peers, converge=False)
 
     def start_all(self, timeout: float = 60.0) -> float:
         """Seed first, then all others at once; wait until all see all alive.
         Returns the seconds it took."""
         t0 = time.monotonic()
-        self.check_addresses()
-        self.start(self.peers[0])
-        self.wait(lambda: self._api_ok(self.peers[0]), 30, "the seed's API")
-        for p in self.peers[1:]:
-            self.start(p)
+        self.launch()
         self.wait_converged(timeout)
         return time.monotonic() - t0
-
-    @staticmethod
-    def _api_ok(p: Peer) -> bool:
-        try:
-            p.get("/v1/health", timeout=1.0)
-            return True
-        except ApiError:
-            return False
 
     def views_converged(self, names: set[str] | None = None) -> bool:
         """Every running peer lists exactly the peers in `names`, all alive."""
@@ -401,40 +361,20 @@ class LoopbackMesh:
 
     def wait(self, predicate: Callable[[], bool], timeout: float, what: str,
              interval: float = 0.1) -> float:
+        """Until `predicate()`; returns the seconds it took. A peer that exited
+        without being killed fails at once (`PeerExited`, with its log tail);
+        a timeout raises `WaitTimeout`, a TimeoutError."""
         t0 = time.monotonic()
-        while not predicate():
-            for p in self.peers:
-                if p.proc is not None and p.proc.poll() is not None and p.proc.returncode not in (
-                        -signal.SIGKILL,):
-                    raise RuntimeError(f"{p.name} exited with {p.proc.returncode}; log tail:\n"
-                                       + tail_text(p.log_path))
-            if time.monotonic() - t0 > timeout:
-                raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-            time.sleep(interval)
+        self.cluster.wait(predicate, timeout, what=what, interval=interval,
+                          describe=lambda: "")
         return time.monotonic() - t0
 
     def close(self) -> None:
         """SIGKILL every peer process we started and reap it (idempotent)."""
-        for p in self.peers:
-            if p.proc is not None and p.proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    p.proc.kill()
-        for p in self.peers:
-            if p.proc is not None:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    p.proc.wait(timeout=10)
-
-
-def tail_text(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
+        self.cluster.close()
 
 
 # --------------------------------------------------------------------------- traffic counters
-
-RAFT_PORT = 7948
 
 TRAFFIC_CLASSES = ("gossip_udp", "gossip_tcp", "raft", "other")
 """What a peer sends, by class (`NftTraffic`): gossip datagrams (UDP 7946),

@@ -57,14 +57,12 @@ import _meshlib as ml
 from nanomesh.consensus import RaftTiming
 from nanomesh.consensus.role_core import RoleConfig
 from nanomesh.consensus.voters import voter_goal
-from nanomesh.testing.peerproc import peer_argv
 from nanomesh.transport.apiclient import ApiError, request_json
 
 TARGET_MEDIAN_S = 0.5
 TARGET_MAX_S = 1.0
 PREFIX = "127.0.60."
 """These experiments only use 127.0.60.1-250."""
-RAFT_PORT = 7948
 BECAME_LEADER_RE = re.compile(r"^raft: this node became leader for term (\d+)")
 PLAN_RE = re.compile(r"^placement: committed plan epoch (\d+)")
 
@@ -74,32 +72,20 @@ PLAN_RE = re.compile(r"^placement: committed plan epoch (\d+)")
 
 class Mesh60(ml.LoopbackMesh):
     """`_meshlib.LoopbackMesh` on 127.0.60.FIRST..FIRST+N-1 (another `subnet`
-    if given; peer 1 is the seed and the Raft founder); also checks the Raft
-    port is free."""
+    if given; peer 1 is the seed and the Raft founder), named PREFIX-1.. (not
+    zero-padded), with lookups by address and the peers' Raft addresses."""
 
     def __init__(self, n: int, root: Path, *, preset: str, key_file: Path,
                  first_octet: int, prefix: str, log_level: str = "INFO",
                  subnet: str = PREFIX) -> None:
-        if not (first_octet >= 1 and first_octet + n - 1 <= 250):
-            raise ValueError(f"addresses must stay within {subnet}1-250")
-        self.root = root
-        self.preset = preset
-        self.peers = []
-        seed = f"{subnet}{first_octet}:{ml.GOSSIP_PORT}"
-        for i in range(n):
-            ip = f"{subnet}{first_octet + i}"
-            name = f"{prefix}-{i + 1}"
-            argv = peer_argv(name=name, bind=f"{ip}:{ml.GOSSIP_PORT}",
-                             data_dir=root / "data" / name, key_file=key_file, preset=preset,
-                             log_level=log_level, join=[seed] if i else [], python=ml.PY)
-            self.peers.append(ml.Peer(name, ip, root / f"{name}.log", root / "data" / name,
-                                      argv))
+        super().__init__(n, root, preset=preset, key_file=key_file, first_octet=first_octet,
+                         prefix=prefix, log_level=log_level, subnet=subnet, pad_names=False)
 
     def by_ip(self, ip: str) -> ml.Peer:
         return next(p for p in self.peers if p.ip == ip)
 
     def raft_addrs(self) -> set[str]:
-        return {f"{p.ip}:{RAFT_PORT}" for p in self.peers}
+        return {p.raft for p in self.peers}
 
 
 def statuses(peers: list[ml.Peer], timeout: float = 2.0) -> dict[str, dict[str, Any] | None]:
@@ -199,11 +185,7 @@ def delete_services(mesh: Mesh60, token: str, pattern: str) -> int:
 
 def start_mesh(mesh: Mesh60, timeout: float = 90.0) -> tuple[dict[str, Any], float]:
     t0 = time.monotonic()
-    mesh.check_addresses()
-    mesh.start(mesh.peers[0])
-    mesh.wait(lambda: mesh._api_ok(mesh.peers[0]), 30, "the seed's API")
-    for p in mesh.peers[1:]:
-        mesh.start(p)
+    mesh.launch()
     st, _ = wait_healthy(mesh, timeout)
     return st, time.monotonic() - t0
 

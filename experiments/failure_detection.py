@@ -50,6 +50,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=1, help="RNG seed for choosing victims")
     ml.add_run_options(p, name=None, name_help="result file stem (default "
                        "failure_detection[_PRESET])", subnet="127.0.20", first_octet=1)
+    ml.add_subnet_option(p, "127.0.20")
     p.add_argument("--keep-logs", type=Path, default=None,
                    help="copy the peers' logs to this directory at the end")
     args = p.parse_args()
@@ -123,7 +124,7 @@ def main() -> int:
         root = Path(tmp)
         key = ml.keygen(root / "cluster.key")
         mesh = ml.LoopbackMesh(args.peers, root, preset=args.preset, key_file=key,
-                               first_octet=args.first_octet)
+                               first_octet=args.first_octet, subnet=f"{args.subnet}.")
         try:
             converge_s = mesh.start_all(timeout=60)
             print(f"{args.peers} peers ({args.preset}) converged in {converge_s:.1f}s; "

@@ -38,7 +38,6 @@ import argparse
 import contextlib
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,8 +47,8 @@ from typing import Any
 
 import _meshlib as ml
 
+from nanomesh.testing import cluster
 from nanomesh.testing.netns import NetnsLab, Protocol, netns_available
-from nanomesh.testing.peerproc import peer_argv
 
 QUERY = r"""
 import json, sys, urllib.request
@@ -85,29 +84,38 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-class LabMesh:
+class LabMesh(cluster.NetnsCluster):
+    """The shared network-namespace cluster (`nanomesh.testing.cluster`), one
+    peer per host named host-00.., whose views are read in one batch from
+    inside host 0 (`query`: one short-lived process, rather than an API agent
+    idling in every host while the loss is measured)."""
+
     def __init__(self, lab: NetnsLab, root: Path, key: Path, preset: str,
                  config: Path | None = None) -> None:
-        self.lab = lab
-        self.root = root
+        super().__init__(root, lab, key_file=key, cwd=ml.REPO_ROOT)
+        self.preset = preset
+        self.extra = ["--config", str(config)] if config is not None else []
         self.names = [f"host-{i:02d}" for i in range(lab.n)]
         self.apis = [f"{lab.address(i)}:{ml.API_PORT}" for i in range(lab.n)]
-        self.logs = [root / f"{name}.log" for name in self.names]
-        self.procs: list[subprocess.Popen[bytes]] = []
-        seed = f"{lab.address(0)}:{ml.GOSSIP_PORT}"
-        self.argvs = []
-        for i, name in enumerate(self.names):
-            argv = peer_argv(name=name, bind=f"{lab.address(i)}:{ml.GOSSIP_PORT}",
-                             data_dir=root / "data" / name, preset=preset, key_file=key,
-                             log_level="INFO", join=[seed] if i else [], python=ml.PY,
-                             extra=["--config", str(config)] if config is not None else [])
-            self.argvs.append(argv)
 
-    def start(self, i: int) -> None:
-        with self.logs[i].open("ab") as log:
-            self.procs.append(self.lab.popen(i, self.argvs[i], stdin=subprocess.DEVNULL,
-                                             stdout=log, stderr=log, cwd=ml.REPO_ROOT,
-                                             start_new_session=True))
+    @property
+    def logs(self) -> list[Path]:
+        return [p.log_path for p in self.peers]
+
+    def start_all(self, timeout: float) -> float:
+        """The seed (host 0) and its API first, then all others at once; the
+        seconds until every peer sees every peer alive."""
+        t0 = time.monotonic()
+        seed = self.add_host(0, name=self.names[0], preset=self.preset, log_level="INFO",
+                             extra_args=self.extra, start=False)
+        seed.start()
+        self.wait(lambda: "__error__" not in self.query("/v1/health")[seed.api], 20,
+                  what="the seed's API", interval=0.2, describe=lambda: "")
+        for i in range(1, self.lab.n):
+            self.add_host(i, name=self.names[i], preset=self.preset, log_level="INFO",
+                          extra_args=self.extra, join=[seed.gossip])
+        self.wait_whole(timeout - (time.monotonic() - t0))
+        return time.monotonic() - t0
 
     def query(self, path: str) -> dict[str, Any]:
         """GET `path` on every peer's API, from inside host 0 (the root
@@ -115,12 +123,6 @@ class LabMesh:
         out = self.lab.run(0, [ml.PY, "-c", QUERY, path, *self.apis], timeout=60)
         result: dict[str, Any] = json.loads(out.stdout)
         return result
-
-    def check_running(self) -> None:
-        for i, p in enumerate(self.procs):
-            if p.poll() is not None:
-                raise RuntimeError(f"{self.names[i]} exited with {p.returncode}:\n"
-                                   + ml.tail_text(self.logs[i]))
 
     def converged(self) -> bool:
         want = set(self.names)
@@ -132,13 +134,12 @@ class LabMesh:
                 return False
         return True
 
-    def wait_converged(self, timeout: float) -> float:
+    def wait_whole(self, timeout: float) -> float:
+        """Until every peer sees every peer alive (`WaitTimeout`, a
+        TimeoutError, after `timeout` s); returns the seconds it took."""
         t0 = time.monotonic()
-        while not self.converged():
-            self.check_running()
-            if time.monotonic() - t0 > timeout:
-                raise TimeoutError(f"mesh did not converge within {timeout:.0f}s")
-            time.sleep(0.5)
+        self.wait(self.converged, timeout, what="every peer to see every peer alive",
+                  interval=0.5, describe=lambda: "")
         return time.monotonic() - t0
 
 
@@ -194,17 +195,10 @@ def main() -> int:
         protocol: Protocol | None = "udp" if args.udp_only else None
         lost = "inbound UDP datagrams" if args.udp_only else "inbound packets"
         lab = NetnsLab(args.peers)
+        mesh: LabMesh | None = None
         try:
             mesh = LabMesh(lab, root, key, args.preset, config)
-            mesh.start(0)
-            for _ in range(100):
-                if "__error__" not in mesh.query("/v1/health")[mesh.apis[0]]:
-                    break
-                mesh.check_running()
-                time.sleep(0.2)
-            for i in range(1, args.peers):
-                mesh.start(i)
-            conv = mesh.wait_converged(60)
+            conv = mesh.start_all(80)
             print(f"{args.peers} peers in {lab} converged in {conv:.1f}s; settling 5s",
                   flush=True)
             time.sleep(5)
@@ -221,7 +215,7 @@ def main() -> int:
             next_report = time.monotonic() + 30
             while time.monotonic() < end:
                 time.sleep(min(1.0, max(0.0, end - time.monotonic())))
-                mesh.check_running()
+                mesh.check_processes()
                 for t in tails:
                     for ln in t.read():
                         if ml.FAILED_RE.match(ln.msg):
@@ -239,7 +233,7 @@ def main() -> int:
             lab.set_loss_all(0.0)
             t1_done = time.time()
             try:
-                heal_s: float | None = mesh.wait_converged(60)
+                heal_s: float | None = mesh.wait_whole(60)
             except TimeoutError:
                 heal_s = None
             left = GRACE_S - (time.time() - t1)
@@ -247,8 +241,10 @@ def main() -> int:
                 time.sleep(left)
             t2 = t1 + GRACE_S
             after = mesh.query("/v1/health")
-            mesh.check_running()
+            mesh.check_processes()
         finally:
+            if mesh is not None:
+                mesh.close()
             lab.close()
             if args.keep_logs is not None:
                 import shutil
@@ -257,7 +253,8 @@ def main() -> int:
                     shutil.copy(p, args.keep_logs / p.name)
         lines_by_peer = [ml.read_log(p) for p in mesh.logs]
     wall = time.monotonic() - started
-    leftovers = [p.pid for p in mesh.procs if p.poll() is None]
+    assert mesh is not None
+    leftovers = [p.pid for p in mesh.peers if p.running]
 
     rows = []
     totals = {"loss": Counter(), "grace": Counter()}

@@ -318,11 +318,7 @@ def one_size(n: int, args: argparse.Namespace, rng: random.Random) -> dict[str, 
             if traffic:
                 traffic.__enter__()
             t0 = time.monotonic()
-            mesh.check_addresses()
-            mesh.start(mesh.peers[0])
-            mesh.wait(lambda: mesh._api_ok(mesh.peers[0]), 30, "the seed's API")
-            for p in mesh.peers[1:]:
-                mesh.start(p)
+            mesh.launch()
             unsettled = ""
             try:
                 leader = wait_settled(mesh, timeout=60 + n)

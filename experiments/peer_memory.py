@@ -171,7 +171,7 @@ def measure_peers(args: argparse.Namespace) -> list[dict[str, Any]]:
             conf.write_text("[peer]\ncoap_port = 0\nevents_xpub_port = 0\n"
                             "events_xsub_port = 0\n")
             for p in mesh.peers:
-                p.argv += ["--config", str(conf)]
+                p.extra_args += ["--config", str(conf)]
         try:
             mesh.start_all(timeout=60)
             _, waited = cf.wait_healthy(mesh, timeout=90)

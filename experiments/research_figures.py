@@ -435,9 +435,8 @@ def start_timing_profiles(mesh: Mesh60) -> tuple[dict[str, float], dict[str, int
     import json
 
     seed = mesh.peers[0]
-    mesh.check_addresses()
     mesh.start(seed)
-    mesh.wait(lambda: mesh._api_ok(seed), 30, "the seed's API")
+    mesh.wait(seed.api_ok, 30, "the seed's API")
     delays: dict[str, float] = {}
     sizes: dict[str, int] = {}
     for p in mesh.peers[1:]:
@@ -488,7 +487,7 @@ def one_run(run: int, args: argparse.Namespace, tmp: Path, say: Any) -> RunResul
                   prefix="rf", subnet=f"{args.subnet}.")
     configs = peer_configs(root, [p.name for p in mesh.peers])
     for p in mesh.peers:
-        p.argv += ["--config", str(configs[p.name])]
+        p.extra_args += ["--config", str(configs[p.name])]
     rows: list[dict[str, Any]] = []
     anomalies: list[str] = []
     l2: dict[str, float] = {}

@@ -38,7 +38,7 @@ from nanomesh.labstate import LabError as LabError
 from nanomesh.labstate import LabPeer as LabPeer
 from nanomesh.labstate import alive as alive
 from nanomesh.labstate import load_state as load_state
-from nanomesh.testing.peerproc import peer_argv
+from nanomesh.testing.cluster import AddressBusy, PeerProcess, popen_starter, starts_in_log
 from nanomesh.transport.apiclient import ApiError, get_json
 from nanomesh.wire import generate_key
 
@@ -134,16 +134,24 @@ def spawn_peer(name: str, ip: str, lab_dir: Path, seeds: list[str], preset: str,
     """Start one peer process named ``name`` on ``ip`` (data in LAB_DIR/NAME,
     log in LAB_DIR/NAME.log), joining through ``seeds``; with a peer
     ``config`` file (its ``[[devices]]``, labels) and extra ``env`` (the
-    process's and its instances'). Returns at once: see `wait_converged`."""
-    argv = peer_argv(name=name, bind=ip, data_dir=lab_dir / name, preset=preset, join=seeds,
-                     key_file=key_file,
-                     extra=["--config", str(config)] if config is not None else ())
-    log_path = lab_dir / f"{name}.log"
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, **env} if env else None)
-    return LabPeer(name, proc.pid, ip, DEFAULT_GOSSIP_PORT, DEFAULT_API_PORT, str(log_path)), proc
+    process's and its instances'). The process is the shared harness's
+    (`nanomesh.testing.cluster.PeerProcess`) in a session of its own, so it
+    outlives this command; lab.json records its pid. LabError if its ports
+    are taken on ``ip``. Returns at once: see `wait_converged`."""
+    peer = PeerProcess(name, ip, lab_dir / name, lab_dir / f"{name}.log", key_file=key_file,
+                       join=seeds, preset=preset,
+                       extra_args=["--config", str(config)] if config is not None else (),
+                       starter=popen_starter(env=env))
+    # A restarted lab peer appends to its log: number this start after the
+    # earlier ones, so the log shows where each run begins.
+    peer.starts = starts_in_log(peer.log_path)
+    try:
+        peer.start()
+    except AddressBusy as exc:
+        raise LabError(str(exc)) from None
+    assert peer.proc is not None
+    return (LabPeer(name, peer.proc.pid, ip, DEFAULT_GOSSIP_PORT, DEFAULT_API_PORT,
+                    str(peer.log_path)), peer.proc)
 
 
 def wait_converged(peers: list[LabPeer], n: int,

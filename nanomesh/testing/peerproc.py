@@ -6,7 +6,9 @@ and the experiments (``experiments/_meshlib.py`` and the scripts on it) all
 start real ``nanomesh peer run`` processes. Each used to build the argument
 list and probe the ports itself, and the copies drifted (one probed the Raft
 port, the others did not, so a stray Raft listener made a peer fail to start
-with a confusing log instead of the harness naming the busy address).
+with a confusing log instead of the harness naming the busy address). They
+now all start peers through `nanomesh.testing.cluster.PeerProcess`, which
+uses both.
 """
 
 from __future__ import annotations
