@@ -47,7 +47,7 @@ from typing import Any
 
 import _meshlib as ml
 
-from nanomesh.testing import cluster
+from nanomesh.testing import netns_cluster
 from nanomesh.testing.netns import NetnsLab, Protocol, netns_available
 
 QUERY = r"""
@@ -84,7 +84,7 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-class LabMesh(cluster.NetnsCluster):
+class LabMesh(netns_cluster.NetnsCluster):
     """The shared network-namespace cluster (`nanomesh.testing.cluster`), one
     peer per host named host-00.., whose views are read in one batch from
     inside host 0 (`query`: one short-lived process, rather than an API agent

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from nanomesh.testing import cluster as harness
+from nanomesh.testing import netns_cluster
 from nanomesh.testing.cluster import (
     ADDRESS_LOCK_DIR,
     API_PORT,
@@ -36,12 +37,12 @@ from nanomesh.testing.cluster import (
     RAFT_PORT,
     TIMEOUT,
     AddressPool,
-    NsAgent,
     Starter,
     tail,
     wait_until,
     write_key,
 )
+from nanomesh.testing.netns_cluster import NsAgent
 
 __all__ = [  # what the test files import from here
     "ADDRESS_LOCK_DIR", "API_PORT", "GOSSIP_PORT", "MEMBER_KEYS", "NO_KEY", "POLL_INTERVAL",
@@ -79,7 +80,7 @@ class Cluster(harness.LoopbackCluster):
         self.pool = pool
 
 
-class NetnsCluster(harness.NetnsCluster):
+class NetnsCluster(netns_cluster.NetnsCluster):
     """One peer per lab host, holding the session's key unless a test names another."""
 
     def __init__(self, root: Path, lab: Any) -> None:
