@@ -51,10 +51,11 @@ class RaftTiming:
     """A TCP connection that received nothing for this long is dead
     (``connectionTimeout``); pysyncobj requires >= raft_max_timeout. A killed
     process is noticed at once (the kernel resets its connections); this
-    bounds detection of a peer that lost power or network. pysyncobj checks
-    it only when a link is used, so idle links (follower to follower) get a
-    keepalive every connection_timeout / 3 (`nanomesh.consensus._pysyncobj`);
-    without them the first election after a quiet spell always failed."""
+    bounds detection of a peer that lost power or network: a link is dead
+    when something sent on it went unanswered for this long, checked before
+    the next write (`_transport.GuardedConnection._timed_out`). A link
+    nobody talks on (follower to follower) stays open without traffic; the
+    kernel's TCP keepalive finds a dead peer behind it."""
     connection_retry_time: float = 0.2
     """Pause between reconnection attempts to an unreachable node
     (``connectionRetryTime``). Short, so a restarted node hears the leader
@@ -66,6 +67,14 @@ class RaftTiming:
     (``leaderFallbackTimeout``). Until then a leader cut off from the majority
     still believes it leads: this is why only *committed* state may take
     effect. Must exceed append_entries_period."""
+    leader_loss_max_delay: float = 0.1
+    """Longest random delay, in seconds, before a follower campaigns when its
+    leader's side closed their link (a killed process: the kernel closes its
+    connections; `nanomesh.consensus.leader_loss`). Spreads the followers'
+    candidacies so one's vote requests usually arrive before another
+    campaigns (a split vote costs another election timeout); the first of 4
+    followers waits max/5 on average. Must stay below raft_min_timeout, or
+    the election timeout would usually come first anyway."""
     auto_tick_period: float = 0.5
     """Longest sleep of the Raft thread between ticks (``autoTickPeriod``).
     The thread wakes when a timer above is due, a message arrives or work is
@@ -109,6 +118,8 @@ class RaftTiming:
             out.append("raft_max_timeout must exceed raft_min_timeout")
         if self.connection_timeout < self.raft_max_timeout:
             out.append("connection_timeout must be >= raft_max_timeout")
+        if self.leader_loss_max_delay >= self.raft_min_timeout:
+            out.append("leader_loss_max_delay must be below raft_min_timeout")
         if self.leader_fallback_timeout <= self.append_entries_period:
             out.append("leader_fallback_timeout must exceed append_entries_period")
         return out

@@ -52,6 +52,14 @@ def test_impossible_timing_is_rejected_with_its_reason(change: dict[str, float],
         pysyncobj.SyncObjConf(**timing.to_syncobj_kwargs()).validate()
 
 
+def test_a_leader_loss_delay_past_the_election_timeout_is_rejected() -> None:
+    """Ours alone (pysyncobj has no such delay): a delay reaching the
+    election timeout would make the early campaign pointless."""
+    timing = replace(RaftTiming(), leader_loss_max_delay=RaftTiming().raft_min_timeout)
+    with pytest.raises(ConfigError, match="leader_loss_max_delay must be below"):
+        timing.check()
+
+
 def test_addresses_are_normalized_and_names_refused() -> None:
     assert parse_raft_address("127.0.30.1") == "127.0.30.1:7948"
     assert parse_raft_address(" 127.0.30.1:8000 ") == "127.0.30.1:8000"
