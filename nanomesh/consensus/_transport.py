@@ -522,7 +522,7 @@ class GuardedConnection:
         when it is next used, or by the kernel's TCP keepalive
         (``tcp_keepalive``)."""
         now = _monotonic()
-        return now - max(self._last_read, self._sending_since) > self._timeout
+        return bool(now - max(self._last_read, self._sending_since) > self._timeout)
 
     def _reset(self) -> None:
         self.sendRandKey = None
