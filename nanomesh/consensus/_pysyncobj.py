@@ -36,8 +36,9 @@ Facts from pysyncobj's source (0.3.17) this module relies on:
   link dead only when something it sent went unanswered for that long, so a
   quiet link stays usable for free.
 - A follower notices a dead leader only by its election timeout. When the
-  leader's side closes the link (its process died: the kernel closes its
-  connections), we campaign after a short random delay instead
+  leader's side closes the link and its host then refuses a connection to
+  its Raft port (its process died: the kernel closed its connections and
+  its listening socket), we campaign after a short random delay instead
   (`leader_loss`), so failover after a crash does not wait for the timeout.
 - An exception in an apply function makes pysyncobj retry that entry on
   every tick forever; the apply functions of `nanomesh.consensus.state` are
@@ -74,7 +75,12 @@ import pysyncobj  # type: ignore[import-untyped]
 from pysyncobj.poller import POLL_EVENT_TYPE  # type: ignore[import-untyped]
 
 from nanomesh.consensus import _journal, leader_loss
-from nanomesh.consensus._transport import KeyedSyncObj, KeyringCipher, transport_class
+from nanomesh.consensus._transport import (
+    KeyedSyncObj,
+    KeyringCipher,
+    PortProbe,
+    transport_class,
+)
 from nanomesh.consensus.config import RaftTiming
 from nanomesh.consensus.state import (
     DesiredState,
@@ -224,6 +230,9 @@ class RaftNode:
         self._leader_stale_after = timing.leader_fallback_timeout
         self._leader_loss_max_delay = timing.leader_loss_max_delay
         self._rng = random.Random()  # seeded from the OS: the draws must differ per node
+        self._probe: PortProbe | None = None
+        self._probe_until = 0.0
+        self._probe_for = timing.raft_min_timeout
         self._reconnect_period = timing.connection_retry_time
         self._longest_wait = timing.auto_tick_period
         self._status: RaftStatus | None = None
@@ -242,6 +251,7 @@ class RaftNode:
         cipher = KeyringCipher(keyring, epoch)  # ValueError without a key
         if source_ip is None and self_address is not None:
             source_ip = self_address.rsplit(":", 1)[0]
+        self._source_ip = source_ip
         self._obj = KeyedSyncObj(
             self_address, list(peers), conf, consumers=[self._machine], cipher=cipher,
             transportClass=transport_class(cipher, source_ip, on_dropped or _ignore_drop))
@@ -322,6 +332,8 @@ class RaftNode:
     def release(self) -> None:
         """Close what outlives the tick thread; call once `alive` is False."""
         self._wakeup.close()
+        if self._probe is not None:
+            self._probe.close()
 
     @property
     def initial_state(self) -> DesiredState:
@@ -338,6 +350,9 @@ class RaftNode:
                 self._postpone_election()
             else:
                 self._hold_elections = False  # part of the cluster now: normal Raft
+        if self._probe is not None and pysyncobj.syncobj.monotonicTime() > self._probe_until:
+            self._probe.close()  # no answer: the election timeout decides
+            self._probe = None
         while self._calls:
             fn = self._calls.popleft()
             try:
@@ -351,25 +366,48 @@ class RaftNode:
 
     def _on_closed_by_peer(self, node: Any) -> None:
         """The other side closed our link to voter `node` (transport callback,
-        on the tick thread): if it was our leader, campaign after a short
-        random delay rather than the rest of the election timeout
-        (`leader_loss`). The tick's poll then wakes at the new deadline
-        (`_time_to_next_timer`)."""
+        on the tick thread). If it was our leader, ask its host whether
+        anything still listens on its Raft port: a leader also closes links
+        on purpose (it removed this node from the cluster, it refused a
+        frame), and only a refused connect says its process is gone. The
+        probe ends in `_leader_gone`, or says nothing within an election
+        timeout (`_tick` drops it; the election timeout runs meanwhile)."""
+        if not self._campaigns_early(str(node.address)) or self._probe is not None:
+            return
+        probe = PortProbe(self._obj._poller, str(node.address), self._source_ip,
+                          lambda: self._leader_gone(str(node.address)))
+        if probe.refused:
+            self._leader_gone(str(node.address))
+        elif probe.pending:
+            self._probe = probe
+            self._probe_until = pysyncobj.syncobj.monotonicTime() + self._probe_for
+
+    def _campaigns_early(self, closed: str) -> bool:
         obj = self._obj
         leader = obj._getLeader()
-        if not leader_loss.campaigns_early(
-                is_follower=obj.selfNode is not None and obj._SyncObj__raftState == 0,
-                holding=self._hold_elections,
-                leader=None if leader is None else str(leader.address),
-                closed=str(node.address)):
+        return leader_loss.campaigns_early(
+            is_follower=obj.selfNode is not None and obj._SyncObj__raftState == 0,
+            holding=self._hold_elections,
+            leader=None if leader is None else str(leader.address), closed=closed)
+
+    def _leader_gone(self, address: str) -> None:
+        """Nothing listens where our leader did: campaign after a short random
+        delay rather than the rest of the election timeout (`leader_loss`),
+        unless meanwhile another leader was heard or a candidate asked. The
+        tick's poll then wakes at the new deadline (`_time_to_next_timer`)."""
+        if self._probe is not None:
+            self._probe.close()
+            self._probe = None
+        if not self._campaigns_early(address):
             return
+        obj = self._obj
         now = pysyncobj.syncobj.monotonicTime()
         deadline = leader_loss.campaign_deadline(
             now=now, deadline=obj._SyncObj__raftElectionDeadline, draw=self._rng.random(),
             max_delay=self._leader_loss_max_delay)
         obj._SyncObj__raftElectionDeadline = deadline
-        log.info("raft: leader %s closed its link; campaigning in %.0f ms unless a "
-                 "candidate asks first", leader.address, 1000 * (deadline - now))
+        log.info("raft: leader %s is gone (its link closed, its port refuses); campaigning "
+                 "in %.0f ms unless a candidate asks first", address, 1000 * (deadline - now))
 
     def _wait_until_due(self, poller: Any) -> None:
         """Make the tick thread's poll wait only until the next timer is due

@@ -55,6 +55,8 @@ replaces atomically (`Keyring` is copy-on-write).
 from __future__ import annotations
 
 import base64
+import contextlib
+import errno
 import functools
 import logging
 import socket
@@ -708,6 +710,56 @@ class GuardedTransport(TCPTransport):  # type: ignore[misc]
         for conn in overdue:
             self._dropped("handshake-timeout")
             conn.disconnect()
+
+
+class PortProbe:
+    """Does anything still listen at ``ip:port`` `address`? One non-blocking
+    connect, watched by the tick thread's poller. `refused` becomes True if
+    the host refuses it (ECONNREFUSED: nothing listens, as when the process
+    died; the host answers within a round trip), and `on_refused` is called
+    if that happens after construction. Anything else (accepted, an error,
+    no answer before `close`) says nothing. Close it in every case."""
+
+    def __init__(self, poller: Any, address: str, source_ip: str | None,
+                 on_refused: Callable[[], None]) -> None:
+        self._poller = poller
+        self._on_refused = on_refused
+        self.refused = False
+        host, port = address.rsplit(":", 1)
+        self._sock: socket.socket | None = socket.socket(_family(host), socket.SOCK_STREAM)
+        self._sock.setblocking(False)
+        try:
+            if source_ip is not None and _family(source_ip) == _family(host):
+                self._sock.bind((source_ip, 0))
+            err = self._sock.connect_ex((host, int(port)))
+        except OSError:
+            err = -1
+        if err == errno.EINPROGRESS:
+            poller.subscribe(self._sock.fileno(), self._on_event,
+                             POLL_EVENT_TYPE.WRITE | POLL_EVENT_TYPE.ERROR)
+            return
+        self.refused = err == errno.ECONNREFUSED
+        self.close()
+
+    @property
+    def pending(self) -> bool:
+        return self._sock is not None
+
+    def _on_event(self, descr: int, event: int) -> None:
+        if self._sock is None:
+            return
+        err = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        self.close()
+        if err == errno.ECONNREFUSED:
+            self.refused = True
+            self._on_refused()
+
+    def close(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(Exception):  # the poller may not know it yet
+                self._poller.unsubscribe(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
 
 
 def transport_class(cipher: KeyringCipher, source_ip: str | None, dropped: Counter = _ignore

@@ -4,9 +4,14 @@ Every value of `RaftTiming` carries its unit, meaning and trade-off; the
 presets say why they differ. `RaftTiming.problems()` is the one place that
 rejects impossible combinations (pysyncobj's own checks are bare asserts).
 
-The default preset ``lan()`` is the one measured for ARCHITECTURE.md §3 on
-loopback with 3 and 5 nodes: failover (leader SIGKILL → a write committed by
-the new leader) median 0.45 s, max 0.50 s, ~2-3 % of a core idle per node.
+The default preset ``lan()`` was first measured for ARCHITECTURE.md §3 (30 ms
+heartbeats, election timeout 0.15-0.30 s). Issue 9 slowed the heartbeats to
+100 ms, the largest cost of an idle voter, once a follower whose leader's
+process dies campaigns at once (`nanomesh.consensus.leader_loss`); measured
+2026-12-07 on loopback, 5 voters, 20 trials each (experiments/README.md):
+leader SIGKILL → a write acknowledged through a survivor median 0.23 s, max
+0.49 s (was 0.24 / 0.34 s); leader SIGSTOP (silent, found by the election
+timeout only) median 0.55 s, max 0.66 s (was 0.26 / 0.55 s).
 """
 
 from __future__ import annotations
@@ -33,21 +38,30 @@ class RaftTiming:
     """Raft timing, in seconds unless said otherwise. Field names are ours;
     `to_syncobj_kwargs` maps them to pysyncobj's ``SyncObjConf`` names."""
 
-    raft_min_timeout: float = 0.15
+    raft_min_timeout: float = 0.35
     """Election timeout, lower bound (pysyncobj ``raftMinTimeout``). A
     follower that hears no leader for a random time in [min, max] starts an
-    election. It is the main term of failover time (measured median 0.45 s).
-    Lower is faster failover but more stray elections when a busy device
-    delays a heartbeat; must exceed 3 x append_entries_period."""
-    raft_max_timeout: float = 0.30
-    """Election timeout, upper bound (``raftMaxTimeout``). The 0.15 s window is
-    5 heartbeat periods wide, so two followers rarely time out together
+    election. It is the failover time of a leader that goes silent (power
+    loss: measured median 0.55 s); a leader whose process dies is replaced
+    faster (`leader_loss_max_delay`). Lower is faster failover but more
+    stray elections when a busy device delays a heartbeat; must exceed 3 x
+    append_entries_period (3.5 x here)."""
+    raft_max_timeout: float = 0.70
+    """Election timeout, upper bound (``raftMaxTimeout``). The 0.35 s window is
+    3.5 heartbeat periods wide, so two followers rarely time out together
     (split votes)."""
-    append_entries_period: float = 0.03
-    """Heartbeat and replication period (``appendEntriesPeriod``). With
-    batching on, a write waits about one period before it is sent, so this is
-    also the floor of write latency. Heartbeats cost ~2-3 % of a core idle."""
-    connection_timeout: float = 0.6
+    append_entries_period: float = 0.1
+    """Heartbeat and replication period (``appendEntriesPeriod``). Each
+    period the leader sends every voter a heartbeat (~79 bytes on the wire),
+    which answers (~78 bytes), and the leader's kernel acknowledges the
+    answer (52 bytes: past its 40 ms delayed-ACK timer, the ACK no longer
+    rides on the next heartbeat): ~2.1 kB/s per voter link at 0.1 s, 5.2
+    kB/s at the former 0.03 s (measured, `experiments/raft_idle_bytes.py`).
+    With batching on, a write waits up to one period before it is sent, so
+    this is also the floor of write latency (was 30 ms). Longer needs a
+    longer election timeout (above), which slows failover from a silent
+    leader."""
+    connection_timeout: float = 0.7
     """A TCP connection that received nothing for this long is dead
     (``connectionTimeout``); pysyncobj requires >= raft_max_timeout. A killed
     process is noticed at once (the kernel resets its connections); this
@@ -99,9 +113,11 @@ class RaftTiming:
 
     @classmethod
     def slow(cls) -> RaftTiming:
-        """For lossy Wi-Fi or heavily loaded devices, where ``lan()`` showed
-        stray elections: every timeout x4, heartbeats x3 (so the
-        timeout/heartbeat ratio stays >= 5). Failover becomes ~1.5-2 s."""
+        """For lossy Wi-Fi or heavily loaded devices, where the former
+        ``lan()`` (election timeout 0.15-0.30 s) showed stray elections: the
+        election timeout x4 of that (0.6-1.2 s) with heartbeats every 0.09 s
+        (6.7 periods in the shortest timeout), connection and fallback
+        timeouts 2.4 s. Failover from a silent leader becomes ~1-1.5 s."""
         return replace(cls(), raft_min_timeout=0.6, raft_max_timeout=1.2,
                        append_entries_period=0.09, connection_timeout=2.4,
                        connection_retry_time=0.4, leader_fallback_timeout=2.4)

@@ -9,8 +9,11 @@ most of a voter's idle traffic.
 But a leader whose *process* dies (a crash, SIGKILL, the OOM killer, a
 restart) does not go silent: its kernel closes its TCP connections at once
 (FIN, or RST if data was unread), and every follower reads the end of its
-link within a round trip. Such a follower campaigns after a small random
-delay instead of the rest of its election timeout. The delay, uniform in
+link within a round trip. A live leader closes links too (it removed this
+node from the cluster, it refused a frame), so the follower then tries to
+connect to the leader's Raft port: only if its host refuses (nothing
+listens: the process is gone) does it campaign, after a small random delay
+instead of the rest of its election timeout. The delay, uniform in
 [0, ``leader_loss_max_delay``), spreads the followers' candidacies, so the
 first one's vote requests usually arrive before another starts (a split vote
 costs one more election timeout). A leader that goes silent without closing
@@ -18,9 +21,9 @@ costs one more election timeout). A leader that goes silent without closing
 election timeout alone.
 
 Raft's safety never depends on timing: campaigning early is a liveness
-choice. Its worst case, a link the other side closed while the leader lives
-(its transport refused a frame, it restarted its links), costs one election,
-like a stray election timeout.
+choice. Its worst case, a leader restarted so fast that it was gone when
+probed, costs one election, like a stray election timeout (a restarted
+leader has lost its leadership anyway).
 
 Pure: the shell (`nanomesh.consensus._pysyncobj`) passes the facts, the
 clock and a draw from its random generator.
