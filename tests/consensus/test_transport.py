@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import select
 import socket
 import struct
 import time
@@ -461,3 +462,38 @@ def test_a_link_the_other_side_closes_says_so(monkeypatch: pytest.MonkeyPatch) -
         _read_event(conn)
         assert conn.state == transport.CONNECTION_STATE.DISCONNECTED
         assert closed == [True]
+
+
+class _EventPoller:
+    """Keeps what `PortProbe` subscribes, so the test can deliver the event."""
+
+    def __init__(self) -> None:
+        self.watched: dict[int, Callable[[int, int], None]] = {}
+
+    def subscribe(self, fd: int, callback: Callable[[int, int], None], mask: int) -> None:
+        self.watched[fd] = callback
+
+    def unsubscribe(self, fd: int) -> None:
+        self.watched.pop(fd, None)
+
+    def deliver(self) -> None:
+        for fd, callback in list(self.watched.items()):
+            select.select([], [fd], [fd], 2.0)
+            callback(fd, transport.POLL_EVENT_TYPE.WRITE)
+
+
+@pytest.mark.parametrize("listening", [True, False])
+def test_a_port_probe_says_refused_only_when_nothing_listens(listening: bool) -> None:
+    """What tells a dead leader's process from a live leader that closed a
+    link on purpose (`nanomesh.consensus.leader_loss`)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    address = f"127.0.0.1:{server.getsockname()[1]}"
+    if not listening:
+        server.close()
+    poller, calls = _EventPoller(), []
+    probe = transport.PortProbe(poller, address, "127.0.0.1", lambda: calls.append(1))
+    immediate = probe.refused  # a refusal may come from connect() itself
+    poller.deliver()
+    assert probe.refused is (not listening) and not probe.pending and not poller.watched
+    assert len(calls) == int(probe.refused and not immediate)  # else the caller saw it
+    server.close()
