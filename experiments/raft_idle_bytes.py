@@ -134,6 +134,18 @@ def by_role(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return out
 
 
+def headline(roles: dict[str, dict[str, float]]) -> dict[str, float]:
+    """The figures of the README's issue-9 table, from `by_role`."""
+    return {"bytes_per_s_mean_all": roles["all"]["total_Bps"],
+            "bytes_per_s_voter": roles["voter"]["total_Bps"],
+            "raft_bytes_per_s_voter": roles["voter"]["raft_Bps"],
+            "bytes_per_s_leader": roles["leader"]["total_Bps"],
+            "raft_bytes_per_s_leader": roles["leader"]["raft_Bps"],
+            "cpu_pct_leader": roles["leader"]["cpu_pct"],
+            "cpu_pct_voter": roles["voter"]["cpu_pct"],
+            "cpu_pct_learner": roles.get("learner", {}).get("cpu_pct", float("nan"))}
+
+
 def main() -> int:
     p = ml.experiment_parser(__doc__, 10, "mesh size (default 10)")
     p.add_argument("--window", type=float, default=30.0, help="counting window, s (30)")
@@ -167,7 +179,7 @@ def main() -> int:
     ml.write_csv(csv_path, list(rows[0]), ([r[k] for k in rows[0]] for r in rows))
     summary = {
         "experiment": "raft_idle_bytes", "peers": args.peers, "window_s": args.window,
-        "raft_timing": timing_info(), "by_role": roles,
+        "raft_timing": timing_info(), **headline(roles), "by_role": roles,
         "term_before": st["term"], "term_after": after.get("term"),
         "loadavg_when_started": round(load, 2), "load1_at_window": round(load_window, 2),
         "loadavg_at_end": [round(x, 2) for x in os.getloadavg()], "up_s": round(up_s, 1),

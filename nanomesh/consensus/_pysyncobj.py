@@ -231,6 +231,8 @@ class RaftNode:
         self._leader_loss_max_delay = timing.leader_loss_max_delay
         self._rng = random.Random()  # seeded from the OS: the draws must differ per node
         self._probe: PortProbe | None = None
+        self._sent_view = (0, 0)  # (last log index, commit index) the followers were sent
+        self._send_now = False
         self._probe_until = 0.0
         self._probe_for = timing.raft_min_timeout
         self._reconnect_period = timing.connection_retry_time
@@ -350,6 +352,7 @@ class RaftNode:
                 self._postpone_election()
             else:
                 self._hold_elections = False  # part of the cluster now: normal Raft
+        self._send_news_now()
         if self._probe is not None and pysyncobj.syncobj.monotonicTime() > self._probe_until:
             self._probe.close()  # no answer: the election timeout decides
             self._probe = None
@@ -409,6 +412,27 @@ class RaftNode:
         log.info("raft: leader %s is gone (its link closed, its port refuses); campaigning "
                  "in %.0f ms unless a candidate asks first", address, 1000 * (deadline - now))
 
+    def _send_news_now(self) -> None:
+        """On a leader whose log or commit index moved this tick, make the
+        next append_entries due at once (the next tick, right after this
+        one's journal sync) instead of at the next heartbeat period. With
+        batching, pysyncobj sends a new entry only when the period is up, so
+        a write waited up to one period to leave and its commit as long to
+        reach the followers: fine at 30 ms heartbeats, ~100 ms of latency
+        each at 100 ms. One send per tick that had news, whatever the number
+        of writes in it: still batched. ``raftNextIndex`` advances on send,
+        so nothing already sent is sent again."""
+        obj = self._obj
+        self._send_now = False
+        if obj._SyncObj__raftState != 2:
+            self._sent_view = (0, 0)
+            return
+        view = (int(obj._SyncObj__raftLog[-1][1]), int(obj.raftCommitIndex))
+        if view != self._sent_view:
+            self._sent_view = view
+            obj._SyncObj__newAppendEntriesTime = 0.0
+            self._send_now = True
+
     def _wait_until_due(self, poller: Any) -> None:
         """Make the tick thread's poll wait only until the next timer is due
         (see the module doc); its other callers pass 0 or nothing else."""
@@ -422,7 +446,7 @@ class RaftNode:
         """Seconds until the earliest timer of this node is due (0: work is
         waiting), at most ``auto_tick_period``. Runs on the tick thread, at
         the end of a tick."""
-        if self._calls or self._commands:
+        if self._calls or self._commands or self._send_now:
             return 0.0
         obj = self._obj
         now = pysyncobj.syncobj.monotonicTime()
