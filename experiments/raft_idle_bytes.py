@@ -28,10 +28,8 @@ packets/s of each class, and writes ``results/<name>.csv`` (per peer) and
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,65 +44,32 @@ CLASSES = ("raft_noload", "raft_leader", "raft_ff", "gossip", "other")
 RAFT_PORT = 7948
 
 
-class RaftNft:
-    """An nftables table counting what each peer sends, by `CLASSES`; the
-    leader's address decides which Raft segments are ``raft_leader``."""
+class RaftNft(ml.NftTraffic):
+    """`_meshlib.NftTraffic` with `CLASSES`; the leader's address decides
+    which Raft segments are ``raft_leader``."""
 
     def __init__(self, ips: list[str], leader_ip: str) -> None:
-        self.table = f"nmraft{os.getpid()}"
-        self.ips = ips
+        super().__init__(ips)
         self.leader_ip = leader_ip
 
-    def __enter__(self) -> RaftNft:
-        t = self.table
+    def classes(self, ip: str) -> list[tuple[str, str]]:
         raft = f"tcp sport {RAFT_PORT}", f"tcp dport {RAFT_PORT}"
-        rules = [f"add table inet {t}",
-                 f"add chain inet {t} out {{ type filter hook output priority 0; "
-                 "policy accept; }"]
-        for i, ip in enumerate(self.ips):
-            c = f"p{i}"
-            rules.append(f"add chain inet {t} {c}")
-            leader_match = ("" if ip == self.leader_ip else f"ip daddr {self.leader_ip} ")
-            for match, label in (
-                    ("ip daddr 127.0.0.1", "bench"),
-                    *((f"{r} ip length < 64", "raft_noload") for r in raft),
-                    *((f"{leader_match}{r}", "raft_leader") for r in raft),
-                    *((r, "raft_ff") for r in raft),
-                    ("udp sport 7946", "gossip"), ("tcp sport 7946", "gossip"),
-                    ("tcp dport 7946", "gossip"), ("", "other")):
-                rules.append(f'add rule inet {t} {c} {match} counter accept comment "{label}"')
-        vmap = ", ".join(f"{ip} : jump p{i}" for i, ip in enumerate(self.ips))
-        rules.append(f"add rule inet {t} out ip saddr vmap {{ {vmap} }}")
-        subprocess.run(["nft", "-f", "-"], input="\n".join(rules) + "\n", text=True,
-                       check=True, capture_output=True)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        subprocess.run(["nft", "delete", "table", "inet", self.table], capture_output=True)
-
-    def read(self) -> dict[str, dict[str, tuple[int, int]]]:
-        """{ip: {class: (bytes, packets)}}."""
-        out = subprocess.run(["nft", "-j", "list", "table", "inet", self.table],
-                             check=True, capture_output=True, text=True).stdout
-        counts = {ip: dict.fromkeys((*CLASSES, "bench"), (0, 0)) for ip in self.ips}
-        for item in json.loads(out)["nftables"]:
-            rule = item.get("rule")
-            if not rule or not rule["chain"].startswith("p"):
-                continue
-            ip = self.ips[int(rule["chain"][1:])]
-            ctr = next(e["counter"] for e in rule["expr"] if "counter" in e)
-            b, n = counts[ip][rule["comment"]]
-            counts[ip][rule["comment"]] = (b + ctr["bytes"], n + ctr["packets"])
-        return counts
+        to_leader = "" if ip == self.leader_ip else f"ip daddr {self.leader_ip} "
+        return [("ip daddr 127.0.0.1", "bench"),
+                *((f"{r} ip length < 64", "raft_noload") for r in raft),
+                *((f"{to_leader}{r}", "raft_leader") for r in raft),
+                *((r, "raft_ff") for r in raft),
+                ("udp sport 7946", "gossip"), ("tcp sport 7946", "gossip"),
+                ("tcp dport 7946", "gossip"), ("", "other")]
 
 
 def measure(mesh: Mesh60, leader_ip: str, voters: set[str], window: float
             ) -> list[dict[str, Any]]:
     procs = {p.name: psutil.Process(p.proc.pid) for p in mesh.peers}  # type: ignore[union-attr]
     with RaftNft([p.ip for p in mesh.peers], leader_ip) as nft:
-        n0, c0, t0 = nft.read(), {k: v.cpu_times() for k, v in procs.items()}, time.monotonic()
+        n0, c0, t0 = nft.counters(), {k: v.cpu_times() for k, v in procs.items()}, time.monotonic()
         time.sleep(window)
-        n1, c1, t1 = nft.read(), {k: v.cpu_times() for k, v in procs.items()}, time.monotonic()
+        n1, c1, t1 = nft.counters(), {k: v.cpu_times() for k, v in procs.items()}, time.monotonic()
     dt = t1 - t0
     rows = []
     for p in mesh.peers:

@@ -9,9 +9,9 @@ heartbeats, election timeout 0.15-0.30 s). Issue 9 slowed the heartbeats to
 100 ms, the largest cost of an idle voter, once a follower whose leader's
 process dies campaigns at once (`nanomesh.consensus.leader_loss`); measured
 2026-12-07 on loopback, 5 voters, 20 trials each (experiments/README.md):
-leader SIGKILL → a write acknowledged through a survivor median 0.23 s, max
-0.49 s (was 0.24 / 0.34 s); leader SIGSTOP (silent, found by the election
-timeout only) median 0.55 s, max 0.66 s (was 0.26 / 0.55 s).
+leader SIGKILL → a write acknowledged through a survivor median 0.06 s, max
+0.67 s (was 0.25 / 0.36 s); leader SIGSTOP (silent, found by the election
+timeout only) median 0.43 s, max 0.78 s (was 0.26 / 0.40 s).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class RaftTiming:
     """Election timeout, lower bound (pysyncobj ``raftMinTimeout``). A
     follower that hears no leader for a random time in [min, max] starts an
     election. It is the failover time of a leader that goes silent (power
-    loss: measured median 0.55 s); a leader whose process dies is replaced
+    loss: measured median 0.43 s); a leader whose process dies is replaced
     faster (`leader_loss_max_delay`). Lower is faster failover but more
     stray elections when a busy device delays a heartbeat; must exceed 3 x
     append_entries_period (3.5 x here)."""
@@ -57,10 +57,10 @@ class RaftTiming:
     answer (52 bytes: past its 40 ms delayed-ACK timer, the ACK no longer
     rides on the next heartbeat): ~2.1 kB/s per voter link at 0.1 s, 5.2
     kB/s at the former 0.03 s (measured, `experiments/raft_idle_bytes.py`).
-    With batching on, a write waits up to one period before it is sent, so
-    this is also the floor of write latency (was 30 ms). Longer needs a
-    longer election timeout (above), which slows failover from a silent
-    leader."""
+    New entries and commit indexes do not wait for it: the leader sends
+    them at its next tick (`_pysyncobj.RaftNode._send_news_now`). Longer
+    needs a longer election timeout (above), which slows failover from a
+    silent leader."""
     connection_timeout: float = 0.7
     """A TCP connection that received nothing for this long is dead
     (``connectionTimeout``); pysyncobj requires >= raft_max_timeout. A killed
@@ -98,9 +98,11 @@ class RaftTiming:
     the main thread's. At the former 0.01 s an idle node woke 100 times a
     second."""
     append_entries_use_batch: bool = True
-    """Send queued entries in batches every period (``appendEntriesUseBatch``).
-    Off, pysyncobj logged "truncating already-applied log entries" under rapid
-    writes; on, a write costs about one append_entries_period."""
+    """Send queued entries in batches (``appendEntriesUseBatch``): pysyncobj
+    every period, and we at the tick after they were queued (one send per
+    tick, whatever the number of writes in it). Off, pysyncobj sent each
+    entry alone and logged "truncating already-applied log entries" under
+    rapid writes."""
     dynamic_membership_change: bool = True
     """Allow adding/removing voters at run time (``dynamicMembershipChange``);
     needed by `add_voter`/`remove_voter`. All voters must agree on it."""
