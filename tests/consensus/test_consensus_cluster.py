@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import trio
 
+from nanomesh.consensus.config import RaftTiming
 from nanomesh.consensus.harness import (
     HarnessError,
     NodeProcess,
@@ -285,17 +286,18 @@ async def test_a_silent_leader_is_found_by_the_election_timeout(
 
 async def test_first_election_after_a_quiet_spell_succeeds(cluster: RaftCluster,
                                                            ips: IpFactory) -> None:
-    """Followers never talk to each other, and pysyncobj closes a link that
-    read nothing for connection_timeout when it is next used, dropping the
-    message. Without our keepalives the first vote requests after a quiet
-    spell were lost, and every election took two rounds. Here: 5 voters idle
-    for 2 x connection_timeout, then a leadership transfer makes one chosen
+    """Followers never talk to each other, and pysyncobj closed a link that
+    read nothing for connection_timeout when it was next used, dropping the
+    message: the first vote requests after a quiet spell were lost, and
+    every election took two rounds (we sent keepalives on idle links; now a
+    link is dead only after a timeout of sends without a byte back). Here: 5
+    voters idle for 2 x connection_timeout, then a leadership transfer makes one chosen
     follower campaign; it needs the votes of other followers (the old leader's
     alone is not a majority of 5), so it wins in the very next term only if
     its idle links to them still work."""
     nodes = await cluster.start_voters(ips(5))
     leader = await cluster.wait_leader(timeout=SETTLE)
-    await trio.sleep(1.2)  # default connection_timeout is 0.6 s
+    await trio.sleep(2 * RaftTiming().connection_timeout)
     term = (await cluster.nodes[leader].status() or {})["term"]
     target = next(n.address for n in nodes if n.address != leader)
     assert await cluster.nodes[leader].call("transfer_leadership", to=target) == target
