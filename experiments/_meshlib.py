@@ -401,20 +401,25 @@ class NftTraffic:
         return os.geteuid() == 0 and subprocess.run(
             ["nft", "list", "tables"], capture_output=True).returncode == 0
 
+    def classes(self, ip: str) -> list[tuple[str, str]]:
+        """(nft match, class) of peer `ip`'s packets, first match wins; the
+        last match should be empty (everything else)."""
+        return [("ip daddr 127.0.0.1", "bench"),
+                ("udp sport 7946", "gossip_udp"),
+                ("tcp sport 7946", "gossip_tcp"),
+                ("tcp dport 7946", "gossip_tcp"),
+                (f"tcp sport {RAFT_PORT}", "raft"),
+                (f"tcp dport {RAFT_PORT}", "raft"),
+                ("", "other")]
+
     def __enter__(self) -> NftTraffic:
         rules = [f"add table inet {self.table}",
                  f"add chain inet {self.table} out "
                  "{ type filter hook output priority 0; policy accept; }"]
-        for i in range(len(self.ips)):
+        for i, ip in enumerate(self.ips):
             chain = f"p{i}"
             rules.append(f"add chain inet {self.table} {chain}")
-            for match, label in (("ip daddr 127.0.0.1", "bench"),
-                                 ("udp sport 7946", "gossip_udp"),
-                                 ("tcp sport 7946", "gossip_tcp"),
-                                 ("tcp dport 7946", "gossip_tcp"),
-                                 (f"tcp sport {RAFT_PORT}", "raft"),
-                                 (f"tcp dport {RAFT_PORT}", "raft"),
-                                 ("", "other")):
+            for match, label in self.classes(ip):
                 rules.append(f"add rule inet {self.table} {chain} {match} counter accept "
                              f'comment "{label}"')
         vmap = ", ".join(f"{ip} : jump p{i}" for i, ip in enumerate(self.ips))
@@ -428,17 +433,22 @@ class NftTraffic:
 
     def read(self) -> dict[str, dict[str, int]]:
         """{ip: {class: bytes so far}} for every peer address."""
+        return {ip: {label: nbytes for label, (nbytes, _) in by_class.items()}
+                for ip, by_class in self.counters().items()}
+
+    def counters(self) -> dict[str, dict[str, tuple[int, int]]]:
+        """{ip: {class: (bytes, packets) so far}} for every peer address."""
         out = subprocess.run(["nft", "-j", "list", "table", "inet", self.table],
                              check=True, capture_output=True, text=True).stdout
-        counts: dict[str, dict[str, int]] = {
-            ip: dict.fromkeys((*TRAFFIC_CLASSES, "bench"), 0) for ip in self.ips}
+        counts = {ip: {label: (0, 0) for _, label in self.classes(ip)} for ip in self.ips}
         for item in json.loads(out)["nftables"]:
             rule = item.get("rule")
             if not rule or not rule["chain"].startswith("p"):
                 continue
             ip = self.ips[int(rule["chain"][1:])]
-            nbytes = next(e["counter"]["bytes"] for e in rule["expr"] if "counter" in e)
-            counts[ip][rule["comment"]] += nbytes
+            ctr = next(e["counter"] for e in rule["expr"] if "counter" in e)
+            nbytes, packets = counts[ip][rule["comment"]]
+            counts[ip][rule["comment"]] = (nbytes + ctr["bytes"], packets + ctr["packets"])
         return counts
 
 

@@ -9,7 +9,11 @@ every peer alive, every peer reports the same leader and term and all N
 peers as voters) T trials run. Each trial:
 
 1. finds the leader (``GET /v1/status``), waits ``--settle`` s, checks again;
-2. SIGKILLs the leader's process; t0 = time.time() just before the kill;
+2. SIGKILLs the leader's process; t0 = time.time() just before the kill
+   (``--stop``: SIGSTOPs it instead, a leader gone silent as on power loss
+   or a cut cable: its connections stay open, so the followers can only
+   notice by their election timeout; it is SIGKILLed once the trial's write
+   is acknowledged, and restarted as after a kill);
 3. writes through one surviving peer chosen at random, the way a client
    would: ``POST /v1/services`` of a tiny service ``probe-<trial>-<k>``
    (replicas = 0: a pure Raft write that starts nothing) with the management
@@ -45,6 +49,7 @@ import dataclasses
 import os
 import random
 import re
+import signal
 import sys
 import tempfile
 import threading
@@ -254,7 +259,11 @@ def run_trial(mesh: Mesh60, trial: int, token: str, rng: random.Random,
         p.tail.skip_to_end()
     watch = LeaderWatch(survivors, old_leader, args.interval)
     load1 = os.getloadavg()[0]
-    t0 = mesh.kill(victim)
+    if args.stop:
+        t0 = time.time()
+        os.kill(victim.proc.pid, signal.SIGSTOP)  # type: ignore[union-attr]
+    else:
+        t0 = mesh.kill(victim)
     watch.start()
     refusals: dict[str, int] = {}
     attempts = 0
@@ -286,6 +295,8 @@ def run_trial(mesh: Mesh60, trial: int, token: str, rng: random.Random,
     watch.join(timeout=5.0)
     watch.stop.set()
     watch.join()
+    if args.stop:
+        mesh.kill(victim)  # a SIGKILL ends a stopped process too
     became: list[tuple[float, str, int]] = []
     for p in survivors:
         for line in p.tail.read():
@@ -361,6 +372,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--cleanup-every", type=int, default=10,
                    help="delete the probe services every this many trials (default 10)")
     p.add_argument("--seed", type=int, default=1, help="RNG seed for choosing the writer")
+    p.add_argument("--stop", action="store_true",
+                   help="SIGSTOP the leader instead of SIGKILL (a silent leader: found by "
+                   "the election timeout only)")
     ml.add_run_options(p, name="control_failover", subnet="127.0.60", first_octet=1)
     ml.add_subnet_option(p, "127.0.60")
     p.add_argument("--keep-logs", type=Path, default=None,
@@ -444,6 +458,7 @@ def main() -> int:
         "trials_done": len(rows),
         "quick": args.quick,
         "seed": args.seed,
+        "leader_signal": "SIGSTOP" if args.stop else "SIGKILL",
         "gossip_preset": args.preset,
         "raft_timing": timing_info(),
         "write_interval_s": args.interval,
@@ -479,8 +494,9 @@ def main() -> int:
     nan = float("nan")
     print()
     print(f"Control-plane failover, {args.peers} peers (5 Raft voters) on loopback, "
-          f"{len(rows)}/{args.trials} leader SIGKILLs: first write acknowledged through a "
-          f"survivor after median {fo.get('median', nan):.3f}s, p90 {fo.get('p90', nan):.3f}s, "
+          f"{len(rows)}/{args.trials} leader {summary['leader_signal']}s: first write "
+          f"acknowledged through a survivor after median {fo.get('median', nan):.3f}s, "
+          f"p90 {fo.get('p90', nan):.3f}s, "
           f"max {fo.get('max', nan):.3f}s (new leader first reported: median "
           f"{summary['new_leader_reported_s'].get('median', nan):.3f}s). Targets median <= "
           f"{TARGET_MEDIAN_S}s, max <= {TARGET_MAX_S}s: "

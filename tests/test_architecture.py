@@ -31,7 +31,8 @@ package of its layer (see README, Architecture)."""
 
 PURE_CORES = (
     "nanomesh.gossip", "nanomesh.placement", "nanomesh.consensus.voters",
-    "nanomesh.consensus.role_core", "nanomesh.runtime.reconcile_core",
+    "nanomesh.consensus.role_core", "nanomesh.consensus.leader_loss",
+    "nanomesh.runtime.reconcile_core",
     "nanomesh.runtime.lifecycle", "nanomesh.runtime.deployment_core", "nanomesh.naming",
     "nanomesh.ids", "nanomesh.wire.messages", "nanomesh.monitor", "nanomesh.wire.leaf",
     "nanomesh.gateway.leaf_core",

@@ -27,16 +27,19 @@ Facts from pysyncobj's source (0.3.17) this module relies on:
   higher terms; when it is then added, that term deposes the leader. There is
   no PreVote; `hold_elections` is our substitute for a joining node: it never
   campaigns before it has heard from a leader.
-- A connection that read nothing for ``connectionTimeout`` is closed the next
-  time it is *used*, before the data is read or written. Followers never talk
-  to each other, so between elections every follower-follower link goes
-  idle; the first vote request after a leader's death then closes the link
-  instead of arriving, that election fails, and only the second one (after
-  the reconnects) elects a leader: every failover cost two election timeouts.
-  We send a tiny keepalive on every established link every
-  ``connectionTimeout / 3``; pysyncobj ignores message types it does not
-  know. (Raising ``connectionTimeout`` instead would leave silently dead
-  peers undetected.)
+- Its connection closed a link that read nothing for ``connectionTimeout``
+  the next time it was *used*. Followers never talk to each other, so
+  between elections every follower-follower link went idle, and the first
+  vote request after a leader's death closed its link instead of arriving:
+  every failover cost two election timeouts. We first sent keepalives on
+  idle links; now our connection (`_transport.GuardedConnection`) calls a
+  link dead only when something it sent went unanswered for that long, so a
+  quiet link stays usable for free.
+- A follower notices a dead leader only by its election timeout. When the
+  leader's side closes the link and its host then refuses a connection to
+  its Raft port (its process died: the kernel closed its connections and
+  its listening socket), we campaign after a short random delay instead
+  (`leader_loss`), so failover after a crash does not wait for the timeout.
 - An exception in an apply function makes pysyncobj retry that entry on
   every tick forever; the apply functions of `nanomesh.consensus.state` are
   total for that reason.
@@ -47,7 +50,7 @@ Facts from pysyncobj's source (0.3.17) this module relies on:
   ticks, whether or not anything is due: at 10 ms that was 100 wake-ups a
   second on an idle node. We wrap the poller's ``poll`` so the wait ends at
   the earliest timer pysyncobj or we keep (heartbeat, election deadline,
-  keepalive, reconnect, a forgotten leader), capped by ``autoTickPeriod``
+  reconnect, a forgotten leader), capped by ``autoTickPeriod``
   for the timers not listed (the one-second journal timer, log compaction,
   handshake deadlines); a pipe in the same poller ends the wait at once when
   another thread submits a command or asks for a call (pysyncobj has such a
@@ -63,6 +66,7 @@ import collections
 import contextlib
 import logging
 import os
+import random
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -70,8 +74,13 @@ from typing import Any
 import pysyncobj  # type: ignore[import-untyped]
 from pysyncobj.poller import POLL_EVENT_TYPE  # type: ignore[import-untyped]
 
-from nanomesh.consensus import _journal
-from nanomesh.consensus._transport import KeyedSyncObj, KeyringCipher, transport_class
+from nanomesh.consensus import _journal, leader_loss
+from nanomesh.consensus._transport import (
+    KeyedSyncObj,
+    KeyringCipher,
+    PortProbe,
+    transport_class,
+)
 from nanomesh.consensus.config import RaftTiming
 from nanomesh.consensus.state import (
     DesiredState,
@@ -84,7 +93,7 @@ from nanomesh.consensus.state import (
     apply_set_plan,
 )
 from nanomesh.consensus.status import RaftStatus, Role
-from nanomesh.wire import Keyring, raft_link
+from nanomesh.wire import Keyring
 
 log = logging.getLogger("nanomesh.consensus")
 _journal.install()  # durable journal and full dump: see `_journal`
@@ -96,12 +105,6 @@ CommandCallback = Callable[[Any, int], None]
 thread. Result is the apply function's return value on SUCCESS."""
 
 _ROLES = {0: Role.FOLLOWER, 1: Role.CANDIDATE, 2: Role.LEADER}
-_KEEPALIVE = raft_link.KEEPALIVE_MESSAGE
-"""Sent on idle links; pysyncobj's message handler ignores unknown types (on a
-compact link it is one byte of frame body, `nanomesh.wire.raft_link`)."""
-KEEPALIVES_PER_TIMEOUT = 3
-"""Keepalives per ``connection_timeout``: a link then stays fresh even if two
-in a row are delayed by a busy tick."""
 
 
 def _ignore_drop(reason: str) -> None:
@@ -225,8 +228,13 @@ class RaftNode:
         self._hold_elections = hold_elections
         self._hold_for = timing.raft_max_timeout
         self._leader_stale_after = timing.leader_fallback_timeout
-        self._keepalive_period = timing.connection_timeout / KEEPALIVES_PER_TIMEOUT
-        self._next_keepalive = 0.0
+        self._leader_loss_max_delay = timing.leader_loss_max_delay
+        self._rng = random.Random()  # seeded from the OS: the draws must differ per node
+        self._probe: PortProbe | None = None
+        self._sent_view = (0, 0)  # (last log index, commit index) the followers were sent
+        self._send_now = False
+        self._probe_until = 0.0
+        self._probe_for = timing.raft_min_timeout
         self._reconnect_period = timing.connection_retry_time
         self._longest_wait = timing.auto_tick_period
         self._status: RaftStatus | None = None
@@ -245,6 +253,7 @@ class RaftNode:
         cipher = KeyringCipher(keyring, epoch)  # ValueError without a key
         if source_ip is None and self_address is not None:
             source_ip = self_address.rsplit(":", 1)[0]
+        self._source_ip = source_ip
         self._obj = KeyedSyncObj(
             self_address, list(peers), conf, consumers=[self._machine], cipher=cipher,
             transportClass=transport_class(cipher, source_ip, on_dropped or _ignore_drop))
@@ -259,6 +268,7 @@ class RaftNode:
         self._commands = self._obj._SyncObj__commandsQueue._FastQueue__queue
         self._wakeup = _Wakeup(self._obj._poller)
         self._wait_until_due(self._obj._poller)
+        self._obj._SyncObj__transport.on_closed_by_peer = self._on_closed_by_peer
         self._obj.addOnTickCallback(self._tick)
 
     # ------------------------------------------------------------ any thread
@@ -324,6 +334,8 @@ class RaftNode:
     def release(self) -> None:
         """Close what outlives the tick thread; call once `alive` is False."""
         self._wakeup.close()
+        if self._probe is not None:
+            self._probe.close()
 
     @property
     def initial_state(self) -> DesiredState:
@@ -340,10 +352,10 @@ class RaftNode:
                 self._postpone_election()
             else:
                 self._hold_elections = False  # part of the cluster now: normal Raft
-        now = pysyncobj.syncobj.monotonicTime()
-        if now >= self._next_keepalive:
-            self._next_keepalive = now + self._keepalive_period
-            self._send_keepalives()
+        self._send_news_now()
+        if self._probe is not None and pysyncobj.syncobj.monotonicTime() > self._probe_until:
+            self._probe.close()  # no answer: the election timeout decides
+            self._probe = None
         while self._calls:
             fn = self._calls.popleft()
             try:
@@ -355,19 +367,71 @@ class RaftNode:
             self._status = status
             self._on_status(status)
 
-    def _send_keepalives(self) -> None:
-        """One keepalive to every node this one has a ready link with (voters
-        and read-only replicas) and sent nothing to for a keepalive period:
-        a link that carries heartbeats or their answers is fresh already.
-        ``isNodeConnected`` is pysyncobj's own test before it sends, and is
-        only true after the encryption handshake."""
+    def _on_closed_by_peer(self, node: Any) -> None:
+        """The other side closed our link to voter `node` (transport callback,
+        on the tick thread). If it was our leader, ask its host whether
+        anything still listens on its Raft port: a leader also closes links
+        on purpose (it removed this node from the cluster, it refused a
+        frame), and only a refused connect says its process is gone. The
+        probe ends in `_leader_gone`, or says nothing within an election
+        timeout (`_tick` drops it; the election timeout runs meanwhile)."""
+        if not self._campaigns_early(str(node.address)) or self._probe is not None:
+            return
+        probe = PortProbe(self._obj._poller, str(node.address), self._source_ip,
+                          lambda: self._leader_gone(str(node.address)))
+        if probe.refused:
+            self._leader_gone(str(node.address))
+        elif probe.pending:
+            self._probe = probe
+            self._probe_until = pysyncobj.syncobj.monotonicTime() + self._probe_for
+
+    def _campaigns_early(self, closed: str) -> bool:
         obj = self._obj
-        transport = obj._SyncObj__transport
-        quiet_since = pysyncobj.syncobj.monotonicTime() - self._keepalive_period
-        for node in obj.otherNodes | obj.readonlyNodes:
-            conn = transport._connections.get(node)
-            if obj.isNodeConnected(node) and (conn is None or conn.last_sent <= quiet_since):
-                transport.send(node, _KEEPALIVE)
+        leader = obj._getLeader()
+        return leader_loss.campaigns_early(
+            is_follower=obj.selfNode is not None and obj._SyncObj__raftState == 0,
+            holding=self._hold_elections,
+            leader=None if leader is None else str(leader.address), closed=closed)
+
+    def _leader_gone(self, address: str) -> None:
+        """Nothing listens where our leader did: campaign after a short random
+        delay rather than the rest of the election timeout (`leader_loss`),
+        unless meanwhile another leader was heard or a candidate asked. The
+        tick's poll then wakes at the new deadline (`_time_to_next_timer`)."""
+        if self._probe is not None:
+            self._probe.close()
+            self._probe = None
+        if not self._campaigns_early(address):
+            return
+        obj = self._obj
+        now = pysyncobj.syncobj.monotonicTime()
+        deadline = leader_loss.campaign_deadline(
+            now=now, deadline=obj._SyncObj__raftElectionDeadline, draw=self._rng.random(),
+            max_delay=self._leader_loss_max_delay)
+        obj._SyncObj__raftElectionDeadline = deadline
+        log.info("raft: leader %s is gone (its link closed, its port refuses); campaigning "
+                 "in %.0f ms unless a candidate asks first", address, 1000 * (deadline - now))
+
+    def _send_news_now(self) -> None:
+        """On a leader whose log or commit index moved this tick, make the
+        next append_entries due at once (the next tick, right after this
+        one's journal sync) instead of at the next heartbeat period. With
+        batching, pysyncobj sends a new entry only when the period is up, so
+        a write waited up to one period to leave and its commit as long to
+        reach the followers: fine at 30 ms heartbeats, ~100 ms of latency
+        each at 100 ms. One send per tick that had news, whatever the number
+        of writes in it: still batched. ``raftNextIndex`` advances on send,
+        so nothing already sent is sent again."""
+        obj = self._obj
+        self._send_now = False
+        if obj._SyncObj__raftState != 2:
+            self._sent_view = (0, 0)
+            return
+        view = (int(obj._SyncObj__raftLog[-1][1]), int(obj.raftCommitIndex))
+        if view != self._sent_view:
+            self._sent_view = view
+            obj._SyncObj__newAppendEntriesTime = 0.0
+            self._send_now = True
 
     def _wait_until_due(self, poller: Any) -> None:
         """Make the tick thread's poll wait only until the next timer is due
@@ -382,11 +446,11 @@ class RaftNode:
         """Seconds until the earliest timer of this node is due (0: work is
         waiting), at most ``auto_tick_period``. Runs on the tick thread, at
         the end of a tick."""
-        if self._calls or self._commands:
+        if self._calls or self._commands or self._send_now:
             return 0.0
         obj = self._obj
         now = pysyncobj.syncobj.monotonicTime()
-        due = [now + self._longest_wait, self._next_keepalive]
+        due = [now + self._longest_wait]
         if obj._SyncObj__raftState == 2:  # leader: the next heartbeat
             due.append(obj._SyncObj__newAppendEntriesTime)
         else:

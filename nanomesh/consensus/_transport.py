@@ -55,6 +55,8 @@ replaces atomically (`Keyring` is copy-on-write).
 from __future__ import annotations
 
 import base64
+import contextlib
+import errno
 import functools
 import logging
 import socket
@@ -210,8 +212,14 @@ class GuardedConnection:
         self._last_read = _monotonic()
         self.opened_at = self._last_read
         self.last_sent = self._last_read
-        """When a message was last queued on this link (`send`): the other
-        side's read clock is fresh if it was recently, so no keepalive is due."""
+        """When a message was last queued on this link (`send`)."""
+        self._sending_since = self._last_read
+        """Start of the current stretch of sends: a send after none for a
+        ``connectionTimeout`` starts a new one (`_timed_out`)."""
+        self.closed_by_peer = False
+        """Did the last disconnect come from the other side (EOF, a reset or
+        a socket error), as when its process dies? Read in the disconnect
+        callback (`GuardedTransport.on_closed_by_peer`)."""
         self._link: raft_link.LinkSeal | None = None
         self._offered = False
         self.compact = False
@@ -280,7 +288,10 @@ class GuardedConnection:
         return True
 
     def send(self, message: Any) -> None:
-        self.last_sent = _monotonic()
+        now = _monotonic()
+        if now - self.last_sent > self._timeout:
+            self._sending_since = now  # after a quiet spell: a fresh start
+        self.last_sent = now
         link = self._link_seal() if self.compact else None
         if link is not None:
             plain = raft_link.encode(message)
@@ -313,10 +324,11 @@ class GuardedConnection:
                 return None
         return self._link
 
-    def disconnect(self) -> None:
+    def disconnect(self, *, by_peer: bool = False) -> None:
         notify = self._on_disconnected is not None and (
             self._state != CONNECTION_STATE.DISCONNECTED)
         self._reset()
+        self.closed_by_peer = by_peer
         if notify and self._on_disconnected is not None:
             self._on_disconnected()
 
@@ -415,11 +427,13 @@ class GuardedConnection:
         if descr != self._fileno:
             self._poller.unsubscribe(descr)
             return
-        if event & POLL_EVENT_TYPE.ERROR or self._timed_out():
-            self.disconnect()
+        # No `_timed_out` check here: bytes arriving prove the link alive, and
+        # a write event goes through `_flush`, which checks it.
+        if event & POLL_EVENT_TYPE.ERROR:
+            self.disconnect(by_peer=True)
             return
         if self._sock is None or self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
-            self.disconnect()
+            self.disconnect(by_peer=self._sock is not None)
             return
         if self._state == CONNECTION_STATE.CONNECTING:
             if self._on_connected is not None:
@@ -450,10 +464,10 @@ class GuardedConnection:
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
-                self.disconnect()
+                self.disconnect(by_peer=True)
                 return
             if not incoming:
-                self.disconnect()
+                self.disconnect(by_peer=True)  # EOF: the other side closed
                 return
             budget -= len(incoming)
             self._last_read = _monotonic()
@@ -496,7 +510,21 @@ class GuardedConnection:
             del self._write[:sent]
 
     def _timed_out(self) -> bool:
-        return bool(_monotonic() - self._last_read > self._timeout)
+        """Is this link dead: have we been sending on it for longer than
+        ``connectionTimeout`` without reading a byte? Checked before each
+        write. pysyncobj's rule (nothing *read* for that long) also closed
+        links that were merely quiet: followers never talk to each other, so
+        the first vote request after a quiet spell closed its link instead
+        of arriving, and every failover took two elections; keepalives on
+        idle links were our first cure, at a cost. Here the first send after
+        a quiet spell starts the clock instead, so it goes out; a peer that
+        went silent is found once we have talked to it for a timeout without
+        a word back (a leader sends heartbeats every period, which a live
+        follower answers). A dead peer behind a link nobody uses is found
+        when it is next used, or by the kernel's TCP keepalive
+        (``tcp_keepalive``)."""
+        now = _monotonic()
+        return bool(now - max(self._last_read, self._sending_since) > self._timeout)
 
     def _reset(self) -> None:
         self.sendRandKey = None
@@ -515,6 +543,7 @@ class GuardedConnection:
         self._write = bytearray()
         self._state = CONNECTION_STATE.DISCONNECTED
         self._last_read = self.opened_at = self.last_sent = _monotonic()
+        self._sending_since = self._last_read
 
     def _set_keepalive(self) -> None:
         if self._sock is not None and self._keepalive is not None:
@@ -608,6 +637,10 @@ class GuardedTransport(TCPTransport):  # type: ignore[misc]
         self._cipher = cipher
         self._source_ip = source_ip
         self._dropped = dropped
+        self.on_closed_by_peer: Callable[[Any], None] | None = None
+        """Called with the node (a voter) whose established link its side
+        closed, after pysyncobj has counted it disconnected: the Raft node
+        campaigns early when that node was its leader (`_pysyncobj`)."""
         super().__init__(syncObj, selfNode, otherNodes)
 
     def _new_connection(self, sock: socket.socket | None = None) -> GuardedConnection:
@@ -660,6 +693,15 @@ class GuardedTransport(TCPTransport):  # type: ignore[misc]
             conn.setOnDisconnectedCallback(functools.partial(self._onDisconnected, conn))
             self._connections[node] = conn
 
+    def _onDisconnected(self, conn: GuardedConnection) -> None:
+        """pysyncobj's (forget the link, reconnect), then `on_closed_by_peer`
+        if the other side closed a link of a voter."""
+        node = self._connToNode(conn)
+        super()._onDisconnected(conn)
+        if (conn.closed_by_peer and node is not None and node in self._nodes
+                and self.on_closed_by_peer is not None):
+            self.on_closed_by_peer(node)
+
     def _onTick(self) -> None:
         super()._onTick()
         now = _monotonic()
@@ -668,6 +710,56 @@ class GuardedTransport(TCPTransport):  # type: ignore[misc]
         for conn in overdue:
             self._dropped("handshake-timeout")
             conn.disconnect()
+
+
+class PortProbe:
+    """Does anything still listen at ``ip:port`` `address`? One non-blocking
+    connect, watched by the tick thread's poller. `refused` becomes True if
+    the host refuses it (ECONNREFUSED: nothing listens, as when the process
+    died; the host answers within a round trip), and `on_refused` is called
+    if that happens after construction. Anything else (accepted, an error,
+    no answer before `close`) says nothing. Close it in every case."""
+
+    def __init__(self, poller: Any, address: str, source_ip: str | None,
+                 on_refused: Callable[[], None]) -> None:
+        self._poller = poller
+        self._on_refused = on_refused
+        self.refused = False
+        host, port = address.rsplit(":", 1)
+        self._sock: socket.socket | None = socket.socket(_family(host), socket.SOCK_STREAM)
+        self._sock.setblocking(False)
+        try:
+            if source_ip is not None and _family(source_ip) == _family(host):
+                self._sock.bind((source_ip, 0))
+            err = self._sock.connect_ex((host, int(port)))
+        except OSError:
+            err = -1
+        if err == errno.EINPROGRESS:
+            poller.subscribe(self._sock.fileno(), self._on_event,
+                             POLL_EVENT_TYPE.WRITE | POLL_EVENT_TYPE.ERROR)
+            return
+        self.refused = err == errno.ECONNREFUSED
+        self.close()
+
+    @property
+    def pending(self) -> bool:
+        return self._sock is not None
+
+    def _on_event(self, descr: int, event: int) -> None:
+        if self._sock is None:
+            return
+        err = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        self.close()
+        if err == errno.ECONNREFUSED:
+            self.refused = True
+            self._on_refused()
+
+    def close(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(Exception):  # the poller may not know it yet
+                self._poller.unsubscribe(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
 
 
 def transport_class(cipher: KeyringCipher, source_ip: str | None, dropped: Counter = _ignore

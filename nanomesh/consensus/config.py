@@ -4,9 +4,14 @@ Every value of `RaftTiming` carries its unit, meaning and trade-off; the
 presets say why they differ. `RaftTiming.problems()` is the one place that
 rejects impossible combinations (pysyncobj's own checks are bare asserts).
 
-The default preset ``lan()`` is the one measured for ARCHITECTURE.md §3 on
-loopback with 3 and 5 nodes: failover (leader SIGKILL → a write committed by
-the new leader) median 0.45 s, max 0.50 s, ~2-3 % of a core idle per node.
+The default preset ``lan()`` was first measured for ARCHITECTURE.md §3 (30 ms
+heartbeats, election timeout 0.15-0.30 s). Issue 9 slowed the heartbeats to
+100 ms, the largest cost of an idle voter, once a follower whose leader's
+process dies campaigns at once (`nanomesh.consensus.leader_loss`); measured
+2026-12-07 on loopback, 5 voters, 20 trials each (experiments/README.md):
+leader SIGKILL → a write acknowledged through a survivor median 0.06 s, max
+0.67 s (was 0.25 / 0.36 s); leader SIGSTOP (silent, found by the election
+timeout only) median 0.43 s, max 0.78 s (was 0.26 / 0.40 s).
 """
 
 from __future__ import annotations
@@ -33,28 +38,38 @@ class RaftTiming:
     """Raft timing, in seconds unless said otherwise. Field names are ours;
     `to_syncobj_kwargs` maps them to pysyncobj's ``SyncObjConf`` names."""
 
-    raft_min_timeout: float = 0.15
+    raft_min_timeout: float = 0.35
     """Election timeout, lower bound (pysyncobj ``raftMinTimeout``). A
     follower that hears no leader for a random time in [min, max] starts an
-    election. It is the main term of failover time (measured median 0.45 s).
-    Lower is faster failover but more stray elections when a busy device
-    delays a heartbeat; must exceed 3 x append_entries_period."""
-    raft_max_timeout: float = 0.30
-    """Election timeout, upper bound (``raftMaxTimeout``). The 0.15 s window is
-    5 heartbeat periods wide, so two followers rarely time out together
+    election. It is the failover time of a leader that goes silent (power
+    loss: measured median 0.43 s); a leader whose process dies is replaced
+    faster (`leader_loss_max_delay`). Lower is faster failover but more
+    stray elections when a busy device delays a heartbeat; must exceed 3 x
+    append_entries_period (3.5 x here)."""
+    raft_max_timeout: float = 0.70
+    """Election timeout, upper bound (``raftMaxTimeout``). The 0.35 s window is
+    3.5 heartbeat periods wide, so two followers rarely time out together
     (split votes)."""
-    append_entries_period: float = 0.03
-    """Heartbeat and replication period (``appendEntriesPeriod``). With
-    batching on, a write waits about one period before it is sent, so this is
-    also the floor of write latency. Heartbeats cost ~2-3 % of a core idle."""
-    connection_timeout: float = 0.6
+    append_entries_period: float = 0.1
+    """Heartbeat and replication period (``appendEntriesPeriod``). Each
+    period the leader sends every voter a heartbeat (~79 bytes on the wire),
+    which answers (~78 bytes), and the leader's kernel acknowledges the
+    answer (52 bytes: past its 40 ms delayed-ACK timer, the ACK no longer
+    rides on the next heartbeat): ~2.1 kB/s per voter link at 0.1 s, 5.2
+    kB/s at the former 0.03 s (measured, `experiments/raft_idle_bytes.py`).
+    New entries and commit indexes do not wait for it: the leader sends
+    them at its next tick (`_pysyncobj.RaftNode._send_news_now`). Longer
+    needs a longer election timeout (above), which slows failover from a
+    silent leader."""
+    connection_timeout: float = 0.7
     """A TCP connection that received nothing for this long is dead
     (``connectionTimeout``); pysyncobj requires >= raft_max_timeout. A killed
     process is noticed at once (the kernel resets its connections); this
-    bounds detection of a peer that lost power or network. pysyncobj checks
-    it only when a link is used, so idle links (follower to follower) get a
-    keepalive every connection_timeout / 3 (`nanomesh.consensus._pysyncobj`);
-    without them the first election after a quiet spell always failed."""
+    bounds detection of a peer that lost power or network: a link is dead
+    when something sent on it went unanswered for this long, checked before
+    the next write (`_transport.GuardedConnection._timed_out`). A link
+    nobody talks on (follower to follower) stays open without traffic; the
+    kernel's TCP keepalive finds a dead peer behind it."""
     connection_retry_time: float = 0.2
     """Pause between reconnection attempts to an unreachable node
     (``connectionRetryTime``). Short, so a restarted node hears the leader
@@ -66,6 +81,14 @@ class RaftTiming:
     (``leaderFallbackTimeout``). Until then a leader cut off from the majority
     still believes it leads: this is why only *committed* state may take
     effect. Must exceed append_entries_period."""
+    leader_loss_max_delay: float = 0.1
+    """Longest random delay, in seconds, before a follower campaigns when its
+    leader's side closed their link (a killed process: the kernel closes its
+    connections; `nanomesh.consensus.leader_loss`). Spreads the followers'
+    candidacies so one's vote requests usually arrive before another
+    campaigns (a split vote costs another election timeout); the first of 4
+    followers waits max/5 on average. Must stay below raft_min_timeout, or
+    the election timeout would usually come first anyway."""
     auto_tick_period: float = 0.5
     """Longest sleep of the Raft thread between ticks (``autoTickPeriod``).
     The thread wakes when a timer above is due, a message arrives or work is
@@ -75,9 +98,11 @@ class RaftTiming:
     the main thread's. At the former 0.01 s an idle node woke 100 times a
     second."""
     append_entries_use_batch: bool = True
-    """Send queued entries in batches every period (``appendEntriesUseBatch``).
-    Off, pysyncobj logged "truncating already-applied log entries" under rapid
-    writes; on, a write costs about one append_entries_period."""
+    """Send queued entries in batches (``appendEntriesUseBatch``): pysyncobj
+    every period, and we at the tick after they were queued (one send per
+    tick, whatever the number of writes in it). Off, pysyncobj sent each
+    entry alone and logged "truncating already-applied log entries" under
+    rapid writes."""
     dynamic_membership_change: bool = True
     """Allow adding/removing voters at run time (``dynamicMembershipChange``);
     needed by `add_voter`/`remove_voter`. All voters must agree on it."""
@@ -90,9 +115,11 @@ class RaftTiming:
 
     @classmethod
     def slow(cls) -> RaftTiming:
-        """For lossy Wi-Fi or heavily loaded devices, where ``lan()`` showed
-        stray elections: every timeout x4, heartbeats x3 (so the
-        timeout/heartbeat ratio stays >= 5). Failover becomes ~1.5-2 s."""
+        """For lossy Wi-Fi or heavily loaded devices, where the former
+        ``lan()`` (election timeout 0.15-0.30 s) showed stray elections: the
+        election timeout x4 of that (0.6-1.2 s) with heartbeats every 0.09 s
+        (6.7 periods in the shortest timeout), connection and fallback
+        timeouts 2.4 s. Failover from a silent leader becomes ~1-1.5 s."""
         return replace(cls(), raft_min_timeout=0.6, raft_max_timeout=1.2,
                        append_entries_period=0.09, connection_timeout=2.4,
                        connection_retry_time=0.4, leader_fallback_timeout=2.4)
@@ -109,6 +136,8 @@ class RaftTiming:
             out.append("raft_max_timeout must exceed raft_min_timeout")
         if self.connection_timeout < self.raft_max_timeout:
             out.append("connection_timeout must be >= raft_max_timeout")
+        if self.leader_loss_max_delay >= self.raft_min_timeout:
+            out.append("leader_loss_max_delay must be below raft_min_timeout")
         if self.leader_fallback_timeout <= self.append_entries_period:
             out.append("leader_fallback_timeout must exceed append_entries_period")
         return out

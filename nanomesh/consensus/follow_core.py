@@ -1,7 +1,7 @@
 """When a learner pulls the committed state: a pure core, no I/O, no clock.
 
 A learner (a peer that is not a Raft voter) runs no Raft node: a pysyncobj
-learner is fed by the leader's heartbeats (``append_entries_period``, 30 ms),
+learner is fed by the leader's heartbeats (``append_entries_period``, then 30 ms),
 which at 20 peers was 94 % of an idle peer's traffic and made the leader's
 work linear in the mesh (issue 9). Instead the leader gossips the committed
 *version* of the state in its profile (``profile["raft"]``: ``cluster_epoch``

@@ -7,7 +7,7 @@
 work unchanged on a learner. It differs in how the state arrives: it pulls
 the committed state from a voter when gossip announces a newer version (and
 every `FollowConfig.recheck_period`), instead of receiving every log entry
-on the leader's 30 ms heartbeat (issue 9).
+on the leader's heartbeat (issue 9).
 
 Durability. Every state pulled goes to a state file (``follow.json``:
 temporary file, fsync, rename, fsync of the directory) before it takes

@@ -7,7 +7,7 @@ time, in one of these roles (advertised in the gossiped profile under
 - ``none``: no node yet (waiting to learn the voters from gossip) or gone;
 - ``learner``: no Raft node at all: a `nanomesh.consensus.follower.FollowerNode`
   pulls the committed state from a voter when the leader's gossip announces
-  a newer version (and forwards writes), so the voters' 30 ms heartbeats
+  a newer version (and forwards writes), so the voters' heartbeats
   reach voters only and the leader's work does not grow with the mesh
   (issue 9); it never votes;
 - ``joining``: a voter node started with ``join=True`` and a fresh data

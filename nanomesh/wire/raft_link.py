@@ -1,7 +1,7 @@
 """Compact frames of an established Raft link (issue 9: an idle voter is heavy).
 
 Why. pysyncobj's leader sends every follower an ``append_entries`` every
-``append_entries_period`` (30 ms) even with nothing to replicate, and the
+``append_entries_period`` (then 30 ms) even with nothing to replicate, and the
 follower answers each with a ``next_node_idx``. Through the hardened
 transport (`nanomesh.consensus._transport`) each heartbeat cost, measured
 2026-12-06 (a 4-field dict, term 3, indexes ~1,200)::

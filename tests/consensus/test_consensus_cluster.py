@@ -7,14 +7,23 @@ Section numbers refer to the Raft paper (Ongaro & Ousterhout, 2014).
 
 from __future__ import annotations
 
+import signal
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
-from nanomesh.consensus.harness import HarnessError, NodeProcess, RaftCluster, wait_until
+from nanomesh.consensus.config import RaftTiming
+from nanomesh.consensus.harness import (
+    HarnessError,
+    NodeProcess,
+    RaftCluster,
+    open_cluster,
+    wait_until,
+)
 from nanomesh.wire import generate_key
 
 pytestmark = pytest.mark.integration
@@ -223,19 +232,72 @@ async def test_learner_replicates_and_forwards_but_never_votes(cluster: RaftClus
     assert "later" in (await _states([learner], 3))[0]["services"]
 
 
+SLOW_ELECTIONS = {"raft_min_timeout": 2.0, "raft_max_timeout": 3.0, "connection_timeout": 3.0,
+                  "leader_fallback_timeout": 3.0}
+"""Election timeouts far above what an early campaign takes (~0.1 s), so a
+new leader within a second can only come from the early campaign."""
+
+
+async def _new_leader_after(cluster: RaftCluster, survivors: list[NodeProcess], old: str,
+                            timeout: float) -> str | None:
+    """The survivors' agreed new leader within `timeout` s, else None."""
+    async def agreed() -> str | None:
+        leaders = {s["leader"] for s in (await cluster.statuses(survivors)).values()}
+        return leaders.pop() if len(leaders) == 1 and None not in leaders - {old} \
+            and old not in leaders else None
+    with trio.move_on_after(timeout):
+        return await wait_until(agreed, timeout + 1, what="a new leader")
+    return None
+
+
+async def test_followers_campaign_at_once_when_the_leaders_process_dies(
+        tmp_path: Path, ips: IpFactory) -> None:
+    """Issue 9 (`nanomesh.consensus.leader_loss`): a killed leader's kernel
+    closes its links, so its followers campaign within a short random delay
+    instead of waiting out their election timeout (here >= 2 s)."""
+    async with open_cluster(tmp_path, timing=SLOW_ELECTIONS) as cluster:
+        nodes = await cluster.start_voters(ips(3))
+        leader = await cluster.wait_leader(timeout=SETTLE)
+        survivors = [n for n in nodes if n.address != leader]
+        cluster.nodes[leader].kill()
+        assert await _new_leader_after(cluster, survivors, leader, 1.0) is not None, \
+            "no new leader within 1 s of the kill: the followers waited for their timeout"
+        await _write_until_accepted(survivors[0], "after-the-crash", {})
+
+
+async def test_a_silent_leader_is_found_by_the_election_timeout(
+        tmp_path: Path, ips: IpFactory) -> None:
+    """A leader that stops without closing its links (power loss; SIGSTOP
+    here) gives no early signal: the followers keep it for their election
+    timeout (>= 2 s), then elect another."""
+    async with open_cluster(tmp_path, timing=SLOW_ELECTIONS) as cluster:
+        nodes = await cluster.start_voters(ips(3))
+        leader = await cluster.wait_leader(timeout=SETTLE)
+        survivors = [n for n in nodes if n.address != leader]
+        process = cluster.nodes[leader].process
+        assert process is not None
+        process.send_signal(signal.SIGSTOP)
+        try:
+            assert await _new_leader_after(cluster, survivors, leader, 1.0) is None
+            assert await _new_leader_after(cluster, survivors, leader, SETTLE) is not None
+        finally:
+            process.send_signal(signal.SIGCONT)
+
+
 async def test_first_election_after_a_quiet_spell_succeeds(cluster: RaftCluster,
                                                            ips: IpFactory) -> None:
-    """Followers never talk to each other, and pysyncobj closes a link that
-    read nothing for connection_timeout when it is next used, dropping the
-    message. Without our keepalives the first vote requests after a quiet
-    spell were lost, and every election took two rounds. Here: 5 voters idle
-    for 2 x connection_timeout, then a leadership transfer makes one chosen
+    """Followers never talk to each other, and pysyncobj closed a link that
+    read nothing for connection_timeout when it was next used, dropping the
+    message: the first vote requests after a quiet spell were lost, and
+    every election took two rounds (we sent keepalives on idle links; now a
+    link is dead only after a timeout of sends without a byte back). Here: 5
+    voters idle for 2 x connection_timeout, then a leadership transfer makes one chosen
     follower campaign; it needs the votes of other followers (the old leader's
     alone is not a majority of 5), so it wins in the very next term only if
     its idle links to them still work."""
     nodes = await cluster.start_voters(ips(5))
     leader = await cluster.wait_leader(timeout=SETTLE)
-    await trio.sleep(1.2)  # default connection_timeout is 0.6 s
+    await trio.sleep(2 * RaftTiming().connection_timeout)
     term = (await cluster.nodes[leader].status() or {})["term"]
     target = next(n.address for n in nodes if n.address != leader)
     assert await cluster.nodes[leader].call("transfer_leadership", to=target) == target

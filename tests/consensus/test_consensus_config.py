@@ -22,10 +22,10 @@ from nanomesh.wire import Keyring
 
 
 def test_default_preset_is_the_measured_one() -> None:
-    """ARCHITECTURE.md section 3: the values behind median 0.45 s failover."""
+    """The values measured for issue 9 (experiments/README.md, 2026-12-07)."""
     assert RaftTiming.lan().to_syncobj_kwargs() == {
-        "raftMinTimeout": 0.15, "raftMaxTimeout": 0.30, "appendEntriesPeriod": 0.03,
-        "connectionTimeout": 0.6, "connectionRetryTime": 0.2, "leaderFallbackTimeout": 0.6,
+        "raftMinTimeout": 0.35, "raftMaxTimeout": 0.70, "appendEntriesPeriod": 0.1,
+        "connectionTimeout": 0.7, "connectionRetryTime": 0.2, "leaderFallbackTimeout": 0.6,
         "autoTickPeriod": 0.5, "appendEntriesUseBatch": True, "dynamicMembershipChange": True,
     }
 
@@ -37,10 +37,10 @@ def test_presets_pass_our_checks_and_pysyncobjs(timing: RaftTiming) -> None:
 
 
 @pytest.mark.parametrize(("change", "words"), [
-    ({"raft_min_timeout": 0.09}, "3 x append_entries_period"),
-    ({"raft_max_timeout": 0.15}, "raft_max_timeout must exceed"),
-    ({"connection_timeout": 0.2}, "connection_timeout must be >="),
-    ({"leader_fallback_timeout": 0.03}, "leader_fallback_timeout must exceed"),
+    ({"raft_min_timeout": 0.29}, "3 x append_entries_period"),
+    ({"raft_max_timeout": 0.35}, "raft_max_timeout must exceed"),
+    ({"connection_timeout": 0.6}, "connection_timeout must be >="),
+    ({"leader_fallback_timeout": 0.1}, "leader_fallback_timeout must exceed"),
     ({"auto_tick_period": 0.0}, "auto_tick_period must be > 0"),
 ])
 def test_impossible_timing_is_rejected_with_its_reason(change: dict[str, float],
@@ -50,6 +50,14 @@ def test_impossible_timing_is_rejected_with_its_reason(change: dict[str, float],
         timing.check()
     with pytest.raises(AssertionError):  # pysyncobj agrees, with a bare assert
         pysyncobj.SyncObjConf(**timing.to_syncobj_kwargs()).validate()
+
+
+def test_a_leader_loss_delay_past_the_election_timeout_is_rejected() -> None:
+    """Ours alone (pysyncobj has no such delay): a delay reaching the
+    election timeout would make the early campaign pointless."""
+    timing = replace(RaftTiming(), leader_loss_max_delay=RaftTiming().raft_min_timeout)
+    with pytest.raises(ConfigError, match="leader_loss_max_delay must be below"):
+        timing.check()
 
 
 def test_addresses_are_normalized_and_names_refused() -> None:

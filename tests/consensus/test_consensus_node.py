@@ -4,6 +4,7 @@ errors are the documented ones, the journal survives a restart."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -117,8 +118,12 @@ async def test_no_leader_yet_fails_fast_and_tiny_timeout_is_commit_timeout(
         assert node.status.role in (Role.FOLLOWER, Role.CANDIDATE)
     async with open_consensus(_config(ips(1)[0])) as node:
         await node.wait_status(lambda s: s.is_leader, timeout=5)
+        # Keep the Raft thread busy for longer than the write may take (a
+        # one-voter commit otherwise takes well under a millisecond).
+        assert node._raft is not None
+        node._raft.call_in_raft_thread(lambda: time.sleep(0.5))
         with pytest.raises(CommitTimeout) as err:
-            await node.put_service("cam", {}, timeout=0.0001)
+            await node.put_service("cam", {}, timeout=0.1)
         assert err.value.outcome_unknown
         await node.wait_state(lambda s: "cam" in s.services, timeout=2)  # it did commit
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import select
 import socket
 import struct
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -335,7 +336,11 @@ async def test_established_links_speak_compact_frames(ips: IpFactory) -> None:
     send compact frames, and replication runs over them."""
     async with _three_voters(ips(3)) as nodes:
         await _write_and_see(nodes, "over-compact-frames")
-        await trio.sleep(0.5)  # idle follower-follower links carry keepalives every 0.2 s
+        # Followers send each other nothing between elections: a transfer
+        # makes one campaign, so its vote request crosses a follower link.
+        leader = next(n for n in nodes if n.status.is_leader)
+        await leader.transfer_leadership()
+        await _write_and_see(nodes, "after-the-transfer")
         for n in nodes:
             for addr, conn in _links(n).items():
                 assert conn.compact, f"{addr} not compact"
@@ -362,3 +367,133 @@ async def test_a_peer_without_compact_frames_still_replicates(
         assert not _links(nb)[f"{old}:7948"].compact
         assert not any(c.compact for c in _links(nold).values())
         assert not any(n.dropped for n in nodes), [dict(n.dropped) for n in nodes]
+
+
+class _Poller:
+    """What `GuardedConnection` asks of pysyncobj's poller; the tests call
+    the event handler themselves."""
+
+    def subscribe(self, fd: int, callback: object, mask: int) -> None:
+        pass
+
+    def unsubscribe(self, fd: int) -> None:
+        pass
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@contextlib.contextmanager
+def _link(monkeypatch: pytest.MonkeyPatch, timeout: float = 0.6
+          ) -> Iterator[tuple[transport.GuardedConnection, socket.socket, _Clock, list[bool]]]:
+    """A connected `GuardedConnection` on one end of a socket pair (the
+    other end is returned), on a fake clock; the list records each
+    disconnect callback's `closed_by_peer`."""
+    clock = _Clock()
+    monkeypatch.setattr(transport, "_monotonic", clock)
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        theirs = socket.create_connection(server.getsockname())
+        ours, _ = server.accept()
+    ours.setblocking(False)
+    conn = transport.GuardedConnection(_Poller(), transport.KeyringCipher(Keyring([KEY_A])),
+                                       sock=ours, timeout=timeout)
+    closed: list[bool] = []
+    conn.setOnDisconnectedCallback(lambda: closed.append(conn.closed_by_peer))
+    try:
+        yield conn, theirs, clock, closed
+    finally:
+        conn.disconnect()
+        theirs.close()
+
+
+def _read_event(conn: transport.GuardedConnection) -> None:
+    conn._on_event(conn.fileno(), transport.POLL_EVENT_TYPE.READ)  # type: ignore[arg-type]
+
+
+def test_a_quiet_link_is_not_dead(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 9: followers send each other nothing between elections; the
+    first vote request after a quiet spell must go out, not close the link
+    (pysyncobj's rule, nothing read for connection_timeout, closed it)."""
+    with _link(monkeypatch) as (conn, theirs, clock, closed):
+        clock.now += 60.0
+        conn.send({"type": "request_vote", "term": 7})
+        assert conn.state == transport.CONNECTION_STATE.CONNECTED and closed == []
+        assert theirs.recv(4096)  # it arrived
+
+
+def test_sending_for_the_timeout_without_an_answer_closes_the_link(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A peer that went silent under traffic is still found: a write after
+    connection_timeout of sends without a byte back closes the link."""
+    with _link(monkeypatch) as (conn, _theirs, clock, closed):
+        for _ in range(5):  # heartbeats every 0.1 s for 0.5 s: still alive
+            conn.send({"type": "append_entries"})
+            clock.now += 0.1
+        assert closed == []
+        clock.now += 0.2  # 0.7 s of sends, nothing read
+        conn.send({"type": "append_entries"})
+        assert conn.state == transport.CONNECTION_STATE.DISCONNECTED
+        assert closed == [False]
+
+
+def test_any_bytes_read_answer_what_was_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+    with _link(monkeypatch) as (conn, theirs, clock, closed):
+        for _ in range(5):
+            conn.send({"type": "append_entries"})
+            clock.now += 0.1
+        theirs.sendall(b"\x00\x01")  # part of a frame: the peer is alive
+        _read_event(conn)
+        for _ in range(5):  # 1 s of sends, never 0.6 s without a read
+            conn.send({"type": "append_entries"})
+            clock.now += 0.1
+        assert conn.state == transport.CONNECTION_STATE.CONNECTED and closed == []
+
+
+def test_a_link_the_other_side_closes_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A killed process's kernel closes its connections: the disconnect
+    callback sees `closed_by_peer` (what starts an early election)."""
+    with _link(monkeypatch) as (conn, theirs, _clock, closed):
+        theirs.close()
+        _read_event(conn)
+        assert conn.state == transport.CONNECTION_STATE.DISCONNECTED
+        assert closed == [True]
+
+
+class _EventPoller:
+    """Keeps what `PortProbe` subscribes, so the test can deliver the event."""
+
+    def __init__(self) -> None:
+        self.watched: dict[int, Callable[[int, int], None]] = {}
+
+    def subscribe(self, fd: int, callback: Callable[[int, int], None], mask: int) -> None:
+        self.watched[fd] = callback
+
+    def unsubscribe(self, fd: int) -> None:
+        self.watched.pop(fd, None)
+
+    def deliver(self) -> None:
+        for fd, callback in list(self.watched.items()):
+            select.select([], [fd], [fd], 2.0)
+            callback(fd, transport.POLL_EVENT_TYPE.WRITE)
+
+
+@pytest.mark.parametrize("listening", [True, False])
+def test_a_port_probe_says_refused_only_when_nothing_listens(listening: bool) -> None:
+    """What tells a dead leader's process from a live leader that closed a
+    link on purpose (`nanomesh.consensus.leader_loss`)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    address = f"127.0.0.1:{server.getsockname()[1]}"
+    if not listening:
+        server.close()
+    poller, calls = _EventPoller(), []
+    probe = transport.PortProbe(poller, address, "127.0.0.1", lambda: calls.append(1))
+    immediate = probe.refused  # a refusal may come from connect() itself
+    poller.deliver()
+    assert probe.refused is (not listening) and not probe.pending and not poller.watched
+    assert len(calls) == int(probe.refused and not immediate)  # else the caller saw it
+    server.close()

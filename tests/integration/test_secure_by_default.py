@@ -32,7 +32,7 @@ pytestmark = pytest.mark.integration
 
 RAFT_PORT = 7948
 FLOOD_SECONDS = 6.0
-"""How long the flood lasts: many election timeouts (0.15-0.30 s) long."""
+"""How long the flood lasts: many election timeouts (0.35-0.70 s) long."""
 RSS_GROWTH_LIMIT = 8 * 1024 * 1024
 """What the flood may add to the leader's RSS ("a few MiB"): pysyncobj's own
 transport grew by 76 MiB for one 64 MiB frame."""
