@@ -67,6 +67,19 @@ async def test_an_unauthorised_upload_is_refused_before_its_body_is_read() -> No
     assert len(seen) == 2
 
 
+async def test_an_upload_before_any_credential_exists_is_a_503_to_retry() -> None:
+    """`admit` may raise HttpError: a mesh electing its first leader has no
+    token to check yet, and the client retries a 503 (a 401 it would not)."""
+    def admit(headers: Any) -> bool:
+        raise http.HttpError(503, "the mesh has no management token committed yet")
+
+    rules = {"/v1/bundles/": BodyLimit(1 << 30, 60.0, admit=admit)}
+    async with server(17030, large_bodies=rules):
+        reply = await exchange(17030, b"PUT /v1/bundles/x HTTP/1.1\r\nhost: h\r\n"
+                               b"content-length: 104857600\r\n\r\n")
+        assert reply.startswith(b"HTTP/1.1 503") and b"no management token" in reply
+
+
 async def test_the_large_body_rule_is_for_its_methods_only() -> None:
     rules = {"/v1/bundles/": BodyLimit(1 << 30, 60.0)}
     async with server(17002, large_bodies=rules):

@@ -128,10 +128,15 @@ class Access:
 
     def may_upload(self, headers: Mapping[str, str]) -> bool:
         """Whether a bundle upload may send its body (judged on the head
-        alone): only the operator uploads bundles (peers fetch them with GET)."""
+        alone): only the operator uploads bundles (peers fetch them with GET).
+        503 while no token is committed (a mesh electing its first leader),
+        as for every other call that needs the token: the caller retries."""
         node = self._node()  # running or not: its last committed digest
         digest = node.state.meta.get(TOKEN_META_KEY) if node is not None else None
-        return isinstance(digest, str) and token_matches(bearer_token(headers), digest)
+        if not isinstance(digest, str):
+            raise HttpError(503, "the mesh has no management token committed yet "
+                            "(is a Raft leader elected?)")
+        return token_matches(bearer_token(headers), digest)
 
     def authorize_instance(self, request: Request, iid: str) -> Replica:
         """The consensus node, if the caller is instance ``iid`` itself (its own

@@ -113,7 +113,8 @@ class BodyLimit:
     admit: Callable[[Mapping[str, str]], bool] | None = None
     """Checked on the request's headers before any of the body is read: False
     answers 401 at once, so nobody without credentials can make the server
-    spool a large body."""
+    spool a large body. It may raise `HttpError` to answer another status
+    (503 while there is nothing yet to check the credentials against)."""
 
 
 @dataclass(frozen=True)
@@ -573,10 +574,15 @@ async def _read_body(stream: trio.SocketStream, conn: h11.Connection, head: h11.
     size = 0
     rule = _body_rule(rules, head.method.decode("latin-1"),
                       head.target.decode("latin-1").partition("?")[0])
-    if rule is not None and rule.admit is not None and not rule.admit(
-            {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in head.headers}):
-        raise _Refused(401, f"this upload needs the mesh's management token "
-                       f"({TOKEN_SOURCES}) or its internal secret")
+    if rule is not None and rule.admit is not None:
+        try:
+            admitted = rule.admit({k.decode("latin-1").lower(): v.decode("latin-1")
+                                   for k, v in head.headers})
+        except HttpError as exc:
+            raise _Refused(exc.status, exc.message) from None
+        if not admitted:
+            raise _Refused(401, f"this upload needs the mesh's management token "
+                           f"({TOKEN_SOURCES})")
     if rule is not None:
         limit = rule.max_bytes
         scope.deadline = trio.current_time() + rule.timeout
