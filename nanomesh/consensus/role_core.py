@@ -143,7 +143,7 @@ class RoleConfig:
 @dataclass(frozen=True)
 class GossipView:
     """What gossip says, as of one call. `voters`: the voters as the peers
-    report them (`voters_from_profiles`); `epoch`: the newest control-plane
+    report them (`voter_evidence`); `epoch`: the newest control-plane
     epoch (`epoch_from_profiles`); `peers`: the membership view for the voter
     policy, None if this peer has none (then it never changes the
     configuration)."""
@@ -151,6 +151,9 @@ class GossipView:
     voters: frozenset[str] = frozenset()
     epoch: int = 0
     peers: Sequence[PeerInfo] | None = None
+    voters_term: int = 0
+    """The Raft term of the evidence behind `voters` (`voter_evidence`): the
+    term at which its reporter knew a leader; 0 when no reporter knew one."""
 
 
 class _Leave(enum.Enum):
@@ -182,6 +185,10 @@ class RoleCore:
         self._stored = StoredRole()
         self._role_since = 0.0
         self._no_leader_since: float | None = None
+        self._leader_term = 0
+        """The highest term in which this peer's current node heard a leader.
+        Gossip older than that cannot prove this voter was removed
+        (`_check_voter`)."""
         self._ghost_since: float | None = None
         self._absent_since: dict[str, float] = {}
         self._avoid: dict[str, float] = {}
@@ -251,6 +258,7 @@ class RoleCore:
     def _start_voter(self, role: RaftRole, generation: int, peers: tuple[str, ...],
                      epoch: int | None = None, *, record: bool = True) -> StartVoter:
         check_transition(self._role, role)
+        self._leader_term = 0  # a new node: terms of a new run (a recovery restarts them)
         return StartVoter(role, generation, peers,
                           self._stored.epoch if epoch is None else epoch, record)
 
@@ -383,13 +391,22 @@ class RoleCore:
     def _check_voter(self, status: RaftStatus, gossip: GossipView, now: float
                      ) -> list[Action]:
         """Lead (the voter policy) with a quorum; restart as a learner when
-        orphaned: no leader heard while gossip's voters exclude this one."""
+        orphaned: no leader heard while gossip's voters exclude this one.
+
+        Only gossip at least as new as the last leader this node heard counts
+        (`GossipView.voters_term`): in an election storm on a loaded host, the
+        newest section naming a leader may be a profile from before this
+        voter was added (its reporter's newer ones not yet pulled), and a
+        voter leaving on that word took a vote from a configuration that
+        still counted it. A voter really removed at term T heard no leader
+        after T, and the leader that removed it reports T or later."""
         if status.is_leader and status.has_quorum and status.leader == self.raft_addr:
             self._no_leader_since = None
+            self._leader_term = max(self._leader_term, status.term)
             return self._lead(status, gossip, now)
         hint = gossip.voters
         if self._no_leader_for(status, now) >= self.config.orphan_timeout and hint \
-                and self.raft_addr not in hint:
+                and self.raft_addr not in hint and gossip.voters_term >= self._leader_term:
             return [Log("warning", f"no leader for {self.config.orphan_timeout:.0f} s and the "
                         f"voters ({', '.join(sorted(hint))}) exclude {self.raft_addr}: "
                         "removed; restarting as a learner"),
@@ -399,6 +416,7 @@ class RoleCore:
     def _no_leader_for(self, status: RaftStatus, now: float) -> float:
         if status.leader is not None:
             self._no_leader_since = None
+            self._leader_term = max(self._leader_term, status.term)
             return 0.0
         if self._no_leader_since is None:
             self._no_leader_since = now
@@ -659,9 +677,15 @@ def gossiped_section(belief: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def voters_from_profiles(sections: Iterable[Any]) -> frozenset[str]:
+    """The voters as gossip reports them (`voter_evidence`, without its term)."""
+    return voter_evidence(sections)[0]
+
+
+def voter_evidence(sections: Iterable[Any]) -> tuple[frozenset[str], int]:
     """The voters as gossip reports them, from the ``profile["raft"]``
-    sections of the ALIVE peers (this one included); the daemon's
-    ``voters_hint``. Sections come from the network: malformed ones are
+    sections of the ALIVE peers (this one included), and the Raft term of
+    that report (0 for the union below); the daemon's ``voters_hint`` and
+    ``voters_term_hint``. Sections come from the network: malformed ones are
     skipped.
 
     Trust, in order: the voter list of the peer that knows a leader at the
@@ -688,7 +712,9 @@ def voters_from_profiles(sections: Iterable[Any]) -> frozenset[str]:
         key = (term, int(leader == addr), tuple(sorted(voters)))
         if best is None or key > best:
             best = key
-    return frozenset(best[2]) if best is not None else frozenset(union)
+    if best is None:
+        return frozenset(union), 0
+    return frozenset(best[2]), best[0]
 
 
 def epoch_from_profiles(sections: Iterable[Any]) -> int:

@@ -117,6 +117,7 @@ from nanomesh.consensus.role_core import RaftRole as RaftRole
 from nanomesh.consensus.role_core import RoleConfig as RoleConfig
 from nanomesh.consensus.role_core import StoredRole
 from nanomesh.consensus.role_core import epoch_from_profiles as epoch_from_profiles
+from nanomesh.consensus.role_core import voter_evidence as voter_evidence
 from nanomesh.consensus.role_core import voters_from_profiles as voters_from_profiles
 from nanomesh.consensus.state import DesiredState
 from nanomesh.consensus.status import LeaderWatch, RaftStatus
@@ -195,7 +196,8 @@ class RaftRoleManager:
     `keyring`: the cluster keys (read live: a rotation applies at once).
     `founder`: this peer was started without ``--join`` and may bootstrap the
     cluster. `voters_hint()`: the voters as
-    gossip reports them (the daemon computes it with `voters_from_profiles`).
+    gossip reports them, `voters_term_hint()` the term of that report (the
+    daemon computes both with `role_core.voter_evidence`).
     `view()`: the membership view for the voter policy (leader only; without
     it this peer never changes the configuration). `ask_promote`/`ask_remove`:
     the two peer-API calls (module doc). `follow`: how a learner reaches the
@@ -212,6 +214,7 @@ class RaftRoleManager:
                  view: Callable[[], Sequence[PeerInfo]] | None = None,
                  ask_promote: AskPromote | None = None, ask_remove: AskRemove | None = None,
                  epoch_hint: Callable[[], int] = lambda: 0,
+                 voters_term_hint: Callable[[], int] = lambda: 0,
                  follow: FollowTransport | None = None,
                  follow_config: FollowConfig | None = None,
                  mesh_raft_version: Callable[[], int] = lambda: RAFT_VERSION,
@@ -226,6 +229,7 @@ class RaftRoleManager:
         self._timing = timing
         self._voters_hint = voters_hint
         self._epoch_hint = epoch_hint
+        self._voters_term_hint = voters_term_hint
         self._view = view
         self._ask_promote = ask_promote
         self._ask_remove = ask_remove
@@ -457,7 +461,8 @@ class RaftRoleManager:
 
     def _gossip(self) -> core.GossipView:
         return core.GossipView(self._voters_hint(), self._epoch_hint(),
-                               None if self._view is None else list(self._view()))
+                               None if self._view is None else list(self._view()),
+                               self._voters_term_hint())
 
     async def _drive(self, actions: Iterable[fx.Action]) -> bool:
         """Carry out `actions` in order. The outcome of each action that has

@@ -229,6 +229,7 @@ class PeerAssembly:
             voters_hint=role_calls.voters_hint, config=self._role_config,
             view=role_calls.view, ask_promote=role_calls.ask_promote,
             ask_remove=role_calls.ask_remove, epoch_hint=role_calls.epoch_hint,
+            voters_term_hint=role_calls.voters_term_hint,
             follow=FollowCalls(members, calls), mesh_raft_version=role_calls.mesh_raft_version)
         control = ControlLoop(cfg.name, cfg.data_dir, founder=not cfg.join, roles=roles,
                               driver=runtime.driver, reconciler=runtime.reconciler,

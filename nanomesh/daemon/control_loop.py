@@ -34,7 +34,7 @@ from nanomesh.consensus import ConsensusError, ConsensusNode, StalePlanError
 from nanomesh.consensus.role_manager import (
     RaftRoleManager,
     epoch_from_profiles,
-    voters_from_profiles,
+    voter_evidence,
 )
 from nanomesh.consensus.voters import PeerInfo, peer_info
 from nanomesh.daemon.api_mesh import reported_instances
@@ -243,14 +243,17 @@ class RoleCalls:
         """The role manager's current node (to find the leader to ask)."""
 
     def voters_hint(self) -> frozenset[str]:
-        return voters_from_profiles(
-            (m.profile or {}).get("raft") for m in self._members()
-            if m.state in (MemberState.ALIVE, MemberState.SUSPECT))
+        return voter_evidence(self._raft_sections())[0]
+
+    def voters_term_hint(self) -> int:
+        return voter_evidence(self._raft_sections())[1]
+
+    def _raft_sections(self) -> list[Any]:
+        return [(m.profile or {}).get("raft") for m in self._members()
+                if m.state in (MemberState.ALIVE, MemberState.SUSPECT)]
 
     def epoch_hint(self) -> int:
-        return epoch_from_profiles(
-            (m.profile or {}).get("raft") for m in self._members()
-            if m.state in (MemberState.ALIVE, MemberState.SUSPECT))
+        return epoch_from_profiles(self._raft_sections())
 
     def mesh_raft_version(self) -> int:
         """The newest command set every live member applies (the leader's

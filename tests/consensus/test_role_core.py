@@ -76,8 +76,10 @@ def st(*, leader: str | None = None, voters: Sequence[str] = (), lead: bool = Fa
                       frozenset(voters), 10, 10, quorum, True, 0, True)
 
 
-def g(*voters: str, epoch: int = 0, peers: Sequence[PeerInfo] | None = None) -> GossipView:
-    return GossipView(frozenset(voters), epoch, peers)
+def g(*voters: str, epoch: int = 0, peers: Sequence[PeerInfo] | None = None,
+      term: int = 0) -> GossipView:
+    """What gossip says; `term`: the term of the report behind `voters`."""
+    return GossipView(frozenset(voters), epoch, peers, term)
 
 
 def peer(name: str, addr: str, *, state: MemberState = MemberState.ALIVE, since: float = 0.0,
@@ -183,6 +185,20 @@ STEP_ROWS = [
             [(1, LOST, g(B, C)), (10.9, LOST, g(B, C))], []),
     StepRow("voter without leader for orphan_timeout, excluded: learner", VOTER,
             [(1, LOST, g(B, C)), (11, LOST, g(B, C))], [StartLearner((B, C), 0)]),
+    # ... but only on gossip as new as the last leader it heard (term 3 here):
+    # a stale profile from before it was added must not make it leave
+    StepRow("voter that heard a leader at term 3, older gossip excludes it: keep", VOTER,
+            [(0, FOLLOWING, g(ME, B, C, term=3)), (1, LOST, g(B, C, term=1)),
+             (100, LOST, g(B, C, term=1))], []),
+    StepRow("voter that heard a leader at term 3, gossip of term 3 excludes it: learner",
+            VOTER, [(0, FOLLOWING, g(ME, B, C, term=3)), (1, LOST, g(B, C, term=3)),
+                    (11, LOST, g(B, C, term=3))], [StartLearner((B, C), 0)]),
+    StepRow("voter that heard a leader at term 3, later gossip excludes it: learner",
+            VOTER, [(0, FOLLOWING, g(ME, B, C, term=3)), (1, LOST, g(B, C, term=7)),
+                    (11, LOST, g(B, C, term=7))], [StartLearner((B, C), 0)]),
+    StepRow("leader at term 3 that lost it, older gossip excludes it: keep", VOTER,
+            [(0, LEADING, g(ME, B, C, term=3)), (1, LOST, g(B, C, term=2)),
+             (100, LOST, g(B, C, term=2))], []),
     StepRow("voter without leader that gossip still counts: keep waiting", VOTER,
             [(1, LOST, g(ME, B)), (100, LOST, g(ME, B))], []),
     StepRow("voter without leader, gossip knows no voters: keep waiting", VOTER,

@@ -15,6 +15,7 @@ import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -32,6 +33,7 @@ from nanomesh.consensus.role_core import (
     TRANSITIONS,
     RaftRole,
     RoleConfig,
+    voter_evidence,
     voters_from_profiles,
 )
 from nanomesh.consensus.role_manager import (
@@ -92,8 +94,13 @@ class Mesh:
         return out
 
     def hint(self) -> frozenset[str]:
-        return voters_from_profiles(raft_profile_section(p.manager)
-                                    for p in self.peers.values() if p.up)
+        return voters_from_profiles(self._sections())
+
+    def term_hint(self) -> int:
+        return voter_evidence(self._sections())[1]
+
+    def _sections(self) -> list[dict[str, Any]]:
+        return [raft_profile_section(p.manager) for p in self.peers.values() if p.up]
 
     async def ask_promote(self, name: str, voters: frozenset[str]) -> bool:
         p = self.peers[name]
@@ -115,7 +122,7 @@ class Mesh:
             self.tmp_path / name, KEYRING, RaftTiming.lan(), founder, self.hint,
             config=self.config, view=self.view if lead else None,
             ask_promote=self.ask_promote, ask_remove=self.ask_remove, follow=LocalFollow(self),
-            follow_config=FOLLOW)
+            follow_config=FOLLOW, voters_term_hint=self.term_hint)
         scope = trio.CancelScope()
 
         async def host(task_status: trio.TaskStatus[None]) -> None:
@@ -503,3 +510,5 @@ def test_voters_from_profiles_trusts_the_highest_term_with_a_leader() -> None:
                  {"role": "voter", "addr": c, "leader": None, "term": 2, "voters": [c]}]
     assert voters_from_profiles(no_leader) == {a, b, c}, "union: errs towards 'still a voter'"
     assert voters_from_profiles([]) == frozenset()
+    assert voter_evidence(sections) == ({a, b, c}, 4), "with the term of the report"
+    assert voter_evidence(no_leader) == ({a, b, c}, 0), "a union proves nothing: term 0"
