@@ -40,6 +40,10 @@ Facts from pysyncobj's source (0.3.17) this module relies on:
   its Raft port (its process died: the kernel closed its connections and
   its listening socket), we campaign after a short random delay instead
   (`leader_loss`), so failover after a crash does not wait for the timeout.
+- A candidate draws its election timeout afresh for every candidacy; on a
+  host where vote round trips outlast the timeout every voter keeps
+  campaigning and nobody is elected. A candidacy that follows one that
+  elected nobody waits longer (`election_backoff`).
 - An exception in an apply function makes pysyncobj retry that entry on
   every tick forever; the apply functions of `nanomesh.consensus.state` are
   total for that reason.
@@ -74,7 +78,7 @@ from typing import Any
 import pysyncobj  # type: ignore[import-untyped]
 from pysyncobj.poller import POLL_EVENT_TYPE  # type: ignore[import-untyped]
 
-from nanomesh.consensus import _journal, leader_loss
+from nanomesh.consensus import _journal, election_backoff, leader_loss
 from nanomesh.consensus._transport import (
     KeyedSyncObj,
     KeyringCipher,
@@ -235,6 +239,8 @@ class RaftNode:
         self._send_now = False
         self._probe_until = 0.0
         self._probe_for = timing.raft_min_timeout
+        self._backoff = election_backoff.ElectionBackoff()
+        self._candidacy_term = -1  # the term of the last candidacy seen (`_space_out_elections`)
         self._reconnect_period = timing.connection_retry_time
         self._longest_wait = timing.auto_tick_period
         self._status: RaftStatus | None = None
@@ -352,6 +358,7 @@ class RaftNode:
                 self._postpone_election()
             else:
                 self._hold_elections = False  # part of the cluster now: normal Raft
+        self._space_out_elections()
         self._send_news_now()
         if self._probe is not None and pysyncobj.syncobj.monotonicTime() > self._probe_until:
             self._probe.close()  # no answer: the election timeout decides
@@ -411,6 +418,33 @@ class RaftNode:
         obj._SyncObj__raftElectionDeadline = deadline
         log.info("raft: leader %s is gone (its link closed, its port refuses); campaigning "
                  "in %.0f ms unless a candidate asks first", address, 1000 * (deadline - now))
+
+    def _space_out_elections(self) -> None:
+        """Stretch the election timeout of a candidacy that follows one that
+        elected nobody (`election_backoff`). pysyncobj runs the tick
+        callbacks after its election check, so a candidacy started in this
+        tick is seen here before its first timeout can run out."""
+        obj = self._obj
+        if obj._SyncObj__raftState != 1:  # not a candidate
+            if obj._getLeader() is not None:
+                self._backoff.leader_known()
+            return
+        term = int(obj.raftCurrentTerm)
+        if term == self._candidacy_term:
+            return
+        self._candidacy_term = term
+        factor = self._backoff.candidacy()
+        if factor == 1:
+            return
+        now = pysyncobj.syncobj.monotonicTime()
+        deadline = election_backoff.stretched_deadline(
+            now=now, deadline=obj._SyncObj__raftElectionDeadline, factor=factor)
+        obj._SyncObj__raftElectionDeadline = deadline
+        if self._backoff.streak == self._backoff.max_doublings + 1:
+            log.warning("raft: %d candidacies in a row elected nobody (vote round trips slower "
+                        "than the election timeout: an overloaded host or network?); waiting "
+                        "%.1f s before the next (x%d)", self._backoff.streak - 1,
+                        deadline - now, factor)
 
     def _send_news_now(self) -> None:
         """On a leader whose log or commit index moved this tick, make the
