@@ -239,6 +239,7 @@ class RaftNode:
         self._send_now = False
         self._probe_until = 0.0
         self._probe_for = timing.raft_min_timeout
+        self._election_timeout = (timing.raft_min_timeout, timing.raft_max_timeout)
         self._backoff = election_backoff.ElectionBackoff()
         self._candidacy_term = -1  # the term of the last candidacy seen (`_space_out_elections`)
         self._reconnect_period = timing.connection_retry_time
@@ -438,7 +439,8 @@ class RaftNode:
             return
         now = pysyncobj.syncobj.monotonicTime()
         deadline = election_backoff.stretched_deadline(
-            now=now, deadline=obj._SyncObj__raftElectionDeadline, factor=factor)
+            now=now, draw=self._rng.random(), low=self._election_timeout[0],
+            high=self._election_timeout[1], factor=factor)
         obj._SyncObj__raftElectionDeadline = deadline
         if self._backoff.streak == self._backoff.max_doublings + 1:
             log.warning("raft: %d candidacies in a row elected nobody (vote round trips slower "

@@ -11,7 +11,7 @@ becomes the candidate of a newer term, and the cluster elected nobody for
 
 So a node that starts a candidacy while its previous one elected nobody
 waits longer before the next: after k such candidacies in a row its election
-timeout (already drawn at random in [min, max]) is stretched by ``2**k``, k at
+timeout (drawn at random in [min, max]) is stretched by ``2**k``, k at
 most `ElectionBackoff.max_doublings`, and back to x1 once it hears a leader
 or leads. The first election after a leader is lost is unchanged, so failover
 keeps its timing; only an election that already failed waits longer. Wider
@@ -55,7 +55,13 @@ class ElectionBackoff:
         self.streak = 0
 
 
-def stretched_deadline(*, now: float, deadline: float, factor: int) -> float:
-    """The election deadline `deadline` (drawn by pysyncobj at `now`) with
-    its timeout stretched by `factor`."""
-    return now + (deadline - now) * factor
+def stretched_deadline(*, now: float, draw: float, low: float, high: float,
+                       factor: int) -> float:
+    """The election deadline of a candidacy seen at `now`: a timeout drawn
+    in [`low`, `high`) (`draw` uniform in [0, 1)) stretched by `factor`.
+    Drawn afresh rather than scaling pysyncobj's deadline: on a loaded host
+    that deadline may already have passed when the shell first sees the
+    candidacy. ValueError for a draw outside [0, 1) (a caller's bug)."""
+    if not 0.0 <= draw < 1.0:
+        raise ValueError(f"draw must be in [0, 1), got {draw!r}")
+    return now + (low + draw * (high - low)) * factor

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from nanomesh.consensus.election_backoff import (
@@ -34,9 +36,12 @@ def test_zero_doublings_turns_it_off_and_negative_is_refused() -> None:
         ElectionBackoff(max_doublings=-1)
 
 
-def test_stretched_deadline_scales_the_drawn_timeout() -> None:
-    assert stretched_deadline(now=100.0, deadline=100.5, factor=1) == 100.5
-    assert stretched_deadline(now=100.0, deadline=100.5, factor=4) == 102.0
+def test_stretched_deadline_draws_a_timeout_and_scales_it() -> None:
+    assert stretched_deadline(now=100.0, draw=0.0, low=0.35, high=0.7, factor=1) == 100.35
+    assert stretched_deadline(now=100.0, draw=0.5, low=0.3, high=0.7, factor=4) == \
+        pytest.approx(102.0)
+    with pytest.raises(ValueError, match="draw"):
+        stretched_deadline(now=0.0, draw=1.0, low=0.35, high=0.7, factor=2)
 
 
 class _FakeSyncObj:
@@ -71,6 +76,8 @@ def test_the_raft_shell_stretches_each_candidacy_of_a_streak_once() -> None:
     shell._obj = obj
     shell._backoff = ElectionBackoff()
     shell._candidacy_term = -1
+    shell._rng = random.Random(7)
+    shell._election_timeout = (0.5, 0.5)
     clock = pysyncobj.syncobj.monotonicTime
 
     def timeout_after_tick() -> float:
