@@ -241,10 +241,20 @@ class Membership:
         return len(self._live) + 1
 
     def next_deadline(self) -> float:
-        """The earliest time at which `tick` has work to do."""
+        """The earliest time at which `tick` has work to do.
+
+        The gossip and reap timers count only while they have something to
+        do (a queued broadcast; a member down or a profile to pull): an idle
+        peer's shell then wakes for its probes, not 5 + 1 more times a
+        second for nothing. A timer that becomes due while idle fires at
+        the next tick, so a new broadcast leaves at once instead of at the
+        next gossip interval."""
         t = self._t
-        deadline = min(t.next_probe, t.next_gossip, t.next_push_pull, t.next_reconnect,
-                       t.next_reap)
+        deadline = min(t.next_probe, t.next_push_pull, t.next_reconnect)
+        if len(self._broadcasts):
+            deadline = min(deadline, t.next_gossip)
+        if self._down or self._profile_lag or self._wanted_profiles:
+            deadline = min(deadline, t.next_reap)
         if self._probe is not None:
             p = self._probe
             deadline = min(deadline, p.deadline if p.indirect_sent else p.direct_deadline)
@@ -319,7 +329,7 @@ class Membership:
                 effects.append(self._send(relay.reply_to, [Nack(relay.their_seq)]))
         effects += self._expire_suspicions(now)
         effects += self._recheck_suspects(now)
-        if now >= t.next_gossip:
+        if now >= t.next_gossip and len(self._broadcasts):  # idle: stays due (`next_deadline`)
             t.next_gossip = now + self.config.gossip_interval
             effects += self._gossip(now)
         if now >= t.next_push_pull:

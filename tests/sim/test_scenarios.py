@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from nanomesh.gossip.config import lan, local
+from nanomesh.gossip.config import lan, local, memberlist_lan
 from nanomesh.gossip.effects import MemberFailed
 from nanomesh.sim import NetworkModel, Simulator
 from nanomesh.wire import MemberState
@@ -146,3 +146,37 @@ def test_local_preset_converges_too() -> None:
     sim.add_node("c", join=["b"])
     sim.run_for(5)
     assert everyone_sees(sim, "a", ALIVE) and everyone_sees(sim, "c", ALIVE)
+
+
+def test_an_idle_peer_waits_for_its_next_probe_and_news_leaves_at_once() -> None:
+    """Once the start-up news has been gossiped, an idle peer's core has no
+    work before its next probe (every 1 s at memberlist's LAN timings): the
+    0.2 s gossip timer and the 1 s reap timer count only while there is
+    something to gossip or reap, so the daemon does not wake 6 more times a
+    second for nothing. A profile change then leaves at once, not up to a
+    gossip interval later."""
+    cfg = memberlist_lan()
+    sim = Simulator(21, cfg)
+    sim.add_node("p00", profile=profile("p00"))
+    for name in names(5)[1:]:
+        sim.add_node(name, profile=profile(name), join=["p00"])
+    sim.run_for(60)  # converged, every start-up broadcast retransmitted
+    core = sim.core("p03")
+    waits = []
+    for _ in range(100):
+        sim.run_for(0.05)
+        waits.append(core.next_deadline() - sim.now)
+    assert max(waits) > 3 * cfg.gossip_interval, f"woken every gossip interval: {max(waits)}"
+    ticks: list[float] = []
+    tick = core.tick
+
+    def counting(now: float) -> list[object]:
+        ticks.append(now)
+        return tick(now)  # type: ignore[return-value]
+
+    core.tick = counting  # type: ignore[method-assign]
+    sim.update_profile("p03", {**profile("p03"), "cpu": {"cores": 8}})
+    published = sim.now
+    assert core.next_deadline() <= published, "the news is due at once"
+    sim.run_until_true(lambda: bool(ticks), limit=1)
+    assert ticks[0] == published
