@@ -42,8 +42,8 @@ Facts from pysyncobj's source (0.3.17) this module relies on:
   (`leader_loss`), so failover after a crash does not wait for the timeout.
 - A candidate draws its election timeout afresh for every candidacy; on a
   host where vote round trips outlast the timeout every voter keeps
-  campaigning and nobody is elected. A candidacy that follows one that
-  elected nobody waits longer (`election_backoff`).
+  campaigning and nobody is elected. Candidacies that keep electing nobody
+  wait longer (`election_backoff`).
 - An exception in an apply function makes pysyncobj retry that entry on
   every tick forever; the apply functions of `nanomesh.consensus.state` are
   total for that reason.
@@ -421,8 +421,8 @@ class RaftNode:
                  "in %.0f ms unless a candidate asks first", address, 1000 * (deadline - now))
 
     def _space_out_elections(self) -> None:
-        """Stretch the election timeout of a candidacy that follows one that
-        elected nobody (`election_backoff`). pysyncobj runs the tick
+        """Stretch the election timeout of a candidacy in a streak that keeps
+        electing nobody (`election_backoff`). pysyncobj runs the tick
         callbacks after its election check, so a candidacy started in this
         tick is seen here before its first timeout can run out."""
         obj = self._obj
@@ -442,7 +442,7 @@ class RaftNode:
             now=now, draw=self._rng.random(), low=self._election_timeout[0],
             high=self._election_timeout[1], factor=factor)
         obj._SyncObj__raftElectionDeadline = deadline
-        if self._backoff.streak == self._backoff.max_doublings + 1:
+        if self._backoff.at_cap:
             log.warning("raft: %d candidacies in a row elected nobody (vote round trips slower "
                         "than the election timeout: an overloaded host or network?); waiting "
                         "%.1f s before the next (x%d)", self._backoff.streak - 1,

@@ -14,10 +14,15 @@ from nanomesh.consensus.election_backoff import (
 )
 
 
-def test_the_first_candidacy_keeps_its_timeout_then_each_failed_one_doubles_it() -> None:
+def test_a_failover_and_its_split_vote_retry_keep_the_timeout_then_it_doubles() -> None:
     backoff = ElectionBackoff()
-    factors = [backoff.candidacy() for _ in range(MAX_DOUBLINGS + 3)]
-    assert factors == [1, 2, 4, 8, 8, 8], "x1 (failover unchanged), then doubling, capped"
+    factors, caps = [], []
+    for _ in range(MAX_DOUBLINGS + 4):
+        factors.append(backoff.candidacy())
+        caps.append(backoff.at_cap)
+    assert factors == [1, 1, 2, 4, 8, 8, 8], \
+        "x1 (failover), x1 (the retry after a split vote), then doubling, capped"
+    assert caps == [False, False, False, False, True, False, False], "warn once, at the cap"
 
 
 def test_a_leader_heard_ends_the_streak() -> None:
@@ -29,11 +34,15 @@ def test_a_leader_heard_ends_the_streak() -> None:
     assert backoff.candidacy() == 1, "the next election after a leader is a normal one"
 
 
-def test_zero_doublings_turns_it_off_and_negative_is_refused() -> None:
+def test_zero_doublings_turns_it_off_and_negative_settings_are_refused() -> None:
     off = ElectionBackoff(max_doublings=0)
     assert [off.candidacy() for _ in range(4)] == [1, 1, 1, 1]
+    eager = ElectionBackoff(free_retries=0)
+    assert [eager.candidacy() for _ in range(3)] == [1, 2, 4]
     with pytest.raises(ValueError, match="max_doublings"):
         ElectionBackoff(max_doublings=-1)
+    with pytest.raises(ValueError, match="free_retries"):
+        ElectionBackoff(free_retries=-1)
 
 
 def test_stretched_deadline_draws_a_timeout_and_scales_it() -> None:
@@ -91,7 +100,7 @@ def test_the_raft_shell_stretches_each_candidacy_of_a_streak_once() -> None:
         obj.campaign(clock())
         waits.append(timeout_after_tick())
         assert timeout_after_tick() == pytest.approx(waits[-1], abs=0.05), "once per term"
-    assert [round(w, 1) for w in waits] == [0.5, 1.0, 2.0]
+    assert [round(w, 1) for w in waits] == [0.5, 0.5, 1.0]
     obj._SyncObj__raftState, obj.leader = 0, "b:7948"
     shell._space_out_elections()
     obj.campaign(clock())
