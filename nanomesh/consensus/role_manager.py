@@ -327,6 +327,18 @@ class RaftRoleManager:
             await self._changed.wait()
         return section
 
+    async def wait_leading(self) -> ConsensusNode:
+        """Wait until this peer's node leads with a quorum (and no recovery is
+        writing the state back) and return it. The loops that act only on
+        the leader (placement, the deployment watch) wait here, woken by the
+        node's status changes, instead of waking every peer once a period to
+        find that it does not lead (issue 9)."""
+        while True:
+            node = self.node
+            if isinstance(node, ConsensusNode) and node.is_leader and node.status.has_quorum:
+                return node
+            await self._changed.wait()
+
     async def wait_ready(self, *, timeout: float = math.inf) -> Replica:
         """Wait until this peer is a learner or a voter that has heard a
         leader (it holds the committed state) and return its node."""

@@ -105,7 +105,8 @@ class ControlLoop:
             nursery.start_soon(self._follow_committed)
             nursery.start_soon(self._plan_loop)
             nursery.start_soon(DeploymentWatcher(lambda: self.roles.node,
-                                                 lambda: reported_instances(self._members())).run)
+                                                 lambda: reported_instances(self._members()),
+                                                 self.roles.wait_leading).run)
             nursery.start_soon(self._publish_changes)
             if self._founder:
                 nursery.start_soon(self._commit_token)
@@ -136,6 +137,7 @@ class ControlLoop:
 
     async def _plan_loop(self) -> None:
         while True:
+            await self.roles.wait_leading()  # a trigger set meanwhile runs at once below
             with trio.move_on_after(PLAN_PERIOD):
                 await self._plan_wanted.wait()
             self._plan_wanted = trio.Event()

@@ -13,7 +13,7 @@ reverted by mistake.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import trio
@@ -36,9 +36,14 @@ class DeploymentWatcher:
     """Runs on every peer; acts only while the peer's node leads."""
 
     def __init__(self, node: Callable[[], object],
-                 reported: Callable[[], Reported]) -> None:
+                 reported: Callable[[], Reported],
+                 wait_leading: Callable[[], Awaitable[object]] | None = None) -> None:
+        """`wait_leading()` returns once this peer's node leads
+        (`RaftRoleManager.wait_leading`); without it a peer that does not
+        lead looks again every `WATCH_PERIOD`."""
         self._node = node
         self._reported = reported
+        self._wait_leading = wait_leading
         self._watches: dict[str, Watch] = {}
 
     async def run(self) -> None:
@@ -48,6 +53,8 @@ class DeploymentWatcher:
             if not isinstance(node, ConsensusNode) or not node.is_leader \
                     or not node.status.has_quorum:  # a learner never leads
                 self._watches.clear()  # a later term starts every deadline again
+                if self._wait_leading is not None:
+                    await self._wait_leading()
                 continue
             for verdict, name in self.look(node, trio.current_time()):
                 await self._settle(node, name, verdict)

@@ -344,6 +344,43 @@ async def test_leader_hands_over_gracefully(mesh: Mesh) -> None:
     assert stored["role"] == "learner", "a restart does not resume the old membership"
 
 
+async def test_wait_leading_returns_on_the_leader_only_and_wakes_a_new_one(
+        mesh: Mesh) -> None:
+    """`wait_leading` (what the placement loop and the deployment watch sleep
+    in on every peer): at once on the leader, never on a learner or a
+    follower, and on a follower as soon as leadership passes to it."""
+    mesh.config = RoleConfig(**{**FAST.__dict__, "target_voters": 3})
+    founder = await mesh.start("a", founder=True)
+    await founder.wait_ready(timeout=SETTLE)
+    for name in "bcd":
+        await mesh.start(name)
+    leader = await mesh.wait_settled(3)
+    with trio.fail_after(SETTLE):
+        assert await leader.wait_leading() is leader.node
+    others = [p.manager for p in mesh.peers.values() if p.manager is not leader]
+    woke: list[RaftRoleManager] = []
+
+    async def watch(manager: RaftRoleManager) -> None:
+        await manager.wait_leading()
+        woke.append(manager)
+
+    async with trio.open_nursery() as nursery:
+        for manager in others:
+            nursery.start_soon(watch, manager)
+        await trio.sleep(1.0)
+        assert woke == [], "no follower or learner returns while another leads"
+        with trio.fail_after(SETTLE):
+            await leader.hand_over()
+        name = next(n for n, p in mesh.peers.items() if p.manager is leader)
+        mesh.kill(name, MemberState.LEFT)
+        new = await mesh.wait_settled(3)
+        with trio.fail_after(SETTLE):
+            while new not in woke:
+                await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
+    assert woke == [new], "only the new leader woke"
+
+
 async def test_sole_voter_promotes_a_successor_before_leaving(mesh: Mesh) -> None:
     founder = await mesh.start("a", founder=True)
     await _write(await founder.wait_ready(timeout=SETTLE), "before")
