@@ -96,7 +96,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import trio
 
@@ -335,7 +335,7 @@ class RaftRoleManager:
         find that it does not lead (issue 9)."""
         while True:
             node = self.node
-            if isinstance(node, ConsensusNode) and node.is_leader and node.status.has_quorum:
+            if leads_with_quorum(node):
                 return node
             await self._changed.wait()
 
@@ -717,6 +717,12 @@ async def _restore(node: ConsensusNode, state: DesiredState, timeout: float) -> 
         await node.put_service(name, doc, timeout=timeout)
     if state.plan:
         await node.set_plan(state.plan, node.state.plan_epoch, timeout=timeout)
+
+
+def leads_with_quorum(node: object) -> TypeGuard[ConsensusNode]:
+    """Is `node` a voter's Raft node that leads with a quorum (the only one
+    that may plan or judge deployments)? A learner never leads."""
+    return isinstance(node, ConsensusNode) and node.is_leader and node.status.has_quorum
 
 
 def raft_profile_section(manager: RaftRoleManager) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from nanomesh.consensus import ConsensusError, ConsensusNode, StalePlanError
 from nanomesh.consensus.role_manager import (
     RaftRoleManager,
     epoch_from_profiles,
+    leads_with_quorum,
     voter_evidence,
 )
 from nanomesh.consensus.voters import PeerInfo, peer_info
@@ -142,8 +143,7 @@ class ControlLoop:
                 await self._plan_wanted.wait()
             self._plan_wanted = trio.Event()
             node = self.roles.node
-            if not isinstance(node, ConsensusNode) or not node.is_leader \
-                    or not node.status.has_quorum or self.roles.restoring:
+            if not leads_with_quorum(node) or self.roles.restoring:
                 continue
             await self._plan_once(node)
 

@@ -19,6 +19,7 @@ from typing import Any
 import trio
 
 from nanomesh.consensus import ConsensusError, ConsensusNode
+from nanomesh.consensus.role_manager import leads_with_quorum
 from nanomesh.consensus.state import DEPLOYMENT_KEY, RUNNING
 from nanomesh.runtime.deployment_core import Verdict, Watch, instance_reports, judge
 
@@ -50,8 +51,7 @@ class DeploymentWatcher:
         while True:
             await trio.sleep(WATCH_PERIOD)
             node = self._node()
-            if not isinstance(node, ConsensusNode) or not node.is_leader \
-                    or not node.status.has_quorum:  # a learner never leads
+            if not leads_with_quorum(node):
                 self._watches.clear()  # a later term starts every deadline again
                 if self._wait_leading is not None:
                     await self._wait_leading()
